@@ -1,0 +1,55 @@
+"""Box conventions at the file boundary.
+
+Inside the toolkit every box is float ``xyxy`` in absolute pixels of the image as stored, with
+``x2``/``y2`` the *exclusive* right/bottom edge, so that ``width = x2 - x1``.
+
+Files use other conventions; each has exactly one pair of conversion functions here:
+
+* COCO json: ``[x, y, w, h]`` in pixels (``xywh``).
+* ILSVRC devkit (ImageNet-DET and CLS-LOC XML files and submissions): inclusive integer pixel
+  indices ``xmin, ymin, xmax, ymax`` where ``width = xmax - xmin + 1``. Pixel index ``i`` covers the
+  interval ``[i, i + 1)``, so the internal box is ``(xmin, ymin, xmax + 1, ymax + 1)`` and the way back
+  is ``(x1, y1, x2 - 1, y2 - 1)``. Integer devkit boxes round-trip exactly.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["xywh_to_xyxy", "xyxy_to_xywh", "devkit_to_xyxy", "xyxy_to_devkit"]
+
+
+def _as_array(boxes) -> np.ndarray:
+    arr = np.asarray(boxes, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr.reshape(-1, 4) if arr.size else arr.reshape(0, 4)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(f"expected boxes of shape (N, 4), got {arr.shape}")
+    return arr
+
+
+def xywh_to_xyxy(boxes) -> np.ndarray:
+    """COCO ``[x, y, w, h]`` (N, 4) -> internal ``xyxy`` (N, 4) float64."""
+    b = _as_array(boxes).copy()
+    b[:, 2:] += b[:, :2]
+    return b
+
+
+def xyxy_to_xywh(boxes) -> np.ndarray:
+    """Internal ``xyxy`` (N, 4) -> COCO ``[x, y, w, h]`` (N, 4) float64."""
+    b = _as_array(boxes).copy()
+    b[:, 2:] -= b[:, :2]
+    return b
+
+
+def devkit_to_xyxy(boxes) -> np.ndarray:
+    """ILSVRC devkit inclusive ``xmin, ymin, xmax, ymax`` (N, 4) -> internal ``xyxy`` (N, 4)."""
+    b = _as_array(boxes).copy()
+    b[:, 2:] += 1.0
+    return b
+
+
+def xyxy_to_devkit(boxes) -> np.ndarray:
+    """Internal ``xyxy`` (N, 4) -> ILSVRC devkit inclusive ``xmin, ymin, xmax, ymax`` (N, 4)."""
+    b = _as_array(boxes).copy()
+    b[:, 2:] -= 1.0
+    return b
