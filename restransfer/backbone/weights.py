@@ -1,0 +1,343 @@
+"""ImageNet-pretrained weights for :class:`~restransfer.backbone.ResNet`.
+
+Sources (``load_pretrained(model, source)``):
+
+* a local file: a torchvision or timm state dict (``.pth``/``.pt``/``.bin``, also wrapped as
+  ``{"state_dict": ...}`` or ``{"model": ...}``), a ``.safetensors`` file, or an MSRA/Caffe ResNet as
+  converted for detectron2 (``R-50.pkl``, ``R-101.pkl``: a pickle of numpy arrays named ``conv1_w``,
+  ``res_conv1_bn_s``, ``res2_0_branch2a_w``, ...). The format is detected from the content.
+* ``torchvision://resnet101`` (torchvision's ImageNet weights, IMAGENET1K_V1 unless a weights name is
+  given as in ``torchvision://resnet50.IMAGENET1K_V2``) through torchvision's cache and download.
+* ``timm://<model name>`` (e.g. ``timm://resnet50.a1_in1k``) through timm's cache.
+
+Every source carries the pixel convention its weights were trained with (:class:`PixelConvention`);
+it is stored on the model as ``model.pixel_convention`` and the detectors apply it by default.
+
+Checkpoints are untrusted input: ``torch.load(..., weights_only=True)`` and, for pickles, an unpickler
+that admits only plain containers and numpy arrays.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PixelConvention", "TORCHVISION_RGB", "MSRA_BGR", "load_pretrained", "read_state_dict",
+           "safe_load_pickle", "LoadReport", "WeightsError"]
+
+
+class WeightsError(RuntimeError):
+    """A weights file or source cannot be used; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class PixelConvention:
+    """How images must be presented to weights: channel order and per-channel mean/std in 0..255 units."""
+
+    channel_order: str
+    mean: Tuple[float, float, float]
+    std: Tuple[float, float, float]
+    style: Optional[str] = None  # the ResNet style the weights require, None if either works
+
+
+TORCHVISION_RGB = PixelConvention("RGB", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), "pytorch")
+MSRA_BGR = PixelConvention("BGR", (103.53, 116.28, 123.675), (1.0, 1.0, 1.0), "caffe")
+
+
+@dataclass
+class LoadReport:
+    source: str
+    format: str
+    convention: PixelConvention
+    loaded: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------- safe reading
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Admits plain containers, numbers, strings and numpy arrays; refuses everything else."""
+
+    _ALLOWED = {
+        ("collections", "OrderedDict"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.dtypes", None),  # the concrete dtype classes of numpy >= 1.25, e.g. Float32DType
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+        ("builtins", "slice"),
+        ("_codecs", "encode"),  # how python-2 pickles carry byte strings
+    }
+
+    def __init__(self, file, path: str) -> None:
+        super().__init__(file, encoding="latin1")
+        self._path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED or (module, None) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise WeightsError(
+            f"{self._path}: the pickle refers to {module}.{name}, which is not allowed: only plain "
+            "containers and numpy arrays are loaded from pickles (they can otherwise run arbitrary code). "
+            "Re-save the weights as a dict of numpy arrays or as a torch state dict.")
+
+
+def safe_load_pickle(path: os.PathLike | str) -> Any:
+    """Unpickle ``path`` admitting only plain containers and numpy arrays (raises :class:`WeightsError`)."""
+    with open(path, "rb") as f:
+        try:
+            return _RestrictedUnpickler(f, str(path)).load()
+        except WeightsError:
+            raise
+        except Exception as e:  # truncated or not a pickle at all
+            raise WeightsError(f"{path}: cannot read as a pickle of numpy arrays: {e}") from None
+
+
+def _unwrap(obj: Any) -> Any:
+    for key in ("state_dict", "model", "blobs", "module"):
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            return obj[key]
+    return obj
+
+
+def read_state_dict(path: os.PathLike | str) -> Tuple[Dict[str, Tensor], str]:
+    """Read a weights file into ``{name: tensor}`` and say how it was stored (``torch``, ``safetensors`` or
+    ``pickle``). Never executes code from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}. Pass an existing file, or a hub source such as "
+                           "torchvision://resnet101 or timm://resnet50.a1_in1k")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            return dict(load_file(str(path))), "safetensors"
+        except Exception as e:
+            raise WeightsError(f"{path}: not a readable safetensors file: {e}") from None
+    try:
+        obj, kind = torch.load(path, map_location="cpu", weights_only=True), "torch"
+    except Exception as e:
+        if zipfile.is_zipfile(path):
+            raise WeightsError(f"{path}: refused to load: it holds objects other than tensors and plain containers "
+                               f"({str(e).splitlines()[0]}). Save a plain state dict with "
+                               "torch.save(model.state_dict(), path)") from None
+        # not a torch checkpoint: a plain pickle such as detectron2's R-101.pkl
+        obj, kind = safe_load_pickle(path), "pickle"
+    obj = _unwrap(obj)
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path}: expected a dict of named arrays or tensors, found {type(obj).__name__}")
+    out: Dict[str, Tensor] = {}
+    for k, v in obj.items():
+        if isinstance(v, np.ndarray):
+            out[str(k)] = torch.from_numpy(np.ascontiguousarray(v))
+        elif isinstance(v, Tensor):
+            out[str(k)] = v
+        # other entries (e.g. "__author__" strings in detectron2 pickles) carry no weights
+    return out, kind
+
+
+# ------------------------------------------------------------------------------- format mapping
+
+
+_MSRA_BLOCK = re.compile(r"^res(\d)_(\d+)_branch(1|2[abc])_(w|b|bn_s|bn_b)$")
+
+
+def _is_msra(keys) -> bool:
+    return "conv1_w" in keys or "res_conv1_bn_s" in keys or any(_MSRA_BLOCK.match(k) for k in keys)
+
+
+def _msra_to_torchvision(sd: Dict[str, Tensor], eps: float = 1e-5) -> Dict[str, Tensor]:
+    """Rename MSRA/Caffe blobs to torchvision names. Caffe BN is a fixed scale ``_s`` and bias ``_b``; as a
+    FrozenBatchNorm2d that is weight=s, bias=b, mean 0 and variance 1 - eps (so that rsqrt(var + eps) = 1)."""
+    out: Dict[str, Tensor] = {}
+
+    def bn(prefix: str, s: Tensor, b: Tensor) -> None:
+        out[prefix + ".weight"], out[prefix + ".bias"] = s, b
+        out[prefix + ".running_mean"] = torch.zeros_like(s)
+        out[prefix + ".running_var"] = torch.full_like(s, 1.0 - eps)
+
+    for k, v in sd.items():
+        if k == "conv1_w":
+            out["conv1.weight"] = v
+        elif k == "res_conv1_bn_s":
+            bn("bn1", v, sd["res_conv1_bn_b"])
+        elif k == "fc1000_w":
+            out["fc.weight"] = v
+        elif k == "fc1000_b":
+            out["fc.bias"] = v
+        elif k in ("res_conv1_bn_b",) or k.endswith("_bn_b") or k.endswith("_momentum"):
+            continue
+        else:
+            m = _MSRA_BLOCK.match(k)
+            if not m:
+                out["unmapped:" + k] = v
+                continue
+            stage, block, branch, kind = m.groups()
+            base = f"layer{int(stage) - 1}.{block}."
+            if branch == "1":
+                conv, norm = base + "downsample.0", base + "downsample.1"
+            else:
+                idx = "abc".index(branch[1]) + 1
+                conv, norm = base + f"conv{idx}", base + f"bn{idx}"
+            if kind == "w":
+                out[conv + ".weight"] = v
+            elif kind == "b":
+                out["unmapped:" + k] = v  # caffe conv biases do not exist in ResNets
+            elif kind == "bn_s":
+                bn(norm, v, sd[k[:-1] + "b"])
+    return out
+
+
+def _strip_prefix(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """Drop common wrappers (``module.``, ``backbone.``, ``backbone.body.``) when every key has them."""
+    for prefix in ("module.", "backbone.body.", "backbone.", "body.", "model."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def _detect(sd: Dict[str, Tensor], kind: str, hint: str = "") -> Tuple[Dict[str, Tensor], str, PixelConvention]:
+    if _is_msra(sd.keys()):
+        return _msra_to_torchvision(sd), "msra", MSRA_BGR
+    sd = _strip_prefix(sd)
+    if "conv1.weight" in sd and any(k.startswith("layer1.") for k in sd):
+        fmt = "timm" if hint == "timm" else "torchvision"
+        return sd, fmt, TORCHVISION_RGB
+    sample = ", ".join(list(sd)[:5])
+    raise WeightsError(f"unrecognized weights layout (first keys: {sample}); expected a torchvision/timm ResNet "
+                       "state dict (conv1.weight, layer1.0...) or MSRA/Caffe blobs (conv1_w, res2_0_branch2a_w, ...)")
+
+
+# -------------------------------------------------------------------------------------- hub sources
+
+
+def _torchvision_source(spec: str) -> Tuple[Dict[str, Tensor], str]:
+    import torchvision
+    from torch.hub import get_dir
+
+    arch, _, variant = spec.partition(".")
+    try:
+        enum = torchvision.models.get_model_weights(arch)
+    except Exception:
+        raise WeightsError(f"torchvision://{spec}: torchvision has no model named {arch!r} "
+                           "(expected e.g. torchvision://resnet101)") from None
+    variant = variant or "IMAGENET1K_V1"
+    try:
+        w = enum[variant]
+    except KeyError:
+        raise WeightsError(f"torchvision://{spec}: no weights {variant!r} for {arch}; available: "
+                           f"{', '.join(e.name for e in enum)}") from None
+    filename = w.url.rsplit("/", 1)[-1]
+    target = Path(get_dir()) / "checkpoints" / filename
+    try:
+        sd = w.get_state_dict(progress=False, check_hash=False)
+    except Exception as e:
+        raise WeightsError(
+            f"torchvision://{spec}: could not fetch {w.url} ({type(e).__name__}: {e}). Offline? Place the file at "
+            f"{target} (torchvision's cache; set TORCH_HOME to move it), or pass the local path as the weights "
+            "source.") from None
+    return dict(sd), "torch"
+
+
+def _timm_source(spec: str) -> Tuple[Dict[str, Tensor], str]:
+    try:
+        import timm
+    except ImportError:
+        raise WeightsError(f"timm://{spec}: timm is not installed (pip install timm)") from None
+    try:
+        model = timm.create_model(spec, pretrained=True)
+    except Exception as e:
+        raise WeightsError(
+            f"timm://{spec}: could not load timm's pretrained weights ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+            "Offline? Download them once where there is network (they land in the Hugging Face cache, "
+            "~/.cache/huggingface/hub, set HF_HOME to move it), or save timm.create_model(name, pretrained=True)"
+            ".state_dict() to a file and pass its path as the weights source.") from None
+    return dict(model.state_dict()), "torch"
+
+
+def _fetch(source: str) -> Tuple[Dict[str, Tensor], str, str]:
+    """Return ``(raw state dict, storage kind, hint)`` for any supported source."""
+    if source.startswith("torchvision://"):
+        sd, kind = _torchvision_source(source[len("torchvision://"):])
+        return sd, kind, "torchvision"
+    if source.startswith("timm://"):
+        sd, kind = _timm_source(source[len("timm://"):])
+        return sd, kind, "timm"
+    sd, kind = read_state_dict(os.path.expanduser(source))
+    return sd, kind, ""
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def load_pretrained(model: nn.Module, source: str, *, strict_classifier: bool = False) -> LoadReport:
+    """Load ImageNet weights into a :class:`~restransfer.backbone.ResNet` and record their pixel convention.
+
+    Args:
+        model: the ResNet (stages it was built without are skipped; ``fc`` loads only if it has one).
+        source: a file path, ``torchvision://<arch>[.<weights>]`` or ``timm://<name>``.
+        strict_classifier: require ``fc`` weights when the model has a classifier.
+
+    Returns:
+        A :class:`LoadReport`; ``model.pixel_convention`` is set.
+
+    Raises:
+        WeightsError: unreadable or unsafe file, unrecognized layout, a style mismatch (MSRA weights into a
+            ``style="pytorch"`` model or the reverse), missing keys, or a shape mismatch (names the first bad key).
+    """
+    raw, kind, hint = _fetch(str(source))
+    sd, fmt, convention = _detect(raw, kind, hint)
+    style = getattr(model, "style", None)
+    block_is_bottleneck = getattr(model, "depth", 50) >= 50
+    if convention.style and style and block_is_bottleneck and style != convention.style:
+        raise WeightsError(
+            f"{source}: these are {fmt} weights, trained with style={convention.style!r} (stride 2 in the "
+            f"{'first 1x1' if convention.style == 'caffe' else '3x3'} convolution), but the model was built with "
+            f"style={style!r}. Build it with style={convention.style!r} (model.backbone.style: {convention.style}).")
+
+    own = model.state_dict()
+    unmapped = sorted(k[len("unmapped:"):] for k in sd if k.startswith("unmapped:"))
+    sd = {k: v for k, v in sd.items() if not k.startswith("unmapped:")}
+    # parts the model was built without (later stages, the classifier) are expected to be absent
+    present_prefixes = {k.split(".")[0] for k in own}
+    unexpected = sorted(k for k in sd if k not in own and k.split(".")[0] in present_prefixes
+                        and not k.endswith("num_batches_tracked"))
+    ignored = sorted(k for k in sd if k.split(".")[0] not in present_prefixes)
+    missing = sorted(k for k in own if k not in sd and not k.endswith("num_batches_tracked")
+                     and (strict_classifier or not k.startswith("fc.")))
+    for k in own:
+        if k in sd and tuple(sd[k].shape) != tuple(own[k].shape):
+            depth = getattr(model, "depth", "?")
+            raise WeightsError(
+                f"{source}: shape mismatch at {k}: the file has {tuple(sd[k].shape)}, the model (ResNet-{depth}) "
+                f"expects {tuple(own[k].shape)}. Is this checkpoint for another depth?")
+    if missing:
+        depth = getattr(model, "depth", "?")
+        raise WeightsError(f"{source}: {len(missing)} weights of the ResNet-{depth} are missing from the file, "
+                           f"e.g. {', '.join(missing[:5])}. Is this checkpoint for another depth or architecture?")
+    if unexpected or unmapped:
+        logger.warning("%s: ignoring %d unexpected keys: %s", source, len(unexpected) + len(unmapped),
+                       ", ".join((unexpected + unmapped)[:10]))
+    if ignored:
+        logger.info("%s: not used by this model (built without them): %s", source, ", ".join(sorted(
+            {k.split(".")[0] for k in ignored})))
+    to_load = {k: v.to(own[k].dtype) for k, v in sd.items() if k in own}
+    model.load_state_dict(to_load, strict=False)
+    model.pixel_convention = convention
+    return LoadReport(source=str(source), format=fmt, convention=convention, loaded=sorted(to_load),
+                      unexpected=unexpected + unmapped)

@@ -1,0 +1,108 @@
+"""Wrappers that make a :class:`ResNet` a drop-in backbone for torchvision's detectors.
+
+Both expose an ``int`` attribute ``out_channels`` and return an ordered dict of feature maps, which is
+what ``torchvision.models.detection.FasterRCNN`` / ``MaskRCNN`` expect::
+
+    from torchvision.models.detection import FasterRCNN
+    from restransfer.backbone import resnet_fpn
+    backbone = resnet_fpn(101, weights="torchvision://resnet101")
+    model = FasterRCNN(backbone, num_classes=91)
+
+Attribute names (``body``, ``fpn``) match torchvision's ``BackboneWithFPN`` so that torchvision detector
+checkpoints load unchanged.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Dict, Optional, Sequence
+
+from torch import Tensor, nn
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from .resnet import STAGE_NAMES, ResNet
+from .weights import load_pretrained
+
+__all__ = ["build_resnet", "resnet_fpn", "resnet_c4", "BackboneWithFPN", "BackboneC4"]
+
+
+def build_resnet(depth: int, *, weights: Optional[str] = None, **resnet_kwargs) -> ResNet:
+    """``ResNet(depth, **resnet_kwargs)`` with ImageNet weights from ``weights`` (see :func:`load_pretrained`)."""
+    model = ResNet(depth, **resnet_kwargs)
+    if weights:
+        load_pretrained(model, weights)
+    return model
+
+
+class BackboneWithFPN(nn.Module):
+    """ResNet + Feature Pyramid Network: outputs ``"0".."3"`` (P2..P5, strides 4..32) and ``"pool"`` (P6,
+    stride 64, by max-pooling P5) with ``out_channels`` channels each.
+
+    Input ``(B, 3, H, W)``; output ordered dict of ``(B, out_channels, H/s, W/s)``.
+    """
+
+    def __init__(self, body: ResNet, out_channels: int = 256, extra_block: bool = True,
+                 norm_layer: Optional[type] = None) -> None:
+        super().__init__()
+        self.body = body
+        in_channels = [body.out_channels[n] for n in body.out_features]
+        self.fpn = FeaturePyramidNetwork(in_channels, out_channels,
+                                         extra_blocks=LastLevelMaxPool() if extra_block else None,
+                                         norm_layer=norm_layer)
+        self.out_channels = out_channels
+        self.strides = [body.strides[n] for n in body.out_features] + ([body.strides[body.out_features[-1]] * 2]
+                                                                       if extra_block else [])
+
+    @property
+    def pixel_convention(self):
+        return self.body.pixel_convention
+
+    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        feats = self.body(x)
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats.values())))
+
+
+class BackboneC4(nn.Module):
+    """The shared trunk of the paper's C4 detector: conv1..conv4_x (res4, stride 16), output ``{"0": res4}``."""
+
+    def __init__(self, body: ResNet) -> None:
+        super().__init__()
+        if body.out_features != ("res4",):
+            raise ValueError(f"BackboneC4 needs a ResNet with out_features=('res4',), got {body.out_features}")
+        self.body = body
+        self.out_channels = body.out_channels["res4"]
+        self.strides = [16]
+
+    @property
+    def pixel_convention(self):
+        return self.body.pixel_convention
+
+    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        return OrderedDict([("0", self.body(x)["res4"])])
+
+
+def resnet_fpn(depth: int, *, weights: Optional[str] = None, out_channels: int = 256, extra_block: bool = True,
+               out_features: Sequence[str] = STAGE_NAMES, **resnet_kwargs) -> BackboneWithFPN:
+    """A ResNet-FPN backbone for torchvision's ``FasterRCNN``/``MaskRCNN``.
+
+    Args:
+        depth: 18, 34, 50, 101 or 152.
+        weights: ImageNet weights (file, ``torchvision://resnet101``, ``timm://...``), or None.
+        out_channels: FPN width.
+        extra_block: add P6 by max pooling (used by the RPN).
+        out_features: which stages feed the FPN.
+        **resnet_kwargs: :class:`ResNet` keyword arguments (``style``, ``norm``, ``freeze_at``, ``residual``).
+    """
+    body = build_resnet(depth, weights=weights, out_features=tuple(out_features), **resnet_kwargs)
+    return BackboneWithFPN(body, out_channels=out_channels, extra_block=extra_block)
+
+
+def resnet_c4(depth: int, *, weights: Optional[str] = None, **resnet_kwargs) -> BackboneC4:
+    """The C4 trunk (conv1..conv4_x, stride 16) as a backbone for torchvision's detectors.
+
+    With torchvision's ``FasterRCNN`` pass ``rpn_anchor_generator=AnchorGenerator(((32, 64, 128, 256, 512),),
+    ((0.5, 1.0, 2.0),))`` since there is one feature map. :func:`restransfer.models.build_model` builds the
+    paper's complete C4 detector (res5 as the per-region head).
+    """
+    resnet_kwargs.pop("out_features", None)
+    return BackboneC4(build_resnet(depth, weights=weights, out_features=("res4",), **resnet_kwargs))
