@@ -22,6 +22,7 @@ def main() -> None:
         x = torch.zeros(1, 3, args.size, args.size)
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             model.classify(x)
+        with torch.no_grad():
             feats = model(x)
         shapes = " ".join(f"{k}:{tuple(v.shape[1:])}" for k, v in feats.items())
         params = sum(p.numel() for p in model.parameters()) + sum(

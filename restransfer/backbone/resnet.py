@@ -221,6 +221,23 @@ class ResNet(nn.Module):
         """The stages that exist in this module, as ``(feature name, module)`` pairs."""
         return [(n, getattr(self, f"layer{i + 1}")) for i, n in enumerate(STAGE_NAMES) if hasattr(self, f"layer{i + 1}")]
 
+    def pop_stage(self, name: str = "res5") -> Tuple[nn.Sequential, int]:
+        """Remove the last stage from the trunk and return it with its output channels.
+
+        The C4 detector runs res5 per region on pooled res4 features; the stage keeps the weights and the
+        freezing it had here.
+        """
+        stages = self.stages()
+        if not stages or stages[-1][0] != name:
+            raise ValueError(f"pop_stage: {name!r} is not the last stage of this ResNet ({[n for n, _ in stages]})")
+        idx = STAGE_NAMES.index(name)
+        stage = getattr(self, f"layer{idx + 1}")
+        delattr(self, f"layer{idx + 1}")
+        channels = self.out_channels.pop(name)
+        self.strides.pop(name)
+        self.out_features = tuple(n for n in self.out_features if n != name)
+        return stage, channels
+
     def freeze(self, freeze_at: int) -> None:
         """Freeze the stem (``freeze_at >= 1``) and res2..res<freeze_at> (``freeze_at >= 2``)."""
         self.freeze_at = freeze_at

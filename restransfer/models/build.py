@@ -1,0 +1,149 @@
+"""``build_model(cfg)``: Faster/Mask R-CNN with a ResNet backbone, C4 or FPN, from torchvision components.
+
+This is the one place that reads ``cfg.model`` (and the input sizes). Everything is passed to
+torchvision's ``FasterRCNN``/``MaskRCNN`` constructors as keyword arguments; the C4 heads come from
+:mod:`restransfer.models.c4`.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Optional, Tuple
+
+from torch import nn
+from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops import MultiScaleRoIAlign
+
+from ..backbone import MSRA_BGR, TORCHVISION_RGB, PixelConvention, build_resnet
+from ..backbone.wrappers import BackboneC4, BackboneWithFPN
+from .c4 import C4BoxHead, Res5Head
+from .checkpoint import load_detector_weights
+from .detector import Detector
+from .transform import DetectionTransform
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["build_model", "ClassAgnosticPredictor", "pixel_convention"]
+
+
+class ClassAgnosticPredictor(nn.Module):
+    """Classification scores plus one box regression shared by all classes (repeated per class so that
+    torchvision's RoIHeads losses and post-processing apply unchanged)."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.cls_score = nn.Linear(in_channels, num_classes)
+        self.bbox_pred = nn.Linear(in_channels, 4)
+
+    def forward(self, x):
+        x = x.flatten(start_dim=1)
+        return self.cls_score(x), self.bbox_pred(x).repeat(1, self.num_classes)
+
+
+def pixel_convention(cfg_model, backbone_convention: Optional[PixelConvention]) -> PixelConvention:
+    """Config values win; otherwise the backbone weights' convention; otherwise the style's usual one."""
+    base = backbone_convention or (MSRA_BGR if cfg_model.backbone.style == "caffe" else TORCHVISION_RGB)
+    return PixelConvention(
+        channel_order=cfg_model.channel_order or base.channel_order,
+        mean=tuple(cfg_model.pixel_mean) if cfg_model.pixel_mean is not None else base.mean,
+        std=tuple(cfg_model.pixel_std) if cfg_model.pixel_std is not None else base.std,
+        style=base.style,
+    )
+
+
+def _backbone(m) -> Tuple[nn.Module, Optional[Res5Head]]:
+    bb = m.backbone
+    kwargs = dict(style=bb.style, norm=bb.norm, freeze_at=bb.freeze_at, residual=bb.residual)
+    if m.head == "fpn":
+        body = build_resnet(bb.depth, weights=bb.weights, **kwargs)
+        return BackboneWithFPN(body, out_channels=m.fpn_out_channels, extra_block=m.fpn_extra_block), None
+    # C4: the trunk ends at res4; res5 moves into the RoI head with its ImageNet weights
+    body = build_resnet(bb.depth, weights=bb.weights, out_features=("res2", "res3", "res4", "res5"), **kwargs)
+    layer4, channels = body.pop_stage("res5")
+    body.out_features = ("res4",)
+    return BackboneC4(body), Res5Head(layer4, channels)
+
+
+def _anchors(m, num_levels: int) -> AnchorGenerator:
+    sizes, ratios = tuple(int(s) for s in m.anchor.sizes), tuple(float(r) for r in m.anchor.aspect_ratios)
+    if m.head == "c4":
+        return AnchorGenerator((sizes,), (ratios,))
+    if len(sizes) != num_levels:
+        raise ValueError(f"model.anchor.sizes: FPN uses one anchor size per level; got {len(sizes)} sizes for "
+                         f"{num_levels} levels (P2..P{num_levels + 1})")
+    return AnchorGenerator(tuple((s,) for s in sizes), (ratios,) * num_levels)
+
+
+def _rpn_roi_kwargs(m) -> Dict[str, Any]:
+    r, h = m.rpn, m.roi_heads
+    return dict(
+        rpn_pre_nms_top_n_train=r.pre_nms_top_n_train, rpn_pre_nms_top_n_test=r.pre_nms_top_n_test,
+        rpn_post_nms_top_n_train=r.post_nms_top_n_train, rpn_post_nms_top_n_test=r.post_nms_top_n_test,
+        rpn_nms_thresh=r.nms_thresh, rpn_fg_iou_thresh=r.fg_iou_thresh, rpn_bg_iou_thresh=r.bg_iou_thresh,
+        rpn_batch_size_per_image=r.batch_size_per_image, rpn_positive_fraction=r.positive_fraction,
+        rpn_score_thresh=r.score_thresh,
+        box_score_thresh=h.score_thresh, box_nms_thresh=h.nms_thresh, box_detections_per_img=h.detections_per_img,
+        box_fg_iou_thresh=h.fg_iou_thresh, box_bg_iou_thresh=h.bg_iou_thresh,
+        box_batch_size_per_image=h.batch_size_per_image, box_positive_fraction=h.positive_fraction,
+    )
+
+
+def build_model(cfg, class_names: Optional[List[str]] = None, load_weights: bool = True) -> Detector:
+    """Build the detector described by ``cfg.model`` (and ``cfg.input`` for the image sizes).
+
+    Args:
+        cfg: the config from :func:`restransfer.config.load_config`.
+        class_names: names of classes 1..K for reports (default: the numbers).
+        load_weights: load ``cfg.model.weights`` (a full detector checkpoint, ours or torchvision's) when set.
+
+    Returns:
+        A :class:`Detector` following torchvision's detection interface.
+    """
+    m = cfg.model
+    if m.arch not in ("faster_rcnn", "mask_rcnn"):
+        raise ValueError(f"model.arch: {m.arch!r} is not one of faster_rcnn, mask_rcnn")
+    if m.head not in ("c4", "fpn"):
+        raise ValueError(f"model.head: {m.head!r} is not one of c4, fpn")
+    backbone, res5 = _backbone(m)
+    conv = pixel_convention(m, backbone.pixel_convention)
+    num_classes = m.num_classes + 1  # + background
+    h = m.roi_heads
+    kwargs = _rpn_roi_kwargs(m)
+    num_levels = len(backbone.strides)
+    kwargs["rpn_anchor_generator"] = _anchors(m, num_levels)
+
+    if m.head == "fpn":
+        names = [str(i) for i in range(len(backbone.body.out_features))]
+        kwargs["box_roi_pool"] = MultiScaleRoIAlign(names, h.pooler_resolution, h.sampling_ratio)
+        kwargs["box_head"] = TwoMLPHead(backbone.out_channels * h.pooler_resolution ** 2, h.fpn_representation_size)
+        box_dim = h.fpn_representation_size
+        if m.arch == "mask_rcnn":
+            kwargs["mask_roi_pool"] = MultiScaleRoIAlign(names, h.mask_pooler_resolution, h.sampling_ratio)
+            kwargs["mask_head"] = MaskRCNNHeads(backbone.out_channels, (h.mask_conv_dim,) * 4, 1)
+            kwargs["mask_predictor"] = MaskRCNNPredictor(h.mask_conv_dim, h.mask_conv_dim, num_classes)
+    else:
+        kwargs["box_roi_pool"] = MultiScaleRoIAlign(["0"], h.c4_pooler_resolution, h.sampling_ratio)
+        kwargs["box_head"] = C4BoxHead(res5)
+        box_dim = res5.out_channels
+        if m.arch == "mask_rcnn":
+            # the same res5 module (shared weights) on the positive RoIs, then deconv 2x + 1x1 predictor
+            kwargs["mask_roi_pool"] = MultiScaleRoIAlign(["0"], h.c4_pooler_resolution, h.sampling_ratio)
+            kwargs["mask_head"] = res5
+            kwargs["mask_predictor"] = MaskRCNNPredictor(res5.out_channels, h.mask_conv_dim, num_classes)
+    kwargs["box_predictor"] = (ClassAgnosticPredictor(box_dim, num_classes) if h.class_agnostic_box_reg
+                               else FastRCNNPredictor(box_dim, num_classes))
+
+    ctor = MaskRCNN if m.arch == "mask_rcnn" else FasterRCNN
+    tv = ctor(backbone, num_classes=None, min_size=cfg.input.min_size_test, max_size=cfg.input.max_size_test,
+              image_mean=[0.0] * 3, image_std=[1.0] * 3, **kwargs)
+    transform = DetectionTransform(cfg.input.min_size_test, cfg.input.max_size_test, conv.mean, conv.std,
+                                   channel_order=conv.channel_order, size_divisible=cfg.input.size_divisibility)
+    model = Detector(tv.backbone, tv.rpn, tv.roi_heads, transform, num_classes=m.num_classes, arch=m.arch,
+                     head=m.head, class_names=class_names)
+    model.pixel_convention = conv
+    if load_weights and m.weights:
+        load_detector_weights(model, m.weights)
+    return model

@@ -1,0 +1,89 @@
+"""Loading full detector weights, across class counts.
+
+Transfer learning normally starts from a checkpoint trained on another label set (COCO's 80 or 91
+classes, say) and a model with the user's K classes. Only the class-dependent layers differ; they are
+re-initialized and named in the log, and everything else must load, or it is an error that names the keys.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+import torch
+from torch import Tensor, nn
+
+from ..backbone.weights import WeightsError, read_state_dict
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["load_detector_weights", "CLASS_DEPENDENT", "DetectorLoadReport"]
+
+# layers whose shape depends on the number of classes
+CLASS_DEPENDENT = (
+    "roi_heads.box_predictor.cls_score.",
+    "roi_heads.box_predictor.bbox_pred.",
+    "roi_heads.mask_predictor.mask_fcn_logits.",
+)
+
+
+@dataclass
+class DetectorLoadReport:
+    source: str
+    reinitialized: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+
+
+def load_detector_weights(model: nn.Module, source: str) -> DetectorLoadReport:
+    """Load a detector checkpoint (ours, or a torchvision detection state dict) into ``model``.
+
+    Class-dependent layers (``CLASS_DEPENDENT``) whose shape differs are re-initialized (and logged).
+    Any other missing key or shape mismatch raises :class:`WeightsError` naming the keys; unexpected keys
+    (e.g. a Mask R-CNN checkpoint's mask head loaded into a Faster R-CNN) are logged and skipped.
+    """
+    sd, _ = read_state_dict(source)
+    for prefix in ("module.", "model."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    own = model.state_dict()
+    reinit: List[str] = []
+    mismatched: List[str] = []
+    for k, v in own.items():
+        if k in sd and tuple(sd[k].shape) != tuple(v.shape):
+            if k.startswith(CLASS_DEPENDENT):
+                reinit.append(k)
+            else:
+                mismatched.append(f"{k} (file {tuple(sd[k].shape)}, model {tuple(v.shape)})")
+    if mismatched:
+        raise WeightsError(f"{source}: shape mismatch for {len(mismatched)} keys outside the class-dependent layers: "
+                           f"{'; '.join(mismatched[:5])}. Is this checkpoint for another architecture or depth?")
+    missing = sorted(k for k in own if k not in sd and not k.endswith("num_batches_tracked"))
+    if missing:
+        raise WeightsError(f"{source}: {len(missing)} weights of the model are missing from the checkpoint, e.g. "
+                           f"{', '.join(missing[:6])}. Check model.arch/model.head/model.backbone against the "
+                           "checkpoint's, or load backbone-only weights through model.backbone.weights.")
+    unexpected = sorted(k for k in sd if k not in own and not k.endswith("num_batches_tracked"))
+    if unexpected:
+        logger.warning("%s: ignoring %d keys the model does not have: %s", source, len(unexpected),
+                       ", ".join(unexpected[:8]))
+    to_load: Dict[str, Tensor] = {k: sd[k].to(own[k].dtype) for k in own if k in sd and k not in reinit}
+    model.load_state_dict(to_load, strict=False)
+    if reinit:
+        layers = sorted({k.rsplit(".", 1)[0] for k in reinit})
+        for name in layers:
+            mod = model.get_submodule(name)
+            _init_predictor_layer(mod)
+        logger.warning("%s: the checkpoint has another number of classes; re-initialized the class-dependent "
+                       "layers %s (everything else loaded)", source, ", ".join(layers))
+    return DetectorLoadReport(source=str(source), reinitialized=sorted({k.rsplit(".", 1)[0] for k in reinit}),
+                              unexpected=unexpected)
+
+
+@torch.no_grad()
+def _init_predictor_layer(mod: nn.Module) -> None:
+    """The initialization torchvision gives these layers (its default Linear/Conv init)."""
+    if isinstance(mod, nn.Conv2d):  # mask logits: kaiming, zero bias, like MaskRCNNPredictor
+        nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(mod.bias)
+    else:
+        mod.reset_parameters()

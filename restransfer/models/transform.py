@@ -1,0 +1,58 @@
+"""Image normalization that follows the backbone weights' pixel convention.
+
+Models take torchvision's input: a list of float RGB images ``(3, H, W)`` in ``[0, 1]``. The transform
+reorders channels (MSRA/Caffe weights expect BGR) and normalizes with a mean/std given in 0..255 units
+(torchvision's ImageNet statistics are 123.675/255 = 0.485, ...), then resizes and pads like
+torchvision's :class:`GeneralizedRCNNTransform`.
+
+In training the data pipeline already resized each image to one of the train sizes (albumentations,
+box- and mask-aware), so the transform does not resize again unless ``train_resize=True``.
+"""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import torch
+from torch import Tensor
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+__all__ = ["DetectionTransform"]
+
+
+class DetectionTransform(GeneralizedRCNNTransform):
+    """:class:`GeneralizedRCNNTransform` with a channel order and 0..255 statistics.
+
+    Args:
+        min_size: short side at test time (and the train sizes when ``train_resize``).
+        max_size: cap of the long side.
+        pixel_mean, pixel_std: per-channel statistics in 0..255 units, in the *model's* channel order.
+        channel_order: ``"RGB"`` or ``"BGR"``: the order the backbone weights expect.
+        size_divisible: padding multiple of the batched tensor.
+        train_resize: resize in training mode too (off when the data pipeline resizes).
+    """
+
+    def __init__(self, min_size: int | Sequence[int], max_size: int, pixel_mean: Sequence[float],
+                 pixel_std: Sequence[float], channel_order: str = "RGB", size_divisible: int = 32,
+                 train_resize: bool = False) -> None:
+        # statistics in [0, 1] units, computed in float64 so that torchvision's 0.485/0.229/... come out
+        # bit-identical for its own weights
+        mean01 = [float(m) / 255.0 for m in pixel_mean]
+        std01 = [float(s) / 255.0 for s in pixel_std]
+        super().__init__(min_size if isinstance(min_size, int) else tuple(min_size), max_size, mean01, std01,
+                         size_divisible=size_divisible, _skip_resize=not train_resize)
+        if channel_order not in ("RGB", "BGR"):
+            raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
+        self.channel_order = channel_order
+
+    def normalize(self, image: Tensor) -> Tensor:
+        if not image.is_floating_point():
+            raise TypeError(f"images must be float tensors in [0, 1] (RGB), got dtype {image.dtype}; "
+                            "divide uint8 images by 255")
+        if image.shape[0] != 3:
+            raise ValueError(f"images must have 3 channels (RGB), got shape {tuple(image.shape)}")
+        if self.channel_order == "BGR":
+            image = image.flip(0)
+        return super().normalize(image)
+
+    def extra_repr(self) -> str:
+        return f"channel_order={self.channel_order}, mean={self.image_mean}, std={self.image_std}"
