@@ -1,0 +1,190 @@
+"""Datasets and DataLoaders from the config: the one place where ``cfg.data`` and ``cfg.input`` are read."""
+from __future__ import annotations
+
+import bisect
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import ConcatDataset, DataLoader
+
+from restransfer.config import resolve_path
+from restransfer.data.coco import DATASETS_README, CocoDataset
+from restransfer.data.samplers import InferenceSampler, TrainingBatchSampler, aspect_ratio_groups
+from restransfer.data.shapes import ensure_shapes
+from restransfer.data.transforms import DetectionTransform, build_transforms
+
+__all__ = [
+    "CocoConcatDataset",
+    "dataset_from_spec",
+    "build_train_dataset",
+    "build_test_dataset",
+    "build_train_loader",
+    "build_test_loader",
+    "trivial_batch_collator",
+    "uses_masks",
+]
+
+logger = logging.getLogger(__name__)
+
+# Annotation files of these formats are COCO json (the ImageNet converters write COCO json).
+_COCO_JSON_FORMATS = ("coco", "imagenet_det", "imagenet_loc")
+
+
+class CocoConcatDataset(ConcatDataset):
+    """Several :class:`CocoDataset` with the same categories, one after the other.
+
+    Accepts ``dataset[(index, seed)]`` like its parts, and exposes the parts' shared
+    ``class_names``, ``label_to_cat_id`` and ``cat_id_to_label``.
+    """
+
+    datasets: List[CocoDataset]
+
+    def __init__(self, datasets: Sequence[CocoDataset]):
+        super().__init__(datasets)
+        first = datasets[0]
+        self.class_names = first.class_names
+        self.label_to_cat_id = first.label_to_cat_id
+        self.cat_id_to_label = first.cat_id_to_label
+
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        if index < 0:
+            index += len(self)
+        part = bisect.bisect_right(self.cumulative_sizes, index)
+        offset = self.cumulative_sizes[part - 1] if part > 0 else 0
+        return self.datasets[part][(index - offset, seed)]
+
+    def aspect_ratios(self) -> np.ndarray:
+        """Width / height of every image, float64 (len,)."""
+        return np.concatenate([d.aspect_ratios() for d in self.datasets])
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(d.num_skipped for d in self.datasets)
+
+    @property
+    def num_dropped_boxes(self) -> int:
+        return sum(d.num_dropped_boxes for d in self.datasets)
+
+
+def trivial_batch_collator(batch: List[Tuple[Any, Any]]) -> Tuple[Tuple[Any, ...], ...]:
+    """``[(image, target), ...]`` -> ``((images...), (targets...))``: images keep their own sizes."""
+    return tuple(zip(*batch))
+
+
+def uses_masks(cfg: DictConfig) -> bool:
+    """``cfg.data.with_masks``, or when unset, whether the model predicts masks."""
+    return bool(cfg.data.with_masks) if cfg.data.with_masks is not None else cfg.model.arch == "mask_rcnn"
+
+
+def _generate_if_missing(spec: Any, json_path: Path, key: str) -> None:
+    if spec.generate is None or json_path.is_file():
+        return
+    if spec.generate != "shapes":
+        raise ValueError(f"{key}.generate: {spec.generate!r} is not a generator; the one available is 'shapes'")
+    root = json_path.parent.parent
+    if json_path.parent.name != "annotations" or json_path.name not in ("train.json", "val.json"):
+        raise ValueError(
+            f"{key}.json: {json_path}: the shapes generator writes ROOT/annotations/{{train,val}}.json; "
+            f"point json at such a path (see {DATASETS_README})")
+    logger.info("generating the synthetic shapes set under %s", root)
+    ensure_shapes(root)
+
+
+def dataset_from_spec(
+    spec: Any,
+    *,
+    key: str,
+    is_train: bool,
+    transforms: Optional[DetectionTransform],
+    with_masks: bool,
+    filter_empty: bool,
+) -> CocoDataset:
+    """A :class:`CocoDataset` from one ``DatasetSpec`` (``json``, ``image_root``, ``format``, ``name``, ``generate``).
+
+    ``key`` (e.g. ``"data.train[0]"``) names the spec in error messages.
+    """
+    if spec.format not in _COCO_JSON_FORMATS:
+        raise ValueError(f"{key}.format: {spec.format!r} is not supported; use one of {', '.join(_COCO_JSON_FORMATS)} "
+                         f"(ImageNet data is read through its converted COCO json, see {DATASETS_README})")
+    if not spec.json or not spec.image_root:
+        raise ValueError(f"{key}: needs both json and image_root, e.g. {{json: datasets/coco/annotations/"
+                         f"instances_val2017.json, image_root: datasets/coco/val2017}} (see {DATASETS_README})")
+    json_path = Path(resolve_path(spec.json))
+    _generate_if_missing(spec, json_path, key)
+    return CocoDataset(json_path, resolve_path(spec.image_root), transforms=transforms, with_masks=with_masks,
+                       filter_empty=filter_empty, is_train=is_train, name=spec.name or None)
+
+
+def _categories(ds: CocoDataset) -> List[Tuple[int, str]]:
+    return [(ds.label_to_cat_id[i + 1], name) for i, name in enumerate(ds.class_names)]
+
+
+def build_train_dataset(cfg: DictConfig) -> CocoConcatDataset:
+    """All ``cfg.data.train`` datasets with training augmentation, concatenated.
+
+    Raises:
+        ValueError: ``data.train`` is empty, or two of its datasets have different categories.
+    """
+    if not cfg.data.train:
+        raise ValueError("data.train is empty: set it to a list like [{json: PATH, image_root: DIR}] "
+                         f"(see {DATASETS_README})")
+    transforms = build_transforms(list(cfg.input.min_size_train), cfg.input.max_size_train,
+                                  cfg.input.hflip_prob, cfg.input.color_jitter, is_train=True)
+    datasets = [
+        dataset_from_spec(spec, key=f"data.train[{i}]", is_train=True, transforms=transforms,
+                          with_masks=uses_masks(cfg), filter_empty=cfg.data.filter_empty)
+        for i, spec in enumerate(cfg.data.train)
+    ]
+    reference = _categories(datasets[0])
+    for ds in datasets[1:]:
+        if _categories(ds) != reference:
+            raise ValueError(f"data.train: {datasets[0].json_path} and {ds.json_path} have different categories "
+                             f"(ids and names must match to be trained together)")
+    for ds in datasets:
+        if len(ds) == 0:
+            raise ValueError(f"data.train: {ds.json_path} has no usable training images (under {ds.image_root})")
+    return CocoConcatDataset(datasets)
+
+
+def build_test_dataset(cfg: DictConfig) -> CocoDataset:
+    """The ``cfg.data.test`` dataset, unaugmented (the model resizes test images itself)."""
+    if cfg.data.test is None:
+        raise ValueError("data.test is not set: give {json: PATH, image_root: DIR} "
+                         f"(see {DATASETS_README})")
+    return dataset_from_spec(cfg.data.test, key="data.test", is_train=False,
+                             transforms=build_transforms([], 0, is_train=False),
+                             with_masks=uses_masks(cfg), filter_empty=False)
+
+
+def _pin_memory(cfg: DictConfig) -> bool:
+    return str(cfg.device).startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+
+
+def build_train_loader(cfg: DictConfig, start_iter: int = 0, rank: int = 0, world_size: int = 1,
+                       dataset: Optional[CocoConcatDataset] = None) -> DataLoader:
+    """Endless DataLoader of ``cfg.solver.ims_per_batch`` training images per batch on this process.
+
+    Each batch is ``(images, targets)``: tuples of (3, H, W) float tensors and target dicts (see
+    :class:`CocoDataset`). Batch ``k`` of the loader is training iteration ``start_iter + k``; the
+    sequence depends only on ``cfg.seed``, ``rank`` and ``world_size``.
+    """
+    dataset = dataset if dataset is not None else build_train_dataset(cfg)
+    groups = aspect_ratio_groups(dataset.aspect_ratios()) if cfg.data.aspect_ratio_grouping else None
+    sampler = TrainingBatchSampler(len(dataset), cfg.solver.ims_per_batch, group_ids=groups, seed=cfg.seed,
+                                   rank=rank, world_size=world_size, start_iter=start_iter)
+    workers = int(cfg.data.num_workers)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=trivial_batch_collator,
+                      persistent_workers=workers > 0, pin_memory=_pin_memory(cfg))
+
+
+def build_test_loader(cfg: DictConfig, dataset: CocoDataset, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """DataLoader over this process's contiguous shard of ``dataset``, ``cfg.test.ims_per_batch`` per batch."""
+    workers = int(cfg.data.num_workers)
+    return DataLoader(dataset, sampler=InferenceSampler(len(dataset), rank, world_size),
+                      batch_size=cfg.test.ims_per_batch, num_workers=workers, collate_fn=trivial_batch_collator,
+                      persistent_workers=workers > 0, pin_memory=_pin_memory(cfg))
