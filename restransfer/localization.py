@@ -1,0 +1,419 @@
+"""Top-5 ImageNet localization from detector outputs (and an image classifier), as in the ResNet paper.
+
+Every mode turns the per-image prediction dicts of the inference engine (``boxes`` xyxy in original pixels,
+``scores``, ``labels`` 1..K) into up to 5 guesses ``(WNID, box, score)`` per image (:class:`LocGuesses`):
+
+* ``detector``: the 5 classes with the highest detection scores, each with its highest-scoring box;
+* ``classifier``: the top-5 classes of an image classifier (the paper's setting), each with the
+  highest-scoring detection of that class, else the highest-scoring detection of any class, else the whole
+  image;
+* ``gt_class``: the ground-truth class(es) with their best box (same fallbacks), for the paper's
+  "localization error on the ground-truth class" column.
+
+Detector labels become WNIDs through the dataset's categories (``wnid`` field of the COCO json written by
+``datasets/prepare_imagenet_loc.py``); classifier columns through the classifier's own class list, by default
+sorted WNIDs (the index order of torchvision's and timm's ImageNet models). Writers at the bottom produce the
+devkit text submission and Kaggle's CSV.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .boxes import xyxy_to_devkit
+from .config import resolve_path
+from .data.imagenet_loc import Synsets, ground_truth_from_coco, read_blacklist, read_synsets
+from .evaluation.imagenet_loc import (
+    MAX_GUESSES, LocSubmission, evaluate_localization, pack_ground_truth,
+)
+
+__all__ = [
+    "LocGuesses", "MODES", "label_wnids", "detector_guesses", "classifier_guesses", "gt_class_guesses",
+    "write_devkit_submission", "write_kaggle_submission", "load_classifier_scores", "classifier_scores_from_model",
+    "load_classifier", "localize_and_evaluate",
+]
+
+MODES = ("detector", "classifier", "gt_class")
+
+
+@dataclass
+class LocGuesses:
+    """Up to G guesses for each of N images.
+
+    Attributes:
+        image_ids: (N,) int64 COCO image ids.
+        wnids: (N, G) str; ``""`` where an image has fewer guesses.
+        boxes: (N, G, 4) float64 internal xyxy boxes (original pixels, exclusive right/bottom edge).
+        scores: (N, G) float64 guess scores (detection or classifier score); NaN where there is no guess.
+    """
+
+    image_ids: np.ndarray
+    wnids: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+
+    @classmethod
+    def empty(cls, image_ids: Sequence[int], g: int = MAX_GUESSES) -> "LocGuesses":
+        n = len(image_ids)
+        return cls(np.asarray(image_ids, dtype=np.int64), np.full((n, g), "", dtype="<U32"),
+                   np.zeros((n, g, 4)), np.full((n, g), np.nan))
+
+    def reorder(self, image_ids: Sequence[int]) -> "LocGuesses":
+        """The rows for ``image_ids`` in that order; an id without a row gets no guesses."""
+        out = LocGuesses.empty(image_ids, self.wnids.shape[1])
+        row = {int(k): i for i, k in enumerate(self.image_ids)}
+        src = np.array([row.get(int(k), -1) for k in image_ids], dtype=np.int64)
+        have = src >= 0
+        for name in ("wnids", "boxes", "scores"):
+            getattr(out, name)[have] = getattr(self, name)[src[have]]
+        return out
+
+    def to_submission(self, synsets: Synsets) -> LocSubmission:
+        """Devkit-coordinate arrays with ``synsets`` labels (rows in this object's order)."""
+        labels = np.zeros(self.wnids.shape, dtype=np.int64)
+        present = self.wnids != ""
+        labels[present] = [synsets.label(w) for w in self.wnids[present]]
+        boxes = xyxy_to_devkit(self.boxes.reshape(-1, 4)).reshape(self.boxes.shape)
+        return LocSubmission(labels, np.where(present[..., None], boxes, 0.0))
+
+
+def label_wnids(dataset) -> Dict[int, str]:
+    """Contiguous detector label (1..K) -> WNID, from a COCO dataset whose categories carry ``wnid``
+    (``dataset.label_to_cat_id`` and ``dataset.coco.cats``)."""
+    out = {}
+    for label, cat_id in dataset.label_to_cat_id.items():
+        cat = dataset.coco.cats[cat_id]
+        if "wnid" not in cat:
+            raise KeyError(f"category {cat_id} ({cat.get('name')}) has no 'wnid' field; convert the annotations "
+                           "with datasets/prepare_imagenet_loc.py")
+        out[int(label)] = cat["wnid"]
+    return out
+
+
+def _lookup(label_to_wnid: Mapping[int, str]) -> np.ndarray:
+    lut = np.full(max(label_to_wnid, default=0) + 1, "", dtype="<U32")
+    for k, w in label_to_wnid.items():
+        lut[k] = w
+    return lut
+
+
+class _Ranked:
+    """One image's detections ranked by descending score (stable: equal scores keep their order).
+
+    Attributes:
+        boxes, scores: (M, 4) and (M,) float64 in ranked order.
+        labels: (M,) int64 in ranked order.
+        classes: (P,) the labels present, ascending; ``best[p]`` is the rank of class ``classes[p]``'s best
+            detection.
+    """
+
+    def __init__(self, pred: dict, image_index: int, lut: np.ndarray) -> None:
+        scores = np.asarray(pred["scores"], dtype=np.float64).reshape(-1)
+        labels = np.asarray(pred["labels"], dtype=np.int64).reshape(-1)
+        unknown = (labels < 1) | (labels >= len(lut))
+        unknown[~unknown] = lut[labels[~unknown]] == ""
+        if unknown.any():
+            raise ValueError(f"prediction {image_index} (image_id {pred.get('image_id')}): label "
+                             f"{int(labels[unknown][0])} has no WNID; labels must be the dataset's 1..{len(lut) - 1}")
+        order = np.argsort(-scores, kind="stable")
+        self.scores, self.labels = scores[order], labels[order]
+        self.boxes = np.asarray(pred["boxes"], dtype=np.float64).reshape(-1, 4)[order]
+        self.classes, self.best = np.unique(self.labels, return_index=True)
+
+    def best_of(self, wanted: np.ndarray) -> np.ndarray:
+        """Rank of the best detection of each ``wanted`` label, -1 where the image has none."""
+        if not len(self.classes):
+            return np.full(len(wanted), -1)
+        pos = np.searchsorted(self.classes, wanted).clip(0, len(self.classes) - 1)
+        return np.where(self.classes[pos] == wanted, self.best[pos], -1)
+
+
+def detector_guesses(predictions: Sequence[dict], label_to_wnid: Mapping[int, str],
+                     top_k: int = MAX_GUESSES) -> LocGuesses:
+    """Mode ``detector``: per image the ``top_k`` classes with the highest detection score, each with that
+    detection's box and score.
+
+    Args:
+        predictions: per-image dicts with ``image_id``, ``boxes`` (M, 4) xyxy, ``scores`` (M,), ``labels`` (M,).
+        label_to_wnid: detector label -> WNID (:func:`label_wnids`).
+    """
+    out = LocGuesses.empty([p["image_id"] for p in predictions], top_k)
+    lut = _lookup(label_to_wnid)
+    for i, pred in enumerate(predictions):
+        r = _Ranked(pred, i, lut)
+        pick = np.sort(r.best)[:top_k]
+        g = len(pick)
+        out.wnids[i, :g] = lut[r.labels[pick]]
+        out.boxes[i, :g] = r.boxes[pick]
+        out.scores[i, :g] = r.scores[pick]
+    return out
+
+
+def _fill_classes(out: LocGuesses, i: int, r: _Ranked, wanted: np.ndarray, lut: np.ndarray,
+                  scores: Optional[np.ndarray], size: Tuple[float, float]) -> None:
+    """Fill row ``i`` with the ``wanted`` labels, each with its best detection, else the best detection of any
+    class, else the whole image ``(0, 0, width, height)``. Scores are ``scores``, or when that is None the
+    class's best detection score (NaN for a fallback box)."""
+    g = len(wanted)
+    rank = r.best_of(wanted)
+    found = rank >= 0
+    fallback = r.boxes[0] if len(r.boxes) else np.array([0.0, 0.0, float(size[0]), float(size[1])])
+    out.wnids[i, :g] = lut[wanted]
+    out.boxes[i, :g] = np.where(found[:, None], r.boxes[rank.clip(0)] if len(r.boxes) else 0.0, fallback)
+    if scores is None:
+        scores = np.where(found, r.scores[rank.clip(0)] if len(r.scores) else np.nan, np.nan)
+    out.scores[i, :g] = scores
+
+
+def _labels_of(wnids: Sequence[str], label_of: Mapping[str, int], what: str) -> np.ndarray:
+    missing = [w for w in wnids if w not in label_of]
+    if missing:
+        raise ValueError(f"{what} {missing[:3]} are not among the detector's categories")
+    return np.array([label_of[w] for w in wnids], dtype=np.int64)
+
+
+def _image_sizes(predictions: Sequence[dict], image_sizes: Mapping[int, Tuple[float, float]]) -> List[Tuple[float, float]]:
+    try:
+        return [image_sizes[int(p["image_id"])] for p in predictions]
+    except KeyError as e:
+        raise KeyError(f"image_id {e.args[0]}: no image size to fall back to a whole-image box") from None
+
+
+def _top_columns(scores: np.ndarray, k: int, chunk: int = 4096) -> np.ndarray:
+    """(N, C) scores -> (N, min(k, C)) column indices of the k highest, best first, equal scores by lower column:
+    the same as a stable descending argsort cut to k, in O(N * C) (a full sort of 50,000 x 1000 takes seconds)."""
+    n, c = scores.shape
+    k = min(k, c)
+    out = np.empty((n, k), dtype=np.int64)
+    for start in range(0, n, chunk):
+        s = scores[start:start + chunk]
+        kth = np.partition(s, c - k, axis=1)[:, c - k:c - k + 1]  # the k-th highest score of each row
+        above = s > kth
+        ties = s == kth
+        # of the columns tied with the k-th score, the lowest ones fill the remaining places
+        room = k - above.sum(1, keepdims=True)
+        chosen = above | (ties & (np.cumsum(ties, axis=1, dtype=np.int32) <= room))
+        cols = np.nonzero(chosen)[1].reshape(len(s), k)  # row-major: ascending columns per row
+        vals = np.take_along_axis(s, cols, 1)
+        order = np.lexsort((cols, -vals), axis=1)
+        out[start:start + chunk] = np.take_along_axis(cols, order, 1)
+    return out
+
+
+def classifier_guesses(predictions: Sequence[dict], class_scores: np.ndarray, label_to_wnid: Mapping[int, str],
+                       image_sizes: Mapping[int, Tuple[float, float]], *,
+                       classifier_wnids: Optional[Sequence[str]] = None, top_k: int = MAX_GUESSES) -> LocGuesses:
+    """Mode ``classifier`` (the ResNet paper's): the classifier's top-k classes, each with its best detection.
+
+    Args:
+        predictions: per-image detector outputs (N images).
+        class_scores: (N, C) classifier logits or probabilities, row ``i`` for ``predictions[i]``.
+        label_to_wnid: detector label -> WNID.
+        image_sizes: image_id -> (width, height), for the whole-image box when an image has no detection.
+        classifier_wnids: the WNID of each of the C columns; default sorted WNIDs of ``label_to_wnid`` (the
+            class index order of torchvision's and timm's ImageNet classifiers).
+        top_k: guesses per image. Equal scores rank the lower column first.
+    """
+    class_scores = np.asarray(class_scores)  # float32 stays float32: 50,000 x 1000 scores are 200 MB already
+    wnid_of_column = np.asarray(sorted(label_to_wnid.values()) if classifier_wnids is None else list(classifier_wnids))
+    if class_scores.ndim != 2 or class_scores.shape != (len(predictions), len(wnid_of_column)):
+        raise ValueError(f"class_scores must be (num_images={len(predictions)}, num_classes={len(wnid_of_column)}), "
+                         f"got {class_scores.shape}")
+    label_of_column = _labels_of(list(wnid_of_column), {w: k for k, w in label_to_wnid.items()}, "classifier classes")
+    top = _top_columns(class_scores, top_k)
+    out = LocGuesses.empty([p["image_id"] for p in predictions], top_k)
+    lut = _lookup(label_to_wnid)
+    for i, (pred, size) in enumerate(zip(predictions, _image_sizes(predictions, image_sizes))):
+        _fill_classes(out, i, _Ranked(pred, i, lut), label_of_column[top[i]], lut, class_scores[i, top[i]], size)
+    return out
+
+
+def gt_class_guesses(predictions: Sequence[dict], gt_wnids: Mapping[int, Sequence[str]],
+                     label_to_wnid: Mapping[int, str], image_sizes: Mapping[int, Tuple[float, float]],
+                     top_k: int = MAX_GUESSES) -> LocGuesses:
+    """Mode ``gt_class``: each ground-truth class of the image (image_id -> WNIDs in ``gt_wnids``) with its best
+    detection (fallbacks as in :func:`classifier_guesses`); the score is that detection's score, NaN for a
+    fallback box."""
+    out = LocGuesses.empty([p["image_id"] for p in predictions], top_k)
+    lut = _lookup(label_to_wnid)
+    label_of = {w: k for k, w in label_to_wnid.items()}
+    for i, (pred, size) in enumerate(zip(predictions, _image_sizes(predictions, image_sizes))):
+        wanted = _labels_of(list(gt_wnids.get(int(pred["image_id"]), ()))[:top_k], label_of, "ground-truth classes")
+        _fill_classes(out, i, _Ranked(pred, i, lut), wanted, lut, None, size)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- writers
+
+
+def _fmt(v: float) -> str:
+    """Shortest text that keeps a coordinate to 1/100 pixel (integers stay integers)."""
+    return f"{v:.2f}".rstrip("0").rstrip(".")
+
+
+def write_devkit_submission(path: os.PathLike | str, guesses: LocGuesses, synsets: Synsets) -> None:
+    """Write the devkit text submission: one line per row of ``guesses`` (which must be in ground-truth order,
+    see :meth:`LocGuesses.reorder`), ``label xmin ymin xmax ymax`` per guess, labels of ``synsets`` (devkit ids
+    with ``map_clsloc.txt``), inclusive devkit box coordinates."""
+    sub = guesses.to_submission(synsets)
+    lines = []
+    for labels, boxes in zip(sub.labels, sub.boxes):
+        lines.append(" ".join(f"{k} " + " ".join(_fmt(v) for v in b) for k, b in zip(labels, boxes) if k > 0))
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_kaggle_submission(path: os.PathLike | str, guesses: LocGuesses, names: Sequence[str]) -> None:
+    """Write Kaggle's CSV: ``ImageId,PredictionString`` with ``WNID xmin ymin xmax ymax`` per guess (devkit
+    coordinates); ``names[i]`` is the ImageId of row ``i``."""
+    if len(names) != len(guesses.image_ids):
+        raise ValueError(f"{len(names)} names for {len(guesses.image_ids)} images")
+    boxes = xyxy_to_devkit(guesses.boxes.reshape(-1, 4)).reshape(guesses.boxes.shape)
+    rows = ["ImageId,PredictionString"]
+    for name, wnids, bxs in zip(names, guesses.wnids, boxes):
+        rows.append(name + "," + " ".join(f"{w} " + " ".join(_fmt(v) for v in b) for w, b in zip(wnids, bxs) if w))
+    Path(path).write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------ classifier
+
+
+def load_classifier_scores(path: os.PathLike | str, num_images: Optional[int] = None) -> np.ndarray:
+    """Read saved classifier outputs: ``.npy`` (loaded without pickle) or a text matrix (``np.loadtxt``), shape
+    (N, C), one row per image in dataset order, columns in the classifier's class order."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        scores = np.load(path, allow_pickle=False)
+    else:
+        scores = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    if scores.ndim != 2:
+        raise ValueError(f"{path}: classifier scores must be a 2-D (images, classes) array, got shape {scores.shape}")
+    if num_images is not None and len(scores) != num_images:
+        raise ValueError(f"{path}: {len(scores)} rows of classifier scores for {num_images} images")
+    return scores.astype(np.float64, copy=False)
+
+
+def classifier_scores_from_model(model, image_paths: Iterable[os.PathLike | str], *, device: str = "cpu",
+                                 batch_size: int = 32, resize: int = 256, crop: int = 224,
+                                 mean: Sequence[float] = (123.675, 116.28, 103.53),
+                                 std: Sequence[float] = (58.395, 57.12, 57.375), bgr: bool = False) -> np.ndarray:
+    """Classifier logits (N, C) of ``model.classify`` (e.g. ``restransfer.backbone.ResNet(101, num_classes=1000)``)
+    over images, with the standard single-crop test transform: shorter side to ``resize``, center ``crop``,
+    per-channel ``(x - mean) / std`` in 0..255 units (``bgr``: channels in BGR order, for MSRA weights)."""
+    import cv2
+    import torch
+
+    from .data.image_io import read_image
+
+    def prepare(path) -> np.ndarray:
+        img = read_image(path)
+        h, w = img.shape[:2]
+        s = resize / min(h, w)
+        img = cv2.resize(img, (max(crop, round(w * s)), max(crop, round(h * s))), interpolation=cv2.INTER_LINEAR)
+        y, x = (img.shape[0] - crop) // 2, (img.shape[1] - crop) // 2
+        img = img[y:y + crop, x:x + crop]
+        if bgr:
+            img = img[..., ::-1]
+        return ((img.astype(np.float32) - np.float32(mean)) / np.float32(std)).transpose(2, 0, 1)
+
+    model.eval().to(device)
+    paths = list(image_paths)
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(paths), batch_size):
+            batch = torch.from_numpy(np.stack([prepare(p) for p in paths[start:start + batch_size]])).to(device)
+            out.append(model.classify(batch).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def load_classifier(depth: int, weights: str, *, style: str = "pytorch"):
+    """``restransfer.backbone.ResNet(depth, num_classes=1000)`` with ImageNet ``weights`` (a file,
+    ``torchvision://...`` or ``timm://...``); its ``pixel_convention`` says how to normalize images."""
+    from .backbone import ResNet, load_pretrained
+
+    model = ResNet(depth, style=style, num_classes=1000)
+    load_pretrained(model, weights, strict_classifier=True)
+    return model
+
+
+# ------------------------------------------------------------------------------------- config pipeline
+
+
+def localize_and_evaluate(cfg, weights: Optional[str] = None, *, mode: str = "classifier",
+                          classifier_scores: Optional[np.ndarray] = None, classifier=None,
+                          classifier_synsets: Optional[os.PathLike | str] = None,
+                          blacklist: Optional[os.PathLike | str] = None,
+                          output_dir: Optional[os.PathLike | str] = None) -> Dict[str, float]:
+    """Run the detector on the config's test set, make guesses in ``mode``, write both submissions and evaluate.
+
+    The ground truth is the test json itself (written by ``datasets/prepare_imagenet_loc.py``, whose
+    ``devkit_bbox`` fields keep the devkit's boxes exactly). The ``gt_class`` mode always runs too, for
+    ``gt_class_loc_error``.
+
+    Args:
+        cfg: a loaded config whose ``data.test`` is an ImageNet CLS-LOC json.
+        weights: detector checkpoint.
+        mode: ``detector`` or ``classifier`` (``gt_class`` gives only the GT-class numbers).
+        classifier_scores: (N, C) scores, rows in the dataset's image order (``dataset.image_ids``).
+        classifier: instead of ``classifier_scores``, a model with ``classify`` and ``pixel_convention``
+            (:func:`load_classifier`), run over the test images with :func:`classifier_scores_from_model`.
+        classifier_synsets: class list whose label order is the classifier's column order (default sorted WNIDs).
+        blacklist: the devkit's validation blacklist.
+        output_dir: where ``loc_submission.txt``, ``loc_submission.csv`` and ``metrics.json`` go (default
+            ``cfg.output_dir``).
+
+    Returns:
+        the metrics dict of :func:`~restransfer.evaluation.imagenet_loc.evaluate_localization` plus
+        ``gt_class_loc_error`` (percent).
+    """
+    from .engine.inference import predict_dataset
+
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    if mode == "classifier" and classifier_scores is None and classifier is None:
+        raise ValueError("mode 'classifier' needs classifier scores (a saved .npy / text file) or a classifier")
+    dataset, predictions = predict_dataset(cfg, weights)
+    images, synsets = ground_truth_from_coco(dataset.coco.dataset)
+    gt_ids = sorted(int(i) for i in dataset.coco.getImgIds())
+    by_id = {int(p["image_id"]): p for p in predictions}
+    empty = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, dtype=np.int64)}
+    preds = [by_id.get(int(k), {**empty, "image_id": int(k)}) for k in dataset.image_ids]
+    sizes = {int(k): (im["width"], im["height"]) for k, im in dataset.coco.imgs.items()}
+    lut = label_wnids(dataset)
+    gt = pack_ground_truth(images, synsets)
+    black = read_blacklist(blacklist, len(images)) if blacklist is not None else None
+    out_dir = Path(output_dir or cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    gt_guesses = gt_class_guesses(preds, {k: im.labels for k, im in zip(gt_ids, images)}, lut, sizes).reorder(gt_ids)
+    gt_metrics = evaluate_localization(gt, gt_guesses.to_submission(synsets), blacklist=black)
+    if mode == "gt_class":
+        metrics = {"gt_class_loc_error": gt_metrics["top5_loc_error"]}
+        guesses = gt_guesses
+    else:
+        if mode == "detector":
+            guesses = detector_guesses(preds, lut)
+        else:
+            if classifier_scores is None:
+                import torch
+
+                device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+                root = resolve_path(cfg.data.test.image_root)
+                conv = classifier.pixel_convention
+                classifier_scores = classifier_scores_from_model(
+                    classifier, [os.path.join(root, dataset.coco.imgs[k]["file_name"]) for k in dataset.image_ids],
+                    device=device,
+                    mean=conv.mean, std=conv.std, bgr=conv.channel_order == "BGR")
+            columns = read_synsets(classifier_synsets).wnids if classifier_synsets is not None else None
+            guesses = classifier_guesses(preds, classifier_scores, lut, sizes, classifier_wnids=columns)
+        guesses = guesses.reorder(gt_ids)
+        metrics = evaluate_localization(gt, guesses.to_submission(synsets), blacklist=black)
+        metrics["gt_class_loc_error"] = gt_metrics["top5_loc_error"]
+    write_devkit_submission(out_dir / "loc_submission.txt", guesses, synsets)
+    write_kaggle_submission(out_dir / "loc_submission.csv", guesses, gt.names)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return metrics
