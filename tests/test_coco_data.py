@@ -299,7 +299,9 @@ def test_shapes_are_generated_when_missing_and_loaders_are_resumable(tmp_path, m
         "input.color_jitter=0.2", "solver.ims_per_batch=2", "data.num_workers=0", "seed=3",
     ])
     full = build_train_loader(cfg)
+    rng_state = torch.get_rng_state()
     it = iter(full)
+    assert torch.equal(rng_state, torch.get_rng_state())  # starting the loader leaves the training RNG alone
     batches = [next(it) for _ in range(8)]
     resumed = next(iter(build_train_loader(cfg, start_iter=5)))
     for (a_img, a_t), (b_img, b_t) in zip(zip(*batches[5]), zip(*resumed)):

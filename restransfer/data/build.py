@@ -165,6 +165,16 @@ def _pin_memory(cfg: DictConfig) -> bool:
     return str(cfg.device).startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
 
 
+def _private_generator(seed: int) -> torch.Generator:
+    """The generator a DataLoader draws its worker base seed from when an iterator starts.
+
+    Without one it draws from torch's global generator, so starting an iterator (at the beginning,
+    after a resume, at each evaluation) would shift the training RNG stream. Augmentation does not
+    depend on it: the batch sampler passes explicit per-sample seeds.
+    """
+    return torch.Generator().manual_seed(int(seed))
+
+
 def build_train_loader(cfg: DictConfig, start_iter: int = 0, rank: int = 0, world_size: int = 1,
                        dataset: Optional[CocoConcatDataset] = None) -> DataLoader:
     """Endless DataLoader of ``cfg.solver.ims_per_batch`` training images per batch on this process.
@@ -179,7 +189,8 @@ def build_train_loader(cfg: DictConfig, start_iter: int = 0, rank: int = 0, worl
                                    rank=rank, world_size=world_size, start_iter=start_iter)
     workers = int(cfg.data.num_workers)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=trivial_batch_collator,
-                      persistent_workers=workers > 0, pin_memory=_pin_memory(cfg))
+                      persistent_workers=workers > 0, pin_memory=_pin_memory(cfg),
+                      generator=_private_generator(cfg.seed + rank))
 
 
 def build_test_loader(cfg: DictConfig, dataset: CocoDataset, rank: int = 0, world_size: int = 1) -> DataLoader:
@@ -187,4 +198,5 @@ def build_test_loader(cfg: DictConfig, dataset: CocoDataset, rank: int = 0, worl
     workers = int(cfg.data.num_workers)
     return DataLoader(dataset, sampler=InferenceSampler(len(dataset), rank, world_size),
                       batch_size=cfg.test.ims_per_batch, num_workers=workers, collate_fn=trivial_batch_collator,
-                      persistent_workers=workers > 0, pin_memory=_pin_memory(cfg))
+                      persistent_workers=workers > 0, pin_memory=_pin_memory(cfg),
+                      generator=_private_generator(cfg.seed + rank))

@@ -65,7 +65,7 @@ def default_engine() -> str:
 
 def _gt_dataset(coco_gt: CocoLike) -> Dict[str, Any]:
     """The ground-truth json as a dict (read from a file, taken from a COCO, or given)."""
-    if isinstance(coco_gt, COCO):
+    if isinstance(getattr(coco_gt, "dataset", None), dict):  # pycocotools or faster_coco_eval COCO
         return coco_gt.dataset
     if isinstance(coco_gt, Mapping):
         return dict(coco_gt)
