@@ -1,0 +1,91 @@
+"""Evaluate ImageNet-DET detections exactly as the ILSVRC devkit's eval_detection.m does.
+
+Submission file against XML ground truth:
+    python tools/eval_imagenet_det.py --submission S --annotations ILSVRC/Annotations/DET/val \\
+        --image-list ILSVRC/ImageSets/DET/val.txt --synsets map_det.txt [--blacklist B] [--output metrics.json]
+
+A trained model on the config's test set (a json from datasets/prepare_imagenet_det.py); the
+submission file and metrics.json go to output_dir:
+    python tools/eval_imagenet_det.py CONFIG --weights CKPT [key=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+try:
+    import restransfer  # noqa: F401
+except ImportError:  # running from a checkout without an install
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from restransfer.data.imagenet_det import DetFormatError
+from restransfer.evaluation.coco import write_metrics
+from restransfer.evaluation.imagenet_det import evaluate_files, evaluate_predictions, format_table, metrics_dict
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", help="YAML config (model mode)")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value (model mode)")
+    p.add_argument("--weights", help="checkpoint to evaluate (model mode)")
+    p.add_argument("--submission", help="lines '<image_index> <DET_id> <confidence> <xmin> <ymin> <xmax> <ymax>'")
+    p.add_argument("--annotations", help="folder of XML annotations, e.g. ILSVRC/Annotations/DET/val")
+    p.add_argument("--image-list", help="image list '<image> <index>', e.g. ILSVRC/ImageSets/DET/val.txt")
+    p.add_argument("--synsets", help="the devkit's map_det.txt")
+    p.add_argument("--blacklist", help="optional devkit blacklist '<image_index> <WNID>'")
+    p.add_argument("--output", help="metrics.json path (default: output_dir/metrics.json in model mode)")
+    p.add_argument("--no-coco", action="store_true", help="skip the COCO mAP@.5:.95 side by side")
+    args = p.parse_args(argv)
+    file_mode = [args.submission, args.annotations, args.image_list, args.synsets]
+    if args.config is None:
+        if not all(file_mode):
+            p.error("give --submission, --annotations, --image-list and --synsets, or a CONFIG with --weights")
+    elif any(file_mode):
+        p.error("a CONFIG evaluates a model; --submission/--annotations/--image-list/--synsets evaluate a file")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.config is None:
+            result, gt, coco = evaluate_files(
+                args.submission,
+                args.annotations,
+                args.image_list,
+                args.synsets,
+                args.blacklist,
+                with_coco=not args.no_coco,
+            )
+            output = args.output
+        else:
+            from restransfer.config import load_config, resolve_path
+            from restransfer.engine.inference import predict_dataset
+
+            cfg = load_config(args.config, args.overrides)
+            dataset, predictions = predict_dataset(cfg, weights=args.weights)
+            out_dir = Path(resolve_path(cfg.output_dir))
+            submission = out_dir / "imagenet_det_submission.txt"
+            result, gt, coco = evaluate_predictions(
+                predictions,
+                dataset.coco.dataset,
+                dataset.label_to_cat_id,
+                blacklist=args.blacklist,
+                submission_path=submission,
+                with_coco=not args.no_coco,
+            )
+            print(f"submission file: {submission}")
+            output = args.output or out_dir / "metrics.json"
+    except (DetFormatError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(result, gt, coco))
+    if output:
+        write_metrics(metrics_dict(result, gt.wnids, coco), output)
+        print(f"metrics: {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
