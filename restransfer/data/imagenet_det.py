@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import xml.parsers.expat
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
@@ -97,7 +98,7 @@ class DetSynsets:
     names: Tuple[str, ...]
     path: str = ""
 
-    @property
+    @cached_property
     def wnid_to_id(self) -> Dict[str, int]:
         return {w: i + 1 for i, w in enumerate(self.wnids)}
 
