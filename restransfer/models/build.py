@@ -54,14 +54,14 @@ def pixel_convention(cfg_model, backbone_convention: Optional[PixelConvention]) 
     )
 
 
-def _backbone(m) -> Tuple[nn.Module, Optional[Res5Head]]:
+def _backbone(m, backbone_weights: Optional[str]) -> Tuple[nn.Module, Optional[Res5Head]]:
     bb = m.backbone
     kwargs = dict(style=bb.style, norm=bb.norm, freeze_at=bb.freeze_at, residual=bb.residual)
     if m.head == "fpn":
-        body = build_resnet(bb.depth, weights=bb.weights, **kwargs)
+        body = build_resnet(bb.depth, weights=backbone_weights, **kwargs)
         return BackboneWithFPN(body, out_channels=m.fpn_out_channels, extra_block=m.fpn_extra_block), None
     # C4: the trunk ends at res4; res5 moves into the RoI head with its ImageNet weights
-    body = build_resnet(bb.depth, weights=bb.weights, out_features=("res2", "res3", "res4", "res5"), **kwargs)
+    body = build_resnet(bb.depth, weights=backbone_weights, out_features=("res2", "res3", "res4", "res5"), **kwargs)
     layer4, channels = body.pop_stage("res5")
     body.out_features = ("res4",)
     return BackboneC4(body), Res5Head(layer4, channels)
@@ -91,6 +91,11 @@ def _rpn_roi_kwargs(m) -> Dict[str, Any]:
     )
 
 
+def _transform(cfg, conv: PixelConvention) -> DetectionTransform:
+    return DetectionTransform(cfg.input.min_size_test, cfg.input.max_size_test, conv.mean, conv.std,
+                              channel_order=conv.channel_order, size_divisible=cfg.input.size_divisibility)
+
+
 def build_model(cfg, class_names: Optional[List[str]] = None, load_weights: bool = True) -> Detector:
     """Build the detector described by ``cfg.model`` (and ``cfg.input`` for the image sizes).
 
@@ -107,7 +112,12 @@ def build_model(cfg, class_names: Optional[List[str]] = None, load_weights: bool
         raise ValueError(f"model.arch: {m.arch!r} is not one of faster_rcnn, mask_rcnn")
     if m.head not in ("c4", "fpn"):
         raise ValueError(f"model.head: {m.head!r} is not one of c4, fpn")
-    backbone, res5 = _backbone(m)
+    detector_weights = m.weights if load_weights else None
+    # a full detector checkpoint replaces the ImageNet backbone weights, so they are not read at all
+    backbone_weights = None if detector_weights else m.backbone.weights
+    if detector_weights and m.backbone.weights:
+        logger.info("model.weights is set: skipping model.backbone.weights (%s)", m.backbone.weights)
+    backbone, res5 = _backbone(m, backbone_weights)
     conv = pixel_convention(m, backbone.pixel_convention)
     num_classes = m.num_classes + 1  # + background
     h = m.roi_heads
@@ -139,11 +149,16 @@ def build_model(cfg, class_names: Optional[List[str]] = None, load_weights: bool
     ctor = MaskRCNN if m.arch == "mask_rcnn" else FasterRCNN
     tv = ctor(backbone, num_classes=None, min_size=cfg.input.min_size_test, max_size=cfg.input.max_size_test,
               image_mean=[0.0] * 3, image_std=[1.0] * 3, **kwargs)
-    transform = DetectionTransform(cfg.input.min_size_test, cfg.input.max_size_test, conv.mean, conv.std,
-                                   channel_order=conv.channel_order, size_divisible=cfg.input.size_divisibility)
+    transform = _transform(cfg, conv)
     model = Detector(tv.backbone, tv.rpn, tv.roi_heads, transform, num_classes=m.num_classes, arch=m.arch,
                      head=m.head, class_names=class_names)
     model.pixel_convention = conv
-    if load_weights and m.weights:
-        load_detector_weights(model, m.weights)
+    if detector_weights:
+        report = load_detector_weights(model, detector_weights)
+        saved = report.meta.get("pixel_convention")
+        if saved and m.pixel_mean is None and m.pixel_std is None and m.channel_order is None:
+            # the checkpoint was trained with this convention (e.g. from MSRA BGR ImageNet weights)
+            conv = PixelConvention(saved["channel_order"], tuple(saved["mean"]), tuple(saved["std"]), conv.style)
+            model.transform = _transform(cfg, conv)
+            model.pixel_convention = conv
     return model

@@ -7,8 +7,10 @@ re-initialized and named in the log, and everything else must load, or it is an 
 from __future__ import annotations
 
 import logging
+import zipfile
 from dataclasses import dataclass, field
-from typing import Dict, List
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +34,27 @@ class DetectorLoadReport:
     source: str
     reinitialized: List[str] = field(default_factory=list)
     unexpected: List[str] = field(default_factory=list)
+    meta: Dict[str, Any] = field(default_factory=dict)  # e.g. pixel_convention, class_names of our checkpoints
+
+
+_META_KEYS = ("pixel_convention", "class_names", "iteration")
+
+
+def read_detector_checkpoint(source: str) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
+    """``(state_dict, meta)`` of a detector checkpoint; ``meta`` holds what our training checkpoints record
+    beside the weights (pixel convention, class names, iteration). Never executes code from the file."""
+    path = Path(source)
+    meta: Dict[str, Any] = {}
+    if path.is_file() and zipfile.is_zipfile(path):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            obj = None  # read_state_dict below reports why
+        if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+            meta = {k: obj[k] for k in _META_KEYS if k in obj}
+            return {k: v for k, v in obj["model"].items() if isinstance(v, Tensor)}, meta
+    sd, _ = read_state_dict(source)
+    return sd, meta
 
 
 def load_detector_weights(model: nn.Module, source: str) -> DetectorLoadReport:
@@ -41,7 +64,7 @@ def load_detector_weights(model: nn.Module, source: str) -> DetectorLoadReport:
     Any other missing key or shape mismatch raises :class:`WeightsError` naming the keys; unexpected keys
     (e.g. a Mask R-CNN checkpoint's mask head loaded into a Faster R-CNN) are logged and skipped.
     """
-    sd, _ = read_state_dict(source)
+    sd, meta = read_detector_checkpoint(source)
     for prefix in ("module.", "model."):
         if sd and all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}
@@ -76,7 +99,7 @@ def load_detector_weights(model: nn.Module, source: str) -> DetectorLoadReport:
         logger.warning("%s: the checkpoint has another number of classes; re-initialized the class-dependent "
                        "layers %s (everything else loaded)", source, ", ".join(layers))
     return DetectorLoadReport(source=str(source), reinitialized=sorted({k.rsplit(".", 1)[0] for k in reinit}),
-                              unexpected=unexpected)
+                              unexpected=unexpected, meta=meta)
 
 
 @torch.no_grad()

@@ -1,0 +1,231 @@
+"""The iteration-based training loop.
+
+``train(cfg)`` trains the config's model on ``cfg.data.train``, checkpoints atomically every
+``solver.checkpoint_period`` iterations (and ``model_final.pth`` at the end), evaluates every
+``test.eval_period`` iterations (keeping ``model_best.pth`` by box AP) and at the end (``metrics.json``
+and ``coco_results.json`` in ``output_dir``). ``resume=True`` continues from the last checkpoint with
+model, optimizer, scheduler, iteration, RNG states and data position restored, so an interrupted and
+resumed run ends with the weights of an uninterrupted one.
+
+Under ``torchrun --nproc_per_node=N`` each process trains on its shard with ``solver.ims_per_batch``
+images per iteration (DistributedDataParallel; NCCL on GPUs, gloo on CPUs).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from ..config import dump_config
+from .checkpoint import Checkpointer, rng_state, set_rng_state
+from .distributed import get_rank, get_world_size, init_distributed, is_main_process, resolve_device
+from .inference import autocast_context, evaluate_model
+from .logger import MetricsWriter, setup_logging
+from .solver import build_optimizer, build_scheduler
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["train", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the iteration and the loss terms."""
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def _to_device(targets, device: torch.device):
+    return [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _state(model, optimizer, scheduler, scaler, iteration: int, cfg, best: Optional[float]) -> Dict[str, Any]:
+    m = _unwrap(model)
+    conv = m.pixel_convention
+    return {
+        "model": m.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "iteration": iteration,
+        "rng": rng_state(),
+        "config": dump_config(cfg),
+        "class_names": list(m.class_names),
+        "pixel_convention": {"channel_order": conv.channel_order, "mean": list(conv.mean), "std": list(conv.std)},
+        "best": best,
+    }
+
+
+def _check_classes(cfg, dataset) -> None:
+    k = len(dataset.class_names)
+    if k != cfg.model.num_classes:
+        raise ValueError(f"the training data has {k} classes ({', '.join(dataset.class_names[:5])}"
+                         f"{', ...' if k > 5 else ''}) but model.num_classes is {cfg.model.num_classes}; set "
+                         f"model.num_classes={k} (a checkpoint with another class count still loads: its "
+                         "class-dependent layers are re-initialized)")
+
+
+def train(cfg, resume: bool = False) -> Optional[Dict[str, Any]]:
+    """Train the model of ``cfg``; returns the final metrics on the main process (None elsewhere or when
+    there is no test set)."""
+    from ..data.build import build_train_dataset, build_train_loader
+    from ..models import build_model
+
+    device = resolve_device(cfg.device)
+    distributed = init_distributed(device)
+    rank, world = get_rank(), get_world_size()
+    out = Path(cfg.output_dir)
+    setup_logging(str(out), rank)
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, out / "config.yaml")
+    _seed_everything(cfg.seed + rank)
+
+    dataset = build_train_dataset(cfg)
+    _check_classes(cfg, dataset)
+    logger.info("training on %d images, %d classes; %d process(es) x %d images per iteration", len(dataset),
+                len(dataset.class_names), world, cfg.solver.ims_per_batch)
+    model = build_model(cfg, class_names=dataset.class_names).to(device)
+    if cfg.model.backbone.norm == "syncbn" and not distributed:
+        logger.info("model.backbone.norm=syncbn without torch.distributed behaves as plain BatchNorm")
+    model.train()
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer)
+    precision = cfg.solver.precision
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("solver.precision=fp16 needs CUDA; use bf16 on CPUs")
+
+    ckpt = Checkpointer(out, keep_last=cfg.solver.keep_last)
+    start_iter, best = 0, None
+    if resume:
+        last = ckpt.last()
+        if last is None:
+            logger.info("--resume: no checkpoint in %s, starting from scratch", out)
+        else:
+            state = Checkpointer.load(last)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            start_iter, best = int(state["iteration"]), state.get("best")
+            set_rng_state(state["rng"])
+            logger.info("resumed from %s at iteration %d", last, start_iter)
+
+    if distributed:
+        ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
+        model = nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
+
+    max_iter = cfg.solver.max_iter
+    writer = MetricsWriter(str(out), max_iter, start_iter, enabled=is_main_process())
+    if start_iter < max_iter:
+        loader = build_train_loader(cfg, start_iter=start_iter, rank=rank, world_size=world)
+        try:
+            best = _loop(cfg, model, optimizer, scheduler, scaler, loader, ckpt, writer, device, start_iter, best)
+        finally:
+            writer.close()
+    else:
+        writer.close()
+        logger.info("training already finished (iteration %d of %d)", start_iter, max_iter)
+
+    if is_main_process() and (start_iter < max_iter or not (out / "model_final.pth").exists()):
+        ckpt.save("model_final.pth", _state(model, optimizer, scheduler, scaler, max_iter, cfg, best))
+    metrics = None
+    if cfg.data.test is not None:
+        metrics = evaluate_model(cfg, model=_unwrap(model), output_dir=str(out))
+    return metrics
+
+
+def _loop(cfg, model, optimizer, scheduler, scaler, loader, ckpt: Checkpointer, writer: MetricsWriter,
+          device: torch.device, start_iter: int, best: Optional[float]) -> Optional[float]:
+    s = cfg.solver
+    max_iter, period, eval_period = s.max_iter, s.checkpoint_period, cfg.test.eval_period
+    params = [p for p in model.parameters() if p.requires_grad]
+    iterator = iter(loader)
+    window: Dict[str, float] = {}
+    n_window, t_window, d_window = 0, 0.0, 0.0
+    start = time.perf_counter()
+    for it in range(start_iter, max_iter):
+        t0 = time.perf_counter()
+        images, targets = next(iterator)
+        images = [img.to(device, non_blocking=True) for img in images]
+        targets = _to_device(targets, device)
+        data_time = time.perf_counter() - t0
+
+        with autocast_context(device, s.precision):
+            loss_dict = model(images, targets)
+        losses = sum(loss_dict.values())
+        terms = {k: float(v.detach()) for k, v in loss_dict.items()}
+        if not math.isfinite(float(losses.detach())):
+            last = ckpt.last()
+            raise NonFiniteLossError(
+                f"iteration {it}: the loss is not finite ({', '.join(f'{k}={v}' for k, v in terms.items())}); "
+                f"stopped without saving. The last good checkpoint is {last or 'none (no checkpoint yet)'}. "
+                "Lower solver.base_lr, raise solver.warmup_iters, set solver.clip_grad_norm, or check the data.")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(losses).backward()
+            if s.clip_grad_norm > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, s.clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            losses.backward()
+            if s.clip_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, s.clip_grad_norm)
+            optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+
+        iter_time = time.perf_counter() - t0
+        for k, v in terms.items():
+            window[k] = window.get(k, 0.0) + v
+        n_window, t_window, d_window = n_window + 1, t_window + iter_time, d_window + data_time
+        done = it + 1
+        if done % cfg.log_period == 0 or done == max_iter or done == start_iter + 1:
+            avg = {k: v / n_window for k, v in window.items()}
+            total = sum(avg.values())
+            eta = (time.perf_counter() - start) / (done - start_iter) * (max_iter - done)
+            writer.write(done, {"total_loss": total, **avg, "lr": lr, "time": t_window / n_window,
+                                "data_time": d_window / n_window})
+            parts = " ".join(f"{k.replace('loss_', '')} {v:.3f}" for k, v in avg.items())
+            msg = (f"loss {total:.3f} ({parts}) lr {lr:.2e} {t_window / n_window:.2f}s/it "
+                   f"data {d_window / n_window:.3f}s")
+            if writer.interactive:
+                writer.progress(done, msg)
+            else:
+                logger.info("iter %d/%d %s eta %s", done, max_iter, msg, time.strftime("%H:%M:%S", time.gmtime(eta)))
+            window, n_window, t_window, d_window = {}, 0, 0.0, 0.0
+        elif writer.interactive:
+            writer.progress(done, "")
+
+        if eval_period > 0 and done % eval_period == 0 and done < max_iter and cfg.data.test is not None:
+            metrics = evaluate_model(cfg, model=_unwrap(model), progress=False)
+            model.train()
+            if is_main_process() and metrics:
+                ap = metrics["bbox"]["AP"]
+                writer.write(done, {"bbox/AP": ap, "bbox/AP50": metrics["bbox"]["AP50"]})
+                if best is None or ap > best:
+                    best = ap
+                    ckpt.save("model_best.pth", _state(model, optimizer, scheduler, scaler, done, cfg, best))
+        if period > 0 and done % period == 0 and done < max_iter and is_main_process():
+            ckpt.save(f"model_{done:07d}.pth", _state(model, optimizer, scheduler, scaler, done, cfg, best),
+                      periodic=True)
+    return best
