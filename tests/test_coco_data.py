@@ -312,5 +312,8 @@ def test_shapes_are_generated_when_missing_and_loaders_are_resumable(tmp_path, m
     assert len(sizes) > 1  # the short side is drawn from the list
     test_ds = build_test_dataset(cfg)
     assert len(test_ds) == 5
+    wrong = _cfg([f"data.test={{json: {root}/annotations/val.json, image_root: {root}/train, generate: shapes}}"])
+    with pytest.raises(ValueError, match=r"data\.test\.image_root: .*train: .* in .*val"):
+        build_test_dataset(wrong)
     shards = [[t["image_id"] for _, ts in build_test_loader(cfg, test_ds, r, 2) for t in ts] for r in range(2)]
     assert shards[0] + shards[1] == test_ds.image_ids

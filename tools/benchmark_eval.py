@@ -28,11 +28,13 @@ def _run(name: str, images: int, dets: int, categories: int, iou_type: str, seed
     print(f"{name}: {images} images, {len(gt['annotations'])} ground-truth objects ({crowd} crowd), "
           f"{len(results)} detections, {categories} categories (generated in {time.perf_counter() - t0:.1f} s)")
     out = compare_engines(gt, results, (iou_type,))
-    py, fast = out["seconds"]["pycocotools"], out["seconds"]["faster_coco_eval"]
     ok = out["max_diff"] <= 1e-9
-    print(f"  pycocotools      {py:8.2f} s   AP {out['metrics']['pycocotools'][iou_type]['AP']:.4f}")
-    print(f"  faster_coco_eval {fast:8.2f} s   AP {out['metrics']['faster_coco_eval'][iou_type]['AP']:.4f}")
-    print(f"  speed-up {py / fast:.1f}x; largest metric difference {out['max_diff']:.2e} "
+    for engine in ("pycocotools", "faster_coco_eval"):
+        print(f"  {engine:<16} {out['seconds'][engine]:8.2f} s wall {out['cpu_seconds'][engine]:8.2f} s CPU   "
+              f"AP {out['metrics'][engine][iou_type]['AP']:.4f}")
+    wall = out["seconds"]["pycocotools"] / out["seconds"]["faster_coco_eval"]
+    cpu = out["cpu_seconds"]["pycocotools"] / out["cpu_seconds"]["faster_coco_eval"]
+    print(f"  speed-up {wall:.1f}x wall, {cpu:.1f}x CPU; largest metric difference {out['max_diff']:.2e} "
           f"({'equal to 1e-9' if ok else 'NOT EQUAL'})")
     return ok
 
@@ -45,7 +47,8 @@ def main(argv=None) -> int:
     p.add_argument("--segm-images", type=int, default=0, help="images of an extra segm run (0: skip)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    print(f"machine: {os.cpu_count()} CPUs, {platform.machine()}, python {platform.python_version()}")
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    print(f"machine: {os.cpu_count()} CPUs, {platform.machine()}, python {platform.python_version()}{load}")
     ok = _run("bbox", args.images, args.dets, args.categories, "bbox", args.seed)
     if args.segm_images > 0:
         ok &= _run("segm", args.segm_images, args.dets, args.categories, "segm", args.seed)

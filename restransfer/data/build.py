@@ -95,6 +95,13 @@ def _generate_if_missing(spec: Any, json_path: Path, key: str) -> None:
     ensure_shapes(root)
 
 
+def _check_generated_layout(spec: Any, json_path: Path, image_root: Path, key: str) -> None:
+    expected = json_path.parent.parent / json_path.stem
+    if spec.generate is not None and image_root.absolute() != expected.absolute():
+        raise ValueError(f"{key}.image_root: {image_root}: the shapes generator puts the images of {json_path.name} "
+                         f"in {expected}; set image_root to it (see {DATASETS_README})")
+
+
 def dataset_from_spec(
     spec: Any,
     *,
@@ -114,10 +121,13 @@ def dataset_from_spec(
     if not spec.json or not spec.image_root:
         raise ValueError(f"{key}: needs both json and image_root, e.g. {{json: datasets/coco/annotations/"
                          f"instances_val2017.json, image_root: datasets/coco/val2017}} (see {DATASETS_README})")
-    json_path = Path(resolve_path(spec.json))
+    json_path, image_root = Path(resolve_path(spec.json)), Path(resolve_path(spec.image_root))
     _generate_if_missing(spec, json_path, key)
-    return CocoDataset(json_path, resolve_path(spec.image_root), transforms=transforms, with_masks=with_masks,
-                       filter_empty=filter_empty, is_train=is_train, name=spec.name or None)
+    _check_generated_layout(spec, json_path, image_root, key)
+    ds = CocoDataset(json_path, image_root, transforms=transforms, with_masks=with_masks,
+                     filter_empty=filter_empty, is_train=is_train, name=spec.name or None)
+    logger.info("%s: %s: %d images, %d classes", key, ds.name, len(ds), len(ds.class_names))
+    return ds
 
 
 def _categories(ds: CocoDataset) -> List[Tuple[int, str]]:
