@@ -1,0 +1,162 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from restransfer.config import dump_config, load_config
+from restransfer.data.shapes import generate_shapes
+from restransfer.engine import Checkpointer, NonFiniteLossError, train
+from restransfer.engine.checkpoint import atomic_torch_save
+from restransfer.engine.solver import lr_factor
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    generate_shapes(root, num_train=8, num_val=4, image_size=64, seed=3)
+    return root
+
+
+def _overrides(shapes, out, arch="faster_rcnn", **extra):
+    items = {
+        "model.arch": arch, "model.head": "fpn", "model.num_classes": 3, "model.backbone.depth": 18,
+        "model.backbone.norm": "bn", "model.backbone.freeze_at": 0, "model.fpn_out_channels": 32,
+        "model.roi_heads.batch_size_per_image": 16, "model.roi_heads.fpn_representation_size": 64,
+        "model.roi_heads.mask_conv_dim": 16, "model.rpn.post_nms_top_n_train": 32, "model.rpn.pre_nms_top_n_test": 32,
+        "model.rpn.post_nms_top_n_test": 16, "model.anchor.sizes": "[8,16,32,64,128]",
+        "data.train": f"[{{json: {shapes}/annotations/train.json, image_root: {shapes}/train}}]",
+        "data.test": f"{{json: {shapes}/annotations/val.json, image_root: {shapes}/val}}",
+        "data.num_workers": 0, "input.min_size_train": "[64]", "input.max_size_train": 64,
+        "input.min_size_test": 64, "input.max_size_test": 64, "solver.ims_per_batch": 2, "solver.max_iter": 6,
+        "solver.base_lr": 0.01, "solver.warmup_iters": 2, "solver.steps": "[4]", "solver.checkpoint_period": 3,
+        "log_period": 1, "output_dir": str(out),
+    }
+    items.update({k.replace("__", "."): v for k, v in extra.items()})
+    return [f"{k}={v}" for k, v in items.items()]
+
+
+def test_lr_schedule():
+    kw = dict(max_iter=100, steps=[50, 80], gamma=0.1, warmup_iters=10, warmup_factor=0.001)
+    assert lr_factor(0, **kw) == pytest.approx(0.001)
+    assert lr_factor(5, **kw) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert lr_factor(10, **kw) == 1.0 and lr_factor(50, **kw) == pytest.approx(0.1)
+    assert lr_factor(80, **kw) == pytest.approx(0.01)
+    assert lr_factor(50, **{**kw, "schedule": "cosine"}) == pytest.approx(0.5)
+    assert lr_factor(100, **{**kw, "schedule": "cosine"}) == pytest.approx(0.0)
+
+
+def test_train_writes_everything_and_evaluates(shapes, tmp_path):
+    out = tmp_path / "run"
+    metrics = train(load_config(None, _overrides(shapes, out, arch="mask_rcnn", solver__max_iter=4)))
+    for name in ("config.yaml", "log.jsonl", "model_final.pth", "metrics.json", "coco_results.json", "last_checkpoint"):
+        assert (out / name).is_file(), name
+    assert set(metrics) == {"bbox", "segm"} and set(metrics["bbox"]["per_category"]) == {"circle", "triangle", "square"}
+    assert json.loads((out / "metrics.json").read_text())["bbox"]["AP"] == pytest.approx(metrics["bbox"]["AP"], nan_ok=True)
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [1, 2, 3, 4]
+    assert {"total_loss", "lr", "time", "data_time", "loss_mask"} <= set(records[0])
+    # the resolved config loads back identically
+    assert load_config(out / "config.yaml") == load_config(None, _overrides(shapes, out, arch="mask_rcnn", solver__max_iter=4))
+    # the final checkpoint is a model.weights file for evaluation and fine-tuning
+    state = Checkpointer.load(out / "model_final.pth")
+    assert state["iteration"] == 4 and state["class_names"] == ["circle", "triangle", "square"]
+
+
+def test_resume_gives_the_same_weights(shapes, tmp_path, monkeypatch):
+    full = tmp_path / "full"
+    train(load_config(None, _overrides(shapes, full, data__test="null")))
+
+    # the same run, killed right after its checkpoint at iteration 3, then resumed
+    broken = tmp_path / "broken"
+    real_save = Checkpointer.save
+
+    def save_then_die(self, name, state, periodic=False):
+        path = real_save(self, name, state, periodic)
+        if name == "model_0000003.pth":
+            raise KeyboardInterrupt("simulated kill")
+        return path
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(None, _overrides(shapes, broken, data__test="null")))
+    monkeypatch.setattr(Checkpointer, "save", real_save)
+    assert not (broken / "model_final.pth").exists()
+    train(load_config(None, _overrides(shapes, broken, data__test="null")), resume=True)
+
+    a = Checkpointer.load(full / "model_final.pth")["model"]
+    b = Checkpointer.load(broken / "model_final.pth")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    # and differs from a run that did not train the last three iterations at all
+    c = Checkpointer.load(broken / "model_0000003.pth")["model"]
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(shapes, tmp_path, monkeypatch):
+    from restransfer.models.detector import Detector
+
+    out = tmp_path / "nan"
+    real_forward = Detector.forward
+    calls = {"n": 0}
+
+    def forward(self, images, targets=None):
+        losses = real_forward(self, images, targets)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 5:  # iteration index 4
+                losses["loss_box_reg"] = losses["loss_box_reg"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(Detector, "forward", forward)
+    with pytest.raises(NonFiniteLossError, match=r"iteration 4: .*loss_box_reg=nan.*model_0000003\.pth"):
+        train(load_config(None, _overrides(shapes, out, data__test="null")))
+    assert Checkpointer(out).last().name == "model_0000003.pth"
+    assert Checkpointer.load(out / "model_0000003.pth")["iteration"] == 3
+    assert not (out / "model_final.pth").exists()
+
+
+def test_atomic_save_never_leaves_a_half_written_file(tmp_path):
+    path = tmp_path / "model.pth"
+    atomic_torch_save({"w": torch.ones(3)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_torch_save({"w": torch.zeros(3), "x": Unpicklable()}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pth"]
+
+
+def test_keep_last_checkpoints(tmp_path):
+    ckpt = Checkpointer(tmp_path, keep_last=2)
+    for it in (1, 2, 3):
+        ckpt.save(f"model_{it:07d}.pth", {"iteration": it}, periodic=True)
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == ["model_0000002.pth", "model_0000003.pth"]
+    assert ckpt.last().name == "model_0000003.pth"
+
+
+def test_two_process_gloo_run(shapes, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RESTRANSFER_NO_PROGRESS": "1"}
+    config = tmp_path / "tiny.yaml"
+    dump_config(load_config(None, _overrides(shapes, out, solver__max_iter=3)), config)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "tools" / "train_det.py"), str(config), "solver.checkpoint_period=0", "solver.ims_per_batch=1"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = (out / "log.txt").read_text()
+    assert "2 process(es) x 1 images per iteration" in log
+    assert (out / "log.rank1.txt").is_file() and (out / "metrics.json").is_file()
+    results = json.loads((out / "coco_results.json").read_text())
+    # the distributed evaluation gathered the predictions of both shards (4 val images)
+    assert {r["image_id"] for r in results} <= {1, 2, 3, 4}
+    state = Checkpointer.load(out / "model_final.pth")
+    assert state["iteration"] == 3
