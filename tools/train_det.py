@@ -19,7 +19,7 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-only", action="store_true",
                         help="only evaluate model.weights (or the last checkpoint of output_dir) on data.test")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:

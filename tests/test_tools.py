@@ -1,0 +1,101 @@
+"""The command-line tools as a user runs them, on a tiny COCO-layout folder built here."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from restransfer.data.shapes import generate_shapes
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = ["model.backbone.weights=null", "model.backbone.depth=18", "model.roi_heads.c4_pooler_resolution=6",
+        "model.rpn.pre_nms_top_n_train=64", "model.rpn.post_nms_top_n_train=16", "model.rpn.pre_nms_top_n_test=32",
+        "model.rpn.post_nms_top_n_test=8", "model.roi_heads.batch_size_per_image=8", "input.min_size_train=[64]",
+        "input.max_size_train=64", "input.min_size_test=64", "input.max_size_test=64", "solver.ims_per_batch=2",
+        "solver.max_iter=2", "solver.warmup_iters=1", "data.num_workers=0", "device=cpu", "model.num_classes=3"]
+
+
+def _run(args, cwd, env_extra=None):
+    env = {**os.environ, "RESTRANSFER_NO_PROGRESS": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=900)
+
+
+@pytest.fixture(scope="module")
+def coco_root(tmp_path_factory):
+    """``<root>/coco/{annotations/instances_{train,val}2017.json, train2017/, val2017/}`` from the shapes set."""
+    shapes = tmp_path_factory.mktemp("shapes")
+    generate_shapes(shapes, num_train=6, num_val=3, image_size=64, seed=5)
+    root = tmp_path_factory.mktemp("datasets")
+    (root / "coco" / "annotations").mkdir(parents=True)
+    for split in ("train", "val"):
+        shutil.copytree(shapes / split, root / "coco" / f"{split}2017")
+        shutil.copy(shapes / "annotations" / f"{split}.json", root / "coco" / "annotations" / f"instances_{split}2017.json")
+    return root
+
+
+@pytest.mark.parametrize("config", ["coco_faster_rcnn_r101.yaml", "coco_mask_rcnn_r101_fpn.yaml"])
+def test_coco_configs_train_and_evaluate_on_a_coco_layout(coco_root, tmp_path, config):
+    out = tmp_path / "out"
+    proc = _run([REPO / "tools" / "train_det.py", REPO / "configs" / config, *TINY, f"output_dir={out}"], tmp_path,
+                {"RESTRANSFER_DATASETS": str(coco_root)})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "bbox AP" in proc.stdout and "per-category" in proc.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_category"}
+    assert ("segm" in metrics) == ("mask" in config)
+    results = json.loads((out / "coco_results.json").read_text())
+    assert {r["category_id"] for r in results} <= {1, 2, 3}
+
+    # evaluating the checkpoint again gives the same numbers ...
+    again = tmp_path / "again.json"
+    proc = _run([REPO / "tools" / "eval_coco.py", REPO / "configs" / config, "--weights", out / "model_final.pth",
+                 "--output", again, *TINY, f"output_dir={tmp_path / 'eval'}"], tmp_path,
+                {"RESTRANSFER_DATASETS": str(coco_root)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(again.read_text())["bbox"]["AP"] == pytest.approx(metrics["bbox"]["AP"], nan_ok=True)
+    # ... and so does the results file through the --gt/--results mode
+    from_file = tmp_path / "from_file.json"
+    iou = ["bbox", "segm"] if "mask" in config else ["bbox"]
+    proc = _run([REPO / "tools" / "eval_coco.py", "--gt", coco_root / "coco" / "annotations" / "instances_val2017.json",
+                 "--results", out / "coco_results.json", "--iou-type", *iou, "--output", from_file], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for t in iou:
+        assert json.loads(from_file.read_text())[t]["AP"] == pytest.approx(metrics[t]["AP"], nan_ok=True)
+
+
+def test_eval_only_uses_the_last_checkpoint(coco_root, tmp_path):
+    out = tmp_path / "out"
+    env = {"RESTRANSFER_DATASETS": str(coco_root)}
+    cfg = REPO / "configs" / "coco_faster_rcnn_r101_fpn.yaml"
+    assert _run([REPO / "tools" / "train_det.py", cfg, *TINY, f"output_dir={out}", "solver.checkpoint_period=1"],
+                tmp_path, env).returncode == 0
+    (out / "metrics.json").unlink()
+    proc = _run([REPO / "tools" / "train_det.py", cfg, "--eval-only", *TINY, f"output_dir={out}"], tmp_path, env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "metrics.json").is_file()
+
+
+def test_missing_dataset_names_the_path_and_the_docs(tmp_path):
+    proc = _run([REPO / "tools" / "train_det.py", REPO / "configs" / "coco_faster_rcnn_r101.yaml", *TINY,
+                 f"output_dir={tmp_path / 'o'}"], tmp_path, {"RESTRANSFER_DATASETS": str(tmp_path / "nowhere")})
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert str(tmp_path / "nowhere" / "coco" / "annotations" / "instances_train2017.json") in err
+    assert "datasets/README.md" in err
+
+
+def test_config_typo_on_the_command_line(tmp_path):
+    proc = _run([REPO / "tools" / "train_det.py", REPO / "configs" / "coco_faster_rcnn_r101.yaml",
+                 "solver.base_lrr=0.1"], tmp_path)
+    assert proc.returncode == 2
+    assert "solver.base_lrr: unknown key; did you mean solver.base_lr?" in proc.stderr
+
+
+def test_eval_coco_without_arguments_prints_usage(tmp_path):
+    proc = _run([REPO / "tools" / "eval_coco.py"], tmp_path)
+    assert proc.returncode == 2 and "usage" in proc.stderr
