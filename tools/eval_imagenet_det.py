@@ -36,7 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--blacklist", help="optional devkit blacklist '<image_index> <WNID>'")
     p.add_argument("--output", help="metrics.json path (default: output_dir/metrics.json in model mode)")
     p.add_argument("--no-coco", action="store_true", help="skip the COCO mAP@.5:.95 side by side")
-    args = p.parse_args(argv)
+    # intermixed: the documented 'CONFIG --weights CKPT key=value ...' puts options between the positionals
+    args = p.parse_intermixed_args(argv)
     file_mode = [args.submission, args.annotations, args.image_list, args.synsets]
     if args.config is None:
         if not all(file_mode):

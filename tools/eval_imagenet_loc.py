@@ -45,7 +45,8 @@ def main(argv=None) -> int:
                    "to compute classifier scores instead of --classifier-scores")
     p.add_argument("--classifier-depth", type=int, default=101, help="ResNet depth of --classifier-weights")
     p.add_argument("--classifier-style", default="pytorch", choices=("pytorch", "caffe"))
-    args = p.parse_args(argv)
+    # intermixed: the documented 'CONFIG --weights CKPT key=value ...' puts options between the positionals
+    args = p.parse_intermixed_args(argv)
 
     from restransfer.data.imagenet_loc import LocFormatError
 
