@@ -13,6 +13,9 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
+from ..backbone.norms import freeze_batchnorm
+from . import fast
+
 __all__ = ["Detector", "validate_targets"]
 
 
@@ -79,13 +82,42 @@ class Detector(GeneralizedRCNN):
         return super().forward(images, targets)
 
     @torch.no_grad()
-    def optimize_for_inference(self) -> "Detector":
-        """Fold frozen BatchNorms into convolutions (same outputs up to float noise). Irreversible: use on a
-        model that will only run inference (the Predictor and evaluation do this by default)."""
+    def optimize_for_inference(self, *, fold_bn: bool = True, fuse: bool = True, channels_last: bool = True,
+                               precision: str = "fp32") -> "Detector":
+        """Make this model a faster inference-only model, in place (see :mod:`restransfer.models.fast`).
+
+        Irreversible: the model goes to eval mode with frozen parameters; use it on a model that will only
+        run inference (the Predictor and evaluation do this by default, ``test.optimize``). With
+        ``precision="fp32"`` the detections equal the unoptimized model's up to float noise.
+
+        Args:
+            fold_bn: fold BatchNorms (frozen ones, and trainable ones with their running statistics) into
+                the convolutions before them.
+            fuse: fused oneDNN convolution + residual + ReLU kernels on CPU (needs ``fold_bn`` for the
+                ResNet blocks) and single-allocation mask pasting.
+            channels_last: NHWC activations for the convolutions.
+            precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the feature layers; scores, box
+                regression and box arithmetic stay fp32 (see :func:`fast.set_inference_precision`).
+        """
+        options = dict(fold_bn=fold_bn, fuse=fuse, channels_last=channels_last, precision=precision)
+        fast.precision_dtype(precision)  # validate before changing anything
         if self._optimized:
+            if self._optimized != options:
+                raise RuntimeError(f"this model was already optimized with {self._optimized}; build a new model "
+                                   f"to optimize it with {options}")
             return self
-        for m in self.modules():
-            if m is not self and hasattr(m, "fuse_frozen_bn"):
-                m.fuse_frozen_bn()
-        self._optimized = True
+        self.eval().requires_grad_(False)
+        if fold_bn:
+            freeze_batchnorm(self)  # eval-mode BatchNorm = its running statistics, foldable like FrozenBN
+            for m in self.modules():
+                if m is not self and hasattr(m, "fuse_frozen_bn"):
+                    m.fuse_frozen_bn()
+        if fuse:
+            fast.fuse_modules(self)
+            fast.use_fast_postprocess(self)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+            fast.prepare_roi_features(self)
+        fast.set_inference_precision(self, precision)
+        self._optimized = options
         return self
