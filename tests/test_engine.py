@@ -53,16 +53,23 @@ def test_lr_schedule():
 
 def test_train_writes_everything_and_evaluates(shapes, tmp_path):
     out = tmp_path / "run"
-    metrics = train(load_config(None, _overrides(shapes, out, arch="mask_rcnn", solver__max_iter=4)))
-    for name in ("config.yaml", "log.jsonl", "model_final.pth", "metrics.json", "coco_results.json", "last_checkpoint"):
+    metrics = train(load_config(None, _overrides(shapes, out, arch="mask_rcnn", solver__max_iter=4,
+                                                 test__eval_period=2)))
+    for name in ("config.yaml", "log.jsonl", "model_final.pth", "metrics.json", "coco_results.json", "last_checkpoint",
+                 "model_best.pth"):
         assert (out / name).is_file(), name
     assert set(metrics) == {"bbox", "segm"} and set(metrics["bbox"]["per_category"]) == {"circle", "triangle", "square"}
     assert json.loads((out / "metrics.json").read_text())["bbox"]["AP"] == pytest.approx(metrics["bbox"]["AP"], nan_ok=True)
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in records] == [1, 2, 3, 4]
+    losses = [r for r in records if "total_loss" in r]
+    assert [r["iteration"] for r in losses] == [1, 2, 3, 4]
     assert {"total_loss", "lr", "time", "data_time", "loss_mask"} <= set(records[0])
+    # the periodic evaluation at iteration 2 is logged and kept as the best checkpoint so far
+    assert [r["iteration"] for r in records if "bbox/AP" in r] == [2]
+    assert Checkpointer.load(out / "model_best.pth")["iteration"] == 2
     # the resolved config loads back identically
-    assert load_config(out / "config.yaml") == load_config(None, _overrides(shapes, out, arch="mask_rcnn", solver__max_iter=4))
+    assert load_config(out / "config.yaml") == load_config(None, _overrides(shapes, out, arch="mask_rcnn", solver__max_iter=4,
+                                                                            test__eval_period=2))
     # the final checkpoint is a model.weights file for evaluation and fine-tuning
     state = Checkpointer.load(out / "model_final.pth")
     assert state["iteration"] == 4 and state["class_names"] == ["circle", "triangle", "square"]
