@@ -286,11 +286,13 @@ def _count_flops(step: Callable[[], Any]) -> float:
 
 def _interleaved(steps: Dict[str, Callable[[], Any]], iters: int, device: torch.device
                  ) -> Tuple[Dict[str, List[float]], Dict[str, int]]:
-    """Time each step ``iters`` times, alternating between them; also the peak memory of each."""
+    """Time each step ``iters`` times, alternating between them (in reversed order every other round, so
+    that neither model always inherits the other's freed memory); also the peak memory of each."""
     runs: Dict[str, List[float]] = {k: [] for k in steps}
     peaks: Dict[str, int] = {k: 0 for k in steps}
-    for _ in range(iters):
-        for name, step in steps.items():
+    for i in range(iters):
+        order = list(steps.items())
+        for name, step in (order if i % 2 == 0 else order[::-1]):
             with _PeakMemory(device) as mem:
                 _sync(device)
                 t0 = time.perf_counter()
@@ -312,10 +314,9 @@ def _autocast(device: torch.device, precision: str):
 
 def _inference(cfg, model: nn.Module, ref: Optional[nn.Module], images: List[Tensor], device: torch.device,
                precisions: Sequence[str], iters: int, warmup: int, ref_precision: str) -> Dict[str, Any]:
-    flops_model = copy.deepcopy(model).eval()
-    with torch.inference_mode():
-        flops = _count_flops(lambda: flops_model(images)) / len(images)
-    del flops_model
+    model.eval()
+    with torch.inference_mode():  # counted on the plain model: the fused kernels are unknown to the counter
+        flops = _count_flops(lambda: model(images)) / len(images)
     steps: Dict[str, Callable[[], Any]] = {}
     for i, precision in enumerate(precisions):
         opt_kwargs = inference_kwargs(cfg)
@@ -376,9 +377,8 @@ def _train(model: nn.Module, ref: Optional[nn.Module], images: List[Tensor], tar
     steps = {f"restransfer {precision}": make_step(model, channels_last)}
     if ref is not None:
         steps[f"torchvision {precision}"] = make_step(ref, False)
-    flops_model = copy.deepcopy(model).train()
-    flops = _count_flops(lambda: sum(flops_model(images, targets).values()).backward()) / len(images)
-    del flops_model
+    flops = _count_flops(lambda: sum(model(images, targets).values()).backward()) / len(images)
+    model.zero_grad(set_to_none=True)
     for _ in range(max(warmup, 1)):
         for s in steps.values():
             s()

@@ -114,7 +114,7 @@ class Predictor:
         config_or_path: a YAML config path or a loaded config (:func:`restransfer.config.load_config`).
         weights: detector checkpoint (default: the config's ``model.weights``).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
-        threshold: keep detections whose score is at least this.
+        threshold: keep detections whose score exceeds this (the model's own ``score_thresh`` rule).
         channel_order: channel order of numpy inputs, ``"RGB"`` or ``"BGR"`` (OpenCV's ``imread``).
         batch_size: images per forward pass (default: ``test.ims_per_batch``).
         class_names: names of classes 1..K (default: the checkpoint's ``class_names``, else "1".."K").
@@ -172,8 +172,8 @@ class Predictor:
             precision_dtype(precision)
             kwargs["precision"] = precision
         model.optimize_for_inference(**kwargs)
-        # scores below the threshold are dropped anyway; dropping them before the mask head saves its work
-        # without changing what is kept (NMS only lets a box suppress lower-scoring ones)
+        # scores at or below the threshold are dropped anyway; dropping them before NMS and the mask head
+        # saves work without changing what is kept (NMS only lets a box suppress lower-scoring ones)
         model.roi_heads.score_thresh = max(float(model.roi_heads.score_thresh), self.threshold)
         self.model = model
         self.class_names = list(model.class_names)
@@ -199,7 +199,7 @@ class Predictor:
     # ----------------------------------------------------------------------------------- outputs
 
     def _result(self, out: Dict[str, Tensor], image_size: tuple) -> Dict[str, Any]:
-        keep = out["scores"] >= self.threshold
+        keep = out["scores"] > self.threshold
         labels = out["labels"][keep].cpu().numpy().astype(np.int64)
         result: Dict[str, Any] = {
             "boxes": out["boxes"][keep].float().cpu().numpy(),

@@ -206,3 +206,55 @@ def test_randomized_weights_are_calibrated_and_biased():
     assert torch.allclose(block.bn2.weight, torch.full_like(block.bn2.weight, 0.2))  # closes the residual branch
     assert torch.allclose(block.bn1.weight, torch.ones_like(block.bn1.weight))
     assert len(out["boxes"]) > 0 and set(out["labels"].tolist()) <= {1, 2}
+
+
+# ------------------------------------------------------------------------------------- benchmark
+
+
+def _det(boxes, labels):
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "labels": torch.tensor(labels)}
+
+
+def test_detection_agreement_is_one_to_one_and_order_free():
+    ref = _det([[0, 0, 10, 10], [20, 20, 40, 40], [50, 0, 60, 30]], [1, 2, 1])
+    shuffled = _det([[50, 0, 60, 30], [0, 0, 10, 10.05], [20, 20, 40, 40]], [1, 1, 2])
+    agreement, diff = detection_agreement(shuffled, ref)
+    assert agreement == 1.0 and diff == pytest.approx(0.05, abs=1e-5)
+    relabelled = _det([[0, 0, 10, 10], [20, 20, 40, 40], [50, 0, 60, 30]], [1, 3, 1])
+    assert detection_agreement(relabelled, ref)[0] == pytest.approx(2 / 3)
+    doubled = _det([[0, 0, 10, 10], [0, 0, 10, 10]], [1, 1])  # one reference box cannot match twice
+    assert detection_agreement(doubled, ref)[0] == pytest.approx(1 / 3)
+    assert detection_agreement(_det([], []), _det([], []))[0] == 1.0
+
+
+def test_torchvision_reference_is_the_same_network():
+    from restransfer.benchmark import reference_incompatibility, torchvision_reference
+
+    cfg = tiny_config("model.fpn_out_channels=256", "model.roi_heads.mask_conv_dim=256")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    images, _ = synthetic_batch((96, 128))
+    randomize_weights(model, images)
+    assert reference_incompatibility(cfg) is None
+    ref = torchvision_reference(cfg)
+    ref.load_state_dict(model.state_dict())
+    _assert_same_detections(_run(ref.eval(), images), _run(model, images), box_tol=1e-4)
+    assert "C4" in reference_incompatibility(tiny_config(*C4))
+    assert "BGR" in reference_incompatibility(tiny_config("model.channel_order=BGR"))
+
+
+def test_run_benchmark_reports_every_figure():
+    """Running is the point here (timings are not checked), plus the fp32 agreement."""
+    from restransfer.benchmark import format_report, run_benchmark
+
+    cfg = tiny_config("model.fpn_out_channels=256", "model.roi_heads.mask_conv_dim=256")
+    result = run_benchmark(cfg, precision=["fp32", "bf16"], iters=2, warmup=1, size=(64, 80))
+    names = ["restransfer fp32", "restransfer bf16", "torchvision fp32"]
+    assert list(result["measurements"]) == names
+    for m in result["measurements"].values():
+        assert m.images_per_s > 0 and m.latency_p25 <= m.latency_median <= m.latency_p75
+        assert m.flops_per_image > 1e8 and m.gflops_per_s > 0 and m.peak_memory_mb >= 0
+    assert set(result["ratios"]) == set(names[:2])
+    assert result["agreement"]["restransfer fp32"]["fraction"] == 1.0
+    report = format_report(result)
+    assert "torchvision fp32" in report and "agreement" in report

@@ -19,13 +19,15 @@ convolutions. Each one keeps fp32 results equal up to float noise:
   convolution, the box head and the mask branch run in bfloat16 (CPUs with AVX-512-BF16/AMX, GPUs) or
   float16 (GPUs); everything that produces a score, a box offset or a proposal, and all box
   arithmetic, stays in float32, because bfloat16 has only 8 significant bits (pixel coordinates near
-  1000 would move by 4 px).
+  1000 would move by 4 px). This is finer than wrapping the model in ``torch.autocast``, under which
+  torchvision decodes proposals in bfloat16; the fused kernels honour an enclosing CPU autocast all
+  the same (they cast like ``F.conv2d`` would).
 """
 from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +52,7 @@ __all__ = [
     "ParallelMultiScaleRoIAlign",
     "FastDetectionTransform",
     "paste_masks",
+    "prepare_roi_features",
     "fuse_modules",
     "use_fast_postprocess",
     "set_inference_precision",
