@@ -36,7 +36,7 @@ from torchvision.ops import FrozenBatchNorm2d, box_iou
 from .backbone.resnet import BasicBlock, Bottleneck
 from .models import build_model
 from .models.build import _anchors, _rpn_roi_kwargs, pixel_convention
-from .models.fast import inference_kwargs, precision_dtype
+from .models.fast import check_precision_support, inference_kwargs, precision_dtype
 
 __all__ = ["Measurement", "run_benchmark", "torchvision_reference", "reference_incompatibility",
            "randomize_weights", "detection_agreement", "synthetic_batch", "format_report"]
@@ -417,7 +417,9 @@ def run_benchmark(cfg, *, device: str = "cpu", precision: Union[str, Sequence[st
     dev = torch.device(device)
     precisions = [precision] if isinstance(precision, str) else list(precision)
     for p in precisions:
-        precision_dtype(p)
+        dtype = precision_dtype(p)
+        if not train:  # before minutes of model building: fp16 on a CPU without it fails here
+            check_precision_support(dtype, dev)
     if not precisions:
         raise ValueError("give at least one precision")
     if dev.type == "cuda" and not torch.cuda.is_available():

@@ -2,7 +2,7 @@
 """Inference or training speed of a config's detector against torchvision's identical network.
 
     python tools/benchmark.py configs/torchvision/mask_rcnn_r50_fpn.yaml model.backbone.depth=101 --iters 3
-    python tools/benchmark.py CONFIG --dtype fp32 bf16       # fp32 and bf16 (test.precision)
+    python tools/benchmark.py CONFIG --dtype fp32,bf16       # fp32 and bf16 (test.precision)
     python tools/benchmark.py CONFIG --train --iters 3       # forward + backward + SGD step
     python tools/benchmark.py CONFIG --device cuda --dtype fp16
 
@@ -25,9 +25,9 @@ from restransfer.cli import config_from_args, model_parser
 def _parser() -> argparse.ArgumentParser:
     p = model_parser(__doc__, "detector checkpoint (default: model.weights, else calibrated random weights)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default=["fp32"], nargs="+", choices=("fp32", "bf16", "fp16"),
-                   help="precision(s) of our model, timed in the same interleaved runs (torchvision's model runs "
-                        "fp32 on CPU, autocast at the first dtype on CUDA)")
+    p.add_argument("--dtype", default="fp32", metavar="fp32|bf16|fp16[,...]",
+                   help="precision of our model, or several separated by commas (fp32,bf16), timed in the same "
+                        "interleaved runs; torchvision's model runs fp32 on CPU, autocast at the first one on CUDA")
     p.add_argument("--train", action="store_true", help="time a training step instead of inference")
     p.add_argument("--iters", type=int, default=5, help="timed runs per model (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per model first (default 1)")
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = config_from_args(args)
-    result = run_benchmark(cfg, device=args.device, precision=args.dtype, train=args.train, iters=args.iters,
+    result = run_benchmark(cfg, device=args.device, precision=args.dtype.split(","), train=args.train, iters=args.iters,
                            warmup=args.warmup, size=tuple(args.size), batch=args.batch,
                            reference=not args.no_reference, channels_last=args.channels_last)
     print(format_report(result), end="")

@@ -57,6 +57,7 @@ __all__ = [
     "use_fast_postprocess",
     "set_inference_precision",
     "precision_dtype",
+    "check_precision_support",
     "inference_kwargs",
 ]
 
@@ -480,7 +481,8 @@ def prepare_roi_features(model: nn.Module) -> None:
         model.roi_heads._restransfer_roi_hook = True
 
 
-def _check_precision_support(dtype: torch.dtype, device: torch.device) -> None:
+def check_precision_support(dtype: torch.dtype, device: torch.device) -> None:
+    """Raise for a precision this device cannot run (fp16 on a CPU without it); warn where it is emulated."""
     if device.type != "cpu":
         return
     mkldnn = getattr(torch.ops, "mkldnn", None)
@@ -509,7 +511,7 @@ def set_inference_precision(model: nn.Module, precision: str) -> None:
     if dtype == torch.float32:
         return
     param = next(model.parameters())
-    _check_precision_support(dtype, param.device)
+    check_precision_support(dtype, param.device)
     rh = model.roi_heads
     model.backbone.to(dtype)
     model.backbone.register_forward_pre_hook(_cast_inputs(dtype))
