@@ -75,9 +75,11 @@ def inference_on_dataset(model: nn.Module, loader, device: torch.device, precisi
 
 
 def build_eval_model(cfg, weights: Optional[str], class_names: Optional[List[str]], device: torch.device) -> nn.Module:
-    """The model of ``cfg`` with ``weights`` (a checkpoint) loaded, optimized for inference when
-    ``cfg.test.optimize``."""
+    """The model of ``cfg`` with ``weights`` (a checkpoint) loaded and prepared for inference: the fast
+    paths when ``cfg.test.optimize``, and ``cfg.test.precision`` for the feature layers (scores and box
+    arithmetic stay fp32; see :mod:`restransfer.models.fast`)."""
     from ..models import build_model
+    from ..models.fast import inference_kwargs
 
     if weights:
         cfg = cfg.copy()
@@ -85,10 +87,7 @@ def build_eval_model(cfg, weights: Optional[str], class_names: Optional[List[str
     if not cfg.model.weights:
         logger.warning("no detector weights given (--weights or model.weights): evaluating an untrained head")
     model = build_model(cfg, class_names=class_names).to(device)
-    model.eval()
-    if cfg.test.optimize:
-        model.optimize_for_inference()
-    return model
+    return model.optimize_for_inference(**inference_kwargs(cfg))
 
 
 def _gather(predictions: List[Dict[str, Any]], dataset) -> List[Dict[str, Any]]:
@@ -122,10 +121,12 @@ def predict_dataset(cfg, weights: Optional[str] = None, dataset=None, model: Opt
         raise ValueError(f"the test set {getattr(dataset, 'name', '')} has {len(dataset.class_names)} classes but "
                          f"model.num_classes is {cfg.model.num_classes}; set model.num_classes="
                          f"{len(dataset.class_names)}")
+    precision = cfg.test.precision  # autocast for a model given as is (e.g. the one in training)
     if model is None:
         model = build_eval_model(cfg, weights, dataset.class_names, device)
+        precision = "fp32"  # the built model applies test.precision itself, layer by layer
     loader = build_test_loader(cfg, dataset, get_rank(), get_world_size())
-    predictions = inference_on_dataset(model, loader, device, cfg.test.precision, progress=progress)
+    predictions = inference_on_dataset(model, loader, device, precision, progress=progress)
     return dataset, _gather(predictions, dataset)
 
 
