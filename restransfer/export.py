@@ -11,18 +11,19 @@ Input size. By default the export is for one fixed size (H, W):
 
 * **TorchScript** comes from tracing (``torch.jit.trace``) an example image of that size, wrapped in
   a small scripted guard that raises ``RuntimeError: expected an image of size HxW`` for any other
-  size. Scripting (``torch.jit.script``) is not offered: the detector's modules use Python features
-  TorchScript lacks (annotated ``Optional`` submodules, f-string errors), and ``torch.jit.script`` is
-  deprecated since PyTorch 2.10.
+  size. Scripting (``torch.jit.script``) is not offered: the detector is not scriptable (the first
+  failure is the ResNet blocks' ``Optional[nn.Sequential]`` annotation), and PyTorch 2.14 warns that
+  ``torch.jit.script`` is deprecated.
 * **ONNX** (TorchScript-based exporter, ``dynamo=False``: the path torchvision's detectors support)
   gets static input dimensions; ONNX Runtime rejects other sizes with ``INVALID_ARGUMENT: Got invalid
   dimensions for input: image``.
 
 ``dynamic=True`` drops the guard (TorchScript) or marks H and W dynamic (ONNX). torchvision computes
 the resize scale, the padded shape and the anchor grids with traced tensor operations, so such files
-give the eager model's detections at other sizes too; the tests check sizes from 20x30 to 400x600,
-both regimes of the resize (short-side target and long-side cap), C4 and FPN heads, and images with
-and without detections. What stays fixed at export time:
+give the eager model's detections at other sizes too. Checked on ResNet-18 Mask R-CNN (FPN) and
+Faster R-CNN (C4), both formats: sizes from 20x30 to 400x600 in both regimes of the resize (short-side
+target, long-side cap); and Mask R-CNN files traced on an image with detections run on one without,
+and the reverse. The tests keep two other sizes per format. What stays fixed at export time:
 
 * one image per call (the batch dimension is not part of the graph);
 * ``input.min_size_test``/``max_size_test``, the score threshold and the detection count cap;
