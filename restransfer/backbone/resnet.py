@@ -92,7 +92,7 @@ class BasicBlock(_Block):
         out = F.relu_(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         if self.residual:
-            out = out + self._shortcut(x)
+            out += self._shortcut(x)  # in place: no layer keeps its output for backward
         return F.relu_(out)
 
 
@@ -121,7 +121,7 @@ class Bottleneck(_Block):
         out = F.relu_(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if self.residual:
-            out = out + self._shortcut(x)
+            out += self._shortcut(x)  # in place: no layer keeps its output for backward
         return F.relu_(out)
 
 
@@ -254,7 +254,7 @@ class ResNet(nn.Module):
                 param.requires_grad_(False)
 
     def stem(self, x: Tensor) -> Tensor:
-        return self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        return self.maxpool(F.relu_(self.bn1(self.conv1(x))))
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
         """``x``: (B, 3, H, W) -> ordered dict ``{name: (B, out_channels[name], H/stride, W/stride)}``."""
