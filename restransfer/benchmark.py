@@ -23,7 +23,6 @@ import os
 import statistics
 import threading
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -36,6 +35,7 @@ from torchvision.ops import FrozenBatchNorm2d, box_iou
 from .backbone.resnet import BasicBlock, Bottleneck
 from .models import build_model
 from .models.build import _anchors, _rpn_roi_kwargs, pixel_convention
+from .engine.inference import autocast_context
 from .models.fast import check_precision_support, inference_kwargs, precision_dtype
 
 __all__ = ["Measurement", "run_benchmark", "torchvision_reference", "reference_incompatibility",
@@ -306,12 +306,6 @@ def _interleaved(steps: Dict[str, Callable[[], Any]], iters: int, device: torch.
 # ------------------------------------------------------------------------------------------- runs
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=precision_dtype(precision))
-
-
 def _inference(cfg, model: nn.Module, ref: Optional[nn.Module], images: List[Tensor], device: torch.device,
                precisions: Sequence[str], iters: int, warmup: int, ref_precision: str) -> Dict[str, Any]:
     model.eval()
@@ -327,7 +321,7 @@ def _inference(cfg, model: nn.Module, ref: Optional[nn.Module], images: List[Ten
         ref.eval()
 
         def theirs() -> Any:
-            with _autocast(device, ref_precision):
+            with autocast_context(device, ref_precision):
                 return ref(images)
         steps[f"torchvision {ref_precision}"] = theirs
     result: Dict[str, Any] = {}
@@ -365,7 +359,7 @@ def _train(model: nn.Module, ref: Optional[nn.Module], images: List[Tensor], tar
 
         def step() -> Any:
             opt.zero_grad(set_to_none=True)
-            with _autocast(device, precision):
+            with autocast_context(device, precision):
                 losses = m(images, targets)
             loss = sum(losses.values())
             scaler.scale(loss).backward()
