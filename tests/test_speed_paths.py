@@ -7,13 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import paste_masks_in_image
-from torchvision.ops import MultiScaleRoIAlign
 
 from restransfer.benchmark import detection_agreement, randomize_weights, synthetic_batch
 from restransfer.models import build_model
-from restransfer.models.fast import (FastDetectionTransform, FusedConv2d, FusedResidualBlock,
-                                     ParallelMultiScaleRoIAlign, inference_kwargs, onednn_fusion_available,
-                                     paste_masks)
+from restransfer.models.fast import (FastDetectionTransform, FusedConv2d, FusedResidualBlock, inference_kwargs,
+                                     onednn_fusion_available, paste_masks)
 
 from tiny_detectors import single_thread  # noqa: F401  (autouse fixture)
 from tiny_detectors import C4, tiny_config, tiny_model
@@ -173,21 +171,6 @@ def test_paste_masks_equals_torchvision():
     assert ours.shape == (6, 1, 64, 100)
     assert torch.equal(ours, theirs)
     assert paste_masks(masks[:0], boxes[:0], (64, 100)).shape == (0, 1, 64, 100)
-
-
-def test_parallel_roi_align_is_identical(monkeypatch):
-    g = torch.Generator().manual_seed(0)
-    feats = {str(i): torch.randn(1, 8, 64 // 2 ** i, 96 // 2 ** i, generator=g) for i in range(4)}
-    xy = torch.rand(300, 2, generator=g) * 200
-    wh = torch.rand(300, 2, generator=g) * 180 + 2
-    boxes = [torch.cat([xy, xy + wh], 1)]
-    plain = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
-    parallel = ParallelMultiScaleRoIAlign.from_module(plain)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # force the split even on a 1-core runner
-    with torch.inference_mode():
-        assert torch.equal(parallel(feats, boxes, [(256, 384)]), plain(feats, boxes, [(256, 384)]))
-        empty = [torch.zeros((0, 4))]
-        assert parallel(feats, empty, [(256, 384)]).shape == (0, 8, 7, 7)
 
 
 def test_randomized_weights_are_calibrated_and_biased():

@@ -14,13 +14,13 @@ from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.ops import MultiScaleRoIAlign
 
 from ..backbone import MSRA_BGR, TORCHVISION_RGB, PixelConvention, build_resnet
 from ..backbone.wrappers import BackboneC4, BackboneWithFPN
 from .c4 import C4BoxHead, Res5Head
 from .checkpoint import load_detector_weights
 from .detector import Detector
+from .roi_align import ParallelMultiScaleRoIAlign
 from .transform import DetectionTransform
 
 logger = logging.getLogger(__name__)
@@ -127,20 +127,20 @@ def build_model(cfg, class_names: Optional[List[str]] = None, load_weights: bool
 
     if m.head == "fpn":
         names = [str(i) for i in range(len(backbone.body.out_features))]
-        kwargs["box_roi_pool"] = MultiScaleRoIAlign(names, h.pooler_resolution, h.sampling_ratio)
+        kwargs["box_roi_pool"] = ParallelMultiScaleRoIAlign(names, h.pooler_resolution, h.sampling_ratio)
         kwargs["box_head"] = TwoMLPHead(backbone.out_channels * h.pooler_resolution ** 2, h.fpn_representation_size)
         box_dim = h.fpn_representation_size
         if m.arch == "mask_rcnn":
-            kwargs["mask_roi_pool"] = MultiScaleRoIAlign(names, h.mask_pooler_resolution, h.sampling_ratio)
+            kwargs["mask_roi_pool"] = ParallelMultiScaleRoIAlign(names, h.mask_pooler_resolution, h.sampling_ratio)
             kwargs["mask_head"] = MaskRCNNHeads(backbone.out_channels, (h.mask_conv_dim,) * 4, 1)
             kwargs["mask_predictor"] = MaskRCNNPredictor(h.mask_conv_dim, h.mask_conv_dim, num_classes)
     else:
-        kwargs["box_roi_pool"] = MultiScaleRoIAlign(["0"], h.c4_pooler_resolution, h.sampling_ratio)
+        kwargs["box_roi_pool"] = ParallelMultiScaleRoIAlign(["0"], h.c4_pooler_resolution, h.sampling_ratio)
         kwargs["box_head"] = C4BoxHead(res5)
         box_dim = res5.out_channels
         if m.arch == "mask_rcnn":
             # the same res5 module (shared weights) on the positive RoIs, then deconv 2x + 1x1 predictor
-            kwargs["mask_roi_pool"] = MultiScaleRoIAlign(["0"], h.c4_pooler_resolution, h.sampling_ratio)
+            kwargs["mask_roi_pool"] = ParallelMultiScaleRoIAlign(["0"], h.c4_pooler_resolution, h.sampling_ratio)
             kwargs["mask_head"] = res5
             kwargs["mask_predictor"] = MaskRCNNPredictor(res5.out_channels, h.mask_conv_dim, num_classes)
     kwargs["box_predictor"] = (ClassAgnosticPredictor(box_dim, num_classes) if h.class_agnostic_box_reg

@@ -9,7 +9,8 @@ convolutions. Each one keeps fp32 results equal up to float noise:
   memory. ResNet blocks, ``(Conv2d, ReLU)`` pairs of the RPN/mask heads and the two-FC box head
   (oneDNN linear + ReLU) are rewritten. Elsewhere (CUDA, autograd, other dtypes) the same modules run
   the plain PyTorch ops.
-* **Parallel RoIAlign** (:class:`ParallelMultiScaleRoIAlign`): torchvision's CPU kernel is
+* **Parallel RoIAlign** (:class:`~restransfer.models.roi_align.ParallelMultiScaleRoIAlign`, which
+  :func:`~restransfer.models.build_model` already uses for training): torchvision's CPU kernel is
   single-threaded; the RoIs are split over the intra-op threads.
 * **channels_last** activations, which oneDNN and cuDNN convolve without reordering; RoIAlign wants
   NCHW, so the pooled feature maps are made contiguous once per image batch, not once per pooler.
@@ -26,19 +27,18 @@ convolutions. Each one keeps fp32 results equal up to float noise:
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
-from torchvision.ops import MultiScaleRoIAlign, roi_align
-from torchvision.ops.poolers import _convert_to_roi_format, _setup_scales
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 from torchvision.models.detection.transform import resize_boxes
 
 from ..backbone.resnet import BasicBlock, Bottleneck
+from .roi_align import ParallelMultiScaleRoIAlign
 from .transform import DetectionTransform
 
 logger = logging.getLogger(__name__)
@@ -330,63 +330,6 @@ def fuse_modules(model: nn.Module) -> int:
                     m[i + 1] = nn.Identity()
                     count += 1
     return count
-
-
-# ------------------------------------------------------------------------------------- RoIAlign
-
-
-_pool: Optional[ThreadPoolExecutor] = None
-
-
-def _executor(workers: int) -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None or _pool._max_workers != workers:
-        _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restransfer-roialign")
-    return _pool
-
-
-class ParallelMultiScaleRoIAlign(MultiScaleRoIAlign):
-    """torchvision's ``MultiScaleRoIAlign`` whose CPU RoIAlign calls run on ``torch.get_num_threads()``
-    threads. torchvision's CPU kernel uses one core, and the op releases the GIL, so splitting each
-    level's RoIs into equal parts takes it from 7% to 4% of an R101-FPN inference on 2 cores. Every
-    RoI is computed by the same kernel on the same data, so the output is identical. On other devices,
-    or with one thread, it is torchvision's module.
-    """
-
-    @classmethod
-    def from_module(cls, m: MultiScaleRoIAlign) -> "ParallelMultiScaleRoIAlign":
-        new = cls(m.featmap_names, m.output_size, m.sampling_ratio, canonical_scale=m.canonical_scale,
-                  canonical_level=m.canonical_level)
-        new.scales, new.map_levels = m.scales, m.map_levels
-        return new
-
-    def forward(self, x: Dict[str, Tensor], boxes: List[Tensor], image_shapes: List[Tuple[int, int]]) -> Tensor:
-        workers = torch.get_num_threads()
-        feats = [v for k, v in x.items() if k in self.featmap_names]
-        if workers < 2 or feats[0].device.type != "cpu" or torch.jit.is_scripting() or torch.jit.is_tracing():
-            return super().forward(x, boxes, image_shapes)
-        if self.scales is None or self.map_levels is None:
-            self.scales, self.map_levels = _setup_scales(feats, image_shapes, self.canonical_scale,
-                                                         self.canonical_level)
-        rois = _convert_to_roi_format(boxes)
-        levels = self.map_levels(boxes) if len(feats) > 1 else torch.zeros(len(rois), dtype=torch.int64)
-        result = feats[0].new_empty((len(rois), feats[0].shape[1]) + tuple(self.output_size))
-        if feats[0].dtype in (torch.float16, torch.bfloat16) or rois.dtype != feats[0].dtype:
-            # autocast is thread-local, so do here what torchvision's RoIAlign autocast rule does: pool in
-            # float32, return the maps' dtype
-            feats, rois = [f.float() for f in feats], rois.float()
-        jobs = []
-        for level, (feat, scale) in enumerate(zip(feats, self.scales)):
-            idx = torch.where(levels == level)[0]
-            for part in idx.tensor_split(workers):
-                if len(part):
-                    jobs.append((part, feat, rois[part], scale))
-        pool = _executor(workers)
-        futures = [pool.submit(roi_align, feat, r, self.output_size, scale, self.sampling_ratio)
-                   for _, feat, r, scale in jobs]
-        for (part, *_), fut in zip(jobs, futures):
-            result[part] = fut.result()
-        return result
 
 
 # ------------------------------------------------------------------------------- post-processing

@@ -10,9 +10,8 @@ box- and mask-aware), so the transform does not resize again unless ``train_resi
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import Sequence
 
-import torch
 from torch import Tensor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 

@@ -1,0 +1,91 @@
+"""RoIAlign: same outputs and gradients as torchvision, through both backward paths."""
+import pytest
+import torch
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import roi_align as tv_roi_align
+
+from restransfer.models import roi_align as ra
+from restransfer.models.roi_align import ParallelMultiScaleRoIAlign, roi_align, roi_align_grad
+
+
+def _rois(g, n, num_images, size):
+    """(n, 5) RoIs over ``num_images`` images of ``size`` px, including ones partly or fully outside the
+    map, sub-cell ones and degenerate ones."""
+    b = torch.randint(0, num_images, (n,), generator=g).float()
+    xy = torch.rand(n, 2, generator=g) * size * 1.2 - size * 0.1
+    wh = torch.rand(n, 2, generator=g) * size * 0.6
+    wh[: n // 8] *= 0.01
+    boxes = torch.cat([xy, xy + wh], 1)
+    boxes[-1] = torch.tensor([size + 20.0, size + 30.0, size + 50.0, size + 60.0])  # entirely outside
+    return torch.cat([b[:, None], boxes], 1)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [2, 0])
+@pytest.mark.parametrize("path", ["separable", "torchvision"])
+def test_gradient_equals_torchvision(monkeypatch, aligned, sampling_ratio, path):
+    g = torch.Generator().manual_seed(sampling_ratio + 2 * aligned)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # force the thread split on any runner
+    monkeypatch.setattr(ra, "_SCALAR_UPDATE_COST", 1e9 if path == "separable" else 0.0)
+    feat = torch.randn(3, 5, 20, 28, generator=g, dtype=torch.float64).float()
+    rois = _rois(g, 60, num_images=2, size=100)  # image 2 of 3 has no RoI: its gradient is zero
+    for output_size in [(7, 7), (14, 10)]:
+        x = feat.clone().requires_grad_()
+        x_ref = feat.clone().requires_grad_()
+        out = roi_align(x, rois, output_size, 0.25, sampling_ratio, aligned)
+        ref = tv_roi_align(x_ref, rois, output_size, 0.25, sampling_ratio, aligned)
+        assert torch.equal(out, ref)
+        grad = torch.randn(ref.shape, generator=g)
+        out.backward(grad)
+        ref.backward(grad)
+        torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+        assert x.grad[2].abs().max() == 0
+
+
+def test_gradient_with_no_rois_is_zero():
+    grad = roi_align_grad(torch.zeros(0, 4, 7, 7), torch.zeros(0, 5), torch.Size([2, 4, 8, 8]), (7, 7), 0.5, 2)
+    assert grad.shape == (2, 4, 8, 8) and not grad.any()
+
+
+def test_path_choice_follows_map_size():
+    rois = torch.tensor([[0.0, 0.0, 0.0, 40.0, 40.0]])
+    assert ra._separable_is_cheaper(torch.Size([1, 8, 32, 32]), rois, (7, 7), 0.25, 2, False)
+    assert not ra._separable_is_cheaper(torch.Size([1, 8, 200, 336]), rois, (7, 7), 0.25, 2, False)
+
+
+def test_low_precision_maps_pool_in_float32():
+    g = torch.Generator().manual_seed(0)
+    feat = torch.randn(1, 4, 16, 16, generator=g).bfloat16().requires_grad_()
+    rois = torch.tensor([[0.0, 2.0, 3.0, 40.0, 50.0]])
+    out = roi_align(feat, rois, (7, 7), 0.25, 2)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, tv_roi_align(feat.detach().float(), rois, (7, 7), 0.25, 2).bfloat16())
+    out.float().sum().backward()
+    assert feat.grad.dtype == torch.bfloat16 and feat.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_multiscale_module_matches_torchvision(monkeypatch, threads):
+    g = torch.Generator().manual_seed(0)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    shapes = [(256, 384), (200, 300)]
+    feats = {str(i): torch.randn(2, 8, 64 // 2 ** i, 96 // 2 ** i, generator=g) for i in range(4)}
+    boxes = []
+    for h, w in shapes:
+        xy = torch.rand(150, 2, generator=g) * torch.tensor([w, h])
+        wh = torch.rand(150, 2, generator=g) * 180 + 2
+        boxes.append(torch.cat([xy, xy + wh], 1))
+    plain = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
+    ours = ParallelMultiScaleRoIAlign.from_module(plain)
+    x = {k: v.clone().requires_grad_() for k, v in feats.items()}
+    x_ref = {k: v.clone().requires_grad_() for k, v in feats.items()}
+    out, ref = ours(x, boxes, shapes), plain(x_ref, boxes, shapes)
+    assert torch.equal(out, ref)
+    grad = torch.randn(ref.shape, generator=g)
+    out.backward(grad)
+    ref.backward(grad)
+    for k in feats:  # a level without RoIs gets no gradient here, zeros from torchvision
+        ours_grad = x[k].grad if x[k].grad is not None else torch.zeros_like(feats[k])
+        torch.testing.assert_close(ours_grad, x_ref[k].grad, rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        assert ours(feats, [torch.zeros((0, 4))] * 2, shapes).shape == (0, 8, 7, 7)
