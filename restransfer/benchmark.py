@@ -400,7 +400,8 @@ def run_benchmark(cfg, *, device: str = "cpu", precision: Union[str, Sequence[st
         reference: also run torchvision's network when the config has one.
         random_weights: calibrate random weights with :func:`randomize_weights` (default: when the config
             has no ``model.weights``).
-        channels_last: training on channels_last activations (default: on CUDA).
+        channels_last: training on channels_last activations (default: on CUDA, or when the config sets
+            ``solver.channels_last``).
         seed: for the weights and the image.
 
     Returns:
@@ -441,7 +442,7 @@ def run_benchmark(cfg, *, device: str = "cpu", precision: Union[str, Sequence[st
     targets = [{k: v.to(dev) for k, v in t.items()} for t in targets]
     ref_precision = precisions[0] if dev.type == "cuda" else "fp32"
     if train:
-        cl = dev.type == "cuda" if channels_last is None else channels_last
+        cl = (dev.type == "cuda" or cfg.solver.channels_last) if channels_last is None else channels_last
         out = _train(model, ref, images, targets, dev, precisions[0], iters, warmup, cl)
     else:
         out = _inference(cfg, model, ref, images, dev, precisions, iters, warmup, ref_precision)

@@ -143,7 +143,8 @@ class SolverConfig:
     warmup_iters: int = 1000
     warmup_factor: float = 0.001
     clip_grad_norm: float = 0.0  # 0 disables
-    precision: str = "fp32"  # fp32, bf16, fp16 (fp16 only on CUDA)
+    precision: str = "fp32"  # fp32, bf16, fp16 (fp16 only on CUDA), auto (fp16 on CUDA, bf16 on CPUs with native bf16)
+    channels_last: bool = False  # NHWC activations: faster oneDNN/cuDNN convolutions, same results up to rounding
     checkpoint_period: int = 5000
     keep_last: int = 3
 
@@ -376,7 +377,7 @@ _CHOICES = {
     "model.backbone.style": ("pytorch", "caffe"),
     "model.backbone.norm": ("frozen_bn", "bn", "syncbn", "gn"),
     "solver.lr_schedule": ("step", "cosine"),
-    "solver.precision": ("fp32", "bf16", "fp16"),
+    "solver.precision": ("fp32", "bf16", "fp16", "auto"),
     "test.precision": ("fp32", "bf16", "fp16"),
 }
 

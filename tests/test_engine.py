@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,6 +12,7 @@ from restransfer.config import dump_config, load_config
 from restransfer.data.shapes import generate_shapes
 from restransfer.engine import Checkpointer, NonFiniteLossError, train
 from restransfer.engine.checkpoint import atomic_torch_save
+from restransfer.engine.inference import native_bf16, resolve_precision
 from restransfer.engine.solver import lr_factor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +51,30 @@ def test_lr_schedule():
     assert lr_factor(80, **kw) == pytest.approx(0.01)
     assert lr_factor(50, **{**kw, "schedule": "cosine"}) == pytest.approx(0.5)
     assert lr_factor(100, **{**kw, "schedule": "cosine"}) == pytest.approx(0.0)
+
+
+def test_auto_precision(monkeypatch):
+    from restransfer.engine import inference
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(inference, "native_bf16", lambda device: True)
+    assert resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(inference, "native_bf16", lambda device: False)
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda")) == "fp16"
+
+
+def test_bf16_channels_last_training_on_cpu(shapes, tmp_path):
+    out = tmp_path / "bf16"
+    train(load_config(None, _overrides(shapes, out, arch="mask_rcnn", solver__max_iter=2, solver__precision="auto",
+                                       solver__channels_last=True, data__test="null")))
+    expected = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
+    assert f"solver.precision=auto: training in {expected}" in (out / "log.txt").read_text()
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(np.isfinite(r["total_loss"]) for r in records)
+    state = Checkpointer.load(out / "model_final.pth")
+    assert all(v.dtype != torch.bfloat16 for v in state["model"].values())  # weights stay fp32
 
 
 def test_train_writes_everything_and_evaluates(shapes, tmp_path):

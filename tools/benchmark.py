@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: PyTorch's choice)")
     p.add_argument("--no-reference", action="store_true", help="skip torchvision's model")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="training on channels_last activations (default: on CUDA only)")
+                   help="training on channels_last activations (default: on CUDA, or as solver.channels_last says)")
     p.add_argument("--json", help="also write the results here")
     return p
 

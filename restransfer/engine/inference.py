@@ -20,6 +20,23 @@ logger = logging.getLogger(__name__)
 __all__ = ["autocast_context", "inference_on_dataset", "predict_dataset", "evaluate_model", "build_eval_model"]
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively (CUDA with bf16, CPUs with AVX-512-BF16 or AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    probe = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    return device.type == "cpu" and probe is not None and bool(probe())
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> fp16 on CUDA, bf16 on CPUs that compute it natively, else fp32; other values unchanged."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if native_bf16(device) else "fp32"
+
+
 def autocast_context(device: torch.device, precision: str):
     """Mixed precision for ``precision`` in {fp32, bf16, fp16} on ``device`` (fp16 needs CUDA)."""
     if precision == "fp32":

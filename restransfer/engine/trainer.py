@@ -24,7 +24,7 @@ from torch import nn
 from ..config import dump_config
 from .checkpoint import Checkpointer, rng_state, set_rng_state
 from .distributed import get_rank, get_world_size, init_distributed, is_main_process, resolve_device
-from .inference import autocast_context, evaluate_model
+from .inference import autocast_context, evaluate_model, native_bf16, resolve_precision
 from .logger import MetricsWriter, setup_logging
 from .solver import build_optimizer, build_scheduler
 
@@ -101,12 +101,19 @@ def train(cfg, resume: bool = False) -> Optional[Dict[str, Any]]:
     logger.info("training on %d images, %d classes; %d process(es) x %d images per iteration", len(dataset),
                 len(dataset.class_names), world, cfg.solver.ims_per_batch)
     model = build_model(cfg, class_names=dataset.class_names).to(device)
+    if cfg.solver.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if cfg.model.backbone.norm == "syncbn" and not distributed:
         logger.info("model.backbone.norm=syncbn without torch.distributed behaves as plain BatchNorm")
     model.train()
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
-    precision = cfg.solver.precision
+    precision = resolve_precision(cfg.solver.precision, device)
+    if cfg.solver.precision == "auto":
+        logger.info("solver.precision=auto: training in %s on %s", precision, device)
+    elif precision == "bf16" and device.type == "cpu" and not native_bf16(device):
+        logger.warning("this CPU has no native bfloat16 (AVX-512-BF16 or AMX): bf16 training is emulated and may be "
+                       "much slower than fp32; solver.precision=auto picks what this CPU runs fastest")
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("solver.precision=fp16 needs CUDA; use bf16 on CPUs")
@@ -137,7 +144,8 @@ def train(cfg, resume: bool = False) -> Optional[Dict[str, Any]]:
     if start_iter < max_iter:
         loader = build_train_loader(cfg, start_iter=start_iter, rank=rank, world_size=world)
         try:
-            best = _loop(cfg, model, optimizer, scheduler, scaler, loader, ckpt, writer, device, start_iter, best)
+            best = _loop(cfg, model, optimizer, scheduler, scaler, loader, ckpt, writer, device, precision, start_iter,
+                         best)
         finally:
             writer.close()
     else:
@@ -153,7 +161,7 @@ def train(cfg, resume: bool = False) -> Optional[Dict[str, Any]]:
 
 
 def _loop(cfg, model, optimizer, scheduler, scaler, loader, ckpt: Checkpointer, writer: MetricsWriter,
-          device: torch.device, start_iter: int, best: Optional[float]) -> Optional[float]:
+          device: torch.device, precision: str, start_iter: int, best: Optional[float]) -> Optional[float]:
     s = cfg.solver
     max_iter, period, eval_period = s.max_iter, s.checkpoint_period, cfg.test.eval_period
     params = [p for p in model.parameters() if p.requires_grad]
@@ -168,7 +176,7 @@ def _loop(cfg, model, optimizer, scheduler, scaler, loader, ckpt: Checkpointer, 
         targets = _to_device(targets, device)
         data_time = time.perf_counter() - t0
 
-        with autocast_context(device, s.precision):
+        with autocast_context(device, precision):
             loss_dict = model(images, targets)
         losses = sum(loss_dict.values())
         terms = {k: float(v.detach()) for k, v in loss_dict.items()}
