@@ -12,7 +12,8 @@ from restransfer.config import dump_config, load_config
 from restransfer.data.shapes import generate_shapes
 from restransfer.engine import Checkpointer, NonFiniteLossError, train
 from restransfer.engine.checkpoint import atomic_torch_save
-from restransfer.engine.inference import native_bf16, resolve_precision
+from restransfer.engine.inference import resolve_precision
+from restransfer.models.fast import native_bf16
 from restransfer.engine.solver import lr_factor
 
 REPO = Path(__file__).resolve().parents[1]

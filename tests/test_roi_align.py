@@ -48,9 +48,9 @@ def test_gradient_with_no_rois_is_zero():
 
 
 def test_path_choice_follows_map_size():
-    rois = torch.tensor([[0.0, 0.0, 0.0, 40.0, 40.0]])
-    assert ra._separable_is_cheaper(torch.Size([1, 8, 32, 32]), rois, (7, 7), 0.25, 2, False)
-    assert not ra._separable_is_cheaper(torch.Size([1, 8, 200, 336]), rois, (7, 7), 0.25, 2, False)
+    _, _, rw, rh = ra._roi_geometry(torch.tensor([[0.0, 0.0, 0.0, 40.0, 40.0]]), 0.25, False)
+    assert ra._separable_is_cheaper(torch.Size([1, 8, 32, 32]), rw, rh, (7, 7), 2)
+    assert not ra._separable_is_cheaper(torch.Size([1, 8, 200, 336]), rw, rh, (7, 7), 2)
 
 
 def test_low_precision_maps_pool_in_float32():

@@ -13,19 +13,12 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from ..models.fast import native_bf16
 from .distributed import all_gather_object, get_rank, get_world_size, is_main_process, resolve_device
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["autocast_context", "inference_on_dataset", "predict_dataset", "evaluate_model", "build_eval_model"]
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 natively (CUDA with bf16, CPUs with AVX-512-BF16 or AMX)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    probe = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
-    return device.type == "cpu" and probe is not None and bool(probe())
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

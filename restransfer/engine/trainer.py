@@ -24,7 +24,8 @@ from torch import nn
 from ..config import dump_config
 from .checkpoint import Checkpointer, rng_state, set_rng_state
 from .distributed import get_rank, get_world_size, init_distributed, is_main_process, resolve_device
-from .inference import autocast_context, evaluate_model, native_bf16, resolve_precision
+from ..models.fast import check_precision_support
+from .inference import autocast_context, evaluate_model, resolve_precision
 from .logger import MetricsWriter, setup_logging
 from .solver import build_optimizer, build_scheduler
 
@@ -111,9 +112,8 @@ def train(cfg, resume: bool = False) -> Optional[Dict[str, Any]]:
     precision = resolve_precision(cfg.solver.precision, device)
     if cfg.solver.precision == "auto":
         logger.info("solver.precision=auto: training in %s on %s", precision, device)
-    elif precision == "bf16" and device.type == "cpu" and not native_bf16(device):
-        logger.warning("this CPU has no native bfloat16 (AVX-512-BF16 or AMX): bf16 training is emulated and may be "
-                       "much slower than fp32; solver.precision=auto picks what this CPU runs fastest")
+    elif precision == "bf16":
+        check_precision_support(torch.bfloat16, device)  # warns where bf16 is emulated
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("solver.precision=fp16 needs CUDA; use bf16 on CPUs")

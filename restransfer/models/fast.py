@@ -58,6 +58,7 @@ __all__ = [
     "set_inference_precision",
     "precision_dtype",
     "check_precision_support",
+    "native_bf16",
     "inference_kwargs",
 ]
 
@@ -424,21 +425,26 @@ def prepare_roi_features(model: nn.Module) -> None:
         model.roi_heads._restransfer_roi_hook = True
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively (CUDA with bf16, CPUs with AVX-512-BF16 or AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    probe = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    return device.type == "cpu" and probe is not None and bool(probe())
+
+
 def check_precision_support(dtype: torch.dtype, device: torch.device) -> None:
     """Raise for a precision this device cannot run (fp16 on a CPU without it); warn where it is emulated."""
     if device.type != "cpu":
         return
-    mkldnn = getattr(torch.ops, "mkldnn", None)
     if dtype == torch.float16:
-        probe = getattr(mkldnn, "_is_mkldnn_fp16_supported", None)
+        probe = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_fp16_supported", None)
         if probe is None or not probe():
             raise ValueError("precision fp16 needs a GPU or a CPU with AVX-512-FP16/AMX-FP16; use bf16 on this CPU "
                              "(test.precision=bf16)")
-    elif dtype == torch.bfloat16:
-        probe = getattr(mkldnn, "_is_mkldnn_bf16_supported", None)
-        if probe is not None and not probe():
-            logger.warning("this CPU has no native bfloat16 (AVX-512-BF16 or AMX): bf16 inference is emulated and "
-                           "may be slower than fp32")
+    elif dtype == torch.bfloat16 and not native_bf16(device):
+        logger.warning("this CPU has no native bfloat16 (AVX-512-BF16 or AMX): bf16 is emulated and may be much "
+                       "slower than fp32")
 
 
 @torch.no_grad()

@@ -108,10 +108,9 @@ def _mean_grid(extent: Tensor, pooled: int, sampling_ratio: int) -> float:
     return float(torch.ceil(extent / pooled).clamp(min=1).mean()) if extent.numel() else 1.0
 
 
-def _separable_is_cheaper(shape: torch.Size, rois: Tensor, output_size: Tuple[int, int], spatial_scale: float,
-                          sampling_ratio: int, aligned: bool) -> bool:
+def _separable_is_cheaper(shape: torch.Size, rw: Tensor, rh: Tensor, output_size: Tuple[int, int],
+                          sampling_ratio: int) -> bool:
     (h, w), (ph, pw) = shape[-2:], output_size
-    _, _, rw, rh = _roi_geometry(rois, spatial_scale, aligned)
     samples = _mean_grid(rh, ph, sampling_ratio) * _mean_grid(rw, pw, sampling_ratio)
     separable = h * w * pw + h * ph * pw
     scalar = ph * pw * samples * _SCALAR_UPDATE_COST
@@ -124,20 +123,13 @@ def _grouped_by_image(batch_index: Tensor, num_images: int) -> List[Tuple[int, T
     return [(i, idx) for i, idx in enumerate(order.split(counts)) if len(idx)]
 
 
-def _separable_weights(rois: Tensor, shape: torch.Size, output_size: Tuple[int, int], spatial_scale: float,
-                        sampling_ratio: int, aligned: bool, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
-    (h, w), (ph, pw) = shape[-2:], output_size
-    x1, y1, rw, rh = _roi_geometry(rois, spatial_scale, aligned)
-    wy = _axis_weights(y1, rh, ph, h, sampling_ratio).to(dtype)
-    wx = _axis_weights(x1, rw, pw, w, sampling_ratio).to(dtype)
-    return wy, wx
-
-
-def _separable_backward(grad: Tensor, rois: Tensor, shape: torch.Size, spatial_scale: float,
-                        sampling_ratio: int, aligned: bool) -> Tensor:
+def _separable_backward(grad: Tensor, rois: Tensor, geometry: Tuple[Tensor, Tensor, Tensor, Tensor],
+                        shape: torch.Size, sampling_ratio: int) -> Tensor:
     n, c, h, w = shape
     ph, pw = grad.shape[-2:]
-    wy, wx = _separable_weights(rois, shape, (ph, pw), spatial_scale, sampling_ratio, aligned, grad.dtype)
+    x1, y1, rw, rh = geometry
+    wy = _axis_weights(y1, rh, ph, h, sampling_ratio).to(grad.dtype)
+    wx = _axis_weights(x1, rw, pw, w, sampling_ratio).to(grad.dtype)
     grad = grad.permute(0, 2, 1, 3).contiguous()  # (R, ph, c, pw)
     out = grad.new_zeros((n, h, c, w))
     for b, idx in _grouped_by_image(rois[:, 0].long(), n):
@@ -190,8 +182,9 @@ def roi_align_grad(grad: Tensor, rois: Tensor, shape: torch.Size, output_size: T
     """
     if len(rois) == 0:
         return grad.new_zeros(shape)
-    if _separable_is_cheaper(shape, rois, output_size, spatial_scale, sampling_ratio, aligned):
-        return _separable_backward(grad, rois, shape, spatial_scale, sampling_ratio, aligned)
+    geometry = _roi_geometry(rois, spatial_scale, aligned)
+    if _separable_is_cheaper(shape, geometry[2], geometry[3], output_size, sampling_ratio):
+        return _separable_backward(grad, rois, geometry, shape, sampling_ratio)
     return _tv_backward(grad, rois, shape, spatial_scale, sampling_ratio, aligned, workers)
 
 
@@ -256,5 +249,5 @@ class ParallelMultiScaleRoIAlign(MultiScaleRoIAlign):
         for level, (feat, scale) in enumerate(zip(feats, self.scales)):
             idx = torch.where(levels == level)[0]
             if len(idx):
-                result[idx] = roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio).to(result.dtype)
+                result[idx] = roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio)
         return result
