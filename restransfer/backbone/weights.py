@@ -67,10 +67,24 @@ class LoadReport:
 # ------------------------------------------------------------------------------------- safe reading
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Admits plain containers, numbers, strings and numpy arrays; refuses everything else."""
+def _latin1_encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` as python-2 style pickles use it (``encode(str, "latin1")`` for a byte string),
+    and nothing else: other codecs and argument types are refused."""
+    if not isinstance(obj, str) or encoding.replace("-", "").replace("_", "").lower() != "latin1" or errors != "strict":
+        raise pickle.UnpicklingError(f"_codecs.encode is only allowed as encode(str, 'latin1'), got encoding "
+                                     f"{encoding!r} for a {type(obj).__name__}")
+    return obj.encode("latin1")
 
-    _ALLOWED = {
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Admits plain containers, numbers, strings and numpy arrays; refuses everything else.
+
+    ``find_class`` is what both ``GLOBAL`` and ``STACK_GLOBAL`` go through. Only the exact (module, name)
+    pairs below resolve; a name with a dot is refused outright, since pickle protocol 4 resolves dotted
+    names attribute by attribute, which reaches anything a module can see.
+    """
+
+    _ALLOWED = frozenset({
         ("collections", "OrderedDict"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
@@ -78,20 +92,26 @@ class _RestrictedUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "scalar"),
-        ("numpy.dtypes", None),  # the concrete dtype classes of numpy >= 1.25, e.g. Float32DType
+        ("numpy.core.numeric", "_frombuffer"),  # protocol 5 array pickles
+        ("numpy._core.numeric", "_frombuffer"),
         ("builtins", "set"),
         ("builtins", "frozenset"),
         ("builtins", "slice"),
-        ("_codecs", "encode"),  # how python-2 pickles carry byte strings
-    }
+        ("__builtin__", "set"),  # the same names in protocol-2 pickles
+        ("__builtin__", "frozenset"),
+        ("__builtin__", "slice"),
+    })
 
     def __init__(self, file, path: str) -> None:
         super().__init__(file, encoding="latin1")
         self._path = path
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._ALLOWED or (module, None) in self._ALLOWED:
-            return super().find_class(module, name)
+        if "." not in name:
+            if (module, name) == ("_codecs", "encode"):  # how python-2 style pickles carry byte strings
+                return _latin1_encode
+            if (module, name) in self._ALLOWED:
+                return super().find_class(module, name)
         raise WeightsError(
             f"{self._path}: the pickle refers to {module}.{name}, which is not allowed: only plain "
             "containers and numpy arrays are loaded from pickles (they can otherwise run arbitrary code). "
@@ -105,7 +125,7 @@ def safe_load_pickle(path: os.PathLike | str) -> Any:
             return _RestrictedUnpickler(f, str(path)).load()
         except WeightsError:
             raise
-        except Exception as e:  # truncated or not a pickle at all
+        except Exception as e:  # truncated, not a pickle at all, or a refused _codecs.encode call
             raise WeightsError(f"{path}: cannot read as a pickle of numpy arrays: {e}") from None
 
 
@@ -144,6 +164,9 @@ def read_state_dict(path: os.PathLike | str) -> Tuple[Dict[str, Tensor], str]:
     out: Dict[str, Tensor] = {}
     for k, v in obj.items():
         if isinstance(v, np.ndarray):
+            if v.dtype.kind not in "biuf":
+                raise WeightsError(f"{path}: entry {k!r} is a numpy array of dtype {v.dtype}, not numbers; a weights "
+                                   "file holds numeric arrays only")
             out[str(k)] = torch.from_numpy(np.ascontiguousarray(v))
         elif isinstance(v, Tensor):
             out[str(k)] = v
