@@ -194,3 +194,153 @@ def test_two_process_gloo_run(shapes, tmp_path):
     assert {r["image_id"] for r in results} <= {1, 2, 3, 4}
     state = Checkpointer.load(out / "model_final.pth")
     assert state["iteration"] == 3
+
+
+# --------------------------------------------------------------------------------- run safety
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _write_lock(out: Path, pid: int, host: str = None) -> None:
+    import socket
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.lock").write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(),
+                                              "purpose": "training", "started": "earlier"}))
+
+
+def test_a_second_run_on_a_live_output_dir_is_refused(shapes, tmp_path):
+    from restransfer.engine import evaluate_only
+    from restransfer.engine.lock import OutputDirLocked
+
+    out = tmp_path / "locked"
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        _write_lock(out, owner.pid)
+        cfg = load_config(None, _overrides(shapes, out, solver__max_iter=1, data__test="null"))
+        for run in (lambda: train(cfg), lambda: train(cfg, resume=True),
+                    lambda: evaluate_only(load_config(None, _overrides(shapes, out)))):
+            with pytest.raises(OutputDirLocked, match=rf"{out} is in use by process {owner.pid}"):
+                run()
+        assert json.loads((out / "run.lock").read_text())["pid"] == owner.pid  # the owner keeps its lock
+        assert not (out / "log.jsonl").exists()
+        # a run on another host cannot be checked for liveness: refused too, naming the host
+        _write_lock(out, owner.pid, host="elsewhere")
+        with pytest.raises(OutputDirLocked, match="on host elsewhere"):
+            train(cfg)
+    finally:
+        owner.kill()
+        owner.wait()
+
+
+def test_a_stale_lock_is_taken_over_and_released(shapes, tmp_path, caplog):
+    out = tmp_path / "stale"
+    pid = _dead_pid()
+    _write_lock(out, pid)
+    train(load_config(None, _overrides(shapes, out, solver__max_iter=1, data__test="null")))
+    assert f"taking over the lock of process {pid}" in (out / "log.txt").read_text() or \
+        f"taking over the lock of process {pid}" in caplog.text
+    assert (out / "model_final.pth").is_file() and not (out / "run.lock").exists()
+
+
+def test_existing_checkpoints_need_resume_or_restart(shapes, tmp_path):
+    out = tmp_path / "again"
+    cfg = load_config(None, _overrides(shapes, out, solver__max_iter=2, data__test="null"))
+    train(cfg)
+    final = Checkpointer.load(out / "model_final.pth")
+    with pytest.raises(ValueError, match=r"already holds checkpoints.*--resume.*--restart"):
+        train(cfg)
+    assert torch.equal(Checkpointer.load(out / "model_final.pth")["model"]["roi_heads.box_predictor.cls_score.weight"],
+                       final["model"]["roi_heads.box_predictor.cls_score.weight"])
+    with pytest.raises(ValueError, match="exclude each other"):
+        train(cfg, resume=True, restart=True)
+    train(cfg, restart=True)
+    aside = [p for p in out.iterdir() if p.name.startswith("replaced-")]
+    assert len(aside) == 1 and (aside[0] / "model_final.pth").is_file()
+    assert Checkpointer.load(out / "model_final.pth")["iteration"] == 2
+
+
+def _flip_byte_in_largest_tensor(path: Path) -> None:
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    raw[start + info.file_size // 2] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+def test_damaged_checkpoints_are_named_never_trained_on(tmp_path):
+    from restransfer.models.checkpoint import read_detector_checkpoint
+    from restransfer.serialization import CheckpointError
+
+    ckpt = Checkpointer(tmp_path / "c")
+    path = ckpt.save("model_0000001.pth", {"iteration": 1, "model": {"w": torch.arange(4096.0)}}, periodic=True)
+    Checkpointer.load(path)
+    _flip_byte_in_largest_tensor(path)
+    # the archive itself still loads, with a changed value: only the checksum tells
+    assert not torch.equal(torch.load(path, weights_only=True)["model"]["w"], torch.arange(4096.0))
+    for read in (Checkpointer.load, read_detector_checkpoint):
+        with pytest.raises(CheckpointError, match=rf"{path}: checksum mismatch"):
+            read(str(path))
+
+    for name, content in (("empty.pth", b""), ("random.pth", os.urandom(4096)),
+                          ("truncated.pth", (tmp_path / "c" / "model_0000001.pth").read_bytes()[:3000])):
+        bad = tmp_path / name
+        bad.write_bytes(content)
+        for read in (Checkpointer.load, read_detector_checkpoint):
+            with pytest.raises(Exception) as e:
+                read(str(bad))
+            msg = str(e.value)
+            assert str(bad) in msg and "weights_only" not in msg and not isinstance(e.value, IndexError), msg
+
+
+def test_resume_past_a_truncated_newest_checkpoint(shapes, tmp_path, monkeypatch):
+    full = tmp_path / "full"
+    over = dict(data__test="null", solver__checkpoint_period=2)
+    train(load_config(None, _overrides(shapes, full, **over)))
+
+    broken = tmp_path / "broken"
+    real_save = Checkpointer.save
+
+    def save_then_die(self, name, state, periodic=False):
+        path = real_save(self, name, state, periodic)
+        if name == "model_0000004.pth":
+            (self.dir / ".model_0000006.pth.tmp999").write_bytes(b"half a checkpoint")
+            raise KeyboardInterrupt("simulated kill")
+        return path
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(None, _overrides(shapes, broken, **over)))
+    monkeypatch.setattr(Checkpointer, "save", real_save)
+    newest = broken / "model_0000004.pth"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    (broken / "last_checkpoint").unlink()
+    train(load_config(None, _overrides(shapes, broken, **over)), resume=True)
+
+    log = (broken / "log.txt").read_text()
+    assert "last_checkpoint is missing" in log and f"skipping damaged checkpoint: {newest}" in log
+    assert "resumed from" in log and "model_0000002.pth at iteration 2" in log
+    assert not (broken / ".model_0000006.pth.tmp999").exists()
+    a = Checkpointer.load(full / "model_final.pth")["model"]
+    b = Checkpointer.load(broken / "model_final.pth")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_resume_never_silently_restarts_when_every_checkpoint_is_damaged(shapes, tmp_path):
+    from restransfer.serialization import CheckpointError
+
+    out = tmp_path / "alldamaged"
+    out.mkdir()
+    (out / "model_0000003.pth").write_bytes(b"")
+    (out / "model_final.pth").write_bytes(os.urandom(100))
+    cfg = load_config(None, _overrides(shapes, out, data__test="null"))
+    with pytest.raises(CheckpointError, match=r"none of its 2 checkpoints can be read.*--restart"):
+        train(cfg, resume=True)
+    assert not (out / "log.jsonl").exists()

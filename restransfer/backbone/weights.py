@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -31,14 +30,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..serialization import WeightsError, check_not_empty, load_torch_file, safe_load_pickle, verify_checksum
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["PixelConvention", "TORCHVISION_RGB", "MSRA_BGR", "load_pretrained", "read_state_dict",
-           "safe_load_pickle", "LoadReport", "WeightsError"]
-
-
-class WeightsError(RuntimeError):
-    """A weights file or source cannot be used; the message says which and what to do."""
+           "tensors_of", "safe_load_pickle", "LoadReport", "WeightsError"]
 
 
 @dataclass(frozen=True)
@@ -64,71 +61,6 @@ class LoadReport:
     unexpected: List[str] = field(default_factory=list)
 
 
-# ------------------------------------------------------------------------------------- safe reading
-
-
-def _latin1_encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-    """``_codecs.encode`` as python-2 style pickles use it (``encode(str, "latin1")`` for a byte string),
-    and nothing else: other codecs and argument types are refused."""
-    if not isinstance(obj, str) or encoding.replace("-", "").replace("_", "").lower() != "latin1" or errors != "strict":
-        raise pickle.UnpicklingError(f"_codecs.encode is only allowed as encode(str, 'latin1'), got encoding "
-                                     f"{encoding!r} for a {type(obj).__name__}")
-    return obj.encode("latin1")
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Admits plain containers, numbers, strings and numpy arrays; refuses everything else.
-
-    ``find_class`` is what both ``GLOBAL`` and ``STACK_GLOBAL`` go through. Only the exact (module, name)
-    pairs below resolve; a name with a dot is refused outright, since pickle protocol 4 resolves dotted
-    names attribute by attribute, which reaches anything a module can see.
-    """
-
-    _ALLOWED = frozenset({
-        ("collections", "OrderedDict"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"),  # protocol 5 array pickles
-        ("numpy._core.numeric", "_frombuffer"),
-        ("builtins", "set"),
-        ("builtins", "frozenset"),
-        ("builtins", "slice"),
-        ("__builtin__", "set"),  # the same names in protocol-2 pickles
-        ("__builtin__", "frozenset"),
-        ("__builtin__", "slice"),
-    })
-
-    def __init__(self, file, path: str) -> None:
-        super().__init__(file, encoding="latin1")
-        self._path = path
-
-    def find_class(self, module: str, name: str) -> Any:
-        if "." not in name:
-            if (module, name) == ("_codecs", "encode"):  # how python-2 style pickles carry byte strings
-                return _latin1_encode
-            if (module, name) in self._ALLOWED:
-                return super().find_class(module, name)
-        raise WeightsError(
-            f"{self._path}: the pickle refers to {module}.{name}, which is not allowed: only plain "
-            "containers and numpy arrays are loaded from pickles (they can otherwise run arbitrary code). "
-            "Re-save the weights as a dict of numpy arrays or as a torch state dict.")
-
-
-def safe_load_pickle(path: os.PathLike | str) -> Any:
-    """Unpickle ``path`` admitting only plain containers and numpy arrays (raises :class:`WeightsError`)."""
-    with open(path, "rb") as f:
-        try:
-            return _RestrictedUnpickler(f, str(path)).load()
-        except WeightsError:
-            raise
-        except Exception as e:  # truncated, not a pickle at all, or a refused _codecs.encode call
-            raise WeightsError(f"{path}: cannot read as a pickle of numpy arrays: {e}") from None
-
-
 def _unwrap(obj: Any) -> Any:
     for key in ("state_dict", "model", "blobs", "module"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
@@ -149,15 +81,22 @@ def read_state_dict(path: os.PathLike | str) -> Tuple[Dict[str, Tensor], str]:
             return dict(load_file(str(path))), "safetensors"
         except Exception as e:
             raise WeightsError(f"{path}: not a readable safetensors file: {e}") from None
-    try:
-        obj, kind = torch.load(path, map_location="cpu", weights_only=True), "torch"
-    except Exception as e:
-        if zipfile.is_zipfile(path):
-            raise WeightsError(f"{path}: refused to load: it holds objects other than tensors and plain containers "
-                               f"({str(e).splitlines()[0]}). Save a plain state dict with "
-                               "torch.save(model.state_dict(), path)") from None
-        # not a torch checkpoint: a plain pickle such as detectron2's R-101.pkl
-        obj, kind = safe_load_pickle(path), "pickle"
+    check_not_empty(path)
+    if zipfile.is_zipfile(path):
+        obj, kind = load_torch_file(path), "torch"
+        verify_checksum(obj, path)
+    else:
+        try:  # torch's legacy (pre-zip) format, through the same safe unpickler as zip checkpoints
+            obj, kind = torch.load(path, map_location="cpu", weights_only=True), "torch"
+        except Exception:
+            # a plain pickle such as detectron2's R-101.pkl
+            obj, kind = safe_load_pickle(path), "pickle"
+    return tensors_of(obj, path), kind
+
+
+def tensors_of(obj: Any, path: os.PathLike | str) -> Dict[str, Tensor]:
+    """The ``{name: tensor}`` weights in a loaded file (a state dict, possibly wrapped as ``{"state_dict": ...}``
+    or ``{"model": ...}``); numpy arrays become tensors, other entries are skipped."""
     obj = _unwrap(obj)
     if not isinstance(obj, Mapping):
         raise WeightsError(f"{path}: expected a dict of named arrays or tensors, found {type(obj).__name__}")
@@ -171,7 +110,7 @@ def read_state_dict(path: os.PathLike | str) -> Tuple[Dict[str, Tensor], str]:
         elif isinstance(v, Tensor):
             out[str(k)] = v
         # other entries (e.g. "__author__" strings in detectron2 pickles) carry no weights
-    return out, kind
+    return out
 
 
 # ------------------------------------------------------------------------------- format mapping

@@ -1,9 +1,12 @@
 """Atomic, resumable checkpoints.
 
 Every file is written to a temporary name in the same folder, flushed to disk, then renamed over the
-target, so a run killed at any moment leaves either the old file or the new one, never half of one.
+target, so a run killed at any moment leaves either the old file or the new one, never half of one;
+temporary files a killed run left behind are removed when the next run starts.
 ``output_dir/last_checkpoint`` names the newest periodic checkpoint; the last ``keep_last`` periodic
-checkpoints are kept (``model_final.pth`` and ``model_best.pth`` are never deleted).
+checkpoints are kept (``model_final.pth`` and ``model_best.pth`` are never deleted). Every checkpoint
+carries a SHA-256 of its tensors, checked on load. Resuming takes the newest checkpoint that reads back
+intact and names any damaged one it passes over.
 """
 from __future__ import annotations
 
@@ -12,17 +15,22 @@ import logging
 import os
 import random
 import re
+import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
+from ..serialization import CHECKSUM_KEY, CheckpointError, load_torch_file, tensors_checksum, verify_checksum
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["Checkpointer", "atomic_torch_save", "atomic_write_text", "rng_state", "set_rng_state"]
+__all__ = ["Checkpointer", "CheckpointError", "atomic_torch_save", "atomic_write_text", "rng_state", "set_rng_state"]
 
 _PERIODIC = re.compile(r"^model_(\d{7})\.pth$")
+_TEMPORARY = re.compile(r"^\..+\.tmp\d+$|^config\.yaml\.tmp$")
+FINAL = "model_final.pth"
 
 
 def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> None:
@@ -36,6 +44,9 @@ def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # disk full, read-only folder, ...: name the file being written, not the temporary
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}; free space or choose another "
+                      "output_dir=...", str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -88,6 +99,7 @@ class Checkpointer:
 
     def save(self, name: str, state: Dict[str, Any], periodic: bool = False) -> Path:
         path = self.dir / name
+        state = {**state, CHECKSUM_KEY: tensors_checksum(state)}
         atomic_torch_save(state, path)
         if periodic:
             atomic_write_text(self.dir / "last_checkpoint", name + "\n")
@@ -102,21 +114,90 @@ class Checkpointer:
         for old in periodic[:-self.keep_last]:
             old.unlink(missing_ok=True)
 
-    def last(self) -> Optional[Path]:
-        """The newest resumable checkpoint: the one ``last_checkpoint`` names, else ``model_final.pth``."""
+    def remove_temporaries(self) -> List[Path]:
+        """Delete the temporary files of writes a killed run left behind; returns them."""
+        if not self.dir.is_dir():
+            return []
+        leftovers = [p for p in self.dir.iterdir() if p.is_file() and _TEMPORARY.match(p.name)]
+        for p in leftovers:
+            p.unlink(missing_ok=True)
+        if leftovers:
+            logger.info("removed %d unfinished temporary file(s) of an earlier run: %s", len(leftovers),
+                        ", ".join(p.name for p in leftovers))
+        return leftovers
+
+    def candidates(self) -> List[Path]:
+        """Resumable checkpoints, newest first: ``model_final.pth``, then periodic ones by iteration."""
+        if not self.dir.is_dir():
+            return []
+        periodic = sorted((p for p in self.dir.iterdir() if _PERIODIC.match(p.name)), reverse=True)
+        final = self.dir / FINAL
+        return ([final] if final.is_file() else []) + periodic
+
+    def _check_pointer(self, candidates: List[Path]) -> None:
         pointer = self.dir / "last_checkpoint"
-        if pointer.is_file():
-            p = self.dir / pointer.read_text().strip()
-            if p.is_file():
-                return p
-        final = self.dir / "model_final.pth"
-        return final if final.is_file() else None
+        if not pointer.is_file():
+            if any(_PERIODIC.match(p.name) for p in candidates):
+                logger.warning("%s is missing; looking for the newest intact checkpoint instead", pointer)
+            return
+        try:
+            name = pointer.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            logger.warning("%s cannot be read (%s); looking for the newest intact checkpoint instead", pointer, e)
+            return
+        if not _PERIODIC.match(name) or not (self.dir / name).is_file():
+            logger.warning("%s names %r, which is not a checkpoint in %s; looking for the newest intact "
+                           "checkpoint instead", pointer, name, self.dir)
+
+    def newest_intact(self) -> Optional[Tuple[Path, Dict[str, Any]]]:
+        """``(path, state)`` of the newest checkpoint that reads back intact (checksum included), or None
+        when there is no checkpoint. Damaged ones are named in a warning and passed over; when checkpoints
+        exist but none is intact, :class:`CheckpointError` lists them."""
+        candidates = self.candidates()
+        self._check_pointer(candidates)
+        damaged: List[str] = []
+        for path in candidates:
+            try:
+                state = self.load(path)
+            except CheckpointError as e:
+                logger.warning("skipping damaged checkpoint: %s", e)
+                damaged.append(str(e))
+                continue
+            if damaged:
+                logger.warning("resuming from %s, the newest intact checkpoint (passed over %d damaged)", path,
+                               len(damaged))
+            return path, state
+        if damaged:
+            raise CheckpointError(f"{self.dir}: none of its {len(damaged)} checkpoints can be read: "
+                                  f"{'; '.join(damaged)}. Pass --restart to start over from iteration 0 (the "
+                                  "damaged files are set aside), or restore a checkpoint from a backup")
+        return None
+
+    def last(self) -> Optional[Path]:
+        """The newest checkpoint that reads back intact (see :meth:`newest_intact`), or None."""
+        found = self.newest_intact()
+        return found[0] if found else None
+
+    def set_aside(self) -> Optional[Path]:
+        """Move this folder's checkpoints (periodic, final, best, ``last_checkpoint``) into a new
+        ``replaced-<time>/`` subfolder, so that a run starting over cannot mix with them; returns it."""
+        names = [p for p in self.candidates()] + [self.dir / n for n in ("model_best.pth", "last_checkpoint")]
+        names = [p for p in names if p.is_file()]
+        if not names:
+            return None
+        dest = self.dir / time.strftime("replaced-%Y%m%d-%H%M%S")
+        dest.mkdir(exist_ok=True)
+        for p in names:
+            os.replace(p, dest / p.name)
+        logger.warning("starting over: moved %d earlier checkpoint file(s) to %s", len(names), dest)
+        return dest
 
     @staticmethod
     def load(path: os.PathLike | str) -> Dict[str, Any]:
-        """Read a checkpoint as untrusted input (tensors and plain containers only)."""
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise RuntimeError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}. If it is damaged, delete it "
-                               "(and fix output_dir/last_checkpoint) to resume from an earlier one.") from None
+        """Read a checkpoint as untrusted input (tensors and plain containers only) and verify its checksum;
+        :class:`CheckpointError` names the file and the damage."""
+        state = load_torch_file(path)
+        if not isinstance(state, dict) or "iteration" not in state:
+            raise CheckpointError(f"{path}: not a training checkpoint of this toolkit (it has no iteration entry)")
+        verify_checksum(state, path)
+        return state

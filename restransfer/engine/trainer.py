@@ -23,7 +23,8 @@ from torch import nn
 
 from ..config import dump_config
 from .checkpoint import Checkpointer, rng_state, set_rng_state
-from .distributed import get_rank, get_world_size, init_distributed, is_main_process, resolve_device
+from .distributed import all_gather_object, get_rank, get_world_size, init_distributed, is_main_process, resolve_device
+from .lock import locked_output_dir
 from ..models.fast import check_precision_support
 from .inference import autocast_context, evaluate_model, resolve_precision
 from .logger import MetricsWriter, setup_logging
@@ -31,7 +32,7 @@ from .solver import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["train", "NonFiniteLossError"]
+__all__ = ["train", "evaluate_only", "NonFiniteLossError"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -81,19 +82,73 @@ def _check_classes(cfg, dataset) -> None:
                          "class-dependent layers are re-initialized)")
 
 
-def train(cfg, resume: bool = False) -> Optional[Dict[str, Any]]:
+def train(cfg, resume: bool = False, restart: bool = False) -> Optional[Dict[str, Any]]:
     """Train the model of ``cfg``; returns the final metrics on the main process (None elsewhere or when
-    there is no test set)."""
+    there is no test set).
+
+    Args:
+        resume: continue from the newest intact checkpoint in ``output_dir`` (damaged ones are named and
+            passed over; none at all starts from iteration 0).
+        restart: start from iteration 0 although ``output_dir`` holds checkpoints; they are moved into a
+            ``replaced-<time>/`` subfolder first. Without ``resume`` or ``restart``, a folder that holds
+            checkpoints is an error, so that no run is overwritten by accident.
+
+    The run holds ``output_dir/run.lock`` throughout: a second run on the same folder stops at once.
+    """
+    if resume and restart:
+        raise ValueError("--resume and --restart exclude each other: resume continues the checkpoints in "
+                         "output_dir, restart sets them aside and starts from iteration 0")
+    device = resolve_device(cfg.device)
+    init_distributed(device)
+    with locked_output_dir(cfg.output_dir, "training"):
+        return _train(cfg, device, resume, restart)
+
+
+def evaluate_only(cfg) -> Optional[Dict[str, Any]]:
+    """Evaluate ``model.weights`` (or the newest intact checkpoint of ``output_dir``) on ``data.test`` and
+    write ``metrics.json`` into ``output_dir``, holding the folder's lock."""
+    if cfg.data.test is None:
+        raise ValueError("evaluation needs data.test in the config (a COCO-format json and image folder)")
+    device = resolve_device(cfg.device)
+    init_distributed(device)
+    with locked_output_dir(cfg.output_dir, "evaluation"):
+        setup_logging(cfg.output_dir, get_rank())
+        weights = cfg.model.weights
+        if not weights:
+            found = Checkpointer(cfg.output_dir).last()
+            if found is None:
+                raise ValueError(f"nothing to evaluate: model.weights is not set and {cfg.output_dir} holds no "
+                                 "checkpoint; set model.weights=PATH or train first")
+            weights = str(found)
+        return evaluate_model(cfg, weights=weights)
+
+
+def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[Dict[str, Any]]:
     from ..data.build import build_train_dataset, build_train_loader
     from ..models import build_model
 
-    device = resolve_device(cfg.device)
-    distributed = init_distributed(device)
+    distributed = get_world_size() > 1
     rank, world = get_rank(), get_world_size()
     out = Path(cfg.output_dir)
     setup_logging(str(out), rank)
+    ckpt = Checkpointer(out, keep_last=cfg.solver.keep_last)
+    found, error = None, None
     if is_main_process():
-        out.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_temporaries()
+        if restart:
+            ckpt.set_aside()
+        elif not resume and ckpt.candidates():
+            error = (f"{out} already holds checkpoints of a run ({ckpt.candidates()[0].name}, ...): pass --resume "
+                     "to continue it, --restart to start over from iteration 0 (the old checkpoints are moved into "
+                     "a replaced-<time>/ subfolder), or choose another output_dir=...")
+    error = all_gather_object(error)[0]
+    if error:
+        raise ValueError(error)
+    if resume:
+        found = ckpt.newest_intact()
+        if found is None:
+            logger.info("--resume: no checkpoint in %s, starting from iteration 0", out)
+    if is_main_process():
         dump_config(cfg, out / "config.yaml")
     _seed_everything(cfg.seed + rank)
 
@@ -118,22 +173,17 @@ def train(cfg, resume: bool = False) -> Optional[Dict[str, Any]]:
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("solver.precision=fp16 needs CUDA; use bf16 on CPUs")
 
-    ckpt = Checkpointer(out, keep_last=cfg.solver.keep_last)
     start_iter, best = 0, None
-    if resume:
-        last = ckpt.last()
-        if last is None:
-            logger.info("--resume: no checkpoint in %s, starting from scratch", out)
-        else:
-            state = Checkpointer.load(last)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if scaler is not None and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            start_iter, best = int(state["iteration"]), state.get("best")
-            set_rng_state(state["rng"])
-            logger.info("resumed from %s at iteration %d", last, start_iter)
+    if found is not None:
+        last, state = found
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_iter, best = int(state["iteration"]), state.get("best")
+        set_rng_state(state["rng"])
+        logger.info("resumed from %s at iteration %d", last, start_iter)
 
     if distributed:
         ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
@@ -181,7 +231,8 @@ def _loop(cfg, model, optimizer, scheduler, scaler, loader, ckpt: Checkpointer, 
         losses = sum(loss_dict.values())
         terms = {k: float(v.detach()) for k, v in loss_dict.items()}
         if not math.isfinite(float(losses.detach())):
-            last = ckpt.last()
+            saved = ckpt.candidates()
+            last = saved[0] if saved else None
             raise NonFiniteLossError(
                 f"iteration {it}: the loss is not finite ({', '.join(f'{k}={v}' for k, v in terms.items())}); "
                 f"stopped without saving. The last good checkpoint is {last or 'none (no checkpoint yet)'}. "

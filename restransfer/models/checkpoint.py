@@ -15,7 +15,8 @@ from typing import Any, Dict, List, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..backbone.weights import WeightsError, read_state_dict
+from ..backbone.weights import WeightsError, read_state_dict, tensors_of
+from ..serialization import load_torch_file, verify_checksum
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +47,12 @@ def read_detector_checkpoint(source: str) -> Tuple[Dict[str, Tensor], Dict[str, 
     path = Path(source)
     meta: Dict[str, Any] = {}
     if path.is_file() and zipfile.is_zipfile(path):
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            obj = None  # read_state_dict below reports why
+        obj = load_torch_file(path)
+        verify_checksum(obj, path)
         if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
             meta = {k: obj[k] for k in _META_KEYS if k in obj}
             return {k: v for k, v in obj["model"].items() if isinstance(v, Tensor)}, meta
+        return tensors_of(obj, path), meta
     sd, _ = read_state_dict(source)
     return sd, meta
 
