@@ -1,11 +1,180 @@
-"""Shared pieces of the model command-line tools (``tools/demo.py``, ``tools/export.py``,
-``tools/benchmark.py``): a parser that takes a config, ``--weights`` and ``key=value`` overrides."""
+"""What the command-line tools in ``tools/`` share.
+
+``run_tool(main)`` is the one way a tool runs: every ``if __name__ == "__main__":`` goes through it. It
+takes ``--debug`` off the command line, runs ``main(argv)`` and turns a failure into one line on stderr:
+
+* a user error (``USER_ERRORS``: bad config, missing or damaged file, unwritable output, ...):
+  ``error: <what, where, what to do>``, exit status 2;
+* running out of memory: ``error: out of memory ...`` naming the setting that lowers it, exit status 2;
+* Ctrl-C: ``interrupted``, exit status 130;
+* anything else is a bug: ``error: internal error: <type>: <message> (rerun with --debug ...)``, status 1.
+
+With ``--debug`` the exception propagates and Python prints the full traceback.
+
+``model_parser`` and ``config_from_args`` are the parser pieces of the model tools (demo, export,
+benchmark): a config, ``--weights`` and ``key=value`` overrides.
+"""
 from __future__ import annotations
 
 import argparse
-from typing import Optional
+import errno
+import sys
+from typing import Callable, List, Optional, Sequence, Tuple
 
-__all__ = ["model_parser", "config_from_args"]
+__all__ = ["run_tool", "describe_failure", "note_output", "user_error_classes", "USER_ERRORS",
+           "TRAIN_MEMORY_HINT", "EVAL_MEMORY_HINT", "model_parser", "config_from_args"]
+
+USER_ERROR, INTERNAL_ERROR, INTERRUPTED = 2, 1, 130
+
+# Failures that are the user's to fix; their messages already say what is wrong and where. Named by
+# "module.Class": a class counts once its module is imported (an exception of it cannot exist before),
+# so checking costs no import and a class that a module does not define (yet) is simply absent.
+USER_ERRORS: Tuple[str, ...] = (
+    "builtins.ValueError",  # also ConfigError, DetFormatError, LocFormatError, malformed json
+    "builtins.OSError",  # missing/unreadable/unwritable files, disk full, CorruptImageError
+    "restransfer.serialization.WeightsError",  # unusable weights file or source
+    "restransfer.serialization.CheckpointError",  # damaged checkpoint (a WeightsError)
+    "restransfer.engine.trainer.NonFiniteLossError",
+    "restransfer.engine.lock.OutputDirLocked",  # a second run on a live output_dir
+)
+
+TRAIN_MEMORY_HINT = ("lower the images per forward pass (solver.{batch_key}) or the training image size "
+                     "(input.min_size_train, input.max_size_train); for the evaluation, test.ims_per_batch or "
+                     "input.min_size_test / input.max_size_test")
+EVAL_MEMORY_HINT = "lower test.ims_per_batch or the image size (input.min_size_test, input.max_size_test)"
+_GENERIC_MEMORY_HINT = "use smaller inputs or batches"
+
+_DEBUG_HELP = "  --debug               on a failure, show the Python traceback instead of a one-line error"
+
+# where the running tool writes: (how the user moves it, e.g. "output_dir=PATH", path); see note_output
+_outputs: List[Tuple[str, str]] = []
+
+
+def note_output(option: str, path) -> None:
+    """Record where the running tool writes, as the option that moves it (``"output_dir"`` for a config
+    key, ``"--output"`` for a flag) and its value. A write that fails without naming its file (a disk that
+    fills up during a write) is then reported with this path, and write errors suggest the option."""
+    if path:
+        _outputs.append((f"{option} PATH" if option.startswith("-") else f"{option}=PATH", str(path)))
+
+
+def user_error_classes() -> Tuple[type, ...]:
+    """The classes of ``USER_ERRORS`` whose modules are imported."""
+    classes = []
+    for name in USER_ERRORS:
+        module, _, cls = name.rpartition(".")
+        found = getattr(sys.modules.get(module), cls, None)
+        if isinstance(found, type) and issubclass(found, BaseException):
+            classes.append(found)
+    return tuple(classes)
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    if isinstance(e, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None)
+    if isinstance(oom, type) and isinstance(e, oom):
+        return True
+    # CPU allocation failures and some CUDA paths raise a plain RuntimeError
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
+
+
+def _training_batch_key() -> str:
+    """``ims_per_device`` where the config has it (images per forward pass), else ``ims_per_batch``."""
+    from .config import SolverConfig
+
+    return "ims_per_device" if "ims_per_device" in getattr(SolverConfig, "__dataclass_fields__", {}) else \
+        "ims_per_batch"
+
+
+# errno -> (what is wrong, what to do besides writing elsewhere); None: writing elsewhere is the fix
+_WRITE_ERRORS = {
+    errno.ENOSPC: ("no space left on the device", "free space there"),
+    errno.EDQUOT: ("disk quota exceeded", "free space there"),
+    errno.EROFS: ("the file system is read-only", None),
+    errno.EACCES: ("permission denied", "give this user access"),
+    errno.EPERM: ("operation not permitted", "give this user access"),
+    errno.ENOTDIR: ("a part of this path is a file, not a folder", None),
+    errno.EEXIST: ("it exists and is not a folder", "remove it"),
+}
+_READ_ERRORS = {
+    errno.ENOENT: "no such file or folder: check the path",
+    errno.EISDIR: "this is a folder where a file is expected: give a file path",
+}
+
+
+def _os_error_message(e: OSError) -> str:
+    """``where: what is wrong: what to do`` for an error the operating system raised; our own OSErrors
+    (one message argument, e.g. a missing dataset file with the docs to read) are already written so."""
+    if e.strerror is None or e.errno is None:
+        return str(e)
+    if e.filename is None:  # e.g. a write to an open file
+        where = "while writing to " + " or ".join(path for _, path in _outputs) if _outputs else None
+    elif e.filename2 is not None:
+        where = f"{e.filename} -> {e.filename2}"
+    else:
+        where = str(e.filename)
+    if e.errno in _WRITE_ERRORS:
+        what, fix = _WRITE_ERRORS[e.errno]
+        elsewhere = f"choose another {' or '.join(o for o, _ in _outputs)}" if _outputs else "write elsewhere"
+        advice = f"{what}: {fix}, or {elsewhere}" if fix else f"{what}: {elsewhere}"
+    else:
+        advice = _READ_ERRORS.get(e.errno, e.strerror)
+    return f"{where}: {advice}" if where else f"{advice} (the path was not reported)"
+
+
+def describe_failure(e: BaseException, memory_hint: str = _GENERIC_MEMORY_HINT) -> Tuple[int, str]:
+    """``(exit status, message)`` for an exception that ended a tool; the message follows ``error: ``."""
+    if _is_out_of_memory(e):
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        if "{batch_key}" in memory_hint:
+            memory_hint = memory_hint.format(batch_key=_training_batch_key())
+        return USER_ERROR, f"out of memory ({first}): {memory_hint}"
+    if isinstance(e, user_error_classes()):
+        if isinstance(e, OSError):
+            return USER_ERROR, _os_error_message(e)
+        return USER_ERROR, str(e) or type(e).__name__
+    return INTERNAL_ERROR, f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)"
+
+
+def _split_debug(argv: Sequence[str]) -> Tuple[bool, List[str]]:
+    """``(--debug given, argv without it)``; arguments after ``--`` are left alone."""
+    argv = list(argv)
+    end = argv.index("--") if "--" in argv else len(argv)
+    head = [a for a in argv[:end] if a != "--debug"]
+    return len(head) < end, head + argv[end:]
+
+
+def run_tool(main: Callable[[List[str]], Optional[int]], argv: Optional[Sequence[str]] = None, *,
+             memory_hint: str = _GENERIC_MEMORY_HINT) -> int:
+    """Run a tool's ``main(argv)`` and return its exit status, reporting a failure as described in the
+    module docstring. ``memory_hint`` says which settings lower the memory this tool needs
+    (``TRAIN_MEMORY_HINT``, ``EVAL_MEMORY_HINT`` or the tool's own options).
+
+    Use: ``if __name__ == "__main__": sys.exit(run_tool(main, memory_hint=EVAL_MEMORY_HINT))``.
+    """
+    debug, argv = _split_debug(sys.argv[1:] if argv is None else argv)
+    del _outputs[:]
+    try:
+        return main(argv) or 0
+    except SystemExit as e:  # argparse's usage errors and --help keep their behaviour
+        if e.code in (0, None) and ("-h" in argv or "--help" in argv):
+            print(_DEBUG_HELP)
+        raise
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except Exception as e:
+        if debug:
+            raise
+        code, message = describe_failure(e, memory_hint)
+        sys.stdout.flush()
+        print(f"error: {message}", file=sys.stderr)
+        return code
 
 
 def model_parser(doc: str, weights_help: str = "detector checkpoint (default: model.weights of the config)"

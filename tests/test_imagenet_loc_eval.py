@@ -269,4 +269,7 @@ def test_tool_writes_metrics_json(tmp_path):
     assert (m["top5_loc_error"], m["top1_loc_error"], m["top5_cls_error"], m["top1_cls_error"]) == (50.0, 50.0, 0.0, 50.0)
     bad = tmp_path / "bad.txt"
     bad.write_text("1 0 0\n\n")
-    assert tool.main(["--submission", str(bad), "--solution", str(lay.solution), "--synsets", str(lay.mapping)]) == 2
+    from restransfer.cli import run_tool
+
+    assert run_tool(tool.main, ["--submission", str(bad), "--solution", str(lay.solution), "--synsets",
+                                str(lay.mapping)]) == 2

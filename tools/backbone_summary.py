@@ -3,19 +3,23 @@
 Usage: python tools/backbone_summary.py [--depth 18 34 50 101 152] [--style caffe|pytorch] [--size 224]
 """
 import argparse
+import sys
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from restransfer.backbone import DEPTHS, ResNet
+from restransfer.cli import run_tool
 
 
-def main() -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depth", type=int, nargs="+", default=list(DEPTHS), choices=list(DEPTHS))
     parser.add_argument("--style", default="caffe", choices=["caffe", "pytorch"])
     parser.add_argument("--size", type=int, default=224)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.size < 1:
+        parser.error(f"--size {args.size}: give the input side in pixels, at least 1 (the paper's is 224)")
     print(f"{'depth':>5} {'blocks':>16} {'params (M)':>11} {'mult-adds (G)':>14}  feature shapes at {args.size}px")
     for depth in args.depth:
         model = ResNet(depth, style=args.style, num_classes=1000, out_features=("res2", "res3", "res4", "res5")).eval()
@@ -28,7 +32,8 @@ def main() -> None:
         params = sum(p.numel() for p in model.parameters()) + sum(
             b.numel() for n, b in model.named_buffers() if n.endswith(("weight", "bias")))
         print(f"{depth:>5} {str(DEPTHS[depth][1]):>16} {params / 1e6:>11.1f} {counter.get_total_flops() / 2e9:>14.2f}  {shapes}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_tool(main, memory_hint="lower --size"))

@@ -18,6 +18,7 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from restransfer.cli import run_tool
 from restransfer.evaluation.benchmark import compare_engines, synthetic_eval_set
 
 
@@ -56,4 +57,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main, memory_hint="lower --images, --dets or --segm-images"))

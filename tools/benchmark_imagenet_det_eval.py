@@ -23,6 +23,7 @@ try:
 except ImportError:  # running from a checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from restransfer.cli import run_tool
 from restransfer.evaluation.imagenet_det import (
     DetGroundTruth,
     DetSubmission,
@@ -107,4 +108,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main, memory_hint="lower --images or --detections"))

@@ -6,7 +6,8 @@
 Writes one PNG per input image into DIR (boxes, class names with scores, translucent instance masks)
 and DIR/predictions.json: the detections in COCO results format, with ``image_id`` the position of
 the image in DIR/images.json (a COCO ``images`` list: id, file_name, height, width) and
-``category_id`` the label 1..K (DIR/categories.json names them).
+``category_id`` the label 1..K (DIR/categories.json names them). A failure ends with ``error: ...``
+and exit status 2 (``--debug`` shows the traceback).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from restransfer.cli import model_parser
+from restransfer.cli import model_parser, note_output, run_tool
 from restransfer.demo import find_images, run_demo
 
 
@@ -31,11 +32,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_intermixed_args(argv)
-    try:
-        images = find_images(args.input, exclude=args.output)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    note_output("--output", args.output)
+    images = find_images(args.input, exclude=args.output)
     from restransfer.predictor import Predictor
 
     predictor = Predictor(args.config, weights=args.weights, device=args.device, threshold=args.threshold,
@@ -46,4 +44,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main, memory_hint="lower --batch-size (default test.ims_per_batch) or the image size "
+                                        "(input.min_size_test, input.max_size_test)"))

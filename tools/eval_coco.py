@@ -8,6 +8,8 @@ Evaluate a model on the config's test set:
 Evaluate an existing COCO results file:
 
     python tools/eval_coco.py --gt GT.json --results RES.json --iou-type bbox [segm] [--output metrics.json]
+
+A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the traceback).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from restransfer.cli import EVAL_MEMORY_HINT, note_output, run_tool
 from restransfer.evaluation.coco import ENGINES, evaluate_coco, evaluate_predictions, print_metrics_table, write_metrics
 
 
@@ -47,6 +50,7 @@ def _config_mode(args: argparse.Namespace) -> dict:
     from restransfer.engine.inference import predict_dataset
 
     cfg = load_config(args.config, args.opts)
+    note_output("--output" if args.output else "output_dir", args.output or cfg.output_dir)
     dataset, predictions = predict_dataset(cfg, args.weights)
     metrics_path = Path(args.output) if args.output else Path(cfg.output_dir) / "metrics.json"
     metrics = evaluate_predictions(dataset, predictions, iou_types=args.iou_type, engine=args.engine,
@@ -64,6 +68,7 @@ def main(argv=None) -> int:
     elif args.gt and args.results and not args.config:
         if args.opts:
             parser.error(f"overrides {args.opts} only apply with CONFIG")
+        note_output("--output", args.output)
         metrics = evaluate_coco(args.gt, args.results, args.iou_type or ("bbox",), engine=args.engine)
         if args.output:
             write_metrics(metrics, args.output)
@@ -77,4 +82,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main, memory_hint=EVAL_MEMORY_HINT))

@@ -7,6 +7,8 @@ Submission file against XML ground truth:
 A trained model on the config's test set (a json from datasets/prepare_imagenet_det.py); the
 submission file and metrics.json go to output_dir:
     python tools/eval_imagenet_det.py CONFIG --weights CKPT [key=value ...]
+
+A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the traceback).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ try:
 except ImportError:  # running from a checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from restransfer.data.imagenet_det import DetFormatError
+from restransfer.cli import EVAL_MEMORY_HINT, note_output, run_tool
 from restransfer.evaluation.coco import write_metrics
 from restransfer.evaluation.imagenet_det import evaluate_files, evaluate_predictions, format_table, metrics_dict
 
@@ -49,38 +51,36 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        if args.config is None:
-            result, gt, coco = evaluate_files(
-                args.submission,
-                args.annotations,
-                args.image_list,
-                args.synsets,
-                args.blacklist,
-                with_coco=not args.no_coco,
-            )
-            output = args.output
-        else:
-            from restransfer.config import load_config, resolve_path
-            from restransfer.engine.inference import predict_dataset
+    note_output("--output", args.output)
+    if args.config is None:
+        result, gt, coco = evaluate_files(
+            args.submission,
+            args.annotations,
+            args.image_list,
+            args.synsets,
+            args.blacklist,
+            with_coco=not args.no_coco,
+        )
+        output = args.output
+    else:
+        from restransfer.config import load_config, resolve_path
+        from restransfer.engine.inference import predict_dataset
 
-            cfg = load_config(args.config, args.overrides)
-            dataset, predictions = predict_dataset(cfg, weights=args.weights)
-            out_dir = Path(resolve_path(cfg.output_dir))
-            submission = out_dir / "imagenet_det_submission.txt"
-            result, gt, coco = evaluate_predictions(
-                predictions,
-                dataset.coco.dataset,
-                dataset.label_to_cat_id,
-                blacklist=args.blacklist,
-                submission_path=submission,
-                with_coco=not args.no_coco,
-            )
-            print(f"submission file: {submission}")
-            output = args.output or out_dir / "metrics.json"
-    except (DetFormatError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        cfg = load_config(args.config, args.overrides)
+        note_output("output_dir", cfg.output_dir)
+        dataset, predictions = predict_dataset(cfg, weights=args.weights)
+        out_dir = Path(resolve_path(cfg.output_dir))
+        submission = out_dir / "imagenet_det_submission.txt"
+        result, gt, coco = evaluate_predictions(
+            predictions,
+            dataset.coco.dataset,
+            dataset.label_to_cat_id,
+            blacklist=args.blacklist,
+            submission_path=submission,
+            with_coco=not args.no_coco,
+        )
+        print(f"submission file: {submission}")
+        output = args.output or out_dir / "metrics.json"
     print(format_table(result, gt, coco))
     if output:
         write_metrics(metrics_dict(result, gt.wnids, coco), output)
@@ -89,4 +89,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main, memory_hint=EVAL_MEMORY_HINT))

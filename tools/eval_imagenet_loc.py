@@ -12,13 +12,21 @@ Submission files:
 A detector checkpoint (runs inference on the config's test set, writes both submissions and metrics.json):
     python tools/eval_imagenet_loc.py configs/imagenet_loc_faster_rcnn_r101.yaml --weights CKPT \\
         [--mode classifier --classifier-scores val_logits.npy] [key=value ...]
+
+A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the traceback).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+try:
+    import restransfer  # noqa: F401
+except ImportError:  # running from a checkout without an install
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from restransfer.cli import EVAL_MEMORY_HINT, note_output, run_tool
 
 
 def main(argv=None) -> int:
@@ -48,20 +56,17 @@ def main(argv=None) -> int:
     # intermixed: the documented 'CONFIG --weights CKPT key=value ...' puts options between the positionals
     args = p.parse_intermixed_args(argv)
 
-    from restransfer.data.imagenet_loc import LocFormatError
-
-    try:
-        if args.config is None:
-            metrics = _evaluate_submission(p, args)
-        else:
-            metrics = _evaluate_config(p, args)
-    except (LocFormatError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    note_output("--output", args.output)
+    if args.config is None:
+        metrics = _evaluate_submission(p, args)
+    else:
+        metrics = _evaluate_config(p, args)
     _print(metrics)
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        from restransfer.evaluation.coco import write_metrics
+
+        write_metrics(metrics, args.output)
+        print(f"metrics: {args.output}")
     return 0
 
 
@@ -82,6 +87,7 @@ def _evaluate_config(p: argparse.ArgumentParser, args) -> dict:
     from restransfer.localization import load_classifier, load_classifier_scores, localize_and_evaluate
 
     cfg = load_config(args.config, args.overrides)
+    note_output("output_dir", cfg.output_dir)
     scores = load_classifier_scores(args.classifier_scores) if args.classifier_scores else None
     classifier = None
     if args.mode == "classifier" and scores is None:
@@ -99,4 +105,4 @@ def _print(metrics: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main, memory_hint=EVAL_MEMORY_HINT))

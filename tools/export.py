@@ -6,14 +6,15 @@
 
 The file takes one float RGB image (3, H, W) in [0, 1] of the export size (any size with --dynamic)
 and returns boxes, scores, labels (and masks). restransfer/export.py documents what is fixed at export
-time and how dynamic sizes behave.
+time and how dynamic sizes behave. A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows
+the traceback).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from restransfer.cli import config_from_args, model_parser
+from restransfer.cli import config_from_args, model_parser, note_output, run_tool
 from restransfer.export import export_onnx, export_torchscript, verify_export
 from restransfer.models import build_model
 
@@ -33,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_intermixed_args(argv)
+    note_output("--output", args.output)
     cfg = config_from_args(args)
     if not cfg.model.weights:
         print("warning: no --weights or model.weights: exporting an untrained model", file=sys.stderr)
@@ -57,4 +59,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main, memory_hint="export at a smaller --size"))
