@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from restransfer.benchmark import as_json, format_report, run_benchmark
-from restransfer.cli import config_from_args, model_parser
+from restransfer.cli import config_from_args, model_parser, run_tool
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,4 +62,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main, memory_hint="lower --batch or --size"))
