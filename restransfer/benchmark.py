@@ -39,7 +39,7 @@ from .engine.inference import autocast_context
 from .models.fast import check_precision_support, inference_kwargs, precision_dtype
 
 __all__ = ["Measurement", "run_benchmark", "torchvision_reference", "reference_incompatibility",
-           "randomize_weights", "detection_agreement", "synthetic_batch", "format_report"]
+           "randomize_weights", "detection_agreement", "synthetic_batch", "format_report", "machine_description"]
 
 
 @dataclass
@@ -456,11 +456,12 @@ def run_benchmark(cfg, *, device: str = "cpu", precision: Union[str, Sequence[st
                          reference_precision=ref_precision, image_size=list(size), batch=batch,
                          min_size_test=cfg.input.min_size_test, threads=torch.get_num_threads(),
                          random_weights=bool(random_weights), optimize=bool(cfg.test.optimize),
-                         machine=_machine(dev))
+                         machine=machine_description(dev))
     return out
 
 
-def _machine(device: torch.device) -> str:
+def machine_description(device: torch.device) -> str:
+    """The GPU's name, or the CPU model with its core count, torch version and SIMD level."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     name = ""

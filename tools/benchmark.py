@@ -5,9 +5,12 @@
     python tools/benchmark.py CONFIG --dtype fp32,bf16       # fp32 and bf16 (test.precision)
     python tools/benchmark.py CONFIG --train --iters 3       # forward + backward + SGD step
     python tools/benchmark.py CONFIG --device cuda --dtype fp16
+    python tools/benchmark.py CONFIG --data --workers 1,2    # the training data loader's images/s
 
 Both models get the same weights (random and calibrated unless --weights or model.weights is given) and
 the same synthetic image; their runs alternate. See restransfer/benchmark.py for what is measured.
+--data times the config's training loader instead (decode, augment, collate) with 0 and N workers, on
+data.train or, when that is missing, on generated COCO-sized JPEGs (restransfer/benchmark_data.py).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from pathlib import Path
 import torch
 
 from restransfer.benchmark import as_json, format_report, run_benchmark
+from restransfer.benchmark_data import format_loader_report, loader_report_json, run_loader_benchmark
 from restransfer.cli import config_from_args, model_parser, run_tool
 
 
@@ -29,8 +33,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="precision of our model, or several separated by commas (fp32,bf16), timed in the same "
                         "interleaved runs; torchvision's model runs fp32 on CPU, autocast at the first one on CUDA")
     p.add_argument("--train", action="store_true", help="time a training step instead of inference")
-    p.add_argument("--iters", type=int, default=5, help="timed runs per model (default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs per model first (default 1)")
+    p.add_argument("--iters", type=int, default=5, help="timed runs per model (default 5); with --data, timed rounds "
+                                                        "per worker count")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs per model first (default 1); with --data, "
+                                                         "untimed rounds")
     p.add_argument("--size", type=int, nargs=2, default=(800, 1067), metavar=("H", "W"),
                    help="input image size (default 800 1067; inference resizes to input.min_size_test)")
     p.add_argument("--batch", type=int, default=1, help="images per run (default 1)")
@@ -39,16 +45,69 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="training on channels_last activations (default: on CUDA, or as solver.channels_last says)")
     p.add_argument("--json", help="also write the results here")
+    data = p.add_argument_group("data loader (--data)")
+    data.add_argument("--data", action="store_true",
+                      help="time the config's training data loader (images/s) instead of a model")
+    data.add_argument("--workers", metavar="N[,N...]",
+                      help="worker counts to time besides 0 (in-process), e.g. 1,2 (default: data.num_workers)")
+    data.add_argument("--images", type=int, default=64, help="images per timed round (default 64)")
     return p
 
 
+# model-timing options that mean nothing for --data, with how to name them in an error
+_MODEL_ONLY = {"weights": "--weights", "device": "--device", "dtype": "--dtype", "train": "--train",
+               "size": "--size", "batch": "--batch", "no_reference": "--no-reference",
+               "channels_last": "--channels-last"}
+
+
+def _worker_counts(text: str):
+    try:
+        counts = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 0:
+        raise ValueError(f"--workers {text!r}: give worker counts >= 0 separated by commas, e.g. --workers 1,2")
+    return counts
+
+
+def _data_main(args, parser: argparse.ArgumentParser) -> int:
+    given = [flag for dest, flag in _MODEL_ONLY.items() if getattr(args, dest) != parser.get_default(dest)]
+    if given:
+        print(f"error: --data times the data loader only; drop {', '.join(given)} (model benchmark options)",
+              file=sys.stderr)
+        return 2
+    if args.images < 1:
+        print("error: --images must be at least 1", file=sys.stderr)
+        return 2
+    cfg = config_from_args(args)
+    try:
+        workers = _worker_counts(args.workers) if args.workers else [int(cfg.data.num_workers)]
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result = run_loader_benchmark(cfg, workers=workers, images_per_round=args.images, rounds=args.iters,
+                                  warmup=args.warmup)
+    print(format_loader_report(result), end="")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(loader_report_json(result), indent=1) + "\n", encoding="utf-8")
+        print(f"results: {args.json}")
+    return 0
+
+
 def main(argv=None) -> int:
-    args = _parser().parse_intermixed_args(argv)
+    parser = _parser()
+    args = parser.parse_intermixed_args(argv)
     if args.iters < 1 or args.warmup < 0 or args.batch < 1:
         print("error: --iters and --batch must be at least 1, --warmup at least 0", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.data:
+        return _data_main(args, parser)
+    if args.workers is not None or args.images != parser.get_default("images"):
+        print("error: --workers and --images are options of --data (the data-loader benchmark)", file=sys.stderr)
+        return 2
     cfg = config_from_args(args)
     result = run_benchmark(cfg, device=args.device, precision=args.dtype.split(","), train=args.train, iters=args.iters,
                            warmup=args.warmup, size=tuple(args.size), batch=args.batch,
