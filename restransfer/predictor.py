@@ -28,7 +28,7 @@ from torch import Tensor
 from .config import load_config
 from .data.image_io import read_image
 from .models import build_model
-from .models.fast import inference_kwargs, precision_dtype
+from .models.fast import check_mask_format, deferred_mask_paste, detection_masks, inference_kwargs, precision_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -122,13 +122,17 @@ class Predictor:
         optimize: inference fast paths (default: ``test.optimize``); see
             :meth:`restransfer.models.Detector.optimize_for_inference`.
         mask_threshold: a mask pixel is on when its probability exceeds this.
+        mask_format: ``"bool"``: ``masks`` is a bool (N, H, W) array; ``"rle"``: a list of N COCO RLE
+            dicts ``{"size": [H, W], "counts": str}`` (decode with ``pycocotools.mask.decode``), encoded
+            box by box, so memory does not grow with H x W x N. Either way masks are pasted one detection
+            at a time, without full-image float probabilities.
         overrides: ``key=value`` config overrides when ``config_or_path`` is a path.
 
     Calling it on one input returns one dict, on a list a list of dicts::
 
         {"boxes": float32 (N, 4) x1 y1 x2 y2 in input pixels, "scores": float32 (N,),
          "labels": int64 (N,) in 1..K, "class_names": list of N str,
-         "masks": bool (N, H, W) (mask models only), "image_size": (H, W)}
+         "masks": bool (N, H, W) or N RLE dicts (mask models only, see mask_format), "image_size": (H, W)}
 
     sorted by decreasing score.
     """
@@ -137,7 +141,7 @@ class Predictor:
                  device: str = "cpu", threshold: float = 0.5, channel_order: str = "RGB",
                  batch_size: Optional[int] = None, class_names: Optional[Sequence[str]] = None,
                  precision: Optional[str] = None, optimize: Optional[bool] = None, mask_threshold: float = 0.5,
-                 overrides: Iterable[str] = ()) -> None:
+                 mask_format: str = "bool", overrides: Iterable[str] = ()) -> None:
         if isinstance(config_or_path, DictConfig):
             cfg = copy.deepcopy(config_or_path)
             if overrides:
@@ -150,6 +154,7 @@ class Predictor:
             raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        self.mask_format = check_mask_format(mask_format)
         self.cfg = cfg
         self.device = _select_device(device)
         self.threshold = float(threshold)
@@ -208,8 +213,8 @@ class Predictor:
             "class_names": [self.class_names[int(k) - 1] for k in labels],
             "image_size": tuple(int(s) for s in image_size),
         }
-        if "masks" in out:
-            result["masks"] = (out["masks"][keep][:, 0] > self.mask_threshold).cpu().numpy()
+        if "masks" in out or "mask_probs" in out:
+            result["masks"] = detection_masks(out, result["image_size"], self.mask_threshold, self.mask_format, keep)
         return result
 
     @torch.inference_mode()
@@ -219,7 +224,8 @@ class Predictor:
         results: List[Dict[str, Any]] = []
         for start in range(0, len(inputs), self.batch_size):
             images = [self._load(x, start + i) for i, x in enumerate(inputs[start:start + self.batch_size])]
-            outputs = self.model(images)
+            with deferred_mask_paste(self.model):
+                outputs = self.model(images)
             results.extend(self._result(o, im.shape[-2:]) for o, im in zip(outputs, images))
         return results
 

@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from ..models.fast import native_bf16
+from ..models.fast import deferred_mask_paste, detection_masks, native_bf16
 from .distributed import all_gather_object, get_rank, get_world_size, is_main_process, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -40,17 +40,16 @@ def autocast_context(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _to_numpy_prediction(output: Dict[str, torch.Tensor], image_id: int, mask_threshold: float = 0.5) -> Dict[str, Any]:
-    from ..evaluation.coco import masks_to_rle
-
+def _to_numpy_prediction(output: Dict[str, torch.Tensor], image_id: int, image_size: Tuple[int, int],
+                         mask_threshold: float = 0.5) -> Dict[str, Any]:
     pred: Dict[str, Any] = {
         "image_id": int(image_id),
         "boxes": output["boxes"].float().cpu().numpy().astype(np.float32),
         "scores": output["scores"].float().cpu().numpy().astype(np.float32),
         "labels": output["labels"].cpu().numpy().astype(np.int64),
     }
-    if "masks" in output:
-        pred["masks"] = masks_to_rle(output["masks"].float(), threshold=mask_threshold)
+    if "masks" in output or "mask_probs" in output:
+        pred["masks"] = detection_masks(output, image_size, mask_threshold, format="rle")
     return pred
 
 
@@ -58,7 +57,10 @@ def inference_on_dataset(model: nn.Module, loader, device: torch.device, precisi
                          progress: bool = True) -> List[Dict[str, Any]]:
     """Predictions (the per-image dicts used across the toolkit) for every image ``loader`` yields.
 
-    Masks are binarized at 0.5 and stored as COCO RLE, so memory stays small on large sets.
+    Masks are binarized at 0.5 and stored as COCO RLE, so memory stays small on large sets; a
+    :class:`~restransfer.models.Detector` hands over its low-resolution mask probabilities and each mask
+    is encoded from its box alone (:func:`~restransfer.models.fast.deferred_mask_paste`), so no
+    full-image float or binary mask stack is ever built.
     """
     model.eval()
     predictions: List[Dict[str, Any]] = []
@@ -68,12 +70,12 @@ def inference_on_dataset(model: nn.Module, loader, device: torch.device, precisi
         from tqdm import tqdm
         bar = tqdm(total=len(loader), desc="inference", unit="batch")
     start = time.perf_counter()
-    with torch.inference_mode(), autocast_context(device, precision):
+    with torch.inference_mode(), autocast_context(device, precision), deferred_mask_paste(model):
         for images, targets in loader:
             images = [img.to(device, non_blocking=True) for img in images]
             outputs = model(images)
-            for out, tgt in zip(outputs, targets):
-                predictions.append(_to_numpy_prediction(out, tgt["image_id"]))
+            for out, img, tgt in zip(outputs, images, targets):
+                predictions.append(_to_numpy_prediction(out, tgt["image_id"], img.shape[-2:]))
             if bar is not None:
                 bar.update(1)
     if bar is not None:

@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
-import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from restransfer.boxes import xyxy_to_xywh
+from restransfer.rle import encode_masks
 
 __all__ = [
     "ENGINES",
@@ -217,25 +217,11 @@ def masks_to_rle(masks: Any, threshold: float = 0.5) -> List[Dict[str, Any]]:
         threshold: a pixel is in the mask when its probability is > ``threshold``.
 
     Returns:
-        N dicts ``{"size": [H, W], "counts": str}`` (json-ready).
+        N dicts ``{"size": [H, W], "counts": str}`` (json-ready), encoded one mask at a time
+        (:func:`restransfer.rle.encode_masks`); detectors' outputs are better encoded box by box
+        before they reach full size (:func:`restransfer.models.fast.paste_masks_binary`).
     """
-    if hasattr(masks, "detach"):
-        masks = masks.detach().cpu().numpy()
-    masks = np.asarray(masks)
-    if masks.ndim == 4:
-        if masks.shape[1] != 1:
-            raise ValueError(f"expected masks of shape (N, 1, H, W), got {masks.shape}")
-        masks = masks[:, 0]
-    if masks.ndim != 3:
-        raise ValueError(f"expected masks of shape (N, 1, H, W) or (N, H, W), got {masks.shape}")
-    if len(masks) == 0:
-        return []
-    # pycocotools wants (H, W, N) uint8 in Fortran order.
-    binary = np.asfortranarray((masks > threshold).transpose(1, 2, 0), dtype=np.uint8)
-    rles = mask_util.encode(binary)
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
+    return encode_masks(masks, threshold)
 
 
 def predictions_to_coco_results(
