@@ -115,6 +115,7 @@ class DataConfig:
     aspect_ratio_grouping: bool = True
     filter_empty: bool = True  # drop training images without objects
     with_masks: Optional[bool] = None  # None: when the model predicts masks
+    allow_outside_root: bool = False  # accept image file_names that are absolute or climb out with ..
 
 
 @dataclass
@@ -132,7 +133,12 @@ class InputConfig:
 class SolverConfig:
     base_lr: float = 0.02
     max_iter: int = 90000
-    ims_per_batch: int = 2  # per process
+    # images per optimizer step in total, over all processes: the unit of the schedule (base_lr, max_iter,
+    # steps and warmup mean the same on any number of processes)
+    ims_per_batch: int = 16
+    # images one process computes per forward/backward; None: ims_per_batch / number of processes. Gradients
+    # are accumulated over ims_per_batch / (processes x ims_per_device) micro-steps per optimizer step.
+    ims_per_device: Optional[int] = None
     momentum: float = 0.9
     weight_decay: float = 1e-4
     weight_decay_norm: float = 0.0
@@ -397,6 +403,28 @@ def _validate_choices(cfg: DictConfig) -> None:
         v = cfg.model[name]
         if v is not None and len(v) != 3:
             raise ConfigError(f"model.{name}: expected 3 values, got {len(v)}")
+    _validate_solver(cfg.solver)
+
+
+def _validate_solver(s: DictConfig) -> None:
+    positive = {"solver.ims_per_batch": s.ims_per_batch, "solver.max_iter": s.max_iter, "solver.base_lr": s.base_lr}
+    if s.ims_per_device is not None:
+        positive["solver.ims_per_device"] = s.ims_per_device
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{key}: {value} must be greater than 0")
+    for key in ("warmup_iters", "checkpoint_period", "keep_last"):
+        if s[key] < 0:
+            raise ConfigError(f"solver.{key}: {s[key]} must be 0 or more")
+    if s.ims_per_device is not None and s.ims_per_batch % s.ims_per_device:
+        raise ConfigError(f"solver.ims_per_device: {s.ims_per_device} does not divide solver.ims_per_batch="
+                          f"{s.ims_per_batch} (images per optimizer step = processes x ims_per_device x accumulation "
+                          "steps); choose a divisor, e.g. solver.ims_per_device=1")
+    for step in (s.steps if s.lr_schedule == "step" else ()):
+        if not 0 < step <= s.max_iter:
+            raise ConfigError(f"solver.steps: {step} is outside 1..solver.max_iter ({s.max_iter}); a learning-rate "
+                              f"step beyond the last iteration never happens. Steps are optimizer steps of "
+                              "solver.ims_per_batch images")
 
 
 def dump_config(cfg: DictConfig, path: Optional[os.PathLike | str] = None) -> str:

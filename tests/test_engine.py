@@ -41,6 +41,8 @@ def _overrides(shapes, out, arch="faster_rcnn", **extra):
         "log_period": 1, "output_dir": str(out),
     }
     items.update({k.replace("__", "."): v for k, v in extra.items()})
+    if int(items["solver.max_iter"]) < 4 and "solver__steps" not in extra:
+        items["solver.steps"] = "[]"  # a step beyond max_iter is a config error
     return [f"{k}={v}" for k, v in items.items()]
 
 
@@ -177,23 +179,107 @@ def test_keep_last_checkpoints(tmp_path):
     assert ckpt.last().name == "model_0000003.pth"
 
 
-def test_two_process_gloo_run(shapes, tmp_path):
+def _log_records(out: Path):
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_two_process_gloo_run_keeps_the_schedule_of_one_process(shapes, tmp_path):
+    """ims_per_batch counts images per step in total: 2 processes x 2 images and 1 process accumulating
+    4 micro-steps of 1 image follow the same (iteration, lr) schedule and see the same number of images."""
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RESTRANSFER_NO_PROGRESS": "1"}
+    common = dict(solver__max_iter=3, solver__ims_per_batch=4, solver__steps="[2]", solver__warmup_iters=2)
     config = tmp_path / "tiny.yaml"
-    dump_config(load_config(None, _overrides(shapes, out, solver__max_iter=3)), config)
+    dump_config(load_config(None, _overrides(shapes, out, **common)), config)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "tools" / "train_det.py"), str(config), "solver.checkpoint_period=0", "solver.ims_per_batch=1"]
+           str(REPO / "tools" / "train_det.py"), str(config), "solver.checkpoint_period=0"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = (out / "log.txt").read_text()
-    assert "2 process(es) x 1 images per iteration" in log
+    assert "4 images per step = 2 processes x 2 images x 1 accumulation step" in log
     assert (out / "log.rank1.txt").is_file() and (out / "metrics.json").is_file()
     results = json.loads((out / "coco_results.json").read_text())
     # the distributed evaluation gathered the predictions of both shards (4 val images)
     assert {r["image_id"] for r in results} <= {1, 2, 3, 4}
     state = Checkpointer.load(out / "model_final.pth")
     assert state["iteration"] == 3
+
+    single = tmp_path / "single"
+    train(load_config(None, _overrides(shapes, single, solver__ims_per_device=1, data__test="null",
+                                       solver__checkpoint_period=0, **common)))
+    assert "4 images per step = 1 process x 1 image x 4 accumulation steps" in (single / "log.txt").read_text()
+    schedule = [[(r["iteration"], r["lr"]) for r in _log_records(d) if "lr" in r] for d in (out, single)]
+    assert schedule[0] == schedule[1] and [it for it, _ in schedule[0]] == [1, 2, 3]
+    assert len({lr for _, lr in schedule[0]}) == 3  # warmup, then the step at 2: the lr really changes
+    assert [r["images_seen"] for r in _log_records(out) if "lr" in r][-1] == 12
+    assert [r["images_seen"] for r in _log_records(single) if "lr" in r][-1] == 12
+
+
+def test_one_step_of_four_images_equals_four_accumulated_micro_steps(shapes, tmp_path, monkeypatch):
+    from torchvision.models.detection import _utils as det_utils
+
+    def first_k(self, matched_idxs):
+        """The sampler without its random permutation: the first positives and negatives by index."""
+        pos, neg = [], []
+        for m in matched_idxs:
+            p, n = torch.where(m >= 1)[0], torch.where(m == 0)[0]
+            num_pos = min(p.numel(), int(self.batch_size_per_image * self.positive_fraction))
+            num_neg = min(n.numel(), self.batch_size_per_image - num_pos)
+            pm, nm = torch.zeros_like(m, dtype=torch.uint8), torch.zeros_like(m, dtype=torch.uint8)
+            pm[p[:num_pos]], nm[n[:num_neg]] = 1, 1
+            pos.append(pm)
+            neg.append(nm)
+        return pos, neg
+
+    monkeypatch.setattr(det_utils.BalancedPositiveNegativeSampler, "__call__", first_k)
+    common = dict(solver__max_iter=1, solver__ims_per_batch=4, model__backbone__norm="frozen_bn",
+                  model__backbone__freeze_at=0, data__aspect_ratio_grouping=False, input__hflip_prob=0.0,
+                  data__test="null", solver__warmup_iters=0, solver__base_lr=0.1, solver__checkpoint_period=0,
+                  model__rpn__post_nms_top_n_train=200, model__roi_heads__batch_size_per_image=16)
+    train(load_config(None, _overrides(shapes, tmp_path / "batch", **common)))
+    train(load_config(None, _overrides(shapes, tmp_path / "accum", solver__ims_per_device=1, **common)))
+    assert "1 process x 1 image x 4 accumulation steps" in (tmp_path / "accum" / "log.txt").read_text()
+    init = build_model_like(tmp_path / "batch")
+    a = Checkpointer.load(tmp_path / "batch" / "model_final.pth")["model"]
+    b = Checkpointer.load(tmp_path / "accum" / "model_final.pth")["model"]
+    moved = 0
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-7, msg=k)
+        moved += int(not torch.equal(a[k], init[k]))
+    assert moved > 10  # the step really changed the weights
+
+
+def build_model_like(out: Path):
+    """The initial weights of the run in ``out`` (same seed, same config)."""
+    from restransfer.models import build_model
+
+    cfg = load_config(out / "config.yaml")
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    import random
+    random.seed(cfg.seed)
+    return build_model(cfg, class_names=["circle", "triangle", "square"]).state_dict()
+
+
+def test_batch_layouts():
+    from restransfer.config import ConfigError
+    from restransfer.engine.solver import batch_layout
+
+    assert batch_layout(8, 1, 1) == (8, 1, 1, 8) and batch_layout(8, 1, 8) == (8, 8, 1, 1)
+    assert batch_layout(8, None, 2) == (8, 2, 4, 1) and batch_layout(16, 2, 2) == (16, 2, 2, 4)
+    with pytest.raises(ValueError, match=r"ims_per_batch=8 .* 3 process\(es\) x solver.ims_per_device=1 .*"
+                                         r"run on a number of processes that divides it \(1, 2, 4, 8\)"):
+        batch_layout(8, 1, 3)
+    with pytest.raises(ValueError, match=r"ims_per_device=4 .*set solver.ims_per_device to one of 1, 2"):
+        batch_layout(8, 4, 4)
+    for bad, key in (("solver.ims_per_batch=0", "solver.ims_per_batch: 0 must be greater than 0"),
+                     ("solver.ims_per_device=-1", "solver.ims_per_device: -1 must be greater than 0"),
+                     ("solver.max_iter=-5", "solver.max_iter: -5 must be greater than 0"),
+                     ("solver.ims_per_device=3", "solver.ims_per_device: 3 does not divide solver.ims_per_batch=16")):
+        with pytest.raises(ConfigError, match=key):
+            load_config(None, [bad])
+    with pytest.raises(ConfigError, match=r"solver.steps: 60000 is outside 1..solver.max_iter \(100\)"):
+        load_config(None, ["solver.max_iter=100"])
 
 
 # --------------------------------------------------------------------------------- run safety

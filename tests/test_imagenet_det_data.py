@@ -327,4 +327,4 @@ def test_config_has_valid_keys_and_paper_settings(tmp_path):
     assert [d.format for d in cfg.data.train] == ["imagenet_det", "imagenet_det"]
     assert cfg.data.train[1].json.endswith("val1.json") and cfg.data.test.json.endswith("val2.json")
     assert cfg.input.min_size_train == [600] and cfg.input.min_size_test == 600
-    assert cfg.solver.base_lr == 0.008 and cfg.solver.ims_per_batch == 1 and cfg.solver.steps == [240000] and cfg.solver.max_iter == 320000
+    assert cfg.solver.base_lr == 0.008 and cfg.solver.ims_per_batch == 8 and cfg.solver.ims_per_device == 1 and cfg.solver.steps == [240000] and cfg.solver.max_iter == 320000

@@ -186,16 +186,22 @@ def _private_generator(seed: int) -> torch.Generator:
 
 
 def build_train_loader(cfg: DictConfig, start_iter: int = 0, rank: int = 0, world_size: int = 1,
-                       dataset: Optional[CocoConcatDataset] = None) -> DataLoader:
-    """Endless DataLoader of ``cfg.solver.ims_per_batch`` training images per batch on this process.
+                       dataset: Optional[CocoConcatDataset] = None, batch_size: Optional[int] = None) -> DataLoader:
+    """Endless DataLoader of training batches for this process.
 
-    Each batch is ``(images, targets)``: tuples of (3, H, W) float tensors and target dicts (see
-    :class:`CocoDataset`). Batch ``k`` of the loader is training iteration ``start_iter + k``; the
-    sequence depends only on ``cfg.seed``, ``rank`` and ``world_size``.
+    Each batch is ``(images, targets)``: tuples of ``batch_size`` (3, H, W) float tensors and target dicts
+    (see :class:`CocoDataset`); ``batch_size`` defaults to the images one process computes per forward pass
+    (``solver.ims_per_device``, see :func:`restransfer.engine.solver.batch_layout`). Batch ``k`` of the
+    loader is the loader's batch number ``start_iter + k`` (with gradient accumulation a training iteration
+    takes several); the sequence depends only on ``cfg.seed``, ``rank`` and ``world_size``.
     """
+    from ..engine.solver import batch_layout
+
+    if batch_size is None:
+        batch_size = batch_layout(cfg.solver.ims_per_batch, cfg.solver.ims_per_device, world_size).per_device
     dataset = dataset if dataset is not None else build_train_dataset(cfg)
     groups = aspect_ratio_groups(dataset.aspect_ratios()) if cfg.data.aspect_ratio_grouping else None
-    sampler = TrainingBatchSampler(len(dataset), cfg.solver.ims_per_batch, group_ids=groups, seed=cfg.seed,
+    sampler = TrainingBatchSampler(len(dataset), batch_size, group_ids=groups, seed=cfg.seed,
                                    rank=rank, world_size=world_size, start_iter=start_iter)
     workers = int(cfg.data.num_workers)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=trivial_batch_collator,

@@ -7,11 +7,15 @@ and ``coco_results.json`` in ``output_dir``). ``resume=True`` continues from the
 model, optimizer, scheduler, iteration, RNG states and data position restored, so an interrupted and
 resumed run ends with the weights of an uninterrupted one.
 
-Under ``torchrun --nproc_per_node=N`` each process trains on its shard with ``solver.ims_per_batch``
-images per iteration (DistributedDataParallel; NCCL on GPUs, gloo on CPUs).
+An iteration is one optimizer step of ``solver.ims_per_batch`` images in total, whatever the hardware:
+under ``torchrun --nproc_per_node=N`` each process computes ``solver.ims_per_device`` images per
+forward/backward (DistributedDataParallel; NCCL on GPUs, gloo on CPUs) and gradients are accumulated over
+``ims_per_batch / (N * ims_per_device)`` micro-steps, so ``base_lr``, ``max_iter``, ``steps`` and warmup
+mean the same on 1 CPU or 64 GPUs.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -28,11 +32,11 @@ from .lock import locked_output_dir
 from ..models.fast import check_precision_support
 from .inference import autocast_context, evaluate_model, resolve_precision
 from .logger import MetricsWriter, setup_logging
-from .solver import build_optimizer, build_scheduler
+from .solver import BatchLayout, batch_layout, build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["train", "evaluate_only", "NonFiniteLossError"]
+__all__ = ["train", "evaluate_only", "NonFiniteLossError", "TrainingOutOfMemory"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -154,8 +158,8 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[D
 
     dataset = build_train_dataset(cfg)
     _check_classes(cfg, dataset)
-    logger.info("training on %d images, %d classes; %d process(es) x %d images per iteration", len(dataset),
-                len(dataset.class_names), world, cfg.solver.ims_per_batch)
+    layout = batch_layout(cfg.solver.ims_per_batch, cfg.solver.ims_per_device, world)
+    logger.info("training on %d images, %d classes; %s", len(dataset), len(dataset.class_names), layout.describe())
     model = build_model(cfg, class_names=dataset.class_names).to(device)
     if cfg.solver.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -192,10 +196,11 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[D
     max_iter = cfg.solver.max_iter
     writer = MetricsWriter(str(out), max_iter, start_iter, enabled=is_main_process())
     if start_iter < max_iter:
-        loader = build_train_loader(cfg, start_iter=start_iter, rank=rank, world_size=world)
+        loader = build_train_loader(cfg, start_iter=start_iter * layout.accumulation, rank=rank, world_size=world,
+                                    dataset=dataset, batch_size=layout.per_device)
         try:
             best = _loop(cfg, model, optimizer, scheduler, scaler, loader, ckpt, writer, device, precision, start_iter,
-                         best)
+                         best, layout)
         finally:
             writer.close()
     else:
@@ -210,8 +215,18 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[D
     return metrics
 
 
+class TrainingOutOfMemory(RuntimeError):
+    """A training micro-step ran out of memory; the message names the knobs to lower."""
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
 def _loop(cfg, model, optimizer, scheduler, scaler, loader, ckpt: Checkpointer, writer: MetricsWriter,
-          device: torch.device, precision: str, start_iter: int, best: Optional[float]) -> Optional[float]:
+          device: torch.device, precision: str, start_iter: int, best: Optional[float],
+          layout: BatchLayout) -> Optional[float]:
     s = cfg.solver
     max_iter, period, eval_period = s.max_iter, s.checkpoint_period, cfg.test.eval_period
     params = [p for p in model.parameters() if p.requires_grad]
@@ -219,34 +234,55 @@ def _loop(cfg, model, optimizer, scheduler, scaler, loader, ckpt: Checkpointer, 
     window: Dict[str, float] = {}
     n_window, t_window, d_window = 0, 0.0, 0.0
     start = time.perf_counter()
+    accumulation = layout.accumulation
+    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     for it in range(start_iter, max_iter):
         t0 = time.perf_counter()
-        images, targets = next(iterator)
-        images = [img.to(device, non_blocking=True) for img in images]
-        targets = _to_device(targets, device)
-        data_time = time.perf_counter() - t0
-
-        with autocast_context(device, precision):
-            loss_dict = model(images, targets)
-        losses = sum(loss_dict.values())
-        terms = {k: float(v.detach()) for k, v in loss_dict.items()}
-        if not math.isfinite(float(losses.detach())):
-            saved = ckpt.candidates()
-            last = saved[0] if saved else None
-            raise NonFiniteLossError(
-                f"iteration {it}: the loss is not finite ({', '.join(f'{k}={v}' for k, v in terms.items())}); "
-                f"stopped without saving. The last good checkpoint is {last or 'none (no checkpoint yet)'}. "
-                "Lower solver.base_lr, raise solver.warmup_iters, set solver.clip_grad_norm, or check the data.")
+        data_time = 0.0
+        terms: Dict[str, float] = {}
         optimizer.zero_grad(set_to_none=True)
+        for micro in range(accumulation):
+            t_data = time.perf_counter()
+            images, targets = next(iterator)
+            images = [img.to(device, non_blocking=True) for img in images]
+            targets = _to_device(targets, device)
+            data_time += time.perf_counter() - t_data
+            # DDP averages gradients over processes once per step, on the last micro-step's backward
+            sync = not ddp or micro == accumulation - 1
+            try:
+                with contextlib.nullcontext() if sync else model.no_sync():
+                    with autocast_context(device, precision):
+                        loss_dict = model(images, targets)
+                    losses = sum(loss_dict.values())
+                    micro_terms = {k: float(v.detach()) for k, v in loss_dict.items()}
+                    if not math.isfinite(float(losses.detach())):
+                        saved = ckpt.candidates()
+                        last = saved[0] if saved else None
+                        raise NonFiniteLossError(
+                            f"iteration {it}: the loss is not finite "
+                            f"({', '.join(f'{k}={v}' for k, v in micro_terms.items())}); stopped without saving. "
+                            f"The last good checkpoint is {last or 'none (no checkpoint yet)'}. Lower "
+                            "solver.base_lr, raise solver.warmup_iters, set solver.clip_grad_norm, or check the data.")
+                    # each micro-step's loss is the mean over its images: dividing by the number of micro-steps
+                    # makes the accumulated gradient that of the mean over all the step's images
+                    loss = losses / accumulation
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
+            except RuntimeError as e:
+                if not _is_out_of_memory(e):
+                    raise
+                raise TrainingOutOfMemory(
+                    f"iteration {it}: out of memory on {device} computing {layout.per_device} image(s) per "
+                    f"forward/backward ({layout.describe()}). Lower solver.ims_per_device (gradient accumulation "
+                    "keeps solver.ims_per_batch and the schedule unchanged), or input.max_size_train") from None
+            for k, v in micro_terms.items():
+                terms[k] = terms.get(k, 0.0) + v / accumulation
         if scaler is not None:
-            scaler.scale(losses).backward()
             if s.clip_grad_norm > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, s.clip_grad_norm)
             scaler.step(optimizer)
             scaler.update()
         else:
-            losses.backward()
             if s.clip_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, s.clip_grad_norm)
             optimizer.step()
@@ -262,8 +298,8 @@ def _loop(cfg, model, optimizer, scheduler, scaler, loader, ckpt: Checkpointer, 
             avg = {k: v / n_window for k, v in window.items()}
             total = sum(avg.values())
             eta = (time.perf_counter() - start) / (done - start_iter) * (max_iter - done)
-            writer.write(done, {"total_loss": total, **avg, "lr": lr, "time": t_window / n_window,
-                                "data_time": d_window / n_window})
+            writer.write(done, {"total_loss": total, **avg, "lr": lr, "images_seen": done * layout.total,
+                                "time": t_window / n_window, "data_time": d_window / n_window})
             parts = " ".join(f"{k.replace('loss_', '')} {v:.3f}" for k, v in avg.items())
             msg = (f"loss {total:.3f} ({parts}) lr {lr:.2e} {t_window / n_window:.2f}s/it "
                    f"data {d_window / n_window:.3f}s")
@@ -280,7 +316,8 @@ def _loop(cfg, model, optimizer, scheduler, scaler, loader, ckpt: Checkpointer, 
             model.train()
             if is_main_process() and metrics:
                 ap = metrics["bbox"]["AP"]
-                writer.write(done, {"bbox/AP": ap, "bbox/AP50": metrics["bbox"]["AP50"]})
+                writer.write(done, {"bbox/AP": ap, "bbox/AP50": metrics["bbox"]["AP50"],
+                                    "images_seen": done * layout.total})
                 if best is None or ap > best:
                     best = ap
                     ckpt.save("model_best.pth", _state(model, optimizer, scheduler, scaler, done, cfg, best))
