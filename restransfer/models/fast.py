@@ -149,6 +149,27 @@ def _cpu_autocast_dtype() -> Optional[torch.dtype]:
 
 
 _residual_ok: Dict[Tuple[torch.dtype, bool], bool] = {}
+_dtype_ok: Dict[torch.dtype, bool] = {}
+
+
+def _fusion_works_in(dtype: torch.dtype) -> bool:
+    """Whether the fused convolution kernel runs in ``dtype`` on this CPU (probed once per dtype): oneDNN's
+    bf16 convolutions need AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT, and raise on other CPUs, where the plain
+    ops (which PyTorch runs without oneDNN there) take over."""
+    if dtype not in _dtype_ok:
+        g = torch.Generator().manual_seed(0)
+        x, w = torch.randn(1, 4, 5, 6, generator=g), torch.randn(8, 4, 3, 3, generator=g)
+        try:
+            with torch.no_grad():
+                out = torch.ops.mkldnn._convolution_pointwise(x.to(dtype), w.to(dtype), None, [1, 1], [1, 1],
+                                                              [1, 1], 1, "none", [], "")
+            tol = 1e-4 if dtype == torch.float32 else 5e-2
+            _dtype_ok[dtype] = bool(torch.allclose(out.float(), F.conv2d(x, w, None, 1, 1), rtol=tol, atol=tol))
+        except RuntimeError as e:
+            logger.info("fused oneDNN convolutions do not run in %s here (%s); using plain PyTorch ops", dtype,
+                        str(e).splitlines()[0])
+            _dtype_ok[dtype] = False
+    return _dtype_ok[dtype]
 
 
 def _residual_fusion_works(dtype: torch.dtype, channels_last: bool) -> bool:
@@ -188,7 +209,7 @@ def _plain_inputs(*tensors: Tensor) -> bool:
     for t in tensors:
         if t.dtype != t0.dtype or t.device != t0.device or (grad and t.requires_grad):
             return False
-    return onednn_fusion_available()
+    return onednn_fusion_available() and _fusion_works_in(t0.dtype)
 
 
 class FusedConv2d(nn.Module):
