@@ -24,7 +24,7 @@ TRAIN_CONFIG = REPO / "configs" / "coco_faster_rcnn_r101.yaml"
 # ResNet-18 at 64 px: building the model is the only model work these failures reach
 TINY = ["model.backbone.weights=null", "model.backbone.depth=18", "model.num_classes=3", "input.min_size_test=64",
         "input.max_size_test=64", "input.min_size_train=[64]", "input.max_size_train=64", "solver.max_iter=1",
-        "solver.ims_per_batch=1", "data.num_workers=0", "device=cpu"]
+        "solver.ims_per_batch=1", "solver.ims_per_device=null", "solver.steps=[]", "data.num_workers=0", "device=cpu"]
 
 
 def _run(tool, *args, env_extra=None):
