@@ -23,7 +23,6 @@ from restransfer.config import load_config
 from restransfer.data.shapes import generate_shapes
 from restransfer.engine import Checkpointer, train
 from restransfer.export import export_onnx, export_outputs, export_torchscript, prepare_for_export
-from restransfer.models.fast import native_bf16
 
 from tiny_detectors import single_thread  # noqa: F401  (autouse fixture)
 from tiny_detectors import REPO, tiny_model
@@ -36,11 +35,6 @@ MAX_ITER = 3
 def _skip_without_bf16(device: str, precision: str) -> None:
     if device == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no native bfloat16")
-
-
-def _skip_without_fused_bf16(device: str, precision: str) -> None:
-    if device == "cpu" and precision == "bf16" and not native_bf16(torch.device("cpu")):
-        pytest.skip("oneDNN's fused bf16 convolutions need a CPU with AVX-512-BF16 or AMX")
 
 
 @contextlib.contextmanager
@@ -246,7 +240,6 @@ INFERENCE_CASES = [
 @pytest.mark.parametrize("device,precision", INFERENCE_CASES)
 def test_optimized_inference_agrees_with_plain_fp32(device, precision):
     _skip_without_bf16(device, precision)
-    _skip_without_fused_bf16(device, precision)
     _, model, images = tiny_model()  # calibrated random weights, Mask R-CNN R18-FPN
     model = model.to(device)
     images = [im.to(device) for im in images]
