@@ -270,8 +270,10 @@ def test_batch_layouts():
     with pytest.raises(ValueError, match=r"ims_per_batch=8 .* 3 process\(es\) x solver.ims_per_device=1 .*"
                                          r"run on a number of processes that divides it \(1, 2, 4, 8\)"):
         batch_layout(8, 1, 3)
-    with pytest.raises(ValueError, match=r"ims_per_device=4 .*set solver.ims_per_device to one of 1, 2"):
-        batch_layout(8, 4, 4)
+    # more processes than the reference had: each computes its share of the step
+    assert batch_layout(16, 2, 16) == (16, 16, 1, 1) and batch_layout(8, 4, 4) == (8, 4, 2, 1)
+    with pytest.raises(ValueError, match=r"ims_per_device=3 .*set solver.ims_per_device to one of 1, 2, 4, 8"):
+        batch_layout(8, 3, 1)
     for bad, key in (("solver.ims_per_batch=0", "solver.ims_per_batch: 0 must be greater than 0"),
                      ("solver.ims_per_device=-1", "solver.ims_per_device: -1 must be greater than 0"),
                      ("solver.max_iter=-5", "solver.max_iter: -5 must be greater than 0"),

@@ -77,12 +77,17 @@ class BatchLayout(NamedTuple):
 
 def batch_layout(ims_per_batch: int, ims_per_device: Optional[int], world_size: int) -> BatchLayout:
     """Split ``solver.ims_per_batch`` images per optimizer step over ``world_size`` processes of
-    ``solver.ims_per_device`` images (default: ``ims_per_batch / world_size``) and gradient accumulation.
+    ``solver.ims_per_device`` images (at most ``ims_per_batch / world_size``, the default) and gradient
+    accumulation.
 
     Raises:
         ValueError: the numbers do not divide; the message names the three and a valid choice.
     """
-    per_device = ims_per_device if ims_per_device is not None else ims_per_batch // world_size
+    # ims_per_device is what one process may compute at once: with more processes than the config's
+    # reference had, each computes its share of the step (ims_per_batch / processes) instead
+    per_device = ims_per_batch // world_size
+    if ims_per_device is not None:
+        per_device = min(ims_per_device, per_device)
     if per_device < 1 or ims_per_batch % (world_size * per_device):
         divisors = [d for d in range(1, ims_per_batch + 1) if ims_per_batch % (world_size * d) == 0]
         if divisors:
