@@ -399,9 +399,9 @@ def localize_and_evaluate(cfg, weights: Optional[str] = None, *, mode: str = "cl
             guesses = detector_guesses(preds, lut)
         else:
             if classifier_scores is None:
-                import torch
+                from .devices import resolve_device
 
-                device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+                device = resolve_device(cfg.device)
                 root = resolve_path(cfg.data.test.image_root)
                 conv = classifier.pixel_convention
                 classifier_scores = classifier_scores_from_model(

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .config import load_config
 from .data.image_io import read_image
+from .devices import resolve_device
 from .models import build_model
 from .models.fast import check_mask_format, deferred_mask_paste, detection_masks, inference_kwargs, precision_dtype
 
@@ -98,15 +99,6 @@ def to_rgb_uint8(image: np.ndarray, channel_order: str = "RGB", where: str = "im
     return np.ascontiguousarray(out)
 
 
-def _select_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r}: no CUDA device is visible to PyTorch; use device='cpu'")
-    return dev
-
-
 class Predictor:
     """A detector ready for inference: build, load weights, optimize, then call it on images.
 
@@ -156,7 +148,7 @@ class Predictor:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         self.mask_format = check_mask_format(mask_format)
         self.cfg = cfg
-        self.device = _select_device(device)
+        self.device = resolve_device(device)
         self.threshold = float(threshold)
         self.mask_threshold = float(mask_threshold)
         self.channel_order = channel_order

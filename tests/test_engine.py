@@ -12,8 +12,7 @@ from restransfer.config import dump_config, load_config
 from restransfer.data.shapes import generate_shapes
 from restransfer.engine import Checkpointer, NonFiniteLossError, train
 from restransfer.engine.checkpoint import atomic_torch_save
-from restransfer.engine.inference import resolve_precision
-from restransfer.models.fast import native_bf16
+from restransfer.devices import native_bf16, resolve_precision
 from restransfer.engine.solver import lr_factor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,13 +56,13 @@ def test_lr_schedule():
 
 
 def test_auto_precision(monkeypatch):
-    from restransfer.engine import inference
+    from restransfer import devices
 
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
-    monkeypatch.setattr(inference, "native_bf16", lambda device: True)
+    monkeypatch.setattr(devices, "native_bf16", lambda device: True)
     assert resolve_precision("auto", cpu) == "bf16"
-    monkeypatch.setattr(inference, "native_bf16", lambda device: False)
+    monkeypatch.setattr(devices, "native_bf16", lambda device: False)
     assert resolve_precision("auto", cpu) == "fp32"
     assert resolve_precision("auto", torch.device("cuda")) == "fp16"
 

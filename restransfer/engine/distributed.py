@@ -8,6 +8,8 @@ from typing import Any, List
 import torch
 import torch.distributed as dist
 
+from ..devices import resolve_device  # re-exported: the device policy lives in restransfer.devices
+
 __all__ = ["init_distributed", "get_rank", "get_world_size", "is_main_process", "barrier", "all_gather_object",
            "resolve_device", "cleanup"]
 
@@ -22,18 +24,6 @@ def get_rank() -> int:
 
 def is_main_process() -> bool:
     return get_rank() == 0
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` picks CUDA when available; ``"cuda"`` under torchrun means this process's LOCAL_RANK GPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device={device!r} but CUDA is not available here; set device=cpu (or auto)")
-        if device == "cuda" and "LOCAL_RANK" in os.environ:
-            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    return torch.device(device)
 
 
 def init_distributed(device: torch.device) -> bool:

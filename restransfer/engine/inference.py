@@ -1,7 +1,6 @@
 """Running a detector over a dataset (also across processes) and evaluating the result."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 import time
@@ -13,31 +12,13 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from ..models.fast import deferred_mask_paste, detection_masks, native_bf16
-from .distributed import all_gather_object, get_rank, get_world_size, is_main_process, resolve_device
+from ..devices import autocast_context, resolve_device, resolve_precision  # the last two re-exported
+from ..models.fast import deferred_mask_paste, detection_masks
+from .distributed import all_gather_object, get_rank, get_world_size, is_main_process
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["autocast_context", "inference_on_dataset", "predict_dataset", "evaluate_model", "build_eval_model"]
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> fp16 on CUDA, bf16 on CPUs that compute it natively, else fp32; other values unchanged."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "fp16"
-    return "bf16" if native_bf16(device) else "fp32"
-
-
-def autocast_context(device: torch.device, precision: str):
-    """Mixed precision for ``precision`` in {fp32, bf16, fp16} on ``device`` (fp16 needs CUDA)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 runs on CUDA only; on CPUs use bf16 (test.precision / solver.precision)")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _to_numpy_prediction(output: Dict[str, torch.Tensor], image_id: int, image_size: Tuple[int, int],

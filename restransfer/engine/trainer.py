@@ -27,10 +27,11 @@ from torch import nn
 
 from ..config import dump_config
 from .checkpoint import Checkpointer, rng_state, set_rng_state
-from .distributed import all_gather_object, get_rank, get_world_size, init_distributed, is_main_process, resolve_device
+from ..devices import (autocast_context, check_autocast_precision, check_precision_support, resolve_device,
+                       resolve_precision)
+from .distributed import all_gather_object, get_rank, get_world_size, init_distributed, is_main_process
 from .lock import locked_output_dir
-from ..models.fast import check_precision_support
-from .inference import autocast_context, evaluate_model, resolve_precision
+from .inference import evaluate_model
 from .logger import MetricsWriter, setup_logging
 from .solver import BatchLayout, batch_layout, build_optimizer, build_scheduler
 
@@ -173,9 +174,8 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[D
         logger.info("solver.precision=auto: training in %s on %s", precision, device)
     elif precision == "bf16":
         check_precision_support(torch.bfloat16, device)  # warns where bf16 is emulated
+    check_autocast_precision(precision, device)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("solver.precision=fp16 needs CUDA; use bf16 on CPUs")
 
     start_iter, best = 0, None
     if found is not None:

@@ -43,6 +43,7 @@ from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 from torchvision.models.detection.transform import resize_boxes
 
 from ..backbone.resnet import BasicBlock, Bottleneck
+from ..devices import PRECISIONS, check_precision_support, native_bf16, precision_dtype  # noqa: F401 (re-exported)
 from ..rle import encode_masks, encode_patch
 from .roi_align import ParallelMultiScaleRoIAlign
 from .transform import DetectionTransform
@@ -73,17 +74,8 @@ __all__ = [
     "inference_kwargs",
 ]
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 _onednn_ok: Optional[bool] = None
-
-
-def precision_dtype(precision: str) -> torch.dtype:
-    """``"fp32" | "bf16" | "fp16"`` -> the torch dtype; anything else is a ``ValueError``."""
-    try:
-        return PRECISIONS[precision]
-    except KeyError:
-        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}") from None
 
 
 def inference_kwargs(cfg) -> Dict[str, Any]:
@@ -570,28 +562,6 @@ def prepare_roi_features(model: nn.Module) -> None:
     if not getattr(model.roi_heads, "_restransfer_roi_hook", False):
         model.roi_heads.register_forward_pre_hook(_roi_features(torch.float32))
         model.roi_heads._restransfer_roi_hook = True
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 natively (CUDA with bf16, CPUs with AVX-512-BF16 or AMX)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    probe = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
-    return device.type == "cpu" and probe is not None and bool(probe())
-
-
-def check_precision_support(dtype: torch.dtype, device: torch.device) -> None:
-    """Raise for a precision this device cannot run (fp16 on a CPU without it); warn where it is emulated."""
-    if device.type != "cpu":
-        return
-    if dtype == torch.float16:
-        probe = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_fp16_supported", None)
-        if probe is None or not probe():
-            raise ValueError("precision fp16 needs a GPU or a CPU with AVX-512-FP16/AMX-FP16; use bf16 on this CPU "
-                             "(test.precision=bf16)")
-    elif dtype == torch.bfloat16 and not native_bf16(device):
-        logger.warning("this CPU has no native bfloat16 (AVX-512-BF16 or AMX): bf16 is emulated and may be much "
-                       "slower than fp32")
 
 
 @torch.no_grad()

@@ -1,0 +1,95 @@
+"""Device and precision policy: which device ``"auto"`` means, which precision ``"auto"`` means, whether a
+device can run a precision, and the autocast context that applies one.
+
+Every module that turns a ``device`` or ``precision`` setting into torch objects goes through here, so
+that "auto" and "fp16 needs a GPU" mean the same in training, evaluation, the Predictor and the benchmark.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PRECISIONS", "precision_dtype", "resolve_device", "resolve_precision", "native_bf16",
+           "check_precision_support", "check_autocast_precision", "autocast_context"]
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """``"fp32" | "bf16" | "fp16"`` -> the torch dtype; anything else is a ``ValueError``."""
+    try:
+        return PRECISIONS[precision]
+    except KeyError:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}") from None
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` picks CUDA when available; ``"cuda"`` under torchrun means this process's LOCAL_RANK GPU.
+
+    A CUDA device when PyTorch sees none is a ``RuntimeError`` that says what to set instead.
+    """
+    device = str(device)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device={device!r} but CUDA is not available here; set device=cpu (or auto)")
+        if device == "cuda" and "LOCAL_RANK" in os.environ:
+            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return torch.device(device)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively (CUDA with bf16, CPUs with AVX-512-BF16 or AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    probe = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    return device.type == "cpu" and probe is not None and bool(probe())
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> fp16 on CUDA, bf16 on CPUs that compute it natively, else fp32; other values unchanged."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if native_bf16(device) else "fp32"
+
+
+def check_precision_support(dtype: torch.dtype, device: torch.device) -> None:
+    """Raise for a precision this device cannot run (fp16 on a CPU without it); warn where it is emulated.
+
+    This is the check for models whose layers are cast to ``dtype`` (inference); autocast has its own,
+    stricter rule (:func:`check_autocast_precision`).
+    """
+    if device.type != "cpu":
+        return
+    if dtype == torch.float16:
+        probe = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_fp16_supported", None)
+        if probe is None or not probe():
+            raise ValueError("precision fp16 needs a GPU or a CPU with AVX-512-FP16/AMX-FP16; use bf16 on this CPU "
+                             "(test.precision=bf16)")
+    elif dtype == torch.bfloat16 and not native_bf16(device):
+        logger.warning("this CPU has no native bfloat16 (AVX-512-BF16 or AMX): bf16 is emulated and may be much "
+                       "slower than fp32")
+
+
+def check_autocast_precision(precision: str, device: torch.device) -> None:
+    """Raise unless ``device`` can run mixed precision ``precision`` (fp32, bf16, or fp16 on CUDA only:
+    gradient scaling and fp16 autocast are CUDA features)."""
+    precision_dtype(precision)
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 runs on CUDA only; on CPUs use bf16 (test.precision / solver.precision)")
+
+
+def autocast_context(device: torch.device, precision: str):
+    """Mixed precision for ``precision`` in {fp32, bf16, fp16} on ``device`` (fp16 needs CUDA)."""
+    check_autocast_precision(precision, device)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=precision_dtype(precision))
