@@ -34,9 +34,8 @@ from torchvision.ops import FrozenBatchNorm2d, box_iou
 
 from .backbone.resnet import BasicBlock, Bottleneck
 from .models import build_model
-from .models.build import _anchors, _rpn_roi_kwargs, pixel_convention
-from .engine.inference import autocast_context
-from .models.fast import check_precision_support, inference_kwargs, precision_dtype
+from .models.build import _anchors, _rpn_roi_kwargs, inference_kwargs, pixel_convention
+from .devices import autocast_context, check_precision_support, precision_dtype
 
 __all__ = ["Measurement", "run_benchmark", "torchvision_reference", "reference_incompatibility",
            "randomize_weights", "detection_agreement", "synthetic_batch", "format_report", "machine_description"]

@@ -4,7 +4,7 @@ Both formats take one float RGB image ``(3, H, W)`` in [0, 1] and return ``boxes
 input pixels, ``scores`` (N,), ``labels`` (N,) int64 in 1..K and, for Mask R-CNN, ``masks``
 (N, 1, H, W) probabilities; N (after NMS) is dynamic. The exported network is the fp32 NCHW model with
 its frozen BatchNorms folded into the convolutions; the CPU fused kernels, bf16 and RoIAlign threads
-of :mod:`restransfer.models.fast` are eager-mode only, so exported files run anywhere but without
+of :meth:`~restransfer.models.Detector.optimize_for_inference` are eager-mode only, so exported files run anywhere but without
 those speed-ups.
 
 Input size. By default the export is for one fixed size (H, W):

@@ -27,9 +27,9 @@ from torch import Tensor
 
 from .config import load_config
 from .data.image_io import read_image
-from .devices import resolve_device
-from .models import build_model
-from .models.fast import check_mask_format, deferred_mask_paste, detection_masks, inference_kwargs, precision_dtype
+from .devices import precision_dtype, resolve_device
+from .models import build_model, inference_kwargs
+from .models.postprocess import check_mask_format, deferred_mask_paste, detection_masks
 
 logger = logging.getLogger(__name__)
 

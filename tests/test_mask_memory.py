@@ -15,8 +15,8 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from restransfer.engine.inference import inference_on_dataset
 from restransfer.evaluation.coco import masks_to_rle
-from restransfer.models.fast import (FastDetectionTransform, deferred_mask_paste, detection_masks, paste_masks,
-                                     paste_masks_binary)
+from restransfer.models.postprocess import (FastDetectionTransform, deferred_mask_paste, detection_masks, paste_masks,
+                                            paste_masks_binary)
 from restransfer.models.transform import DetectionTransform
 from restransfer.predictor import Predictor
 from restransfer.rle import encode_masks, encode_patch
@@ -180,7 +180,7 @@ _MEMORY_PROBE = textwrap.dedent("""
     import json, resource, sys
     import numpy as np, torch
     torch.set_num_threads(2)
-    from restransfer.models.fast import paste_masks_binary
+    from restransfer.models.postprocess import paste_masks_binary
 
     def resident():
         try:

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from restransfer.benchmark import detection_agreement, randomize_weights, synthetic_batch
-from restransfer.models import build_model
-from restransfer.models.fast import (FastDetectionTransform, FusedConv2d, FusedResidualBlock, inference_kwargs,
-                                     onednn_fusion_available, paste_masks)
+from restransfer.models import build_model, inference_kwargs
+from restransfer.models.fused import FusedConv2d, FusedResidualBlock, onednn_fusion_available
+from restransfer.models.postprocess import FastDetectionTransform, paste_masks
 
 from tiny_detectors import single_thread  # noqa: F401  (autouse fixture)
 from tiny_detectors import C4, tiny_config, tiny_model

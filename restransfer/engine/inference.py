@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from ..devices import autocast_context, resolve_device, resolve_precision  # the last two re-exported
-from ..models.fast import deferred_mask_paste, detection_masks
+from ..models.postprocess import deferred_mask_paste, detection_masks
 from .distributed import all_gather_object, get_rank, get_world_size, is_main_process
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def inference_on_dataset(model: nn.Module, loader, device: torch.device, precisi
 
     Masks are binarized at 0.5 and stored as COCO RLE, so memory stays small on large sets; a
     :class:`~restransfer.models.Detector` hands over its low-resolution mask probabilities and each mask
-    is encoded from its box alone (:func:`~restransfer.models.fast.deferred_mask_paste`), so no
+    is encoded from its box alone (:func:`~restransfer.models.postprocess.deferred_mask_paste`), so no
     full-image float or binary mask stack is ever built.
     """
     model.eval()
@@ -70,9 +70,8 @@ def inference_on_dataset(model: nn.Module, loader, device: torch.device, precisi
 def build_eval_model(cfg, weights: Optional[str], class_names: Optional[List[str]], device: torch.device) -> nn.Module:
     """The model of ``cfg`` with ``weights`` (a checkpoint) loaded and prepared for inference: the fast
     paths when ``cfg.test.optimize``, and ``cfg.test.precision`` for the feature layers (scores and box
-    arithmetic stay fp32; see :mod:`restransfer.models.fast`)."""
-    from ..models import build_model
-    from ..models.fast import inference_kwargs
+    arithmetic stay fp32; see :meth:`~restransfer.models.Detector.optimize_for_inference`)."""
+    from ..models import build_model, inference_kwargs
 
     if weights:
         cfg = cfg.copy()

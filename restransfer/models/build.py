@@ -25,7 +25,7 @@ from .transform import DetectionTransform
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_model", "ClassAgnosticPredictor", "pixel_convention"]
+__all__ = ["build_model", "ClassAgnosticPredictor", "pixel_convention", "inference_kwargs"]
 
 
 class ClassAgnosticPredictor(nn.Module):
@@ -162,3 +162,14 @@ def build_model(cfg, class_names: Optional[List[str]] = None, load_weights: bool
             model.transform = _transform(cfg, conv)
             model.pixel_convention = conv
     return model
+
+
+def inference_kwargs(cfg) -> Dict[str, Any]:
+    """Keyword arguments of :meth:`Detector.optimize_for_inference` from ``cfg.test``.
+
+    ``test.optimize: false`` turns off BN folding, fusion and channels_last (the model then runs the
+    same code as torchvision's); ``test.precision`` applies either way.
+    """
+    t = cfg.test
+    opt = bool(t.optimize)
+    return dict(fold_bn=opt, fuse=opt, channels_last=opt, precision=str(t.precision))

@@ -14,7 +14,10 @@ from torch import Tensor, nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from ..backbone.norms import freeze_batchnorm
-from . import fast
+from ..devices import precision_dtype
+from .fused import fuse_modules
+from .postprocess import use_fast_postprocess
+from .precision_hooks import prepare_roi_features, set_inference_precision
 
 __all__ = ["Detector", "validate_targets"]
 
@@ -84,7 +87,7 @@ class Detector(GeneralizedRCNN):
     @torch.no_grad()
     def optimize_for_inference(self, *, fold_bn: bool = True, fuse: bool = True, channels_last: bool = True,
                                precision: str = "fp32") -> "Detector":
-        """Make this model a faster inference-only model, in place (see :mod:`restransfer.models.fast`).
+        """Make this model a faster inference-only model, in place.
 
         Irreversible: the model goes to eval mode with frozen parameters; use it on a model that will only
         run inference (the Predictor and evaluation do this by default, ``test.optimize``). With
@@ -94,13 +97,15 @@ class Detector(GeneralizedRCNN):
             fold_bn: fold BatchNorms (frozen ones, and trainable ones with their running statistics) into
                 the convolutions before them.
             fuse: fused oneDNN convolution + residual + ReLU kernels on CPU (needs ``fold_bn`` for the
-                ResNet blocks) and single-allocation mask pasting.
-            channels_last: NHWC activations for the convolutions.
+                ResNet blocks; :mod:`restransfer.models.fused`), parallel RoIAlign and single-allocation
+                mask pasting (:mod:`restransfer.models.postprocess`).
+            channels_last: NHWC activations for the convolutions; RoIAlign gets NCHW maps, made contiguous
+                once per image batch.
             precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the feature layers; scores, box
-                regression and box arithmetic stay fp32 (see :func:`fast.set_inference_precision`).
+                regression and box arithmetic stay fp32 (see :mod:`restransfer.models.precision_hooks`).
         """
         options = dict(fold_bn=fold_bn, fuse=fuse, channels_last=channels_last, precision=precision)
-        fast.precision_dtype(precision)  # validate before changing anything
+        precision_dtype(precision)  # validate before changing anything
         if self._optimized:
             if self._optimized != options:
                 raise RuntimeError(f"this model was already optimized with {self._optimized}; build a new model "
@@ -113,11 +118,11 @@ class Detector(GeneralizedRCNN):
                 if m is not self and hasattr(m, "fuse_frozen_bn"):
                     m.fuse_frozen_bn()
         if fuse:
-            fast.fuse_modules(self)
-            fast.use_fast_postprocess(self)
+            fuse_modules(self)
+            use_fast_postprocess(self)
         if channels_last:
             self.to(memory_format=torch.channels_last)
-            fast.prepare_roi_features(self)
-        fast.set_inference_precision(self, precision)
+            prepare_roi_features(self)
+        set_inference_precision(self, precision)
         self._optimized = options
         return self

@@ -10,10 +10,11 @@ box- and mask-aware), so the transform does not resize again unless ``train_resi
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 from torch import Tensor
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
 __all__ = ["DetectionTransform"]
 
@@ -28,7 +29,14 @@ class DetectionTransform(GeneralizedRCNNTransform):
         channel_order: ``"RGB"`` or ``"BGR"``: the order the backbone weights expect.
         size_divisible: padding multiple of the batched tensor.
         train_resize: resize in training mode too (off when the data pipeline resizes).
+
+    Inference post-processing is torchvision's (boxes back to input pixels, masks pasted into the image
+    with :meth:`paste_masks`), except that with ``defer_mask_paste`` set (see
+    :func:`restransfer.models.postprocess.deferred_mask_paste`) nothing is pasted: each output keeps its
+    (N, 1, M, M) mask probabilities as ``"mask_probs"`` (and no ``"masks"``).
     """
+
+    defer_mask_paste = False
 
     def __init__(self, min_size: int | Sequence[int], max_size: int, pixel_mean: Sequence[float],
                  pixel_std: Sequence[float], channel_order: str = "RGB", size_divisible: int = 32,
@@ -42,6 +50,14 @@ class DetectionTransform(GeneralizedRCNNTransform):
         if channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
         self.channel_order = channel_order
+        self.pixel_mean, self.pixel_std = tuple(pixel_mean), tuple(pixel_std)
+        self.train_resize = train_resize
+
+    def options(self) -> Dict[str, Any]:
+        """The keyword arguments that build an identical transform (of this class or a subclass)."""
+        return dict(min_size=self.min_size, max_size=self.max_size, pixel_mean=self.pixel_mean,
+                    pixel_std=self.pixel_std, channel_order=self.channel_order, size_divisible=self.size_divisible,
+                    train_resize=self.train_resize)
 
     def normalize(self, image: Tensor) -> Tensor:
         if not image.is_floating_point():
@@ -52,6 +68,23 @@ class DetectionTransform(GeneralizedRCNNTransform):
         if self.channel_order == "BGR":
             image = image.flip(0)
         return super().normalize(image)
+
+    def paste_masks(self, masks: Tensor, boxes: Tensor, image_shape: Tuple[int, int]) -> Tensor:
+        """(N, 1, M, M) probabilities -> (N, 1, H, W) pasted into boxes (N, 4) of an ``image_shape`` image."""
+        return paste_masks_in_image(masks, boxes, image_shape)
+
+    def postprocess(self, result: List[Dict[str, Tensor]], image_shapes: List[Tuple[int, int]],
+                    original_image_sizes: List[Tuple[int, int]]) -> List[Dict[str, Tensor]]:
+        if self.training:
+            return result
+        for pred, im_s, o_im_s in zip(result, image_shapes, original_image_sizes):
+            pred["boxes"] = resize_boxes(pred["boxes"], im_s, o_im_s)
+            if "masks" in pred:
+                if self.defer_mask_paste:
+                    pred["mask_probs"] = pred.pop("masks")
+                else:
+                    pred["masks"] = self.paste_masks(pred["masks"], pred["boxes"], o_im_s)
+        return result
 
     def extra_repr(self) -> str:
         return f"channel_order={self.channel_order}, mean={self.image_mean}, std={self.image_std}"
