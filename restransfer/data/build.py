@@ -110,10 +110,12 @@ def dataset_from_spec(
     transforms: Optional[DetectionTransform],
     with_masks: bool,
     filter_empty: bool,
+    allow_outside_root: bool = False,
 ) -> CocoDataset:
     """A :class:`CocoDataset` from one ``DatasetSpec`` (``json``, ``image_root``, ``format``, ``name``, ``generate``).
 
-    ``key`` (e.g. ``"data.train[0]"``) names the spec in error messages.
+    ``key`` (e.g. ``"data.train[0]"``) names the spec in error messages; ``allow_outside_root`` is
+    ``data.allow_outside_root`` (see :class:`CocoDataset`).
     """
     if spec.format not in _COCO_JSON_FORMATS:
         raise ValueError(f"{key}.format: {spec.format!r} is not supported; use one of {', '.join(_COCO_JSON_FORMATS)} "
@@ -125,7 +127,8 @@ def dataset_from_spec(
     _generate_if_missing(spec, json_path, key)
     _check_generated_layout(spec, json_path, image_root, key)
     ds = CocoDataset(json_path, image_root, transforms=transforms, with_masks=with_masks,
-                     filter_empty=filter_empty, is_train=is_train, name=spec.name or None)
+                     filter_empty=filter_empty, is_train=is_train, name=spec.name or None,
+                     allow_outside_root=allow_outside_root)
     logger.info("%s: %s: %d images, %d classes", key, ds.name, len(ds), len(ds.class_names))
     return ds
 
@@ -138,7 +141,8 @@ def build_train_dataset(cfg: DictConfig) -> CocoConcatDataset:
     """All ``cfg.data.train`` datasets with training augmentation, concatenated.
 
     Raises:
-        ValueError: ``data.train`` is empty, or two of its datasets have different categories.
+        ValueError: ``data.train`` is empty, two of its datasets have different categories, or one of
+            them has no usable image or no usable annotation.
     """
     if not cfg.data.train:
         raise ValueError("data.train is empty: set it to a list like [{json: PATH, image_root: DIR}] "
@@ -147,7 +151,8 @@ def build_train_dataset(cfg: DictConfig) -> CocoConcatDataset:
                                   cfg.input.hflip_prob, cfg.input.color_jitter, is_train=True)
     datasets = [
         dataset_from_spec(spec, key=f"data.train[{i}]", is_train=True, transforms=transforms,
-                          with_masks=uses_masks(cfg), filter_empty=cfg.data.filter_empty)
+                          with_masks=uses_masks(cfg), filter_empty=cfg.data.filter_empty,
+                          allow_outside_root=cfg.data.allow_outside_root)
         for i, spec in enumerate(cfg.data.train)
     ]
     reference = _categories(datasets[0])
@@ -158,6 +163,9 @@ def build_train_dataset(cfg: DictConfig) -> CocoConcatDataset:
     for ds in datasets:
         if len(ds) == 0:
             raise ValueError(f"data.train: {ds.json_path} has no usable training images (under {ds.image_root})")
+        if ds.num_targets == 0:
+            raise ValueError(f"data.train: {ds.json_path} has no usable annotations on its {len(ds)} images "
+                             f"(see the warnings above); a training set needs objects to learn from")
     return CocoConcatDataset(datasets)
 
 
@@ -168,7 +176,8 @@ def build_test_dataset(cfg: DictConfig) -> CocoDataset:
                          f"(see {DATASETS_README})")
     return dataset_from_spec(cfg.data.test, key="data.test", is_train=False,
                              transforms=build_transforms([], 0, is_train=False),
-                             with_masks=uses_masks(cfg), filter_empty=False)
+                             with_masks=uses_masks(cfg), filter_empty=False,
+                             allow_outside_root=cfg.data.allow_outside_root)
 
 
 def _pin_memory(cfg: DictConfig) -> bool:

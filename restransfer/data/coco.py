@@ -5,8 +5,15 @@ label 0 is background. ``label_to_cat_id`` maps back when results are written.
 
 Bad data never stops a run:
 
-* images whose file is missing are removed at construction, with a warning giving their count and
-  the first few names;
+* images whose ``file_name`` is absolute or climbs out of the image root with ``..`` are refused
+  (unless ``allow_outside_root``) and, like images whose file is missing, removed at construction
+  with a warning giving their count and the first few names;
+* broken annotations (a box with an Infinity or NaN value; with masks, a polygon with fewer than 3
+  points or a malformed RLE: counts that are not non-negative integers summing to height * width,
+  a compressed string that does not decode to them, a missing or wrong ``size``) are skipped with a
+  warning naming the file, the annotation id and the image, and one summary line counting each kind;
+  a training image left with none of its annotations is removed. The checks are
+  :func:`box_problem` and :func:`segmentation_problems`, which evaluation applies too (as errors);
 * boxes are clipped to the image; boxes with zero area after clipping are dropped and counted;
 * an image that cannot be decoded (unreadable, truncated, or not of the json's size) is skipped with
   a warning and counted: a training dataset returns the next readable image, a test dataset a
@@ -22,9 +29,10 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -36,7 +44,8 @@ from restransfer.boxes import xywh_to_xyxy
 from restransfer.data.image_io import CorruptImageError, read_image
 from restransfer.data.transforms import DetectionTransform
 
-__all__ = ["CocoDataset", "load_coco_json", "DATASETS_README"]
+__all__ = ["CocoDataset", "load_coco_json", "box_problem", "segmentation_problem", "segmentation_problems",
+           "rle_counts", "DATASETS_README"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +56,7 @@ DATASETS_README = "datasets/README.md"
 _COUNTER_SLOTS = 129
 _SKIPPED, _DROPPED = 0, 1
 _SHOW_NAMES = 5
+_SHOW_BROKEN = 20  # broken annotations named one by one; the summary line counts them all
 
 
 def _missing(kind: str, path: Path) -> FileNotFoundError:
@@ -62,8 +72,200 @@ def _require(cond: bool, json_path: Path, where: str, what: str) -> None:
                          f"https://cocodataset.org/#format-data)")
 
 
+_NUMBER_TYPES = (int, float, np.integer, np.floating)
+
+
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, _NUMBER_TYPES) and not isinstance(v, bool)
+
+
+def _is_finite_number(v: Any) -> bool:
+    return _is_number(v) and math.isfinite(v)
+
+
+def box_problem(bbox: Any) -> Optional[str]:
+    """Why ``bbox`` is not a usable COCO box ``[x, y, w, h]`` of finite numbers, or None when it is.
+
+    JSON files may hold ``Infinity`` and ``NaN`` (Python's json module reads them); such a box would
+    be clipped to the whole image or compare false everywhere, so it is broken.
+    """
+    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(map(_is_number, bbox))):
+        return f"bbox {bbox!r} is not [x, y, w, h]"
+    if not all(map(math.isfinite, bbox)):
+        return f"bbox {list(bbox)!r} has a non-finite value"
+    return None
+
+
+def _decode_rle_strings(strings: Sequence[bytes]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode many compressed RLE count strings at once, exactly as pycocotools' ``rleFrString`` does.
+
+    The format: characters ``chr(48 + c)`` with 5 value bits and a continuation bit (0x20) each, a
+    group's last character carrying the sign (0x10); runs after the second are delta-coded against
+    the run two before. pycocotools' own decoder trusts the counts, and garbage makes its mask
+    decoder write outside the mask buffer, so the runs are checked here, in numpy, for all strings
+    in one pass (one string at a time costs more in numpy calls than in work).
+
+    Returns ``(runs, bounds, malformed)``: the runs of all strings one after the other (int64),
+    string ``i``'s runs being ``runs[bounds[i]:bounds[i + 1]]``, and per string whether
+    pycocotools' encoder cannot have written it (characters outside ``0``..``o``, empty, a truncated
+    last group, groups too long for 32-bit runs).
+    """
+    n = len(strings)
+    lengths = np.fromiter(map(len, strings), dtype=np.int64, count=n)
+    string_end = np.cumsum(lengths)
+    c = np.frombuffer(b"".join(strings), dtype=np.uint8) - np.uint8(48)  # bytes below "0" wrap past 63
+    malformed = lengths == 0
+    malformed[np.searchsorted(string_end, np.flatnonzero(c > 63), side="right")] = True
+    more = (c & 0x20) != 0
+    last = string_end[lengths > 0] - 1
+    malformed[lengths > 0] |= more[last]
+    more[last] = False  # no group runs into the next string
+    ends = np.flatnonzero(~more)
+    starts = np.empty_like(ends)
+    starts[:1] = 0
+    starts[1:] = ends[:-1] + 1
+    group_len = ends - starts + 1
+    bounds = np.append(np.searchsorted(ends, string_end - lengths), len(ends))
+    malformed[np.searchsorted(string_end, ends[group_len > 7], side="right")] = True
+    digits = (c & 0x1F).astype(np.int64)
+    values = digits[starts]
+    active = np.flatnonzero(group_len > 1)
+    for j in range(1, 7):  # most groups have 1 or 2 characters
+        values[active] += digits[starts[active] + j] << (5 * j)
+        active = active[group_len[active] > j + 1]
+    negative = np.flatnonzero((c[ends] & 0x10) != 0)
+    values[negative] -= np.left_shift(1, 5 * np.minimum(group_len[negative], 7))
+    # Run k >= 3 of a string adds run k - 2: cumulative sums along every other run, restarted for
+    # each string; a string's first run (k = 0) stays out of them.
+    firsts = bounds[:-1][np.diff(bounds) > 0]
+    chained = values.copy()
+    chained[firsts] = 0
+    runs = np.empty_like(values)
+    for parity in (0, 1):
+        total = np.cumsum(chained[parity::2])
+        lo = (bounds - parity + 1) // 2  # string i's runs of this parity: total[lo[i]:lo[i + 1]]
+        runs[parity::2] = total - np.repeat(np.concatenate([[0], total])[lo[:-1]], np.diff(lo))
+    runs[firsts] = values[firsts]
+    return runs, bounds, malformed
+
+
+def rle_counts(counts: Union[str, bytes]) -> Optional[np.ndarray]:
+    """The run lengths (int64) encoded in a compressed COCO RLE string, or None when it is malformed."""
+    try:
+        raw = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
+    except (UnicodeEncodeError, TypeError):
+        return None
+    runs, _, malformed = _decode_rle_strings([raw])
+    return None if malformed[0] else runs
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _rle_size_problem(segm: Dict[str, Any], height: Optional[int], width: Optional[int]) -> Optional[str]:
+    size = segm.get("size")
+    if size is None:
+        return "RLE without a size [height, width]"
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) and v >= 0 for v in size)):
+        return f"RLE size {size!r} is not [height, width]"
+    if height is not None and width is not None and list(size) != [height, width]:
+        return f"RLE size {list(size)} differs from the image's [{height}, {width}]"
+    counts = segm.get("counts")
+    if isinstance(counts, list):
+        if not all(map(_is_int, counts)):
+            return "RLE counts are not all integers"
+        if any(v < 0 for v in counts):
+            return f"RLE counts hold a negative value ({min(counts)})"
+        if sum(counts) != size[0] * size[1]:
+            return f"RLE counts sum to {sum(counts)}, not height * width = {size[0] * size[1]}"
+        return None
+    if not isinstance(counts, (str, bytes)):
+        return f"RLE counts must be a list of integers or a compressed string, got {type(counts).__name__}"
+    if isinstance(counts, str) and not counts.isascii():
+        return "RLE counts string is malformed (not pycocotools' compressed encoding)"
+    return None
+
+
+def _polygon_problem(segm: List[Any]) -> Optional[str]:
+    for k, part in enumerate(segm):
+        # Whole-list checks (types as a set, finiteness of the sum): COCO-sized files have millions of points.
+        if not isinstance(part, list) or not all(issubclass(t, _NUMBER_TYPES) and t is not bool
+                                                 for t in set(map(type, part))):
+            return f"polygon part {k} is not a list of coordinates [x1, y1, x2, y2, ...]"
+        if len(part) < 6 or len(part) % 2:
+            return f"polygon part {k} has {len(part)} coordinates; it needs 3 or more (x, y) points"
+        if not math.isfinite(sum(part)):
+            return f"polygon part {k} has a non-finite coordinate"
+    return None
+
+
+def _chunks(items: List[int], sizes: List[int], budget: int = 1 << 22) -> Iterator[List[int]]:
+    """``items`` in consecutive chunks whose ``sizes`` add up to about ``budget`` (bounds memory)."""
+    chunk: List[int] = []
+    used = 0
+    for item, size in zip(items, sizes):
+        if chunk and used + size > budget:
+            yield chunk
+            chunk, used = [], 0
+        chunk.append(item)
+        used += size
+    if chunk:
+        yield chunk
+
+
+def segmentation_problems(segms: Sequence[Any],
+                          sizes: Sequence[Tuple[Optional[int], Optional[int]]]) -> List[Optional[Tuple[str, str]]]:
+    """Why each COCO ``segmentation`` cannot be rasterised: ``(kind, description)``, or None when it can.
+
+    ``kind`` is ``"polygon"`` (a part with fewer than 3 points, an odd or non-finite coordinate
+    list) or ``"RLE"`` (a missing or wrong ``size``; counts that are not non-negative integers
+    summing to height * width, or a compressed string that does not decode to such runs).
+    ``sizes[i]``: image ``(height, width)`` that RLE ``segms[i]`` must have (None: only its own
+    consistency is checked). A missing (None) or empty segmentation is not a problem: it has no
+    outline. Compressed strings are decoded together, so one call for many is much faster.
+    """
+    problems: List[Optional[Tuple[str, str]]] = [None] * len(segms)
+    pending: List[int] = []  # compressed RLEs to decode together
+    for i, (segm, (height, width)) in enumerate(zip(segms, sizes)):
+        if segm is None or (isinstance(segm, list) and not segm):
+            continue
+        if isinstance(segm, list):
+            problem = _polygon_problem(segm)
+            problems[i] = ("polygon", problem) if problem else None
+        elif isinstance(segm, dict):
+            problem = _rle_size_problem(segm, height, width)
+            if problem:
+                problems[i] = ("RLE", problem)
+            elif not isinstance(segm["counts"], list):
+                pending.append(i)
+        else:
+            problems[i] = ("RLE", f"segmentation is a {type(segm).__name__}, neither polygons nor an RLE dict")
+    for chunk in _chunks(pending, [len(segms[i]["counts"]) for i in pending]):
+        strings = [segms[i]["counts"] for i in chunk]
+        runs, bounds, malformed = _decode_rle_strings([v.encode("ascii") if isinstance(v, str) else v for v in strings])
+        nonempty = np.flatnonzero(np.diff(bounds) > 0)
+        smallest = np.zeros(len(chunk), np.int64)
+        total = np.zeros(len(chunk), np.int64)
+        if len(nonempty):
+            smallest[nonempty] = np.minimum.reduceat(runs, bounds[nonempty])
+            total[nonempty] = np.add.reduceat(runs, bounds[nonempty])
+        for j, i in enumerate(chunk):
+            h, w = segms[i]["size"]
+            if malformed[j]:
+                problems[i] = ("RLE", "RLE counts string is malformed (not pycocotools' compressed encoding)")
+            elif smallest[j] < 0:
+                problems[i] = ("RLE", f"RLE counts string decodes to a negative run ({int(smallest[j])})")
+            elif int(total[j]) != h * w:
+                problems[i] = ("RLE", f"RLE counts string decodes to runs summing to {int(total[j])}, "
+                                      f"not height * width = {h * w}")
+    return problems
+
+
+def segmentation_problem(segm: Any, height: Optional[int] = None,
+                         width: Optional[int] = None) -> Optional[Tuple[str, str]]:
+    """:func:`segmentation_problems` of one segmentation."""
+    return segmentation_problems([segm], [(height, width)])[0]
 
 
 def load_coco_json(json_path: Union[str, os.PathLike]) -> COCO:
@@ -72,6 +274,9 @@ def load_coco_json(json_path: Union[str, os.PathLike]) -> COCO:
     Checks the fields the toolkit relies on (``images[i].id/file_name/width/height``,
     ``annotations[i].id/image_id/category_id/bbox``, ``categories[i].id/name``) and raises a
     ``ValueError`` naming the file, the entry index and the key when one is missing or malformed.
+    The ``annotations`` list must be present (empty for images without objects). The values of
+    boxes and segmentations are not judged here: see :func:`box_problem` and
+    :func:`segmentation_problem`.
     """
     json_path = Path(json_path)
     try:
@@ -82,12 +287,18 @@ def load_coco_json(json_path: Union[str, os.PathLike]) -> COCO:
     _require(isinstance(data, dict), json_path, "top level", "expected an object with images/annotations/categories")
     for key in ("images", "categories"):
         _require(isinstance(data.get(key), list), json_path, key, f"missing or not a list")
-    data.setdefault("annotations", [])
+    # A file without the key is more likely an image-info file or a truncated export than a set
+    # without objects; a set without objects says so with an empty list.
+    _require("annotations" in data, json_path, "annotations",
+             'missing (an image-info file?); a set whose images have no objects needs "annotations": []')
     _require(isinstance(data["annotations"], list), json_path, "annotations", "not a list")
     for i, img in enumerate(data["images"]):
         ok = isinstance(img, dict) and all(k in img for k in ("id", "file_name", "width", "height"))
         _require(ok, json_path, f"images[{i}]", "needs id, file_name, width and height")
-        _require(_is_number(img["width"]) and _is_number(img["height"]) and img["width"] > 0 and img["height"] > 0,
+        _require(isinstance(img["file_name"], str) and img["file_name"] != "", json_path,
+                 f"images[{i}] (id {img['id']})", f"file_name must be a non-empty path, got {img['file_name']!r}")
+        _require(_is_finite_number(img["width"]) and _is_finite_number(img["height"])
+                 and img["width"] > 0 and img["height"] > 0,
                  json_path, f"images[{i}] (id {img['id']})",
                  f"width/height must be positive numbers, got {img['width']!r}x{img['height']!r}")
     image_ids = {img["id"] for img in data["images"]}
@@ -113,6 +324,12 @@ def load_coco_json(json_path: Union[str, os.PathLike]) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
         coco.createIndex()
     return coco
+
+
+def _outside_root(file_name: str) -> bool:
+    """Whether a json ``file_name`` is absolute or leaves its image folder (judged on the text)."""
+    norm = os.path.normpath(file_name)
+    return os.path.isabs(file_name) or norm == os.pardir or norm.startswith(os.pardir + os.sep)
 
 
 def _has_segmentation(ann: Dict[str, Any]) -> bool:
@@ -146,8 +363,12 @@ class CocoDataset(Dataset):
         with_masks: decode instance masks (polygons, compressed or uncompressed RLE) into ``target["masks"]``.
         filter_empty: drop images without any usable (non-crowd, non-empty) box; for training.
         is_train: a training set skips unreadable images by returning the next readable one; a test
-            set returns a black image instead, keeping one sample per image id.
+            set returns a black image instead, keeping one sample per image id. A training set also
+            leaves out images whose annotations are all broken (a test set keeps them, without targets).
         name: shown in warnings; defaults to the json's file name.
+        allow_outside_root: accept ``file_name`` values that are absolute or climb out of
+            ``image_root`` with ``..`` (refused by default, with a warning naming them). The path text
+            is judged, not where symlinks lead, so an image root holding symlinked folders works.
 
     ``dataset[i]`` (or ``dataset[(i, seed)]`` to fix the augmentation) returns
 
@@ -156,13 +377,16 @@ class CocoDataset(Dataset):
       in 1..K, ``masks`` uint8 (N, H, W) when ``with_masks``, ``image_id`` (COCO id, int),
       ``orig_size`` (h, w) of the stored image.
 
-    Crowd annotations are not targets; they stay in ``.coco`` for evaluation.
+    Crowd annotations are not targets; they stay in ``.coco`` for evaluation. Broken annotations
+    (see the module docstring; segmentations are judged only ``with_masks``) are not targets either,
+    and ``broken_annotations`` counts them by kind.
 
     Attributes:
         coco: the pycocotools ``COCO`` of the whole file.
         image_ids: COCO image ids in dataset order (sorted by id).
         class_names: category names; ``class_names[i]`` is label ``i + 1``.
         label_to_cat_id, cat_id_to_label: the label <-> category id mappings.
+        broken_annotations: ``{"box": n, "polygon": n, "RLE": n}``, the annotations skipped as broken.
     """
 
     def __init__(
@@ -175,6 +399,7 @@ class CocoDataset(Dataset):
         filter_empty: bool = False,
         is_train: bool = False,
         name: Optional[str] = None,
+        allow_outside_root: bool = False,
     ):
         self.json_path = Path(json_path)
         self.image_root = Path(image_root)
@@ -194,6 +419,8 @@ class CocoDataset(Dataset):
         self.cat_id_to_label: Dict[int, int] = {c: l for l, c in self.label_to_cat_id.items()}
 
         image_ids = sorted(self.coco.imgs)
+        if not allow_outside_root:
+            image_ids = self._refuse_outside_root(image_ids)
         image_ids = self._drop_missing_files(image_ids)
         self._index_annotations(image_ids)
         if filter_empty:
@@ -204,6 +431,22 @@ class CocoDataset(Dataset):
 
     # ------------------------------------------------------------------------------ construction
 
+    def _shown_names(self, image_ids: List[int]) -> str:
+        shown = ", ".join(str(self.coco.imgs[i]["file_name"]) for i in image_ids[:_SHOW_NAMES])
+        more = f" and {len(image_ids) - _SHOW_NAMES} more" if len(image_ids) > _SHOW_NAMES else ""
+        return shown + more
+
+    def _refuse_outside_root(self, image_ids: List[int]) -> List[int]:
+        outside = [i for i in image_ids if _outside_root(self.coco.imgs[i]["file_name"])]
+        if outside:
+            logger.warning(
+                "%s: %d of %d images have a file_name that is absolute or leaves the image folder %s with '..' and "
+                "are left out: %s (set data.allow_outside_root: true to read them)",
+                self.json_path, len(outside), len(image_ids), self.image_root, self._shown_names(outside))
+            refused = set(outside)
+            image_ids = [i for i in image_ids if i not in refused]
+        return image_ids
+
     def _drop_missing_files(self, image_ids: List[int]) -> List[int]:
         names = [self.coco.imgs[i]["file_name"] for i in image_ids]
         present = _existing_files(self.image_root, names)
@@ -211,20 +454,17 @@ class CocoDataset(Dataset):
         if missing:
             missing_set = set(missing)
             n_anns = sum(len(self.coco.imgToAnns.get(i, ())) for i in missing)
-            shown = ", ".join(self.coco.imgs[i]["file_name"] for i in missing[:_SHOW_NAMES])
-            more = f" and {len(missing) - _SHOW_NAMES} more" if len(missing) > _SHOW_NAMES else ""
             logger.warning(
-                "%s: %d of %d images (with %d annotations) have no file under %s and are left out: %s%s",
-                self.name, len(missing), len(image_ids), n_anns, self.image_root, shown, more)
+                "%s: %d of %d images (with %d annotations) have no file under %s and are left out: %s",
+                self.name, len(missing), len(image_ids), n_anns, self.image_root, self._shown_names(missing))
             image_ids = [i for i in image_ids if i not in missing_set]
         return image_ids
 
     def _index_annotations(self, image_ids: List[int]) -> None:
-        """Flatten the non-crowd annotations into arrays (cheap to share with worker processes)."""
-        boxes, labels, ann_ids, counts = [], [], [], []
+        """Flatten the usable non-crowd annotations into arrays (cheap to share with worker processes)."""
+        candidates: List[Tuple[int, Dict[str, Any], int]] = []  # (image position, annotation, label)
         unknown_cats = 0
-        for img_id in image_ids:
-            n = 0
+        for pos, img_id in enumerate(image_ids):
             for ann in self.coco.imgToAnns.get(img_id, ()):
                 if ann.get("iscrowd", 0):
                     continue
@@ -232,34 +472,83 @@ class CocoDataset(Dataset):
                 if label is None:
                     unknown_cats += 1
                     continue
-                boxes.append(ann["bbox"])
-                labels.append(label)
-                ann_ids.append(ann["id"])
-                n += 1
-            counts.append(n)
+                candidates.append((pos, ann, label))
+        problems = self._problems([ann for _, ann, _ in candidates], [image_ids[pos] for pos, _, _ in candidates])
+        boxes, labels, ann_ids = [], [], []
+        counts = np.zeros(len(image_ids), dtype=np.int64)
+        broken = np.zeros(len(image_ids), dtype=np.int64)
+        self.broken_annotations: Dict[str, int] = {"box": 0, "polygon": 0, "RLE": 0}
+        for (pos, ann, label), problem in zip(candidates, problems):
+            if problem is not None:
+                self._skip_broken(ann, self.coco.imgs[image_ids[pos]], *problem)
+                broken[pos] += 1
+                continue
+            boxes.append(ann["bbox"])
+            labels.append(label)
+            ann_ids.append(ann["id"])
+            counts[pos] += 1
+        nothing_left = np.flatnonzero((broken > 0) & (counts == 0))
+        self._report_broken(len(nothing_left))
         if unknown_cats:
             logger.warning("%s: %d annotations use category ids missing from the categories list; ignored",
                            self.name, unknown_cats)
         boxes_xyxy = xywh_to_xyxy(np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
-        counts_arr = np.asarray(counts, dtype=np.int64)
         sizes = np.array([(self.coco.imgs[i]["width"], self.coco.imgs[i]["height"]) for i in image_ids],
                          dtype=np.float64).reshape(-1, 2)
-        per_box_size = np.repeat(sizes, counts_arr, axis=0)
+        per_box_size = np.repeat(sizes, counts, axis=0)
         np.clip(boxes_xyxy[:, 0::2], 0, per_box_size[:, :1], out=boxes_xyxy[:, 0::2])
         np.clip(boxes_xyxy[:, 1::2], 0, per_box_size[:, 1:], out=boxes_xyxy[:, 1::2])
-        # NaN boxes fail both comparisons and are dropped with the zero-area ones.
         keep = (boxes_xyxy[:, 2] > boxes_xyxy[:, 0]) & (boxes_xyxy[:, 3] > boxes_xyxy[:, 1])
         self.num_dropped_at_load = int((~keep).sum())
         if self.num_dropped_at_load:
             logger.warning("%s: %d boxes have zero area inside their image (after clipping) and are dropped",
                            self.name, self.num_dropped_at_load)
-        owner = np.repeat(np.arange(len(image_ids)), counts_arr)[keep]
+        owner = np.repeat(np.arange(len(image_ids)), counts)[keep]
         self._boxes = boxes_xyxy[keep].astype(np.float32)
         self._labels = np.asarray(labels, dtype=np.int64)[keep]
         self._ann_ids = np.asarray(ann_ids, dtype=np.int64)[keep]
         self._offsets = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=len(image_ids)))])
         self.image_ids = list(image_ids)
         self._sizes_hw = sizes[:, ::-1].astype(np.int64)
+        if self.is_train and len(nothing_left):
+            self._keep(np.setdiff1d(np.arange(len(image_ids)), nothing_left))
+
+    def _problems(self, anns: List[Dict[str, Any]], img_ids: List[int]) -> List[Optional[Tuple[str, str]]]:
+        """``(kind, description)`` of each broken annotation, None for usable ones (segmentations are
+        judged only with masks: a box-only model never reads them)."""
+        problems = [None if (p := box_problem(a["bbox"])) is None else ("box", p) for a in anns]
+        if self.with_masks:
+            imgs = self.coco.imgs
+            segm = segmentation_problems([a.get("segmentation") for a in anns],
+                                         [(imgs[i]["height"], imgs[i]["width"]) for i in img_ids])
+            problems = [p or q for p, q in zip(problems, segm)]
+        return problems
+
+    def _skip_broken(self, ann: Dict[str, Any], img: Dict[str, Any], kind: str, problem: str) -> None:
+        """Count a broken annotation by kind; the first few are named in a warning each."""
+        if sum(self.broken_annotations.values()) < _SHOW_BROKEN:
+            logger.warning("%s: annotation %s of image %s (%s): %s; the annotation is skipped",
+                           self.json_path, ann["id"], img["id"], img["file_name"], problem)
+        self.broken_annotations[kind] += 1
+
+    def _report_broken(self, num_emptied: int) -> None:
+        total = sum(self.broken_annotations.values())
+        if not total:
+            return
+        kinds = ", ".join(f"{n} {kind}" for kind, n in self.broken_annotations.items() if n)
+        named = "" if total <= _SHOW_BROKEN else f"; the first {_SHOW_BROKEN} are named above"
+        emptied = ""
+        if num_emptied:
+            emptied = (f"; {num_emptied} images have no other annotation and are "
+                       + ("left out" if self.is_train else "kept without targets"))
+        logger.warning("%s: %d broken annotations skipped (%s)%s%s. Fix or remove them in the annotation file "
+                       "(COCO format: https://cocodataset.org/#format-data)",
+                       self.json_path, total, kinds, named, emptied)
+
+    @property
+    def num_targets(self) -> int:
+        """Usable (non-crowd, non-broken, non-empty) annotations over the dataset's images."""
+        return len(self._boxes)
 
     def _keep(self, positions: np.ndarray) -> None:
         """Restrict the dataset to the images at ``positions`` (sorted)."""
@@ -375,25 +664,19 @@ class CocoDataset(Dataset):
             masks[slots] = mask_util.decode(rles).transpose(2, 0, 1)
         return masks
 
-    def _annotation_rle(self, ann: Dict[str, Any], h: int, w: int) -> Optional[Dict[str, Any]]:
-        """Compressed RLE of an annotation's segmentation, or ``None`` (with a warning) when unusable."""
+    @staticmethod
+    def _annotation_rle(ann: Dict[str, Any], h: int, w: int) -> Optional[Dict[str, Any]]:
+        """Compressed RLE of an annotation's segmentation, or ``None`` when it has no outline.
+
+        Broken segmentations were left out at construction, so pycocotools gets only what it can
+        decode (``h``, ``w``: the image's size, which decoding checked against the json's).
+        """
         segm = ann.get("segmentation")
-        try:
-            if isinstance(segm, list):
-                # Parts with fewer than 3 points cannot be rasterised (pycocotools would fail on them).
-                parts = [p for p in segm if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
-                if not parts and segm:
-                    raise ValueError("no polygon has 3 or more points")
-                if parts:
-                    return mask_util.merge(mask_util.frPyObjects(parts, h, w))
-            elif isinstance(segm, dict) and "counts" in segm and "size" in segm:
-                if list(segm["size"]) != [h, w]:
-                    raise ValueError(f"RLE size {segm['size']} differs from the image's [{h}, {w}]")
-                if isinstance(segm["counts"], list):  # uncompressed RLE
-                    return mask_util.frPyObjects(segm, h, w)
-                return segm
-        except (ValueError, TypeError) as e:
-            logger.warning("%s: annotation %s: unusable segmentation (%s); its box is used as the mask",
-                           self.name, ann.get("id"), e)
+        if isinstance(segm, list) and segm:
+            return mask_util.merge(mask_util.frPyObjects(segm, h, w))
+        if isinstance(segm, dict):
+            if isinstance(segm["counts"], list):  # uncompressed RLE
+                return mask_util.frPyObjects(segm, h, w)
+            return segm
         # Missing outlines were reported once at construction.
         return None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -236,10 +237,15 @@ def read_loc_xml(path: os.PathLike | str, synsets: Synsets, *, file_name: Option
     def number(elem: Optional[ET.Element], what: str, parent: ET.Element) -> float:
         text = elem.text.strip() if elem is not None and elem.text else ""
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
+            value = None
+        # float() also accepts "nan" and "inf": a box made of them would match nothing and skew the error rate.
+        if value is None or not math.isfinite(value):
             where = _where(path, _element_line(data, root, elem if elem is not None else parent))
-            raise LocFormatError(f"{where}: <{what}> is {text!r}, expected a number") from None
+            expected = "a number" if value is None else "a finite number"
+            raise LocFormatError(f"{where}: <{what}> is {text!r}, expected {expected}")
+        return value
 
     size = root.find("size")
     width = height = None
@@ -416,6 +422,9 @@ def _parse_groups(tokens: Sequence[str], path, lineno: int, synsets: Synsets,
     except ValueError:
         bad = next(t for i, t in enumerate(tokens) if i % 5 and not _is_float(t))
         raise LocFormatError(f"{_where(path, lineno)}: coordinate {bad!r} is not a number") from None
+    if not np.isfinite(boxes).all():
+        bad = next(t for i, t in enumerate(tokens) if i % 5 and not math.isfinite(float(t)))
+        raise LocFormatError(f"{_where(path, lineno)}: coordinate {bad!r} is not a finite number")
     return wnids, boxes
 
 
