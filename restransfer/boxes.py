@@ -10,12 +10,15 @@ Files use other conventions; each has exactly one pair of conversion functions h
   indices ``xmin, ymin, xmax, ymax`` where ``width = xmax - xmin + 1``. Pixel index ``i`` covers the
   interval ``[i, i + 1)``, so the internal box is ``(xmin, ymin, xmax + 1, ymax + 1)`` and the way back
   is ``(x1, y1, x2 - 1, y2 - 1)``. Integer devkit boxes round-trip exactly.
+
+The devkits' IoU on inclusive boxes (:func:`inclusive_iou`) lives here too, next to the convention it
+depends on.
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["xywh_to_xyxy", "xyxy_to_xywh", "devkit_to_xyxy", "xyxy_to_devkit"]
+__all__ = ["xywh_to_xyxy", "xyxy_to_xywh", "devkit_to_xyxy", "xyxy_to_devkit", "inclusive_iou"]
 
 
 def _as_array(boxes) -> np.ndarray:
@@ -53,3 +56,23 @@ def xyxy_to_devkit(boxes) -> np.ndarray:
     b = _as_array(boxes).copy()
     b[:, 2:] -= 1.0
     return b
+
+
+def inclusive_iou(a, b) -> np.ndarray:
+    """IoU of devkit boxes ``a`` and ``b`` (broadcastable ``(..., 4)``) with inclusive pixel indices.
+
+    As in the ILSVRC devkits (``eval_detection.m``, ``eval_clsloc.m``), with their operations in their
+    order, so threshold decisions agree bit for bit: intersection width ``min(x2) - max(x1) + 1``, likewise
+    the height; boxes that do not overlap (either not positive) get -1; otherwise
+    ``iw * ih / (area_a + area_b - iw * ih)`` with ``area = (x2 - x1 + 1) * (y2 - y1 + 1)``, in float64.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1
+    ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1
+    inter = iw * ih
+    union = ((a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
+             + (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1) - inter)
+    overlap = (iw > 0) & (ih > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(overlap, inter / np.where(overlap, union, 1.0), -1.0)

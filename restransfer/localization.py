@@ -12,25 +12,20 @@ Every mode turns the per-image prediction dicts of the inference engine (``boxes
 
 Detector labels become WNIDs through the dataset's categories (``wnid`` field of the COCO json written by
 ``datasets/prepare_imagenet_loc.py``); classifier columns through the classifier's own class list, by default
-sorted WNIDs (the index order of torchvision's and timm's ImageNet models). Writers at the bottom produce the
-devkit text submission and Kaggle's CSV.
+sorted WNIDs (the index order of torchvision's and timm's ImageNet models). :class:`LocGuesses` and the
+submission writers (devkit text, Kaggle CSV) live with their readers in
+:mod:`restransfer.evaluation.imagenet_loc_io`; running a config's detector and evaluating is
+:func:`restransfer.evaluation.run.run_imagenet_loc_evaluation`.
 """
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .boxes import xyxy_to_devkit
-from .config import resolve_path
-from .data.imagenet_loc import Synsets, ground_truth_from_coco, read_blacklist, read_synsets
-from .evaluation.imagenet_loc import (
-    MAX_GUESSES, LocSubmission, evaluate_localization, pack_ground_truth,
-)
+from .evaluation.imagenet_loc_io import MAX_GUESSES, LocGuesses, write_devkit_submission, write_kaggle_submission
 
 __all__ = [
     "LocGuesses", "MODES", "label_wnids", "detector_guesses", "classifier_guesses", "gt_class_guesses",
@@ -39,47 +34,6 @@ __all__ = [
 ]
 
 MODES = ("detector", "classifier", "gt_class")
-
-
-@dataclass
-class LocGuesses:
-    """Up to G guesses for each of N images.
-
-    Attributes:
-        image_ids: (N,) int64 COCO image ids.
-        wnids: (N, G) str; ``""`` where an image has fewer guesses.
-        boxes: (N, G, 4) float64 internal xyxy boxes (original pixels, exclusive right/bottom edge).
-        scores: (N, G) float64 guess scores (detection or classifier score); NaN where there is no guess.
-    """
-
-    image_ids: np.ndarray
-    wnids: np.ndarray
-    boxes: np.ndarray
-    scores: np.ndarray
-
-    @classmethod
-    def empty(cls, image_ids: Sequence[int], g: int = MAX_GUESSES) -> "LocGuesses":
-        n = len(image_ids)
-        return cls(np.asarray(image_ids, dtype=np.int64), np.full((n, g), "", dtype="<U32"),
-                   np.zeros((n, g, 4)), np.full((n, g), np.nan))
-
-    def reorder(self, image_ids: Sequence[int]) -> "LocGuesses":
-        """The rows for ``image_ids`` in that order; an id without a row gets no guesses."""
-        out = LocGuesses.empty(image_ids, self.wnids.shape[1])
-        row = {int(k): i for i, k in enumerate(self.image_ids)}
-        src = np.array([row.get(int(k), -1) for k in image_ids], dtype=np.int64)
-        have = src >= 0
-        for name in ("wnids", "boxes", "scores"):
-            getattr(out, name)[have] = getattr(self, name)[src[have]]
-        return out
-
-    def to_submission(self, synsets: Synsets) -> LocSubmission:
-        """Devkit-coordinate arrays with ``synsets`` labels (rows in this object's order)."""
-        labels = np.zeros(self.wnids.shape, dtype=np.int64)
-        present = self.wnids != ""
-        labels[present] = [synsets.label(w) for w in self.wnids[present]]
-        boxes = xyxy_to_devkit(self.boxes.reshape(-1, 4)).reshape(self.boxes.shape)
-        return LocSubmission(labels, np.where(present[..., None], boxes, 0.0))
 
 
 def label_wnids(dataset) -> Dict[int, str]:
@@ -248,37 +202,6 @@ def gt_class_guesses(predictions: Sequence[dict], gt_wnids: Mapping[int, Sequenc
     return out
 
 
-# ---------------------------------------------------------------------------------------------- writers
-
-
-def _fmt(v: float) -> str:
-    """Shortest text that keeps a coordinate to 1/100 pixel (integers stay integers)."""
-    return f"{v:.2f}".rstrip("0").rstrip(".")
-
-
-def write_devkit_submission(path: os.PathLike | str, guesses: LocGuesses, synsets: Synsets) -> None:
-    """Write the devkit text submission: one line per row of ``guesses`` (which must be in ground-truth order,
-    see :meth:`LocGuesses.reorder`), ``label xmin ymin xmax ymax`` per guess, labels of ``synsets`` (devkit ids
-    with ``map_clsloc.txt``), inclusive devkit box coordinates."""
-    sub = guesses.to_submission(synsets)
-    lines = []
-    for labels, boxes in zip(sub.labels, sub.boxes):
-        lines.append(" ".join(f"{k} " + " ".join(_fmt(v) for v in b) for k, b in zip(labels, boxes) if k > 0))
-    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def write_kaggle_submission(path: os.PathLike | str, guesses: LocGuesses, names: Sequence[str]) -> None:
-    """Write Kaggle's CSV: ``ImageId,PredictionString`` with ``WNID xmin ymin xmax ymax`` per guess (devkit
-    coordinates); ``names[i]`` is the ImageId of row ``i``."""
-    if len(names) != len(guesses.image_ids):
-        raise ValueError(f"{len(names)} names for {len(guesses.image_ids)} images")
-    boxes = xyxy_to_devkit(guesses.boxes.reshape(-1, 4)).reshape(guesses.boxes.shape)
-    rows = ["ImageId,PredictionString"]
-    for name, wnids, bxs in zip(names, guesses.wnids, boxes):
-        rows.append(name + "," + " ".join(f"{w} " + " ".join(_fmt(v) for v in b) for w, b in zip(wnids, bxs) if w))
-    Path(path).write_text("\n".join(rows) + "\n", encoding="utf-8")
-
-
 # ------------------------------------------------------------------------------------------ classifier
 
 
@@ -340,80 +263,11 @@ def load_classifier(depth: int, weights: str, *, style: str = "pytorch"):
     return model
 
 
-# ------------------------------------------------------------------------------------- config pipeline
+# ------------------------------------------------------------------------------------------ deprecated
 
 
-def localize_and_evaluate(cfg, weights: Optional[str] = None, *, mode: str = "classifier",
-                          classifier_scores: Optional[np.ndarray] = None, classifier=None,
-                          classifier_synsets: Optional[os.PathLike | str] = None,
-                          blacklist: Optional[os.PathLike | str] = None,
-                          output_dir: Optional[os.PathLike | str] = None) -> Dict[str, float]:
-    """Run the detector on the config's test set, make guesses in ``mode``, write both submissions and evaluate.
+def localize_and_evaluate(cfg, weights: Optional[str] = None, **kwargs) -> Dict[str, float]:
+    """Deprecated name of :func:`restransfer.evaluation.run.run_imagenet_loc_evaluation` (same arguments)."""
+    from .evaluation.run import run_imagenet_loc_evaluation
 
-    The ground truth is the test json itself (written by ``datasets/prepare_imagenet_loc.py``, whose
-    ``devkit_bbox`` fields keep the devkit's boxes exactly). The ``gt_class`` mode always runs too, for
-    ``gt_class_loc_error``.
-
-    Args:
-        cfg: a loaded config whose ``data.test`` is an ImageNet CLS-LOC json.
-        weights: detector checkpoint.
-        mode: ``detector`` or ``classifier`` (``gt_class`` gives only the GT-class numbers).
-        classifier_scores: (N, C) scores, rows in the dataset's image order (``dataset.image_ids``).
-        classifier: instead of ``classifier_scores``, a model with ``classify`` and ``pixel_convention``
-            (:func:`load_classifier`), run over the test images with :func:`classifier_scores_from_model`.
-        classifier_synsets: class list whose label order is the classifier's column order (default sorted WNIDs).
-        blacklist: the devkit's validation blacklist.
-        output_dir: where ``loc_submission.txt``, ``loc_submission.csv`` and ``metrics.json`` go (default
-            ``cfg.output_dir``).
-
-    Returns:
-        the metrics dict of :func:`~restransfer.evaluation.imagenet_loc.evaluate_localization` plus
-        ``gt_class_loc_error`` (percent).
-    """
-    from .engine.inference import predict_dataset
-
-    if mode not in MODES:
-        raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
-    if mode == "classifier" and classifier_scores is None and classifier is None:
-        raise ValueError("mode 'classifier' needs classifier scores (a saved .npy / text file) or a classifier")
-    dataset, predictions = predict_dataset(cfg, weights)
-    images, synsets = ground_truth_from_coco(dataset.coco.dataset)
-    gt_ids = sorted(int(i) for i in dataset.coco.getImgIds())
-    by_id = {int(p["image_id"]): p for p in predictions}
-    empty = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, dtype=np.int64)}
-    preds = [by_id.get(int(k), {**empty, "image_id": int(k)}) for k in dataset.image_ids]
-    sizes = {int(k): (im["width"], im["height"]) for k, im in dataset.coco.imgs.items()}
-    lut = label_wnids(dataset)
-    gt = pack_ground_truth(images, synsets)
-    black = read_blacklist(blacklist, len(images)) if blacklist is not None else None
-    out_dir = Path(output_dir or cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    gt_guesses = gt_class_guesses(preds, {k: im.labels for k, im in zip(gt_ids, images)}, lut, sizes).reorder(gt_ids)
-    gt_metrics = evaluate_localization(gt, gt_guesses.to_submission(synsets), blacklist=black)
-    if mode == "gt_class":
-        metrics = {"gt_class_loc_error": gt_metrics["top5_loc_error"]}
-        guesses = gt_guesses
-    else:
-        if mode == "detector":
-            guesses = detector_guesses(preds, lut)
-        else:
-            if classifier_scores is None:
-                from .devices import resolve_device
-
-                device = resolve_device(cfg.device)
-                root = resolve_path(cfg.data.test.image_root)
-                conv = classifier.pixel_convention
-                classifier_scores = classifier_scores_from_model(
-                    classifier, [os.path.join(root, dataset.coco.imgs[k]["file_name"]) for k in dataset.image_ids],
-                    device=device,
-                    mean=conv.mean, std=conv.std, bgr=conv.channel_order == "BGR")
-            columns = read_synsets(classifier_synsets).wnids if classifier_synsets is not None else None
-            guesses = classifier_guesses(preds, classifier_scores, lut, sizes, classifier_wnids=columns)
-        guesses = guesses.reorder(gt_ids)
-        metrics = evaluate_localization(gt, guesses.to_submission(synsets), blacklist=black)
-        metrics["gt_class_loc_error"] = gt_metrics["top5_loc_error"]
-    write_devkit_submission(out_dir / "loc_submission.txt", guesses, synsets)
-    write_kaggle_submission(out_dir / "loc_submission.csv", guesses, gt.names)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    return metrics
+    return run_imagenet_loc_evaluation(cfg, weights, **kwargs)

@@ -376,9 +376,9 @@ def test_clsloc_xml_and_csv_non_finite_coordinates_are_errors(tmp_path, value):
     path = tmp_path / "x.xml"
     path.write_text(text.replace("<xmin>5</xmin>", f"<xmin>{value}</xmin>"))
     line = text.splitlines().index("\t\t\t<xmin>5</xmin>") + 1
-    with pytest.raises(LocFormatError, match=rf"x\.xml, line {line}: <xmin> is '{value}', expected a finite number"):
+    with pytest.raises(LocFormatError, match=rf"x\.xml:{line}: <xmin> is '{value}', not a finite number"):
         read_loc_xml(path, synsets)
     csv_path = write_kaggle_solution(tmp_path / "LOC_val_solution.csv",
                                      [{**img, "objects": [(order[0], (value, 6, 40, 30))]}])
-    with pytest.raises(LocFormatError, match=rf"LOC_val_solution\.csv, line 2: coordinate '{value}' is not a finite"):
+    with pytest.raises(LocFormatError, match=rf"LOC_val_solution\.csv:2: coordinate '{value}' is not a finite"):
         read_kaggle_solution(csv_path, synsets)

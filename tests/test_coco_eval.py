@@ -24,7 +24,7 @@ from restransfer.evaluation.coco import (
     evaluate_predictions,
     masks_to_rle,
     predictions_to_coco_results,
-    print_metrics_table,
+    format_metrics_table,
     write_metrics,
 )
 
@@ -185,7 +185,7 @@ def test_write_metrics_is_strict_json_and_table_is_rounded(tmp_path):
     loaded = json.loads(path.read_text())
     assert loaded["bbox"]["APm"] is None and loaded["bbox"]["AP"] == metrics["bbox"]["AP"]
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]
-    table = print_metrics_table(metrics)
+    table = format_metrics_table(metrics)
     assert "AP50" in table and "unseen" in table and f"{metrics['bbox']['AP']:.2f}" in table
 
 

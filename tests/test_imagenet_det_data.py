@@ -82,7 +82,7 @@ def test_unknown_wnid_names_file_and_line(tmp_path):
     syn = read_synsets(write_synsets(tmp_path / "map_det.txt", 2))
     p = tmp_path / "x.xml"
     p.write_text(xml_text("x", 100, 100, [(WNIDS[0], 1, 2, 3, 4), ("n99999999", 1, 2, 3, 4)]))
-    with pytest.raises(DetFormatError, match=rf"{p}:17: unknown WNID 'n99999999'"):
+    with pytest.raises(DetFormatError, match=rf"{p}:18: unknown WNID 'n99999999'"):  # the <name> line
         read_annotation(p, syn)
 
 

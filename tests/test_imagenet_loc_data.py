@@ -49,10 +49,10 @@ def test_class_lists_are_matched_by_wnid_not_position(class_files):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("n00000001 1 a\nn00000002 x b\n", r"line 2: expected 'WNID devkit_id name'"),
-    ("n00000001 1 a\nn0000002 2 b\n", r"line 2: 'n0000002' is not a WNID"),
-    ("n00000001 1 a\nn00000001 2 b\n", r"line 2: WNID n00000001 already listed on line 1"),
-    ("n00000001 1 a\nn00000002 3 b\n", r"ids must be 1..2, but \[2\] are missing"),
+    ("n00000001 1 a\nn00000002 x b\n", r":2: devkit id 'x' is not an integer"),
+    ("n00000001 1 a\nn0000002 2 b\n", r":2: 'n0000002' is not a WNID"),
+    ("n00000001 1 a\nn00000001 2 b\n", r":2: WNID n00000001 already listed on line 1"),
+    ("n00000001 1 a\nn00000002 3 b\n", r"ids must be 1..2 without gaps, but \[2\] are missing"),
 ])
 def test_malformed_map_clsloc_names_file_and_line(tmp_path, text, message):
     path = tmp_path / "map_clsloc.txt"
@@ -72,15 +72,15 @@ def test_xml_reader_and_unknown_wnid_with_line(tmp_path, class_files):
     text = xml_text(img).replace(img["objects"][1][0], "n99999999")
     path.write_text(text)
     line = text.splitlines().index("\t\t<name>n99999999</name>") + 1
-    with pytest.raises(LocFormatError, match=rf"x.xml, line {line}: object class 'n99999999' is not in"):
+    with pytest.raises(LocFormatError, match=rf"x.xml:{line}: unknown WNID 'n99999999'; it is not in"):
         read_loc_xml(path, synsets)
     text = xml_text(img).replace("<ymax>30</ymax>", "<ymax>3O</ymax>")
     path.write_text(text)
     line = text.splitlines().index("\t\t\t<ymax>3O</ymax>") + 1
-    with pytest.raises(LocFormatError, match=rf"x.xml, line {line}: <ymax> is '3O', expected a number"):
+    with pytest.raises(LocFormatError, match=rf"x.xml:{line}: <ymax> is '3O', not a number"):
         read_loc_xml(path, synsets)
     path.write_text("<annotation>\n<size>\n</annotation>\n")
-    with pytest.raises(LocFormatError, match=r"x.xml, line 3: malformed XML"):
+    with pytest.raises(LocFormatError, match=r"x.xml:3: malformed XML"):
         read_loc_xml(path, synsets)
 
 
@@ -102,10 +102,10 @@ def test_ground_truth_file_errors(tmp_path, class_files):
     synsets = read_synsets(class_files[0])
     path = tmp_path / "gt.txt"
     path.write_text("1\n2\n7\n")
-    with pytest.raises(LocFormatError, match=r"gt.txt, line 3: class id 7 is not in"):
+    with pytest.raises(LocFormatError, match=r"gt.txt:3: class id 7 is not in"):
         read_ground_truth_labels(path, synsets)
     path.write_text("1\nx\n")
-    with pytest.raises(LocFormatError, match=r"gt.txt, line 2: 'x' is not a class id"):
+    with pytest.raises(LocFormatError, match=r"gt.txt:2: 'x' is not a class id"):
         read_ground_truth_labels(path, synsets)
     path.write_text("1\n2\n")
     assert read_ground_truth_labels(path, synsets) == [(DEVKIT_ORDER[0],), (DEVKIT_ORDER[1],)]
@@ -114,17 +114,17 @@ def test_ground_truth_file_errors(tmp_path, class_files):
 
 
 @pytest.mark.parametrize("row, message", [
-    ("ILSVRC2012_val_00000002,{w} 1 2 3", r"line 3: 4 fields; each box needs 5"),
-    ("ILSVRC2012_val_00000002,n99999999 1 2 3 4", r"line 3: WNID 'n99999999' is not in"),
-    ("ILSVRC2012_val_00000002,{w} 1 2 3 z", r"line 3: coordinate 'z' is not a number"),
-    ("ILSVRC2012_val_00000001,{w} 1 2 3 4", r"line 3: ImageId ILSVRC2012_val_00000001 appears twice"),
-    ("ILSVRC2012_val_00000002,", r"line 3: image ILSVRC2012_val_00000002 has no box"),
+    ("ILSVRC2012_val_00000002,{w} 1 2 3", r"3: 4 fields; each box needs 5"),
+    ("ILSVRC2012_val_00000002,n99999999 1 2 3 4", r"3: WNID 'n99999999' is not in"),
+    ("ILSVRC2012_val_00000002,{w} 1 2 3 z", r"3: coordinate 'z' is not a number"),
+    ("ILSVRC2012_val_00000001,{w} 1 2 3 4", r"3: ImageId ILSVRC2012_val_00000001 appears twice"),
+    ("ILSVRC2012_val_00000002,", r"3: image ILSVRC2012_val_00000002 has no box"),
 ])
 def test_malformed_kaggle_solution_names_file_and_line(tmp_path, class_files, row, message):
     synsets = read_synsets(class_files[1])
     path = tmp_path / "LOC_val_solution.csv"
     path.write_text(f"ImageId,PredictionString\nILSVRC2012_val_00000001,{WNIDS[0]} 1 2 3 4 \n{row.format(w=WNIDS[1])}\n")
-    with pytest.raises(LocFormatError, match=rf"LOC_val_solution.csv, {message}"):
+    with pytest.raises(LocFormatError, match=rf"LOC_val_solution.csv:{message}"):
         read_kaggle_solution(path, synsets)
 
 
@@ -133,10 +133,10 @@ def test_blacklist_reader(tmp_path):
     path.write_text("3\n1\n")
     assert read_blacklist(path, 3).tolist() == [0, 2]
     path.write_text("3\n4\n")
-    with pytest.raises(LocFormatError, match=r"bl.txt, line 2: image index 4 is outside 1..3"):
+    with pytest.raises(LocFormatError, match=r"bl.txt:2: image index 4 is outside 1..3"):
         read_blacklist(path, 3)
     path.write_text("1\n1\n")
-    with pytest.raises(LocFormatError, match=r"bl.txt, line 2: image index 1 already listed on line 1"):
+    with pytest.raises(LocFormatError, match=r"bl.txt:2: image index 1 already listed on line 1"):
         read_blacklist(path, 3)
 
 

@@ -12,9 +12,10 @@ from imagenet_loc_files import (
     make_classes, write_devkit, write_devkit_submission, write_kaggle_solution, write_kaggle_submission,
     write_loc_synset_mapping, write_map_clsloc,
 )
+from restransfer.boxes import inclusive_iou
 from restransfer.data.imagenet_loc import LocFormatError, LocImage, Synsets
 from restransfer.evaluation.imagenet_loc import (
-    LocSubmission, evaluate_files, evaluate_localization, inclusive_iou, pack_ground_truth, read_devkit_submission,
+    LocSubmission, evaluate_files, evaluate_localization, pack_ground_truth, read_devkit_submission,
 )
 
 WNIDS, NAMES, DEVKIT_ORDER = make_classes(8)
@@ -155,7 +156,7 @@ def test_malformed_submission_lines_name_file_and_line(tmp_path, line, message):
     lay = Layout(tmp_path, [_image(i, [A], [(A, GT_BOX)]) for i in (1, 2, 3)])
     sub = tmp_path / "bad.txt"
     sub.write_text(f"1 0 0 10 10\n{line}\n\n")
-    with pytest.raises(LocFormatError, match=rf"bad.txt, line 2: .*{message}"):
+    with pytest.raises(LocFormatError, match=rf"bad.txt:2: .*{message}"):
         evaluate_files(sub, synsets=lay.map_clsloc, annotations=lay.xml_dir, ground_truth=lay.gt)
 
 
@@ -167,13 +168,13 @@ def test_submission_line_count_and_kaggle_errors(tmp_path):
         evaluate_files(short, synsets=lay.map_clsloc, annotations=lay.xml_dir, ground_truth=lay.gt)
     csv_sub = tmp_path / "sub.csv"
     csv_sub.write_text(f"ImageId,PredictionString\n{lay.names[0]},{A} 0 0 9 9\n{lay.names[1]},n99999999 0 0 9 9\n")
-    with pytest.raises(LocFormatError, match=r"sub.csv, line 3: WNID 'n99999999'"):
+    with pytest.raises(LocFormatError, match=r"sub.csv:3: WNID 'n99999999'"):
         evaluate_files(csv_sub, synsets=lay.mapping, solution=lay.solution)
     csv_sub.write_text(f"ImageId,PredictionString\n{lay.names[0]},{A} 0 0 9 9\n")
     with pytest.raises(LocFormatError, match="1 ground-truth images have no row"):
         evaluate_files(csv_sub, synsets=lay.mapping, solution=lay.solution)
     csv_sub.write_text(f"ImageId,PredictionString\nILSVRC2012_val_00000099,{A} 0 0 9 9\n")
-    with pytest.raises(LocFormatError, match="line 2: ImageId 'ILSVRC2012_val_00000099' is not in the ground truth"):
+    with pytest.raises(LocFormatError, match=":2: ImageId 'ILSVRC2012_val_00000099' is not in the ground truth"):
         evaluate_files(csv_sub, synsets=lay.mapping, solution=lay.solution)
 
 

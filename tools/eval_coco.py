@@ -23,7 +23,7 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from restransfer.cli import EVAL_MEMORY_HINT, note_output, run_tool
-from restransfer.evaluation.coco import ENGINES, evaluate_coco, evaluate_predictions, print_metrics_table, write_metrics
+from restransfer.evaluation.coco import ENGINES, evaluate_coco, format_metrics_table, write_metrics
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,16 +47,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _config_mode(args: argparse.Namespace) -> dict:
     from restransfer.config import load_config
-    from restransfer.engine.inference import predict_dataset
+    from restransfer.evaluation.run import run_coco_evaluation
 
     cfg = load_config(args.config, args.opts)
     note_output("--output" if args.output else "output_dir", args.output or cfg.output_dir)
-    dataset, predictions = predict_dataset(cfg, args.weights)
     metrics_path = Path(args.output) if args.output else Path(cfg.output_dir) / "metrics.json"
-    metrics = evaluate_predictions(dataset, predictions, iou_types=args.iou_type, engine=args.engine,
-                                   metrics_path=metrics_path,
-                                   results_path=metrics_path.with_name("coco_instances_results.json"))
-    print(f"metrics: {metrics_path}\nresults: {metrics_path.with_name('coco_instances_results.json')}")
+    results_path = metrics_path.with_name("coco_instances_results.json")
+    metrics = run_coco_evaluation(cfg, args.weights, iou_types=args.iou_type, engine=args.engine,
+                                  metrics_path=metrics_path, results_path=results_path)
+    print(f"metrics: {metrics_path}\nresults: {results_path}")
     return metrics
 
 
@@ -77,7 +76,7 @@ def main(argv=None) -> int:
         parser.print_usage(sys.stderr)
         print("error: give CONFIG --weights CKPT, or --gt GT.json --results RES.json", file=sys.stderr)
         return 2
-    print(print_metrics_table(metrics), end="")
+    print(format_metrics_table(metrics), end="")
     return 0
 
 

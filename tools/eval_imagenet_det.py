@@ -23,7 +23,7 @@ except ImportError:  # running from a checkout without an install
 
 from restransfer.cli import EVAL_MEMORY_HINT, note_output, run_tool
 from restransfer.evaluation.coco import write_metrics
-from restransfer.evaluation.imagenet_det import evaluate_files, evaluate_predictions, format_table, metrics_dict
+from restransfer.evaluation.imagenet_det import evaluate_files, format_table, metrics_dict
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -61,30 +61,21 @@ def main(argv=None) -> int:
             args.blacklist,
             with_coco=not args.no_coco,
         )
-        output = args.output
-    else:
-        from restransfer.config import load_config, resolve_path
-        from restransfer.engine.inference import predict_dataset
+        print(format_table(result, gt, coco))
+        if args.output:
+            write_metrics(metrics_dict(result, gt.wnids, coco), args.output)
+            print(f"metrics: {args.output}")
+        return 0
+    from restransfer.config import load_config
+    from restransfer.evaluation.run import run_imagenet_det_evaluation
 
-        cfg = load_config(args.config, args.overrides)
-        note_output("output_dir", cfg.output_dir)
-        dataset, predictions = predict_dataset(cfg, weights=args.weights)
-        out_dir = Path(resolve_path(cfg.output_dir))
-        submission = out_dir / "imagenet_det_submission.txt"
-        result, gt, coco = evaluate_predictions(
-            predictions,
-            dataset.coco.dataset,
-            dataset.label_to_cat_id,
-            blacklist=args.blacklist,
-            submission_path=submission,
-            with_coco=not args.no_coco,
-        )
-        print(f"submission file: {submission}")
-        output = args.output or out_dir / "metrics.json"
-    print(format_table(result, gt, coco))
-    if output:
-        write_metrics(metrics_dict(result, gt.wnids, coco), output)
-        print(f"metrics: {output}")
+    cfg = load_config(args.config, args.overrides)
+    note_output("output_dir", cfg.output_dir)
+    run = run_imagenet_det_evaluation(cfg, args.weights, blacklist=args.blacklist, metrics_path=args.output,
+                                      with_coco=not args.no_coco)
+    print(f"submission file: {run.submission_path}")
+    print(format_table(run.result, run.ground_truth, run.coco))
+    print(f"metrics: {run.metrics_path}")
     return 0
 
 

@@ -84,7 +84,8 @@ def _evaluate_submission(p: argparse.ArgumentParser, args) -> dict:
 
 def _evaluate_config(p: argparse.ArgumentParser, args) -> dict:
     from restransfer.config import load_config
-    from restransfer.localization import load_classifier, load_classifier_scores, localize_and_evaluate
+    from restransfer.evaluation.run import run_imagenet_loc_evaluation
+    from restransfer.localization import load_classifier, load_classifier_scores
 
     cfg = load_config(args.config, args.overrides)
     note_output("output_dir", cfg.output_dir)
@@ -94,8 +95,9 @@ def _evaluate_config(p: argparse.ArgumentParser, args) -> dict:
         if not args.classifier_weights:
             p.error("--mode classifier needs --classifier-scores or --classifier-weights")
         classifier = load_classifier(args.classifier_depth, args.classifier_weights, style=args.classifier_style)
-    return localize_and_evaluate(cfg, args.weights, mode=args.mode, classifier_scores=scores, classifier=classifier,
-                                 classifier_synsets=args.classifier_synsets, blacklist=args.blacklist)
+    return run_imagenet_loc_evaluation(cfg, args.weights, mode=args.mode, classifier_scores=scores,
+                                       classifier=classifier, classifier_synsets=args.classifier_synsets,
+                                       blacklist=args.blacklist)
 
 
 def _print(metrics: dict) -> None:

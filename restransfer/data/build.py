@@ -15,7 +15,7 @@ from restransfer.config import resolve_path
 from restransfer.data.coco import DATASETS_README, CocoDataset
 from restransfer.data.samplers import InferenceSampler, TrainingBatchSampler, aspect_ratio_groups
 from restransfer.data.shapes import ensure_shapes
-from restransfer.data.transforms import DetectionTransform, build_transforms
+from restransfer.data.transforms import TrainAugmentation, build_transforms
 
 __all__ = [
     "CocoConcatDataset",
@@ -107,7 +107,7 @@ def dataset_from_spec(
     *,
     key: str,
     is_train: bool,
-    transforms: Optional[DetectionTransform],
+    transforms: Optional[TrainAugmentation],
     with_masks: bool,
     filter_empty: bool,
     allow_outside_root: bool = False,

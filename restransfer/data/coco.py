@@ -13,7 +13,9 @@ Bad data never stops a run:
   a compressed string that does not decode to them, a missing or wrong ``size``) are skipped with a
   warning naming the file, the annotation id and the image, and one summary line counting each kind;
   a training image left with none of its annotations is removed. The checks are
-  :func:`box_problem` and :func:`segmentation_problems`, which evaluation applies too (as errors);
+  :func:`~restransfer.data.coco_checks.box_problem` and
+  :func:`~restransfer.data.coco_checks.segmentation_problems` (:mod:`restransfer.data.coco_checks`, which
+  also reads and validates the json and which evaluation applies too, as errors);
 * boxes are clipped to the image; boxes with zero area after clipping are dropped and counted;
 * an image that cannot be decoded (unreadable, truncated, or not of the json's size) is skipped with
   a warning and counted: a training dataset returns the next readable image, a test dataset a
@@ -25,24 +27,22 @@ DataLoader worker processes are visible in the main process.
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import logging
-import math
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
-from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from restransfer.boxes import xywh_to_xyxy
+from restransfer.data.coco_checks import (  # noqa: F401  (load_coco_json .. rle_counts re-exported)
+    box_problem, load_coco_json, rle_counts, segmentation_problem, segmentation_problems,
+)
 from restransfer.data.image_io import CorruptImageError, read_image
-from restransfer.data.transforms import DetectionTransform
+from restransfer.data.transforms import TrainAugmentation
 
 __all__ = ["CocoDataset", "load_coco_json", "box_problem", "segmentation_problem", "segmentation_problems",
            "rle_counts", "DATASETS_README"]
@@ -64,266 +64,6 @@ def _missing(kind: str, path: Path) -> FileNotFoundError:
         f"{kind} not found: {path} (looked for {path.absolute()}). See {DATASETS_README} for the supported "
         f"layouts and how to get the data; RESTRANSFER_DATASETS moves the root of paths starting with datasets/."
     )
-
-
-def _require(cond: bool, json_path: Path, where: str, what: str) -> None:
-    if not cond:
-        raise ValueError(f"{json_path}: {where}: {what}. Fix the annotation file (COCO format: "
-                         f"https://cocodataset.org/#format-data)")
-
-
-_NUMBER_TYPES = (int, float, np.integer, np.floating)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, _NUMBER_TYPES) and not isinstance(v, bool)
-
-
-def _is_finite_number(v: Any) -> bool:
-    return _is_number(v) and math.isfinite(v)
-
-
-def box_problem(bbox: Any) -> Optional[str]:
-    """Why ``bbox`` is not a usable COCO box ``[x, y, w, h]`` of finite numbers, or None when it is.
-
-    JSON files may hold ``Infinity`` and ``NaN`` (Python's json module reads them); such a box would
-    be clipped to the whole image or compare false everywhere, so it is broken.
-    """
-    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(map(_is_number, bbox))):
-        return f"bbox {bbox!r} is not [x, y, w, h]"
-    if not all(map(math.isfinite, bbox)):
-        return f"bbox {list(bbox)!r} has a non-finite value"
-    return None
-
-
-def _decode_rle_strings(strings: Sequence[bytes]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Decode many compressed RLE count strings at once, exactly as pycocotools' ``rleFrString`` does.
-
-    The format: characters ``chr(48 + c)`` with 5 value bits and a continuation bit (0x20) each, a
-    group's last character carrying the sign (0x10); runs after the second are delta-coded against
-    the run two before. pycocotools' own decoder trusts the counts, and garbage makes its mask
-    decoder write outside the mask buffer, so the runs are checked here, in numpy, for all strings
-    in one pass (one string at a time costs more in numpy calls than in work).
-
-    Returns ``(runs, bounds, malformed)``: the runs of all strings one after the other (int64),
-    string ``i``'s runs being ``runs[bounds[i]:bounds[i + 1]]``, and per string whether
-    pycocotools' encoder cannot have written it (characters outside ``0``..``o``, empty, a truncated
-    last group, groups too long for 32-bit runs).
-    """
-    n = len(strings)
-    lengths = np.fromiter(map(len, strings), dtype=np.int64, count=n)
-    string_end = np.cumsum(lengths)
-    c = np.frombuffer(b"".join(strings), dtype=np.uint8) - np.uint8(48)  # bytes below "0" wrap past 63
-    malformed = lengths == 0
-    malformed[np.searchsorted(string_end, np.flatnonzero(c > 63), side="right")] = True
-    more = (c & 0x20) != 0
-    last = string_end[lengths > 0] - 1
-    malformed[lengths > 0] |= more[last]
-    more[last] = False  # no group runs into the next string
-    ends = np.flatnonzero(~more)
-    starts = np.empty_like(ends)
-    starts[:1] = 0
-    starts[1:] = ends[:-1] + 1
-    group_len = ends - starts + 1
-    bounds = np.append(np.searchsorted(ends, string_end - lengths), len(ends))
-    malformed[np.searchsorted(string_end, ends[group_len > 7], side="right")] = True
-    digits = (c & 0x1F).astype(np.int64)
-    values = digits[starts]
-    active = np.flatnonzero(group_len > 1)
-    for j in range(1, 7):  # most groups have 1 or 2 characters
-        values[active] += digits[starts[active] + j] << (5 * j)
-        active = active[group_len[active] > j + 1]
-    negative = np.flatnonzero((c[ends] & 0x10) != 0)
-    values[negative] -= np.left_shift(1, 5 * np.minimum(group_len[negative], 7))
-    # Run k >= 3 of a string adds run k - 2: cumulative sums along every other run, restarted for
-    # each string; a string's first run (k = 0) stays out of them.
-    firsts = bounds[:-1][np.diff(bounds) > 0]
-    chained = values.copy()
-    chained[firsts] = 0
-    runs = np.empty_like(values)
-    for parity in (0, 1):
-        total = np.cumsum(chained[parity::2])
-        lo = (bounds - parity + 1) // 2  # string i's runs of this parity: total[lo[i]:lo[i + 1]]
-        runs[parity::2] = total - np.repeat(np.concatenate([[0], total])[lo[:-1]], np.diff(lo))
-    runs[firsts] = values[firsts]
-    return runs, bounds, malformed
-
-
-def rle_counts(counts: Union[str, bytes]) -> Optional[np.ndarray]:
-    """The run lengths (int64) encoded in a compressed COCO RLE string, or None when it is malformed."""
-    try:
-        raw = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
-    except (UnicodeEncodeError, TypeError):
-        return None
-    runs, _, malformed = _decode_rle_strings([raw])
-    return None if malformed[0] else runs
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _rle_size_problem(segm: Dict[str, Any], height: Optional[int], width: Optional[int]) -> Optional[str]:
-    size = segm.get("size")
-    if size is None:
-        return "RLE without a size [height, width]"
-    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) and v >= 0 for v in size)):
-        return f"RLE size {size!r} is not [height, width]"
-    if height is not None and width is not None and list(size) != [height, width]:
-        return f"RLE size {list(size)} differs from the image's [{height}, {width}]"
-    counts = segm.get("counts")
-    if isinstance(counts, list):
-        if not all(map(_is_int, counts)):
-            return "RLE counts are not all integers"
-        if any(v < 0 for v in counts):
-            return f"RLE counts hold a negative value ({min(counts)})"
-        if sum(counts) != size[0] * size[1]:
-            return f"RLE counts sum to {sum(counts)}, not height * width = {size[0] * size[1]}"
-        return None
-    if not isinstance(counts, (str, bytes)):
-        return f"RLE counts must be a list of integers or a compressed string, got {type(counts).__name__}"
-    if isinstance(counts, str) and not counts.isascii():
-        return "RLE counts string is malformed (not pycocotools' compressed encoding)"
-    return None
-
-
-def _polygon_problem(segm: List[Any]) -> Optional[str]:
-    for k, part in enumerate(segm):
-        # Whole-list checks (types as a set, finiteness of the sum): COCO-sized files have millions of points.
-        if not isinstance(part, list) or not all(issubclass(t, _NUMBER_TYPES) and t is not bool
-                                                 for t in set(map(type, part))):
-            return f"polygon part {k} is not a list of coordinates [x1, y1, x2, y2, ...]"
-        if len(part) < 6 or len(part) % 2:
-            return f"polygon part {k} has {len(part)} coordinates; it needs 3 or more (x, y) points"
-        if not math.isfinite(sum(part)):
-            return f"polygon part {k} has a non-finite coordinate"
-    return None
-
-
-def _chunks(items: List[int], sizes: List[int], budget: int = 1 << 22) -> Iterator[List[int]]:
-    """``items`` in consecutive chunks whose ``sizes`` add up to about ``budget`` (bounds memory)."""
-    chunk: List[int] = []
-    used = 0
-    for item, size in zip(items, sizes):
-        if chunk and used + size > budget:
-            yield chunk
-            chunk, used = [], 0
-        chunk.append(item)
-        used += size
-    if chunk:
-        yield chunk
-
-
-def segmentation_problems(segms: Sequence[Any],
-                          sizes: Sequence[Tuple[Optional[int], Optional[int]]]) -> List[Optional[Tuple[str, str]]]:
-    """Why each COCO ``segmentation`` cannot be rasterised: ``(kind, description)``, or None when it can.
-
-    ``kind`` is ``"polygon"`` (a part with fewer than 3 points, an odd or non-finite coordinate
-    list) or ``"RLE"`` (a missing or wrong ``size``; counts that are not non-negative integers
-    summing to height * width, or a compressed string that does not decode to such runs).
-    ``sizes[i]``: image ``(height, width)`` that RLE ``segms[i]`` must have (None: only its own
-    consistency is checked). A missing (None) or empty segmentation is not a problem: it has no
-    outline. Compressed strings are decoded together, so one call for many is much faster.
-    """
-    problems: List[Optional[Tuple[str, str]]] = [None] * len(segms)
-    pending: List[int] = []  # compressed RLEs to decode together
-    for i, (segm, (height, width)) in enumerate(zip(segms, sizes)):
-        if segm is None or (isinstance(segm, list) and not segm):
-            continue
-        if isinstance(segm, list):
-            problem = _polygon_problem(segm)
-            problems[i] = ("polygon", problem) if problem else None
-        elif isinstance(segm, dict):
-            problem = _rle_size_problem(segm, height, width)
-            if problem:
-                problems[i] = ("RLE", problem)
-            elif not isinstance(segm["counts"], list):
-                pending.append(i)
-        else:
-            problems[i] = ("RLE", f"segmentation is a {type(segm).__name__}, neither polygons nor an RLE dict")
-    for chunk in _chunks(pending, [len(segms[i]["counts"]) for i in pending]):
-        strings = [segms[i]["counts"] for i in chunk]
-        runs, bounds, malformed = _decode_rle_strings([v.encode("ascii") if isinstance(v, str) else v for v in strings])
-        nonempty = np.flatnonzero(np.diff(bounds) > 0)
-        smallest = np.zeros(len(chunk), np.int64)
-        total = np.zeros(len(chunk), np.int64)
-        if len(nonempty):
-            smallest[nonempty] = np.minimum.reduceat(runs, bounds[nonempty])
-            total[nonempty] = np.add.reduceat(runs, bounds[nonempty])
-        for j, i in enumerate(chunk):
-            h, w = segms[i]["size"]
-            if malformed[j]:
-                problems[i] = ("RLE", "RLE counts string is malformed (not pycocotools' compressed encoding)")
-            elif smallest[j] < 0:
-                problems[i] = ("RLE", f"RLE counts string decodes to a negative run ({int(smallest[j])})")
-            elif int(total[j]) != h * w:
-                problems[i] = ("RLE", f"RLE counts string decodes to runs summing to {int(total[j])}, "
-                                      f"not height * width = {h * w}")
-    return problems
-
-
-def segmentation_problem(segm: Any, height: Optional[int] = None,
-                         width: Optional[int] = None) -> Optional[Tuple[str, str]]:
-    """:func:`segmentation_problems` of one segmentation."""
-    return segmentation_problems([segm], [(height, width)])[0]
-
-
-def load_coco_json(json_path: Union[str, os.PathLike]) -> COCO:
-    """Read and validate a COCO-format annotation file into a pycocotools ``COCO`` (no output printed).
-
-    Checks the fields the toolkit relies on (``images[i].id/file_name/width/height``,
-    ``annotations[i].id/image_id/category_id/bbox``, ``categories[i].id/name``) and raises a
-    ``ValueError`` naming the file, the entry index and the key when one is missing or malformed.
-    The ``annotations`` list must be present (empty for images without objects). The values of
-    boxes and segmentations are not judged here: see :func:`box_problem` and
-    :func:`segmentation_problem`.
-    """
-    json_path = Path(json_path)
-    try:
-        with open(json_path, "rb") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{json_path}: line {e.lineno}: not valid JSON: {e.msg}") from None
-    _require(isinstance(data, dict), json_path, "top level", "expected an object with images/annotations/categories")
-    for key in ("images", "categories"):
-        _require(isinstance(data.get(key), list), json_path, key, f"missing or not a list")
-    # A file without the key is more likely an image-info file or a truncated export than a set
-    # without objects; a set without objects says so with an empty list.
-    _require("annotations" in data, json_path, "annotations",
-             'missing (an image-info file?); a set whose images have no objects needs "annotations": []')
-    _require(isinstance(data["annotations"], list), json_path, "annotations", "not a list")
-    for i, img in enumerate(data["images"]):
-        ok = isinstance(img, dict) and all(k in img for k in ("id", "file_name", "width", "height"))
-        _require(ok, json_path, f"images[{i}]", "needs id, file_name, width and height")
-        _require(isinstance(img["file_name"], str) and img["file_name"] != "", json_path,
-                 f"images[{i}] (id {img['id']})", f"file_name must be a non-empty path, got {img['file_name']!r}")
-        _require(_is_finite_number(img["width"]) and _is_finite_number(img["height"])
-                 and img["width"] > 0 and img["height"] > 0,
-                 json_path, f"images[{i}] (id {img['id']})",
-                 f"width/height must be positive numbers, got {img['width']!r}x{img['height']!r}")
-    image_ids = {img["id"] for img in data["images"]}
-    for i, cat in enumerate(data["categories"]):
-        _require(isinstance(cat, dict) and "id" in cat and "name" in cat, json_path, f"categories[{i}]",
-                 "needs id and name")
-    for i, ann in enumerate(data["annotations"]):
-        ok = isinstance(ann, dict) and all(k in ann for k in ("image_id", "category_id", "bbox"))
-        _require(ok, json_path, f"annotations[{i}]", "needs image_id, category_id and bbox")
-        bbox = ann["bbox"]
-        _require(isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox)), json_path,
-                 f"annotations[{i}].bbox",
-                 f"expected [x, y, w, h], got {bbox!r}")
-        # pycocotools needs ids; files produced by other tools sometimes leave them out.
-        ann.setdefault("id", i + 1)
-    orphans = [a for a in data["annotations"] if a["image_id"] not in image_ids]
-    if orphans:
-        logger.warning("%s: %d annotations refer to image ids missing from images (first: %r); ignored",
-                       json_path, len(orphans), orphans[0]["image_id"])
-        data["annotations"] = [a for a in data["annotations"] if a["image_id"] in image_ids]
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-        coco.createIndex()
-    return coco
 
 
 def _outside_root(file_name: str) -> bool:
@@ -359,7 +99,7 @@ class CocoDataset(Dataset):
     Args:
         json_path: COCO annotation file.
         image_root: folder that the json's ``file_name`` entries are relative to.
-        transforms: a :class:`~restransfer.data.transforms.DetectionTransform` (``None``: none).
+        transforms: a :class:`~restransfer.data.transforms.TrainAugmentation` (``None``: none).
         with_masks: decode instance masks (polygons, compressed or uncompressed RLE) into ``target["masks"]``.
         filter_empty: drop images without any usable (non-crowd, non-empty) box; for training.
         is_train: a training set skips unreadable images by returning the next readable one; a test
@@ -394,7 +134,7 @@ class CocoDataset(Dataset):
         json_path: Union[str, os.PathLike],
         image_root: Union[str, os.PathLike],
         *,
-        transforms: Optional[DetectionTransform] = None,
+        transforms: Optional[TrainAugmentation] = None,
         with_masks: bool = False,
         filter_empty: bool = False,
         is_train: bool = False,

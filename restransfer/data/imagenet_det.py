@@ -13,35 +13,34 @@ Boxes read from XML stay in the devkit's inclusive convention (``width = xmax - 
 arrays; the COCO json gets ``xyxy_to_xywh(devkit_to_xyxy(box))``, so a box ``(xmin, ymin, xmax, ymax)``
 becomes ``[xmin, ymin, xmax - xmin + 1, ymax - ymin + 1]`` and converts back exactly.
 
-XML files are untrusted input: they are parsed with expat, documents that declare a DOCTYPE or
-entities are refused (no entity expansion), and every error names the file and, where there is one,
-the line.
+XML files, the class list and the text formats shared with CLS-LOC are read by :mod:`restransfer.data.ilsvrc`
+(untrusted XML is refused with DOCTYPE/entities; every error names the file and, where there is one, the
+line); this module holds what only DET has: image lists, splits, the blacklist and the COCO conversion.
 """
 from __future__ import annotations
 
 import os
-import xml.parsers.expat
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
 from restransfer.boxes import devkit_to_xyxy, xyxy_to_xywh
+from restransfer.data.ilsvrc import IlsvrcFormatError, Synsets, XmlAnnotation, parse_int, read_id_map
+from restransfer.data.ilsvrc import read_xml_annotation, text_fields, where
 
 __all__ = [
     "DetFormatError",
     "DetSynsets",
     "DetAnnotation",
     "DetRecord",
-    "text_fields",
-    "parse_int",
     "read_synsets",
     "read_annotation",
     "read_image_list",
     "read_train_list",
     "read_split_list",
+    "read_blacklist",
     "train_positive_images",
     "balanced_val_split",
     "load_split",
@@ -52,245 +51,25 @@ __all__ = [
 
 SPLITS = ("train", "val", "val1", "val2", "train+val1")
 
-
-class DetFormatError(ValueError):
-    """An ImageNet-DET file is malformed; the message names the file (and line) and what to do."""
-
-
-def _where(path: os.PathLike | str, line: Optional[int] = None) -> str:
-    return f"{path}:{line}" if line is not None else str(path)
+# One error type, class list and annotation record for both ILSVRC tasks; the DET names stay importable.
+DetFormatError = IlsvrcFormatError
+DetSynsets = Synsets
+DetAnnotation = XmlAnnotation
 
 
-def text_fields(
-    path: os.PathLike | str, usage: str, min_fields: int, max_fields: Optional[int] = None, maxsplit: int = -1
-) -> Iterator[Tuple[int, List[str]]]:
-    """Yield ``(line number, fields)`` of the non-blank lines of a whitespace-separated text file.
-
-    A line with fewer than ``min_fields`` or more than ``max_fields`` fields (None: no maximum) raises
-    DetFormatError ``file:line: expected '<usage>', got n fields``.
-    """
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split(maxsplit=maxsplit) if maxsplit >= 0 else line.split()
-            if not fields:
-                continue
-            if len(fields) < min_fields or (max_fields is not None and len(fields) > max_fields):
-                raise DetFormatError(f"{_where(path, lineno)}: expected '{usage}', got {len(fields)} fields")
-            yield lineno, fields
-
-
-def parse_int(token: str, what: str, path: os.PathLike | str, lineno: int) -> int:
-    """``int(token)``, or DetFormatError ``file:line: <what> '<token>' is not an integer``."""
-    try:
-        return int(token)
-    except ValueError:
-        raise DetFormatError(f"{_where(path, lineno)}: {what} {token!r} is not an integer") from None
-
-
-# ------------------------------------------------------------------------------------------ synsets
-
-
-@dataclass(frozen=True)
-class DetSynsets:
-    """The devkit class list. DET id ``i + 1`` is ``wnids[i]`` / ``names[i]``; ids are 1..K."""
-
-    wnids: Tuple[str, ...]
-    names: Tuple[str, ...]
-    path: str = ""
-
-    @cached_property
-    def wnid_to_id(self) -> Dict[str, int]:
-        return {w: i + 1 for i, w in enumerate(self.wnids)}
-
-    def __len__(self) -> int:
-        return len(self.wnids)
-
-
-def read_synsets(path: os.PathLike | str) -> DetSynsets:
+def read_synsets(path: os.PathLike | str) -> Synsets:
     """Read the devkit's ``map_det.txt``: lines ``<WNID> <DET id> <name>`` (name may contain spaces).
 
-    The ids must be exactly 1..K (in any line order); the result is ordered by id.
+    The ids must be exactly 1..K (in any line order); the result is ordered by id (see
+    :func:`restransfer.data.ilsvrc.read_id_map`).
     """
-    entries: Dict[int, Tuple[str, str, int]] = {}
-    seen: Dict[str, int] = {}
-    for lineno, fields in text_fields(path, "<WNID> <DET id> <name>", 2, maxsplit=2):
-        wnid = fields[0]
-        name = fields[2].strip() if len(fields) > 2 else wnid
-        det_id = parse_int(fields[1], "DET id", path, lineno)
-        if det_id in entries:
-            raise DetFormatError(f"{_where(path, lineno)}: DET id {det_id} repeats line {entries[det_id][2]}")
-        if wnid in seen:
-            raise DetFormatError(f"{_where(path, lineno)}: WNID {wnid} repeats line {seen[wnid]}")
-        entries[det_id] = (wnid, name, lineno)
-        seen[wnid] = lineno
-    if not entries:
-        raise DetFormatError(f"{path}: no classes; expected lines '<WNID> <DET id> <name>' (the devkit's map_det.txt)")
-    k = len(entries)
-    if sorted(entries) != list(range(1, k + 1)):
-        missing = sorted(set(range(1, k + 1)) - set(entries))
-        raise DetFormatError(f"{path}: DET ids must be 1..{k} without gaps; missing {missing[:5]}")
-    return DetSynsets(
-        wnids=tuple(entries[i][0] for i in range(1, k + 1)),
-        names=tuple(entries[i][1] for i in range(1, k + 1)),
-        path=str(path),
-    )
+    return read_id_map(path, id_name="DET id", source="map_det")
 
 
-# ---------------------------------------------------------------------------------------------- XML
-
-
-@dataclass
-class DetAnnotation:
-    """One XML annotation file.
-
-    ``boxes`` is (N, 4) float64 in devkit inclusive ``xmin, ymin, xmax, ymax``; ``wnids`` and ``lines``
-    (the line of each ``<object>`` in the file) have length N; ``labels`` (N,) int64 holds DET ids when
-    the file was read with synsets, else zeros. ``width``/``height`` are None when ``<size>`` is absent.
-    """
-
-    path: str
-    width: Optional[int]
-    height: Optional[int]
-    wnids: List[str]
-    boxes: np.ndarray
-    lines: List[int]
-    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-
-
-class _Node:
-    __slots__ = ("tag", "line", "children", "text")
-
-    def __init__(self, tag: str, line: int):
-        self.tag = tag
-        self.line = line
-        self.children: List["_Node"] = []
-        self.text: List[str] = []
-
-    def find(self, tag: str) -> Optional["_Node"]:
-        for c in self.children:
-            if c.tag == tag:
-                return c
-        return None
-
-    def findall(self, tag: str) -> List["_Node"]:
-        return [c for c in self.children if c.tag == tag]
-
-    def value(self) -> str:
-        return "".join(self.text).strip()
-
-
-def _parse_xml(path: str) -> _Node:
-    """Parse a small XML file into a tree of _Node with line numbers; refuse DOCTYPE/entities."""
-    data = Path(path).read_bytes()
-    parser = xml.parsers.expat.ParserCreate()
-    root = _Node("", 0)
-    stack = [root]
-
-    def start(tag, _attrs):
-        node = _Node(tag, parser.CurrentLineNumber)
-        stack[-1].children.append(node)
-        stack.append(node)
-
-    def end(_tag):
-        stack.pop()
-
-    def chars(text):
-        stack[-1].text.append(text)
-
-    def refuse(*_args):
-        # Entity declarations allow exponential expansion ("billion laughs"); annotation files never need them.
-        raise DetFormatError(
-            f"{_where(path, parser.CurrentLineNumber)}: DOCTYPE/entity declarations are not allowed in annotation files"
-        )
-
-    parser.StartElementHandler = start
-    parser.EndElementHandler = end
-    parser.CharacterDataHandler = chars
-    parser.StartDoctypeDeclHandler = refuse
-    parser.EntityDeclHandler = refuse
-    try:
-        parser.Parse(data, True)
-    except xml.parsers.expat.ExpatError as e:
-        raise DetFormatError(
-            f"{_where(path, e.lineno)}: malformed XML ({xml.parsers.expat.ErrorString(e.code)}, "
-            f"column {e.offset + 1}); re-extract the annotation archive or fix the file"
-        ) from None
-    if not root.children:
-        raise DetFormatError(f"{path}: empty XML document")
-    return root.children[0]
-
-
-def _number(node: Optional[_Node], what: str, path: str, parent_line: int) -> float:
-    if node is None:
-        raise DetFormatError(f"{_where(path, parent_line)}: missing <{what}>")
-    text = node.value()
-    try:
-        value = float(text)
-    except ValueError:
-        raise DetFormatError(f"{_where(path, node.line)}: <{what}> is {text!r}, not a number") from None
-    if not np.isfinite(value):
-        raise DetFormatError(f"{_where(path, node.line)}: <{what}> is {text!r}, not a finite number")
-    return value
-
-
-def read_annotation(path: os.PathLike | str, synsets: Optional[DetSynsets] = None) -> DetAnnotation:
-    """Read one PASCAL-VOC-like ILSVRC XML file.
-
-    Args:
-        path: the ``.xml`` file.
-        synsets: when given, every object's WNID must be one of its classes (else DetFormatError with
-            file and line), and ``labels`` receives the DET ids.
-
-    Returns:
-        A :class:`DetAnnotation`; objects keep the file's order (the devkit breaks IoU ties by it).
-    """
-    path = str(path)
-    root = _parse_xml(path)
-    if root.tag != "annotation":
-        raise DetFormatError(f"{_where(path, root.line)}: root element is <{root.tag}>, expected <annotation>")
-    width = height = None
-    size = root.find("size")
-    if size is not None:
-        width = int(_number(size.find("width"), "width", path, size.line))
-        height = int(_number(size.find("height"), "height", path, size.line))
-    wnids: List[str] = []
-    lines: List[int] = []
-    boxes: List[Tuple[float, float, float, float]] = []
-    for obj in root.findall("object"):
-        name = obj.find("name")
-        if name is None or not name.value():
-            raise DetFormatError(f"{_where(path, obj.line)}: <object> without <name> (the WNID)")
-        bb = obj.find("bndbox")
-        if bb is None:
-            raise DetFormatError(f"{_where(path, obj.line)}: <object> without <bndbox>")
-        box = tuple(_number(bb.find(k), k, path, bb.line) for k in ("xmin", "ymin", "xmax", "ymax"))
-        if box[2] < box[0] or box[3] < box[1]:
-            raise DetFormatError(
-                f"{_where(path, bb.line)}: bndbox {box} has xmax < xmin or ymax < ymin "
-                "(inclusive devkit coordinates need xmin <= xmax, ymin <= ymax)"
-            )
-        wnids.append(name.value())
-        lines.append(obj.line)
-        boxes.append(box)  # type: ignore[arg-type]
-    labels = np.zeros(len(wnids), dtype=np.int64)
-    if synsets is not None:
-        lookup = synsets.wnid_to_id
-        for i, (w, ln) in enumerate(zip(wnids, lines)):
-            if w not in lookup:
-                raise DetFormatError(
-                    f"{_where(path, ln)}: unknown WNID {w!r}; "
-                    f"it is not in the class list {synsets.path or 'map_det.txt'}"
-                )
-            labels[i] = lookup[w]
-    return DetAnnotation(
-        path=path,
-        width=width,
-        height=height,
-        wnids=wnids,
-        boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
-        lines=lines,
-        labels=labels,
-    )
+def read_annotation(path: os.PathLike | str, synsets: Optional[Synsets] = None) -> XmlAnnotation:
+    """Read one DET XML file (:func:`restransfer.data.ilsvrc.read_xml_annotation`); with ``synsets``,
+    unknown WNIDs are errors and ``labels`` holds the DET ids."""
+    return read_xml_annotation(path, synsets)
 
 
 # ------------------------------------------------------------------------------------- image lists
@@ -311,9 +90,9 @@ def read_image_list(path: os.PathLike | str) -> Tuple[List[str], np.ndarray]:
     for lineno, fields in text_fields(path, "<image> [<index>]", 1, 2):
         index = parse_int(fields[1], "image index", path, lineno) if len(fields) == 2 else len(names) + 1
         if index < 1:
-            raise DetFormatError(f"{_where(path, lineno)}: image index {index} must be positive")
+            raise IlsvrcFormatError(f"{where(path, lineno)}: image index {index} must be positive")
         if index in first:
-            raise DetFormatError(f"{_where(path, lineno)}: image index {index} repeats line {first[index]}")
+            raise IlsvrcFormatError(f"{where(path, lineno)}: image index {index} repeats line {first[index]}")
         first[index] = lineno
         names.append(fields[0])
         indices.append(index)
@@ -327,8 +106,8 @@ def read_train_list(path: os.PathLike | str) -> Tuple[List[str], np.ndarray]:
     for lineno, fields in text_fields(path, "<image> <1|0|-1>", 2, 2):
         flag = parse_int(fields[1], "flag", path, lineno)
         if flag not in (-1, 0, 1):
-            raise DetFormatError(
-                f"{_where(path, lineno)}: flag {flag} must be 1 (positive), 0 (partial) or -1 (negative)"
+            raise IlsvrcFormatError(
+                f"{where(path, lineno)}: flag {flag} must be 1 (positive), 0 (partial) or -1 (negative)"
             )
         names.append(fields[0])
         flags.append(flag)
@@ -346,11 +125,25 @@ def read_split_list(path: os.PathLike | str, known: Set[str]) -> List[str]:
     for lineno, fields in text_fields(path, "<image> [...]", 1):
         name = fields[0]
         if name not in known:
-            raise DetFormatError(f"{_where(path, lineno)}: image {name!r} is not in the val image list")
+            raise IlsvrcFormatError(f"{where(path, lineno)}: image {name!r} is not in the val image list")
         if name not in seen:
             seen.add(name)
             names.append(name)
     return names
+
+
+def read_blacklist(path: os.PathLike | str, synsets: Synsets) -> np.ndarray:
+    """Read a DET devkit blacklist (``<image_index> <WNID>`` per line) -> (B, 2) int64 ``(index, DET id)``."""
+    lookup = synsets.wnid_to_id
+    pairs: List[Tuple[int, int]] = []
+    for lineno, fields in text_fields(path, "<image_index> <WNID>", 2, 2):
+        index = parse_int(fields[0], "image_index", path, lineno)
+        if fields[1] not in lookup:
+            raise IlsvrcFormatError(
+                f"{where(path, lineno)}: unknown WNID {fields[1]!r}; it is not in {synsets.path or 'map_det.txt'}"
+            )
+        pairs.append((index, lookup[fields[1]]))
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 
 
 def train_positive_images(imagesets_dir: os.PathLike | str, num_classes: int) -> List[str]:
@@ -364,7 +157,7 @@ def train_positive_images(imagesets_dir: os.PathLike | str, num_classes: int) ->
     for k in range(1, num_classes + 1):
         p = imagesets_dir / f"train_{k}.txt"
         if not p.is_file():
-            raise DetFormatError(
+            raise IlsvrcFormatError(
                 f"{p}: missing; the ILSVRC ImageSets/DET folder has train_1.txt .. train_{num_classes}.txt"
             )
         names, flags = read_train_list(p)
@@ -431,18 +224,18 @@ class DetRecord:
     subset: str
     name: str
     index: Optional[int]
-    annotation: DetAnnotation
+    annotation: XmlAnnotation
 
 
 def _read_records(
-    root: Path, subset: str, names: Sequence[str], indices: Sequence[Optional[int]], synsets: DetSynsets
+    root: Path, subset: str, names: Sequence[str], indices: Sequence[Optional[int]], synsets: Synsets
 ) -> List[DetRecord]:
     ann_dir = root / "Annotations" / "DET" / subset
     out = []
     for name, index in zip(names, indices):
         p = ann_dir / f"{name}.xml"
         if not p.is_file():
-            raise DetFormatError(
+            raise IlsvrcFormatError(
                 f"{p}: annotation file missing for image {name!r}; "
                 f"check --root and the extracted Annotations/DET/{subset}"
             )
@@ -453,7 +246,7 @@ def _read_records(
 def load_split(
     root: os.PathLike | str,
     split: str,
-    synsets: DetSynsets,
+    synsets: Synsets,
     val1_list: Optional[os.PathLike | str] = None,
     val2_list: Optional[os.PathLike | str] = None,
 ) -> List[DetRecord]:
@@ -496,7 +289,7 @@ def load_split(
     return records + [r for r in val if r.name in chosen]
 
 
-def records_to_coco(records: Sequence[DetRecord], synsets: DetSynsets, description: str = "") -> dict:
+def records_to_coco(records: Sequence[DetRecord], synsets: Synsets, description: str = "") -> dict:
     """COCO-format json dict for records from :func:`load_split`.
 
     * ``categories``: ``{"id": DET id, "name", "wnid"}`` for all K classes, so category id == DET id.
@@ -511,7 +304,7 @@ def records_to_coco(records: Sequence[DetRecord], synsets: DetSynsets, descripti
     for image_id, rec in enumerate(records, 1):
         ann = rec.annotation
         if ann.width is None or ann.height is None:
-            raise DetFormatError(f"{ann.path}: no <size>/<width>,<height>; COCO images need the image size")
+            raise IlsvrcFormatError(f"{ann.path}: no <size>/<width>,<height>; COCO images need the image size")
         img = {
             "id": image_id,
             "file_name": f"{rec.subset}/{rec.name}.JPEG",

@@ -15,7 +15,8 @@ Both readers return the same structure, a list of :class:`LocImage` (image name,
 ``(WNID, box)`` pairs with devkit boxes), so evaluation and conversion do not care where it came from.
 Classes are matched by WNID, never by position in a file. Boxes stay in the devkit's inclusive pixel
 indices (``width = xmax - xmin + 1``) until :func:`to_coco` converts them at the file boundary with
-:mod:`restransfer.boxes`.
+:mod:`restransfer.boxes`. The class list, the id map, the XML reader and the error style are those of
+:mod:`restransfer.data.ilsvrc`, shared with ImageNet-DET; this module holds what only CLS-LOC has.
 """
 from __future__ import annotations
 
@@ -23,151 +24,27 @@ import csv
 import json
 import math
 import os
-import re
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
-from xml.parsers import expat
 
 import numpy as np
 
 from ..boxes import devkit_to_xyxy, xywh_to_xyxy, xyxy_to_devkit, xyxy_to_xywh
+from .ilsvrc import IlsvrcFormatError, Synsets, is_number, read_xml_annotation, where
+from .ilsvrc import read_loc_synset_mapping, read_map_clsloc, read_synsets  # noqa: F401  (re-exported)
 
 __all__ = [
     "LocFormatError", "Synsets", "LocImage",
     "read_synsets", "read_map_clsloc", "read_loc_synset_mapping",
     "read_loc_xml", "read_devkit_annotations", "read_ground_truth_labels", "read_kaggle_solution", "iter_kaggle_rows",
-    "read_blacklist", "list_images", "fill_image_sizes", "to_coco", "ground_truth_from_coco", "convert_split",
+    "parse_box_groups", "read_blacklist", "list_images", "fill_image_sizes", "to_coco", "ground_truth_from_coco",
+    "convert_split",
 ]
 
-_WNID = re.compile(r"^n\d{8}$")
 IMAGE_EXTENSION = ".JPEG"
 
-
-class LocFormatError(ValueError):
-    """A CLS-LOC file is malformed; the message names the file, the line and what to do."""
-
-
-def _where(path, line: Optional[int] = None) -> str:
-    return f"{path}, line {line}" if line is not None else str(path)
-
-
-# ---------------------------------------------------------------------------------------- synsets
-
-
-@dataclass(frozen=True)
-class Synsets:
-    """The class list. Label ``k`` (1..K) is ``wnids[k - 1]``.
-
-    With ``map_clsloc.txt`` the labels are the devkit ids; with ``LOC_synset_mapping.txt`` they are the
-    file's 1-based line numbers (sorted-WNID order, the class index of torchvision's ImageNet models plus 1).
-    Everything that crosses files goes through :meth:`label`, i.e. by WNID.
-    """
-
-    wnids: Tuple[str, ...]
-    names: Tuple[str, ...]
-    source: str  # "map_clsloc" or "loc_synset_mapping"
-    path: Optional[str] = None
-    _index: Dict[str, int] = field(default=None, init=False, repr=False, compare=False)  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_index", {w: i + 1 for i, w in enumerate(self.wnids)})
-
-    def __len__(self) -> int:
-        return len(self.wnids)
-
-    def __contains__(self, wnid: str) -> bool:
-        return wnid in self._index
-
-    def label(self, wnid: str) -> int:
-        """1-based label of ``wnid``; ``KeyError`` when the class list does not have it."""
-        return self._index[wnid]
-
-    def wnid(self, label: int) -> str:
-        """WNID of the 1-based ``label``."""
-        if not 1 <= label <= len(self.wnids):
-            raise KeyError(label)
-        return self.wnids[label - 1]
-
-
-def _check_wnid(token: str, path, line: int) -> str:
-    if not _WNID.match(token):
-        raise LocFormatError(f"{_where(path, line)}: {token!r} is not a WNID (expected 'n' and 8 digits, e.g. n01440764)")
-    return token
-
-
-def read_map_clsloc(path: os.PathLike | str) -> Synsets:
-    """Read the devkit's ``map_clsloc.txt`` (``WNID devkit_id name`` per line) -> :class:`Synsets` by devkit id.
-
-    Raises:
-        LocFormatError: a line without three fields, a bad WNID or id, a repeated WNID or id, or ids that are
-            not exactly 1..K.
-    """
-    entries: Dict[int, Tuple[str, str]] = {}
-    seen: Dict[str, int] = {}
-    for lineno, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        parts = raw.split(None, 2)
-        if not parts:
-            continue
-        if len(parts) < 3 or not parts[1].isdigit():
-            raise LocFormatError(f"{_where(path, lineno)}: expected 'WNID devkit_id name' (e.g. 'n02119789 1 kit_fox'), "
-                                 f"got {raw.strip()!r}")
-        wnid = _check_wnid(parts[0], path, lineno)
-        cid = int(parts[1])
-        if wnid in seen:
-            raise LocFormatError(f"{_where(path, lineno)}: WNID {wnid} already listed on line {seen[wnid]}")
-        if cid in entries:
-            raise LocFormatError(f"{_where(path, lineno)}: devkit id {cid} is used twice (also by {entries[cid][0]})")
-        seen[wnid] = lineno
-        entries[cid] = (wnid, parts[2].strip())
-    if not entries:
-        raise LocFormatError(f"{path}: no classes; expected lines like 'n02119789 1 kit_fox'")
-    missing = sorted(set(range(1, len(entries) + 1)) - set(entries))
-    if missing:
-        raise LocFormatError(f"{path}: devkit ids must be 1..{len(entries)}, but {missing[:5]} are missing")
-    ordered = [entries[i] for i in range(1, len(entries) + 1)]
-    return Synsets(tuple(w for w, _ in ordered), tuple(n for _, n in ordered), "map_clsloc", str(path))
-
-
-def read_loc_synset_mapping(path: os.PathLike | str) -> Synsets:
-    """Read Kaggle's ``LOC_synset_mapping.txt`` (``WNID name`` per line) -> :class:`Synsets` in line order.
-
-    Raises:
-        LocFormatError: a bad WNID or a repeated one.
-    """
-    wnids: List[str] = []
-    names: List[str] = []
-    seen: Dict[str, int] = {}
-    for lineno, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        parts = raw.split(None, 1)
-        if not parts:
-            continue
-        wnid = _check_wnid(parts[0], path, lineno)
-        if wnid in seen:
-            raise LocFormatError(f"{_where(path, lineno)}: WNID {wnid} already listed on line {seen[wnid]}")
-        seen[wnid] = lineno
-        wnids.append(wnid)
-        names.append(parts[1].strip() if len(parts) > 1 else wnid)
-    if not wnids:
-        raise LocFormatError(f"{path}: no classes; expected lines like 'n01440764 tench, Tinca tinca'")
-    return Synsets(tuple(wnids), tuple(names), "loc_synset_mapping", str(path))
-
-
-def read_synsets(path: os.PathLike | str) -> Synsets:
-    """Read either class list, telling them apart by the first line: ``map_clsloc.txt`` has an integer
-    second field (``n02119789 1 kit_fox``), ``LOC_synset_mapping.txt`` a name (``n01440764 tench, ...``)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise LocFormatError(f"{path}: cannot read the class list: {e.strerror or e}") from None
-    for raw in text.splitlines():
-        parts = raw.split()
-        if parts:
-            if len(parts) >= 3 and parts[1].isdigit():
-                return read_map_clsloc(path)
-            return read_loc_synset_mapping(path)
-    raise LocFormatError(f"{path}: the class list is empty")
+LocFormatError = IlsvrcFormatError  # the one ILSVRC format error, under its CLS-LOC name
 
 
 # ------------------------------------------------------------------------------------ ground truth
@@ -195,26 +72,12 @@ class LocImage:
     height: Optional[int] = None
 
 
-def _element_line(data: bytes, root: ET.Element, target: ET.Element) -> Optional[int]:
-    """Line of ``target`` in the XML ``data``. ElementTree keeps no line numbers, but its ``iter()`` and expat's
-    start-element events both follow document order, so the element's position gives its line. Only used to
-    word an error, so the second parse costs nothing in the normal path."""
-    index = next((i for i, e in enumerate(root.iter()) if e is target), None)
-    if index is None:
-        return None
-    lines: List[int] = []
-    parser = expat.ParserCreate()
-    parser.StartElementHandler = lambda name, attrs: lines.append(parser.CurrentLineNumber)
-    parser.Parse(data, True)
-    return lines[index] if index < len(lines) else None
-
-
 def read_loc_xml(path: os.PathLike | str, synsets: Synsets, *, file_name: Optional[str] = None) -> LocImage:
-    """Read one CLS-LOC XML annotation.
+    """Read one CLS-LOC XML annotation with :func:`restransfer.data.ilsvrc.read_xml_annotation` (DOCTYPE and
+    entities refused, finite coordinates, errors with file and line).
 
     The image name is the XML file's stem (some train XMLs carry a literal ``%s`` in ``<filename>``, so that
-    field is not trusted). ElementTree resolves no external entities and the bundled expat limits entity
-    expansion, so untrusted files cannot reach outside or blow up memory.
+    field is not trusted).
 
     Args:
         path: the ``.xml`` file.
@@ -223,53 +86,12 @@ def read_loc_xml(path: os.PathLike | str, synsets: Synsets, *, file_name: Option
 
     Returns:
         a :class:`LocImage` whose labels are the distinct object WNIDs in order of appearance.
-
-    Raises:
-        LocFormatError: unparsable XML, missing or non-numeric fields, an unknown WNID (with file and line).
     """
-    path = Path(path)
-    data = path.read_bytes()
-    try:
-        root = ET.fromstring(data)
-    except ET.ParseError as e:
-        raise LocFormatError(f"{_where(path, e.position[0])}: malformed XML ({e}); re-extract the annotation archive") from None
-
-    def number(elem: Optional[ET.Element], what: str, parent: ET.Element) -> float:
-        text = elem.text.strip() if elem is not None and elem.text else ""
-        try:
-            value = float(text)
-        except ValueError:
-            value = None
-        # float() also accepts "nan" and "inf": a box made of them would match nothing and skew the error rate.
-        if value is None or not math.isfinite(value):
-            where = _where(path, _element_line(data, root, elem if elem is not None else parent))
-            expected = "a number" if value is None else "a finite number"
-            raise LocFormatError(f"{where}: <{what}> is {text!r}, expected {expected}")
-        return value
-
-    size = root.find("size")
-    width = height = None
-    if size is not None:
-        width = int(number(size.find("width"), "width", size))
-        height = int(number(size.find("height"), "height", size))
-    wnids: List[str] = []
-    boxes: List[List[float]] = []
-    for obj in root.iter("object"):
-        name = obj.find("name")
-        wnid = name.text.strip() if name is not None and name.text else ""
-        if wnid not in synsets:
-            where = _where(path, _element_line(data, root, name if name is not None else obj))
-            raise LocFormatError(f"{where}: object class {wnid!r} is not in {synsets.path or 'the class list'}; "
-                                 "use the class list that belongs to these annotations")
-        bnd = obj.find("bndbox")
-        if bnd is None:
-            raise LocFormatError(f"{_where(path, _element_line(data, root, obj))}: <object> has no <bndbox>")
-        boxes.append([number(bnd.find(k), k, bnd) for k in ("xmin", "ymin", "xmax", "ymax")])
-        wnids.append(wnid)
-    stem = path.stem
+    ann = read_xml_annotation(path, synsets)
+    stem = Path(path).stem
     return LocImage(
-        name=stem, file_name=file_name or stem + IMAGE_EXTENSION, labels=tuple(dict.fromkeys(wnids)),
-        box_wnids=tuple(wnids), boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4), width=width, height=height)
+        name=stem, file_name=file_name or stem + IMAGE_EXTENSION, labels=tuple(dict.fromkeys(ann.wnids)),
+        box_wnids=tuple(ann.wnids), boxes=ann.boxes, width=ann.width, height=ann.height)
 
 
 def read_ground_truth_labels(path: os.PathLike | str, synsets: Synsets,
@@ -285,7 +107,7 @@ def read_ground_truth_labels(path: os.PathLike | str, synsets: Synsets,
         one tuple of WNIDs per image.
 
     Raises:
-        LocFormatError: an empty or non-integer line, an id outside the class list, a repeated id, the wrong count.
+        IlsvrcFormatError: an empty or non-integer line, an id outside the class list, a repeated id, the wrong count.
     """
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     while lines and not lines[-1].strip():
@@ -294,22 +116,22 @@ def read_ground_truth_labels(path: os.PathLike | str, synsets: Synsets,
     for lineno, raw in enumerate(lines, 1):
         tokens = raw.split()
         if not tokens:
-            raise LocFormatError(f"{_where(path, lineno)}: empty line; every image needs its class id")
+            raise IlsvrcFormatError(f"{where(path, lineno)}: empty line; every image needs its class id")
         wnids: List[str] = []
         for t in tokens:
             if not t.isdigit():
-                raise LocFormatError(f"{_where(path, lineno)}: {t!r} is not a class id (positive integer)")
+                raise IlsvrcFormatError(f"{where(path, lineno)}: {t!r} is not a class id (positive integer)")
             try:
                 wnid = synsets.wnid(int(t))
             except KeyError:
-                raise LocFormatError(f"{_where(path, lineno)}: class id {t} is not in {synsets.path or 'the class list'} "
+                raise IlsvrcFormatError(f"{where(path, lineno)}: class id {t} is not in {synsets.path or 'the class list'} "
                                      f"(1..{len(synsets)})") from None
             if wnid in wnids:
-                raise LocFormatError(f"{_where(path, lineno)}: class id {t} is repeated")
+                raise IlsvrcFormatError(f"{where(path, lineno)}: class id {t} is repeated")
             wnids.append(wnid)
         out.append(tuple(wnids))
     if num_images is not None and len(out) != num_images:
-        raise LocFormatError(f"{path}: {len(out)} lines, but there are {num_images} annotation files; "
+        raise IlsvrcFormatError(f"{path}: {len(out)} lines, but there are {num_images} annotation files; "
                              "the ground truth and the annotation folder must be the same split")
     return out
 
@@ -329,14 +151,14 @@ def read_devkit_annotations(xml_dir: os.PathLike | str, synsets: Synsets, *,
             (otherwise the distinct object WNIDs are).
 
     Raises:
-        LocFormatError: no XML files, a malformed file, or a ground truth of another length.
+        IlsvrcFormatError: no XML files, a malformed file, or a ground truth of another length.
     """
     xml_dir = Path(xml_dir)
     if not xml_dir.is_dir():
-        raise LocFormatError(f"{xml_dir}: annotation folder not found (expected ILSVRC/Annotations/CLS-LOC/<split>)")
+        raise IlsvrcFormatError(f"{xml_dir}: annotation folder not found (expected ILSVRC/Annotations/CLS-LOC/<split>)")
     rel = sorted(p.relative_to(xml_dir).as_posix() for p in xml_dir.rglob("*.xml"))
     if not rel:
-        raise LocFormatError(f"{xml_dir}: no .xml files; point to ILSVRC/Annotations/CLS-LOC/<split>")
+        raise IlsvrcFormatError(f"{xml_dir}: no .xml files; point to ILSVRC/Annotations/CLS-LOC/<split>")
     images = [read_loc_xml(xml_dir / r, synsets, file_name=f"{xml_dir.name}/{r[:-4]}{IMAGE_EXTENSION}") for r in rel]
     if ground_truth is not None:
         for img, labels in zip(images, read_ground_truth_labels(ground_truth, synsets, len(images))):
@@ -364,7 +186,7 @@ def read_kaggle_solution(path: os.PathLike | str, synsets: Synsets, *, split: Op
         appearance.
 
     Raises:
-        LocFormatError: a wrong header, a field count that is not a multiple of 5, a non-numeric coordinate, an
+        IlsvrcFormatError: a wrong header, a field count that is not a multiple of 5, a non-numeric coordinate, an
             unknown WNID, an image without boxes or a repeated ImageId (with file and line).
     """
     path = Path(path)
@@ -372,17 +194,17 @@ def read_kaggle_solution(path: os.PathLike | str, synsets: Synsets, *, split: Op
         split = "train" if "train" in path.name.lower() else "val"
     images: Dict[str, LocImage] = {}
     for lineno, image_id, tokens in iter_kaggle_rows(path):
-        wnids, boxes = _parse_groups(tokens, path, lineno, synsets, what="box")
+        wnids, boxes = parse_box_groups(tokens, path, lineno, synsets, what="box")
         if not wnids:
-            raise LocFormatError(f"{_where(path, lineno)}: image {image_id} has no box")
+            raise IlsvrcFormatError(f"{where(path, lineno)}: image {image_id} has no box")
         if image_id in images:
-            raise LocFormatError(f"{_where(path, lineno)}: ImageId {image_id} appears twice")
+            raise IlsvrcFormatError(f"{where(path, lineno)}: ImageId {image_id} appears twice")
         sub = f"{split}/{image_id.split('_')[0]}" if split == "train" else split
         images[image_id] = LocImage(
             name=image_id, file_name=f"{sub}/{image_id}{IMAGE_EXTENSION}", labels=tuple(dict.fromkeys(wnids)),
             box_wnids=tuple(wnids), boxes=boxes)
     if not images:
-        raise LocFormatError(f"{path}: no images")
+        raise IlsvrcFormatError(f"{path}: no images")
     return [images[k] for k in sorted(images)]
 
 
@@ -391,49 +213,41 @@ def iter_kaggle_rows(path: os.PathLike | str) -> Iterator[Tuple[int, str, List[s
     blank rows are skipped.
 
     Raises:
-        LocFormatError: a wrong header or a row without exactly two columns.
+        IlsvrcFormatError: a wrong header or a row without exactly two columns.
     """
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
-            raise LocFormatError(f"{_where(path, 1)}: expected the header 'ImageId,PredictionString', got {header}")
+            raise IlsvrcFormatError(f"{where(path, 1)}: expected the header 'ImageId,PredictionString', got {header}")
         for row in reader:
             if not row or not any(c.strip() for c in row):
                 continue
             if len(row) != 2:
-                raise LocFormatError(f"{_where(path, reader.line_num)}: expected 2 columns (ImageId,PredictionString), "
+                raise IlsvrcFormatError(f"{where(path, reader.line_num)}: expected 2 columns (ImageId,PredictionString), "
                                      f"got {len(row)}")
             yield reader.line_num, row[0].strip(), row[1].split()
 
 
-def _parse_groups(tokens: Sequence[str], path, lineno: int, synsets: Synsets,
+def parse_box_groups(tokens: Sequence[str], path, lineno: int, synsets: Synsets,
                   what: str) -> Tuple[List[str], np.ndarray]:
     """``WNID xmin ymin xmax ymax`` groups -> (WNIDs, (M, 4) float64 boxes), with errors at ``path:lineno``."""
     if len(tokens) % 5:
-        raise LocFormatError(f"{_where(path, lineno)}: {len(tokens)} fields; each {what} needs 5 "
+        raise IlsvrcFormatError(f"{where(path, lineno)}: {len(tokens)} fields; each {what} needs 5 "
                              "(WNID xmin ymin xmax ymax)")
     wnids = list(tokens[0::5])
     for w in wnids:
         if w not in synsets:
-            raise LocFormatError(f"{_where(path, lineno)}: WNID {w!r} is not in {synsets.path or 'the class list'}")
+            raise IlsvrcFormatError(f"{where(path, lineno)}: WNID {w!r} is not in {synsets.path or 'the class list'}")
     try:
         boxes = np.array([float(t) for i, t in enumerate(tokens) if i % 5], dtype=np.float64).reshape(-1, 4)
     except ValueError:
-        bad = next(t for i, t in enumerate(tokens) if i % 5 and not _is_float(t))
-        raise LocFormatError(f"{_where(path, lineno)}: coordinate {bad!r} is not a number") from None
+        bad = next(t for i, t in enumerate(tokens) if i % 5 and not is_number(t))
+        raise IlsvrcFormatError(f"{where(path, lineno)}: coordinate {bad!r} is not a number") from None
     if not np.isfinite(boxes).all():
         bad = next(t for i, t in enumerate(tokens) if i % 5 and not math.isfinite(float(t)))
-        raise LocFormatError(f"{_where(path, lineno)}: coordinate {bad!r} is not a finite number")
+        raise IlsvrcFormatError(f"{where(path, lineno)}: coordinate {bad!r} is not a finite number")
     return wnids, boxes
-
-
-def _is_float(token: str) -> bool:
-    try:
-        float(token)
-        return True
-    except ValueError:
-        return False
 
 
 def read_blacklist(path: os.PathLike | str, num_images: int) -> np.ndarray:
@@ -443,7 +257,7 @@ def read_blacklist(path: os.PathLike | str, num_images: int) -> np.ndarray:
         sorted 0-based indices, int64 (B,).
 
     Raises:
-        LocFormatError: a non-integer, an index outside 1..num_images, or a repeated index (which would count
+        IlsvrcFormatError: a non-integer, an index outside 1..num_images, or a repeated index (which would count
             twice in the devkit's denominator).
     """
     out: Dict[int, int] = {}
@@ -452,13 +266,13 @@ def read_blacklist(path: os.PathLike | str, num_images: int) -> np.ndarray:
         if not tokens:
             continue
         if len(tokens) != 1 or not tokens[0].isdigit():
-            raise LocFormatError(f"{_where(path, lineno)}: expected one image index (1-based integer), got {raw.strip()!r}")
+            raise IlsvrcFormatError(f"{where(path, lineno)}: expected one image index (1-based integer), got {raw.strip()!r}")
         idx = int(tokens[0])
         if not 1 <= idx <= num_images:
-            raise LocFormatError(f"{_where(path, lineno)}: image index {idx} is outside 1..{num_images}; "
+            raise IlsvrcFormatError(f"{where(path, lineno)}: image index {idx} is outside 1..{num_images}; "
                                  "is this the blacklist of another split?")
         if idx in out:
-            raise LocFormatError(f"{_where(path, lineno)}: image index {idx} already listed on line {out[idx]}")
+            raise IlsvrcFormatError(f"{where(path, lineno)}: image index {idx} already listed on line {out[idx]}")
         out[idx] = lineno
     return np.array(sorted(out), dtype=np.int64) - 1
 
@@ -474,7 +288,7 @@ def list_images(image_root: os.PathLike | str, split: str, synsets: Optional[Syn
     """
     base = Path(image_root) / split
     if not base.is_dir():
-        raise LocFormatError(f"{base}: image folder not found (expected ILSVRC/Data/CLS-LOC/{split})")
+        raise IlsvrcFormatError(f"{base}: image folder not found (expected ILSVRC/Data/CLS-LOC/{split})")
     rel = sorted(p.relative_to(image_root).as_posix() for p in base.rglob("*" + IMAGE_EXTENSION))
     out = []
     for r in rel:
@@ -490,7 +304,7 @@ def fill_image_sizes(images: Iterable[LocImage], image_root: os.PathLike | str) 
     Pillow reads only the header (no decoding), so this costs well under a millisecond per image.
 
     Raises:
-        LocFormatError: a missing or unreadable image.
+        IlsvrcFormatError: a missing or unreadable image.
     """
     from PIL import Image  # a torchvision dependency
 
@@ -502,7 +316,7 @@ def fill_image_sizes(images: Iterable[LocImage], image_root: os.PathLike | str) 
             with Image.open(path) as im:
                 img.width, img.height = im.size
         except (OSError, SyntaxError) as e:
-            raise LocFormatError(f"{path}: cannot read the image size ({e}); check --image-root") from None
+            raise IlsvrcFormatError(f"{path}: cannot read the image size ({e}); check --image-root") from None
 
 
 # ---------------------------------------------------------------------------------------- COCO json
@@ -556,7 +370,7 @@ def ground_truth_from_coco(data: dict | os.PathLike | str) -> Tuple[List[LocImag
     distinct box classes.
 
     Raises:
-        LocFormatError: categories without ``wnid`` or with ids that are not 1..K.
+        IlsvrcFormatError: categories without ``wnid`` or with ids that are not 1..K.
     """
     where = "the COCO dict"
     if not isinstance(data, dict):
@@ -565,7 +379,7 @@ def ground_truth_from_coco(data: dict | os.PathLike | str) -> Tuple[List[LocImag
             data = json.load(f)
     cats = sorted(data.get("categories", []), key=lambda c: c["id"])
     if [c["id"] for c in cats] != list(range(1, len(cats) + 1)) or any("wnid" not in c for c in cats):
-        raise LocFormatError(f"{where}: categories must have ids 1..K and a 'wnid' field; "
+        raise IlsvrcFormatError(f"{where}: categories must have ids 1..K and a 'wnid' field; "
                              "convert the annotations with datasets/prepare_imagenet_loc.py")
     synsets = Synsets(tuple(c["wnid"] for c in cats), tuple(c.get("name", c["wnid"]) for c in cats), "coco", where)
     per_image: Dict[int, List[dict]] = {}

@@ -17,7 +17,7 @@ import albumentations as A
 import numpy as np
 import torch
 
-__all__ = ["ResizeShortestEdge", "DetectionTransform", "build_transforms", "nonempty_boxes"]
+__all__ = ["ResizeShortestEdge", "TrainAugmentation", "build_transforms", "nonempty_boxes"]
 
 # A box narrower or lower than this many pixels is degenerate (torchvision's detection heads require
 # x2 > x1 and y2 > y1; the tolerance absorbs float noise from albumentations' normalisation).
@@ -50,8 +50,9 @@ class ResizeShortestEdge(A.SmallestMaxSize):
         return ("max_size", "long_max")
 
 
-class DetectionTransform:
-    """An albumentations pipeline applied to an image with its boxes, labels and masks.
+class TrainAugmentation:
+    """An albumentations pipeline applied to an image with its boxes, labels and masks (training-time
+    augmentation in the data loader; not the model's own :class:`restransfer.models.transform.DetectionTransform`).
 
     Called as ``t(image, boxes, labels, masks=None, seed=None)`` with
 
@@ -80,7 +81,7 @@ class DetectionTransform:
 
     def __repr__(self) -> str:
         names = ", ".join(type(t).__name__ for t in self.transforms) or "identity"
-        return f"DetectionTransform({names})"
+        return f"TrainAugmentation({names})"
 
     def __call__(
         self,
@@ -124,7 +125,7 @@ def build_transforms(
     hflip_prob: float = 0.5,
     color_jitter: float = 0.0,
     is_train: bool = True,
-) -> DetectionTransform:
+) -> TrainAugmentation:
     """The training or test pipeline.
 
     Args:
@@ -135,7 +136,7 @@ def build_transforms(
         is_train: ``False`` gives the identity (no resizing: the model resizes test images itself).
     """
     if not is_train:
-        return DetectionTransform([])
+        return TrainAugmentation([])
     if not min_size_train:
         raise ValueError("input.min_size_train is empty: give at least one short-side size, e.g. [800]")
     transforms: list = [ResizeShortestEdge(min_size_train, max_size_train)]
@@ -144,4 +145,5 @@ def build_transforms(
     if color_jitter > 0:
         transforms.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter,
                                         saturation=color_jitter, hue=0.0, p=1.0))
-    return DetectionTransform(transforms)
+    return TrainAugmentation(transforms)
+

@@ -21,15 +21,15 @@ Before either engine runs, the ground truth and the results are checked, so that
 refuse the same inputs with the same ``ValueError`` naming the file, the entry index, the annotation
 id and the image: a ground truth without an ``annotations`` list; boxes with an Infinity or NaN
 value; with segm, polygons with fewer than 3 points and malformed RLEs (the checks of
-:mod:`restransfer.data.coco`, where training skips such annotations instead); results that are not
-compressed RLE masks, with a non-finite score, or whose image or category ids the ground truth lacks.
+:mod:`restransfer.data.coco_checks`; training skips such annotations instead); results that are not
+compressed RLE masks, with a non-finite score, or whose image or category ids the ground truth lacks
+(:func:`~restransfer.data.coco_checks.check_ground_truth`, :func:`~restransfer.data.coco_checks.check_results`).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import io
-import itertools
 import json
 import logging
 import math
@@ -42,7 +42,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from restransfer.boxes import xyxy_to_xywh
-from restransfer.data.coco import box_problem, load_coco_json, segmentation_problems
+from restransfer.data.coco_checks import check_ground_truth, check_results, load_coco_json
 from restransfer.rle import encode_masks
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "evaluate_predictions",
     "predictions_to_coco_results",
     "masks_to_rle",
+    "format_metrics_table",
     "print_metrics_table",
     "write_metrics",
     "write_json_atomic",
@@ -86,119 +87,6 @@ def _gt_dataset(coco_gt: CocoLike) -> Dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"ground-truth file not found: {path}")
     return load_coco_json(path).dataset
-
-
-def _is_id(value: Any) -> bool:
-    return isinstance(value, (int, np.integer, str)) and not isinstance(value, bool)
-
-
-def _check_ground_truth(gt_data: Dict[str, Any], name: str, iou_types: Sequence[str],
-                        image_ids: Optional[Sequence[int]] = None) -> None:
-    """Raise a ValueError naming the first annotation that either engine would misread or crash on
-    (among those of ``image_ids``, the images evaluated; None: all)."""
-    for key in ("images", "categories", "annotations"):
-        if not isinstance(gt_data.get(key), list):
-            extra = ' ("annotations": [] when no image has objects)' if key == "annotations" else ""
-            raise ValueError(f"{name}: the ground truth has no {key!r} list{extra}; evaluate against the "
-                             f"annotation file of the test set")
-    sizes = {img.get("id"): (img.get("height"), img.get("width")) for img in gt_data["images"]}
-    if image_ids is not None:
-        sizes = {i: sizes[i] for i in image_ids if i in sizes}
-    anns = gt_data["annotations"]
-    for i, ann in enumerate(anns):
-        if not isinstance(ann, dict) or not _is_id(ann.get("image_id")):
-            raise ValueError(f"{name}: annotations[{i}] is not an annotation with an image_id")
-    evaluated = [i for i, a in enumerate(anns) if a["image_id"] in sizes]
-    segm_problems = (segmentation_problems([anns[i].get("segmentation") for i in evaluated],
-                                           [sizes[anns[i]["image_id"]] for i in evaluated])
-                     if "segm" in iou_types else [None] * len(evaluated))
-    for i, segm_problem in zip(evaluated, segm_problems):
-        ann = anns[i]
-        where = f"{name}: annotations[{i}] (id {ann.get('id')}, image {ann['image_id']})"
-        problem = box_problem(ann.get("bbox")) if "bbox" in iou_types or "bbox" in ann else None
-        if problem is None and "segm" in iou_types:
-            if not ann.get("segmentation"):
-                raise ValueError(f"{where} has no segmentation; segm evaluation needs masks in the ground truth "
-                                 f"(evaluate bbox only)")
-            problem = segm_problem[1] if segm_problem else None
-        if problem is not None:
-            raise ValueError(f"{where}: {problem}; fix or remove this annotation")
-
-
-def _all_of_types(values: Iterable[Any], *types: type) -> bool:
-    """Whether every value is an instance of ``types`` and none is a bool (one ``type`` call per value)."""
-    return all(issubclass(t, types) and t is not bool for t in set(map(type, values)))
-
-
-_NUMBER_TYPES = (int, float, np.integer, np.floating)
-
-
-def _result_problem(r: Mapping[str, Any], iou_types: Sequence[str]) -> Optional[str]:
-    """What is wrong with one result's score or box (the slow path that names the first bad result)."""
-    if not (_all_of_types([r["score"]], *_NUMBER_TYPES) and math.isfinite(r["score"])):
-        return f"score {r['score']!r} is not a finite number"
-    if "bbox" in iou_types:
-        return box_problem(r["bbox"])
-    return None
-
-
-def _check_results(results: List[Dict[str, Any]], name: str, iou_types: Sequence[str], gt_data: Dict[str, Any],
-                   allow_empty: bool) -> None:
-    """Raise a ValueError naming the first result that either engine would misread or crash on.
-
-    Results files hold up to millions of detections: the checks run over columns, and only on a
-    failure does a per-result pass find the first bad one.
-    """
-    if not results and not allow_empty:
-        raise ValueError(f"{name}: no detections to evaluate; check that these are the model's results (pass "
-                         f"allow_empty=True to score an empty set: every metric with ground truth is then 0)")
-    keys = ("image_id", "category_id", "score") + tuple({"bbox": "bbox", "segm": "segmentation"}[t] for t in iou_types)
-    try:
-        columns = {k: [r[k] for r in results] for k in keys}
-    except (KeyError, TypeError, IndexError):
-        i = next(i for i, r in enumerate(results) if not (isinstance(r, Mapping) and all(k in r for k in keys)))
-        raise ValueError(f"{name}: results[{i}]: a {'/'.join(iou_types)} result needs "
-                         f"{', '.join(keys)}") from None
-    id_types = (int, np.integer, str)
-    if not (_all_of_types(columns["image_id"], *id_types) and _all_of_types(columns["category_id"], *id_types)):
-        i = next(i for i, r in enumerate(results) if not (_is_id(r["image_id"]) and _is_id(r["category_id"])))
-        raise ValueError(f"{name}: results[{i}]: image_id {results[i]['image_id']!r} and category_id "
-                         f"{results[i]['category_id']!r} must be ids (integers) of the ground truth")
-    ok = _all_of_types(columns["score"], *_NUMBER_TYPES)
-    ok = ok and bool(np.isfinite(np.asarray(columns["score"], dtype=np.float64)).all())
-    if ok and "bbox" in iou_types:
-        boxes = columns["bbox"]
-        ok = (_all_of_types(boxes, list, tuple) and set(map(len, boxes)) <= {4}
-              and _all_of_types(itertools.chain.from_iterable(boxes), *_NUMBER_TYPES)
-              and bool(np.isfinite(np.asarray(boxes, dtype=np.float64)).all()))
-    if not ok:
-        i, problem = next((i, p) for i, r in enumerate(results) if (p := _result_problem(r, iou_types)) is not None)
-        raise ValueError(f"{name}: results[{i}] (image {results[i]['image_id']}): {problem}")
-    sizes = {img.get("id"): (img.get("height"), img.get("width")) for img in gt_data["images"]}
-    if "segm" in iou_types:
-        segms = columns["segmentation"]
-        compressed = [isinstance(m, dict) and isinstance(m.get("counts"), (str, bytes)) for m in segms]
-        problems = segmentation_problems(segms, [sizes.get(i, (None, None)) for i in columns["image_id"]])
-        for i, (is_compressed, problem) in enumerate(zip(compressed, problems)):
-            if not is_compressed or problem is not None:
-                what = problem[1] if is_compressed else ("segmentation must be a compressed RLE {size, counts: str}, "
-                                                         "as masks_to_rle writes it")
-                raise ValueError(f"{name}: results[{i}] (image {results[i]['image_id']}): {what}")
-    unknown_images = set(columns["image_id"]) - sizes.keys()
-    if unknown_images:
-        ids = sorted(unknown_images, key=str)
-        first = columns["image_id"].index(ids[0])
-        raise ValueError(f"{name}: results refer to {len(ids)} image ids that the ground truth does not have "
-                         f"(first: {ids[:5]}, e.g. results[{first}]); evaluate against the "
-                         f"annotation file the predictions were made on")
-    cat_ids = {c.get("id") for c in gt_data["categories"]}
-    unknown_cats = set(columns["category_id"]) - cat_ids
-    if unknown_cats:
-        ids = sorted(unknown_cats, key=str)
-        first = next(i for i, c in enumerate(columns["category_id"]) if c in unknown_cats)
-        raise ValueError(f"{name}: results use category ids that the ground truth does not have: {ids} (first at "
-                         f"results[{first}]); its categories are {sorted(cat_ids, key=str)}; map the model's "
-                         f"labels to this annotation file's ids")
 
 
 def _load_results(results: Union[Sequence[Dict[str, Any]], str, os.PathLike]) -> List[Dict[str, Any]]:
@@ -308,8 +196,8 @@ def evaluate_coco(
     results_name = str(results) if isinstance(results, (str, os.PathLike)) else "results"
     gt_data = _gt_dataset(coco_gt)
     results = _load_results(results)
-    _check_ground_truth(gt_data, gt_name, iou_types, image_ids)
-    _check_results(results, results_name, iou_types, gt_data, allow_empty)
+    check_ground_truth(gt_data, gt_name, iou_types, image_ids)
+    check_results(results, results_name, iou_types, gt_data, allow_empty)
     names = {c["id"]: str(c["name"]) for c in gt_data["categories"]}
     metrics: Dict[str, Dict[str, Any]] = {}
     for iou_type in iou_types:
@@ -393,8 +281,8 @@ def _fmt(v: float, width: int) -> str:
     return f"{'nan' if math.isnan(v) else f'{v:.2f}':>{width}}"
 
 
-def print_metrics_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
-    """Human-readable tables (values rounded to 2 decimals) of :func:`evaluate_coco`'s output."""
+def format_metrics_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
+    """Human-readable tables (values rounded to 2 decimals) of :func:`evaluate_coco`'s output, as one string."""
     lines: List[str] = []
     for iou_type, m in metrics.items():
         lines.append(f"{iou_type} AP (%):")
@@ -412,6 +300,9 @@ def print_metrics_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
                 lines.append("".join(cells).rstrip())
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+print_metrics_table = format_metrics_table  # deprecated name: it returns the table, it prints nothing
 
 
 def _json_safe(value: Any) -> Any:
