@@ -34,7 +34,7 @@ from torchvision.ops import FrozenBatchNorm2d, box_iou
 
 from .backbone.resnet import BasicBlock, Bottleneck
 from .models import build_model
-from .models.build import _anchors, _rpn_roi_kwargs, inference_kwargs, pixel_convention
+from .models.build import detector_kwargs, inference_kwargs, pixel_convention
 from .devices import autocast_context, check_precision_support, precision_dtype
 
 __all__ = ["Measurement", "run_benchmark", "torchvision_reference", "reference_incompatibility",
@@ -96,8 +96,7 @@ def torchvision_reference(cfg) -> nn.Module:
     m, h = cfg.model, cfg.model.roi_heads
     backbone = resnet_fpn_backbone(backbone_name=f"resnet{m.backbone.depth}", weights=None,
                                    trainable_layers=5 - m.backbone.freeze_at)
-    kwargs = _rpn_roi_kwargs(m)
-    kwargs["rpn_anchor_generator"] = _anchors(m, 5)
+    kwargs = detector_kwargs(m, 5)
     names = ["0", "1", "2", "3"]
     kwargs["box_roi_pool"] = MultiScaleRoIAlign(names, h.pooler_resolution, h.sampling_ratio)
     kwargs["box_head"] = TwoMLPHead(256 * h.pooler_resolution ** 2, h.fpn_representation_size)

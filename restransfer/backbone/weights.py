@@ -47,6 +47,15 @@ class PixelConvention:
     std: Tuple[float, float, float]
     style: Optional[str] = None  # the ResNet style the weights require, None if either works
 
+    def to_dict(self) -> Dict[str, Any]:
+        """What checkpoints record: ``{"channel_order", "mean", "std"}`` with lists (the style is not saved)."""
+        return {"channel_order": self.channel_order, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], style: Optional[str] = None) -> "PixelConvention":
+        """The convention a checkpoint recorded with :meth:`to_dict`, for weights of ``style``."""
+        return cls(data["channel_order"], tuple(data["mean"]), tuple(data["std"]), style)
+
 
 TORCHVISION_RGB = PixelConvention("RGB", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), "pytorch")
 MSRA_BGR = PixelConvention("BGR", (103.53, 116.28, 123.675), (1.0, 1.0, 1.0), "caffe")

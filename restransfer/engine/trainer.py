@@ -63,7 +63,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def _state(model, optimizer, scheduler, scaler, iteration: int, cfg, best: Optional[float]) -> Dict[str, Any]:
     m = _unwrap(model)
-    conv = m.pixel_convention
     return {
         "model": m.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -73,7 +72,7 @@ def _state(model, optimizer, scheduler, scaler, iteration: int, cfg, best: Optio
         "rng": rng_state(),
         "config": dump_config(cfg),
         "class_names": list(m.class_names),
-        "pixel_convention": {"channel_order": conv.channel_order, "mean": list(conv.mean), "std": list(conv.std)},
+        "pixel_convention": m.pixel_convention.to_dict(),
         "best": best,
     }
 

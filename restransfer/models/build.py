@@ -1,8 +1,10 @@
 """``build_model(cfg)``: Faster/Mask R-CNN with a ResNet backbone, C4 or FPN, from torchvision components.
 
-This is the one place that reads ``cfg.model`` (and the input sizes). Everything is passed to
-torchvision's ``FasterRCNN``/``MaskRCNN`` constructors as keyword arguments; the C4 heads come from
-:mod:`restransfer.models.c4`.
+This is the one place that reads ``cfg.model`` (and the input sizes and ``cfg.test``'s inference options).
+:func:`detector_kwargs` turns the config into the keyword arguments of torchvision's
+``FasterRCNN``/``MaskRCNN``; :func:`build_model` builds the RPN and the RoI heads from them directly, as
+``FasterRCNN.__init__`` does, around our backbone, heads (the C4 ones come from
+:mod:`restransfer.models.c4`) and transform.
 """
 from __future__ import annotations
 
@@ -10,22 +12,23 @@ import logging
 from typing import Any, Dict, List, Optional, Tuple
 
 from torch import nn
-from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 
 from ..backbone import MSRA_BGR, TORCHVISION_RGB, PixelConvention, build_resnet
 from ..backbone.wrappers import BackboneC4, BackboneWithFPN
 from .c4 import C4BoxHead, Res5Head
-from .checkpoint import load_detector_weights
+from .checkpoint import apply_detector_state, read_detector_checkpoint
 from .detector import Detector
 from .roi_align import ParallelMultiScaleRoIAlign
 from .transform import DetectionTransform
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_model", "ClassAgnosticPredictor", "pixel_convention", "inference_kwargs"]
+__all__ = ["build_model", "ClassAgnosticPredictor", "pixel_convention", "detector_kwargs", "inference_kwargs"]
 
 
 class ClassAgnosticPredictor(nn.Module):
@@ -77,9 +80,13 @@ def _anchors(m, num_levels: int) -> AnchorGenerator:
     return AnchorGenerator(tuple((s,) for s in sizes), (ratios,) * num_levels)
 
 
-def _rpn_roi_kwargs(m) -> Dict[str, Any]:
-    r, h = m.rpn, m.roi_heads
+def detector_kwargs(cfg_model, num_levels: int) -> Dict[str, Any]:
+    """The keyword arguments of torchvision's ``FasterRCNN``/``MaskRCNN`` that ``cfg.model`` sets: the anchor
+    generator for ``num_levels`` feature maps, and the RPN's and RoI heads' sampling, thresholds and
+    proposal/detection counts."""
+    r, h = cfg_model.rpn, cfg_model.roi_heads
     return dict(
+        rpn_anchor_generator=_anchors(cfg_model, num_levels),
         rpn_pre_nms_top_n_train=r.pre_nms_top_n_train, rpn_pre_nms_top_n_test=r.pre_nms_top_n_test,
         rpn_post_nms_top_n_train=r.post_nms_top_n_train, rpn_post_nms_top_n_test=r.post_nms_top_n_test,
         rpn_nms_thresh=r.nms_thresh, rpn_fg_iou_thresh=r.fg_iou_thresh, rpn_bg_iou_thresh=r.bg_iou_thresh,
@@ -89,6 +96,28 @@ def _rpn_roi_kwargs(m) -> Dict[str, Any]:
         box_fg_iou_thresh=h.fg_iou_thresh, box_bg_iou_thresh=h.bg_iou_thresh,
         box_batch_size_per_image=h.batch_size_per_image, box_positive_fraction=h.positive_fraction,
     )
+
+
+def _rpn(kw: Dict[str, Any], in_channels: int) -> RegionProposalNetwork:
+    """The RPN that ``FasterRCNN.__init__`` builds from :func:`detector_kwargs` ``kw``."""
+    anchors = kw["rpn_anchor_generator"]
+    return RegionProposalNetwork(
+        anchors, RPNHead(in_channels, anchors.num_anchors_per_location()[0]),
+        kw["rpn_fg_iou_thresh"], kw["rpn_bg_iou_thresh"], kw["rpn_batch_size_per_image"], kw["rpn_positive_fraction"],
+        dict(training=kw["rpn_pre_nms_top_n_train"], testing=kw["rpn_pre_nms_top_n_test"]),
+        dict(training=kw["rpn_post_nms_top_n_train"], testing=kw["rpn_post_nms_top_n_test"]),
+        kw["rpn_nms_thresh"], score_thresh=kw["rpn_score_thresh"])
+
+
+def _roi_heads(kw: Dict[str, Any], modules: Dict[str, nn.Module]) -> RoIHeads:
+    """The RoI heads that ``FasterRCNN``/``MaskRCNN.__init__`` build from :func:`detector_kwargs` ``kw`` and the
+    pooler, head and predictor ``modules`` (``box_roi_pool``, ``box_head``, ``box_predictor`` [, ``mask_*``])."""
+    return RoIHeads(
+        modules["box_roi_pool"], modules["box_head"], modules["box_predictor"],
+        kw["box_fg_iou_thresh"], kw["box_bg_iou_thresh"], kw["box_batch_size_per_image"], kw["box_positive_fraction"],
+        None, kw["box_score_thresh"], kw["box_nms_thresh"], kw["box_detections_per_img"],
+        mask_roi_pool=modules.get("mask_roi_pool"), mask_head=modules.get("mask_head"),
+        mask_predictor=modules.get("mask_predictor"))
 
 
 def _transform(cfg, conv: PixelConvention) -> DetectionTransform:
@@ -119,49 +148,47 @@ def build_model(cfg, class_names: Optional[List[str]] = None, load_weights: bool
         logger.info("model.weights is set: skipping model.backbone.weights (%s)", m.backbone.weights)
     backbone, res5 = _backbone(m, backbone_weights)
     conv = pixel_convention(m, backbone.pixel_convention)
+    checkpoint = read_detector_checkpoint(detector_weights) if detector_weights else None
+    saved = checkpoint[1].get("pixel_convention") if checkpoint is not None else None
+    if saved and m.pixel_mean is None and m.pixel_std is None and m.channel_order is None:
+        # the checkpoint was trained with this convention (e.g. from MSRA BGR ImageNet weights)
+        conv = PixelConvention.from_dict(saved, style=conv.style)
+    kwargs = detector_kwargs(m, len(backbone.strides))
+    heads = _roi_head_modules(m, backbone, res5)  # created before the RPN head, in FasterRCNN's order
+    model = Detector(backbone, _rpn(kwargs, backbone.out_channels), _roi_heads(kwargs, heads), _transform(cfg, conv),
+                     num_classes=m.num_classes, arch=m.arch, head=m.head, class_names=class_names,
+                     pixel_convention=conv)
+    if checkpoint is not None:
+        apply_detector_state(model, checkpoint[0], detector_weights, checkpoint[1])
+    return model
+
+
+def _roi_head_modules(m, backbone: nn.Module, res5: Optional[Res5Head]) -> Dict[str, nn.Module]:
+    """RoI poolers, box head and predictor (and mask ones for Mask R-CNN) of ``cfg.model`` ``m``."""
     num_classes = m.num_classes + 1  # + background
     h = m.roi_heads
-    kwargs = _rpn_roi_kwargs(m)
-    num_levels = len(backbone.strides)
-    kwargs["rpn_anchor_generator"] = _anchors(m, num_levels)
-
+    heads: Dict[str, nn.Module] = {}
     if m.head == "fpn":
         names = [str(i) for i in range(len(backbone.body.out_features))]
-        kwargs["box_roi_pool"] = ParallelMultiScaleRoIAlign(names, h.pooler_resolution, h.sampling_ratio)
-        kwargs["box_head"] = TwoMLPHead(backbone.out_channels * h.pooler_resolution ** 2, h.fpn_representation_size)
+        heads["box_roi_pool"] = ParallelMultiScaleRoIAlign(names, h.pooler_resolution, h.sampling_ratio)
+        heads["box_head"] = TwoMLPHead(backbone.out_channels * h.pooler_resolution ** 2, h.fpn_representation_size)
         box_dim = h.fpn_representation_size
         if m.arch == "mask_rcnn":
-            kwargs["mask_roi_pool"] = ParallelMultiScaleRoIAlign(names, h.mask_pooler_resolution, h.sampling_ratio)
-            kwargs["mask_head"] = MaskRCNNHeads(backbone.out_channels, (h.mask_conv_dim,) * 4, 1)
-            kwargs["mask_predictor"] = MaskRCNNPredictor(h.mask_conv_dim, h.mask_conv_dim, num_classes)
+            heads["mask_roi_pool"] = ParallelMultiScaleRoIAlign(names, h.mask_pooler_resolution, h.sampling_ratio)
+            heads["mask_head"] = MaskRCNNHeads(backbone.out_channels, (h.mask_conv_dim,) * 4, 1)
+            heads["mask_predictor"] = MaskRCNNPredictor(h.mask_conv_dim, h.mask_conv_dim, num_classes)
     else:
-        kwargs["box_roi_pool"] = ParallelMultiScaleRoIAlign(["0"], h.c4_pooler_resolution, h.sampling_ratio)
-        kwargs["box_head"] = C4BoxHead(res5)
+        heads["box_roi_pool"] = ParallelMultiScaleRoIAlign(["0"], h.c4_pooler_resolution, h.sampling_ratio)
+        heads["box_head"] = C4BoxHead(res5)
         box_dim = res5.out_channels
         if m.arch == "mask_rcnn":
             # the same res5 module (shared weights) on the positive RoIs, then deconv 2x + 1x1 predictor
-            kwargs["mask_roi_pool"] = ParallelMultiScaleRoIAlign(["0"], h.c4_pooler_resolution, h.sampling_ratio)
-            kwargs["mask_head"] = res5
-            kwargs["mask_predictor"] = MaskRCNNPredictor(res5.out_channels, h.mask_conv_dim, num_classes)
-    kwargs["box_predictor"] = (ClassAgnosticPredictor(box_dim, num_classes) if h.class_agnostic_box_reg
-                               else FastRCNNPredictor(box_dim, num_classes))
-
-    ctor = MaskRCNN if m.arch == "mask_rcnn" else FasterRCNN
-    tv = ctor(backbone, num_classes=None, min_size=cfg.input.min_size_test, max_size=cfg.input.max_size_test,
-              image_mean=[0.0] * 3, image_std=[1.0] * 3, **kwargs)
-    transform = _transform(cfg, conv)
-    model = Detector(tv.backbone, tv.rpn, tv.roi_heads, transform, num_classes=m.num_classes, arch=m.arch,
-                     head=m.head, class_names=class_names)
-    model.pixel_convention = conv
-    if detector_weights:
-        report = load_detector_weights(model, detector_weights)
-        saved = report.meta.get("pixel_convention")
-        if saved and m.pixel_mean is None and m.pixel_std is None and m.channel_order is None:
-            # the checkpoint was trained with this convention (e.g. from MSRA BGR ImageNet weights)
-            conv = PixelConvention(saved["channel_order"], tuple(saved["mean"]), tuple(saved["std"]), conv.style)
-            model.transform = _transform(cfg, conv)
-            model.pixel_convention = conv
-    return model
+            heads["mask_roi_pool"] = ParallelMultiScaleRoIAlign(["0"], h.c4_pooler_resolution, h.sampling_ratio)
+            heads["mask_head"] = res5
+            heads["mask_predictor"] = MaskRCNNPredictor(res5.out_channels, h.mask_conv_dim, num_classes)
+    heads["box_predictor"] = (ClassAgnosticPredictor(box_dim, num_classes) if h.class_agnostic_box_reg
+                              else FastRCNNPredictor(box_dim, num_classes))
+    return heads
 
 
 def inference_kwargs(cfg) -> Dict[str, Any]:

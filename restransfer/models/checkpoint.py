@@ -10,7 +10,7 @@ import logging
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +20,8 @@ from ..serialization import load_torch_file, verify_checksum
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_detector_weights", "CLASS_DEPENDENT", "DetectorLoadReport"]
+__all__ = ["load_detector_weights", "read_detector_checkpoint", "apply_detector_state", "CLASS_DEPENDENT",
+           "DetectorLoadReport"]
 
 # layers whose shape depends on the number of classes
 CLASS_DEPENDENT = (
@@ -65,6 +66,13 @@ def load_detector_weights(model: nn.Module, source: str) -> DetectorLoadReport:
     (e.g. a Mask R-CNN checkpoint's mask head loaded into a Faster R-CNN) are logged and skipped.
     """
     sd, meta = read_detector_checkpoint(source)
+    return apply_detector_state(model, sd, source, meta)
+
+
+def apply_detector_state(model: nn.Module, sd: Dict[str, Tensor], source: str,
+                         meta: Optional[Dict[str, Any]] = None) -> DetectorLoadReport:
+    """Load a state dict read by :func:`read_detector_checkpoint` from ``source`` into ``model``, with the
+    rules of :func:`load_detector_weights`; ``meta`` goes into the report."""
     for prefix in ("module.", "model."):
         if sd and all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}
@@ -99,7 +107,7 @@ def load_detector_weights(model: nn.Module, source: str) -> DetectorLoadReport:
         logger.warning("%s: the checkpoint has another number of classes; re-initialized the class-dependent "
                        "layers %s (everything else loaded)", source, ", ".join(layers))
     return DetectorLoadReport(source=str(source), reinitialized=sorted({k.rsplit(".", 1)[0] for k in reinit}),
-                              unexpected=unexpected, meta=meta)
+                              unexpected=unexpected, meta=dict(meta or {}))
 
 
 @torch.no_grad()

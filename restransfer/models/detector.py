@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from ..backbone.norms import freeze_batchnorm
+from ..backbone.weights import PixelConvention
 from ..devices import precision_dtype
 from .fused import fuse_modules
 from .postprocess import use_fast_postprocess
@@ -59,12 +60,16 @@ def validate_targets(targets: Sequence[Dict[str, Tensor]], num_classes: int, wit
 class Detector(GeneralizedRCNN):
     """Faster/Mask R-CNN (C4 or FPN). Build it with :func:`restransfer.models.build_model`.
 
-    Extra attributes: ``num_classes`` (foreground classes), ``arch``, ``head``, ``class_names``.
+    Extra attributes: ``num_classes`` (foreground classes), ``arch``, ``head``, ``class_names`` and
+    ``pixel_convention`` (the :class:`~restransfer.backbone.PixelConvention` ``transform`` applies, which
+    training checkpoints record).
     """
 
     def __init__(self, backbone: nn.Module, rpn: nn.Module, roi_heads: nn.Module, transform: nn.Module, *,
-                 num_classes: int, arch: str, head: str, class_names: Optional[List[str]] = None) -> None:
+                 num_classes: int, arch: str, head: str, class_names: Optional[List[str]] = None,
+                 pixel_convention: Optional[PixelConvention] = None) -> None:
         super().__init__(backbone, rpn, roi_heads, transform)
+        self.pixel_convention = pixel_convention
         self.num_classes = num_classes
         self.arch = arch
         self.head = head
