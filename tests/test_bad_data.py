@@ -382,3 +382,22 @@ def test_clsloc_xml_and_csv_non_finite_coordinates_are_errors(tmp_path, value):
                                      [{**img, "objects": [(order[0], (value, 6, 40, 30))]}])
     with pytest.raises(LocFormatError, match=rf"LOC_val_solution\.csv:2: coordinate '{value}' is not a finite"):
         read_kaggle_solution(csv_path, synsets)
+
+
+BILLION_LAUGHS = ('<?xml version="1.0"?>\n<!DOCTYPE annotation [\n<!ENTITY a "ha">\n'
+                  '<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">\n<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">\n]>\n'
+                  '<annotation><filename>&c;</filename></annotation>\n')
+EXTERNAL_ENTITY = ('<?xml version="1.0"?>\n<!DOCTYPE annotation [<!ENTITY secret SYSTEM "file:///etc/passwd">]>\n'
+                   '<annotation><filename>&secret;</filename></annotation>\n')
+
+
+@pytest.mark.parametrize("text", [BILLION_LAUGHS, EXTERNAL_ENTITY], ids=["billion-laughs", "external-entity"])
+def test_ilsvrc_xml_with_entities_is_refused_by_both_tasks(tmp_path, text):
+    wnids, names, order = make_classes(3)
+    synsets = read_synsets(write_map_clsloc(tmp_path / "map_clsloc.txt", order, dict(zip(wnids, names))))
+    path = tmp_path / "e.xml"
+    path.write_text(text)
+    with pytest.raises(LocFormatError, match=r"e\.xml:2: DOCTYPE/entity declarations are not allowed"):
+        read_loc_xml(path, synsets)
+    with pytest.raises(DetFormatError, match=r"e\.xml:2: DOCTYPE/entity declarations are not allowed"):
+        read_annotation(path)

@@ -229,7 +229,7 @@ def masks_to_rle(masks: Any, threshold: float = 0.5) -> List[Dict[str, Any]]:
     Returns:
         N dicts ``{"size": [H, W], "counts": str}`` (json-ready), encoded one mask at a time
         (:func:`restransfer.rle.encode_masks`); detectors' outputs are better encoded box by box
-        before they reach full size (:func:`restransfer.models.fast.paste_masks_binary`).
+        before they reach full size (:func:`restransfer.models.postprocess.paste_masks_binary`).
     """
     return encode_masks(masks, threshold)
 
