@@ -407,12 +407,9 @@ def _validate_choices(cfg: DictConfig) -> None:
 
 
 def _validate_solver(s: DictConfig) -> None:
-    positive = {"solver.ims_per_batch": s.ims_per_batch, "solver.max_iter": s.max_iter, "solver.base_lr": s.base_lr}
-    if s.ims_per_device is not None:
-        positive["solver.ims_per_device"] = s.ims_per_device
-    for key, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"{key}: {value} must be greater than 0")
+    for key in ("ims_per_batch", "ims_per_device", "max_iter", "base_lr"):
+        if s[key] is not None and not s[key] > 0:  # ims_per_device may be None (auto)
+            raise ConfigError(f"solver.{key}: {s[key]} must be greater than 0")
     for key in ("warmup_iters", "checkpoint_period", "keep_last"):
         if s[key] < 0:
             raise ConfigError(f"solver.{key}: {s[key]} must be 0 or more")
