@@ -184,7 +184,8 @@ def verify_export(model: nn.Module, exported: Union[str, os.PathLike], size: Tup
     Returns ``{"detections": eager count, "agreement": fraction matched one-to-one with the same label
     at IoU > 0.9, "max_box_difference_px": ..., "max_score_difference": ...}``.
     """
-    from .benchmark import detection_agreement, synthetic_batch
+    from .benchmark.agreement import detection_agreement
+    from .benchmark.synthetic import synthetic_batch
 
     image = synthetic_batch((int(size[0]), int(size[1])), 1, seed=seed)[0][0]
     reference = prepare_for_export(model)

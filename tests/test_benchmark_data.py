@@ -10,9 +10,9 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 
-import restransfer.benchmark_data as benchmark_data
-from restransfer.benchmark_data import (format_loader_report, generate_coco_folder, missing_training_data,
-                                        run_loader_benchmark)
+import restransfer.benchmark.data as benchmark_data
+from restransfer.benchmark import (format_loader_report, generate_coco_folder, missing_training_data,
+                                   run_loader_benchmark)
 from restransfer.config import load_config
 from restransfer.data.coco import CocoDataset
 

@@ -8,9 +8,9 @@
     python tools/benchmark.py CONFIG --data --workers 1,2    # the training data loader's images/s
 
 Both models get the same weights (random and calibrated unless --weights or model.weights is given) and
-the same synthetic image; their runs alternate. See restransfer/benchmark.py for what is measured.
+the same synthetic image; their runs alternate. See restransfer/benchmark/model.py for what is measured.
 --data times the config's training loader instead (decode, augment, collate) with 0 and N workers, on
-data.train or, when that is missing, on generated COCO-sized JPEGs (restransfer/benchmark_data.py).
+data.train or, when that is missing, on generated COCO-sized JPEGs (restransfer/benchmark/data.py).
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from restransfer.benchmark import as_json, format_report, run_benchmark
-from restransfer.benchmark_data import format_loader_report, loader_report_json, run_loader_benchmark
+from restransfer.benchmark import (as_json, format_loader_report, format_report, loader_report_json, run_benchmark,
+                                   run_loader_benchmark)
 from restransfer.cli import config_from_args, model_parser, run_tool
 
 

@@ -19,7 +19,7 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from restransfer.cli import run_tool
-from restransfer.evaluation.benchmark import compare_engines, synthetic_eval_set
+from restransfer.benchmark.coco_eval import compare_engines, synthetic_eval_set
 
 
 def _run(name: str, images: int, dets: int, categories: int, iou_type: str, seed: int) -> bool:

@@ -8,8 +8,8 @@ figure is the most the loader can supply: a GPU that consumes more images per se
 wait for data.
 
 The images are those of the config's ``data.train``; when that data is not on disk, a COCO-layout
-folder of synthetic JPEGs at COCO's sizes is generated instead (:func:`generate_coco_folder`: 640x480
-and 480x640, about 150 KB each as COCO's are, 1-14 polygon objects per image) and the report says so.
+folder of synthetic JPEGs at COCO's sizes is generated instead
+(:func:`~restransfer.benchmark.synthetic.generate_coco_folder`) and the report says so.
 Augmentation follows the config (``input.min_size_train``, ``max_size_train``, flip, colour jitter),
 masks are decoded when the model predicts them (``data.with_masks``), and ``pin_memory`` follows
 ``device`` as in training.
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import json
 import os
 import statistics
 import tempfile
@@ -33,38 +32,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
 
-from .benchmark import machine_description
-from .config import DatasetSpec, resolve_path
-from .data.build import build_train_dataset, build_train_loader, uses_masks
+from ..config import DatasetSpec, resolve_path
+from ..data.build import build_train_dataset, build_train_loader, uses_masks
+from .report import machine_description
+from .synthetic import generate_coco_folder
 
 try:
     import resource
 except ImportError:  # Windows: no getrusage; CPU time per image is then not reported
     resource = None
 
-__all__ = ["GeneratedFolder", "LoaderMeasurement", "generate_coco_folder", "missing_training_data",
-           "time_loader", "run_loader_benchmark", "format_loader_report", "loader_report_json"]
-
-# COCO's images are mostly 640 px on the long side, about two thirds of them landscape
-COCO_SIZES = ((480, 640), (640, 480))
-_LANDSCAPE_SHARE = 2 / 3
-
-
-@dataclass
-class GeneratedFolder:
-    """A folder written by :func:`generate_coco_folder`."""
-
-    json: str
-    image_root: str
-    num_images: int
-    sizes: List[Tuple[int, int]]  # the (H, W) image sizes used
-    mean_file_kb: float
-    objects_per_image: float
+__all__ = ["LoaderMeasurement", "missing_training_data", "time_loader", "run_loader_benchmark"]
 
 
 @dataclass
@@ -84,87 +65,6 @@ class LoaderMeasurement:
     # prefetched but never taken count too, so it is an upper bound. Unlike images/s it hardly depends on
     # what else the machine runs: 1000 / cpu_ms_per_image is what one core of its own would supply.
     cpu_ms_per_image: Optional[float] = None
-
-
-# ------------------------------------------------------------------------------------ generated data
-
-
-def _photo_like(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Float32 (h, w, 3) texture with detail at every scale, so that a JPEG of it has a photo's size
-    and decoding cost (a flat image decodes several times faster, pure noise slower)."""
-    img = np.empty((h, w, 3), dtype=np.float32)
-    img[:] = rng.uniform(60, 190, size=3)
-    for cells, amplitude in ((2, 50), (6, 30), (24, 18), (96, 16), (240, 10)):
-        gh, gw = max(2, cells * h // max(h, w)), max(2, cells * w // max(h, w))
-        grid = rng.normal(0, amplitude, size=(gh, gw, 3)).astype(np.float32)
-        img += cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
-    return img
-
-
-def _polygon(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """A star-shaped polygon (K, 2) of 8-16 vertices, float xy, inside the image."""
-    bw, bh = rng.uniform(0.05, 0.6) * w, rng.uniform(0.05, 0.6) * h
-    cx, cy = rng.uniform(bw / 2, w - bw / 2), rng.uniform(bh / 2, h - bh / 2)
-    k = int(rng.integers(8, 17))
-    angles = np.sort(rng.uniform(0, 2 * np.pi, size=k))
-    radius = rng.uniform(0.6, 1.0, size=k)
-    pts = np.stack([cx + 0.5 * bw * radius * np.cos(angles), cy + 0.5 * bh * radius * np.sin(angles)], axis=1)
-    return np.clip(pts, 0, [w - 1, h - 1])
-
-
-def generate_coco_folder(root: Union[str, os.PathLike], num_images: int, *, num_classes: int = 80,
-                         sizes: Sequence[Tuple[int, int]] = COCO_SIZES, max_objects: int = 14, quality: int = 90,
-                         seed: int = 0) -> GeneratedFolder:
-    """Write ``num_images`` synthetic JPEGs with COCO annotations (boxes and polygon segmentations).
-
-    Layout: ``root/images/000001.jpg ...`` and ``root/annotations/train.json``; categories 1..K named
-    ``class_1``... Image ``i`` has ``sizes[0]`` (H, W) with probability 2/3, else ``sizes[1]``, and
-    1..``max_objects`` objects (COCO averages 7.3 per image). Everything is a function of ``seed``.
-    """
-    if num_images < 1 or num_classes < 1 or max_objects < 1:
-        raise ValueError(f"generate_coco_folder: num_images ({num_images}), num_classes ({num_classes}) and "
-                         f"max_objects ({max_objects}) must be at least 1")
-    if not sizes or any(len(s) != 2 or min(s) < 16 for s in sizes):
-        raise ValueError(f"generate_coco_folder: sizes {list(sizes)} must be (H, W) pairs of at least 16 px")
-    root = Path(root)
-    image_dir, ann_dir = root / "images", root / "annotations"
-    image_dir.mkdir(parents=True, exist_ok=True)
-    ann_dir.mkdir(parents=True, exist_ok=True)
-    images, annotations, file_bytes = [], [], 0
-    for i in range(int(num_images)):
-        rng = np.random.default_rng(np.random.SeedSequence([seed, i]))
-        h, w = sizes[0] if len(sizes) == 1 or rng.random() < _LANDSCAPE_SHARE else sizes[1]
-        img = _photo_like(rng, h, w)
-        image_id = i + 1
-        for _ in range(int(rng.integers(1, max_objects + 1))):
-            poly = np.round(_polygon(rng, h, w), 2)  # as written to the json, so that the box is the polygon's
-            mask = np.zeros((h, w), dtype=np.uint8)
-            cv2.fillPoly(mask, [np.round(poly).astype(np.int32)], 1)
-            inside = mask.astype(bool)
-            # blend a colour into the texture: objects keep detail, as in photos
-            img[inside] = 0.5 * img[inside] + 0.5 * rng.uniform(0, 255, size=3).astype(np.float32)
-            rle = mask_util.frPyObjects([poly.ravel().tolist()], h, w)[0]
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": int(rng.integers(num_classes)) + 1,
-                "bbox": [float(v) for v in mask_util.toBbox(rle)], "area": float(mask_util.area(rle)),
-                "segmentation": [[float(v) for v in poly.ravel()]], "iscrowd": 0,
-            })
-        img += rng.normal(0, 16, size=img.shape).astype(np.float32)  # sensor noise and fine texture
-        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(np.clip(img, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR),
-                                [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-        if not ok:
-            raise OSError(f"OpenCV could not encode {image_dir / f'{image_id:06d}.jpg'}")
-        (image_dir / f"{image_id:06d}.jpg").write_bytes(jpeg.tobytes())
-        file_bytes += len(jpeg)
-        images.append({"id": image_id, "file_name": f"{image_id:06d}.jpg", "height": h, "width": w})
-    data = {"info": {"description": f"restransfer loader-benchmark images, seed {seed}"}, "images": images,
-            "annotations": annotations,
-            "categories": [{"id": k + 1, "name": f"class_{k + 1}", "supercategory": "none"} for k in range(num_classes)]}
-    json_path = ann_dir / "train.json"
-    json_path.write_text(json.dumps(data), encoding="utf-8")
-    used = sorted({(im["height"], im["width"]) for im in images}, key=lambda hw: -hw[1])
-    return GeneratedFolder(json=str(json_path), image_root=str(image_dir), num_images=len(images), sizes=used,
-                           mean_file_kb=file_bytes / len(images) / 1024, objects_per_image=len(annotations) / len(images))
 
 
 def missing_training_data(cfg) -> Optional[str]:
@@ -285,44 +185,3 @@ def run_loader_benchmark(cfg, workers: Sequence[int] = (2,), images_per_round: i
               "machine": machine_description(torch.device("cpu")), "cpus": cpus,
               "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
     return {"config": config, "data": data, "measurements": measurements}
-
-
-# ------------------------------------------------------------------------------------ reporting
-
-
-def loader_report_json(result: Dict[str, Any]) -> Dict[str, Any]:
-    """The result with measurements as plain dicts (for ``json.dump``)."""
-    return {**result, "measurements": [asdict(m) for m in result["measurements"]]}
-
-
-def format_loader_report(result: Dict[str, Any]) -> str:
-    """The measurements as a table, rounded for people."""
-    c, d = result["config"], result["data"]
-    if d["source"] == "generated":
-        sizes = " and ".join(f"{w}x{h}" for h, w in d["sizes"])
-        source = (f"a generated COCO-layout folder ({d['reason']}): {d['num_images']} JPEGs of {sizes}, "
-                  f"mean {d['mean_file_kb']:.0f} KB, {d['objects_per_image']:.1f} objects per image")
-    else:
-        source = f"the config's data.train ({', '.join(d['train'])}), {d['images']} images"
-    sizes = c["min_size_train"]
-    short = f"{sizes[0]}" if len(sizes) == 1 else f"one of {sizes[0]}..{sizes[-1]} ({len(sizes)} sizes)"
-    lines = [
-        f"training loader on {source}",
-        f"input: short side {short}, long side <= {c['max_size_train']}, flip {c['hflip_prob']:g}, "
-        f"colour jitter {c['color_jitter']:g}, masks {'yes' if c['masks'] else 'no'}, "
-        f"{c['images_per_batch']} images per batch, pin_memory {'on' if c['pin_memory'] else 'off'}",
-        f"{c['rounds']} timed rounds of {c['images_per_round']} images after {c['warmup']} untimed, per worker count; "
-        f"{c['machine']}, {c['cpus']} CPUs available"
-        + (", load average {:.2f} {:.2f} {:.2f}".format(*c["load_average"]) if c.get("load_average") else ""),
-        f"{'workers':<10}{'img/s median':>14}{'slowest round':>15}{'per worker':>12}{'CPU ms/img':>12}{'images':>8}"
-        f"{'mean size':>12}",
-    ]
-    for m in result["measurements"]:
-        name = "0 (main)" if m.workers == 0 else str(m.workers)
-        h, w = m.mean_image_hw
-        cpu = "n/a" if m.cpu_ms_per_image is None else f"{m.cpu_ms_per_image:.1f}"
-        lines.append(f"{name:<10}{m.images_per_s_median:>14.1f}{m.images_per_s_min:>15.1f}"
-                     f"{m.images_per_s_per_worker:>12.1f}{cpu:>12}{sum(m.round_images):>8d}{f'{h:.0f}x{w:.0f}':>12}")
-    lines.append("CPU ms/img: CPU time of all the loader's processes per image (start-up included); 1000 / it is "
-                 "what one otherwise idle core supplies")
-    return "\n".join(lines) + "\n"

@@ -1,0 +1,98 @@
+"""Benchmark results for people (tables rounded for reading) and for files (plain dicts for ``json.dump``),
+and the description of the machine they ran on."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from typing import Any, Dict
+
+import torch
+
+__all__ = ["machine_description", "as_json", "format_report", "loader_report_json", "format_loader_report"]
+
+
+def machine_description(device: torch.device) -> str:
+    """The GPU's name, or the CPU model with its core count, torch version and SIMD level."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import platform
+    return f"{name or platform.processor() or 'CPU'}, {os.cpu_count()} logical cores, " \
+           f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()})"
+
+
+def as_json(result: Dict[str, Any]) -> Dict[str, Any]:
+    """The result with measurements as plain dicts (for ``json.dump``)."""
+    out = dict(result)
+    out["measurements"] = {k: asdict(v) for k, v in result["measurements"].items()}
+    return out
+
+
+def format_report(result: Dict[str, Any]) -> str:
+    """A table of the measurements, rounded for people."""
+    c = result["config"]
+    lines = [f"{c['arch']} {c['head']} R{c['depth']} {c['mode']} on {c['device']} ({c['machine']}), "
+             f"{c['threads']} threads, input {c['image_size'][0]}x{c['image_size'][1]} x{c['batch']}"
+             + (f", test size {c['min_size_test']}" if c["mode"] == "inference" else "")
+             + (", random weights" if c["random_weights"] else "")]
+    lines.append(f"{'model':<18}{'img/s':>8}{'median s':>10}{'p25-p75 s':>14}{'min-max s':>14}{'GFLOP/img':>11}"
+                 f"{'GFLOP/s':>9}{'peak MB':>9}{'ratio':>8}")
+    ratios = result.get("ratios", {})
+    for name, m in result["measurements"].items():
+        ratio = f"{ratios[name]:.3f}x" if name in ratios else ("1" if ratios else "")
+        lines.append(f"{name:<18}{m.images_per_s:>8.3f}{m.latency_median:>10.3f}"
+                     f"{f'{m.latency_p25:.2f}-{m.latency_p75:.2f}':>14}{f'{m.latency_min:.2f}-{m.latency_max:.2f}':>14}"
+                     f"{m.flops_per_image / 1e9:>11.1f}{m.gflops_per_s:>9.1f}{m.peak_memory_mb:>9.0f}{ratio:>8}")
+    for name, a in result.get("agreement", {}).items():
+        lines.append(f"agreement of {name} with torchvision (same label, IoU > 0.9): {100 * a['fraction']:.1f}% "
+                     f"of {sum(result['detections'][name])} detections; max box difference "
+                     f"{a['max_box_difference_px']:.2e} px")
+    if not ratios:
+        lines.append(f"reference: {result['reference']}")
+    return "\n".join(lines) + "\n"
+
+
+def loader_report_json(result: Dict[str, Any]) -> Dict[str, Any]:
+    """The result with measurements as plain dicts (for ``json.dump``)."""
+    return {**result, "measurements": [asdict(m) for m in result["measurements"]]}
+
+
+def format_loader_report(result: Dict[str, Any]) -> str:
+    """The measurements as a table, rounded for people."""
+    c, d = result["config"], result["data"]
+    if d["source"] == "generated":
+        sizes = " and ".join(f"{w}x{h}" for h, w in d["sizes"])
+        source = (f"a generated COCO-layout folder ({d['reason']}): {d['num_images']} JPEGs of {sizes}, "
+                  f"mean {d['mean_file_kb']:.0f} KB, {d['objects_per_image']:.1f} objects per image")
+    else:
+        source = f"the config's data.train ({', '.join(d['train'])}), {d['images']} images"
+    sizes = c["min_size_train"]
+    short = f"{sizes[0]}" if len(sizes) == 1 else f"one of {sizes[0]}..{sizes[-1]} ({len(sizes)} sizes)"
+    lines = [
+        f"training loader on {source}",
+        f"input: short side {short}, long side <= {c['max_size_train']}, flip {c['hflip_prob']:g}, "
+        f"colour jitter {c['color_jitter']:g}, masks {'yes' if c['masks'] else 'no'}, "
+        f"{c['images_per_batch']} images per batch, pin_memory {'on' if c['pin_memory'] else 'off'}",
+        f"{c['rounds']} timed rounds of {c['images_per_round']} images after {c['warmup']} untimed, per worker count; "
+        f"{c['machine']}, {c['cpus']} CPUs available"
+        + (", load average {:.2f} {:.2f} {:.2f}".format(*c["load_average"]) if c.get("load_average") else ""),
+        f"{'workers':<10}{'img/s median':>14}{'slowest round':>15}{'per worker':>12}{'CPU ms/img':>12}{'images':>8}"
+        f"{'mean size':>12}",
+    ]
+    for m in result["measurements"]:
+        name = "0 (main)" if m.workers == 0 else str(m.workers)
+        h, w = m.mean_image_hw
+        cpu = "n/a" if m.cpu_ms_per_image is None else f"{m.cpu_ms_per_image:.1f}"
+        lines.append(f"{name:<10}{m.images_per_s_median:>14.1f}{m.images_per_s_min:>15.1f}"
+                     f"{m.images_per_s_per_worker:>12.1f}{cpu:>12}{sum(m.round_images):>8d}{f'{h:.0f}x{w:.0f}':>12}")
+    lines.append("CPU ms/img: CPU time of all the loader's processes per image (start-up included); 1000 / it is "
+                 "what one otherwise idle core supplies")
+    return "\n".join(lines) + "\n"
