@@ -15,7 +15,6 @@ hold 0..255 (uint8) or 0..65535 (uint16); float arrays 0..1.
 from __future__ import annotations
 
 import copy
-import logging
 import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
@@ -27,11 +26,9 @@ from torch import Tensor
 
 from .config import load_config
 from .data.image_io import read_image
-from .devices import precision_dtype, resolve_device
-from .models import build_model, inference_kwargs
+from .devices import resolve_device
+from .engine.inference import build_eval_model
 from .models.postprocess import check_mask_format, deferred_mask_paste, detection_masks
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["Predictor", "ImageInput", "to_rgb_uint8", "checkpoint_class_names"]
 
@@ -159,16 +156,7 @@ class Predictor:
             class_names = checkpoint_class_names(cfg.model.weights)
         if class_names is not None and len(class_names) != cfg.model.num_classes:
             raise ValueError(f"{len(class_names)} class names for model.num_classes = {cfg.model.num_classes}")
-        if not cfg.model.weights:
-            logger.warning("Predictor: no weights given (weights=... or model.weights); the detector is untrained")
-        model = build_model(cfg, class_names=class_names).to(self.device).eval()
-        kwargs = inference_kwargs(cfg)
-        if optimize is not None:
-            kwargs.update(fold_bn=optimize, fuse=optimize, channels_last=optimize)
-        if precision is not None:
-            precision_dtype(precision)
-            kwargs["precision"] = precision
-        model.optimize_for_inference(**kwargs)
+        model = build_eval_model(cfg, None, class_names, self.device, optimize=optimize, precision=precision)
         # scores at or below the threshold are dropped anyway; dropping them before NMS and the mask head
         # saves work without changing what is kept (NMS only lets a box suppress lower-scoring ones)
         model.roi_heads.score_thresh = max(float(model.roi_heads.score_thresh), self.threshold)

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from ..devices import autocast_context, resolve_device, resolve_precision  # the last two re-exported
+from ..devices import autocast_context, precision_dtype, resolve_device, resolve_precision  # noqa: F401 (re-exported)
 from ..models.postprocess import deferred_mask_paste, detection_masks
 from .distributed import all_gather_object, get_rank, get_world_size, is_main_process
 
@@ -67,19 +67,27 @@ def inference_on_dataset(model: nn.Module, loader, device: torch.device, precisi
     return predictions
 
 
-def build_eval_model(cfg, weights: Optional[str], class_names: Optional[List[str]], device: torch.device) -> nn.Module:
-    """The model of ``cfg`` with ``weights`` (a checkpoint) loaded and prepared for inference: the fast
-    paths when ``cfg.test.optimize``, and ``cfg.test.precision`` for the feature layers (scores and box
-    arithmetic stay fp32; see :meth:`~restransfer.models.Detector.optimize_for_inference`)."""
+def build_eval_model(cfg, weights: Optional[str], class_names: Optional[List[str]], device: torch.device, *,
+                     optimize: Optional[bool] = None, precision: Optional[str] = None) -> nn.Module:
+    """The model of ``cfg`` with ``weights`` (a checkpoint; default ``model.weights``) loaded and prepared for
+    inference: the fast paths when ``optimize`` (default ``cfg.test.optimize``), and ``precision`` (default
+    ``cfg.test.precision``) for the feature layers (scores and box arithmetic stay fp32; see
+    :meth:`~restransfer.models.Detector.optimize_for_inference`)."""
     from ..models import build_model, inference_kwargs
 
+    kwargs = inference_kwargs(cfg)
+    if optimize is not None:
+        kwargs.update(fold_bn=optimize, fuse=optimize, channels_last=optimize)
+    if precision is not None:
+        precision_dtype(precision)  # before the model is built
+        kwargs["precision"] = precision
     if weights:
         cfg = cfg.copy()
         OmegaConf.update(cfg, "model.weights", str(weights), merge=False)
     if not cfg.model.weights:
-        logger.warning("no detector weights given (--weights or model.weights): evaluating an untrained head")
+        logger.warning("no detector weights given (weights, --weights or model.weights): the detector is untrained")
     model = build_model(cfg, class_names=class_names).to(device)
-    return model.optimize_for_inference(**inference_kwargs(cfg))
+    return model.optimize_for_inference(**kwargs)
 
 
 def _gather(predictions: List[Dict[str, Any]], dataset) -> List[Dict[str, Any]]:
