@@ -17,7 +17,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from restransfer.evaluation.benchmark import max_metric_difference, synthetic_eval_set
+from restransfer.benchmark.coco_eval import max_metric_difference, synthetic_eval_set
 from restransfer.evaluation.coco import (
     ENGINES,
     evaluate_coco,

@@ -181,7 +181,11 @@ def test_demo_tool_writes_pngs_and_coco_results(setup, tmp_path):
 
 def test_demo_tool_empty_folder_is_a_clear_error(setup, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    code = demo_tool.main([str(setup["config"]), "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o")])
+    from restransfer.cli import run_tool
+
+    code = run_tool(demo_tool.main, [str(setup["config"]), "--input", str(tmp_path / "empty"), "--output",
+                                     str(tmp_path / "o")])
     assert code == 2
     assert "no images" in capsys.readouterr().err
-    assert demo_tool.main([str(setup["config"]), "--input", str(tmp_path / "nope"), "--output", "o"]) == 2
+    assert run_tool(demo_tool.main, [str(setup["config"]), "--input", str(tmp_path / "nope"), "--output", "o"]) == 2
+    assert str(tmp_path / "nope") in capsys.readouterr().err

@@ -181,7 +181,12 @@ def build_test_dataset(cfg: DictConfig) -> CocoDataset:
 
 
 def _pin_memory(cfg: DictConfig) -> bool:
-    return str(cfg.device).startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    from ..devices import resolve_device
+
+    try:
+        return resolve_device(cfg.device).type == "cuda"
+    except RuntimeError:  # a CUDA device where there is none: the trainer or evaluator reports it
+        return False
 
 
 def _private_generator(seed: int) -> torch.Generator:

@@ -133,18 +133,17 @@ def predict_dataset(cfg, weights: Optional[str] = None, dataset=None, model: Opt
 def evaluate_model(cfg, model: Optional[nn.Module] = None, weights: Optional[str] = None, dataset=None,
                    output_dir: Optional[str] = None, metrics_path: Optional[str] = None,
                    progress: bool = True) -> Optional[Dict[str, Any]]:
-    """Predict on the test set and evaluate with the COCO protocol (pycocotools numbers).
-
-    Writes ``coco_results.json`` (original category ids) and ``metrics.json`` into ``output_dir`` (or
-    ``metrics_path``) and prints the table. Returns the metrics on the main process, None elsewhere.
+    """Training's COCO evaluation: :func:`restransfer.evaluation.run.run_coco_evaluation` writing
+    ``coco_results.json`` (original category ids) and ``metrics.json`` into ``output_dir`` (or
+    ``metrics_path``), then the printed table. Returns the metrics on the main process, None elsewhere.
     """
-    from ..evaluation.coco import evaluate_predictions, print_metrics_table
+    from ..evaluation.coco import format_metrics_table
+    from ..evaluation.run import run_coco_evaluation
 
-    dataset, predictions = predict_dataset(cfg, weights=weights, dataset=dataset, model=model, progress=progress)
-    if not is_main_process():
-        return None
     out = Path(output_dir or cfg.output_dir)
-    metrics = evaluate_predictions(dataset, predictions, metrics_path=metrics_path or out / "metrics.json",
-                                   results_path=out / "coco_results.json")
-    print(print_metrics_table(metrics), flush=True)
+    metrics = run_coco_evaluation(cfg, weights, model=model, dataset=dataset, progress=progress,
+                                  metrics_path=metrics_path or out / "metrics.json",
+                                  results_path=out / "coco_results.json")
+    if metrics is not None:
+        print(format_metrics_table(metrics), flush=True)
     return metrics

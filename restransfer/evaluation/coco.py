@@ -54,7 +54,6 @@ __all__ = [
     "predictions_to_coco_results",
     "masks_to_rle",
     "format_metrics_table",
-    "print_metrics_table",
     "write_metrics",
     "write_json_atomic",
 ]
@@ -300,9 +299,6 @@ def format_metrics_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
                 lines.append("".join(cells).rstrip())
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
-
-
-print_metrics_table = format_metrics_table  # deprecated name: it returns the table, it prints nothing
 
 
 def _json_safe(value: Any) -> Any:

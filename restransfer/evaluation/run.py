@@ -42,7 +42,8 @@ __all__ = ["run_coco_evaluation", "DetModelEvaluation", "run_imagenet_det_evalua
 
 def run_coco_evaluation(cfg, weights: Optional[str] = None, *, iou_types: Optional[Sequence[str]] = None,
                         engine: str = "auto", metrics_path: Optional[os.PathLike | str] = None,
-                        results_path: Optional[os.PathLike | str] = None) -> Optional[Dict[str, Any]]:
+                        results_path: Optional[os.PathLike | str] = None, model: Optional[Any] = None,
+                        dataset: Optional[Any] = None, progress: bool = True) -> Optional[Dict[str, Any]]:
     """The COCO protocol on the config's test set.
 
     Args:
@@ -53,13 +54,16 @@ def run_coco_evaluation(cfg, weights: Optional[str] = None, *, iou_types: Option
         metrics_path: where ``metrics.json`` goes (default ``cfg.output_dir/metrics.json``).
         results_path: where the COCO results json goes (default ``coco_instances_results.json`` beside the
             metrics).
+        model, dataset: an already built model (e.g. the one being trained) and test dataset to use instead
+            of building them from the config.
+        progress: show a progress bar.
 
     Returns:
         the metrics of :func:`restransfer.evaluation.coco.evaluate_coco` on the main process, None elsewhere.
     """
     metrics_path = Path(metrics_path) if metrics_path else Path(cfg.output_dir) / "metrics.json"
     results_path = Path(results_path) if results_path else metrics_path.with_name("coco_instances_results.json")
-    dataset, predictions = predict_dataset(cfg, weights)
+    dataset, predictions = predict_dataset(cfg, weights, dataset=dataset, model=model, progress=progress)
     if not is_main_process():
         return None
     return evaluate_coco_predictions(dataset, predictions, iou_types=iou_types, engine=engine,
