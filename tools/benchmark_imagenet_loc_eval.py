@@ -11,13 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
-import tempfile
-import time
 from pathlib import Path
-
-import numpy as np
 
 try:
     import restransfer  # noqa: F401
@@ -37,94 +32,15 @@ def main(argv=None) -> int:
     p.add_argument("--output", help="write the timings as json")
     args = p.parse_args(argv)
 
-    from restransfer.boxes import devkit_to_xyxy
-    from restransfer.data.imagenet_loc import (
-        LocImage, Synsets, read_devkit_annotations, read_kaggle_solution,
-    )
-    from restransfer.evaluation.imagenet_loc import (
-        evaluate_localization, pack_ground_truth, read_devkit_submission, read_kaggle_submission,
-    )
-    from restransfer.localization import (
-        LocGuesses, classifier_guesses, detector_guesses, gt_class_guesses, write_devkit_submission,
-        write_kaggle_submission,
-    )
+    from restransfer.benchmark import LOC_EVALUATE_STEP, run_loc_eval_benchmark
 
-    rng = np.random.default_rng(args.seed)
-    n, k = args.images, args.classes
-    wnids = tuple(f"n{10000000 + 7919 * i:08d}" for i in range(k))
-    synsets = Synsets(wnids, wnids, "map_clsloc")
-    names = [f"ILSVRC2012_val_{i:08d}" for i in range(1, n + 1)]
-    sizes = rng.integers(200, 500, (n, 2))
-    labels = rng.integers(0, k, n)
-    images = []
-    for i in range(n):
-        m = int(rng.integers(1, 4))
-        xy = rng.integers(0, 100, (m, 2))
-        wh = rng.integers(10, 100, (m, 2))
-        boxes = np.concatenate([xy, xy + wh], 1).astype(np.float64)
-        images.append(LocImage(names[i], f"val/{names[i]}.JPEG", (wnids[labels[i]],), (wnids[labels[i]],) * m,
-                               boxes, int(sizes[i, 0]), int(sizes[i, 1])))
-    # guesses: the right class at a random rank (or not at all) with a jittered box, other classes elsewhere
-    guesses = LocGuesses.empty(np.arange(1, n + 1))
-    for i, im in enumerate(images):
-        classes = rng.choice(k, 5, replace=False)
-        rank = rng.integers(0, 7)
-        if rank < 5:
-            classes[rank] = labels[i]
-        guesses.wnids[i] = [wnids[c] for c in classes]
-        guesses.boxes[i] = devkit_to_xyxy(im.boxes[0]) + rng.normal(0, 8, (5, 4))
-    timings = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        solution = tmp / "LOC_val_solution.csv"
-        with open(solution, "w") as f:
-            f.write("ImageId,PredictionString\n")
-            for im in images:
-                f.write(im.name + "," + " ".join(f"{w} " + " ".join(str(int(v)) for v in b)
-                                                 for w, b in zip(im.box_wnids, im.boxes)) + "\n")
-        write_devkit_submission(tmp / "sub.txt", guesses, synsets)
-        write_kaggle_submission(tmp / "sub.csv", guesses, names)
-
-        def timed(name, fn):
-            t = time.perf_counter()
-            out = fn()
-            timings[name] = time.perf_counter() - t
-            print(f"{name:>32s}: {timings[name]:7.3f} s", flush=True)
-            return out
-
-        gt_images = timed("read Kaggle solution csv", lambda: read_kaggle_solution(solution, synsets))
-        gt = timed("pack ground truth", lambda: pack_ground_truth(gt_images, synsets))
-        sub = timed("read devkit submission txt", lambda: read_devkit_submission(tmp / "sub.txt", synsets, n))
-        sub_csv = timed("read Kaggle submission csv", lambda: read_kaggle_submission(tmp / "sub.csv", synsets, gt.names))
-        blacklist = np.sort(rng.choice(n, n // 50, replace=False))
-        metrics = timed("evaluate (top-1 and top-5)", lambda: evaluate_localization(gt, sub, blacklist=blacklist))
-        assert metrics == evaluate_localization(gt, sub_csv, blacklist=blacklist)
-        print("  metrics:", {key: round(v, 3) for key, v in metrics.items()})
-        if args.xml:
-            xml_dir = tmp / "Annotations" / "CLS-LOC" / "val"
-            xml_dir.mkdir(parents=True)
-            for im in images:
-                objs = "".join(f"<object><name>{w}</name><bndbox><xmin>{int(b[0])}</xmin><ymin>{int(b[1])}</ymin>"
-                               f"<xmax>{int(b[2])}</xmax><ymax>{int(b[3])}</ymax></bndbox></object>"
-                               for w, b in zip(im.box_wnids, im.boxes))
-                (xml_dir / f"{im.name}.xml").write_text(
-                    f"<annotation><size><width>{im.width}</width><height>{im.height}</height></size>{objs}</annotation>")
-            timed("read devkit XML folder", lambda: read_devkit_annotations(xml_dir, synsets))
-
-        det = args.detections
-        preds = [{"image_id": i + 1, "boxes": np.tile(devkit_to_xyxy(im.boxes[:1]), (det, 1)).astype(np.float32),
-                  "scores": rng.random(det).astype(np.float32), "labels": rng.integers(1, k + 1, det)}
-                 for i, im in enumerate(images)]
-        lut = {j + 1: w for j, w in enumerate(wnids)}
-        size_of = {i + 1: (im.width, im.height) for i, im in enumerate(images)}
-        scores = rng.random((n, k), dtype=np.float32)
-        timed("localize: detector mode", lambda: detector_guesses(preds, lut))
-        timed("localize: classifier mode", lambda: classifier_guesses(preds, scores, lut, size_of))
-        timed("localize: gt_class mode", lambda: gt_class_guesses(
-            preds, {i + 1: im.labels for i, im in enumerate(images)}, lut, size_of))
-    timings["machine"] = f"{platform.processor() or platform.machine()}, {platform.python_version()}"
+    out = run_loc_eval_benchmark(args.images, args.classes, args.detections, xml=args.xml, seed=args.seed)
+    for name, seconds in out.seconds.items():
+        print(f"{name:>32s}: {seconds:7.3f} s")
+        if name == LOC_EVALUATE_STEP:
+            print("  metrics:", {key: round(v, 3) for key, v in out.metrics.items()})
     if args.output:
-        Path(args.output).write_text(json.dumps(timings, indent=2) + "\n")
+        Path(args.output).write_text(json.dumps(out.as_json(), indent=2) + "\n")
     return 0
 
 
