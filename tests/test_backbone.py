@@ -9,7 +9,8 @@ from restransfer.backbone import ResNet, FrozenBatchNorm2d, resnet_c4, resnet_fp
 PAPER_GMACS = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}
 
 
-@pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])
+@pytest.mark.parametrize("depth", [18, 34, 50, pytest.param(101, marks=pytest.mark.slow),
+                                   pytest.param(152, marks=pytest.mark.slow)])
 def test_caffe_style_multiply_adds_match_paper(depth):
     model = ResNet(depth, style="caffe", num_classes=1000).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():

@@ -20,13 +20,12 @@ from torchvision.ops import box_iou
 import restransfer.models as models
 from restransfer.benchmark import detection_agreement
 from restransfer.config import load_config
-from restransfer.data.shapes import generate_shapes
 from restransfer.engine import Checkpointer, train
 from restransfer.export import export_onnx, export_outputs, export_torchscript, prepare_for_export
 
-from tiny_detectors import single_thread  # noqa: F401  (autouse fixture)
 from tiny_detectors import REPO, tiny_model
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # small models: one intra-op thread (conftest.py)
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MAX_ITER = 3
@@ -55,25 +54,15 @@ def _exact_fp32(device: str):
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    generate_shapes(root, num_train=8, num_val=2, image_size=64, seed=3)
-    return root
-
-
-def _train_config(shapes, out, device: str, precision: str = "fp32", channels_last: bool = False):
-    """The COCO Mask R-CNN R-FPN config (frozen BN, stem and res2 frozen) made tiny: ResNet-18, 64 px."""
-    return load_config(REPO / "configs" / "coco_mask_rcnn_r101_fpn.yaml", [
-        "model.backbone.depth=18", "model.backbone.weights=null", "model.num_classes=3", "model.fpn_out_channels=32",
-        "model.anchor.sizes=[8,16,32,64,128]", "model.rpn.pre_nms_top_n_train=64", "model.rpn.post_nms_top_n_train=32",
-        "model.roi_heads.batch_size_per_image=16", "model.roi_heads.fpn_representation_size=64",
-        "model.roi_heads.mask_conv_dim=16",
-        f"data.train=[{{json: {shapes}/annotations/train.json, image_root: {shapes}/train}}]", "data.test=null",
-        "data.num_workers=0", "input.min_size_train=[64]", "input.max_size_train=64", "solver.ims_per_batch=2",
-        f"solver.max_iter={MAX_ITER}", "solver.base_lr=0.01", "solver.warmup_iters=0", "solver.steps=[]",
-        "solver.checkpoint_period=0", f"solver.precision={precision}", f"solver.channels_last={channels_last}",
-        "log_period=1", f"device={device}", f"output_dir={out}",
-    ])
+def train_config(tiny_overrides, shapes):
+    """``train_config(out, device, precision="fp32", channels_last=False)``: the COCO Mask R-CNN R-FPN config
+    (frozen BN, stem and res2 frozen) made tiny: ResNet-18, 64 px, MAX_ITER steps without warmup."""
+    def make(out, device: str, precision: str = "fp32", channels_last: bool = False):
+        return load_config(REPO / "configs" / "coco_mask_rcnn_r101_fpn.yaml", tiny_overrides(
+            "training", data__train=f"[{{json: {shapes}/annotations/train.json, image_root: {shapes}/train}}]",
+            data__test=None, solver__max_iter=MAX_ITER, solver__warmup_iters=0, solver__precision=precision,
+            solver__channels_last=channels_last, device=device, output_dir=out))
+    return make
 
 
 def _record_training(monkeypatch) -> dict:
@@ -137,12 +126,13 @@ TRAIN_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device,precision,channels_last", TRAIN_CASES)
-def test_training_steps(shapes, tmp_path, monkeypatch, device, precision, channels_last):
+def test_training_steps(train_config, tmp_path, monkeypatch, device, precision, channels_last):
     _skip_without_bf16(device, precision)
     seen = _record_training(monkeypatch)
     out = tmp_path / "run"
-    train(_train_config(shapes, out, device, precision, channels_last))
+    train(train_config(out, device, precision, channels_last))
     state = _check_training(out, seen, device, precision, channels_last)
     if precision == "fp16":
         # loss scaling: the scaler's state is checkpointed; a step it skipped (inf/NaN gradients) halves the
@@ -194,8 +184,9 @@ def _ddp_matches_bare_model(cfg, device: str, steps: int = 2) -> int:
     return len(trainable)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device,backend", DDP_CASES)
-def test_one_process_ddp_step(shapes, tmp_path, monkeypatch, device, backend):
+def test_one_process_ddp_step(train_config, tmp_path, monkeypatch, device, backend):
     """In a one-process group (as torchrun --nproc_per_node=1 sets up, joined here because
     init_distributed joins only for WORLD_SIZE > 1) train() runs its collectives over ``backend`` and
     trains, and the model steps through DistributedDataParallel with the bare model's gradients."""
@@ -206,7 +197,7 @@ def test_one_process_ddp_step(shapes, tmp_path, monkeypatch, device, backend):
         monkeypatch.setenv(key, value)
     seen = _record_training(monkeypatch)
     out = tmp_path / "ddp"
-    cfg = _train_config(shapes, out, device)
+    cfg = train_config(out, device)
     if device == "cuda":
         torch.cuda.set_device(0)
     dist.init_process_group(backend)

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from restransfer.config import dump_config, load_config
-from restransfer.data.shapes import generate_shapes
 from restransfer.engine import Checkpointer, NonFiniteLossError, train
 from restransfer.engine.checkpoint import atomic_torch_save
 from restransfer.devices import native_bf16, resolve_precision
@@ -18,31 +17,23 @@ from restransfer.engine.solver import lr_factor
 REPO = Path(__file__).resolve().parents[1]
 
 
+# what the engine runs differ in from the suite's tiny training recipe: an FPN detector with trainable BN
+# in every stage, every anchor's proposal kept in training (the default), 6 iterations with warmup, a step
+# at 4 and checkpoints every 3, evaluated on the shapes val set
+ENGINE = dict(model__head="fpn", model__backbone__norm="bn", model__backbone__freeze_at=0,
+              model__rpn__pre_nms_top_n_train=2000, solver__max_iter=6, solver__warmup_iters=2, solver__steps="[4]",
+              solver__checkpoint_period=3)
+
+
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    generate_shapes(root, num_train=8, num_val=4, image_size=64, seed=3)
-    return root
-
-
-def _overrides(shapes, out, arch="faster_rcnn", **extra):
-    items = {
-        "model.arch": arch, "model.head": "fpn", "model.num_classes": 3, "model.backbone.depth": 18,
-        "model.backbone.norm": "bn", "model.backbone.freeze_at": 0, "model.fpn_out_channels": 32,
-        "model.roi_heads.batch_size_per_image": 16, "model.roi_heads.fpn_representation_size": 64,
-        "model.roi_heads.mask_conv_dim": 16, "model.rpn.post_nms_top_n_train": 32, "model.rpn.pre_nms_top_n_test": 32,
-        "model.rpn.post_nms_top_n_test": 16, "model.anchor.sizes": "[8,16,32,64,128]",
-        "data.train": f"[{{json: {shapes}/annotations/train.json, image_root: {shapes}/train}}]",
-        "data.test": f"{{json: {shapes}/annotations/val.json, image_root: {shapes}/val}}",
-        "data.num_workers": 0, "input.min_size_train": "[64]", "input.max_size_train": 64,
-        "input.min_size_test": 64, "input.max_size_test": 64, "solver.ims_per_batch": 2, "solver.max_iter": 6,
-        "solver.base_lr": 0.01, "solver.warmup_iters": 2, "solver.steps": "[4]", "solver.checkpoint_period": 3,
-        "log_period": 1, "output_dir": str(out),
-    }
-    items.update({k.replace("__", "."): v for k, v in extra.items()})
-    if int(items["solver.max_iter"]) < 4 and "solver__steps" not in extra:
-        items["solver.steps"] = "[]"  # a step beyond max_iter is a config error
-    return [f"{k}={v}" for k, v in items.items()]
+def overrides(tiny_overrides, shapes):
+    """``overrides(out, arch="faster_rcnn", **extra)``: the engine runs' overrides (of the defaults) writing to
+    ``out``. A shorter ``solver__max_iter`` drops the step at 4."""
+    def make(out, arch="faster_rcnn", **extra):
+        data = dict(data__train=f"[{{json: {shapes}/annotations/train.json, image_root: {shapes}/train}}]",
+                    data__test=f"{{json: {shapes}/annotations/val.json, image_root: {shapes}/val}}")
+        return tiny_overrides("training", **{**ENGINE, "model__arch": arch, **data, "output_dir": out, **extra})
+    return make
 
 
 def test_lr_schedule():
@@ -67,9 +58,10 @@ def test_auto_precision(monkeypatch):
     assert resolve_precision("auto", torch.device("cuda")) == "fp16"
 
 
-def test_bf16_channels_last_training_on_cpu(shapes, tmp_path):
+@pytest.mark.slow
+def test_bf16_channels_last_training_on_cpu(overrides, tmp_path):
     out = tmp_path / "bf16"
-    train(load_config(None, _overrides(shapes, out, arch="mask_rcnn", solver__max_iter=2, solver__precision="auto",
+    train(load_config(None, overrides(out, arch="mask_rcnn", solver__max_iter=2, solver__precision="auto",
                                        solver__channels_last=True, data__test="null")))
     expected = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
     assert f"solver.precision=auto: training in {expected}" in (out / "log.txt").read_text()
@@ -79,9 +71,10 @@ def test_bf16_channels_last_training_on_cpu(shapes, tmp_path):
     assert all(v.dtype != torch.bfloat16 for v in state["model"].values())  # weights stay fp32
 
 
-def test_train_writes_everything_and_evaluates(shapes, tmp_path):
+@pytest.mark.slow
+def test_train_writes_everything_and_evaluates(overrides, tmp_path):
     out = tmp_path / "run"
-    metrics = train(load_config(None, _overrides(shapes, out, arch="mask_rcnn", solver__max_iter=4,
+    metrics = train(load_config(None, overrides(out, arch="mask_rcnn", solver__max_iter=4,
                                                  test__eval_period=2)))
     for name in ("config.yaml", "log.jsonl", "model_final.pth", "metrics.json", "coco_results.json", "last_checkpoint",
                  "model_best.pth"):
@@ -96,16 +89,17 @@ def test_train_writes_everything_and_evaluates(shapes, tmp_path):
     assert [r["iteration"] for r in records if "bbox/AP" in r] == [2]
     assert Checkpointer.load(out / "model_best.pth")["iteration"] == 2
     # the resolved config loads back identically
-    assert load_config(out / "config.yaml") == load_config(None, _overrides(shapes, out, arch="mask_rcnn", solver__max_iter=4,
+    assert load_config(out / "config.yaml") == load_config(None, overrides(out, arch="mask_rcnn", solver__max_iter=4,
                                                                             test__eval_period=2))
     # the final checkpoint is a model.weights file for evaluation and fine-tuning
     state = Checkpointer.load(out / "model_final.pth")
     assert state["iteration"] == 4 and state["class_names"] == ["circle", "triangle", "square"]
 
 
-def test_resume_gives_the_same_weights(shapes, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_resume_gives_the_same_weights(overrides, tmp_path, monkeypatch):
     full = tmp_path / "full"
-    train(load_config(None, _overrides(shapes, full, data__test="null")))
+    train(load_config(None, overrides(full, data__test="null")))
 
     # the same run, killed right after its checkpoint at iteration 3, then resumed
     broken = tmp_path / "broken"
@@ -119,10 +113,10 @@ def test_resume_gives_the_same_weights(shapes, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Checkpointer, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train(load_config(None, _overrides(shapes, broken, data__test="null")))
+        train(load_config(None, overrides(broken, data__test="null")))
     monkeypatch.setattr(Checkpointer, "save", real_save)
     assert not (broken / "model_final.pth").exists()
-    train(load_config(None, _overrides(shapes, broken, data__test="null")), resume=True)
+    train(load_config(None, overrides(broken, data__test="null")), resume=True)
 
     a = Checkpointer.load(full / "model_final.pth")["model"]
     b = Checkpointer.load(broken / "model_final.pth")["model"]
@@ -133,7 +127,8 @@ def test_resume_gives_the_same_weights(shapes, tmp_path, monkeypatch):
     assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(shapes, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(overrides, tmp_path, monkeypatch):
     from restransfer.models.detector import Detector
 
     out = tmp_path / "nan"
@@ -150,7 +145,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(shapes, tmp_path, m
 
     monkeypatch.setattr(Detector, "forward", forward)
     with pytest.raises(NonFiniteLossError, match=r"iteration 4: .*loss_box_reg=nan.*model_0000003\.pth"):
-        train(load_config(None, _overrides(shapes, out, data__test="null")))
+        train(load_config(None, overrides(out, data__test="null")))
     assert Checkpointer(out).last().name == "model_0000003.pth"
     assert Checkpointer.load(out / "model_0000003.pth")["iteration"] == 3
     assert not (out / "model_final.pth").exists()
@@ -182,14 +177,15 @@ def _log_records(out: Path):
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
-def test_two_process_gloo_run_keeps_the_schedule_of_one_process(shapes, tmp_path):
+@pytest.mark.slow
+def test_two_process_gloo_run_keeps_the_schedule_of_one_process(overrides, tmp_path):
     """ims_per_batch counts images per step in total: 2 processes x 2 images and 1 process accumulating
     4 micro-steps of 1 image follow the same (iteration, lr) schedule and see the same number of images."""
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RESTRANSFER_NO_PROGRESS": "1"}
     common = dict(solver__max_iter=3, solver__ims_per_batch=4, solver__steps="[2]", solver__warmup_iters=2)
     config = tmp_path / "tiny.yaml"
-    dump_config(load_config(None, _overrides(shapes, out, **common)), config)
+    dump_config(load_config(None, overrides(out, **common)), config)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "tools" / "train_det.py"), str(config), "solver.checkpoint_period=0"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
@@ -204,7 +200,7 @@ def test_two_process_gloo_run_keeps_the_schedule_of_one_process(shapes, tmp_path
     assert state["iteration"] == 3
 
     single = tmp_path / "single"
-    train(load_config(None, _overrides(shapes, single, solver__ims_per_device=1, data__test="null",
+    train(load_config(None, overrides(single, solver__ims_per_device=1, data__test="null",
                                        solver__checkpoint_period=0, **common)))
     assert "4 images per step = 1 process x 1 image x 4 accumulation steps" in (single / "log.txt").read_text()
     schedule = [[(r["iteration"], r["lr"]) for r in _log_records(d) if "lr" in r] for d in (out, single)]
@@ -214,7 +210,8 @@ def test_two_process_gloo_run_keeps_the_schedule_of_one_process(shapes, tmp_path
     assert [r["images_seen"] for r in _log_records(single) if "lr" in r][-1] == 12
 
 
-def test_one_step_of_four_images_equals_four_accumulated_micro_steps(shapes, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_one_step_of_four_images_equals_four_accumulated_micro_steps(overrides, tmp_path, monkeypatch):
     from torchvision.models.detection import _utils as det_utils
 
     def first_k(self, matched_idxs):
@@ -235,8 +232,8 @@ def test_one_step_of_four_images_equals_four_accumulated_micro_steps(shapes, tmp
                   model__backbone__freeze_at=0, data__aspect_ratio_grouping=False, input__hflip_prob=0.0,
                   data__test="null", solver__warmup_iters=0, solver__base_lr=0.1, solver__checkpoint_period=0,
                   model__rpn__post_nms_top_n_train=200, model__roi_heads__batch_size_per_image=16)
-    train(load_config(None, _overrides(shapes, tmp_path / "batch", **common)))
-    train(load_config(None, _overrides(shapes, tmp_path / "accum", solver__ims_per_device=1, **common)))
+    train(load_config(None, overrides(tmp_path / "batch", **common)))
+    train(load_config(None, overrides(tmp_path / "accum", solver__ims_per_device=1, **common)))
     assert "1 process x 1 image x 4 accumulation steps" in (tmp_path / "accum" / "log.txt").read_text()
     init = build_model_like(tmp_path / "batch")
     a = Checkpointer.load(tmp_path / "batch" / "model_final.pth")["model"]
@@ -298,7 +295,7 @@ def _write_lock(out: Path, pid: int, host: str = None) -> None:
                                               "purpose": "training", "started": "earlier"}))
 
 
-def test_a_second_run_on_a_live_output_dir_is_refused(shapes, tmp_path):
+def test_a_second_run_on_a_live_output_dir_is_refused(overrides, tmp_path):
     from restransfer.engine import evaluate_only
     from restransfer.engine.lock import OutputDirLocked
 
@@ -306,9 +303,9 @@ def test_a_second_run_on_a_live_output_dir_is_refused(shapes, tmp_path):
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         _write_lock(out, owner.pid)
-        cfg = load_config(None, _overrides(shapes, out, solver__max_iter=1, data__test="null"))
+        cfg = load_config(None, overrides(out, solver__max_iter=1, data__test="null"))
         for run in (lambda: train(cfg), lambda: train(cfg, resume=True),
-                    lambda: evaluate_only(load_config(None, _overrides(shapes, out)))):
+                    lambda: evaluate_only(load_config(None, overrides(out)))):
             with pytest.raises(OutputDirLocked, match=rf"{out} is in use by process {owner.pid}"):
                 run()
         assert json.loads((out / "run.lock").read_text())["pid"] == owner.pid  # the owner keeps its lock
@@ -322,19 +319,21 @@ def test_a_second_run_on_a_live_output_dir_is_refused(shapes, tmp_path):
         owner.wait()
 
 
-def test_a_stale_lock_is_taken_over_and_released(shapes, tmp_path, caplog):
+@pytest.mark.slow
+def test_a_stale_lock_is_taken_over_and_released(overrides, tmp_path, caplog):
     out = tmp_path / "stale"
     pid = _dead_pid()
     _write_lock(out, pid)
-    train(load_config(None, _overrides(shapes, out, solver__max_iter=1, data__test="null")))
+    train(load_config(None, overrides(out, solver__max_iter=1, data__test="null")))
     assert f"taking over the lock of process {pid}" in (out / "log.txt").read_text() or \
         f"taking over the lock of process {pid}" in caplog.text
     assert (out / "model_final.pth").is_file() and not (out / "run.lock").exists()
 
 
-def test_existing_checkpoints_need_resume_or_restart(shapes, tmp_path):
+@pytest.mark.slow
+def test_existing_checkpoints_need_resume_or_restart(overrides, tmp_path):
     out = tmp_path / "again"
-    cfg = load_config(None, _overrides(shapes, out, solver__max_iter=2, data__test="null"))
+    cfg = load_config(None, overrides(out, solver__max_iter=2, data__test="null"))
     train(cfg)
     final = Checkpointer.load(out / "model_final.pth")
     with pytest.raises(ValueError, match=r"already holds checkpoints.*--resume.*--restart"):
@@ -386,10 +385,11 @@ def test_damaged_checkpoints_are_named_never_trained_on(tmp_path):
             assert str(bad) in msg and "weights_only" not in msg and not isinstance(e.value, IndexError), msg
 
 
-def test_resume_past_a_truncated_newest_checkpoint(shapes, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_resume_past_a_truncated_newest_checkpoint(overrides, tmp_path, monkeypatch):
     full = tmp_path / "full"
     over = dict(data__test="null", solver__checkpoint_period=2)
-    train(load_config(None, _overrides(shapes, full, **over)))
+    train(load_config(None, overrides(full, **over)))
 
     broken = tmp_path / "broken"
     real_save = Checkpointer.save
@@ -403,12 +403,12 @@ def test_resume_past_a_truncated_newest_checkpoint(shapes, tmp_path, monkeypatch
 
     monkeypatch.setattr(Checkpointer, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train(load_config(None, _overrides(shapes, broken, **over)))
+        train(load_config(None, overrides(broken, **over)))
     monkeypatch.setattr(Checkpointer, "save", real_save)
     newest = broken / "model_0000004.pth"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     (broken / "last_checkpoint").unlink()
-    train(load_config(None, _overrides(shapes, broken, **over)), resume=True)
+    train(load_config(None, overrides(broken, **over)), resume=True)
 
     log = (broken / "log.txt").read_text()
     assert "last_checkpoint is missing" in log and f"skipping damaged checkpoint: {newest}" in log
@@ -420,14 +420,14 @@ def test_resume_past_a_truncated_newest_checkpoint(shapes, tmp_path, monkeypatch
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
-def test_resume_never_silently_restarts_when_every_checkpoint_is_damaged(shapes, tmp_path):
+def test_resume_never_silently_restarts_when_every_checkpoint_is_damaged(overrides, tmp_path):
     from restransfer.serialization import CheckpointError
 
     out = tmp_path / "alldamaged"
     out.mkdir()
     (out / "model_0000003.pth").write_bytes(b"")
     (out / "model_final.pth").write_bytes(os.urandom(100))
-    cfg = load_config(None, _overrides(shapes, out, data__test="null"))
+    cfg = load_config(None, overrides(out, data__test="null"))
     with pytest.raises(CheckpointError, match=r"none of its 2 checkpoints can be read.*--restart"):
         train(cfg, resume=True)
     assert not (out / "log.jsonl").exists()

@@ -8,9 +8,9 @@ import torch
 from restransfer.benchmark import detection_agreement, synthetic_batch
 from restransfer.export import export_onnx, export_outputs, export_torchscript, prepare_for_export, verify_export
 
-from tiny_detectors import single_thread  # noqa: F401  (autouse fixture)
 from tiny_detectors import C4, tiny_model
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # small models: one intra-op thread (conftest.py)
 SIZE = (96, 128)
 FEW = "model.roi_heads.detections_per_img=5"  # tracing and pasting cost grows with the detections
 

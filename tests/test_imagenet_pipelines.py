@@ -19,6 +19,7 @@ import pytest
 import imagenet_det_fixtures as det_files
 import imagenet_loc_files as loc_files
 
+pytestmark = pytest.mark.slow  # every test reads a run of train_det and the evaluation tools
 REPO = Path(__file__).resolve().parents[1]
 COLORS = [(40, 40, 220), (40, 200, 40), (220, 60, 40)]  # BGR fill of class 1, 2, 3
 
@@ -51,19 +52,18 @@ def _write_jpeg(path: Path, w: int, h: int, objects: Sequence[Tuple[int, tuple]]
     assert cv2.imwrite(str(path), img), path
 
 
-def _tiny(out: Path, num_classes: int, iters: int = 3) -> List[str]:
-    """Overrides that shrink an R-101 C4 ImageNet config to a ResNet-18 C4 that trains in seconds on CPU."""
-    items = {
-        "model.backbone.weights": "null", "model.backbone.depth": 18, "model.num_classes": num_classes,
-        "model.anchor.sizes": "[16,32,64]", "model.rpn.pre_nms_top_n_train": 64, "model.rpn.post_nms_top_n_train": 32,
-        "model.rpn.pre_nms_top_n_test": 64, "model.rpn.post_nms_top_n_test": 16,
-        "model.roi_heads.batch_size_per_image": 16, "model.roi_heads.c4_pooler_resolution": 8,
-        "data.num_workers": 0, "input.min_size_train": "[64]", "input.max_size_train": 96,
-        "input.min_size_test": 64, "input.max_size_test": 96, "solver.ims_per_batch": 2, "solver.max_iter": iters,
-        "solver.base_lr": 0.01, "solver.warmup_iters": 1, "solver.steps": f"[{iters - 1}]",
-        "solver.checkpoint_period": 1000, "log_period": 1, "device": "cpu", "output_dir": str(out),
-    }
-    return [f"{k}={v}" for k, v in items.items()]
+@pytest.fixture(scope="module")
+def tiny(tiny_overrides):
+    """``tiny(out, num_classes, iters=3)``: overrides that shrink an R-101 C4 ImageNet config to a ResNet-18
+    C4 that trains in seconds on CPU (images of 64-96 px, anchors to match, the configs' one image per device,
+    a step before the last iteration)."""
+    def make(out: Path, num_classes: int, iters: int = 3) -> List[str]:
+        return tiny_overrides(
+            "training", model__num_classes=num_classes, model__anchor__sizes="[16,32,64]",
+            model__rpn__pre_nms_top_n_test=64, model__roi_heads__c4_pooler_resolution=8, input__max_size_train=96,
+            input__max_size_test=96, solver__ims_per_device=1, solver__max_iter=iters,
+            solver__steps=f"[{iters - 1}]", output_dir=out)
+    return make
 
 
 def _in_range(value) -> bool:
@@ -85,7 +85,7 @@ def ilsvrc(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def det_run(ilsvrc, tmp_path_factory):
+def det_run(ilsvrc, tiny, tmp_path_factory):
     """ILSVRC DET layout (6 train + 8 val images, 3 classes) -> train/val1/val2 jsons -> 3 iterations of
     configs/imagenet_det_faster_rcnn_r101.yaml -> its CONFIG-mode evaluation on val2."""
     root, work = ilsvrc, tmp_path_factory.mktemp("det_work")
@@ -118,11 +118,11 @@ def det_run(ilsvrc, tmp_path_factory):
 
     config = str(REPO / "configs" / "imagenet_det_faster_rcnn_r101.yaml")
     train_out = work / "train"
-    assert _tool("tools/train_det.py").main([config, *_tiny(train_out, k), "data.test=null"]) == 0
+    assert _tool("tools/train_det.py").main([config, *tiny(train_out, k), "data.test=null"]) == 0
     eval_out = work / "eval"
     tool = _tool("tools/eval_imagenet_det.py")
     # three iterations leave every class score below the config's 0.05 threshold; keep all detections
-    assert tool.main([config, "--weights", str(train_out / "model_final.pth"), *_tiny(eval_out, k),
+    assert tool.main([config, "--weights", str(train_out / "model_final.pth"), *tiny(eval_out, k),
                       "model.roi_heads.score_thresh=0.0"]) == 0
     return {"root": root, "synsets": synsets, "val": val, "wnids": wnids, "eval_out": eval_out, "tool": tool,
             "work": work}
@@ -188,7 +188,7 @@ LOC_KEYS = {"top1_loc_error", "top5_loc_error", "top1_cls_error", "top5_cls_erro
 
 
 @pytest.fixture(scope="module")
-def loc_run(ilsvrc, tmp_path_factory):
+def loc_run(ilsvrc, tiny, tmp_path_factory):
     """ILSVRC CLS-LOC devkit layout (6 train + 6 val images, 3 classes, shuffled devkit ids) -> train/val jsons
     -> 3 iterations of configs/imagenet_loc_faster_rcnn_r101.yaml."""
     root, work = ilsvrc, tmp_path_factory.mktemp("loc_work")
@@ -229,17 +229,17 @@ def loc_run(ilsvrc, tmp_path_factory):
 
     config = str(REPO / "configs" / "imagenet_loc_faster_rcnn_r101.yaml")
     train_out = work / "train"
-    assert _tool("tools/train_det.py").main([config, *_tiny(train_out, 3), "data.test=null"]) == 0
+    assert _tool("tools/train_det.py").main([config, *tiny(train_out, 3), "data.test=null"]) == 0
     return {"root": root, "config": config, "weights": str(train_out / "model_final.pth"), "val": val,
             "wnids": wnids, "devkit_order": devkit_order, "map_clsloc": map_clsloc, "xml_dir": xml_dir,
             "ground_truth": ground_truth, "solution": solution, "blacklist": blacklist, "work": work,
-            "tool": _tool("tools/eval_imagenet_loc.py")}
+            "tool": _tool("tools/eval_imagenet_loc.py"), "tiny": tiny}
 
 
 def _loc_config_mode(run, mode: str, *extra: str) -> Tuple[dict, Path]:
     out = run["work"] / mode
     assert run["tool"].main([run["config"], "--weights", run["weights"], "--mode", mode, *extra,
-                             *_tiny(out, 3)]) == 0
+                             *run["tiny"](out, 3)]) == 0
     return json.loads((out / "metrics.json").read_text()), out
 
 

@@ -21,9 +21,9 @@ from restransfer.models.transform import DetectionTransform
 from restransfer.predictor import Predictor
 from restransfer.rle import encode_masks, encode_patch
 
-from tiny_detectors import single_thread  # noqa: F401  (autouse fixture)
 from tiny_detectors import tiny_model, write_checkpoint, write_config
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # small models: one intra-op thread (conftest.py)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -215,6 +215,7 @@ def _probe(fmt: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_pasting_100_masks_into_a_48_megapixel_image_is_memory_bounded():
     """Dense: the peak grows by less than twice the returned (100, 6000, 8000) bool array (4.8 GB; full
     float pasting needs 19.2 GB). RLE: far below one dense stack. Both give the same masks."""

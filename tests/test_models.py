@@ -7,16 +7,17 @@ from torchvision.ops import box_iou
 from restransfer.config import load_config
 from restransfer.models import CLASS_DEPENDENT, build_model
 
-# tiny settings that keep every combination fast on 2 CPU cores
-TINY = ["input.min_size_test=64", "input.max_size_test=96", "model.rpn.pre_nms_top_n_train=64",
-        "model.rpn.post_nms_top_n_train=16", "model.rpn.pre_nms_top_n_test=32", "model.rpn.post_nms_top_n_test=8",
-        "model.roi_heads.batch_size_per_image=8", "model.roi_heads.c4_pooler_resolution=6",
-        "model.roi_heads.detections_per_img=5"]
+from conftest import tiny_overrides
 
 
 def _cfg(arch, head, depth=18, style="pytorch", extra=()):
-    return load_config(None, [f"model.arch={arch}", f"model.head={head}", f"model.backbone.depth={depth}",
-                              f"model.backbone.style={style}", "model.num_classes=3", *TINY, *extra])
+    """The suite's tiny training recipe as ``arch``/``head``/``depth``/``style``, with fewer RoIs and detections
+    still: every combination stays fast on 2 CPU cores."""
+    return load_config(None, tiny_overrides(
+        "training", f"model.arch={arch}", f"model.head={head}", f"model.backbone.depth={depth}",
+        f"model.backbone.style={style}", "input.max_size_test=96", "model.rpn.post_nms_top_n_train=16",
+        "model.rpn.post_nms_top_n_test=8", "model.roi_heads.batch_size_per_image=8",
+        "model.roi_heads.detections_per_img=5", *extra))
 
 
 def _targets(sizes, with_masks, empty_second=True):
@@ -76,7 +77,7 @@ def test_image_without_detections():
 
 
 def test_c4_layout():
-    model = build_model(_cfg("mask_rcnn", "c4", depth=50))
+    model = build_model(_cfg("mask_rcnn", "c4", depth=50, extra=["model.roi_heads.mask_conv_dim=256"]))
     # trunk ends at res4 (stride 16); res5 runs per region and is shared by the box and mask branches
     assert model.backbone.out_channels == 1024 and not hasattr(model.backbone.body, "layer4")
     assert model.roi_heads.box_head.res5 is model.roi_heads.mask_head
@@ -106,6 +107,7 @@ def _overfit_data():
     return images, targets
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["c4", "fpn"])
 def test_overfit_two_images(head):
     torch.manual_seed(0)

@@ -13,11 +13,12 @@ from restransfer.data.image_io import CorruptImageError
 from restransfer.predictor import Predictor, checkpoint_class_names, to_rgb_uint8
 from restransfer.visualize import color_for_label, draw_detections
 
-from tiny_detectors import single_thread  # noqa: F401  (autouse fixture)
 from tiny_detectors import tiny_model, write_checkpoint, write_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import demo as demo_tool  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # small models: one intra-op thread (conftest.py)
 
 NAMES = ["circle", "triangle", "square"]
 

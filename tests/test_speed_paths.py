@@ -13,8 +13,9 @@ from restransfer.models import build_model, inference_kwargs
 from restransfer.models.fused import FusedConv2d, FusedResidualBlock, onednn_fusion_available
 from restransfer.models.postprocess import FastDetectionTransform, paste_masks
 
-from tiny_detectors import single_thread  # noqa: F401  (autouse fixture)
 from tiny_detectors import C4, tiny_config, tiny_model
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # small models: one intra-op thread (conftest.py)
 
 
 def _run(model, images):
@@ -153,8 +154,35 @@ def test_fused_conv_matches_plain_ops(dtype, channels_last):
     assert xg.grad is not None
 
 
-def test_onednn_probe_reports_a_bool():
-    assert isinstance(onednn_fusion_available(), bool)
+def test_onednn_probe_says_whether_the_fused_kernels_run_and_are_used(monkeypatch):
+    """The probe answers True exactly when this build's fused conv + ReLU and linear + ReLU kernels run and
+    give the plain ops' results (checked here on other shapes), and FusedConv2d calls the kernel exactly
+    then; otherwise it computes with the plain ops, and gets the same answer either way."""
+    g = torch.Generator().manual_seed(3)
+    x, w, b = torch.randn(2, 5, 9, 6, generator=g), torch.randn(7, 5, 3, 3, generator=g), torch.randn(7, generator=g)
+    xl, wl, bl = torch.randn(4, 10, generator=g), torch.randn(3, 10, generator=g), torch.randn(3, generator=g)
+    ref = F.relu(F.conv2d(x, w, b, 2, 1))
+    try:
+        with torch.no_grad():
+            conv = torch.ops.mkldnn._convolution_pointwise(x, w, b, [1, 1], [2, 2], [1, 1], 1, "relu", [], "")
+            linear = torch.ops.mkldnn._linear_pointwise(xl, wl, bl, "relu", [], "")
+        runs = torch.allclose(conv, ref, rtol=1e-4, atol=1e-4) and \
+            torch.allclose(linear, F.relu(F.linear(xl, wl, bl)), rtol=1e-4, atol=1e-4)
+    except (AttributeError, RuntimeError, TypeError):
+        runs = False
+    assert onednn_fusion_available() is runs
+
+    calls = []
+    kernel = torch.ops.mkldnn._convolution_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise", lambda *a: calls.append(a) or kernel(*a))
+    plain = torch.nn.Conv2d(5, 7, 3, stride=2, padding=1)
+    with torch.no_grad():
+        plain.weight.copy_(w)
+        plain.bias.copy_(b)
+    with torch.inference_mode():
+        out = FusedConv2d(plain, relu=True)(x)
+    assert bool(calls) is runs
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_paste_masks_equals_torchvision():
@@ -226,6 +254,7 @@ def test_torchvision_reference_is_the_same_network():
     assert "BGR" in reference_incompatibility(tiny_config("model.channel_order=BGR"))
 
 
+@pytest.mark.slow
 def test_run_benchmark_reports_every_figure():
     """Running is the point here (timings are not checked), plus the fp32 agreement."""
     from restransfer.benchmark import format_report, run_benchmark

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from coco_layout import make_coco_layout
 
 from restransfer import cli
 
@@ -21,12 +20,6 @@ REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / "tools"
 MASK_CONFIG = REPO / "configs" / "torchvision" / "mask_rcnn_r50_fpn.yaml"
 TRAIN_CONFIG = REPO / "configs" / "coco_faster_rcnn_r101.yaml"
-# ResNet-18 at 64 px: building the model is the only model work these failures reach
-TINY = ["model.backbone.weights=null", "model.backbone.depth=18", "model.num_classes=3", "input.min_size_test=64",
-        "input.max_size_test=64", "input.min_size_train=[64]", "input.max_size_train=64", "solver.max_iter=1",
-        "solver.ims_per_batch=1", "solver.ims_per_device=null", "solver.steps=[]", "data.num_workers=0", "device=cpu"]
-
-
 def _run(tool, *args, env_extra=None):
     env = {**os.environ, "RESTRANSFER_NO_PROGRESS": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, str(TOOLS / tool), *map(str, args)], cwd=REPO, env=env,
@@ -44,6 +37,12 @@ def _assert_user_error(proc, *names):
     report = "\n".join(lines[starts[-1]:])
     for name in names:
         assert str(name) in report, (name, report)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_overrides):
+    """The tiny training overrides: building the model is the only model work these failures reach."""
+    return tiny_overrides("training")
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +67,6 @@ def files(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def coco_root(tmp_path_factory):
-    return make_coco_layout(tmp_path_factory, num_train=2, num_val=1)
-
-
 # --- eval_coco ---------------------------------------------------------------------------------------
 
 def test_eval_coco_invalid_results_json_names_file_and_line_and_debug_shows_traceback(files):
@@ -89,8 +83,9 @@ def test_eval_coco_output_below_a_file_names_the_path(files):
     _assert_user_error(proc, files / "a_file", "--output")
 
 
-def test_eval_coco_damaged_checkpoint_names_it(files):
-    proc = _run("eval_coco.py", MASK_CONFIG, "--weights", files / "random.pth", *TINY, "model.num_classes=1",
+@pytest.mark.slow  # a tool process that imports torch (~7 s)
+def test_eval_coco_damaged_checkpoint_names_it(files, tiny):
+    proc = _run("eval_coco.py", MASK_CONFIG, "--weights", files / "random.pth", *tiny, "model.num_classes=1",
                 f"data.test={{json: {files / 'gt.json'}, image_root: {files}}}", f"output_dir={files / 'eval'}")
     _assert_user_error(proc, files / "random.pth")
 
@@ -106,22 +101,25 @@ def test_train_det_bad_override_names_the_key():
     _assert_user_error(proc, "solver.base_lrr: unknown key; did you mean solver.base_lr?")
 
 
-def test_train_det_output_dir_that_cannot_be_created(files, coco_root):
+@pytest.mark.slow  # a tool process that imports torch (~7 s)
+def test_train_det_output_dir_that_cannot_be_created(files, coco_root, tiny):
     out = files / "a_file" / "run"
-    proc = _run("train_det.py", TRAIN_CONFIG, *TINY, f"output_dir={out}",
+    proc = _run("train_det.py", TRAIN_CONFIG, *tiny, f"output_dir={out}",
                 env_extra={"RESTRANSFER_DATASETS": str(coco_root)})
     _assert_user_error(proc, files / "a_file", "output_dir=")
 
 
-def test_train_det_missing_dataset_names_the_path_and_the_docs(tmp_path):
-    proc = _run("train_det.py", TRAIN_CONFIG, *TINY, f"output_dir={tmp_path / 'o'}",
+@pytest.mark.slow  # a tool process that imports torch (~7 s)
+def test_train_det_missing_dataset_names_the_path_and_the_docs(tmp_path, tiny):
+    proc = _run("train_det.py", TRAIN_CONFIG, *tiny, f"output_dir={tmp_path / 'o'}",
                 env_extra={"RESTRANSFER_DATASETS": str(tmp_path / "nowhere")})
     _assert_user_error(proc, tmp_path / "nowhere" / "coco" / "annotations" / "instances_train2017.json",
                        "datasets/README.md")
 
 
-def test_train_det_missing_weights_file(tmp_path, coco_root):
-    proc = _run("train_det.py", TRAIN_CONFIG, *TINY, f"model.weights={tmp_path / 'missing.pth'}",
+@pytest.mark.slow  # a tool process that imports torch (~7 s)
+def test_train_det_missing_weights_file(tmp_path, coco_root, tiny):
+    proc = _run("train_det.py", TRAIN_CONFIG, *tiny, f"model.weights={tmp_path / 'missing.pth'}",
                 f"output_dir={tmp_path / 'o'}", env_extra={"RESTRANSFER_DATASETS": str(coco_root)})
     _assert_user_error(proc, tmp_path / "missing.pth")
 
@@ -131,36 +129,41 @@ def test_train_det_resume_and_restart_exclude_each_other():
     assert proc.returncode == 2 and "--restart" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_train_det_resume_from_a_damaged_checkpoint_names_it(files, tmp_path):
+@pytest.mark.slow  # a tool process that imports torch (~7 s)
+def test_train_det_resume_from_a_damaged_checkpoint_names_it(files, tmp_path, tiny):
     out = tmp_path / "run"
     out.mkdir()
     (out / "model_final.pth").write_bytes((files / "random.pth").read_bytes())
-    proc = _run("train_det.py", TRAIN_CONFIG, "--resume", *TINY, f"output_dir={out}",
+    proc = _run("train_det.py", TRAIN_CONFIG, "--resume", *tiny, f"output_dir={out}",
                 env_extra={"RESTRANSFER_DATASETS": str(tmp_path / "nowhere")})
     _assert_user_error(proc, out / "model_final.pth")
 
 
 # --- demo, export, benchmark -------------------------------------------------------------------------
 
-def test_demo_missing_weights_and_missing_input(files, tmp_path):
+@pytest.mark.slow  # a tool process that imports torch (~7 s)
+def test_demo_missing_weights_and_missing_input(files, tmp_path, tiny):
     proc = _run("demo.py", MASK_CONFIG, "--weights", tmp_path / "missing.pth", "--input", files / "a.png",
-                "--output", tmp_path / "out", *TINY)
+                "--output", tmp_path / "out", *tiny)
     _assert_user_error(proc, tmp_path / "missing.pth")
-    proc = _run("demo.py", MASK_CONFIG, "--input", tmp_path / "no_images", "--output", tmp_path / "out", *TINY)
+    proc = _run("demo.py", MASK_CONFIG, "--input", tmp_path / "no_images", "--output", tmp_path / "out", *tiny)
     _assert_user_error(proc, tmp_path / "no_images")
 
 
-def test_demo_output_below_a_file(files):
-    proc = _run("demo.py", MASK_CONFIG, "--input", files / "a.png", "--output", files / "a_file" / "out", *TINY)
+@pytest.mark.slow  # a tool process that imports torch (~7 s)
+def test_demo_output_below_a_file(files, tiny):
+    proc = _run("demo.py", MASK_CONFIG, "--input", files / "a.png", "--output", files / "a_file" / "out", *tiny)
     _assert_user_error(proc, files / "a_file", "--output")
 
 
-def test_export_damaged_checkpoint(files, tmp_path):
+@pytest.mark.slow  # a tool process that imports torch (~7 s)
+def test_export_damaged_checkpoint(files, tmp_path, tiny):
     proc = _run("export.py", MASK_CONFIG, "--weights", files / "random.pth", "--format", "onnx", "--output",
-                tmp_path / "m.onnx", "--size", 64, 64, *TINY)
+                tmp_path / "m.onnx", "--size", 64, 64, *tiny)
     _assert_user_error(proc, files / "random.pth")
 
 
+@pytest.mark.slow  # a tool process that imports torch (~7 s)
 def test_benchmark_bad_override():
     proc = _run("benchmark.py", MASK_CONFIG, "model.backbone.depht=18")
     _assert_user_error(proc, "model.backbone.depht")

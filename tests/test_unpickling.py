@@ -98,12 +98,10 @@ def test_predictor_refuses_payloads(tmp_path):
         assert not marker.exists(), path
 
 
-def test_eval_coco_tool_refuses_a_payload(tmp_path):
-    from restransfer.data.shapes import generate_shapes
-
-    generate_shapes(tmp_path / "shapes", num_train=1, num_val=2, image_size=64, seed=1)
-    config = write_config(tmp_path, [f"data.test={{json: {tmp_path}/shapes/annotations/val.json, "
-                                     f"image_root: {tmp_path}/shapes/val}}", f"output_dir={tmp_path}/out"])
+@pytest.mark.slow
+def test_eval_coco_tool_refuses_a_payload(shapes, tmp_path):
+    config = write_config(tmp_path, [f"data.test={{json: {shapes}/annotations/val.json, "
+                                     f"image_root: {shapes}/val}}", f"output_dir={tmp_path}/out"])
     marker = tmp_path / "marker"
     for module, opcode, suffix in (("numpy.dtypes", "STACK_GLOBAL", ".pth"), ("numpy", "GLOBAL", ".pkl")):
         path = tmp_path / f"evil{suffix}"

@@ -19,7 +19,7 @@ def _save_torchvision(tmp_path, depth):
     return ref.eval(), path
 
 
-@pytest.mark.parametrize("depth", [18, 50, 101])
+@pytest.mark.parametrize("depth", [18, 50, pytest.param(101, marks=pytest.mark.slow)])
 def test_torchvision_state_dict_gives_same_logits(tmp_path, depth):
     ref, path = _save_torchvision(tmp_path, depth)
     model = ResNet(depth, num_classes=1000).eval()
