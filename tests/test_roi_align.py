@@ -1,4 +1,4 @@
-"""RoIAlign: same outputs and gradients as torchvision, through both backward paths."""
+"""RoIAlign: same outputs and gradients as torchvision, through both backward paths and any chunking."""
 import pytest
 import torch
 from torchvision.ops import MultiScaleRoIAlign
@@ -22,11 +22,14 @@ def _rois(g, n, num_images, size):
 
 @pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("sampling_ratio", [2, 0])
-@pytest.mark.parametrize("path", ["separable", "torchvision"])
+@pytest.mark.parametrize("path", ["windowed", "windowed-small-chunks", "whole-map"])
 def test_gradient_equals_torchvision(monkeypatch, aligned, sampling_ratio, path):
     g = torch.Generator().manual_seed(sampling_ratio + 2 * aligned)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # force the thread split on any runner
-    monkeypatch.setattr(ra, "_SCALAR_UPDATE_COST", 1e9 if path == "separable" else 0.0)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # force the forward's thread split on any runner
+    monkeypatch.setattr(ra, "_windowed_is_cheaper", lambda *args: path != "whole-map")
+    if path == "windowed-small-chunks":  # one RoI per batch of products, window additions cut row by row
+        monkeypatch.setattr(ra, "_CHUNK_ELEMENTS", 1)
+        monkeypatch.setattr(ra, "_SERIAL_ELEMENTS", 1)
     feat = torch.randn(3, 5, 20, 28, generator=g, dtype=torch.float64).float()
     rois = _rois(g, 60, num_images=2, size=100)  # image 2 of 3 has no RoI: its gradient is zero
     for output_size in [(7, 7), (14, 10)]:
@@ -39,7 +42,25 @@ def test_gradient_equals_torchvision(monkeypatch, aligned, sampling_ratio, path)
         out.backward(grad)
         ref.backward(grad)
         torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
-        assert x.grad[2].abs().max() == 0
+        assert x.grad.is_contiguous() and x.grad[2].abs().max() == 0
+
+
+@pytest.mark.parametrize("windowed", [True, False])
+def test_gradient_keeps_the_channels_last_layout(monkeypatch, windowed):
+    monkeypatch.setattr(ra, "_windowed_is_cheaper", lambda *args: windowed)
+    g = torch.Generator().manual_seed(1)
+    feat = torch.randn(2, 6, 16, 24, generator=g)
+    rois = _rois(g, 30, num_images=2, size=80)
+    x = feat.contiguous(memory_format=torch.channels_last).requires_grad_()
+    x_ref = feat.clone().requires_grad_()
+    out = roi_align(x, rois, (7, 7), 0.25, 2)
+    ref = tv_roi_align(x_ref, rois, (7, 7), 0.25, 2)
+    assert torch.equal(out, ref)
+    grad = torch.randn(ref.shape, generator=g)
+    out.backward(grad)
+    ref.backward(grad)
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
 
 
 def test_gradient_with_no_rois_is_zero():
@@ -47,10 +68,29 @@ def test_gradient_with_no_rois_is_zero():
     assert grad.shape == (2, 4, 8, 8) and not grad.any()
 
 
-def test_path_choice_follows_map_size():
-    _, _, rw, rh = ra._roi_geometry(torch.tensor([[0.0, 0.0, 0.0, 40.0, 40.0]]), 0.25, False)
-    assert ra._separable_is_cheaper(torch.Size([1, 8, 32, 32]), rw, rh, (7, 7), 2)
-    assert not ra._separable_is_cheaper(torch.Size([1, 8, 200, 336]), rw, rh, (7, 7), 2)
+def test_path_choice_follows_window_and_map_size():
+    def samples(box, size):
+        _, _, rw, rh = ra._roi_geometry(torch.tensor([[0.0] + box]), 0.25, False)
+        return ra._axis_samples(torch.zeros(1), rh, 7, size, 2), ra._axis_samples(torch.zeros(1), rw, 7, size, 2)
+
+    small_on_large = samples([0.0, 0.0, 40.0, 40.0], 200)
+    assert ra._windowed_is_cheaper(*small_on_large, 200, 200, (7, 7))
+    whole_small_map = samples([0.0, 0.0, 64.0, 64.0], 16)
+    assert not ra._windowed_is_cheaper(*whole_small_map, 16, 16, (7, 7))
+
+
+def test_windows_hold_every_sampled_cell():
+    g = torch.Generator().manual_seed(3)
+    rois = _rois(g, 200, num_images=1, size=100)
+    x1, y1, rw, rh = ra._roi_geometry(rois, 0.25, True)
+    for start, extent, length in ((x1, rw, 28), (y1, rh, 20)):
+        s = ra._axis_samples(start, extent, 7, length, 0)
+        full = ra._axis_weights(s, torch.zeros_like(s.start), length)
+        cells = torch.arange(length)
+        inside = (cells >= s.start[:, None]) & (cells < (s.start + s.extent)[:, None])
+        assert torch.all(full.abs().sum(1)[~inside] == 0)
+        assert torch.all(s.start + s.extent <= length)
+        assert torch.equal(s.extent == 0, full.abs().sum((1, 2)) == 0)
 
 
 def test_low_precision_maps_pool_in_float32():

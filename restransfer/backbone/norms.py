@@ -3,14 +3,20 @@
 ``frozen_bn`` is torchvision's :class:`~torchvision.ops.FrozenBatchNorm2d`: a fixed per-channel affine
 transform with no parameters and no statistics updates, in train mode too. It is the detection default
 because detection batches (1-2 images per device) are too small for batch statistics.
+
+Being affine, a frozen BatchNorm after a convolution can be applied through the convolution's weight
+and bias: :func:`restransfer.backbone.folded.conv_norm` does so in training, :func:`fold_frozen_bn` once
+and for all for inference.
 """
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
-__all__ = ["NORMS", "get_norm", "FrozenBatchNorm2d", "freeze_batchnorm"]
+__all__ = ["NORMS", "get_norm", "FrozenBatchNorm2d", "freeze_batchnorm", "frozen_bn_affine", "fold_frozen_bn"]
 
 NORMS = ("frozen_bn", "bn", "syncbn", "gn")
 
@@ -47,11 +53,16 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
+def frozen_bn_affine(bn: FrozenBatchNorm2d) -> Tuple[Tensor, Tensor]:
+    """``(scale, shift)``, each (C,), with ``bn(x) = x * scale + shift`` per channel (torchvision's formula)."""
+    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+    return scale, bn.bias - bn.running_mean * scale
+
+
 @torch.no_grad()
 def fold_frozen_bn(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> nn.Conv2d:
     """A convolution equal to ``bn(conv(x))`` for a frozen BatchNorm (inference speed-up)."""
-    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
-    shift = bn.bias - bn.running_mean * scale
+    scale, shift = frozen_bn_affine(bn)
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                       conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
     fused = fused.to(device=conv.weight.device, dtype=conv.weight.dtype)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .folded import conv_norm
 from .norms import NORMS, FrozenBatchNorm2d, fold_frozen_bn, freeze_batchnorm, get_norm
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "DEPTHS", "STAGE_NAMES"]
@@ -56,7 +57,7 @@ class _Block(nn.Module):
         self.residual = residual
 
     def _shortcut(self, x: Tensor) -> Tensor:
-        return x if self.downsample is None else self.downsample(x)
+        return x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x, self.training)
 
     @torch.no_grad()
     def fuse_frozen_bn(self) -> None:
@@ -89,8 +90,9 @@ class BasicBlock(_Block):
 
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu_(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        # in training, frozen BatchNorms ride on the convolutions (see backbone.folded)
+        out = F.relu_(conv_norm(self.conv1, self.bn1, x, self.training))
+        out = conv_norm(self.conv2, self.bn2, out, self.training)
         if self.residual:
             out += self._shortcut(x)  # in place: no layer keeps its output for backward
         return F.relu_(out)
@@ -117,9 +119,10 @@ class Bottleneck(_Block):
 
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu_(self.bn1(self.conv1(x)))
-        out = F.relu_(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        # in training, frozen BatchNorms ride on the convolutions (see backbone.folded)
+        out = F.relu_(conv_norm(self.conv1, self.bn1, x, self.training))
+        out = F.relu_(conv_norm(self.conv2, self.bn2, out, self.training))
+        out = conv_norm(self.conv3, self.bn3, out, self.training)
         if self.residual:
             out += self._shortcut(x)  # in place: no layer keeps its output for backward
         return F.relu_(out)
@@ -254,7 +257,7 @@ class ResNet(nn.Module):
                 param.requires_grad_(False)
 
     def stem(self, x: Tensor) -> Tensor:
-        return self.maxpool(F.relu_(self.bn1(self.conv1(x))))
+        return self.maxpool(F.relu_(conv_norm(self.conv1, self.bn1, x, self.training)))
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
         """``x``: (B, 3, H, W) -> ordered dict ``{name: (B, out_channels[name], H/stride, W/stride)}``."""
