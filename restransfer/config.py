@@ -1,31 +1,24 @@
-"""Typed configuration: YAML files with ``_base_`` inheritance and ``key.sub=value`` overrides.
+"""The detection config: its typed schema and the checks of its values.
 
-The schema is a tree of dataclasses turned into an OmegaConf structured config, so every key has a
-type and a documented default. :func:`load_config` reads a file (and its bases), applies command-line
-overrides and returns the validated config. Unknown keys and wrong types are errors that name the
-file, the line, the key and the closest valid key.
+The schema is a tree of dataclasses, so every key has a type and a documented default. :func:`load_config`
+reads a file (and its ``_base_`` chain) through :mod:`restransfer.yaml_config`, applies command-line
+overrides and returns the validated config. Unknown keys and wrong types are errors that name the file,
+the line, the key and the closest valid key.
 
 Each component reads the config in exactly one builder (``build_model(cfg)``, ``build_dataset(...)``,
 ...); modules themselves take explicit keyword arguments.
 """
 from __future__ import annotations
 
-import copy
-import difflib
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional
 
-import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig, OmegaConf
+
+from .yaml_config import ConfigError, dump_config, load_structured, resolve_path, structured_defaults
 
 __all__ = ["load_config", "dump_config", "default_config", "ConfigError", "Config", "resolve_path"]
-
-
-class ConfigError(ValueError):
-    """A configuration file or override is invalid; the message says where and what to do."""
 
 
 # --------------------------------------------------------------------------------------------- schema
@@ -50,23 +43,23 @@ class AnchorConfig:
 
 @dataclass
 class RPNConfig:
-    pre_nms_top_n_train: int = 2000
+    pre_nms_top_n_train: int = 2000  # proposals kept per level (FPN) or image (C4) before NMS
     pre_nms_top_n_test: int = 1000
-    post_nms_top_n_train: int = 2000
+    post_nms_top_n_train: int = 2000  # proposals per image after NMS
     post_nms_top_n_test: int = 1000
     nms_thresh: float = 0.7
-    fg_iou_thresh: float = 0.7
-    bg_iou_thresh: float = 0.3
-    batch_size_per_image: int = 256
+    fg_iou_thresh: float = 0.7  # anchors at IoU >= this with a ground-truth box are positives
+    bg_iou_thresh: float = 0.3  # and below this negatives; in between they are ignored
+    batch_size_per_image: int = 256  # anchors sampled per image for the losses
     positive_fraction: float = 0.5
     score_thresh: float = 0.0
 
 
 @dataclass
 class RoIHeadsConfig:
-    fg_iou_thresh: float = 0.5
-    bg_iou_thresh: float = 0.5
-    batch_size_per_image: int = 512
+    fg_iou_thresh: float = 0.5  # proposals at IoU >= this with a ground-truth box are foreground
+    bg_iou_thresh: float = 0.5  # and below this background
+    batch_size_per_image: int = 512  # proposals sampled per image for the losses
     positive_fraction: float = 0.25
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
@@ -179,168 +172,7 @@ class Config:
 
 def default_config() -> DictConfig:
     """The full config tree with defaults, in struct mode (unknown keys are errors)."""
-    cfg = OmegaConf.structured(Config)
-    OmegaConf.set_struct(cfg, True)
-    return cfg
-
-
-# ---------------------------------------------------------------------------------- YAML with lines
-
-
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that remembers the line of every mapping key as ``{dotted.key: line}``."""
-
-
-def _load_yaml_with_lines(path: Path) -> Tuple[Dict[str, Any], Dict[str, int]]:
-    text = path.read_text(encoding="utf-8")
-    try:
-        node = yaml.compose(text, Loader=_LineLoader)
-        data = yaml.load(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
-    if data is None:
-        return {}, {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
-    lines: Dict[str, int] = {}
-
-    def walk(n, prefix: str) -> None:
-        if isinstance(n, yaml.MappingNode):
-            for k, v in n.value:
-                key = f"{prefix}{k.value}"
-                lines[key] = k.start_mark.line + 1
-                walk(v, key + ".")
-
-    walk(node, "")
-    return data, lines
-
-
-# ------------------------------------------------------------------------------------ key validation
-
-
-def _schema_keys(node: Any, prefix: str = "") -> List[str]:
-    keys: List[str] = []
-    if isinstance(node, DictConfig):
-        for k in node.keys():
-            full = f"{prefix}{k}"
-            keys.append(full)
-            child = node._get_node(k)
-            if isinstance(child, DictConfig) and not child._is_none():
-                keys.extend(_schema_keys(child, full + "."))
-    return keys
-
-
-_DATASET_KEYS = [f.name for f in DatasetSpec.__dataclass_fields__.values()]
-
-
-def _all_keys() -> List[str]:
-    keys = _schema_keys(default_config())
-    keys += [f"data.test.{k}" for k in _DATASET_KEYS]
-    return keys
-
-
-def _suggest(key: str, valid: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    if not close:
-        # compare the last component among siblings
-        parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
-        siblings = [v for v in valid if v.startswith(parent) and "." not in v[len(parent):]]
-        close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.0)
-    return f"; did you mean {close[0]}?" if close else ""
-
-
-def _check_keys(data: Any, valid: Sequence[str], where: str, lines: Dict[str, int], prefix: str = "") -> None:
-    """Raise ConfigError for the first key of ``data`` that the schema does not know."""
-    if not isinstance(data, dict):
-        return
-    for k, v in data.items():
-        if prefix == "" and k == "_base_":
-            continue
-        key = f"{prefix}{k}"
-        if key not in valid:
-            line = lines.get(key)
-            loc = f"{where}, line {line}: " if line else f"{where}: "
-            raise ConfigError(f"{loc}{key}: unknown key{_suggest(key, valid)}")
-        if isinstance(v, dict):
-            _check_keys(v, valid, where, lines, key + ".")
-        elif isinstance(v, list) and key == "data.train":
-            for i, item in enumerate(v):
-                if isinstance(item, dict):
-                    for sub in item:
-                        if sub not in _DATASET_KEYS:
-                            line = lines.get(key)
-                            loc = f"{where}, line {line}: " if line else f"{where}: "
-                            close = difflib.get_close_matches(sub, _DATASET_KEYS, n=1, cutoff=0.4)
-                            hint = f"; did you mean {key}[{i}].{close[0]}?" if close else ""
-                            raise ConfigError(f"{loc}{key}[{i}].{sub}: unknown key{hint}")
-
-
-# ---------------------------------------------------------------------------------------- merging
-
-
-def _deep_merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in update.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def _read_with_bases(path: Path, valid: Sequence[str], chain: Tuple[Path, ...] = ()) -> Dict[str, Any]:
-    path = path.resolve()
-    if path in chain:
-        cycle = " -> ".join(str(p) for p in chain + (path,))
-        raise ConfigError(f"{path}: _base_ inheritance forms a cycle: {cycle}")
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}" + (f" (a _base_ of {chain[-1]})" if chain else ""))
-    data, lines = _load_yaml_with_lines(path)
-    bases = data.pop("_base_", None)
-    _check_keys(data, valid, str(path), lines)
-    merged: Dict[str, Any] = {}
-    if bases is not None:
-        if isinstance(bases, str):
-            bases = [bases]
-        if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-            raise ConfigError(f"{path}: _base_ must be a path or a list of paths relative to the file")
-        for b in bases:
-            merged = _deep_merge(merged, _read_with_bases(path.parent / b, valid, chain + (path,)))
-    return _deep_merge(merged, data)
-
-
-def _parse_override(item: str, valid: Sequence[str]) -> Tuple[str, Any]:
-    if "=" not in item:
-        raise ConfigError(f"override {item!r}: expected key=value, e.g. model.backbone.depth=50")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {item!r}: the value is not valid YAML: {e}") from None
-    if key not in valid:
-        raise ConfigError(f"override {item!r}: {key}: unknown key{_suggest(key, valid)}")
-    return key, value
-
-
-def _nest(key: str, value: Any) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    cur = out
-    parts = key.split(".")
-    for p in parts[:-1]:
-        cur = cur.setdefault(p, {})
-    cur[parts[-1]] = value
-    return out
-
-
-def _merge_into_schema(data: Dict[str, Any], where: str) -> DictConfig:
-    cfg = default_config()
-    try:
-        return OmegaConf.merge(cfg, data)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", "") or ""
-        msg = str(e).splitlines()[0]
-        raise ConfigError(f"{where}: {key}: {msg}" if key else f"{where}: {msg}") from None
+    return structured_defaults(Config)
 
 
 def load_config(path: Optional[os.PathLike | str] = None, overrides: Iterable[str] = ()) -> DictConfig:
@@ -358,21 +190,8 @@ def load_config(path: Optional[os.PathLike | str] = None, overrides: Iterable[st
     Raises:
         ConfigError: unknown keys (with the closest valid key), wrong types, missing files.
     """
-    valid = _all_keys()
-    data: Dict[str, Any] = {}
-    where = "defaults"
-    if path is not None:
-        data = _read_with_bases(Path(path), valid)
-        where = str(path)
-    cfg = _merge_into_schema(data, where)
-    for item in overrides:
-        key, value = _parse_override(item, valid)
-        try:
-            cfg = OmegaConf.merge(cfg, _nest(key, value))
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"override {item!r}: {key}: {str(e).splitlines()[0]}") from None
+    cfg = load_structured(Config, path, overrides, items={"data.train": DatasetSpec, "data.test": DatasetSpec})
     _validate_choices(cfg)
-    OmegaConf.set_struct(cfg, True)
     return cfg
 
 
@@ -422,27 +241,3 @@ def _validate_solver(s: DictConfig) -> None:
             raise ConfigError(f"solver.steps: {step} is outside 1..solver.max_iter ({s.max_iter}); a learning-rate "
                               f"step beyond the last iteration never happens. Steps are optimizer steps of "
                               "solver.ims_per_batch images")
-
-
-def dump_config(cfg: DictConfig, path: Optional[os.PathLike | str] = None) -> str:
-    """The resolved config as YAML; written atomically to ``path`` when given. Loads back identically."""
-    text = OmegaConf.to_yaml(cfg, resolve=True)
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    return text
-
-
-def resolve_path(p: Optional[str]) -> Optional[str]:
-    """Expand ``~`` and ``$VARS``; relative dataset paths resolve under ``$RESTRANSFER_DATASETS``
-    when that is set and the path starts with ``datasets/``."""
-    if p is None:
-        return None
-    p = os.path.expandvars(os.path.expanduser(p))
-    root = os.environ.get("RESTRANSFER_DATASETS")
-    if root and not os.path.isabs(p) and (p == "datasets" or p.startswith("datasets/")):
-        p = os.path.join(root, p[len("datasets/"):]) if p != "datasets" else root
-    return p

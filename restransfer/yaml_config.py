@@ -1,0 +1,245 @@
+"""YAML configs against a typed schema: ``_base_`` inheritance, ``key.sub=value`` overrides, key checks.
+
+A schema is a tree of dataclasses turned into an OmegaConf structured config, so every key has a type and
+a documented default. :func:`load_structured` reads a file (and its bases), applies command-line overrides
+and returns the merged config; unknown keys and wrong types are errors that name the file, the line, the
+key and the closest valid key. ``restransfer.config`` holds the detection schema; any other tool with a
+schema of its own (classification, say) loads it through the same function.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+__all__ = ["ConfigError", "structured_defaults", "load_structured", "dump_config", "resolve_path"]
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message says where and what to do."""
+
+
+def structured_defaults(schema: type) -> DictConfig:
+    """The full config tree of a dataclass schema with its defaults, in struct mode (unknown keys are errors)."""
+    cfg = OmegaConf.structured(schema)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------- YAML with lines
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that remembers the line of every mapping key as ``{dotted.key: line}``."""
+
+
+def _load_yaml_with_lines(path: Path) -> Tuple[Dict[str, Any], Dict[str, int]]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=_LineLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    lines: Dict[str, int] = {}
+
+    def walk(n, prefix: str) -> None:
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                key = f"{prefix}{k.value}"
+                lines[key] = k.start_mark.line + 1
+                walk(v, key + ".")
+
+    walk(node, "")
+    return data, lines
+
+
+# ------------------------------------------------------------------------------------ key validation
+
+
+def _schema_keys(node: Any, prefix: str = "") -> List[str]:
+    keys: List[str] = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            full = f"{prefix}{k}"
+            keys.append(full)
+            child = node._get_node(k)
+            if isinstance(child, DictConfig) and not child._is_none():
+                keys.extend(_schema_keys(child, full + "."))
+    return keys
+
+
+def _field_names(item_schema: type) -> List[str]:
+    return [f.name for f in dataclasses.fields(item_schema)]
+
+
+class _Keys:
+    """The valid dotted keys of a schema; ``items`` maps list keys (``data.train``) and optional mapping keys
+    (``data.test``) to the dataclass of their entries."""
+
+    def __init__(self, schema: type, items: Mapping[str, type]):
+        self.items = {key: _field_names(s) for key, s in items.items()}
+        self.valid = _schema_keys(structured_defaults(schema))
+        for key, names in self.items.items():  # optional entries (None by default) still have known sub-keys
+            self.valid += [f"{key}.{n}" for n in names if f"{key}.{n}" not in self.valid]
+
+    def suggest(self, key: str) -> str:
+        close = difflib.get_close_matches(key, self.valid, n=1, cutoff=0.5)
+        if not close:
+            # compare the last component among siblings
+            parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
+            siblings = [v for v in self.valid if v.startswith(parent) and "." not in v[len(parent):]]
+            close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.0)
+        return f"; did you mean {close[0]}?" if close else ""
+
+    def check(self, data: Any, where: str, lines: Dict[str, int], prefix: str = "") -> None:
+        """Raise ConfigError for the first key of ``data`` that the schema does not know."""
+        if not isinstance(data, dict):
+            return
+        for k, v in data.items():
+            if prefix == "" and k == "_base_":
+                continue
+            key = f"{prefix}{k}"
+            line = lines.get(key)
+            loc = f"{where}, line {line}: " if line else f"{where}: "
+            if key not in self.valid:
+                raise ConfigError(f"{loc}{key}: unknown key{self.suggest(key)}")
+            if isinstance(v, dict):
+                self.check(v, where, lines, key + ".")
+            elif isinstance(v, list) and key in self.items:
+                names = self.items[key]
+                for i, item in enumerate(v):
+                    for sub in (item if isinstance(item, dict) else ()):
+                        if sub not in names:
+                            close = difflib.get_close_matches(sub, names, n=1, cutoff=0.4)
+                            hint = f"; did you mean {key}[{i}].{close[0]}?" if close else ""
+                            raise ConfigError(f"{loc}{key}[{i}].{sub}: unknown key{hint}")
+
+
+# ---------------------------------------------------------------------------------------- merging
+
+
+def _deep_merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _read_with_bases(path: Path, keys: _Keys, chain: Tuple[Path, ...] = ()) -> Dict[str, Any]:
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in chain + (path,))
+        raise ConfigError(f"{path}: _base_ inheritance forms a cycle: {cycle}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}" + (f" (a _base_ of {chain[-1]})" if chain else ""))
+    data, lines = _load_yaml_with_lines(path)
+    bases = data.pop("_base_", None)
+    keys.check(data, str(path), lines)
+    merged: Dict[str, Any] = {}
+    if bases is not None:
+        if isinstance(bases, str):
+            bases = [bases]
+        if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+            raise ConfigError(f"{path}: _base_ must be a path or a list of paths relative to the file")
+        for b in bases:
+            merged = _deep_merge(merged, _read_with_bases(path.parent / b, keys, chain + (path,)))
+    return _deep_merge(merged, data)
+
+
+def _parse_override(item: str, keys: _Keys) -> Tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. model.backbone.depth=50")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML: {e}") from None
+    if key not in keys.valid:
+        raise ConfigError(f"override {item!r}: {key}: unknown key{keys.suggest(key)}")
+    return key, value
+
+
+def _nest(key: str, value: Any) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    cur = out
+    parts = key.split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    return out
+
+
+def load_structured(schema: type, path: Optional[os.PathLike | str] = None, overrides: Iterable[str] = (),
+                    items: Optional[Mapping[str, type]] = None) -> DictConfig:
+    """Load a YAML file (with its ``_base_`` chain) into ``schema`` and apply ``key.sub=value`` overrides.
+
+    Args:
+        schema: the root dataclass; every key of the file must be one of its (nested) fields.
+        path: the YAML file; ``None`` starts from the defaults.
+        overrides: strings like ``"model.depth=50"`` or ``"solver.steps=[1000,2000]"``; values are parsed
+            as YAML (``"data.test={image_root: imgs}"`` works too).
+        items: dotted keys whose value is a list of entries or an optional entry, mapped to the entry's
+            dataclass, so that a misspelt key inside an entry is named too.
+
+    Returns:
+        A struct-mode ``DictConfig``; reading or setting an unknown key raises.
+    """
+    keys = _Keys(schema, items or {})
+    data: Dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        data = _read_with_bases(Path(path), keys)
+        where = str(path)
+    try:
+        cfg = OmegaConf.merge(structured_defaults(schema), data)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "") or ""
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{where}: {key}: {msg}" if key else f"{where}: {msg}") from None
+    for item in overrides:
+        key, value = _parse_override(item, keys)
+        try:
+            cfg = OmegaConf.merge(cfg, _nest(key, value))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"override {item!r}: {key}: {str(e).splitlines()[0]}") from None
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def dump_config(cfg: DictConfig, path: Optional[os.PathLike | str] = None) -> str:
+    """The resolved config as YAML; written atomically to ``path`` when given. Loads back identically."""
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    return text
+
+
+def resolve_path(p: Optional[str]) -> Optional[str]:
+    """Expand ``~`` and ``$VARS``; relative dataset paths resolve under ``$RESTRANSFER_DATASETS``
+    when that is set and the path starts with ``datasets/``."""
+    if p is None:
+        return None
+    p = os.path.expandvars(os.path.expanduser(p))
+    root = os.environ.get("RESTRANSFER_DATASETS")
+    if root and not os.path.isabs(p) and (p == "datasets" or p.startswith("datasets/")):
+        p = os.path.join(root, p[len("datasets/"):]) if p != "datasets" else root
+    return p
