@@ -71,6 +71,8 @@ class RoIHeadsConfig:
     mask_pooler_resolution: int = 14
     mask_conv_dim: int = 256
     class_agnostic_box_reg: bool = False
+    # the paper's global context: the whole image pooled as one RoI, its feature concatenated with each region's
+    global_context: bool = False
 
 
 @dataclass

@@ -21,6 +21,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from ..backbone import MSRA_BGR, TORCHVISION_RGB, PixelConvention, build_resnet
 from ..backbone.wrappers import BackboneC4, BackboneWithFPN
 from .c4 import C4BoxHead, Res5Head
+from .context import ContextBoxHead, GlobalContextPool
 from .checkpoint import apply_detector_state, read_detector_checkpoint
 from .detector import Detector
 from .roi_align import ParallelMultiScaleRoIAlign
@@ -186,6 +187,10 @@ def _roi_head_modules(m, backbone: nn.Module, res5: Optional[Res5Head]) -> Dict[
             heads["mask_roi_pool"] = ParallelMultiScaleRoIAlign(["0"], h.c4_pooler_resolution, h.sampling_ratio)
             heads["mask_head"] = res5
             heads["mask_predictor"] = MaskRCNNPredictor(res5.out_channels, h.mask_conv_dim, num_classes)
+    if h.global_context:  # the whole image as one more region, its feature beside each region's
+        heads["box_roi_pool"] = GlobalContextPool(heads["box_roi_pool"])
+        heads["box_head"] = ContextBoxHead(heads["box_head"], box_dim)
+        box_dim = heads["box_head"].out_channels
     heads["box_predictor"] = (ClassAgnosticPredictor(box_dim, num_classes) if h.class_agnostic_box_reg
                               else FastRCNNPredictor(box_dim, num_classes))
     return heads

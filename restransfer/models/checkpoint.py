@@ -17,11 +17,12 @@ from torch import Tensor, nn
 
 from ..backbone.weights import WeightsError, read_state_dict, tensors_of
 from ..serialization import load_torch_file, verify_checksum
+from .context import has_global_context
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["load_detector_weights", "read_detector_checkpoint", "apply_detector_state", "CLASS_DEPENDENT",
-           "DetectorLoadReport"]
+           "DetectorLoadReport", "check_global_context"]
 
 # layers whose shape depends on the number of classes
 CLASS_DEPENDENT = (
@@ -77,6 +78,7 @@ def apply_detector_state(model: nn.Module, sd: Dict[str, Tensor], source: str,
         if sd and all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}
     own = model.state_dict()
+    check_global_context(has_global_context(own), has_global_context(sd), source)
     reinit: List[str] = []
     mismatched: List[str] = []
     for k, v in own.items():
@@ -108,6 +110,15 @@ def apply_detector_state(model: nn.Module, sd: Dict[str, Tensor], source: str,
                        "layers %s (everything else loaded)", source, ", ".join(layers))
     return DetectorLoadReport(source=str(source), reinitialized=sorted({k.rsplit(".", 1)[0] for k in reinit}),
                               unexpected=unexpected, meta=dict(meta or {}))
+
+
+def check_global_context(model_has: bool, checkpoint_has: bool, source: str) -> None:
+    """Raise :class:`WeightsError` naming ``model.roi_heads.global_context`` when a checkpoint and a model
+    differ in it (the box predictor's input width depends on it, so nothing could load silently)."""
+    if model_has != checkpoint_has:
+        raise WeightsError(f"{source}: the checkpoint was trained with model.roi_heads.global_context="
+                           f"{str(checkpoint_has).lower()} but the model has global_context={str(model_has).lower()}; "
+                           f"set model.roi_heads.global_context={str(checkpoint_has).lower()}")
 
 
 @torch.no_grad()
