@@ -34,7 +34,7 @@ from ..serialization import WeightsError, check_not_empty, load_torch_file, safe
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PixelConvention", "TORCHVISION_RGB", "MSRA_BGR", "load_pretrained", "read_state_dict",
+__all__ = ["PixelConvention", "TORCHVISION_RGB", "MSRA_BGR", "load_pretrained", "read_state_dict", "read_weights",
            "tensors_of", "safe_load_pickle", "LoadReport", "WeightsError"]
 
 
@@ -80,6 +80,17 @@ def _unwrap(obj: Any) -> Any:
 def read_state_dict(path: os.PathLike | str) -> Tuple[Dict[str, Tensor], str]:
     """Read a weights file into ``{name: tensor}`` and say how it was stored (``torch``, ``safetensors`` or
     ``pickle``). Never executes code from the file."""
+    sd, kind, _ = read_weights(path)
+    return sd, kind
+
+
+# top-level entries of a classifier checkpoint (tools/train_cls.py) that say how to use its weights
+CLASSIFIER_META_KEYS = ("task", "arch", "depth", "residual", "style", "num_classes", "class_names", "pixel_convention")
+
+
+def read_weights(path: os.PathLike | str) -> Tuple[Dict[str, Tensor], str, Dict[str, Any]]:
+    """:func:`read_state_dict` plus the checkpoint's description of its weights: for a classifier checkpoint of
+    ``tools/train_cls.py`` (``task: "classification"``) the entries of ``CLASSIFIER_META_KEYS``, else ``{}``."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}. Pass an existing file, or a hub source such as "
@@ -100,7 +111,10 @@ def read_state_dict(path: os.PathLike | str) -> Tuple[Dict[str, Tensor], str]:
         except Exception:
             # a plain pickle such as detectron2's R-101.pkl
             obj, kind = safe_load_pickle(path), "pickle"
-    return tensors_of(obj, path), kind
+    meta: Dict[str, Any] = {}
+    if isinstance(obj, Mapping) and obj.get("task") == "classification" and isinstance(obj.get("model"), Mapping):
+        meta = {k: obj[k] for k in CLASSIFIER_META_KEYS if k in obj}
+    return tensors_of(obj, path), kind, meta
 
 
 def tensors_of(obj: Any, path: os.PathLike | str) -> Dict[str, Tensor]:
@@ -241,16 +255,18 @@ def _timm_source(spec: str) -> Tuple[Dict[str, Tensor], str]:
     return dict(model.state_dict()), "torch"
 
 
-def _fetch(source: str) -> Tuple[Dict[str, Tensor], str, str]:
-    """Return ``(raw state dict, storage kind, hint)`` for any supported source."""
+def _fetch(source: str) -> Tuple[Dict[str, Tensor], str, str, Optional[PixelConvention]]:
+    """Return ``(raw state dict, storage kind, hint, recorded pixel convention or None)`` for any source."""
     if source.startswith("torchvision://"):
         sd, kind = _torchvision_source(source[len("torchvision://"):])
-        return sd, kind, "torchvision"
+        return sd, kind, "torchvision", None
     if source.startswith("timm://"):
         sd, kind = _timm_source(source[len("timm://"):])
-        return sd, kind, "timm"
-    sd, kind = read_state_dict(os.path.expanduser(source))
-    return sd, kind, ""
+        return sd, kind, "timm", None
+    sd, kind, meta = read_weights(os.path.expanduser(source))
+    if meta.get("pixel_convention"):  # a train_cls checkpoint: the convention its classifier was trained with
+        return sd, kind, "train_cls", PixelConvention.from_dict(meta["pixel_convention"], meta.get("style"))
+    return sd, kind, "", None
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -271,8 +287,10 @@ def load_pretrained(model: nn.Module, source: str, *, strict_classifier: bool = 
         WeightsError: unreadable or unsafe file, unrecognized layout, a style mismatch (MSRA weights into a
             ``style="pytorch"`` model or the reverse), missing keys, or a shape mismatch (names the first bad key).
     """
-    raw, kind, hint = _fetch(str(source))
+    raw, kind, hint, recorded = _fetch(str(source))
     sd, fmt, convention = _detect(raw, kind, hint)
+    if recorded is not None:
+        fmt, convention = hint, recorded
     style = getattr(model, "style", None)
     block_is_bottleneck = getattr(model, "depth", 50) >= 50
     if convention.style and style and block_is_bottleneck and style != convention.style:

@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -37,20 +37,49 @@ from .solver import BatchLayout, batch_layout, build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["train", "evaluate_only", "NonFiniteLossError", "TrainingOutOfMemory"]
+__all__ = ["train", "evaluate_only", "NonFiniteLossError", "TrainingOutOfMemory", "seed_everything", "start_run",
+           "training_precision", "restore_training_state"]
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the message names the iteration and the loss terms."""
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators."""
     import random
 
     import numpy as np
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
+
+
+def start_run(ckpt: Checkpointer, cfg, resume: bool, restart: bool):
+    """What every training loop does before building anything: remove a killed run's temporaries, set old
+    checkpoints aside (``restart``) or refuse to overwrite them, find the checkpoint to resume from
+    (``(path, state)`` or None), write ``config.yaml`` and seed this process (``cfg.seed + rank``)."""
+    out = ckpt.dir
+    found, error = None, None
+    if is_main_process():
+        ckpt.remove_temporaries()
+        if restart:
+            ckpt.set_aside()
+        elif not resume and ckpt.candidates():
+            error = (f"{out} already holds checkpoints of a run ({ckpt.candidates()[0].name}, ...): pass --resume "
+                     "to continue it, --restart to start over from iteration 0 (the old checkpoints are moved into "
+                     "a replaced-<time>/ subfolder), or choose another output_dir=...")
+    error = all_gather_object(error)[0]
+    if error:
+        raise ValueError(error)
+    if resume:
+        found = ckpt.newest_intact()
+        if found is None:
+            logger.info("--resume: no checkpoint in %s, starting from iteration 0", out)
+    if is_main_process():
+        dump_config(cfg, out / "config.yaml")
+    seed_everything(cfg.seed + get_rank())
+    return found
 
 
 def _to_device(targets, device: torch.device):
@@ -127,6 +156,33 @@ def evaluate_only(cfg) -> Optional[Dict[str, Any]]:
         return evaluate_model(cfg, weights=weights)
 
 
+def training_precision(setting: str, device: torch.device):
+    """``(precision, GradScaler or None)`` of ``solver.precision`` on ``device`` (checked, with a note for auto)."""
+    precision = resolve_precision(setting, device)
+    if setting == "auto":
+        logger.info("solver.precision=auto: training in %s on %s", precision, device)
+    elif precision == "bf16":
+        check_precision_support(torch.bfloat16, device)  # warns where bf16 is emulated
+    check_autocast_precision(precision, device)
+    return precision, (torch.amp.GradScaler("cuda") if precision == "fp16" else None)
+
+
+def restore_training_state(found, model: nn.Module, optimizer, scheduler, scaler) -> Tuple[int, Optional[float]]:
+    """Load ``found`` (``(path, state)`` of :func:`start_run`, or None) into the training objects and the RNGs;
+    returns ``(start iteration, best)`` (``(0, None)`` without a checkpoint)."""
+    if found is None:
+        return 0, None
+    last, state = found
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    logger.info("resumed from %s at iteration %d", last, int(state["iteration"]))
+    return int(state["iteration"]), state.get("best")
+
+
 def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[Dict[str, Any]]:
     from ..data.build import build_train_dataset, build_train_loader
     from ..models import build_model
@@ -136,25 +192,7 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[D
     out = Path(cfg.output_dir)
     setup_logging(str(out), rank)
     ckpt = Checkpointer(out, keep_last=cfg.solver.keep_last)
-    found, error = None, None
-    if is_main_process():
-        ckpt.remove_temporaries()
-        if restart:
-            ckpt.set_aside()
-        elif not resume and ckpt.candidates():
-            error = (f"{out} already holds checkpoints of a run ({ckpt.candidates()[0].name}, ...): pass --resume "
-                     "to continue it, --restart to start over from iteration 0 (the old checkpoints are moved into "
-                     "a replaced-<time>/ subfolder), or choose another output_dir=...")
-    error = all_gather_object(error)[0]
-    if error:
-        raise ValueError(error)
-    if resume:
-        found = ckpt.newest_intact()
-        if found is None:
-            logger.info("--resume: no checkpoint in %s, starting from iteration 0", out)
-    if is_main_process():
-        dump_config(cfg, out / "config.yaml")
-    _seed_everything(cfg.seed + rank)
+    found = start_run(ckpt, cfg, resume, restart)
 
     dataset = build_train_dataset(cfg)
     _check_classes(cfg, dataset)
@@ -168,25 +206,8 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[D
     model.train()
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
-    precision = resolve_precision(cfg.solver.precision, device)
-    if cfg.solver.precision == "auto":
-        logger.info("solver.precision=auto: training in %s on %s", precision, device)
-    elif precision == "bf16":
-        check_precision_support(torch.bfloat16, device)  # warns where bf16 is emulated
-    check_autocast_precision(precision, device)
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-
-    start_iter, best = 0, None
-    if found is not None:
-        last, state = found
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_iter, best = int(state["iteration"]), state.get("best")
-        set_rng_state(state["rng"])
-        logger.info("resumed from %s at iteration %d", last, start_iter)
+    precision, scaler = training_precision(cfg.solver.precision, device)
+    start_iter, best = restore_training_state(found, model, optimizer, scheduler, scaler)
 
     if distributed:
         ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}

@@ -1,0 +1,173 @@
+"""Classification testing: center crop, the paper's 10-crop testing and fully-convolutional multi-scale
+testing, and the top-1 / top-5 error.
+
+* ``center``: the shorter side resized to ``test_size``, the central ``crop`` x ``crop`` window.
+* ``10crop``: the same resize, the four corner crops and the center crop, and their horizontal flips
+  (torchvision's ``ten_crop`` order); the softmax scores of the ten views are averaged.
+* ``fcn``: the whole image with its shorter side at every size of ``scales`` (the paper's {224, 256, 384,
+  480, 640}) and its horizontal flip, each through the network as a fully convolutional net (global
+  average pooling over whatever spatial size it has); the softmax scores are averaged over all views.
+
+Errors are percentages: an image counts as a top-k error when its label is not among the k highest scores.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.transforms.v2 import functional as TF
+
+from .config import CROPS
+from .data import ClassificationDataset, normalize, resize_shorter
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["topk_errors", "ten_crops", "center_crop", "image_views", "classifier_scores", "evaluate_classifier",
+           "write_metrics"]
+
+
+def topk_errors(scores: np.ndarray | torch.Tensor, labels: Sequence[int], ks: Sequence[int] = (1, 5)
+                ) -> Dict[str, float]:
+    """``{"top1_error": %, "top5_error": %}`` (one key per k) of (N, C) ``scores`` against (N,) labels.
+    With fewer than k classes every image is a top-k hit."""
+    scores = torch.as_tensor(np.asarray(scores, dtype=np.float64))
+    labels = torch.as_tensor(np.asarray(labels, dtype=np.int64)).reshape(-1)
+    if scores.ndim != 2 or len(scores) != len(labels):
+        raise ValueError(f"scores must be (N, C) with one row per label, got {tuple(scores.shape)} for "
+                         f"{len(labels)} labels")
+    if not len(labels):
+        raise ValueError("no images to evaluate")
+    out = {}
+    for k in ks:
+        top = scores.topk(min(k, scores.shape[1]), dim=1).indices
+        hit = (top == labels[:, None]).any(dim=1)
+        out[f"top{k}_error"] = 100.0 * float((~hit).double().mean())
+    return out
+
+
+def center_crop(img: np.ndarray, crop: int) -> np.ndarray:
+    """The central ``crop`` x ``crop`` window of (H, W, C) ``img``."""
+    h, w = img.shape[:2]
+    y, x = (h - crop) // 2, (w - crop) // 2
+    return img[y:y + crop, x:x + crop]
+
+
+def ten_crops(img: np.ndarray, crop: int) -> np.ndarray:
+    """(10, crop, crop, C): top-left, top-right, bottom-left, bottom-right, center, then the same five of
+    the horizontally flipped image (torchvision's ``ten_crop``)."""
+    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+    return torch.stack(TF.ten_crop(t, [crop, crop])).permute(0, 2, 3, 1).numpy()
+
+
+def image_views(img: np.ndarray, mode: str, *, crop: int, test_size: int,
+                scales: Sequence[int] = ()) -> List[np.ndarray]:
+    """The test views of one RGB image as groups of equally sized views ``(V, H, W, 3)``: one group for
+    ``center`` (V=1) and ``10crop`` (V=10), one per scale for ``fcn`` (the image and its flip, V=2)."""
+    if mode not in CROPS:
+        raise ValueError(f"crops={mode!r} is not one of {', '.join(CROPS)}")
+    if mode == "fcn":
+        groups = []
+        for s in scales:
+            r = resize_shorter(img, int(s))
+            groups.append(np.stack([r, r[:, ::-1]]))
+        return groups
+    resized = resize_shorter(img, test_size)
+    if mode == "center":
+        return [center_crop(resized, crop)[None]]
+    return [ten_crops(resized, crop)]
+
+
+@torch.no_grad()
+def classifier_scores(model: nn.Module, dataset: ClassificationDataset, *, mode: str = "center", crop: int = 224,
+                      test_size: int = 256, scales: Sequence[int] = (), mean=(0, 0, 0), std=(1, 1, 1),
+                      batch_size: int = 32, device: torch.device | str = "cpu", bgr: bool = False) -> np.ndarray:
+    """(N, C) softmax scores of ``model.classify`` over ``dataset``, averaged over each image's views
+    (``mean``/``std`` in 0..255 units; ``bgr`` feeds the channels in BGR order)."""
+    model.eval()
+    out: List[np.ndarray] = []
+    pending: List[Tuple[int, torch.Tensor]] = []  # (image index, views) of one batch
+
+    def flush() -> None:
+        if not pending:
+            return
+        x = torch.cat([v for _, v in pending]).to(device)
+        probs = torch.softmax(model.classify(x).float(), dim=1).cpu()
+        sizes = [len(v) for _, v in pending]
+        for (i, _), p in zip(pending, probs.split(sizes)):
+            acc[i] = acc.get(i, 0) + p.sum(0)
+            counts[i] = counts.get(i, 0) + len(p)
+        pending.clear()
+
+    acc: Dict[int, torch.Tensor] = {}
+    counts: Dict[int, int] = {}
+    for i in range(len(dataset)):
+        img, _ = dataset[i]
+        groups = image_views(img, mode, crop=crop, test_size=test_size, scales=scales)
+        for g in groups:
+            views = torch.stack([normalize(v[..., ::-1] if bgr else v, mean, std) for v in g])
+            if pending and (views.shape[1:] != pending[0][1].shape[1:] or len(pending) >= batch_size):
+                flush()
+            pending.append((i, views))
+        if mode == "fcn":
+            flush()  # views of other images have other sizes
+    flush()
+    for i in range(len(dataset)):
+        out.append((acc[i] / counts[i]).numpy())
+    return np.stack(out) if out else np.zeros((0, 0), np.float32)
+
+
+def evaluate_classifier(model: nn.Module, dataset: ClassificationDataset, **kwargs) -> Dict[str, float]:
+    """``{"top1_error", "top5_error"}`` in percent of ``model`` on ``dataset`` (keyword arguments as in
+    :func:`classifier_scores`)."""
+    return topk_errors(classifier_scores(model, dataset, **kwargs), dataset.labels)
+
+
+def write_metrics(metrics: Dict[str, float], path: os.PathLike | str) -> None:
+    from ..engine.checkpoint import atomic_write_text
+
+    atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
+
+
+def cfg_test_kwargs(cfg, mode: Optional[str] = None, scales: Optional[Sequence[int]] = None) -> dict:
+    """The :func:`classifier_scores` keyword arguments of a classification config (``mode``/``scales``
+    override ``test.crops``/``test.scales``)."""
+    return dict(mode=mode or cfg.test.crops, crop=cfg.input.crop, test_size=cfg.input.test_size,
+                scales=list(scales) if scales else list(cfg.test.scales), mean=tuple(cfg.input.pixel_mean),
+                std=tuple(cfg.input.pixel_std), batch_size=cfg.test.ims_per_batch)
+
+
+def run_cls_evaluation(cfg, weights: os.PathLike | str, *, mode: Optional[str] = None,
+                       scales: Optional[Sequence[int]] = None, output: Optional[os.PathLike | str] = None
+                       ) -> Dict[str, float]:
+    """Load ``weights`` (a ``train_cls`` checkpoint, or ResNet ImageNet weights for the imagenet arch) into the
+    config's network, test it on ``data.test`` and write ``metrics.json`` (``output``, default
+    ``output_dir/metrics.json``)."""
+    from ..devices import resolve_device
+    from .checkpoint import load_classifier_weights
+    from .config import build_classifier
+    from .data import dataset_from_spec
+
+    if cfg.data.test is None:
+        raise ValueError("evaluation needs data.test in the config ({image_root: DIR, format: ...})")
+    model = build_classifier(cfg)
+    class_names = load_classifier_weights(model, weights)
+    dataset = dataset_from_spec(cfg.data.test, class_names)
+    device = resolve_device(cfg.device)
+    kwargs = cfg_test_kwargs(cfg, mode, scales)
+    conv = model.pixel_convention
+    kwargs.update(mean=conv.mean, std=conv.std, bgr=conv.channel_order == "BGR")
+    metrics = evaluate_classifier(model.to(device), dataset, device=device, **kwargs)
+    metrics.update(crops=kwargs["mode"], num_images=len(dataset))
+    if kwargs["mode"] == "fcn":
+        metrics["scales"] = kwargs["scales"]
+    path = Path(output) if output else Path(cfg.output_dir) / "metrics.json"
+    write_metrics(metrics, path)
+    logger.info("%s testing on %d images: top-1 error %.2f%%, top-5 error %.2f%% (%s)", kwargs["mode"], len(dataset),
+                metrics["top1_error"], metrics["top5_error"], path)
+    return metrics
