@@ -98,7 +98,7 @@ def read_weights(path: os.PathLike | str) -> Tuple[Dict[str, Tensor], str, Dict[
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         try:
-            return dict(load_file(str(path))), "safetensors"
+            return dict(load_file(str(path))), "safetensors", {}
         except Exception as e:
             raise WeightsError(f"{path}: not a readable safetensors file: {e}") from None
     check_not_empty(path)
