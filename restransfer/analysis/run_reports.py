@@ -1,0 +1,82 @@
+"""The ``report.html`` of each evaluation entry of :mod:`restransfer.evaluation.run`, from the test dataset
+and the model's predictions. The metrics are written before the report: a report that cannot be made (an
+unwritable folder, unreadable images) is a warning naming the reason, never a lost evaluation."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from ..evaluation.coco import predictions_to_coco_results
+from ..evaluation.imagenet_loc import first_correct_guess
+from ..evaluation.imagenet_loc_io import MAX_GUESSES
+from .report import localization_error_split, write_coco_report, write_det_report, write_loc_report
+
+__all__ = ["coco_run_report", "det_run_report", "loc_run_report"]
+
+logger = logging.getLogger(__name__)
+PathLike = Union[str, os.PathLike]
+
+
+def _warn(metrics_path: PathLike, e: Exception) -> None:
+    logger.warning("%s not written: %s: %s", Path(metrics_path).with_name("report.html"), type(e).__name__, e)
+
+
+def _data(dataset: Any, predictions: Sequence[Mapping[str, Any]]):
+    results = predictions_to_coco_results(predictions, dataset.label_to_cat_id)
+    return dataset.coco.dataset, results, getattr(dataset, "image_root", None), list(dataset.image_ids)
+
+
+def coco_run_report(metrics_path: PathLike, metrics: Optional[Mapping[str, Any]], dataset: Any,
+                    predictions: Sequence[Mapping[str, Any]]) -> Optional[Path]:
+    """``report.html`` beside ``metrics_path`` for a COCO evaluation of ``predictions`` on ``dataset``
+    (a :class:`~restransfer.data.coco.CocoDataset`); None when it could not be written."""
+    if metrics is None:
+        return None
+    try:
+        gt_data, results, root, ids = _data(dataset, predictions)
+        return write_coco_report(metrics_path, metrics, gt_data, results, image_root=root, image_ids=ids)
+    except Exception as e:  # noqa: BLE001 - the evaluation itself succeeded and is written
+        _warn(metrics_path, e)
+        return None
+
+
+def det_run_report(metrics_path: PathLike, dataset: Any, predictions: Sequence[Mapping[str, Any]], result: Any,
+                   wnids: Sequence[str]) -> Optional[Path]:
+    """``report.html`` for an ImageNet-DET evaluation: ``result`` is the devkit's
+    :class:`~restransfer.evaluation.imagenet_det.DetEvalResult` over the classes ``wnids``; the metrics are
+    read back from ``metrics_path``."""
+    try:
+        metrics = json.loads(Path(metrics_path).read_text(encoding="utf-8"))
+        gt_data, results, root, ids = _data(dataset, predictions)
+        names = {c.get("wnid", c["name"]): str(c["name"]) for c in gt_data["categories"]}
+        curves = [(w, np.asarray(r), np.asarray(p)) for w, r, p, n in
+                  zip(wnids, result.recall, result.precision, result.num_pos) if n > 0]
+        num_pos = {w: int(n) for w, n in zip(wnids, result.num_pos)}
+        return write_det_report(metrics_path, metrics, names, curves, num_pos, gt_data, results,
+                                image_root=root, image_ids=ids)
+    except Exception as e:  # noqa: BLE001
+        _warn(metrics_path, e)
+        return None
+
+
+def loc_run_report(metrics_path: PathLike, metrics: Mapping[str, Any], dataset: Any,
+                   predictions: Sequence[Mapping[str, Any]], gt: Any, submission: Any,
+                   blacklist: Optional[np.ndarray] = None) -> Optional[Path]:
+    """``report.html`` for a localization evaluation: ``gt`` and ``submission`` are what
+    :func:`~restransfer.evaluation.imagenet_loc.evaluate_localization` scored, ``blacklist`` its left-out images."""
+    try:
+        cls_rank, loc_rank = first_correct_guess(gt, submission, MAX_GUESSES)
+        counted = np.ones(len(gt.labels), dtype=bool)
+        if blacklist is not None and len(blacklist):
+            counted[np.asarray(blacklist, dtype=np.int64)] = False
+        split = localization_error_split(cls_rank, loc_rank, gt.labels, counted, MAX_GUESSES)
+        gt_data, results, root, ids = _data(dataset, predictions)
+        return write_loc_report(metrics_path, metrics, split, gt_data, results, image_root=root, image_ids=ids)
+    except Exception as e:  # noqa: BLE001
+        _warn(metrics_path, e)
+        return None
