@@ -72,9 +72,10 @@ def select_examples(analysis: ErrorAnalysis, limit: int = 24) -> List[GalleryIte
         for k in order:
             for kind in KINDS:
                 pool = pools[k][kind]
-                if depth < len(pool) and len(chosen) < limit and pool[depth].ann_id not in seen:
+                key = (kind == "missed", pool[depth].ann_id) if depth < len(pool) else None  # gt and dt ids overlap
+                if key is not None and len(chosen) < limit and key not in seen:
                     it = pool[depth]
-                    seen.add(it.ann_id)
+                    seen.add(key)
                     name = analysis.names[k]
                     what = f"{name} {it.score:.2f}" if it.score is not None else name
                     chosen.append(GalleryItem(kind, k, it.image_id, it.ann_id, it.score, f"{kind}: {what}"))

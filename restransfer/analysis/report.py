@@ -250,7 +250,9 @@ def write_loc_report(metrics_path: PathLike, metrics: Mapping[str, Any], split: 
                         "gt_class_loc_error") if k in metrics]
     summary = _table(keys, [[metrics[k] for k in keys]])
     sections = [("Metrics (%)", summary),
-                ("Localization errors", _plots([(plot_localization_errors(split), "localization errors")]))]
+                ("Localization errors (% of images, top-5 guesses)",
+                 _table(list(split), [list(split.values())])
+                 + _plots([(plot_localization_errors(split), "localization errors")]))]
     if results:
         analysis = analyze_coco_errors(gt_data, list(results), "bbox", image_ids=image_ids, breakdown=False)
         sections.append(("Detector gallery", _gallery(analysis, gt_data, image_root)))

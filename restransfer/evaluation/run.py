@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
+from ..analysis.run_reports import coco_run_report, det_run_report, loc_run_report
 from ..config import resolve_path
 from ..data.ilsvrc import read_synsets
 from ..data.imagenet_loc import ground_truth_from_coco, read_blacklist
@@ -66,8 +67,10 @@ def run_coco_evaluation(cfg, weights: Optional[str] = None, *, iou_types: Option
     dataset, predictions = predict_dataset(cfg, weights, dataset=dataset, model=model, progress=progress)
     if not is_main_process():
         return None
-    return evaluate_coco_predictions(dataset, predictions, iou_types=iou_types, engine=engine,
-                                     metrics_path=metrics_path, results_path=results_path)
+    metrics = evaluate_coco_predictions(dataset, predictions, iou_types=iou_types, engine=engine,
+                                        metrics_path=metrics_path, results_path=results_path)
+    coco_run_report(metrics_path, metrics, dataset, predictions)
+    return metrics
 
 
 @dataclass
@@ -101,6 +104,7 @@ def run_imagenet_det_evaluation(cfg, weights: Optional[str] = None, *,
                                                 with_coco=with_coco)
     metrics_path = Path(metrics_path) if metrics_path else out_dir / "metrics.json"
     write_metrics(metrics_dict(result, gt.wnids, coco), metrics_path)
+    det_run_report(metrics_path, dataset, predictions, result, gt.wnids)
     return DetModelEvaluation(result, gt, coco, submission, metrics_path)
 
 
@@ -173,4 +177,5 @@ def run_imagenet_loc_evaluation(cfg, weights: Optional[str] = None, *, mode: str
     write_devkit_submission(out_dir / "loc_submission.txt", guesses, synsets)
     write_kaggle_submission(out_dir / "loc_submission.csv", guesses, gt.names)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    loc_run_report(out_dir / "metrics.json", metrics, dataset, preds, gt, guesses.to_submission(synsets), black)
     return metrics
