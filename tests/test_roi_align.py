@@ -121,6 +121,8 @@ def test_multiscale_module_matches_torchvision(monkeypatch, threads):
     x_ref = {k: v.clone().requires_grad_() for k, v in feats.items()}
     out, ref = ours(x, boxes, shapes), plain(x_ref, boxes, shapes)
     assert torch.equal(out, ref)
+    assert ours.scales == plain.scales == [1 / 4, 1 / 8, 1 / 16, 1 / 32]  # inferred by each module itself
+    assert (ours.map_levels.k_min, ours.map_levels.k_max) == (plain.map_levels.k_min, plain.map_levels.k_max)
     grad = torch.randn(ref.shape, generator=g)
     out.backward(grad)
     ref.backward(grad)

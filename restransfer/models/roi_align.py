@@ -34,15 +34,15 @@ On other devices, under TorchScript or tracing, :func:`roi_align` is torchvision
 """
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.nn.modules.utils import _pair
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import roi_align as tv_roi_align
-from torchvision.ops.poolers import _convert_to_roi_format, _setup_scales
+from torchvision.ops.poolers import LevelMapper, initLevelMapper
 
 __all__ = ["roi_align", "roi_align_grad", "ParallelMultiScaleRoIAlign"]
 
@@ -286,7 +286,7 @@ def roi_align(feat: Tensor, rois: Tensor, output_size: Tuple[int, int], spatial_
     dtype = feat.dtype
     if dtype != torch.float32 or rois.dtype != torch.float32:
         feat, rois = feat.float(), rois.float()
-    out = _RoIAlign.apply(feat, rois.detach(), _pair(output_size), float(spatial_scale),
+    out = _RoIAlign.apply(feat, rois.detach(), (output_size, output_size) if isinstance(output_size, int) else tuple(output_size), float(spatial_scale),
                           int(sampling_ratio), bool(aligned), _num_workers(feat))
     return out.to(dtype)
 
@@ -309,9 +309,9 @@ class ParallelMultiScaleRoIAlign(MultiScaleRoIAlign):
         if feats[0].device.type != "cpu" or torch.jit.is_scripting() or torch.jit.is_tracing():
             return super().forward(x, boxes, image_shapes)
         if self.scales is None or self.map_levels is None:
-            self.scales, self.map_levels = _setup_scales(feats, image_shapes, self.canonical_scale,
-                                                         self.canonical_level)
-        rois = _convert_to_roi_format(boxes)
+            self.scales, self.map_levels = level_scales(feats, image_shapes, self.canonical_scale,
+                                                        self.canonical_level)
+        rois = rois_from_boxes(boxes)
         if len(feats) == 1:
             return roi_align(feats[0], rois, self.output_size, self.scales[0], self.sampling_ratio)
         levels = self.map_levels(boxes)
@@ -321,3 +321,22 @@ class ParallelMultiScaleRoIAlign(MultiScaleRoIAlign):
             if len(idx):
                 result[idx] = roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio)
         return result
+
+
+def rois_from_boxes(boxes: List[Tensor]) -> Tensor:
+    """Per-image (N_i, 4) boxes as one (sum N_i, 5) tensor of (image index, x1, y1, x2, y2) rows."""
+    ids = [torch.full((len(b), 1), float(i), dtype=b.dtype, device=b.device) for i, b in enumerate(boxes)]
+    return torch.cat([torch.cat(ids), torch.cat(boxes)], dim=1)
+
+
+def level_scales(feats: List[Tensor], image_shapes: List[Tuple[int, int]], canonical_scale: int = 224,
+                 canonical_level: int = 4) -> Tuple[List[float], LevelMapper]:
+    """The feature maps' scales (powers of 2, from the largest padded image) and the FPN level mapper, as
+    torchvision's ``MultiScaleRoIAlign`` infers them on its first call."""
+    if not image_shapes:
+        raise ValueError("image_shapes is empty: no image to infer the feature maps' scales from")
+    height = max(s[0] for s in image_shapes)
+    scales = [2.0 ** round(math.log2(f.shape[-2] / height)) for f in feats]
+    mapper = initLevelMapper(int(-math.log2(scales[0])), int(-math.log2(scales[-1])),
+                             canonical_scale=canonical_scale, canonical_level=canonical_level)
+    return scales, mapper
