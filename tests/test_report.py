@@ -187,3 +187,54 @@ def test_training_final_evaluation_writes_report(shapes, tmp_path, tiny_override
     pngs, jpegs = _decoded(out / "report.html")
     assert f"{metrics['bbox']['AP']:.2f}" in text
     assert len(pngs) == 3 and 0 < len(jpegs) <= 24  # an untrained model with no score threshold detects plenty
+
+
+def _tool(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_eval_coco_results_file_mode_writes_report(shapes, tmp_path):
+    from restransfer.cli import run_tool
+    from restransfer.evaluation.coco import predictions_to_coco_results
+
+    gt_path = shapes / "annotations" / "val.json"
+    gt = json.loads(gt_path.read_text())
+    results = predictions_to_coco_results(_predictions(gt, [im["id"] for im in gt["images"]], {1: 1, 2: 2, 3: 3}),
+                                          {1: 1, 2: 2, 3: 3})
+    (tmp_path / "res.json").write_text(json.dumps(results))
+    out = tmp_path / "eval" / "metrics.json"
+    assert run_tool(_tool("eval_coco").main, ["--gt", str(gt_path), "--results", str(tmp_path / "res.json"),
+                                              "--iou-type", "bbox", "--output", str(out), "--engine",
+                                              "pycocotools"]) == 0
+    pngs, jpegs = _decoded(out.with_name("report.html"))
+    assert len(pngs) == 3 and not jpegs  # no gallery: the images are not known in this mode
+    metrics = json.loads(out.read_text())
+    assert f"{metrics['bbox']['AP75']:.2f}" in out.with_name("report.html").read_text()
+
+
+def test_eval_imagenet_det_file_mode_writes_report(tmp_path):
+    import imagenet_det_fixtures as det_files
+    from restransfer.cli import run_tool
+
+    w = det_files.WNIDS
+    ann_dir, image_list = det_files.write_val(tmp_path / "ILSVRC", {
+        "val_1": (100, 100, [(w[0], 10, 10, 49, 49), (w[1], 60, 60, 89, 89)]),
+        "val_2": (100, 100, [(w[2], 20, 20, 59, 59)]),
+    })
+    synsets = det_files.write_synsets(tmp_path / "map_det.txt", 3)
+    # image 1: class 1 found, class 2 missed with a false positive; image 2: class 3 found
+    (tmp_path / "sub.txt").write_text("1 1 0.9 10 10 49 49\n1 2 0.8 0 0 9 9\n2 3 0.7 20 20 59 59\n")
+    out = tmp_path / "metrics.json"
+    assert run_tool(_tool("eval_imagenet_det").main, [
+        "--submission", str(tmp_path / "sub.txt"), "--annotations", str(ann_dir), "--image-list", str(image_list),
+        "--synsets", str(synsets), "--output", str(out)]) == 0
+    text = (tmp_path / "report.html").read_text()
+    pngs, jpegs = _decoded(tmp_path / "report.html")
+    assert len(pngs) == 2 and not jpegs  # AP bars and the devkit PR curves
+    assert "<td>accordion</td>" in text and "<td>100.00</td>" in text and "<td>0.00</td>" in text

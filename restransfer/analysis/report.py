@@ -194,12 +194,12 @@ def write_coco_report(metrics_path: PathLike, metrics: Mapping[str, Mapping[str,
 
 def write_det_report(metrics_path: PathLike, metrics: Mapping[str, Any], class_names: Mapping[str, str],
                      curves: Sequence[Tuple[str, np.ndarray, np.ndarray]], num_pos: Mapping[str, int],
-                     gt_data: Mapping[str, Any], results: Sequence[Mapping[str, Any]], *,
+                     gt_data: Optional[Mapping[str, Any]] = None, results: Sequence[Mapping[str, Any]] = (), *,
                      image_root: Optional[PathLike] = None, image_ids: Optional[Sequence[int]] = None) -> Path:
     """``report.html`` for the ImageNet-DET ``metrics`` (``{"mAP", "AP": {wnid: AP}, "coco": {...}}``):
     ``class_names`` maps WNIDs to names, ``curves`` are the devkit's ``(wnid, recall, precision)`` per class,
     ``num_pos`` the positives per WNID; ``gt_data``/``results`` the same set as COCO data for the confusion
-    matrix and the gallery."""
+    matrix and the gallery (left out without ``gt_data``, as when evaluating devkit files)."""
     metrics_path = Path(metrics_path)
     coco = metrics.get("coco") or {}
     summary = _table(["mAP (devkit)"] + [f"COCO {k}" for k in coco], [[metrics.get("mAP")] + list(coco.values())])
@@ -209,7 +209,8 @@ def write_det_report(metrics_path: PathLike, metrics: Mapping[str, Any], class_n
     plots = [(plot_class_ap(named_ap), "AP per class"),
              (plot_pr_curves([(class_names.get(w, w), r, p) for w, r, p in curves],
                              "precision-recall per class (devkit)"), "precision-recall")]
-    more, _ = _detection_sections(gt_data, results, image_ids, image_root, ["bbox"], breakdown=False)
+    more = (_detection_sections(gt_data, results, image_ids, image_root, ["bbox"], breakdown=False)[0]
+            if gt_data is not None else [])
     sections = [("Metrics (%)", summary),
                 ("Per class (%; click a heading to sort)", _table(["wnid", "class", "positives", "AP"], rows, True)),
                 ("AP and precision-recall", _plots(plots))] + more

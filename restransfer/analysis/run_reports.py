@@ -14,9 +14,10 @@ import numpy as np
 from ..evaluation.coco import predictions_to_coco_results
 from ..evaluation.imagenet_loc import first_correct_guess
 from ..evaluation.imagenet_loc_io import MAX_GUESSES
+from .coco_errors import read_ground_truth, read_results
 from .report import localization_error_split, write_coco_report, write_det_report, write_loc_report
 
-__all__ = ["coco_run_report", "det_run_report", "loc_run_report"]
+__all__ = ["coco_run_report", "coco_files_report", "det_run_report", "loc_run_report"]
 
 logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -45,19 +46,33 @@ def coco_run_report(metrics_path: PathLike, metrics: Optional[Mapping[str, Any]]
         return None
 
 
-def det_run_report(metrics_path: PathLike, dataset: Any, predictions: Sequence[Mapping[str, Any]], result: Any,
-                   wnids: Sequence[str]) -> Optional[Path]:
+def coco_files_report(metrics_path: PathLike, metrics: Mapping[str, Any], gt_path: PathLike,
+                      results_path: PathLike) -> Optional[Path]:
+    """``report.html`` beside ``metrics_path`` for a results file evaluated against an annotation file
+    (``tools/eval_coco.py --gt --results``); no gallery, the images are not known."""
+    try:
+        return write_coco_report(metrics_path, metrics, read_ground_truth(gt_path), read_results(results_path))
+    except Exception as e:  # noqa: BLE001
+        _warn(metrics_path, e)
+        return None
+
+
+def det_run_report(metrics_path: PathLike, dataset: Optional[Any], predictions: Sequence[Mapping[str, Any]],
+                   result: Any, wnids: Sequence[str], names: Sequence[str] = ()) -> Optional[Path]:
     """``report.html`` for an ImageNet-DET evaluation: ``result`` is the devkit's
-    :class:`~restransfer.evaluation.imagenet_det.DetEvalResult` over the classes ``wnids``; the metrics are
-    read back from ``metrics_path``."""
+    :class:`~restransfer.evaluation.imagenet_det.DetEvalResult` over the classes ``wnids`` (named ``names``);
+    the metrics are read back from ``metrics_path``. Without a ``dataset`` (devkit files evaluated) the
+    confusion matrix and the gallery are left out."""
     try:
         metrics = json.loads(Path(metrics_path).read_text(encoding="utf-8"))
-        gt_data, results, root, ids = _data(dataset, predictions)
-        names = {c.get("wnid", c["name"]): str(c["name"]) for c in gt_data["categories"]}
+        class_names = dict(zip(wnids, names))
+        gt_data, results, root, ids = _data(dataset, predictions) if dataset is not None else (None, [], None, None)
+        if gt_data is not None:
+            class_names.update({c.get("wnid", c["name"]): str(c["name"]) for c in gt_data["categories"]})
         curves = [(w, np.asarray(r), np.asarray(p)) for w, r, p, n in
                   zip(wnids, result.recall, result.precision, result.num_pos) if n > 0]
         num_pos = {w: int(n) for w, n in zip(wnids, result.num_pos)}
-        return write_det_report(metrics_path, metrics, names, curves, num_pos, gt_data, results,
+        return write_det_report(metrics_path, metrics, class_names, curves, num_pos, gt_data, results,
                                 image_root=root, image_ids=ids)
     except Exception as e:  # noqa: BLE001
         _warn(metrics_path, e)
