@@ -36,7 +36,8 @@ def plot_error_breakdown(analysis: ErrorAnalysis, category: Optional[int] = None
     """One panel per object size: the seven curves stacked, each band labelled ``[area] curve`` (area as a
     fraction, as cocoapi prints it); ``category`` None is the average over all categories."""
     title = "overall" if category is None else analysis.names[category]
-    fig, axes = plt.subplots(1, len(areas), figsize=(3.4 * len(areas), 3.2), squeeze=False)
+    size = (5.0, 4.2) if len(areas) == 1 else (3.4 * len(areas), 3.2)
+    fig, axes = plt.subplots(1, len(areas), figsize=size, squeeze=False)
     rs = analysis.recall_thresholds
     for ax, a in zip(axes[0], areas):
         curves = analysis.curves(category, a)

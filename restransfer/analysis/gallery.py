@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import cv2
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from ..boxes import xywh_to_xyxy
 from ..data.image_io import CorruptImageError, read_image
@@ -94,8 +95,9 @@ def draw_gallery(analysis: ErrorAnalysis, items: List[GalleryItem], images: List
                  image_root: Union[str, os.PathLike], size: int = 256, score_threshold: float = 0.3
                  ) -> List[GalleryItem]:
     """Draw each example on its image, scaled so that the longer side is ``size`` px: the featured detection
-    (for a missed object, the image's detections scoring at least ``score_threshold``) and the category's
-    ground-truth boxes in white. Images that cannot be read are left out with a warning."""
+    (for a missed object, the detections scoring at least ``score_threshold`` that overlap it with IoU >= 0.1,
+    of any class) and the category's ground-truth boxes in white, the featured one thicker. Images that
+    cannot be read are left out with a warning."""
     files = {im["id"]: im["file_name"] for im in images}
     names = analysis.names
     cat_index = {c: i for i, c in enumerate(analysis.cat_ids)}
@@ -111,8 +113,12 @@ def draw_gallery(analysis: ErrorAnalysis, items: List[GalleryItem], images: List
             logger.warning("gallery: %s", e)
             continue
         thumb, scale = _thumbnail(image, size)
-        if it.kind == "missed":
-            dets = [d for d in by_image.get(it.image_id, []) if d["score"] >= score_threshold]
+        if it.kind == "missed":  # what the model put on the missed object, if anything
+            g = analysis.ground_truth[it.ann_id]
+            cands = [d for d in by_image.get(it.image_id, []) if d["score"] >= score_threshold]
+            overlap = (mask_utils.iou([d["bbox"] for d in cands], [g["bbox"]], [0]).reshape(-1)
+                       if cands else np.zeros(0))
+            dets = [d for d, o in zip(cands, overlap) if o >= 0.1]
         else:
             dets = [analysis.detections[it.ann_id]]
         pred = {"boxes": xywh_to_xyxy(np.array([d["bbox"] for d in dets], dtype=np.float64).reshape(-1, 4)) * scale,

@@ -148,11 +148,13 @@ def _detection_sections(gt_data, results, image_ids, image_root, iou_types: Sequ
     """Error breakdown, PR curves, confusion matrix and gallery; the analyses by iou type."""
     if not results:
         return [("Analysis", '<p class="note">The model detected nothing: no curves or examples.</p>')], {}
-    analyses = {t: analyze_coco_errors(gt_data, list(results), t, image_ids=image_ids, breakdown=breakdown)
-                for t in iou_types}
+    # the full breakdown (three evaluations) for the first iou type only, to keep the report cheap;
+    # tools/analyze_coco.py draws it for masks
+    analyses = {t: analyze_coco_errors(gt_data, list(results), t, image_ids=image_ids,
+                                       breakdown=breakdown and t == iou_types[0]) for t in iou_types}
     plots = []
     for t, a in analyses.items():
-        if breakdown:
+        if breakdown and t == iou_types[0]:
             plots.append((plot_error_breakdown(a, None, areas=(0,)), f"error breakdown {t}"))
         plots.append((plot_pr_curves(coco_pr_curves(a), f"{t} precision-recall per class (IoU 0.5)"),
                       f"precision-recall {t}"))
