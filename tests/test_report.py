@@ -238,3 +238,32 @@ def test_eval_imagenet_det_file_mode_writes_report(tmp_path):
     pngs, jpegs = _decoded(tmp_path / "report.html")
     assert len(pngs) == 2 and not jpegs  # AP bars and the devkit PR curves
     assert "<td>accordion</td>" in text and "<td>100.00</td>" in text and "<td>0.00</td>" in text
+
+
+def test_eval_imagenet_loc_file_mode_writes_report_with_the_error_split(tmp_path):
+    import imagenet_loc_files as loc_files
+    from restransfer.cli import run_tool
+
+    wnids, names, order = loc_files.make_classes(3)
+    box = (10, 10, 49, 49)
+    images = [{"name": f"ILSVRC2012_val_{i:08d}", "labels": [w], "objects": [(w, box)], "width": 64, "height": 64}
+              for i, w in enumerate([wnids[0], wnids[1], wnids[2], wnids[0]], 1)]
+    xml_dir, gt_file = loc_files.write_devkit(tmp_path, images, order)
+    synsets = loc_files.write_map_clsloc(tmp_path / "map_clsloc.txt", order, dict(zip(wnids, names)))
+    far = (0, 0, 5, 5)
+    sub = loc_files.write_devkit_submission(tmp_path / "sub.txt", [
+        [(wnids[0], box)],  # correct
+        [(wnids[0], box), (wnids[2], box)],  # wrong class
+        [(wnids[2], far)],  # right class, bad box
+        [(wnids[0], far), (wnids[1], box)],  # right class, bad box
+    ], order)
+    out = tmp_path / "metrics.json"
+    assert run_tool(_tool("eval_imagenet_loc").main, [
+        "--submission", str(sub), "--annotations", str(xml_dir), "--ground-truth", str(gt_file),
+        "--synsets", str(synsets), "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["top5_loc_error"] == pytest.approx(75.0)
+    text = (tmp_path / "report.html").read_text()
+    pngs, jpegs = _decoded(tmp_path / "report.html")
+    assert len(pngs) == 1 and not jpegs
+    cells = re.findall(r"<td>([0-9.]+)</td>", text.split("Localization errors")[1])[:3]
+    assert cells == ["25.00", "25.00", "50.00"]  # correct, wrong class, right class with a bad box

@@ -67,6 +67,12 @@ def main(argv=None) -> int:
 
         write_metrics(metrics, args.output)
         print(f"metrics: {args.output}")
+        if args.config is None:
+            from restransfer.analysis.run_reports import loc_files_report
+
+            loc_files_report(args.output, metrics, args.submission, synsets=args.synsets, annotations=args.annotations,
+                             ground_truth=args.ground_truth, solution=args.solution, blacklist=args.blacklist,
+                             max_guesses=args.max_guesses)
     return 0
 
 

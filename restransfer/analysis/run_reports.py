@@ -12,12 +12,14 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ..evaluation.coco import predictions_to_coco_results
-from ..evaluation.imagenet_loc import first_correct_guess
-from ..evaluation.imagenet_loc_io import MAX_GUESSES
+from ..data.ilsvrc import read_synsets
+from ..data.imagenet_loc import read_blacklist, read_devkit_annotations, read_kaggle_solution
+from ..evaluation.imagenet_loc import first_correct_guess, pack_ground_truth
+from ..evaluation.imagenet_loc_io import MAX_GUESSES, read_submission
 from .coco_errors import read_ground_truth, read_results
 from .report import localization_error_split, write_coco_report, write_det_report, write_loc_report
 
-__all__ = ["coco_run_report", "coco_files_report", "det_run_report", "loc_run_report"]
+__all__ = ["coco_run_report", "coco_files_report", "det_run_report", "loc_run_report", "loc_files_report"]
 
 logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -85,13 +87,37 @@ def loc_run_report(metrics_path: PathLike, metrics: Mapping[str, Any], dataset: 
     """``report.html`` for a localization evaluation: ``gt`` and ``submission`` are what
     :func:`~restransfer.evaluation.imagenet_loc.evaluate_localization` scored, ``blacklist`` its left-out images."""
     try:
-        cls_rank, loc_rank = first_correct_guess(gt, submission, MAX_GUESSES)
-        counted = np.ones(len(gt.labels), dtype=bool)
-        if blacklist is not None and len(blacklist):
-            counted[np.asarray(blacklist, dtype=np.int64)] = False
-        split = localization_error_split(cls_rank, loc_rank, gt.labels, counted, MAX_GUESSES)
+        split = _loc_split(gt, submission, blacklist, MAX_GUESSES)
         gt_data, results, root, ids = _data(dataset, predictions)
         return write_loc_report(metrics_path, metrics, split, gt_data, results, image_root=root, image_ids=ids)
+    except Exception as e:  # noqa: BLE001
+        _warn(metrics_path, e)
+        return None
+
+
+def _loc_split(gt: Any, submission: Any, blacklist: Optional[np.ndarray], max_guesses: int):
+    cls_rank, loc_rank = first_correct_guess(gt, submission, max_guesses)
+    counted = np.ones(len(gt.labels), dtype=bool)
+    if blacklist is not None and len(blacklist):
+        counted[np.asarray(blacklist, dtype=np.int64)] = False
+    return localization_error_split(cls_rank, loc_rank, gt.labels, counted, max_guesses)
+
+
+def loc_files_report(metrics_path: PathLike, metrics: Mapping[str, Any], submission: PathLike, *,
+                     synsets: PathLike, annotations: Optional[PathLike] = None,
+                     ground_truth: Optional[PathLike] = None, solution: Optional[PathLike] = None,
+                     blacklist: Optional[PathLike] = None, max_guesses: int = MAX_GUESSES) -> Optional[Path]:
+    """``report.html`` for submission files evaluated with
+    :func:`restransfer.evaluation.imagenet_loc.evaluate_files` (same arguments): metrics and the error split,
+    no gallery (the files hold no images)."""
+    try:
+        classes = read_synsets(synsets)
+        images = (read_devkit_annotations(annotations, classes, ground_truth=ground_truth) if annotations is not None
+                  else read_kaggle_solution(solution, classes, split="val"))
+        gt = pack_ground_truth(images, classes)
+        black = read_blacklist(blacklist, len(images)) if blacklist is not None else None
+        split = _loc_split(gt, read_submission(submission, classes, gt.names, max_guesses), black, max_guesses)
+        return write_loc_report(metrics_path, metrics, split, {}, [])
     except Exception as e:  # noqa: BLE001
         _warn(metrics_path, e)
         return None
