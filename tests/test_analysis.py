@@ -258,3 +258,37 @@ def test_plot_logs_errors_name_the_problem(tmp_path, capsys):
     assert run_tool(tool.main, [str(good), "--keys", "loss_mask", "--output", str(tmp_path / "c.png")]) == 2
     assert "key 'loss_mask' is in no run's log.jsonl" in capsys.readouterr().err
     assert not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.slow
+def test_analyze_coco_tool_config_mode_analyses_the_models_detections(shapes, tmp_path, monkeypatch, capsys):
+    """CONFIG --weights runs the model over data.test (here replaced by exact detections of every object but one)
+    and analyses what it found."""
+    from restransfer.data.build import build_test_dataset
+    from restransfer.engine import inference
+
+    def predict(cfg, weights=None, dataset=None, model=None, progress=True):
+        dataset = build_test_dataset(cfg)
+        by_image = {}
+        for a in dataset.coco.dataset["annotations"]:
+            by_image.setdefault(a["image_id"], []).append(a)
+        label = {c: k for k, c in dataset.label_to_cat_id.items()}
+        preds = []
+        for n, i in enumerate(dataset.image_ids):
+            anns = by_image.get(i, [])[1 if n == 0 else 0:]  # the first object of the first image is missed
+            boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]).reshape(-1, 4)
+            preds.append({"image_id": i, "boxes": boxes, "scores": np.full(len(anns), 0.9),
+                          "labels": np.array([label[a["category_id"]] for a in anns], dtype=np.int64)})
+        return dataset, preds
+
+    monkeypatch.setattr(inference, "predict_dataset", predict)
+    config = tmp_path / "cfg.yaml"
+    config.write_text(f"data:\n  test: {{json: {shapes / 'annotations' / 'val.json'}, image_root: {shapes / 'val'}}}\n"
+                      f"model: {{num_classes: 3}}\noutput_dir: {tmp_path / 'out'}\n")
+    out = tmp_path / "analysis"
+    assert run_tool(_tool("analyze_coco").main, [str(config), "--weights", "model.pth", "--output", str(out)]) == 0
+    data = json.loads((out / "analysis.json").read_text())
+    overall = data["overall"]
+    assert overall["C75"] == pytest.approx(overall["BG"]) and overall["BG"] < 100  # only a miss: nothing else
+    assert overall["FN"] == pytest.approx(100.0)
+    assert "C75" in capsys.readouterr().out
