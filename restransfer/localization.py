@@ -255,10 +255,21 @@ def classifier_scores_from_model(model, image_paths: Iterable[os.PathLike | str]
 
 def load_classifier(depth: int, weights: str, *, style: str = "pytorch"):
     """``restransfer.backbone.ResNet(depth, num_classes=1000)`` with ImageNet ``weights`` (a file,
-    ``torchvision://...`` or ``timm://...``); its ``pixel_convention`` says how to normalize images."""
-    from .backbone import ResNet, load_pretrained
+    ``torchvision://...`` or ``timm://...``); its ``pixel_convention`` says how to normalize images.
 
-    model = ResNet(depth, style=style, num_classes=1000)
+    A checkpoint of ``tools/train_cls.py`` describes its own network: its depth, style and class count are
+    used instead of the arguments, and its ``class_names`` are kept on the model as ``class_names``."""
+    from .backbone import ResNet, load_pretrained
+    from .backbone.weights import read_weights
+
+    meta = read_weights(os.path.expanduser(weights))[2] if os.path.isfile(os.path.expanduser(weights)) else {}
+    if meta.get("task") == "classification":
+        if meta.get("arch") != "imagenet":
+            raise ValueError(f"{weights}: a {meta.get('arch')}-arch classifier; localization needs an imagenet-arch "
+                             "ResNet (model.arch: imagenet)")
+        depth, style = int(meta["depth"]), str(meta.get("style", style))
+    model = ResNet(depth, style=style, num_classes=int(meta.get("num_classes", 1000)))
+    model.class_names = list(meta.get("class_names") or [])
     load_pretrained(model, weights, strict_classifier=True)
     return model
 

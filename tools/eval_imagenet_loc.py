@@ -26,7 +26,7 @@ try:
 except ImportError:  # running from a checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from restransfer.cli import EVAL_MEMORY_HINT, note_output, run_tool
+from restransfer.cli import EVAL_MEMORY_HINT, add_weights_argument, note_output, run_tool, split_weights
 
 
 def main(argv=None) -> int:
@@ -43,18 +43,22 @@ def main(argv=None) -> int:
     p.add_argument("--blacklist", help="ILSVRC2015_clsloc_validation_blacklist.txt (1-based image indices)")
     p.add_argument("--output", help="write metrics.json here")
     p.add_argument("--max-guesses", type=int, default=5, help="guesses per image that count (default 5)")
-    p.add_argument("--weights", help="detector checkpoint (config mode)")
+    add_weights_argument(p, "detector checkpoint (config mode)")
     p.add_argument("--mode", default="classifier", choices=("detector", "classifier", "gt_class"),
                    help="how guesses are made from the detections (config mode)")
     p.add_argument("--classifier-scores", help="(N, C) classifier scores, .npy or text, rows in dataset order")
     p.add_argument("--classifier-synsets", help="class list in the classifier's column order "
                    "(default: sorted WNIDs, torchvision/timm order)")
     p.add_argument("--classifier-weights", help="ResNet ImageNet weights (file, torchvision://..., timm://...) "
-                   "to compute classifier scores instead of --classifier-scores")
-    p.add_argument("--classifier-depth", type=int, default=101, help="ResNet depth of --classifier-weights")
+                   "or a tools/train_cls.py checkpoint (its depth, style, classes and pixel convention are "
+                   "its own; trained on the train/<wnid> folders its columns are the sorted WNIDs) to compute "
+                   "classifier scores instead of --classifier-scores")
+    p.add_argument("--classifier-depth", type=int, default=101,
+                   help="ResNet depth of --classifier-weights (a train_cls checkpoint says its own)")
     p.add_argument("--classifier-style", default="pytorch", choices=("pytorch", "caffe"))
     # intermixed: the documented 'CONFIG --weights CKPT key=value ...' puts options between the positionals
     args = p.parse_intermixed_args(argv)
+    args.weights, args.overrides = split_weights(args.weights, args.overrides)
 
     note_output("--output", args.output)
     if args.config is None:
