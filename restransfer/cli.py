@@ -22,7 +22,8 @@ import sys
 from typing import Callable, List, Optional, Sequence, Tuple
 
 __all__ = ["run_tool", "describe_failure", "note_output", "user_error_classes", "USER_ERRORS",
-           "TRAIN_MEMORY_HINT", "EVAL_MEMORY_HINT", "model_parser", "config_from_args"]
+           "TRAIN_MEMORY_HINT", "EVAL_MEMORY_HINT", "model_parser", "config_from_args", "add_weights_argument",
+           "split_weights"]
 
 USER_ERROR, INTERNAL_ERROR, INTERRUPTED = 2, 1, 130
 
@@ -175,6 +176,25 @@ def run_tool(main: Callable[[List[str]], Optional[int]], argv: Optional[Sequence
         sys.stdout.flush()
         print(f"error: {message}", file=sys.stderr)
         return code
+
+
+def add_weights_argument(p: argparse.ArgumentParser, help: str) -> None:
+    """``--weights CKPT [CKPT ...]``: one checkpoint, or several for the ResNet paper's ensemble. Read it
+    back with :func:`split_weights`."""
+    p.add_argument("--weights", nargs="+", metavar="CKPT", help=f"{help}; several: an ensemble of them")
+
+
+def split_weights(weights: Optional[List[str]], overrides: Sequence[str]) -> Tuple[Optional[List[str]], List[str]]:
+    """``(checkpoints, overrides)`` from ``--weights`` and the positional overrides: ``key=value`` items
+    written after the checkpoints land in ``--weights`` (it takes several values) and go back to the
+    overrides, unless a file of that name exists."""
+    import os
+
+    if not weights:
+        return None, list(overrides)
+    moved = [w for w in weights if "=" in w and not os.path.exists(w)]
+    files = [w for w in weights if w not in moved]
+    return files or None, moved + list(overrides)
 
 
 def model_parser(doc: str, weights_help: str = "detector checkpoint (default: model.weights of the config)"

@@ -151,11 +151,24 @@ class SolverConfig:
 
 
 @dataclass
+class TestAugConfig:
+    min_sizes: List[int] = field(default_factory=list)  # test scales (short side); empty: input.min_size_test only
+    max_size: Optional[int] = None  # long-side cap at every scale; None: input.max_size_test
+    flip: bool = False  # add each scale's horizontal mirror
+    merge: str = "union"  # union (NMS + box voting over the views) or maxout (C4: pyramid RoI pooling, max)
+
+
+@dataclass
 class TestConfig:
     eval_period: int = 0  # iterations between evaluations during training; 0: only at the end
     precision: str = "fp32"  # fp32, bf16, fp16
     ims_per_batch: int = 1
     optimize: bool = True  # BN folding, channels_last and friends at inference
+    # the ResNet paper's system (appendix B): score the regressed boxes again, NMS the union, box voting
+    box_refinement: bool = False
+    refinement_nms: float = 0.3
+    box_voting_iou: float = 0.5  # a kept box averages its class's boxes overlapping it at IoU >= this
+    aug: TestAugConfig = field(default_factory=TestAugConfig)
 
 
 @dataclass
@@ -206,6 +219,7 @@ _CHOICES = {
     "solver.lr_schedule": ("step", "cosine"),
     "solver.precision": ("fp32", "bf16", "fp16", "auto"),
     "test.precision": ("fp32", "bf16", "fp16"),
+    "test.aug.merge": ("union", "maxout"),
 }
 
 
@@ -225,6 +239,23 @@ def _validate_choices(cfg: DictConfig) -> None:
         if v is not None and len(v) != 3:
             raise ConfigError(f"model.{name}: expected 3 values, got {len(v)}")
     _validate_solver(cfg.solver)
+    _validate_test(cfg.test, cfg.model.head)
+
+
+def _validate_test(t: DictConfig, head: str) -> None:
+    for key in ("refinement_nms", "box_voting_iou"):
+        if not 0 < t[key] <= 1:
+            raise ConfigError(f"test.{key}: {t[key]} must be an IoU in (0, 1]")
+    if any(s <= 0 for s in t.aug.min_sizes) or (t.aug.max_size is not None and t.aug.max_size <= 0):
+        raise ConfigError(f"test.aug: sizes must be positive (min_sizes={list(t.aug.min_sizes)}, "
+                          f"max_size={t.aug.max_size})")
+    if t.aug.merge == "maxout":
+        if head != "c4":
+            raise ConfigError(f"test.aug.merge: maxout pools res4 features of a scale pyramid for the C4 head; "
+                              f"model.head is {head}: use test.aug.merge=union")
+        if len(t.aug.min_sizes) < 2 or t.aug.flip:
+            raise ConfigError("test.aug.merge: maxout needs a pyramid of two or more test.aug.min_sizes (the "
+                              "paper's [200,400,600,800,1000]) and test.aug.flip=false")
 
 
 def _validate_solver(s: DictConfig) -> None:

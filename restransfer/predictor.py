@@ -27,7 +27,7 @@ from torch import Tensor
 from .config import load_config
 from .data.image_io import read_image
 from .devices import resolve_device
-from .engine.inference import build_eval_model
+from .models.system import build_test_model, weights_list
 from .models.postprocess import check_mask_format, deferred_mask_paste, detection_masks
 
 __all__ = ["Predictor", "ImageInput", "to_rgb_uint8", "checkpoint_class_names"]
@@ -101,7 +101,9 @@ class Predictor:
 
     Args:
         config_or_path: a YAML config path or a loaded config (:func:`restransfer.config.load_config`).
-        weights: detector checkpoint (default: the config's ``model.weights``).
+        weights: detector checkpoint (default: the config's ``model.weights``), or a list of checkpoints of
+            the same classes: the paper's ensemble (:class:`restransfer.models.system.DetectionSystem`, as
+            are the test-time extras of ``cfg.test``: box refinement, ``test.aug``).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
         threshold: keep detections whose score exceeds this (the model's own ``score_thresh`` rule).
         channel_order: channel order of numpy inputs, ``"RGB"`` or ``"BGR"`` (OpenCV's ``imread``).
@@ -126,7 +128,8 @@ class Predictor:
     sorted by decreasing score.
     """
 
-    def __init__(self, config_or_path: Union[str, os.PathLike, DictConfig], weights: Optional[str] = None,
+    def __init__(self, config_or_path: Union[str, os.PathLike, DictConfig],
+                 weights: Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike]]] = None,
                  device: str = "cpu", threshold: float = 0.5, channel_order: str = "RGB",
                  batch_size: Optional[int] = None, class_names: Optional[Sequence[str]] = None,
                  precision: Optional[str] = None, optimize: Optional[bool] = None, mask_threshold: float = 0.5,
@@ -137,8 +140,9 @@ class Predictor:
                 raise ValueError("overrides apply to a config path; change the loaded config directly instead")
         else:
             cfg = load_config(config_or_path, list(overrides))
-        if weights is not None:
-            cfg.model.weights = str(weights)
+        members = weights_list(weights)  # several checkpoints: an ensemble
+        if members:
+            cfg.model.weights = members[0]
         if channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
         if not 0.0 <= threshold <= 1.0:
@@ -156,7 +160,7 @@ class Predictor:
             class_names = checkpoint_class_names(cfg.model.weights)
         if class_names is not None and len(class_names) != cfg.model.num_classes:
             raise ValueError(f"{len(class_names)} class names for model.num_classes = {cfg.model.num_classes}")
-        model = build_eval_model(cfg, None, class_names, self.device, optimize=optimize, precision=precision)
+        model = build_test_model(cfg, members, class_names, self.device, optimize=optimize, precision=precision)
         # scores at or below the threshold are dropped anyway; dropping them before NMS and the mask head
         # saves work without changing what is kept (NMS only lets a box suppress lower-scoring ones)
         model.roi_heads.score_thresh = max(float(model.roi_heads.score_thresh), self.threshold)

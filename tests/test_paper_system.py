@@ -8,6 +8,7 @@ from restransfer.config import ConfigError, load_config
 from restransfer.models import build_model
 from restransfer.models.checkpoint import apply_detector_state
 from restransfer.models.context import RegionsWithContext
+from restransfer.models.postprocess import deferred_mask_paste
 
 from conftest import tiny_overrides
 from tiny_detectors import tiny_model
@@ -87,3 +88,206 @@ def test_global_context_checkpoint_mismatch_names_the_key():
         apply_detector_state(ctx, plain.state_dict(), "plain.pth")
     with pytest.raises(WeightsError, match="model.roi_heads.global_context=true"):
         apply_detector_state(plain, ctx.state_dict(), "context.pth")
+
+
+# ------------------------------------------------------------------------------------------ test-time system
+
+C4 = ["model.head=c4", "model.rpn.post_nms_top_n_test=20"]
+
+
+def _optimized(*extra, seed=0):
+    cfg, model, images = tiny_model(*extra, seed=seed)
+    return cfg, model.optimize_for_inference(), images
+
+
+def _same(a, b, exact=True):
+    assert len(a["boxes"]) > 0
+    if exact:
+        assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["masks"], b["masks"])
+    else:  # a weighted mean of identical boxes rounds
+        torch.testing.assert_close(a["boxes"], b["boxes"], atol=1e-4, rtol=0)
+        torch.testing.assert_close(a["masks"], b["masks"], atol=1e-3, rtol=0)
+    assert torch.equal(a["scores"], b["scores"]) and torch.equal(a["labels"], b["labels"])
+
+
+@pytest.mark.parametrize("extra", [[], C4], ids=["fpn", "c4"])
+def test_one_scale_without_flip_is_the_plain_model(extra):
+    from restransfer.models.system import DetectionSystem
+
+    cfg, model, images = _optimized(*extra)
+    with torch.no_grad():
+        plain = model(images)[0]
+        system = DetectionSystem([model], min_sizes=[cfg.input.min_size_test], max_size=cfg.input.max_size_test)
+        _same(plain, system(images)[0])
+
+
+@pytest.mark.parametrize("extra", [[], C4], ids=["fpn", "c4"])
+def test_ensemble_of_a_model_with_itself_is_the_model(extra):
+    from restransfer.models.system import DetectionSystem
+
+    _, model, images = _optimized(*extra)
+    with torch.no_grad():
+        _same(model(images)[0], DetectionSystem([model, model])(images)[0])
+
+
+def test_refinement_with_zero_regressor_keeps_the_boxes():
+    from restransfer.models.system import DetectionSystem
+
+    _, model, images = _optimized()
+    predictor = model.roi_heads.box_predictor
+    with torch.no_grad():
+        predictor.bbox_pred.weight.zero_()
+        predictor.bbox_pred.bias.zero_()
+        # the regressed boxes are the proposals: scoring them again repeats the first predictions, so the
+        # union after NMS at the refinement threshold is the plain result at that threshold; voting among
+        # identical boxes (IoU 1) leaves them as they are
+        refined = DetectionSystem([model], box_refinement=True, refinement_nms=0.3, box_voting_iou=1.0)(images)[0]
+        model.roi_heads.nms_thresh = 0.3
+        plain = model(images)[0]
+    _same(plain, refined, exact=False)
+
+
+def test_box_voting_is_the_score_weighted_mean_of_overlapping_boxes_of_the_class():
+    from restransfer.models.refinement import box_voting, select_detections
+
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 0.0, 11.0, 10.0], [0.0, 0.0, 10.0, 10.0],
+                          [30.0, 30.0, 40.0, 40.0]])
+    scores = torch.tensor([0.9, 0.3, 0.5, 0.8])
+    labels = torch.tensor([1, 1, 2, 1])  # box 2 has another class; box 3 does not overlap
+    kept, kept_scores, kept_labels = select_detections(boxes, scores, labels, 0.3, 10, voting_iou=0.5)
+    assert kept_scores.tolist() == pytest.approx([0.9, 0.8, 0.5])
+    torch.testing.assert_close(kept[0], torch.tensor([0.3 / 1.2, 0.0, 10.0 + 0.3 / 1.2, 10.0]))
+    torch.testing.assert_close(kept[1:], boxes[[3, 2]])
+    # below the voting IoU the neighbour does not count
+    alone = box_voting(boxes[:1], labels[:1], boxes, scores, labels, iou_thresh=0.9)
+    torch.testing.assert_close(alone, boxes[:1])
+
+
+def _mirror(boxes, width):
+    from restransfer.models.tta import flip_boxes
+
+    return flip_boxes(boxes, width)
+
+
+@pytest.mark.parametrize("extra", [[], C4], ids=["fpn", "c4"])
+def test_flipped_testing_is_mirror_equivariant(extra):
+    from restransfer.models.system import DetectionSystem
+
+    cfg, model, images = _optimized(*extra)
+    system = DetectionSystem([model], min_sizes=[cfg.input.min_size_test], flip=True)
+    assert system.views() == [(96, False), (96, True)]
+    with torch.no_grad(), deferred_mask_paste(system):
+        a = system(images)[0]
+        b = system([images[0].flip(-1)])[0]
+    width = images[0].shape[-1]
+    assert len(a["boxes"]) > 0 and len(a["boxes"]) == len(b["boxes"])
+    torch.testing.assert_close(a["scores"], b["scores"])
+    assert torch.equal(a["labels"], b["labels"])
+    torch.testing.assert_close(_mirror(b["boxes"], width), a["boxes"], atol=1e-3, rtol=0)
+    # each box's mask probabilities, predicted in the mirrored view and mirrored back
+    assert a["mask_probs"].std() > 0.05
+    torch.testing.assert_close(b["mask_probs"].flip(-1), a["mask_probs"], atol=1e-4, rtol=0)
+
+
+def test_flipped_testing_of_a_mirror_symmetric_image_gives_mirror_symmetric_detections():
+    from restransfer.models.system import DetectionSystem
+
+    cfg, model, images = _optimized()
+    half = images[0][..., :64]
+    image = torch.cat([half, half.flip(-1)], dim=-1)  # (3, 96, 128), its own mirror image
+    system = DetectionSystem([model], min_sizes=[cfg.input.min_size_test], flip=True)
+    with torch.no_grad():
+        out = system([image])[0]
+    from torchvision.ops import box_iou
+
+    mirrored = _mirror(out["boxes"], image.shape[-1])
+    iou = box_iou(mirrored, out["boxes"]) * (out["labels"][:, None] == out["labels"][None, :])
+    assert len(out["boxes"]) > 0
+    # every detection's mirror image is a detection of the same class (the merged pairs are symmetric)
+    assert (iou.max(dim=1).values > 0.9).all(), iou.max(dim=1).values
+
+
+def test_maxout_scale_rule():
+    from restransfer.models.tta import maxout_scale_pair
+
+    factors = [0.5, 1.0, 1.5, 2.0, 2.5]
+    w = torch.tensor([112.0, 448.0, 10.0, 224.0, 100.0])
+    h = torch.tensor([112.0, 448.0, 10.0, 224.0, 400.0])
+    best, other = maxout_scale_pair(w, h, factors)
+    # 112 px at 2.0 is 224 px; its neighbours give 168 px (|168^2 - 224^2| = 21952) and 280 px (28224)
+    assert best.tolist() == [3, 0, 4, 1, 1]
+    assert other.tolist() == [2, 1, 3, 0, 2]
+    one_best, one_other = maxout_scale_pair(w, h, [1.0])
+    assert one_best.tolist() == one_other.tolist() == [0] * 5
+    with pytest.raises(ValueError, match="increasing"):
+        maxout_scale_pair(w, h, [1.0, 1.0])
+
+
+def test_maxout_with_one_pyramid_level_is_the_plain_c4_model():
+    from restransfer.models.system import DetectionSystem
+
+    cfg, model, images = _optimized(*C4)
+    size = cfg.input.min_size_test
+    with torch.no_grad():
+        plain = model(images)[0]
+        # both sizes resize to the test size: one level, each region pooled there twice, max = itself
+        maxout = DetectionSystem([model], merge="maxout", min_sizes=[size, size])(images)[0]
+        pyramid = DetectionSystem([model], merge="maxout", min_sizes=[64, size, 144], max_size=400)(images)[0]
+    _same(plain, maxout)
+    assert len(pyramid["boxes"]) > 0 and not torch.equal(pyramid["scores"], plain["scores"])
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["model.head=fpn", "test.aug.merge=maxout", "test.aug.min_sizes=[64,96]"], "test.aug.merge: maxout .*head is fpn"),
+    (["model.head=c4", "test.aug.merge=maxout"], "test.aug.merge: maxout needs a pyramid"),
+    (["model.head=c4", "test.aug.merge=maxout", "test.aug.min_sizes=[64,96]", "test.aug.flip=true"],
+     "test.aug.flip=false"),
+    (["test.aug.merge=mean"], "test.aug.merge: 'mean' is not one of union, maxout"),
+    (["test.refinement_nms=0"], "test.refinement_nms"),
+    (["test.box_voting_iou=1.5"], "test.box_voting_iou"),
+    (["test.aug.min_sizes=[0]"], "test.aug"),
+])
+def test_bad_combinations_are_config_errors(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides)
+
+
+def test_system_switches_come_from_the_config():
+    from restransfer.models.build import system_kwargs
+
+    cfg = load_config(None, tiny_overrides("inference"))
+    assert system_kwargs(cfg) is None
+    same = load_config(None, tiny_overrides("inference", "test.aug.min_sizes=[96]"))
+    assert system_kwargs(same) is None  # the model's own test size: the plain path
+    on = load_config(None, tiny_overrides("inference", "test.box_refinement=true", "test.aug.min_sizes=[64,96]",
+                                          "test.aug.flip=true"))
+    assert system_kwargs(on) == dict(box_refinement=True, refinement_nms=0.3, box_voting_iou=0.5,
+                                     min_sizes=[64, 96], max_size=160, flip=True, merge="union")
+
+
+def test_predictor_ensemble_of_one_checkpoint_twice_equals_it(tmp_path):
+    from restransfer import Predictor
+    from tiny_detectors import write_checkpoint, write_config
+
+    _, model, images = tiny_model()
+    path = write_checkpoint(tmp_path, model, ["a", "b", "c"])
+    config = write_config(tmp_path)
+    image = (images[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    one = Predictor(config, weights=path, threshold=0.0)(image)
+    two = Predictor(config, weights=[path, path], threshold=0.0)(image)
+    assert len(one["boxes"]) > 0
+    assert (one["boxes"] == two["boxes"]).all() and (one["scores"] == two["scores"]).all()
+    assert (one["masks"] == two["masks"]).all() and one["class_names"] == two["class_names"]
+    other = tmp_path / "other"
+    other.mkdir()
+    different = write_checkpoint(other, model, ["a", "b", "x"])
+    with pytest.raises(ValueError, match="ensemble.*share their classes"):
+        Predictor(config, weights=[path, different])
+
+
+def test_weights_option_takes_several_checkpoints_and_leaves_overrides():
+    from restransfer.cli import split_weights
+
+    assert split_weights(["a.pth", "b.pth", "test.box_refinement=true"], ["x=1"]) == (
+        ["a.pth", "b.pth"], ["test.box_refinement=true", "x=1"])
+    assert split_weights(None, ["x=1"]) == (None, ["x=1"])

@@ -5,6 +5,9 @@ Evaluate a model on the config's test set:
 
     python tools/eval_coco.py CONFIG --weights CKPT [--output metrics.json] [key=value ...]
 
+Several checkpoints (--weights A B C) evaluate the ResNet paper's ensemble; test.box_refinement=true,
+test.aug.min_sizes=[...], test.aug.flip=true and test.aug.merge=union|maxout add its test-time extras.
+
 Evaluate an existing COCO results file:
 
     python tools/eval_coco.py --gt GT.json --results RES.json --iou-type bbox [segm] [--output metrics.json]
@@ -22,7 +25,7 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from restransfer.cli import EVAL_MEMORY_HINT, note_output, run_tool
+from restransfer.cli import EVAL_MEMORY_HINT, add_weights_argument, note_output, run_tool, split_weights
 from restransfer.evaluation.coco import ENGINES, evaluate_coco, format_metrics_table, write_metrics
 
 
@@ -33,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", nargs="?", help="YAML config whose data.test set is evaluated")
-    p.add_argument("--weights", help="checkpoint to evaluate (CONFIG mode)")
+    add_weights_argument(p, "checkpoint to evaluate (CONFIG mode)")
     p.add_argument("--gt", help="COCO annotation json (results-file mode)")
     p.add_argument("--results", help="COCO results json (results-file mode)")
     p.add_argument("--iou-type", nargs="+", choices=("bbox", "segm"), default=None,
@@ -62,6 +65,7 @@ def _config_mode(args: argparse.Namespace) -> dict:
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_intermixed_args(argv)
+    args.weights, args.opts = split_weights(args.weights, args.opts)
     if args.config and args.weights:
         metrics = _config_mode(args)
     elif args.gt and args.results and not args.config:

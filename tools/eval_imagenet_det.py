@@ -6,7 +6,8 @@ Submission file against XML ground truth:
 
 A trained model on the config's test set (a json from datasets/prepare_imagenet_det.py); the
 submission file and metrics.json go to output_dir:
-    python tools/eval_imagenet_det.py CONFIG --weights CKPT [key=value ...]
+    python tools/eval_imagenet_det.py CONFIG --weights CKPT [CKPT ...] [key=value ...]
+(several checkpoints: the ResNet paper's ensemble; test.box_refinement / test.aug.* add its test-time extras)
 
 A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the traceback).
 """
@@ -21,7 +22,7 @@ try:
 except ImportError:  # running from a checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from restransfer.cli import EVAL_MEMORY_HINT, note_output, run_tool
+from restransfer.cli import EVAL_MEMORY_HINT, add_weights_argument, note_output, run_tool, split_weights
 from restransfer.evaluation.coco import write_metrics
 from restransfer.evaluation.imagenet_det import evaluate_files, format_table, metrics_dict
 
@@ -30,7 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", help="YAML config (model mode)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (model mode)")
-    p.add_argument("--weights", help="checkpoint to evaluate (model mode)")
+    add_weights_argument(p, "checkpoint to evaluate (model mode)")
     p.add_argument("--submission", help="lines '<image_index> <DET_id> <confidence> <xmin> <ymin> <xmax> <ymax>'")
     p.add_argument("--annotations", help="folder of XML annotations, e.g. ILSVRC/Annotations/DET/val")
     p.add_argument("--image-list", help="image list '<image> <index>', e.g. ILSVRC/ImageSets/DET/val.txt")
@@ -40,6 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-coco", action="store_true", help="skip the COCO mAP@.5:.95 side by side")
     # intermixed: the documented 'CONFIG --weights CKPT key=value ...' puts options between the positionals
     args = p.parse_intermixed_args(argv)
+    args.weights, args.overrides = split_weights(args.weights, args.overrides)
     file_mode = [args.submission, args.annotations, args.image_list, args.synsets]
     if args.config is None:
         if not all(file_mode):

@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from ..data.imagenet_loc import ground_truth_from_coco, read_blacklist
 from ..devices import resolve_device
 from ..engine.distributed import is_main_process
 from ..engine.inference import predict_dataset
+from ..models.system import predict_test_set, uses_test_system, weights_list
 from ..localization import (
     MODES, classifier_guesses, classifier_scores_from_model, detector_guesses, gt_class_guesses, label_wnids,
 )
@@ -41,7 +42,17 @@ from .imagenet_loc_io import write_devkit_submission, write_kaggle_submission
 __all__ = ["run_coco_evaluation", "DetModelEvaluation", "run_imagenet_det_evaluation", "run_imagenet_loc_evaluation"]
 
 
-def run_coco_evaluation(cfg, weights: Optional[str] = None, *, iou_types: Optional[Sequence[str]] = None,
+def _predict(cfg, weights, **kwargs):
+    """``predict_dataset``, or with several ``weights`` (an ensemble) or ``cfg.test``'s extras the paper's
+    test-time system (:func:`restransfer.models.system.predict_test_set`)."""
+    if kwargs.get("model") is None and uses_test_system(cfg, weights):
+        return predict_test_set(cfg, weights, **kwargs)
+    paths = weights_list(weights)
+    return predict_dataset(cfg, paths[0] if paths else None, **kwargs)
+
+
+def run_coco_evaluation(cfg, weights: Optional[Union[str, Sequence[str]]] = None, *,
+                        iou_types: Optional[Sequence[str]] = None,
                         engine: str = "auto", metrics_path: Optional[os.PathLike | str] = None,
                         results_path: Optional[os.PathLike | str] = None, model: Optional[Any] = None,
                         dataset: Optional[Any] = None, progress: bool = True) -> Optional[Dict[str, Any]]:
@@ -49,7 +60,8 @@ def run_coco_evaluation(cfg, weights: Optional[str] = None, *, iou_types: Option
 
     Args:
         cfg: a loaded config.
-        weights: detector checkpoint (default ``cfg.model.weights``).
+        weights: detector checkpoint (default ``cfg.model.weights``), or a list of them: the paper's ensemble
+            (:func:`restransfer.models.system.predict_test_set`; ``cfg.test``'s extras apply too).
         iou_types: ``bbox`` and/or ``segm`` (default: bbox, plus segm when the model predicts masks).
         engine: the COCOeval implementation (see :func:`restransfer.evaluation.coco.evaluate_coco`).
         metrics_path: where ``metrics.json`` goes (default ``cfg.output_dir/metrics.json``).
@@ -64,7 +76,7 @@ def run_coco_evaluation(cfg, weights: Optional[str] = None, *, iou_types: Option
     """
     metrics_path = Path(metrics_path) if metrics_path else Path(cfg.output_dir) / "metrics.json"
     results_path = Path(results_path) if results_path else metrics_path.with_name("coco_instances_results.json")
-    dataset, predictions = predict_dataset(cfg, weights, dataset=dataset, model=model, progress=progress)
+    dataset, predictions = _predict(cfg, weights, dataset=dataset, model=model, progress=progress)
     if not is_main_process():
         return None
     metrics = evaluate_coco_predictions(dataset, predictions, iou_types=iou_types, engine=engine,
@@ -86,7 +98,7 @@ class DetModelEvaluation:
     metrics_path: Path
 
 
-def run_imagenet_det_evaluation(cfg, weights: Optional[str] = None, *,
+def run_imagenet_det_evaluation(cfg, weights: Optional[Union[str, Sequence[str]]] = None, *,
                                 blacklist: Optional[os.PathLike | str] = None,
                                 metrics_path: Optional[os.PathLike | str] = None,
                                 with_coco: bool = True) -> DetModelEvaluation:
@@ -96,7 +108,7 @@ def run_imagenet_det_evaluation(cfg, weights: Optional[str] = None, *,
     (:func:`~restransfer.evaluation.imagenet_det.metrics_dict`) to ``metrics_path`` (default
     ``cfg.output_dir/metrics.json``).
     """
-    dataset, predictions = predict_dataset(cfg, weights=weights)
+    dataset, predictions = _predict(cfg, weights)
     out_dir = Path(resolve_path(cfg.output_dir))
     submission = out_dir / "imagenet_det_submission.txt"
     result, gt, coco = evaluate_det_predictions(predictions, dataset.coco.dataset, dataset.label_to_cat_id,
@@ -108,7 +120,7 @@ def run_imagenet_det_evaluation(cfg, weights: Optional[str] = None, *,
     return DetModelEvaluation(result, gt, coco, submission, metrics_path)
 
 
-def run_imagenet_loc_evaluation(cfg, weights: Optional[str] = None, *, mode: str = "classifier",
+def run_imagenet_loc_evaluation(cfg, weights: Optional[Union[str, Sequence[str]]] = None, *, mode: str = "classifier",
                                 classifier_scores: Optional[np.ndarray] = None, classifier=None,
                                 classifier_synsets: Optional[os.PathLike | str] = None,
                                 blacklist: Optional[os.PathLike | str] = None,
@@ -140,7 +152,7 @@ def run_imagenet_loc_evaluation(cfg, weights: Optional[str] = None, *, mode: str
         raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
     if mode == "classifier" and classifier_scores is None and classifier is None:
         raise ValueError("mode 'classifier' needs classifier scores (a saved .npy / text file) or a classifier")
-    dataset, predictions = predict_dataset(cfg, weights)
+    dataset, predictions = _predict(cfg, weights)
     images, synsets = ground_truth_from_coco(dataset.coco.dataset)
     gt_ids = sorted(int(i) for i in dataset.coco.getImgIds())
     by_id = {int(p["image_id"]): p for p in predictions}

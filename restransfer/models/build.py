@@ -29,7 +29,8 @@ from .transform import DetectionTransform
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_model", "ClassAgnosticPredictor", "pixel_convention", "detector_kwargs", "inference_kwargs"]
+__all__ = ["build_model", "ClassAgnosticPredictor", "pixel_convention", "detector_kwargs", "inference_kwargs",
+           "system_kwargs"]
 
 
 class ClassAgnosticPredictor(nn.Module):
@@ -205,3 +206,17 @@ def inference_kwargs(cfg) -> Dict[str, Any]:
     t = cfg.test
     opt = bool(t.optimize)
     return dict(fold_bn=opt, fuse=opt, channels_last=opt, precision=str(t.precision))
+
+
+def system_kwargs(cfg) -> Optional[Dict[str, Any]]:
+    """Keyword arguments of :class:`restransfer.models.system.DetectionSystem` from ``cfg.test`` (box
+    refinement, box voting, test scales, flip, merge), or ``None`` when every test-time extra is off (the
+    plain detector then runs unchanged)."""
+    t, aug = cfg.test, cfg.test.aug
+    plain_sizes = not aug.min_sizes or (list(aug.min_sizes) == [cfg.input.min_size_test]
+                                        and aug.max_size in (None, cfg.input.max_size_test))
+    if not t.box_refinement and plain_sizes and not aug.flip and aug.merge == "union":
+        return None
+    return dict(box_refinement=bool(t.box_refinement), refinement_nms=float(t.refinement_nms),
+                box_voting_iou=float(t.box_voting_iou), min_sizes=[int(s) for s in aug.min_sizes],
+                max_size=int(aug.max_size or cfg.input.max_size_test), flip=bool(aug.flip), merge=str(aug.merge))
