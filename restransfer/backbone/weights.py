@@ -11,7 +11,9 @@ Sources (``load_pretrained(model, source)``):
 * ``timm://<model name>`` (e.g. ``timm://resnet50.a1_in1k``) through timm's cache.
 
 Every source carries the pixel convention its weights were trained with (:class:`PixelConvention`);
-it is stored on the model as ``model.pixel_convention`` and the detectors apply it by default.
+it is stored on the model as ``model.pixel_convention`` and the detectors apply it by default. A checkpoint
+of ``tools/train_cls.py`` (``task: "classification"``, torchvision parameter names under ``model``) records
+the convention its classifier was trained with, and that one is used.
 
 Checkpoints are untrusted input: ``torch.load(..., weights_only=True)`` and, for pickles, an unpickler
 that admits only plain containers and numpy arrays.
