@@ -291,3 +291,38 @@ def test_weights_option_takes_several_checkpoints_and_leaves_overrides():
     assert split_weights(["a.pth", "b.pth", "test.box_refinement=true"], ["x=1"]) == (
         ["a.pth", "b.pth"], ["test.box_refinement=true", "x=1"])
     assert split_weights(None, ["x=1"]) == (None, ["x=1"])
+
+
+@pytest.mark.slow
+def test_ablation_tool_prints_the_table_rows(shapes, tmp_path):
+    """tools/ablation.py on a tiny random model: every row runs, the baseline row is eval_coco's result for
+    the same weights, and rows added later join the earlier ones."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from restransfer.config import dump_config
+    from restransfer.evaluation.run import run_coco_evaluation
+    from tiny_detectors import tiny_config, write_checkpoint
+
+    _, model, _ = tiny_model()
+    weights = write_checkpoint(tmp_path, model, ["circle", "triangle", "square"])
+    test = f"{{json: {shapes / 'annotations' / 'val.json'}, image_root: {shapes / 'val'}}}"
+    cfg = tiny_config(f"data.test={test}", "data.num_workers=0", f"output_dir={tmp_path / 'out'}")
+    config = tmp_path / "tiny.yaml"
+    dump_config(cfg, config)
+    tool = Path(__file__).resolve().parents[1] / "tools" / "ablation.py"
+    spec = importlib.util.spec_from_file_location("ablation_tool", tool)
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    out = tmp_path / "ablation"
+    common = [str(config), "--weights", str(weights), "--scales", "64", "96", "--output", str(out)]
+    assert ablation.main(common + ["--rows", "baseline", "refinement"]) == 0
+    assert ablation.main(common + ["--ensemble-weights", str(weights), "--rows", "multiscale", "ensemble"]) == 0
+    rows = json.loads((out / "ablation.json").read_text())
+    assert [r["row"] for r in rows] == ["baseline", "refinement", "multiscale", "ensemble"]
+    assert rows[3]["weights"] == [str(weights)] * 2 and rows[0]["images"] == 4
+    assert all(r["seconds_per_image"] > 0 for r in rows)
+    expected = run_coco_evaluation(cfg, str(weights), metrics_path=tmp_path / "m.json", progress=False)
+    assert rows[0]["metrics"]["bbox"]["AP"] == pytest.approx(expected["bbox"]["AP"], abs=1e-12)
+    assert "test.box_refinement=true" in rows[1]["overrides"]
