@@ -292,3 +292,49 @@ def test_analyze_coco_tool_config_mode_analyses_the_models_detections(shapes, tm
     assert overall["C75"] == pytest.approx(overall["BG"]) and overall["BG"] < 100  # only a miss: nothing else
     assert overall["FN"] == pytest.approx(100.0)
     assert "C75" in capsys.readouterr().out
+
+
+def _reference_relabelled(gt, results, cat_id, relabel):
+    """Sim/Oth as the cocoapi's python port computes them: every image, every category id evaluated, the
+    category's detections only, the relabelled ground truth as ignored crowd regions; (R, A) at IoU .1."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = copy.deepcopy(gt)
+        for a in coco_gt.dataset["annotations"]:
+            if a["category_id"] in relabel:
+                a.update(category_id=cat_id, iscrowd=1, ignore=1)
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes([dict(r) for r in results if r["category_id"] == cat_id])
+        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        ev.params.iouThrs = np.array([0.1])
+        ev.params.maxDets = [100]
+        ev.evaluate()
+        ev.accumulate()
+    k = sorted(c["id"] for c in gt["categories"]).index(cat_id)
+    p = ev.eval["precision"][0, :, k, :, 0]
+    return np.where(p == -1, 0, p)
+
+
+def test_sim_and_oth_equal_the_reference_computation(gt):
+    rng = np.random.default_rng(1)
+    results = []
+    for a in gt["annotations"] * 2:
+        x, y, w, h = a["bbox"]
+        cat = a["category_id"] if rng.random() > 0.4 else int(rng.integers(1, 4))
+        results.append({"image_id": a["image_id"], "category_id": cat, "score": float(rng.random()),
+                        "bbox": [x + rng.normal(0, 5), y + rng.normal(0, 5), w, h]})
+    analysis = analyze_coco_errors(gt, results, "bbox")
+    sim_cats = {1: {2}, 2: {1}, 3: set()}
+    for k, cat_id in enumerate(analysis.cat_ids):
+        valid = analysis.precision[0, 0, k] > -1  # size ranges with objects of the category
+        oth = _reference_relabelled(gt, results, cat_id, {1, 2, 3} - {cat_id})
+        sim = _reference_relabelled(gt, results, cat_id, sim_cats[cat_id])
+        np.testing.assert_allclose(analysis.precision[4, :, k][:, valid], oth[:, valid], atol=1e-12)
+        np.testing.assert_allclose(analysis.precision[3, :, k][:, valid], sim[:, valid], atol=1e-12)
+    assert analysis.areas()["Sim"] < analysis.areas()["Oth"]  # the fixture has confusions across supercategories

@@ -145,8 +145,14 @@ def _relabelled_precision(gt_data: Dict[str, Any], dt_anns: List[Dict[str, Any]]
                           relabel: set, iou_type: str, img_ids: Sequence[int]) -> np.ndarray:
     """(R, A) precision at IoU .1 of category ``cat_id``'s detections, with the ground truth of the
     categories in ``relabel`` turned into ignored regions of ``cat_id`` (matching them neither helps nor hurts)."""
+    # Images with neither an object nor a detection of the category add nothing to its curve (only ignored
+    # regions there): leaving them out gives the same precision, much faster on large sets.
+    own = {a["image_id"] for a in gt_data["annotations"] if a["category_id"] == cat_id}
+    own.update(d["image_id"] for d in dt_anns)
     anns = []
     for a in gt_data["annotations"]:
+        if a["image_id"] not in own:
+            continue
         if a["category_id"] == cat_id:
             anns.append(dict(a))
         elif a["category_id"] in relabel:
@@ -154,7 +160,7 @@ def _relabelled_precision(gt_data: Dict[str, Any], dt_anns: List[Dict[str, Any]]
     gt = _coco({**gt_data, "annotations": anns})
     dt = _coco({"images": gt_data["images"], "categories": gt_data["categories"],
                 "annotations": [dict(d) for d in dt_anns]})
-    ev = _evaluate(gt, dt, iou_type, [0.1], img_ids, [cat_id])
+    ev = _evaluate(gt, dt, iou_type, [0.1], [i for i in img_ids if i in own], [cat_id])
     return ev.eval["precision"][0, :, 0, :, 0]
 
 
@@ -195,7 +201,8 @@ def analyze_coco_errors(gt_data: Dict[str, Any], results: List[Dict[str, Any]], 
     ps[:3] = first
     cats = {c["id"]: c for c in gt_data["categories"]}
     has_super = all(cats[c].get("supercategory") for c in cat_ids)
-    evaluated = [a for a in gt_data["annotations"] if a["image_id"] in set(img_ids)]
+    wanted = set(img_ids)
+    evaluated = [a for a in gt_data["annotations"] if a["image_id"] in wanted]
     evaluated_data = {**gt_data, "annotations": evaluated}
     for k, cat_id in enumerate(cat_ids):
         if not breakdown:
