@@ -259,6 +259,8 @@ def test_system_switches_come_from_the_config():
     assert system_kwargs(cfg) is None
     same = load_config(None, tiny_overrides("inference", "test.aug.min_sizes=[96]"))
     assert system_kwargs(same) is None  # the model's own test size: the plain path
+    capped = load_config(None, tiny_overrides("inference", "test.aug.max_size=128"))
+    assert system_kwargs(capped)["min_sizes"] == [] and system_kwargs(capped)["max_size"] == 128
     on = load_config(None, tiny_overrides("inference", "test.box_refinement=true", "test.aug.min_sizes=[64,96]",
                                           "test.aug.flip=true"))
     assert system_kwargs(on) == dict(box_refinement=True, refinement_nms=0.3, box_voting_iou=0.5,

@@ -213,8 +213,8 @@ def system_kwargs(cfg) -> Optional[Dict[str, Any]]:
     refinement, box voting, test scales, flip, merge), or ``None`` when every test-time extra is off (the
     plain detector then runs unchanged)."""
     t, aug = cfg.test, cfg.test.aug
-    plain_sizes = not aug.min_sizes or (list(aug.min_sizes) == [cfg.input.min_size_test]
-                                        and aug.max_size in (None, cfg.input.max_size_test))
+    plain_sizes = (list(aug.min_sizes) in ([], [cfg.input.min_size_test])
+                   and aug.max_size in (None, cfg.input.max_size_test))
     if not t.box_refinement and plain_sizes and not aug.flip and aug.merge == "union":
         return None
     return dict(box_refinement=bool(t.box_refinement), refinement_nms=float(t.refinement_nms),
