@@ -267,3 +267,19 @@ def test_eval_imagenet_loc_file_mode_writes_report_with_the_error_split(tmp_path
     assert len(pngs) == 1 and not jpegs
     cells = re.findall(r"<td>([0-9.]+)</td>", text.split("Localization errors")[1])[:3]
     assert cells == ["25.00", "25.00", "50.00"]  # correct, wrong class, right class with a bad box
+
+
+def test_large_sets_are_analysed_on_evenly_spaced_images(shapes, tmp_path, monkeypatch):
+    from restransfer.analysis import report
+    from restransfer.evaluation.coco import evaluate_coco, predictions_to_coco_results
+
+    monkeypatch.setattr(report, "MAX_ANALYSED_IMAGES", 2)
+    gt = json.loads((shapes / "annotations" / "val.json").read_text())
+    ids = [im["id"] for im in gt["images"]]
+    results = predictions_to_coco_results(_predictions(gt, ids, {1: 1, 2: 2, 3: 3}), {1: 1, 2: 2, 3: 3})
+    metrics = evaluate_coco(gt, results, ["bbox"], engine="pycocotools")
+    text = write_coco_report(tmp_path / "metrics.json", metrics, gt, results, image_root=shapes / "val").read_text()
+    assert "cover 2 evenly spaced images of the 4 evaluated" in text
+    files = {im["id"]: im["file_name"] for im in gt["images"]}
+    shown = set(re.findall(r"<figcaption>[^<]*\((\d+\.png)\)</figcaption>", text))
+    assert shown and shown <= {files[ids[0]], files[ids[2]]}

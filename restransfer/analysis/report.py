@@ -38,6 +38,9 @@ __all__ = ["write_coco_report", "write_det_report", "write_loc_report", "localiz
 logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# pycocotools' per-image matching (which the breakdown and the gallery need) is far slower than the evaluation
+# engine; larger sets are analysed on this many evenly spaced images
+MAX_ANALYSED_IMAGES = 500
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
 h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
@@ -143,14 +146,30 @@ def _counts(gt_data: Mapping[str, Any], results: Sequence[Mapping[str, Any]], im
     return n_gt, n_dt
 
 
+def _sample(gt_data, results, image_ids) -> Tuple[List[int], List[Mapping[str, Any]], str]:
+    """At most :data:`MAX_ANALYSED_IMAGES` evenly spaced images of the set, their detections and a note saying
+    so (empty when the set is small enough to analyse whole)."""
+    ids = sorted(int(i) for i in (image_ids if image_ids is not None else [im["id"] for im in gt_data["images"]]))
+    if len(ids) <= MAX_ANALYSED_IMAGES:
+        return ids, list(results), ""
+    step = len(ids) / MAX_ANALYSED_IMAGES
+    kept = [ids[int(i * step)] for i in range(MAX_ANALYSED_IMAGES)]
+    keep = set(kept)
+    note = (f'<p class="note">The curves, the breakdown and the gallery cover {len(kept)} evenly spaced images of '
+            f'the {len(ids)} evaluated, to keep the report cheap; the metrics and the per-category AP cover all of '
+            f'them, and tools/analyze_coco.py analyses the whole set.</p>')
+    return kept, [r for r in results if r["image_id"] in keep], note
+
+
 def _detection_sections(gt_data, results, image_ids, image_root, iou_types: Sequence[str],
-                        breakdown: bool) -> Tuple[List[Tuple[str, str]], Dict[str, ErrorAnalysis]]:
-    """Error breakdown, PR curves, confusion matrix and gallery; the analyses by iou type."""
-    if not results:
-        return [("Analysis", '<p class="note">The model detected nothing: no curves or examples.</p>')], {}
+                        breakdown: bool) -> Tuple[List[Tuple[str, str]], Dict[str, ErrorAnalysis], str]:
+    """Error breakdown, PR curves, confusion matrix and gallery; the analyses by iou type; the sampling note."""
+    sampled_ids, sampled, note = _sample(gt_data, results, image_ids)
+    if not sampled:
+        return [("Analysis", '<p class="note">The model detected nothing: no curves or examples.</p>')], {}, ""
     # the full breakdown (three evaluations) for the first iou type only, to keep the report cheap;
     # tools/analyze_coco.py draws it for masks
-    analyses = {t: analyze_coco_errors(gt_data, list(results), t, image_ids=image_ids,
+    analyses = {t: analyze_coco_errors(gt_data, sampled, t, image_ids=sampled_ids,
                                        breakdown=breakdown and t == iou_types[0]) for t in iou_types}
     plots = []
     for t, a in analyses.items():
@@ -160,11 +179,12 @@ def _detection_sections(gt_data, results, image_ids, image_root, iou_types: Sequ
                       f"precision-recall {t}"))
     matrix, names = confusion_matrix(gt_data, results, image_ids)
     plots.append((plot_confusion_matrix(matrix, names), "confusion matrix"))
-    note = ('<p class="note">Error breakdown as cocoapi\'s analyze(): C75/C50 = PR at IoU .75/.5, Loc = IoU .1, '
-            'Sim = similar-class confusions removed, Oth = all class confusions removed, BG = background false '
-            'positives removed, FN = every error removed; [area] in the legend.</p>') if breakdown else ""
+    legend = ('<p class="note">Error breakdown as cocoapi\'s analyze(): C75/C50 = PR at IoU .75/.5, Loc = IoU .1, '
+              'Sim = similar-class confusions removed, Oth = all class confusions removed, BG = background false '
+              'positives removed, FN = every error removed; [area] in the legend.</p>') if breakdown else ""
     first = analyses[iou_types[0]]
-    return [("Plots", note + _plots(plots)), ("Gallery", _gallery(first, gt_data, image_root))], analyses
+    return ([("Plots", note + legend + _plots(plots)), ("Gallery", _gallery(first, gt_data, image_root))],
+            analyses, note)
 
 
 def write_coco_report(metrics_path: PathLike, metrics: Mapping[str, Mapping[str, Any]], gt_data: Mapping[str, Any],
@@ -175,7 +195,8 @@ def write_coco_report(metrics_path: PathLike, metrics: Mapping[str, Mapping[str,
     metrics_path = Path(metrics_path)
     iou_types = [t for t in ("bbox", "segm") if t in metrics]
     summary = _table(["iou type"] + list(COCO_KEYS), [[t] + [metrics[t].get(k) for k in COCO_KEYS] for t in iou_types])
-    plots, analyses = _detection_sections(gt_data, results, image_ids, image_root, iou_types, breakdown=True)
+    plots, analyses, sampled = _detection_sections(gt_data, results, image_ids, image_root, iou_types,
+                                                   breakdown=True)
     n_gt, n_dt = _counts(gt_data, results, image_ids)
     headers = ["category", "objects", "detections"] + [f"{t} AP" for t in iou_types]
     a = analyses.get(iou_types[0]) if iou_types else None
@@ -189,7 +210,8 @@ def write_coco_report(metrics_path: PathLike, metrics: Mapping[str, Mapping[str,
             areas = a.areas(a.cat_ids.index(cat["id"]))
             row += [areas[c] for c in CURVES[:-1]]
         rows.append(row)
-    sections = [("Metrics (%)", summary), ("Per category (%; click a heading to sort)", _table(headers, rows, True))]
+    sections = [("Metrics (%)", summary),
+                ("Per category (%; click a heading to sort)", sampled + _table(headers, rows, True))]
     html_text = render_report(title, sections + plots, _subtitle(metrics_path))
     return _write(metrics_path.with_name("report.html"), html_text)
 
@@ -256,8 +278,9 @@ def write_loc_report(metrics_path: PathLike, metrics: Mapping[str, Any], split: 
                 ("Localization errors (% of images, top-5 guesses)",
                  _table(list(split), [list(split.values())])
                  + _plots([(plot_localization_errors(split), "localization errors")]))]
-    if results:
-        analysis = analyze_coco_errors(gt_data, list(results), "bbox", image_ids=image_ids, breakdown=False)
-        sections.append(("Detector gallery", _gallery(analysis, gt_data, image_root)))
+    sampled_ids, sampled, note = _sample(gt_data, results, image_ids) if results else ([], [], "")
+    if sampled:
+        analysis = analyze_coco_errors(gt_data, sampled, "bbox", image_ids=sampled_ids, breakdown=False)
+        sections.append(("Detector gallery", note + _gallery(analysis, gt_data, image_root)))
     return _write(metrics_path.with_name("report.html"),
                   render_report("ImageNet localization evaluation", sections, _subtitle(metrics_path)))
