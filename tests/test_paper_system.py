@@ -237,6 +237,18 @@ def test_maxout_with_one_pyramid_level_is_the_plain_c4_model():
     assert len(pyramid["boxes"]) > 0 and not torch.equal(pyramid["scores"], plain["scores"])
 
 
+def test_maxout_with_global_context_runs_on_c4():
+    from restransfer.models.system import DetectionSystem
+
+    cfg, model, images = _optimized(*C4, "model.roi_heads.global_context=true")
+    with torch.no_grad():
+        plain = model(images)[0]
+        maxout = DetectionSystem([model], merge="maxout", min_sizes=[96, 96])(images)[0]
+        pyramid = DetectionSystem([model], merge="maxout", min_sizes=[64, 96, 144], max_size=400)(images)[0]
+    _same(plain, maxout)
+    assert len(pyramid["boxes"]) > 0
+
+
 @pytest.mark.parametrize("overrides, match", [
     (["model.head=fpn", "test.aug.merge=maxout", "test.aug.min_sizes=[64,96]"], "test.aug.merge: maxout .*head is fpn"),
     (["model.head=c4", "test.aug.merge=maxout"], "test.aug.merge: maxout needs a pyramid"),

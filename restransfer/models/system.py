@@ -33,6 +33,7 @@ from torchvision.models.detection.roi_heads import maskrcnn_inference
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
 
+from .context import RegionsWithContext
 from .refinement import class_candidates, refined_boxes, select_detections
 from .tta import flip_boxes, maxout_scale_pair
 
@@ -150,13 +151,17 @@ class DetectionSystem(nn.Module):
         orig = resize_boxes(boxes, test_size, image_size)
         factors = [v.size[0] / image_size[0] for v in pyramids[0]]
         best, other = maxout_scale_pair(orig[:, 2] - orig[:, 0], orig[:, 3] - orig[:, 1], factors)
+        # global context (when the models have it) is pooled from the pyramid level nearest the test scale
+        nearest = min(range(len(factors)), key=lambda i: abs(pyramids[0][i].size[0] - test_size[0]))
+        idx = torch.arange(boxes.shape[0], device=boxes.device)
         pooled = []
         for d, views in zip(self.detectors, pyramids):
             pool = d.roi_heads.box_roi_pool
             at_scale = [pool(v.features, [resize_boxes(orig, image_size, v.size)], [v.size]) for v in views]
-            stack = torch.stack(at_scale)  # (S, R, C, P, P)
-            idx = torch.arange(boxes.shape[0], device=boxes.device)
-            pooled.append(torch.maximum(stack[best, idx], stack[other, idx]))
+            with_context = isinstance(at_scale[0], RegionsWithContext)
+            stack = torch.stack([a.regions if with_context else a for a in at_scale])  # (S, R, C, P, P)
+            merged = torch.maximum(stack[best, idx], stack[other, idx])
+            pooled.append(at_scale[nearest]._replace(regions=merged) if with_context else merged)
         return pooled
 
     def _detect_view(self, views: Sequence[_View], pooled_fn=None) -> Tuple[Tensor, Tensor, Tensor]:
