@@ -116,6 +116,44 @@ def test_cifar_batches_are_read_safely(tmp_path):
         read_cifar10(tmp_path, "test")
 
 
+def test_train_transform_pads_crops_flips_reproducibly():
+    from restransfer.classification.data import TrainTransform
+
+    img = np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3)
+    t = TrainTransform(crop=32, pad=4, hflip_prob=0.5, mean=(0, 0, 0), std=(1, 1, 1))
+    outs = [t(img, np.random.default_rng(s)) for s in range(12)]
+    assert all(o.shape == (3, 32, 32) for o in outs)
+    assert torch.equal(outs[3], t(img, np.random.default_rng(3)))  # a pure function of the seed
+    ref = torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1)
+    padded = torch.nn.functional.pad(ref, (4, 4, 4, 4))
+    for o in outs:  # every output is a 32x32 window of the zero-padded image, flipped or not
+        assert any(torch.equal(o, w) for y in range(9) for x in range(9)
+                   for w in (padded[:, y:y + 32, x:x + 32], padded[:, y:y + 32, x:x + 32].flip(-1)))
+    assert len({o.sum().item() for o in outs}) > 1
+    scaled = TrainTransform(crop=24, scale_min=28, scale_max=40, lighting=0.1)
+    assert scaled(img, np.random.default_rng(0)).shape == (3, 24, 24)
+
+
+def test_cifar10_config_trains_on_the_batches(tmp_path):
+    from restransfer.classification.train import train_classifier
+
+    for i in range(1, 6):
+        _cifar_batch(tmp_path / f"data_batch_{i}", 8, i)
+    _cifar_batch(tmp_path / "test_batch", 10, 9)
+    cfg = load_cls_config(ROOT / "configs" / "cifar10_resnet20.yaml", [
+        "model.depth=8", f"data.train=[{{image_root: {tmp_path}, format: cifar10}}]",
+        f"data.test={{image_root: {tmp_path}, format: cifar10, split: test}}", "data.num_workers=0",
+        "solver.ims_per_batch=8", "solver.ims_per_device=4", "solver.max_iter=2", "solver.steps=[1]",
+        "solver.checkpoint_period=0", f"output_dir={tmp_path / 'out'}", "log_period=1"])
+    metrics = train_classifier(cfg)
+    assert metrics["num_images"] == 10 and metrics["top1_error"] in {10.0 * k for k in range(11)}
+    log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    train = [r for r in log if "train_error" in r]
+    assert [r["images_seen"] for r in train] == [8, 16]  # 2 micro-steps of 4 images per optimizer step
+    assert [r["lr"] for r in train] == [pytest.approx(0.1), pytest.approx(0.01)]
+    assert [r["iteration"] for r in log if "test/top1_error" in r] == [2]  # eval_period > max_iter: at the end
+
+
 # ------------------------------------------------------------------------------------ networks, views
 
 

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterable, List, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from ..config import SolverConfig
@@ -164,7 +164,3 @@ def build_classifier(cfg: DictConfig) -> nn.Module:
                        residual=m.residual)
     model.pixel_convention = PixelConvention("RGB", tuple(cfg.input.pixel_mean), tuple(cfg.input.pixel_std), m.style)
     return model
-
-
-def to_container(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)

@@ -158,6 +158,10 @@ def run_cls_evaluation(cfg, weights: os.PathLike | str, *, mode: Optional[str] =
     model = build_classifier(cfg)
     class_names = load_classifier_weights(model, weights)
     dataset = dataset_from_spec(cfg.data.test, class_names)
+    if class_names is None and len(dataset.class_names) != cfg.model.num_classes:
+        raise ValueError(f"{weights} carries no class names and the test set has {len(dataset.class_names)} classes, "
+                         f"not the model's {cfg.model.num_classes}: its columns cannot be matched to the test classes "
+                         "(for ImageNet weights the test folders must be all 1000 WNIDs, in sorted order)")
     device = resolve_device(cfg.device)
     kwargs = cfg_test_kwargs(cfg, mode, scales)
     conv = model.pixel_convention
