@@ -108,20 +108,22 @@ def _overfit_data():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("head", ["c4", "fpn"])
-def test_overfit_two_images(head):
+@pytest.mark.parametrize("head, iterations", [("c4", 150), ("fpn", 120)])
+def test_overfit_two_images(head, iterations):
+    """The whole detector learns: the loss falls below 30% of its start and every box is found (IoU > 0.7).
+    32 sampled RoIs per image on 6x6 res4 windows keep the C4 head's per-region res5 cheap."""
     torch.manual_seed(0)
     cfg = load_config(None, [
         "model.arch=faster_rcnn", f"model.head={head}", "model.backbone.depth=18", "model.backbone.norm=bn",
         "model.backbone.freeze_at=0", "model.num_classes=3", "input.min_size_test=128", "input.max_size_test=128",
-        "model.roi_heads.batch_size_per_image=64", "model.rpn.post_nms_top_n_train=200",
-        "model.rpn.pre_nms_top_n_test=200", "model.rpn.post_nms_top_n_test=100", "model.roi_heads.c4_pooler_resolution=8",
+        "model.roi_heads.batch_size_per_image=32", "model.rpn.post_nms_top_n_train=200",
+        "model.rpn.pre_nms_top_n_test=200", "model.rpn.post_nms_top_n_test=100", "model.roi_heads.c4_pooler_resolution=6",
         "model.anchor.sizes=" + ("[32,64]" if head == "c4" else "[16,32,64,128,256]")])
     model = build_model(cfg).train()
     images, targets = _overfit_data()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9, weight_decay=1e-4)
     first = last = None
-    for it in range(150):
+    for it in range(iterations):
         for group in opt.param_groups:
             group["lr"] = 0.01 * min(1.0, (it + 1) / 20)
         loss = sum(model(images, targets).values())
