@@ -338,3 +338,14 @@ def test_sim_and_oth_equal_the_reference_computation(gt):
         np.testing.assert_allclose(analysis.precision[4, :, k][:, valid], oth[:, valid], atol=1e-12)
         np.testing.assert_allclose(analysis.precision[3, :, k][:, valid], sim[:, valid], atol=1e-12)
     assert analysis.areas()["Sim"] < analysis.areas()["Oth"]  # the fixture has confusions across supercategories
+
+
+def test_area_all_only_gives_the_same_overall_curves(gt):
+    results = _perfect(gt)
+    results.append({"image_id": 2, "category_id": 1, "bbox": [20, 20, 40, 40], "score": 0.95})
+    results.append({"image_id": 1, "category_id": 3, "bbox": [0, 70, 20, 20], "score": 0.9})
+    full = analyze_coco_errors(gt, results, "bbox")
+    lean = analyze_coco_errors(gt, results, "bbox", sizes=False)
+    assert lean.precision.shape[3] == 1 and full.precision.shape[3] == 4
+    np.testing.assert_array_equal(lean.precision[..., 0], full.precision[..., 0])
+    assert lean.to_json()["per_area"] == {} and set(full.to_json()["per_area"]) == {"small", "medium", "large"}

@@ -67,7 +67,8 @@ class ErrorAnalysis:
 
     Attributes:
         precision: (7, R, K, A) precision of the :data:`CURVES` at COCO's R=101 recall thresholds, for the K
-            categories and the A=4 :data:`AREAS`; categories without ground truth in a size range hold -1.
+            categories and the A=4 :data:`AREAS` (A=1, "all", without ``sizes``); categories without ground truth
+            in a size range hold -1.
         recall_thresholds: (R,).
         cat_ids, names: the K categories' ids and names.
         iou_type: ``bbox`` or ``segm``.
@@ -114,7 +115,7 @@ class ErrorAnalysis:
         """``{"overall": {curve: %}, "per_area": {size: {curve: %}}, "per_category": {name: {curve: %}}}``."""
         return {
             "overall": self.areas(),
-            "per_area": {name: self.areas(area=a) for a, name in enumerate(AREAS) if a > 0},
+            "per_area": {name: self.areas(area=a) for a, name in enumerate(AREAS) if 0 < a < self.precision.shape[3]},
             "per_category": {name: self.areas(category=k) for k, name in enumerate(self.names)},
         }
 
@@ -128,11 +129,13 @@ def _coco(dataset: Dict[str, Any]) -> COCO:
 
 
 def _evaluate(gt: COCO, dt: COCO, iou_type: str, iou_thrs: Sequence[float], img_ids: Sequence[int],
-              cat_ids: Optional[Sequence[int]] = None) -> COCOeval:
+              cat_ids: Optional[Sequence[int]] = None, sizes: bool = True) -> COCOeval:
     ev = COCOeval(gt, dt, iou_type)
     ev.params.imgIds = list(img_ids)
     if cat_ids is not None:
         ev.params.catIds = list(cat_ids)
+    if not sizes:  # area "all" only: a quarter of the per-image work
+        ev.params.areaRng, ev.params.areaRngLbl = ev.params.areaRng[:1], ev.params.areaRngLbl[:1]
     ev.params.iouThrs = np.asarray(iou_thrs, dtype=np.float64)
     ev.params.maxDets = [100]
     with contextlib.redirect_stdout(io.StringIO()):
@@ -141,31 +144,33 @@ def _evaluate(gt: COCO, dt: COCO, iou_type: str, iou_thrs: Sequence[float], img_
     return ev
 
 
-def _relabelled_precision(gt_data: Dict[str, Any], dt_anns: List[Dict[str, Any]], cat_id: int,
-                          relabel: set, iou_type: str, img_ids: Sequence[int]) -> np.ndarray:
-    """(R, A) precision at IoU .1 of category ``cat_id``'s detections, with the ground truth of the
-    categories in ``relabel`` turned into ignored regions of ``cat_id`` (matching them neither helps nor hurts)."""
-    # Images with neither an object nor a detection of the category add nothing to its curve (only ignored
-    # regions there): leaving them out gives the same precision, much faster on large sets.
-    own = {a["image_id"] for a in gt_data["annotations"] if a["category_id"] == cat_id}
-    own.update(d["image_id"] for d in dt_anns)
+def _relabelled_precision(gt_data: Dict[str, Any], dt: COCO, cat_ids: Sequence[int],
+                          relabel: Dict[int, set], iou_type: str, img_ids: Sequence[int], sizes: bool) -> np.ndarray:
+    """(R, K, A) precision at IoU .1 of every category's detections, where for category ``k`` the ground truth
+    of the categories in ``relabel[k]`` counts as ignored (crowd) regions of ``k``: matching them neither helps
+    nor hurts.
+
+    cocoapi evaluates each category on its own with its relabelled copy of the ground truth; one evaluation
+    gives the same curves when every object is also entered, as a crowd region, in each category that relabels
+    it and has a detection in its image (without a detection there, an ignored region changes nothing).
+    """
+    dt_cats: Dict[int, set] = {}
+    for d in dt.dataset["annotations"]:
+        dt_cats.setdefault(d["image_id"], set()).add(d["category_id"])
+    next_id = max((int(a["id"]) for a in gt_data["annotations"]), default=0) + 1
     anns = []
     for a in gt_data["annotations"]:
-        if a["image_id"] not in own:
-            continue
-        if a["category_id"] == cat_id:
-            anns.append(dict(a))
-        elif a["category_id"] in relabel:
-            anns.append({**a, "category_id": cat_id, "iscrowd": 1, "ignore": 1})
+        anns.append(dict(a))
+        for k in dt_cats.get(a["image_id"], ()):
+            if k != a["category_id"] and a["category_id"] in relabel[k]:
+                anns.append({**a, "id": next_id, "category_id": k, "iscrowd": 1, "ignore": 1})
+                next_id += 1
     gt = _coco({**gt_data, "annotations": anns})
-    dt = _coco({"images": gt_data["images"], "categories": gt_data["categories"],
-                "annotations": [dict(d) for d in dt_anns]})
-    ev = _evaluate(gt, dt, iou_type, [0.1], [i for i in img_ids if i in own], [cat_id])
-    return ev.eval["precision"][0, :, 0, :, 0]
+    return _evaluate(gt, dt, iou_type, [0.1], img_ids, cat_ids, sizes).eval["precision"][0, :, :, :, 0]
 
 
 def analyze_coco_errors(gt_data: Dict[str, Any], results: List[Dict[str, Any]], iou_type: str = "bbox", *,
-                        image_ids: Optional[Sequence[int]] = None, breakdown: bool = True,
+                        image_ids: Optional[Sequence[int]] = None, breakdown: bool = True, sizes: bool = True,
                         gt_name: str = "ground truth", results_name: str = "results") -> ErrorAnalysis:
     """The error breakdown of ``results`` (COCO results list) against ``gt_data`` (the annotation json's dict).
 
@@ -174,6 +179,7 @@ def analyze_coco_errors(gt_data: Dict[str, Any], results: List[Dict[str, Any]], 
         image_ids: evaluate these images only (default every image of the ground truth).
         breakdown: False computes only the main evaluation (``C75``, ``C50``, ``Loc`` and the matches); the
             ``Sim`` and ``Oth`` curves, which re-evaluate every category, then equal ``Loc``.
+        sizes: False evaluates area "all" only (A = 1 in :attr:`ErrorAnalysis.precision`), a quarter of the work.
         gt_name, results_name: name the inputs in errors.
 
     Raises:
@@ -193,7 +199,7 @@ def analyze_coco_errors(gt_data: Dict[str, Any], results: List[Dict[str, Any]], 
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes([{k: v for k, v in r.items() if k != drop} for r in results])
     img_ids = sorted(int(i) for i in image_ids) if image_ids is not None else sorted(gt.getImgIds())
-    main = _evaluate(gt, dt, iou_type, [0.75, MATCH_IOU, 0.1], img_ids)
+    main = _evaluate(gt, dt, iou_type, [0.75, MATCH_IOU, 0.1], img_ids, sizes=sizes)
     cat_ids = list(main.params.catIds)
     first = main.eval["precision"][:, :, :, :, 0]  # (3, R, K, A)
     k_n, a_n = first.shape[2], first.shape[3]
@@ -204,18 +210,17 @@ def analyze_coco_errors(gt_data: Dict[str, Any], results: List[Dict[str, Any]], 
     wanted = set(img_ids)
     evaluated = [a for a in gt_data["annotations"] if a["image_id"] in wanted]
     evaluated_data = {**gt_data, "annotations": evaluated}
-    for k, cat_id in enumerate(cat_ids):
-        if not breakdown:
-            ps[3, :, k] = ps[4, :, k] = first[2, :, k]
-            continue
-        dt_k = dt.loadAnns(dt.getAnnIds(catIds=[cat_id]))
-        others = set(cat_ids) - {cat_id}
-        ps[4, :, k] = _relabelled_precision(evaluated_data, dt_k, cat_id, others, iou_type, img_ids)
+    if breakdown:
+        others = {k: set(cat_ids) - {k} for k in cat_ids}
+        ps[4] = _relabelled_precision(evaluated_data, dt, cat_ids, others, iou_type, img_ids, sizes)
         if has_super:
-            similar = {c for c in others if cats[c]["supercategory"] == cats[cat_id]["supercategory"]}
-            ps[3, :, k] = _relabelled_precision(evaluated_data, dt_k, cat_id, similar, iou_type, img_ids)
+            similar = {k: {c for c in others[k] if cats[c]["supercategory"] == cats[k]["supercategory"]}
+                       for k in cat_ids}
+            ps[3] = _relabelled_precision(evaluated_data, dt, cat_ids, similar, iou_type, img_ids, sizes)
         else:
-            ps[3, :, k] = ps[4, :, k]
+            ps[3] = ps[4]
+    else:
+        ps[3] = ps[4] = first[2]
     missing = first[0, 0] == -1  # (K, A): no ground truth of the category in the size range
     ps[ps == -1] = 0
     ps[5] = ps[4] > 0

@@ -153,7 +153,7 @@ def plot_confusion_matrix(matrix: np.ndarray, names: Sequence[str], path: PathLi
     labels = list(names) + ["background"]
     rows = matrix.sum(1, keepdims=True)
     norm = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=np.float64), where=rows > 0)
-    size = max(4.0, 0.45 * len(labels) + 2)
+    size = min(12.0, max(4.0, 0.45 * len(labels) + 2))  # beyond ~20 classes the names shrink instead
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)

@@ -169,7 +169,7 @@ def _detection_sections(gt_data, results, image_ids, image_root, iou_types: Sequ
         return [("Analysis", '<p class="note">The model detected nothing: no curves or examples.</p>')], {}, ""
     # the full breakdown (three evaluations) for the first iou type only, to keep the report cheap;
     # tools/analyze_coco.py draws it for masks
-    analyses = {t: analyze_coco_errors(gt_data, sampled, t, image_ids=sampled_ids,
+    analyses = {t: analyze_coco_errors(gt_data, sampled, t, image_ids=sampled_ids, sizes=False,
                                        breakdown=breakdown and t == iou_types[0]) for t in iou_types}
     plots = []
     for t, a in analyses.items():
@@ -280,7 +280,7 @@ def write_loc_report(metrics_path: PathLike, metrics: Mapping[str, Any], split: 
                  + _plots([(plot_localization_errors(split), "localization errors")]))]
     sampled_ids, sampled, note = _sample(gt_data, results, image_ids) if results else ([], [], "")
     if sampled:
-        analysis = analyze_coco_errors(gt_data, sampled, "bbox", image_ids=sampled_ids, breakdown=False)
+        analysis = analyze_coco_errors(gt_data, sampled, "bbox", image_ids=sampled_ids, breakdown=False, sizes=False)
         sections.append(("Detector gallery", note + _gallery(analysis, gt_data, image_root)))
     return _write(metrics_path.with_name("report.html"),
                   render_report("ImageNet localization evaluation", sections, _subtitle(metrics_path)))
