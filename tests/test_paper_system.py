@@ -340,3 +340,32 @@ def test_ablation_tool_prints_the_table_rows(shapes, tmp_path):
     expected = run_coco_evaluation(cfg, str(weights), metrics_path=tmp_path / "m.json", progress=False)
     assert rows[0]["metrics"]["bbox"]["AP"] == pytest.approx(expected["bbox"]["AP"], abs=1e-12)
     assert "test.box_refinement=true" in rows[1]["overrides"]
+
+
+@pytest.mark.slow
+def test_eval_coco_ensemble_of_one_checkpoint_twice_gives_its_metrics(shapes, tmp_path):
+    """tools/eval_coco.py CONFIG --weights W W key=value: the overrides after the checkpoints stay
+    overrides, and the model ensembled with itself scores what it scores alone."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from restransfer.config import dump_config
+    from tiny_detectors import tiny_config, write_checkpoint
+
+    _, model, _ = tiny_model()
+    weights = str(write_checkpoint(tmp_path, model, ["circle", "triangle", "square"]))
+    test = f"{{json: {shapes / 'annotations' / 'val.json'}, image_root: {shapes / 'val'}}}"
+    config = tmp_path / "tiny.yaml"
+    dump_config(tiny_config(f"data.test={test}", "data.num_workers=0", f"output_dir={tmp_path / 'out'}"), config)
+    tool = Path(__file__).resolve().parents[1] / "tools" / "eval_coco.py"
+    spec = importlib.util.spec_from_file_location("eval_coco_tool", tool)
+    eval_coco = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_coco)
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    low = "model.roi_heads.score_thresh=0.0"
+    assert eval_coco.main([str(config), "--weights", weights, low, "--output", str(one)]) == 0
+    assert eval_coco.main([str(config), "--weights", weights, weights, low, "--output", str(two)]) == 0
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert a["bbox"]["AP50"] > 0 and a["bbox"]["AP"] == pytest.approx(b["bbox"]["AP"], abs=1e-9)
+    assert a["segm"]["AP"] == pytest.approx(b["segm"]["AP"], abs=1e-9)
