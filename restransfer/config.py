@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .yaml_config import ConfigError, dump_config, load_structured, resolve_path, structured_defaults
 
-__all__ = ["load_config", "dump_config", "default_config", "ConfigError", "Config", "resolve_path"]
+__all__ = ["load_config", "dump_config", "default_config", "ConfigError", "Config", "RunSettings", "resolve_path"]
 
 
 # --------------------------------------------------------------------------------------------- schema
@@ -172,17 +172,22 @@ class TestConfig:
 
 
 @dataclass
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    input: InputConfig = field(default_factory=InputConfig)
-    solver: SolverConfig = field(default_factory=SolverConfig)
-    test: TestConfig = field(default_factory=TestConfig)
+class RunSettings:
+    """The keys of a run that every tool's config shares (detection, classification)."""
     output_dir: str = "output"
     device: str = "cpu"  # cpu, cuda, cuda:1, auto
     seed: int = 0
     log_period: int = 20
     description: str = ""
+
+
+@dataclass
+class Config(RunSettings):
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    test: TestConfig = field(default_factory=TestConfig)
 
 
 def default_config() -> DictConfig:

@@ -13,7 +13,7 @@ import dataclasses
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import yaml
 from omegaconf import DictConfig, OmegaConf

@@ -14,7 +14,7 @@ from typing import Iterable, List, Optional
 from omegaconf import DictConfig
 from torch import nn
 
-from ..config import SolverConfig
+from ..config import RunSettings, SolverConfig
 from ..yaml_config import ConfigError, load_structured
 
 __all__ = ["ClsConfig", "ClsDataSpec", "load_cls_config", "build_classifier", "FORMATS", "ARCHS", "CROPS"]
@@ -75,17 +75,13 @@ class ClsTestConfig:
 
 
 @dataclass
-class ClsConfig:
+class ClsConfig(RunSettings):
     model: ClsModelConfig = field(default_factory=ClsModelConfig)
     data: ClsDataConfig = field(default_factory=ClsDataConfig)
     input: ClsInputConfig = field(default_factory=ClsInputConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     test: ClsTestConfig = field(default_factory=ClsTestConfig)
     output_dir: str = "output/cls"
-    device: str = "cpu"  # cpu, cuda, cuda:1, auto
-    seed: int = 0
-    log_period: int = 20
-    description: str = ""
 
 
 def load_cls_config(path: Optional[os.PathLike | str] = None, overrides: Iterable[str] = ()) -> DictConfig:

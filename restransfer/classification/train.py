@@ -29,7 +29,7 @@ from ..devices import autocast_context, resolve_device
 from ..engine.checkpoint import Checkpointer, rng_state
 from ..engine.distributed import barrier, get_rank, get_world_size, init_distributed, is_main_process
 from ..engine.lock import locked_output_dir
-from ..engine.logger import MetricsWriter, setup_logging
+from ..engine.logger import MetricsWriter
 from ..engine.solver import batch_layout, build_optimizer, build_scheduler
 from ..engine.trainer import NonFiniteLossError, restore_training_state, start_run, training_precision
 from ..data.samplers import TrainingBatchSampler
@@ -91,9 +91,7 @@ def _state(net: nn.Module, optimizer, scheduler, scaler, iteration: int, cfg, cl
 def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[Dict[str, Any]]:
     rank, world = get_rank(), get_world_size()
     out = Path(cfg.output_dir)
-    setup_logging(str(out), rank)
-    ckpt = Checkpointer(out, keep_last=cfg.solver.keep_last)
-    found = start_run(ckpt, cfg, resume, restart)
+    ckpt, found = start_run(cfg, resume, restart)
     dataset = build_train_set(cfg)
     test_set = dataset_from_spec(cfg.data.test, dataset.class_names) if cfg.data.test is not None else None
     layout = batch_layout(cfg.solver.ims_per_batch, cfg.solver.ims_per_device, world)

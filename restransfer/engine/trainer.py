@@ -55,11 +55,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def start_run(ckpt: Checkpointer, cfg, resume: bool, restart: bool):
-    """What every training loop does before building anything: remove a killed run's temporaries, set old
-    checkpoints aside (``restart``) or refuse to overwrite them, find the checkpoint to resume from
-    (``(path, state)`` or None), write ``config.yaml`` and seed this process (``cfg.seed + rank``)."""
-    out = ckpt.dir
+def start_run(cfg, resume: bool, restart: bool) -> Tuple[Checkpointer, Optional[Tuple[Path, Dict[str, Any]]]]:
+    """What every training loop does before building anything: log into ``cfg.output_dir``, remove a killed
+    run's temporaries, set old checkpoints aside (``restart``) or refuse to overwrite them, find the checkpoint
+    to resume from, write ``config.yaml`` and seed this process (``cfg.seed + rank``).
+
+    Returns:
+        ``(checkpointer, found)``: found is ``(path, state)`` of the checkpoint to resume from, or None.
+    """
+    out = Path(cfg.output_dir)
+    setup_logging(str(out), get_rank())
+    ckpt = Checkpointer(out, keep_last=cfg.solver.keep_last)
     found, error = None, None
     if is_main_process():
         ckpt.remove_temporaries()
@@ -79,7 +85,7 @@ def start_run(ckpt: Checkpointer, cfg, resume: bool, restart: bool):
     if is_main_process():
         dump_config(cfg, out / "config.yaml")
     seed_everything(cfg.seed + get_rank())
-    return found
+    return ckpt, found
 
 
 def _to_device(targets, device: torch.device):
@@ -190,9 +196,7 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[D
     distributed = get_world_size() > 1
     rank, world = get_rank(), get_world_size()
     out = Path(cfg.output_dir)
-    setup_logging(str(out), rank)
-    ckpt = Checkpointer(out, keep_last=cfg.solver.keep_last)
-    found = start_run(ckpt, cfg, resume, restart)
+    ckpt, found = start_run(cfg, resume, restart)
 
     dataset = build_train_dataset(cfg)
     _check_classes(cfg, dataset)
