@@ -180,6 +180,35 @@ def test_det_file_mode_reproduces_config_mode(det_run):
     assert json.loads(out.read_text()) == json.loads((det_run["eval_out"] / "metrics.json").read_text())
 
 
+def _metrics_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], dict):
+            _metrics_equal(a[key], b[key])
+        else:
+            assert a[key] == pytest.approx(b[key]), key
+
+
+def test_det_tool_runs_the_paper_system(det_run, tiny):
+    """The paper's test-time switches through the DET tool: a model ensembled with itself gives its own
+    metrics; box refinement with flipped testing writes a devkit submission of the same classes and images."""
+    config = str(REPO / "configs" / "imagenet_det_faster_rcnn_r101.yaml")
+    weights = str(det_run["work"] / "train" / "model_final.pth")
+    ensemble = det_run["work"] / "ensemble"
+    assert det_run["tool"].main([config, "--weights", weights, weights, *tiny(ensemble, 3),
+                                 "model.roi_heads.score_thresh=0.0"]) == 0
+    _metrics_equal(json.loads((ensemble / "metrics.json").read_text()),
+                   json.loads((det_run["eval_out"] / "metrics.json").read_text()))
+    refined = det_run["work"] / "refined"
+    assert det_run["tool"].main([config, "--weights", weights, *tiny(refined, 3), "model.roi_heads.score_thresh=0.0",
+                                 "test.box_refinement=true", "test.aug.flip=true"]) == 0
+    plain_lines = (det_run["eval_out"] / "imagenet_det_submission.txt").read_text().splitlines()
+    lines = (refined / "imagenet_det_submission.txt").read_text().splitlines()
+    assert lines and {ln.split()[0] for ln in lines} <= {ln.split()[0] for ln in plain_lines}
+    assert {int(ln.split()[1]) for ln in lines} <= set(range(1, 4))
+    assert set(json.loads((refined / "metrics.json").read_text())) == {"mAP", "AP", "coco"}
+
+
 # --------------------------------------------------------------------------------------------- CLS-LOC
 
 BIG = (1, 4)  # the CLS-LOC val images (1-based) with one object of over half the image area
@@ -320,3 +349,18 @@ def test_loc_classifier_mode_with_saved_scores_and_whole_image_fallback(loc_run)
     devkit = ["--annotations", str(loc_run["xml_dir"]), "--ground-truth", str(loc_run["ground_truth"])]
     from_file = _loc_file_mode(loc_run, out / "loc_submission.txt", *devkit)
     assert from_file == pytest.approx({k: v for k, v in metrics.items() if k != "gt_class_loc_error"})
+
+
+def test_loc_tool_runs_the_paper_system(loc_run):
+    """Detector-mode localization with an ensemble of one model twice gives that model's metrics; with box
+    refinement and flipped testing it writes well-formed submissions."""
+    single, _ = _loc_config_mode(loc_run, "detector")
+    out = loc_run["work"] / "ensemble"
+    assert loc_run["tool"].main([loc_run["config"], "--weights", loc_run["weights"], loc_run["weights"], "--mode",
+                                 "detector", *loc_run["tiny"](out, 3)]) == 0
+    assert json.loads((out / "metrics.json").read_text()) == pytest.approx(single)
+    refined = loc_run["work"] / "refined"
+    assert loc_run["tool"].main([loc_run["config"], "--weights", loc_run["weights"], "--mode", "detector",
+                                 *loc_run["tiny"](refined, 3), "test.box_refinement=true", "test.aug.flip=true"]) == 0
+    assert set(json.loads((refined / "metrics.json").read_text())) == LOC_KEYS
+    _check_loc_submission(refined / "loc_submission.txt", loc_run, 5)
