@@ -183,6 +183,7 @@ class RunSettings:
 
 @dataclass
 class Config(RunSettings):
+    """The detection tools' config (train_det, the eval_* tools, benchmark, ablation, the Predictor)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     input: InputConfig = field(default_factory=InputConfig)

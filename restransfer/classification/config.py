@@ -76,6 +76,7 @@ class ClsTestConfig:
 
 @dataclass
 class ClsConfig(RunSettings):
+    """The classification tools' config (train_cls, eval_cls, degradation)."""
     model: ClsModelConfig = field(default_factory=ClsModelConfig)
     data: ClsDataConfig = field(default_factory=ClsDataConfig)
     input: ClsInputConfig = field(default_factory=ClsInputConfig)
