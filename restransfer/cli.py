@@ -22,7 +22,7 @@ import sys
 from typing import Callable, List, Optional, Sequence, Tuple
 
 __all__ = ["run_tool", "describe_failure", "note_output", "user_error_classes", "USER_ERRORS",
-           "TRAIN_MEMORY_HINT", "EVAL_MEMORY_HINT", "model_parser", "config_from_args", "add_weights_argument",
+           "TRAIN_MEMORY_HINT", "EVAL_MEMORY_HINT", "training_parser", "parse_training_args", "model_parser", "config_from_args", "add_weights_argument",
            "split_weights"]
 
 USER_ERROR, INTERNAL_ERROR, INTERRUPTED = 2, 1, 130
@@ -195,6 +195,26 @@ def split_weights(weights: Optional[List[str]], overrides: Sequence[str]) -> Tup
     moved = [w for w in weights if "=" in w and not os.path.exists(w)]
     files = [w for w in weights if w not in moved]
     return files or None, moved + list(overrides)
+
+
+def training_parser(description: str, config_help: str = "YAML config file") -> argparse.ArgumentParser:
+    """The training tools' parser: CONFIG, ``--resume``, ``--restart``; add tool options, then
+    :func:`parse_training_args`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("config", help=config_help)
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    parser.add_argument("--restart", action="store_true",
+                        help="start from iteration 0 even though output_dir holds checkpoints")
+    return parser
+
+
+def parse_training_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """Parse ``argv`` with trailing ``key=value`` overrides; ``--resume`` with ``--restart`` is a usage error."""
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    args = parser.parse_intermixed_args(argv)
+    if args.resume and args.restart:
+        parser.error("--resume continues the run in output_dir and --restart starts it again: give one of them")
+    return args
 
 
 def model_parser(doc: str, weights_help: str = "detector checkpoint (default: model.weights of the config)"

@@ -8,7 +8,6 @@ Usage:
 (``output_dir/model_final.pth``) are backbone weights for the detectors: ``model.backbone.weights=PATH``.
 A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the traceback).
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,20 +16,14 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from restransfer.cli import note_output, run_tool
+from restransfer.cli import note_output, parse_training_args, run_tool, training_parser
 from restransfer.classification.config import load_cls_config
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Train a ResNet classifier from a YAML config.")
-    parser.add_argument("config", help="YAML config file (see configs/imagenet_cls_r101.yaml)")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
-    parser.add_argument("--restart", action="store_true",
-                        help="start from iteration 0 even though output_dir holds checkpoints")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = parser.parse_intermixed_args(argv)
-    if args.resume and args.restart:
-        parser.error("--resume continues the run in output_dir and --restart starts it again: give one of them")
+    parser = training_parser("Train a ResNet classifier from a YAML config.",
+                             config_help="YAML config file (see configs/imagenet_cls_r101.yaml)")
+    args = parse_training_args(parser, argv)
     cfg = load_cls_config(args.config, args.overrides)
     note_output("output_dir", cfg.output_dir)
 

@@ -7,25 +7,17 @@ Usage:
 Overrides are YAML-typed: ``solver.max_iter=2000 "solver.steps=[1500,1800]" model.backbone.depth=50``.
 A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the traceback).
 """
-import argparse
 import sys
 
-from restransfer.cli import TRAIN_MEMORY_HINT, note_output, run_tool
+from restransfer.cli import TRAIN_MEMORY_HINT, note_output, parse_training_args, run_tool, training_parser
 from restransfer.config import load_config
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Train a Faster/Mask R-CNN from a YAML config.")
-    parser.add_argument("config", help="YAML config file")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
-    parser.add_argument("--restart", action="store_true",
-                        help="start from iteration 0 even though output_dir holds checkpoints")
+    parser = training_parser("Train a Faster/Mask R-CNN from a YAML config.")
     parser.add_argument("--eval-only", action="store_true",
                         help="only evaluate model.weights (or the last checkpoint of output_dir) on data.test")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = parser.parse_intermixed_args(argv)
-    if args.resume and args.restart:
-        parser.error("--resume continues the run in output_dir and --restart starts it again: give one of them")
+    args = parse_training_args(parser, argv)
     if args.eval_only and (args.resume or args.restart):
         parser.error("--eval-only trains nothing: leave out --resume/--restart")
     cfg = load_config(args.config, args.overrides)
