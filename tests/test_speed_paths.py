@@ -270,3 +270,16 @@ def test_run_benchmark_reports_every_figure():
     assert result["agreement"]["restransfer fp32"]["fraction"] == 1.0
     report = format_report(result)
     assert "torchvision fp32" in report and "agreement" in report
+
+
+@pytest.mark.slow
+def test_run_benchmark_training_step_counts_each_model_s_work():
+    """--train times both networks; each is credited with its own FLOPs (the sparse RPN backward does less)."""
+    from restransfer.benchmark import format_report, run_benchmark
+
+    cfg = tiny_config("model.fpn_out_channels=256", arch="faster_rcnn")
+    result = run_benchmark(cfg, train=True, iters=1, warmup=1, size=(64, 80))
+    ours, theirs = result["measurements"]["restransfer fp32"], result["measurements"]["torchvision fp32"]
+    assert 0 < ours.flops_per_image < theirs.flops_per_image
+    assert set(result["ratios"]) == {"restransfer fp32"}
+    assert "torchvision fp32" in format_report(result)

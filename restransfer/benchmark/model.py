@@ -5,7 +5,8 @@ has a torchvision counterpart (FPN head, torchvision-style ResNet with frozen BN
 depth), of torchvision's ``FasterRCNN``/``MaskRCNN`` on ``resnet_fpn_backbone(...)`` with the *same
 weights*. Runs of the two models alternate so that machine noise (other processes, clock changes)
 falls on both alike. It reports images per second, per-image latency (median and spread), FLOPs per
-image (``torch.utils.flop_counter``; RoIAlign and NMS are not counted), the achieved GFLOP/s, peak
+image (``torch.utils.flop_counter``; RoIAlign and NMS are not counted; for a training step, each model's
+own), the achieved GFLOP/s, peak
 memory and, for inference, how many detections agree (:func:`detection_agreement`).
 
 Without ``--weights`` the weights are random, calibrated by
@@ -165,13 +166,16 @@ def _train(model: nn.Module, ref: Optional[nn.Module], images: List[Tensor], tar
     steps = {f"restransfer {precision}": make_step(model, channels_last)}
     if ref is not None:
         steps[f"torchvision {precision}"] = make_step(ref, False)
-    flops = _count_flops(lambda: sum(model(images, targets).values()).backward()) / len(images)
-    model.zero_grad(set_to_none=True)
+    # each model's own count: the work a training step of it does (the sparse RPN backward does less)
+    flops = {}
+    for name, m in zip(steps, (model, ref)):
+        flops[name] = _count_flops(lambda: sum(m(images, targets).values()).backward()) / len(images)
+        m.zero_grad(set_to_none=True)
     for _ in range(max(warmup, 1)):
         for s in steps.values():
             s()
     runs, peaks = _interleaved(steps, iters, device)
-    return {"measurements": {k: _summarize(k, runs[k], len(images), flops, peaks[k]) for k in steps}}
+    return {"measurements": {k: _summarize(k, runs[k], len(images), flops[k], peaks[k]) for k in steps}}
 
 
 def run_benchmark(cfg, *, device: str = "cpu", precision: Union[str, Sequence[str]] = "fp32", train: bool = False,

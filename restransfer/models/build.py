@@ -16,7 +16,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models.detection.rpn import RegionProposalNetwork
 
 from ..backbone import MSRA_BGR, TORCHVISION_RGB, PixelConvention, build_resnet
 from ..backbone.wrappers import BackboneC4, BackboneWithFPN
@@ -25,6 +25,7 @@ from .context import ContextBoxHead, GlobalContextPool
 from .checkpoint import apply_detector_state, read_detector_checkpoint
 from .detector import Detector
 from .roi_align import ParallelMultiScaleRoIAlign
+from .rpn_head import RPNHead
 from .transform import DetectionTransform
 
 logger = logging.getLogger(__name__)
