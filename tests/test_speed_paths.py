@@ -277,7 +277,7 @@ def test_run_benchmark_training_step_counts_each_model_s_work():
     """--train times both networks; each is credited with its own FLOPs (the sparse RPN backward does less)."""
     from restransfer.benchmark import format_report, run_benchmark
 
-    cfg = tiny_config("model.fpn_out_channels=256", arch="faster_rcnn")
+    cfg = tiny_config("model.fpn_out_channels=256", "model.rpn.batch_size_per_image=16", arch="faster_rcnn")
     result = run_benchmark(cfg, train=True, iters=1, warmup=1, size=(64, 80))
     ours, theirs = result["measurements"]["restransfer fp32"], result["measurements"]["torchvision fp32"]
     assert 0 < ours.flops_per_image < theirs.flops_per_image

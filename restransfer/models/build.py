@@ -105,7 +105,8 @@ def _rpn(kw: Dict[str, Any], in_channels: int) -> RegionProposalNetwork:
     """The RPN that ``FasterRCNN.__init__`` builds from :func:`detector_kwargs` ``kw``."""
     anchors = kw["rpn_anchor_generator"]
     return RegionProposalNetwork(
-        anchors, RPNHead(in_channels, anchors.num_anchors_per_location()[0]),
+        anchors, RPNHead(in_channels, anchors.num_anchors_per_location()[0],
+                         sampled_per_image=kw["rpn_batch_size_per_image"]),
         kw["rpn_fg_iou_thresh"], kw["rpn_bg_iou_thresh"], kw["rpn_batch_size_per_image"], kw["rpn_positive_fraction"],
         dict(training=kw["rpn_pre_nms_top_n_train"], testing=kw["rpn_pre_nms_top_n_test"]),
         dict(training=kw["rpn_post_nms_top_n_train"], testing=kw["rpn_post_nms_top_n_test"]),

@@ -12,7 +12,8 @@ their 3 x 3 input neighbourhoods are gathered (``K x 9C``), the convolution and 
 there, and every gradient follows from a handful of ``K``-row matrix products. The gradients equal the
 dense ones up to float rounding; where the gradient is not sparse (other losses), the backward pass
 recomputes the head densely. It also keeps only the input of each level for backward, not the
-``C x H x W`` ReLU output.
+``C x H x W`` ReLU output. Levels too small for this to pay (fewer than 9 positions per sampled anchor)
+keep torchvision's backward pass.
 """
 from __future__ import annotations
 
@@ -66,9 +67,12 @@ def _sparse_grads(x: Tensor, params: Tuple[Tensor, ...], grads: Tuple[Optional[T
     g_t = g_cls @ wc.reshape(len(wc), -1) + g_box @ wd.reshape(len(wd), -1)
     g_pre = g_t * (pre > 0)
     g_cols = (g_pre @ w.reshape(len(w), -1)).view(k, c, 3, 3).permute(0, 2, 3, 1) * inside  # (K, 3, 3, C)
-    g_x = torch.zeros_like(x, dtype=torch.float32)
-    channels = torch.arange(c, device=x.device)
-    g_x.index_put_((img[:, None, None, None], channels, ys[..., None], xs[..., None]), g_cols, accumulate=True)
+    g_x = torch.zeros_like(x, dtype=torch.float32, memory_format=torch.contiguous_format)
+    flat = g_x.view(n, c, h * wd_)
+    where = ys * wd_ + xs  # (K, 3, 3) positions in each image's map
+    for i in img.unique().tolist():  # rows of an image's (H*W, C) view: index_add_ is far faster than index_put_
+        mine = img == i
+        flat[i].t().index_add_(0, where[mine].reshape(-1), g_cols[mine].reshape(-1, c))
     out = [g_x, (g_pre.t() @ cols).view_as(w), g_pre.sum(0), (g_cls.t() @ t).view_as(wc), g_cls.sum(0),
            (g_box.t() @ t).view_as(wd), g_box.sum(0)]
     return [o.to(ref.dtype) for o, ref in zip(out, (x,) + params)]
@@ -103,12 +107,19 @@ class _SparseBackwardHead(torch.autograd.Function):
 
 
 class RPNHead(TorchvisionRPNHead):
-    """torchvision's ``RPNHead`` (same arguments, modules and outputs) whose backward pass in CPU training
-    works on the positions where the gradient is not zero (see the module docstring).
+    """torchvision's ``RPNHead`` (same modules and outputs) whose backward pass in CPU training works on the
+    positions where the gradient is not zero (see the module docstring).
 
-    ``forward(x)``: list of (N, C, H, W) feature maps -> (objectness logits (N, A, H, W) per level, box
-    deltas (N, 4A, H, W) per level).
+    ``sampled_per_image``: the RPN's sampled anchors per image (``rpn.batch_size_per_image``). A level takes
+    the sparse backward pass when its map has more than 9 positions per sampled anchor (each sampled
+    position costs a 3 x 3 neighbourhood); smaller maps, where the dense pass costs no more, keep
+    torchvision's. ``forward(x)``: list of (N, C, H, W) feature maps -> (objectness logits (N, A, H, W) per
+    level, box deltas (N, 4A, H, W) per level).
     """
+
+    def __init__(self, in_channels: int, num_anchors: int, conv_depth: int = 1, sampled_per_image: int = 256) -> None:
+        super().__init__(in_channels, num_anchors, conv_depth)
+        self.sampled_per_image = sampled_per_image
 
     def _standard(self) -> bool:
         """One 3 x 3 convolution (stride 1, padding 1, with bias) + ReLU, as torchvision builds it."""
@@ -128,7 +139,11 @@ class RPNHead(TorchvisionRPNHead):
             return super().forward(x)
         logits, deltas = [], []
         for feature in x:
-            cls, box = _SparseBackwardHead.apply(feature, *params)
+            if feature.shape[-2] * feature.shape[-1] > 9 * self.sampled_per_image:
+                cls, box = _SparseBackwardHead.apply(feature, *params)
+            else:
+                t = self.conv(feature)
+                cls, box = self.cls_logits(t), self.bbox_pred(t)
             logits.append(cls)
             deltas.append(box)
         return logits, deltas
