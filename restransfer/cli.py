@@ -22,8 +22,8 @@ import sys
 from typing import Callable, List, Optional, Sequence, Tuple
 
 __all__ = ["run_tool", "describe_failure", "note_output", "user_error_classes", "USER_ERRORS",
-           "TRAIN_MEMORY_HINT", "EVAL_MEMORY_HINT", "training_parser", "parse_training_args", "model_parser", "config_from_args", "add_weights_argument",
-           "split_weights"]
+           "TRAIN_MEMORY_HINT", "EVAL_MEMORY_HINT", "training_parser", "parse_training_args", "model_parser",
+           "config_from_args", "add_weights_argument", "split_weights"]
 
 USER_ERROR, INTERNAL_ERROR, INTERRUPTED = 2, 1, 130
 

@@ -48,7 +48,7 @@ def _head(x: Tensor, w: Tensor, b: Tensor, wc: Tensor, bc: Tensor, wd: Tensor, b
 
 
 def _sparse_grads(x: Tensor, params: Tuple[Tensor, ...], grads: Tuple[Optional[Tensor], Optional[Tensor]],
-                  positions: Tensor) -> List[Tensor]:
+                  positions: Tensor) -> List[Optional[Tensor]]:
     """Gradients of the head when ``grads`` are zero outside ``positions`` (K, 3) = (image, y, x)."""
     w, b, wc, bc, wd, bd = (p.float() for p in params)
     n, c, h, wd_ = x.shape
@@ -62,9 +62,9 @@ def _sparse_grads(x: Tensor, params: Tuple[Tensor, ...], grads: Tuple[Optional[T
     cols = cols.permute(0, 3, 1, 2).reshape(k, c * 9)  # the weight's (C, 3, 3) order
     pre = torch.addmm(b, cols, w.reshape(len(w), -1).t())  # (K, C') before the ReLU
     t = pre.clamp(min=0)
-    g_cls = grads[0][img, :, y, col].float() if grads[0] is not None else pre.new_zeros(k, len(wc))
-    g_box = grads[1][img, :, y, col].float() if grads[1] is not None else pre.new_zeros(k, len(wd))
-    g_t = g_cls @ wc.reshape(len(wc), -1) + g_box @ wd.reshape(len(wd), -1)
+    # each output's gradient at the positions, through its 1 x 1 convolution (an output without one adds nothing)
+    g_out = [None if g is None else g[img, :, y, col].float() for g in grads]
+    g_t = sum(g @ wo.reshape(len(wo), -1) for g, wo in zip(g_out, (wc, wd)) if g is not None)
     g_pre = g_t * (pre > 0)
     g_cols = (g_pre @ w.reshape(len(w), -1)).view(k, c, 3, 3).permute(0, 2, 3, 1) * inside  # (K, 3, 3, C)
     g_x = torch.zeros_like(x, dtype=torch.float32, memory_format=torch.contiguous_format)
@@ -73,9 +73,10 @@ def _sparse_grads(x: Tensor, params: Tuple[Tensor, ...], grads: Tuple[Optional[T
     for i in img.unique().tolist():  # rows of an image's (H*W, C) view: index_add_ is far faster than index_put_
         mine = img == i
         flat[i].t().index_add_(0, where[mine].reshape(-1), g_cols[mine].reshape(-1, c))
-    out = [g_x, (g_pre.t() @ cols).view_as(w), g_pre.sum(0), (g_cls.t() @ t).view_as(wc), g_cls.sum(0),
-           (g_box.t() @ t).view_as(wd), g_box.sum(0)]
-    return [o.to(ref.dtype) for o, ref in zip(out, (x,) + params)]
+    out = [g_x, (g_pre.t() @ cols).view_as(w), g_pre.sum(0)]
+    for g, wo in zip(g_out, (wc, wd)):  # an output without gradient leaves its layer without one, as usual
+        out += [None, None] if g is None else [(g.t() @ t).view_as(wo), g.sum(0)]
+    return [None if o is None else o.to(ref.dtype) for o, ref in zip(out, (x,) + params)]
 
 
 class _SparseBackwardHead(torch.autograd.Function):
@@ -99,10 +100,6 @@ class _SparseBackwardHead(torch.autograd.Function):
                 result = _dense_grads(x, tuple(params), grads, ctx.needs_input_grad)
         else:
             result = _sparse_grads(x, tuple(params), grads, positions)
-            # an output without gradient leaves its layer without one, as in the plain backward pass
-            unused = [i for i, g in ((3, g_cls), (5, g_box)) if g is None]
-            for i in unused:
-                result[i] = result[i + 1] = None
         return tuple(r if need else None for r, need in zip(result, ctx.needs_input_grad))
 
 
