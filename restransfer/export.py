@@ -38,6 +38,7 @@ Outside the tested range, compare an exported file with the eager model (``tools
 from __future__ import annotations
 
 import copy
+import io
 import os
 import warnings
 from pathlib import Path
@@ -126,10 +127,9 @@ def export_torchscript(model: nn.Module, path: Union[str, os.PathLike], size: Tu
     h, w = int(size[0]), int(size[1])
     traced = _trace(ExportWrapper(prepare_for_export(model)), _example((h, w)))
     module = traced if dynamic else torch.jit.script(_SizeCheck(traced, h, w))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(module, str(path))
-    return path
+    buf = io.BytesIO()
+    torch.jit.save(module, buf)
+    return _write(path, buf)
 
 
 def export_onnx(model: nn.Module, path: Union[str, os.PathLike], size: Tuple[int, int] = (800, 1067),
@@ -148,13 +148,22 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], size: Tuple[int
     axes = {n: {0: "detections"} for n in names}
     if dynamic:
         axes["image"] = {1: "height", 2: "width"}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(wrapper, (_example((int(size[0]), int(size[1]))),), str(path), dynamo=False,
+        torch.onnx.export(wrapper, (_example((int(size[0]), int(size[1]))),), buf, dynamo=False,
                           opset_version=opset, input_names=["image"], output_names=names, dynamic_axes=axes,
                           do_constant_folding=True)
+    return _write(path, buf)
+
+
+def _write(path: Union[str, os.PathLike], buf: io.BytesIO) -> Path:
+    # serialized in memory, then written through a temporary file and renamed: a failed write (a full disk)
+    # is an OSError naming ``path`` and leaves no half-written file behind
+    from .engine.checkpoint import atomic_write_bytes
+
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

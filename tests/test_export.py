@@ -77,6 +77,22 @@ def test_onnx_round_trip_static_and_dynamic(tmp_path):
     assert report["agreement"] == 1.0 and report["detections"] > 0
 
 
+def test_a_failed_write_names_the_file_and_leaves_nothing(mask_model, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    model, _ = mask_model
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    target = tmp_path / "out" / "m.pt"
+    with pytest.raises(OSError, match=r"cannot write .*m\.pt: No space left on device"):
+        export_torchscript(model, target, size=SIZE)
+    assert list(target.parent.iterdir()) == []  # neither the file nor its temporary
+
+
 def test_optimized_models_are_refused(tmp_path):
     _, model, _ = tiny_model(FEW, arch="faster_rcnn", size=SIZE)
     model.optimize_for_inference()
