@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The toolkit's GPU checks in one run, for a machine with an NVIDIA GPU and PyTorch but no network:
+#   - tests/test_cuda.py: training steps in fp32, fp16 (loss scaling) and bf16 with channels_last, a one-process
+#     NCCL DDP step, inference after optimize_for_inference at each precision against fp32, export;
+#   - tools/benchmark.py --device cuda: the R101-FPN Faster R-CNN training step and inference against
+#     torchvision's identical network, ours in fp32, fp16 and bf16 against torchvision in fp32, and ours against
+#     torchvision under the same AMP precision.
+#
+#   bash tools/gpu_check.sh --fetch-wheels [PYTHON_VERSION]   # where pip reaches PyPI: the dependencies a plain
+#                                                            # PyTorch image lacks, as wheels into .whl/ (default 3.12)
+#   bash tools/gpu_check.sh OUT_DIR                           # on the GPU machine, from the repository root
+#
+# On the GPU machine the wheels in .whl/ (if any) are installed into a temporary folder (nothing is fetched) and
+# the repository is put on PYTHONPATH. OUT_DIR receives at most 8 files: environment.txt, test_cuda.log,
+# benchmark.log and five JSON results (train_vs_tv_fp32.json, train_vs_tv_fp16.json, train_vs_tv_bf16.json,
+# infer_vs_tv_fp32.json, infer_vs_tv_fp16.json; see tools/benchmark.py --json). The exit status is 0 when the
+# tests passed and every benchmark ran.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+# what restransfer needs beyond PyTorch, torchvision, numpy, scipy, OpenCV, PyYAML, timm, safetensors, tqdm and
+# matplotlib (which PyTorch GPU images carry), at the versions of the Python environment running this
+WHEELS="pycocotools faster-coco-eval albumentations albucore omegaconf pydantic pydantic-core annotated-types
+typing-inspection stringzilla simsimd"
+
+if [ "${1:-}" = "--fetch-wheels" ]; then
+    py="${2:-3.12}"
+    specs=""
+    for name in $WHEELS; do
+        version=$(python -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p')
+        [ -n "$version" ] || { echo "error: $name is not installed here (pip install -e . first)" >&2; exit 2; }
+        specs="$specs $name==$version"
+    done
+    platforms=""
+    for p in manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux_2_24_x86_64 manylinux_2_27_x86_64 \
+             manylinux_2_28_x86_64 manylinux_2_31_x86_64 manylinux_2_34_x86_64 manylinux_2_35_x86_64; do
+        platforms="$platforms --platform $p"
+    done
+    mkdir -p .whl
+    # shellcheck disable=SC2086
+    python -m pip download -q --no-deps --only-binary=:all: --python-version "$py" --implementation cp \
+        $platforms -d .whl $specs || exit 1
+    ls .whl
+    exit 0
+fi
+
+out="${1:?usage: bash tools/gpu_check.sh OUT_DIR   (or --fetch-wheels [PYTHON_VERSION])}"
+mkdir -p "$out"
+if compgen -G ".whl/*.whl" > /dev/null; then
+    site="${TMPDIR:-/tmp}/restransfer-gpu-site"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+        .whl/*.whl || { echo "error: installing the wheels in .whl/ failed" >&2; exit 1; }
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+python3 - > "$out/environment.txt" <<'EOF' || { cat "$out/environment.txt"; exit 1; }
+import platform, sys
+import torch, torchvision
+print("python", platform.python_version(), "torch", torch.__version__, "torchvision", torchvision.__version__,
+      "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())
+if not torch.cuda.is_available():
+    print("error: PyTorch sees no CUDA device; these checks need an NVIDIA GPU")
+    sys.exit(1)
+for i in range(torch.cuda.device_count()):
+    p = torch.cuda.get_device_properties(i)
+    print(f"cuda:{i} {p.name} {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs")
+print("cpu", platform.processor() or platform.machine())
+EOF
+cat "$out/environment.txt"
+
+status=0
+python3 -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py 2>&1 | tee "$out/test_cuda.log" || status=1
+
+bench() {
+    echo "== benchmark.py $*" | tee -a "$out/benchmark.log"
+    python3 tools/benchmark.py configs/torchvision/faster_rcnn_r50_fpn.yaml model.backbone.depth=101 --device cuda \
+        "$@" 2>&1 | tee -a "$out/benchmark.log" || status=1
+}
+# torchvision's model runs under the first --dtype given (see tools/benchmark.py --help)
+bench --train --dtype fp32,fp16,bf16 --iters 10 --warmup 3 --json "$out/train_vs_tv_fp32.json"
+bench --train --dtype fp16 --iters 10 --warmup 3 --json "$out/train_vs_tv_fp16.json"
+bench --train --dtype bf16 --iters 10 --warmup 3 --json "$out/train_vs_tv_bf16.json"
+bench --dtype fp32,fp16,bf16 --iters 20 --warmup 3 --json "$out/infer_vs_tv_fp32.json"
+bench --dtype fp16 --iters 20 --warmup 3 --json "$out/infer_vs_tv_fp16.json"
+exit $status
