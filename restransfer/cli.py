@@ -7,6 +7,8 @@ takes ``--debug`` off the command line, runs ``main(argv)`` and turns a failure 
   ``error: <what, where, what to do>``, exit status 2;
 * running out of memory: ``error: out of memory ...`` naming the setting that lowers it, exit status 2;
 * Ctrl-C: ``interrupted``, exit status 130;
+* the reader of stdout went away (``tool --help | head -1``): no traceback, exit status 141, as a shell
+  reports for a program ended by SIGPIPE;
 * anything else is a bug: ``error: internal error: <type>: <message> (rerun with --debug ...)``, status 1.
 
 With ``--debug`` the exception propagates and Python prints the full traceback.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -25,7 +28,7 @@ __all__ = ["run_tool", "describe_failure", "note_output", "user_error_classes", 
            "TRAIN_MEMORY_HINT", "EVAL_MEMORY_HINT", "training_parser", "parse_training_args", "model_parser",
            "config_from_args", "add_weights_argument", "split_weights"]
 
-USER_ERROR, INTERNAL_ERROR, INTERRUPTED = 2, 1, 130
+USER_ERROR, INTERNAL_ERROR, INTERRUPTED, OUTPUT_CLOSED = 2, 1, 130, 141
 
 # Failures that are the user's to fix; their messages already say what is wrong and where. Named by
 # "module.Class": a class counts once its module is imported (an exception of it cannot exist before),
@@ -148,6 +151,23 @@ def _split_debug(argv: Sequence[str]) -> Tuple[bool, List[str]]:
     return len(head) < end, head + argv[end:]
 
 
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader is gone; if so, stdout is pointed at the null device so that
+    nothing written later (Python's own flush at exit included) fails again."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()  # a pipe's write end with no reader polls as an error
+        poller.register(fd, select.POLLOUT)
+        closed = any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no file descriptor (captured output), no poll (Windows)
+        return False
+    if closed:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return closed
+
+
 def run_tool(main: Callable[[List[str]], Optional[int]], argv: Optional[Sequence[str]] = None, *,
              memory_hint: str = _GENERIC_MEMORY_HINT) -> int:
     """Run a tool's ``main(argv)`` and return its exit status, reporting a failure as described in the
@@ -159,17 +179,20 @@ def run_tool(main: Callable[[List[str]], Optional[int]], argv: Optional[Sequence
     debug, argv = _split_debug(sys.argv[1:] if argv is None else argv)
     del _outputs[:]
     try:
-        return main(argv) or 0
-    except SystemExit as e:  # argparse's usage errors and --help keep their behaviour
-        if e.code in (0, None) and ("-h" in argv or "--help" in argv):
-            print(_DEBUG_HELP)
-        raise
+        try:
+            return main(argv) or 0
+        except SystemExit as e:  # argparse's usage errors and --help keep their behaviour
+            if e.code in (0, None) and ("-h" in argv or "--help" in argv):
+                print(_DEBUG_HELP)
+            raise
     except KeyboardInterrupt:
         if debug:
             raise
         print("interrupted", file=sys.stderr)
         return INTERRUPTED
     except Exception as e:
+        if isinstance(e, BrokenPipeError) and _stdout_closed():
+            return OUTPUT_CLOSED
         if debug:
             raise
         code, message = describe_failure(e, memory_hint)

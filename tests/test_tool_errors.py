@@ -276,6 +276,33 @@ def test_interrupt_exit_130(capsys):
     assert capsys.readouterr().err == "interrupted\n"
 
 
+@pytest.mark.parametrize("args", [["--help"], ["--lines"]])
+def test_closed_output_pipe_ends_quietly_with_141(args):
+    """``tool --help | head -1``: the reader of stdout is gone before the tool writes (here from the start,
+    so every write fails): exit status 141, nothing on stderr, no traceback; an unrelated broken pipe is
+    still reported as an error."""
+    code = ("import sys\nfrom restransfer.cli import run_tool, training_parser\n"
+            "def main(argv):\n"
+            "    if argv == ['--lines']:\n"
+            "        for i in range(100000):\n"
+            "            print('line', i)\n"
+            "    training_parser('t').parse_args(argv)\n"
+            "sys.exit(run_tool(main))\n")
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, stdout=write, stderr=subprocess.PIPE,
+                              text=True)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, "")
+
+
+def test_broken_pipe_elsewhere_is_an_error(capsys):
+    assert cli.run_tool(_raiser(BrokenPipeError(errno.EPIPE, "Broken pipe")), []) == 2
+    assert capsys.readouterr().err.startswith("error: Broken pipe")
+
+
 def test_debug_is_taken_off_the_command_line_and_shown_in_help(capsys):
     seen = []
 
