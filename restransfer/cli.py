@@ -164,7 +164,9 @@ def _stdout_closed() -> bool:
     except (AttributeError, OSError, ValueError):  # no file descriptor (captured output), no poll (Windows)
         return False
     if closed:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
     return closed
 
 
