@@ -16,6 +16,11 @@
 # infer_vs_tv_fp32.json, infer_vs_tv_fp16.json; see tools/benchmark.py --json). The exit status is 0 when the
 # tests passed and every benchmark ran.
 set -uo pipefail
+out=""
+case "${1:-}" in
+    ""|--fetch-wheels) ;;
+    *) mkdir -p "$1" && out="$(cd "$1" && pwd)" || exit 1 ;;  # OUT_DIR as given from the caller's folder
+esac
 cd "$(dirname "$0")/.."
 
 # what restransfer needs beyond PyTorch, torchvision, numpy, scipy, OpenCV, PyYAML, timm, safetensors, tqdm and
@@ -44,8 +49,10 @@ if [ "${1:-}" = "--fetch-wheels" ]; then
     exit 0
 fi
 
-out="${1:?usage: bash tools/gpu_check.sh OUT_DIR   (or --fetch-wheels [PYTHON_VERSION])}"
-mkdir -p "$out"
+if [ -z "$out" ]; then
+    echo "usage: bash tools/gpu_check.sh OUT_DIR   (or --fetch-wheels [PYTHON_VERSION])" >&2
+    exit 2
+fi
 if compgen -G ".whl/*.whl" > /dev/null; then
     site="${TMPDIR:-/tmp}/restransfer-gpu-site"
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
