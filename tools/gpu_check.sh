@@ -63,7 +63,11 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 python3 - > "$out/environment.txt" <<'EOF' || { cat "$out/environment.txt"; exit 1; }
 import platform, sys
-import torch, torchvision
+try:
+    import torch, torchvision
+except ImportError as e:
+    print(f"error: {sys.executable} cannot import PyTorch ({e}); run with the Python that has torch and torchvision")
+    sys.exit(1)
 print("python", platform.python_version(), "torch", torch.__version__, "torchvision", torchvision.__version__,
       "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())
 if not torch.cuda.is_available():
