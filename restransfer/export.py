@@ -47,6 +47,8 @@ from typing import Dict, List, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from .fileio import atomic_write_bytes
+
 __all__ = ["ExportWrapper", "export_torchscript", "export_onnx", "export_outputs", "prepare_for_export",
            "verify_export"]
 
@@ -158,10 +160,8 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], size: Tuple[int
 
 
 def _write(path: Union[str, os.PathLike], buf: io.BytesIO) -> Path:
-    # serialized in memory, then written through a temporary file and renamed: a failed write (a full disk)
-    # is an OSError naming ``path`` and leaves no half-written file behind
-    from .engine.checkpoint import atomic_write_bytes
-
+    # serialized in memory, then written all or nothing: a failed write (a full disk) is an OSError naming
+    # ``path`` and leaves no half-written file behind
     path = Path(path)
     atomic_write_bytes(path, buf.getvalue())
     return path

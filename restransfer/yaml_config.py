@@ -19,6 +19,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .fileio import atomic_write_text
+
 __all__ = ["ConfigError", "structured_defaults", "load_structured", "dump_config", "resolve_path"]
 
 
@@ -225,11 +227,7 @@ def dump_config(cfg: DictConfig, path: Optional[os.PathLike | str] = None) -> st
     """The resolved config as YAML; written atomically to ``path`` when given. Loads back identically."""
     text = OmegaConf.to_yaml(cfg, resolve=True)
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     return text
 
 

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..fileio import atomic_write_text
 from .coco_errors import CURVES, ErrorAnalysis, analyze_coco_errors
 from .detection_plots import (
     coco_pr_curves, confusion_matrix, plot_class_ap, plot_confusion_matrix, plot_error_breakdown,
@@ -90,14 +91,7 @@ def render_report(title: str, sections: Sequence[Tuple[str, str]], subtitle: str
 
 def _write(path: PathLike, text: str) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_text(path, text)
     return path
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ..engine.checkpoint import atomic_write_text
+from ..fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

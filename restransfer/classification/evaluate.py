@@ -129,7 +129,7 @@ def evaluate_classifier(model: nn.Module, dataset: ClassificationDataset, **kwar
 
 
 def write_metrics(metrics: Dict[str, float], path: os.PathLike | str) -> None:
-    from ..engine.checkpoint import atomic_write_text
+    from ..fileio import atomic_write_text
 
     atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
 

@@ -14,7 +14,7 @@ from typing import Dict, Sequence
 import cv2
 import numpy as np
 
-from ..engine.checkpoint import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 
 __all__ = ["SHAPE_CLASS_NAMES", "render_shape_class", "generate_shape_classes", "ensure_shape_classes"]
 

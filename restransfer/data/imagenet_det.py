@@ -29,6 +29,7 @@ import numpy as np
 from restransfer.boxes import devkit_to_xyxy, xyxy_to_xywh
 from restransfer.data.ilsvrc import IlsvrcFormatError, Synsets, XmlAnnotation, parse_int, read_id_map
 from restransfer.data.ilsvrc import read_xml_annotation, text_fields, where
+from restransfer.fileio import atomic_write_text
 
 __all__ = [
     "DetFormatError",
@@ -339,6 +340,4 @@ def records_to_coco(records: Sequence[DetRecord], synsets: Synsets, description:
 def write_image_list(path: os.PathLike | str, records: Sequence[DetRecord]) -> None:
     """Write the val images of ``records`` as an image list ``<image> <index>`` (val.txt format), for
     evaluating a val subset (val1/val2) with the devkit protocol. Train records are skipped."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{r.name} {r.index}\n" for r in records if r.index is not None), encoding="utf-8")
+    atomic_write_text(path, "".join(f"{r.name} {r.index}\n" for r in records if r.index is not None))

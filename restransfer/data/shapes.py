@@ -30,6 +30,8 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 
+from ..fileio import atomic_write_text
+
 __all__ = ["SHAPE_CLASSES", "DEFAULT_CLASSES", "DEFAULT_NUM_TRAIN", "DEFAULT_NUM_VAL", "generate_shapes",
            "ensure_shapes", "render_shapes_image"]
 
@@ -166,12 +168,6 @@ def render_shapes_image(
     return image, [(label, vis.astype(np.uint8)) for label, _, vis in objects if vis.any()]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _generate_split(root: Path, split: str, num_images: int, image_size: int, seed: int,
                     classes: Sequence[str]) -> Dict[str, Any]:
     image_dir = root / split
@@ -237,7 +233,7 @@ def generate_shapes(
     for split, n in (("train", num_train), ("val", num_val)):
         data = _generate_split(root, split, int(n), int(image_size), int(seed), classes)
         path = root / "annotations" / f"{split}.json"
-        _atomic_write(path, json.dumps(data).encode("utf-8"))
+        atomic_write_text(path, json.dumps(data))
         out[split] = path
     return out
 

@@ -1,8 +1,8 @@
 """Atomic, resumable checkpoints.
 
-Every file is written to a temporary name in the same folder, flushed to disk, then renamed over the
-target, so a run killed at any moment leaves either the old file or the new one, never half of one;
-temporary files a killed run left behind are removed when the next run starts.
+Every file is written through :mod:`restransfer.fileio` (a temporary name in the same folder, flushed to
+disk, then renamed over the target), so a run killed at any moment leaves either the old file or the new
+one, never half of one; temporary files a killed run left behind are removed when the next run starts.
 ``output_dir/last_checkpoint`` names the newest periodic checkpoint; the last ``keep_last`` periodic
 checkpoints are kept (``model_final.pth`` and ``model_best.pth`` are never deleted). Every checkpoint
 carries a SHA-256 of its tensors, checked on load. Resuming takes the newest checkpoint that reads back
@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from ..fileio import TEMPORARY, atomic_write_bytes, atomic_write_text
 from ..serialization import CHECKSUM_KEY, CheckpointError, load_torch_file, tensors_checksum, verify_checksum
 
 logger = logging.getLogger(__name__)
@@ -29,30 +30,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["Checkpointer", "CheckpointError", "atomic_torch_save", "atomic_write_text", "rng_state", "set_rng_state"]
 
 _PERIODIC = re.compile(r"^model_(\d{7})\.pth$")
-_TEMPORARY = re.compile(r"^\..+\.tmp\d+$|^config\.yaml\.tmp$")
 FINAL = "model_final.pth"
-
-
-def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, fsync and rename (all or nothing)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:  # disk full, read-only folder, ...: name the file being written, not the temporary
-        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}; free space or choose another "
-                      "output_dir=...", str(path)) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: os.PathLike | str, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+# temporaries that earlier versions wrote under names of their own
+_OLD_TEMPORARIES = ("config.yaml.tmp",)
 
 
 def atomic_torch_save(obj: Any, path: os.PathLike | str) -> None:
@@ -118,7 +98,8 @@ class Checkpointer:
         """Delete the temporary files of writes a killed run left behind; returns them."""
         if not self.dir.is_dir():
             return []
-        leftovers = [p for p in self.dir.iterdir() if p.is_file() and _TEMPORARY.match(p.name)]
+        leftovers = [p for p in self.dir.iterdir()
+                     if p.is_file() and (TEMPORARY.match(p.name) or p.name in _OLD_TEMPORARIES)]
         for p in leftovers:
             p.unlink(missing_ok=True)
         if leftovers:

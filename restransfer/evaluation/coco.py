@@ -43,6 +43,7 @@ from pycocotools.cocoeval import COCOeval
 
 from restransfer.boxes import xyxy_to_xywh
 from restransfer.data.coco_checks import check_ground_truth, check_results, load_coco_json
+from restransfer.fileio import atomic_open
 from restransfer.rle import encode_masks
 
 __all__ = [
@@ -312,15 +313,8 @@ def _json_safe(value: Any) -> Any:
 def write_json_atomic(obj: Any, path: Union[str, os.PathLike]) -> Path:
     """Write ``obj`` as strict JSON to ``path`` through a temporary file and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, allow_nan=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_open(path) as f:
+        json.dump(obj, f, allow_nan=False)
     return path
 
 

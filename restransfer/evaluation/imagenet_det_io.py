@@ -20,6 +20,7 @@ import numpy as np
 from restransfer.boxes import xywh_to_xyxy, xyxy_to_devkit
 from restransfer.data.ilsvrc import IlsvrcFormatError, Synsets, where
 from restransfer.data.imagenet_det import read_annotation, read_image_list
+from restransfer.fileio import atomic_open
 
 __all__ = [
     "DetGroundTruth",
@@ -155,15 +156,11 @@ def read_submission(
 def write_submission(path: os.PathLike | str, sub: DetSubmission) -> None:
     """Write a submission file. Floats are written in their shortest exact form (``repr``), so reading
     the file back gives the same float64 numbers as the in-memory detections."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     cols = [sub.image_ids.tolist(), sub.labels.tolist(), sub.scores.tolist()]
     cols += [sub.boxes[:, j].tolist() for j in range(4)]
     line = "%d %d %r %r %r %r %r\n"
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         f.writelines(line % row for row in zip(*cols))
-    os.replace(tmp, path)
 
 
 def load_ground_truth(

@@ -19,6 +19,7 @@ import numpy as np
 from ..boxes import xyxy_to_devkit
 from ..data.ilsvrc import IlsvrcFormatError, Synsets, is_number, where
 from ..data.imagenet_loc import iter_kaggle_rows, parse_box_groups
+from ..fileio import atomic_write_text
 
 __all__ = [
     "MAX_GUESSES", "LocSubmission", "LocGuesses", "read_devkit_submission", "read_kaggle_submission",
@@ -186,7 +187,7 @@ def write_devkit_submission(path: os.PathLike | str, guesses: LocGuesses, synset
     lines = []
     for labels, boxes in zip(sub.labels, sub.boxes):
         lines.append(" ".join(f"{k} " + " ".join(_fmt(v) for v in b) for k, b in zip(labels, boxes) if k > 0))
-    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def write_kaggle_submission(path: os.PathLike | str, guesses: LocGuesses, names: Sequence[str]) -> None:
@@ -198,4 +199,4 @@ def write_kaggle_submission(path: os.PathLike | str, guesses: LocGuesses, names:
     rows = ["ImageId,PredictionString"]
     for name, wnids, bxs in zip(names, guesses.wnids, boxes):
         rows.append(name + "," + " ".join(f"{w} " + " ".join(_fmt(v) for v in b) for w, b in zip(wnids, bxs) if w))
-    Path(path).write_text("\n".join(rows) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(rows) + "\n")

@@ -27,6 +27,7 @@ from ..data.imagenet_loc import ground_truth_from_coco, read_blacklist
 from ..devices import resolve_device
 from ..engine.distributed import is_main_process
 from ..engine.inference import predict_dataset
+from ..fileio import atomic_write_text
 from ..models.system import predict_test_set, uses_test_system, weights_list
 from ..localization import (
     MODES, classifier_guesses, classifier_scores_from_model, detector_guesses, gt_class_guesses, label_wnids,
@@ -188,6 +189,6 @@ def run_imagenet_loc_evaluation(cfg, weights: Optional[Union[str, Sequence[str]]
         metrics["gt_class_loc_error"] = gt_metrics["top5_loc_error"]
     write_devkit_submission(out_dir / "loc_submission.txt", guesses, synsets)
     write_kaggle_submission(out_dir / "loc_submission.csv", guesses, gt.names)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     loc_run_report(out_dir / "metrics.json", metrics, dataset, preds, gt, guesses.to_submission(synsets), black)
     return metrics
