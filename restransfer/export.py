@@ -129,9 +129,10 @@ def export_torchscript(model: nn.Module, path: Union[str, os.PathLike], size: Tu
     h, w = int(size[0]), int(size[1])
     traced = _trace(ExportWrapper(prepare_for_export(model)), _example((h, w)))
     module = traced if dynamic else torch.jit.script(_SizeCheck(traced, h, w))
-    buf = io.BytesIO()
+    buf = io.BytesIO()  # serialized in memory, then written all or nothing (a full disk leaves no half file)
     torch.jit.save(module, buf)
-    return _write(path, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
 
 
 def export_onnx(model: nn.Module, path: Union[str, os.PathLike], size: Tuple[int, int] = (800, 1067),
@@ -156,15 +157,8 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], size: Tuple[int
         torch.onnx.export(wrapper, (_example((int(size[0]), int(size[1]))),), buf, dynamo=False,
                           opset_version=opset, input_names=["image"], output_names=names, dynamic_axes=axes,
                           do_constant_folding=True)
-    return _write(path, buf)
-
-
-def _write(path: Union[str, os.PathLike], buf: io.BytesIO) -> Path:
-    # serialized in memory, then written all or nothing: a failed write (a full disk) is an OSError naming
-    # ``path`` and leaves no half-written file behind
-    path = Path(path)
     atomic_write_bytes(path, buf.getvalue())
-    return path
+    return Path(path)
 
 
 def export_outputs(exported: Union[str, os.PathLike], image: Tensor) -> List[Tensor]:
