@@ -144,7 +144,10 @@ def test_detector_training_gradients_equal_torchvision_head(head, sparse_calls):
     # few sampled anchors per image, so that one map takes the sparse pass: P2 (24 x 32 > 9 x 32 positions)
     # of the FPN, the C4 head's single stride-16 map (6 x 8 > 9 x 4)
     sampled, sparse_map = (4, (6, 8)) if head == "c4" else (32, (24, 32))
-    cfg = tiny_config(*(C4 if head == "c4" else ()), f"model.rpn.batch_size_per_image={sampled}", arch="faster_rcnn")
+    # and few sampled RoIs on small windows: the RPN head is under test, not the per-region res5
+    cfg = tiny_config(*(C4 if head == "c4" else ()), f"model.rpn.batch_size_per_image={sampled}",
+                      "model.roi_heads.batch_size_per_image=32", "model.roi_heads.c4_pooler_resolution=6",
+                      arch="faster_rcnn")
     torch.manual_seed(0)
     model = build_model(cfg)
     images, targets = synthetic_batch((96, 128), 2, seed=0, num_classes=cfg.model.num_classes)
