@@ -8,8 +8,10 @@ import pytest
 import torch
 import yaml
 
-# the suite runs on 2 cores; keep intra-op threads bounded and results reproducible
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# the suite runs on 2 cores; keep intra-op threads bounded and results reproducible, and share the cores
+# among pytest-xdist's workers when it runs them in parallel
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 # ResNet-18 on the CPU with 3 classes, whatever the config file says
 _COMMON = {"model.backbone.depth": 18, "model.backbone.weights": "null", "model.num_classes": 3, "device": "cpu"}
