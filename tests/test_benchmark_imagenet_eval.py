@@ -25,7 +25,7 @@ IMAGES, CLASSES, DETECTIONS = 200, 20, 5000
 
 def _tool(name, *args):
     return subprocess.run([sys.executable, str(REPO / "tools" / name), *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True)
 
 
 # ------------------------------------------------------------------------------------ ImageNet-DET

@@ -188,7 +188,7 @@ def test_two_process_gloo_run_keeps_the_schedule_of_one_process(overrides, tmp_p
     dump_config(load_config(None, overrides(out, **common)), config)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "tools" / "train_det.py"), str(config), "solver.checkpoint_period=0"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = (out / "log.txt").read_text()
     assert "4 images per step = 2 processes x 2 images x 1 accumulation step" in log

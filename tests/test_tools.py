@@ -16,8 +16,7 @@ KEEP_ALL = ["model.roi_heads.score_thresh=0.0"]
 
 def _run(args, cwd, env_extra=None):
     env = {**os.environ, "RESTRANSFER_NO_PROGRESS": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=900)
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True)
 
 
 @pytest.mark.slow
