@@ -131,7 +131,7 @@ def export_torchscript(model: nn.Module, path: Union[str, os.PathLike], size: Tu
     module = traced if dynamic else torch.jit.script(_SizeCheck(traced, h, w))
     buf = io.BytesIO()  # serialized in memory, then written all or nothing (a full disk leaves no half file)
     torch.jit.save(module, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getbuffer())
     return Path(path)
 
 
@@ -157,7 +157,7 @@ def export_onnx(model: nn.Module, path: Union[str, os.PathLike], size: Tuple[int
         torch.onnx.export(wrapper, (_example((int(size[0]), int(size[1]))),), buf, dynamo=False,
                           opset_version=opset, input_names=["image"], output_names=names, dynamic_axes=axes,
                           do_constant_folding=True)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getbuffer())
     return Path(path)
 
 

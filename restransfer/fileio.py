@@ -42,7 +42,8 @@ def atomic_open(path: Union[str, os.PathLike], mode: str = "w",
             tmp.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(path: Union[str, os.PathLike], data: bytes) -> None:
+def atomic_write_bytes(path: Union[str, os.PathLike], data: Union[bytes, memoryview]) -> None:
+    """``data``: bytes, or a view of a buffer (``BytesIO.getbuffer()``: no copy of a large serialized model)."""
     with atomic_open(path, "wb") as f:
         f.write(data)
 

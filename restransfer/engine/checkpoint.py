@@ -38,7 +38,7 @@ _OLD_TEMPORARIES = ("config.yaml.tmp",)
 def atomic_torch_save(obj: Any, path: os.PathLike | str) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getbuffer())
 
 
 def rng_state() -> Dict[str, Any]:
