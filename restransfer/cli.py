@@ -34,6 +34,7 @@ USER_ERROR, INTERNAL_ERROR, INTERRUPTED, OUTPUT_CLOSED = 2, 1, 130, 141
 # "module.Class": a class counts once its module is imported (an exception of it cannot exist before),
 # so checking costs no import and a class that a module does not define (yet) is simply absent.
 USER_ERRORS: Tuple[str, ...] = (
+    "restransfer.errors.InputError",  # the toolkit's own input-error types (errors.py)
     "builtins.ValueError",  # also ConfigError, DetFormatError, LocFormatError, malformed json
     "builtins.OSError",  # missing/unreadable/unwritable files, disk full, CorruptImageError
     "restransfer.serialization.WeightsError",  # unusable weights file or source

@@ -20,18 +20,14 @@ from typing import Any, Iterator, Mapping, Tuple
 import numpy as np
 import torch
 
+from .errors import CheckpointError, WeightsError
+
 __all__ = ["WeightsError", "CheckpointError", "safe_load_pickle", "load_torch_file", "check_not_empty", "tensors_checksum",
            "verify_checksum", "CHECKSUM_KEY"]
 
 CHECKSUM_KEY = "checksum"
 
 
-class WeightsError(RuntimeError):
-    """A weights file or source cannot be used; the message says which and what to do."""
-
-
-class CheckpointError(WeightsError):
-    """A checkpoint file is damaged or not a checkpoint; the message names the file."""
 
 
 def _latin1_encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:

@@ -19,13 +19,12 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .errors import ConfigError
 from .fileio import atomic_write_text
 
 __all__ = ["ConfigError", "structured_defaults", "load_structured", "dump_config", "resolve_path"]
 
 
-class ConfigError(ValueError):
-    """A configuration file or override is invalid; the message says where and what to do."""
 
 
 def structured_defaults(schema: type) -> DictConfig:

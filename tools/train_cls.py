@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     note_output("output_dir", cfg.output_dir)
 
     from restransfer.classification.train import train_classifier
-    from restransfer.engine import distributed
+    from restransfer import distributed
 
     try:
         train_classifier(cfg, resume=args.resume, restart=args.restart)

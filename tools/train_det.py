@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, args.overrides)
     note_output("output_dir", cfg.output_dir)
 
-    from restransfer.engine import distributed
+    from restransfer import distributed
 
     try:
         if args.eval_only:

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from ..devices import autocast_context, resolve_device
 from ..engine.checkpoint import Checkpointer, rng_state
-from ..engine.distributed import barrier, get_rank, get_world_size, init_distributed, is_main_process
+from ..distributed import barrier, get_rank, get_world_size, init_distributed, is_main_process
 from ..engine.lock import locked_output_dir
 from ..engine.logger import MetricsWriter
 from ..engine.solver import batch_layout, build_optimizer, build_scheduler

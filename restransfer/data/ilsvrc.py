@@ -24,6 +24,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from ..errors import DataError
+
 __all__ = [
     "IlsvrcFormatError", "where", "text_fields", "parse_int", "check_wnid",
     "is_number", "Synsets", "read_id_map", "read_map_clsloc", "read_loc_synset_mapping", "read_synsets", "XmlElement", "parse_xml", "XmlAnnotation", "read_xml_annotation",
@@ -32,7 +34,7 @@ __all__ = [
 _WNID = re.compile(r"^n\d{8}$")
 
 
-class IlsvrcFormatError(ValueError):
+class IlsvrcFormatError(DataError):
     """An ILSVRC file (DET or CLS-LOC) is malformed; the message names the file (and line) and what to do."""
 
 

@@ -16,7 +16,7 @@ __all__ = ["CorruptImageError", "read_image"]
 _IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 
 
-class CorruptImageError(OSError):
+class CorruptImageError(OSError):  # an OSError: callers treat it like a missing file
     """An image file is missing, truncated or cannot be decoded."""
 
 

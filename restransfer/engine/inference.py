@@ -14,7 +14,7 @@ from torch import nn
 
 from ..devices import autocast_context, precision_dtype, resolve_device, resolve_precision  # noqa: F401 (re-exported)
 from ..models.postprocess import deferred_mask_paste, detection_masks
-from .distributed import all_gather_object, get_rank, get_world_size, is_main_process
+from ..distributed import all_gather_object, get_rank, get_world_size, is_main_process
 
 logger = logging.getLogger(__name__)
 

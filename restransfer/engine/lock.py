@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
-from .distributed import all_gather_object, is_main_process
+from ..errors import OutputDirLocked
+from ..distributed import all_gather_object, is_main_process
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +27,6 @@ __all__ = ["OutputDirLock", "OutputDirLocked", "LOCK_NAME", "locked_output_dir"]
 LOCK_NAME = "run.lock"
 
 
-class OutputDirLocked(RuntimeError):
-    """Another live run owns the output folder; the message names it and says what to do."""
 
 
 def _pid_alive(pid: int) -> bool:

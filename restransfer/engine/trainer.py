@@ -26,10 +26,11 @@ import torch
 from torch import nn
 
 from ..config import dump_config
+from ..errors import NonFiniteLossError, TrainingOutOfMemory
 from .checkpoint import Checkpointer, rng_state, set_rng_state
 from ..devices import (autocast_context, check_autocast_precision, check_precision_support, resolve_device,
                        resolve_precision)
-from .distributed import all_gather_object, get_rank, get_world_size, init_distributed, is_main_process
+from ..distributed import all_gather_object, get_rank, get_world_size, init_distributed, is_main_process
 from .lock import locked_output_dir
 from .inference import evaluate_model
 from .logger import MetricsWriter, setup_logging
@@ -41,8 +42,6 @@ __all__ = ["train", "evaluate_only", "NonFiniteLossError", "TrainingOutOfMemory"
            "training_precision", "restore_training_state"]
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the message names the iteration and the loss terms."""
 
 
 def seed_everything(seed: int) -> None:
@@ -239,8 +238,6 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[D
     return metrics
 
 
-class TrainingOutOfMemory(RuntimeError):
-    """A training micro-step ran out of memory; the message names the knobs to lower."""
 
 
 def _is_out_of_memory(e: BaseException) -> bool:

@@ -25,7 +25,7 @@ from ..config import resolve_path
 from ..data.ilsvrc import read_synsets
 from ..data.imagenet_loc import ground_truth_from_coco, read_blacklist
 from ..devices import resolve_device
-from ..engine.distributed import is_main_process
+from ..distributed import is_main_process
 from ..engine.inference import predict_dataset
 from ..fileio import atomic_write_text
 from ..models.system import predict_test_set, uses_test_system, weights_list
