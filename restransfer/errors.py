@@ -9,8 +9,10 @@ A message names the thing that is wrong (file, line, key, image index) and what 
 """
 from __future__ import annotations
 
+import sys
+
 __all__ = ["InputError", "ConfigError", "DataError", "WeightsError", "CheckpointError", "OutputDirLocked",
-           "NonFiniteLossError", "TrainingOutOfMemory", "DeviceError"]
+           "NonFiniteLossError", "TrainingOutOfMemory", "DeviceError", "is_out_of_memory"]
 
 
 class InputError(Exception):
@@ -49,3 +51,17 @@ class TrainingOutOfMemory(InputError, RuntimeError):
 
 class DeviceError(InputError, RuntimeError):
     """The requested device or precision is not available here (``device=cuda`` without a GPU, ...)."""
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocation failure: the one rule every caller uses (tools' exit codes, training's
+    :class:`TrainingOutOfMemory`). ``MemoryError``, ``torch.OutOfMemoryError`` (CUDA), and the RuntimeErrors
+    CPU allocators and some CUDA paths raise ("can't allocate memory", "out of memory")."""
+    if isinstance(e, MemoryError):
+        return True
+    # torch is looked up, not imported: this module stays importable without it
+    oom = getattr(sys.modules.get("torch"), "OutOfMemoryError", None)
+    if isinstance(oom, type) and isinstance(e, oom):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
