@@ -125,6 +125,14 @@ class InputConfig:
 
 
 @dataclass
+class EmaConfig:
+    # an exponential moving average of the weights (engine.hooks.ModelEMA): evaluation and the saved "model"
+    # use it, the raw weights stay in the checkpoint for resume
+    enabled: bool = False
+    decay: float = 0.9998
+
+
+@dataclass
 class SolverConfig:
     base_lr: float = 0.02
     max_iter: int = 90000
@@ -148,6 +156,7 @@ class SolverConfig:
     channels_last: bool = False  # NHWC activations: faster oneDNN/cuDNN convolutions, same results up to rounding
     checkpoint_period: int = 5000
     keep_last: int = 3
+    ema: EmaConfig = field(default_factory=EmaConfig)
 
 
 @dataclass
@@ -244,7 +253,7 @@ def _validate_choices(cfg: DictConfig) -> None:
         v = cfg.model[name]
         if v is not None and len(v) != 3:
             raise ConfigError(f"model.{name}: expected 3 values, got {len(v)}")
-    _validate_solver(cfg.solver)
+    validate_solver(cfg.solver)
     _validate_test(cfg.test, cfg.model.head)
 
 
@@ -264,7 +273,11 @@ def _validate_test(t: DictConfig, head: str) -> None:
                               "paper's [200,400,600,800,1000]) and test.aug.flip=false")
 
 
-def _validate_solver(s: DictConfig) -> None:
+def validate_solver(s: DictConfig) -> None:
+    """Value checks of ``solver`` (detection and classification share the schema)."""
+    if not 0.0 <= s.ema.decay < 1.0:
+        raise ConfigError(f"solver.ema.decay: {s.ema.decay} must be in [0, 1) (e.g. 0.9998: the average spans "
+                          "about 1 / (1 - decay) = 5000 steps)")
     for key in ("ims_per_batch", "ims_per_device", "max_iter", "base_lr"):
         if s[key] is not None and not s[key] > 0:  # ims_per_device may be None (auto)
             raise ConfigError(f"solver.{key}: {s[key]} must be greater than 0")

@@ -14,7 +14,7 @@ from typing import Iterable, List, Optional
 from omegaconf import DictConfig
 from torch import nn
 
-from ..config import RunSettings, SolverConfig
+from ..config import RunSettings, SolverConfig, validate_solver
 from ..yaml_config import ConfigError, load_structured
 
 __all__ = ["ClsConfig", "ClsDataSpec", "load_cls_config", "build_classifier", "FORMATS", "ARCHS", "CROPS"]
@@ -137,14 +137,8 @@ def validate(cfg: DictConfig) -> None:
     for name in ("pixel_mean", "pixel_std"):
         if len(i[name]) != 3:
             raise ConfigError(f"input.{name}: expected 3 values, got {len(i[name])}")
-    s = cfg.solver
-    for key in ("ims_per_batch", "max_iter", "base_lr"):
-        if not s[key] > 0:
-            raise ConfigError(f"solver.{key}: {s[key]} must be greater than 0")
-    for step in s.steps:
-        if not 0 < step <= s.max_iter:
-            raise ConfigError(f"solver.steps: {step} is outside 1..solver.max_iter ({s.max_iter})")
-    _choice("solver.precision", s.precision, ("fp32", "bf16", "fp16", "auto"))
+    validate_solver(cfg.solver)
+    _choice("solver.precision", cfg.solver.precision, ("fp32", "bf16", "fp16", "auto"))
 
 
 def build_classifier(cfg: DictConfig) -> nn.Module:
