@@ -12,6 +12,8 @@ import os
 
 import torch
 
+from .errors import DeviceError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["PRECISIONS", "precision_dtype", "resolve_device", "resolve_precision", "native_bf16",
@@ -31,14 +33,18 @@ def precision_dtype(precision: str) -> torch.dtype:
 def resolve_device(device: str) -> torch.device:
     """``"auto"`` picks CUDA when available; ``"cuda"`` under torchrun means this process's LOCAL_RANK GPU.
 
-    A CUDA device when PyTorch sees none is a ``RuntimeError`` that says what to set instead.
+    A CUDA device when PyTorch sees none is a :class:`~restransfer.errors.DeviceError` (a ``RuntimeError``)
+    naming the ``device`` key and what to set instead.
     """
     device = str(device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device={device!r} but CUDA is not available here; set device=cpu (or auto)")
+            why = ("this PyTorch build has no CUDA support" if torch.version.cuda is None
+                   else "PyTorch sees no CUDA GPU here (none installed, no driver, or CUDA_VISIBLE_DEVICES hides them)")
+            raise DeviceError(f"device={device}: CUDA was requested but {why}; set device=cpu (or device=auto, which "
+                              "uses a GPU when there is one)")
         if device == "cuda" and "LOCAL_RANK" in os.environ:
             device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     return torch.device(device)

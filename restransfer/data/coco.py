@@ -16,10 +16,16 @@ Bad data never stops a run:
   :func:`~restransfer.data.coco_checks.box_problem` and
   :func:`~restransfer.data.coco_checks.segmentation_problems` (:mod:`restransfer.data.coco_checks`, which
   also reads and validates the json and which evaluation applies too, as errors);
+* images above ``max_image_pixels`` (``data.max_image_pixels``) by the json's width and height are left
+  out at construction with a warning, and a file whose header declares more is skipped when read
+  (below): neither is decoded;
+* duplicated image, category or annotation ids: a training set warns and keeps the first entry of
+  each id; a test set refuses them (evaluation would count a duplicated object twice);
 * boxes are clipped to the image; boxes with zero area after clipping are dropped and counted;
-* an image that cannot be decoded (unreadable, truncated, or not of the json's size) is skipped with
-  a warning and counted: a training dataset returns the next readable image, a test dataset a
-  black image of the json's size so that every image id keeps exactly one sample;
+* an image that cannot be decoded (unreadable, truncated, above the pixel limit by its header, or not
+  of the json's size) is skipped with a warning and counted: a training dataset returns the next
+  readable image, a test dataset a black image of the json's size so that every image id keeps
+  exactly one sample;
 * boxes that become degenerate under augmentation are dropped and counted.
 
 The counters (``num_skipped``, ``num_dropped_boxes``) live in shared memory, so counts made inside
@@ -35,13 +41,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
+from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from restransfer.boxes import xywh_to_xyxy
 from restransfer.data.coco_checks import (  # noqa: F401  (load_coco_json .. rle_counts re-exported)
     box_problem, load_coco_json, rle_counts, segmentation_problem, segmentation_problems,
 )
-from restransfer.data.image_io import CorruptImageError, read_image
+from restransfer.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, CorruptImageError, read_image
 from restransfer.data.transforms import TrainAugmentation
 
 __all__ = ["CocoDataset", "load_coco_json", "box_problem", "segmentation_problem", "segmentation_problems",
@@ -109,6 +116,10 @@ class CocoDataset(Dataset):
         allow_outside_root: accept ``file_name`` values that are absolute or climb out of
             ``image_root`` with ``..`` (refused by default, with a warning naming them). The path text
             is judged, not where symlinks lead, so an image root holding symlinked folders works.
+        coco: the annotations as a pycocotools ``COCO`` already built (a format converted in memory, e.g.
+            :class:`~restransfer.data.voc.VocDataset`); ``json_path`` then only names their source.
+        max_image_pixels: images with more pixels (by the json's size, or by the file's header when it
+            is read) are left out with a warning, never decoded; None: no limit.
 
     ``dataset[i]`` (or ``dataset[(i, seed)]`` to fix the augmentation) returns
 
@@ -140,10 +151,12 @@ class CocoDataset(Dataset):
         is_train: bool = False,
         name: Optional[str] = None,
         allow_outside_root: bool = False,
+        max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS,
+        coco: Optional[COCO] = None,
     ):
         self.json_path = Path(json_path)
         self.image_root = Path(image_root)
-        if not self.json_path.is_file():
+        if coco is None and not self.json_path.is_file():
             raise _missing("annotation file", self.json_path)
         if not self.image_root.is_dir():
             raise _missing("image folder", self.image_root)
@@ -151,7 +164,10 @@ class CocoDataset(Dataset):
         self.transforms = transforms
         self.with_masks = with_masks
         self.is_train = is_train
-        self.coco = load_coco_json(self.json_path)
+        self.max_image_pixels = max_image_pixels
+        if coco is None:
+            coco = load_coco_json(self.json_path, duplicates="drop" if is_train else "error")
+        self.coco = coco
 
         cats = sorted(self.coco.dataset["categories"], key=lambda c: c["id"])
         self.class_names: List[str] = [str(c["name"]) for c in cats]
@@ -161,6 +177,7 @@ class CocoDataset(Dataset):
         image_ids = sorted(self.coco.imgs)
         if not allow_outside_root:
             image_ids = self._refuse_outside_root(image_ids)
+        image_ids = self._drop_too_large(image_ids)
         image_ids = self._drop_missing_files(image_ids)
         self._index_annotations(image_ids)
         if filter_empty:
@@ -184,6 +201,23 @@ class CocoDataset(Dataset):
                 "are left out: %s (set data.allow_outside_root: true to read them)",
                 self.json_path, len(outside), len(image_ids), self.image_root, self._shown_names(outside))
             refused = set(outside)
+            image_ids = [i for i in image_ids if i not in refused]
+        return image_ids
+
+    def _drop_too_large(self, image_ids: List[int]) -> List[int]:
+        """Leave out the images whose json size is above ``max_image_pixels`` (they are never decoded)."""
+        if self.max_image_pixels is None:
+            return image_ids
+        imgs = self.coco.imgs
+        large = [i for i in image_ids if imgs[i]["width"] * imgs[i]["height"] > self.max_image_pixels]
+        if large:
+            first = imgs[large[0]]
+            logger.warning(
+                "%s: %d of %d images are larger than data.max_image_pixels (%g megapixels; first: %s, %dx%d) and are "
+                "left out without being decoded: %s (raise data.max_image_pixels to read them)",
+                self.json_path, len(large), len(image_ids), self.max_image_pixels / 1e6, first["file_name"],
+                first["width"], first["height"], self._shown_names(large))
+            refused = set(large)
             image_ids = [i for i in image_ids if i not in refused]
         return image_ids
 
@@ -345,7 +379,7 @@ class CocoDataset(Dataset):
             i = (index + attempt) % n
             h, w = (int(v) for v in self._sizes_hw[i])
             try:
-                image = read_image(self.image_path(i))
+                image = read_image(self.image_path(i), self.max_image_pixels)
                 if image.shape[:2] != (h, w):
                     raise CorruptImageError(
                         f"{self.image_path(i)}: decoded size {image.shape[1]}x{image.shape[0]} differs from the "

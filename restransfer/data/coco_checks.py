@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
-import json
 import logging
 import math
 import os
@@ -26,15 +25,18 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 import numpy as np
 from pycocotools.coco import COCO
 
+from ..errors import DataError
+from .json_io import read_json
+
 __all__ = ["load_coco_json", "box_problem", "rle_counts", "segmentation_problem", "segmentation_problems",
-           "check_ground_truth", "check_results"]
+           "check_ground_truth", "check_results", "check_unique_ids", "duplicate_ids"]
 
 logger = logging.getLogger(__name__)
 
 
 def _require(cond: bool, json_path: Path, where: str, what: str) -> None:
     if not cond:
-        raise ValueError(f"{json_path}: {where}: {what}. Fix the annotation file (COCO format: "
+        raise DataError(f"{json_path}: {where}: {what}. Fix the annotation file (COCO format: "
                          f"https://cocodataset.org/#format-data)")
 
 
@@ -234,25 +236,71 @@ def segmentation_problem(segm: Any, height: Optional[int] = None,
     return segmentation_problems([segm], [(height, width)])[0]
 
 
-def load_coco_json(json_path: Union[str, os.PathLike]) -> COCO:
+def _require_int_ids(entries: List[Any], key: str, json_path: Path, section: str) -> None:
+    """Every ``entries[i][key]`` is an integer; else a :class:`DataError` naming the entry and the value."""
+    if _all_of_types((e[key] for e in entries), int, np.integer):
+        return
+    i = next(i for i, e in enumerate(entries) if not _is_int(e[key]))
+    raise DataError(f"{json_path}: {section}[{i}].{key}: {entries[i][key]!r} is not an integer; COCO ids are "
+                    "integers (results files and annotations refer to images and categories by them). Fix the "
+                    "annotation file (COCO format: https://cocodataset.org/#format-data)")
+
+
+def duplicate_ids(entries: Sequence[Mapping[str, Any]], key: str = "id") -> Dict[Any, List[int]]:
+    """``{id: [positions]}`` of the ids that more than one of ``entries`` carries (empty when all differ)."""
+    seen: Dict[Any, int] = {}
+    dupes: Dict[Any, List[int]] = {}
+    for i, e in enumerate(entries):
+        v = e[key]
+        if v in seen:
+            dupes.setdefault(v, [seen[v]]).append(i)
+        else:
+            seen[v] = i
+    return dupes
+
+
+def _describe_duplicates(dupes: Dict[Any, List[int]], section: str, what: str) -> str:
+    shown = "; ".join(f"{what} {v!r} at " + ", ".join(f"{section}[{i}]" for i in pos[:4]) + (" ..." if len(pos) > 4 else "")
+                      for v, pos in list(dupes.items())[:3])
+    more = f" and {len(dupes) - 3} more" if len(dupes) > 3 else ""
+    return f"{len(dupes)} {what}s appear more than once ({shown}{more})"
+
+
+def check_unique_ids(data: Mapping[str, Any], name: str, duplicates: str = "error") -> None:
+    """Image, category and annotation ids must be unique: ``duplicates="error"`` (evaluation: a duplicated
+    annotation silently changes AP) raises a :class:`DataError` naming them; ``"drop"`` (training) warns and
+    leaves out every entry after the first of its id, in place."""
+    if duplicates not in ("error", "drop"):
+        raise ValueError(f"duplicates={duplicates!r}: use 'error' or 'drop'")
+    for section, what in (("images", "image id"), ("categories", "category id"), ("annotations", "annotation id")):
+        entries = data[section]
+        dupes = duplicate_ids(entries)
+        if not dupes:
+            continue
+        text = f"{name}: {_describe_duplicates(dupes, section, what)}"
+        if duplicates == "error":
+            raise DataError(f"{text}; ids must be unique: remove or renumber the duplicates in the annotation file")
+        logger.warning("%s; only the first entry of each id is used", text)
+        later = {i for pos in dupes.values() for i in pos[1:]}
+        data[section] = [e for i, e in enumerate(entries) if i not in later]
+
+
+def load_coco_json(json_path: Union[str, os.PathLike], duplicates: str = "error") -> COCO:
     """Read and validate a COCO-format annotation file into a pycocotools ``COCO`` (no output printed).
 
     Checks the fields the toolkit relies on (``images[i].id/file_name/width/height``,
     ``annotations[i].id/image_id/category_id/bbox``, ``categories[i].id/name``) and raises a
-    ``ValueError`` naming the file, the entry index and the key when one is missing or malformed.
-    The ``annotations`` list must be present (empty for images without objects). The values of
-    boxes and segmentations are not judged here: see :func:`box_problem` and
-    :func:`segmentation_problem`.
+    :class:`DataError` naming the file, the entry index and the key when one is missing or malformed;
+    ids are integers. The ``annotations`` list must be present (empty for images without objects).
+    Duplicated ids are errors, or with ``duplicates="drop"`` warnings with the later entries left out
+    (:func:`check_unique_ids`). The values of boxes and segmentations are not judged here: see
+    :func:`box_problem` and :func:`segmentation_problem`.
     """
     json_path = Path(json_path)
-    try:
-        with open(json_path, "rb") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{json_path}: line {e.lineno}: not valid JSON: {e.msg}") from None
+    data = read_json(json_path, "annotation file")
     _require(isinstance(data, dict), json_path, "top level", "expected an object with images/annotations/categories")
     for key in ("images", "categories"):
-        _require(isinstance(data.get(key), list), json_path, key, f"missing or not a list")
+        _require(isinstance(data.get(key), list), json_path, key, "missing or not a list")
     # A file without the key is more likely an image-info file or a truncated export than a set
     # without objects; a set without objects says so with an empty list.
     _require("annotations" in data, json_path, "annotations",
@@ -262,15 +310,16 @@ def load_coco_json(json_path: Union[str, os.PathLike]) -> COCO:
         ok = isinstance(img, dict) and all(k in img for k in ("id", "file_name", "width", "height"))
         _require(ok, json_path, f"images[{i}]", "needs id, file_name, width and height")
         _require(isinstance(img["file_name"], str) and img["file_name"] != "", json_path,
-                 f"images[{i}] (id {img['id']})", f"file_name must be a non-empty path, got {img['file_name']!r}")
+                 f"images[{i}] (id {img['id']!r})", f"file_name must be a non-empty path, got {img['file_name']!r}")
         _require(_is_finite_number(img["width"]) and _is_finite_number(img["height"])
                  and img["width"] > 0 and img["height"] > 0,
-                 json_path, f"images[{i}] (id {img['id']})",
+                 json_path, f"images[{i}] (id {img['id']!r})",
                  f"width/height must be positive numbers, got {img['width']!r}x{img['height']!r}")
-    image_ids = {img["id"] for img in data["images"]}
+    _require_int_ids(data["images"], "id", json_path, "images")
     for i, cat in enumerate(data["categories"]):
         _require(isinstance(cat, dict) and "id" in cat and "name" in cat, json_path, f"categories[{i}]",
                  "needs id and name")
+    _require_int_ids(data["categories"], "id", json_path, "categories")
     for i, ann in enumerate(data["annotations"]):
         ok = isinstance(ann, dict) and all(k in ann for k in ("image_id", "category_id", "bbox"))
         _require(ok, json_path, f"annotations[{i}]", "needs image_id, category_id and bbox")
@@ -278,8 +327,21 @@ def load_coco_json(json_path: Union[str, os.PathLike]) -> COCO:
         _require(isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox)), json_path,
                  f"annotations[{i}].bbox",
                  f"expected [x, y, w, h], got {bbox!r}")
-        # pycocotools needs ids; files produced by other tools sometimes leave them out.
-        ann.setdefault("id", i + 1)
+    anns = data["annotations"]
+    _require_int_ids(anns, "image_id", json_path, "annotations")
+    _require_int_ids(anns, "category_id", json_path, "annotations")
+    with_id = [a for a in anns if "id" in a]
+    _require_int_ids(with_id, "id", json_path, "annotations")
+    if len(with_id) < len(anns):
+        # pycocotools needs ids; files produced by other tools sometimes leave them out. New ids follow the
+        # largest given one, so that they cannot repeat an id the file uses.
+        next_id = max((int(a["id"]) for a in with_id), default=0) + 1
+        for ann in anns:
+            if "id" not in ann:
+                ann["id"] = next_id
+                next_id += 1
+    check_unique_ids(data, str(json_path), duplicates)
+    image_ids = {img["id"] for img in data["images"]}
     orphans = [a for a in data["annotations"] if a["image_id"] not in image_ids]
     if orphans:
         logger.warning("%s: %d annotations refer to image ids missing from images (first: %r); ignored",
@@ -290,10 +352,6 @@ def load_coco_json(json_path: Union[str, os.PathLike]) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
         coco.createIndex()
     return coco
-
-
-def _is_id(value: Any) -> bool:
-    return isinstance(value, (int, np.integer, str)) and not isinstance(value, bool)
 
 
 def check_ground_truth(gt_data: Dict[str, Any], name: str, iou_types: Sequence[str],
@@ -308,10 +366,18 @@ def check_ground_truth(gt_data: Dict[str, Any], name: str, iou_types: Sequence[s
     sizes = {img.get("id"): (img.get("height"), img.get("width")) for img in gt_data["images"]}
     if image_ids is not None:
         sizes = {i: sizes[i] for i in image_ids if i in sizes}
+    for section in ("images", "categories"):
+        for i, entry in enumerate(gt_data[section]):
+            if not isinstance(entry, dict) or not _is_int(entry.get("id")):
+                raise DataError(f"{name}: {section}[{i}]: id {entry.get('id') if isinstance(entry, dict) else entry!r} "
+                                "is not an integer; COCO image and category ids are integers")
     anns = gt_data["annotations"]
     for i, ann in enumerate(anns):
-        if not isinstance(ann, dict) or not _is_id(ann.get("image_id")):
-            raise ValueError(f"{name}: annotations[{i}] is not an annotation with an image_id")
+        if not isinstance(ann, dict) or not _is_int(ann.get("image_id")) or not _is_int(ann.get("id")):
+            raise DataError(f"{name}: annotations[{i}] is not an annotation with integer id and image_id (got id "
+                            f"{ann.get('id') if isinstance(ann, dict) else None!r}, image_id "
+                            f"{ann.get('image_id') if isinstance(ann, dict) else None!r})")
+    check_unique_ids(gt_data, name, "error")
     evaluated = [i for i, a in enumerate(anns) if a["image_id"] in sizes]
     segm_problems = (segmentation_problems([anns[i].get("segmentation") for i in evaluated],
                                            [sizes[anns[i]["image_id"]] for i in evaluated])
@@ -351,8 +417,9 @@ def check_results(results: List[Dict[str, Any]], name: str, iou_types: Sequence[
     failure does a per-result pass find the first bad one.
     """
     if not results and not allow_empty:
-        raise ValueError(f"{name}: no detections to evaluate; check that these are the model's results (pass "
-                         f"allow_empty=True to score an empty set: every metric with ground truth is then 0)")
+        raise DataError(f"{name}: no detections to evaluate; check that these are the model's results (to score "
+                        "an empty set, where every metric with ground truth is 0, pass --allow-empty to "
+                        "tools/eval_coco.py, or allow_empty=True to evaluate_coco)")
     keys = ("image_id", "category_id", "score") + tuple({"bbox": "bbox", "segm": "segmentation"}[t] for t in iou_types)
     try:
         columns = {k: [r[k] for r in results] for k in keys}
@@ -360,11 +427,12 @@ def check_results(results: List[Dict[str, Any]], name: str, iou_types: Sequence[
         i = next(i for i, r in enumerate(results) if not (isinstance(r, Mapping) and all(k in r for k in keys)))
         raise ValueError(f"{name}: results[{i}]: a {'/'.join(iou_types)} result needs "
                          f"{', '.join(keys)}") from None
-    id_types = (int, np.integer, str)
+    id_types = (int, np.integer)
     if not (_all_of_types(columns["image_id"], *id_types) and _all_of_types(columns["category_id"], *id_types)):
-        i = next(i for i, r in enumerate(results) if not (_is_id(r["image_id"]) and _is_id(r["category_id"])))
-        raise ValueError(f"{name}: results[{i}]: image_id {results[i]['image_id']!r} and category_id "
-                         f"{results[i]['category_id']!r} must be ids (integers) of the ground truth")
+        i = next(i for i, r in enumerate(results) if not (_is_int(r["image_id"]) and _is_int(r["category_id"])))
+        raise DataError(f"{name}: results[{i}]: image_id {results[i]['image_id']!r} and category_id "
+                        f"{results[i]['category_id']!r} must be integer ids of the ground truth's images and "
+                        "categories")
     ok = _all_of_types(columns["score"], *_NUMBER_TYPES)
     ok = ok and bool(np.isfinite(np.asarray(columns["score"], dtype=np.float64)).all())
     if ok and "bbox" in iou_types:

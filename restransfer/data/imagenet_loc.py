@@ -21,7 +21,6 @@ indices (``width = xmax - xmin + 1``) until :func:`to_coco` converts them at the
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -32,6 +31,8 @@ import numpy as np
 
 from ..boxes import devkit_to_xyxy, xywh_to_xyxy, xyxy_to_devkit, xyxy_to_xywh
 from .ilsvrc import IlsvrcFormatError, Synsets, is_number, read_xml_annotation, where
+from .image_io import read_image_size
+from .json_io import read_json
 from .ilsvrc import read_loc_synset_mapping, read_map_clsloc, read_synsets  # noqa: F401  (re-exported)
 
 __all__ = [
@@ -301,22 +302,36 @@ def list_images(image_root: os.PathLike | str, split: str, synsets: Optional[Syn
 def fill_image_sizes(images: Iterable[LocImage], image_root: os.PathLike | str) -> None:
     """Set ``width``/``height`` of images that lack them from the image file's header.
 
-    Pillow reads only the header (no decoding), so this costs well under a millisecond per image.
+    Only the header is read (:func:`restransfer.data.image_io.read_image_size` for JPEG, PNG and the other
+    common formats, Pillow for the rest), never the pixels, so this costs well under a millisecond per image
+    and an image declaring billions of pixels costs no more.
 
     Raises:
         IlsvrcFormatError: a missing or unreadable image.
     """
-    from PIL import Image  # a torchvision dependency
-
     for img in images:
         if img.width is not None and img.height is not None:
             continue
         path = Path(image_root) / img.file_name
         try:
-            with Image.open(path) as im:
-                img.width, img.height = im.size
-        except (OSError, SyntaxError) as e:
-            raise IlsvrcFormatError(f"{path}: cannot read the image size ({e}); check --image-root") from None
+            size = read_image_size(path)
+        except OSError as e:
+            raise IlsvrcFormatError(f"{path}: cannot read the image size ({e.strerror or e}); check --image-root")\
+                from None
+        img.width, img.height = size if size is not None else _pillow_size(path)
+
+
+def _pillow_size(path: Path) -> Tuple[int, int]:
+    """The size of a format :func:`read_image_size` does not parse, from Pillow's header reading."""
+    from PIL import Image  # a torchvision dependency, for the rare formats only
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Image.DecompressionBombError as e:  # the size is above twice Pillow's guard: not decoded either way
+        raise IlsvrcFormatError(f"{path}: {e}") from None
+    except (OSError, SyntaxError) as e:
+        raise IlsvrcFormatError(f"{path}: cannot read the image size ({e}); check --image-root") from None
 
 
 # ---------------------------------------------------------------------------------------- COCO json
@@ -375,8 +390,9 @@ def ground_truth_from_coco(data: dict | os.PathLike | str) -> Tuple[List[LocImag
     where = "the COCO dict"
     if not isinstance(data, dict):
         where = str(data)
-        with open(data, encoding="utf-8") as f:
-            data = json.load(f)
+        data = read_json(data, "annotation file")
+        if not isinstance(data, dict):
+            raise IlsvrcFormatError(f"{where}: expected a COCO object with images/annotations/categories")
     cats = sorted(data.get("categories", []), key=lambda c: c["id"])
     if [c["id"] for c in cats] != list(range(1, len(cats) + 1)) or any("wnid" not in c for c in cats):
         raise IlsvrcFormatError(f"{where}: categories must have ids 1..K and a 'wnid' field; "

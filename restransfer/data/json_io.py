@@ -1,0 +1,44 @@
+"""Reading JSON files that come from outside the toolkit (annotations, results, logs, metrics).
+
+One loader for all of them, so that every way a file can be unusable is a :class:`~restransfer.errors.DataError`
+naming the file (and the line where there is one): invalid JSON, bytes that are not UTF-8, and nesting so deep
+that Python's parser runs out of recursion (a few kilobytes of ``[[[[...`` raise ``RecursionError``).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from ..errors import DataError
+
+__all__ = ["read_json", "parse_json"]
+
+
+def parse_json(text: Union[str, bytes], path: Union[str, os.PathLike], line: Optional[int] = None) -> Any:
+    """``json.loads(text)``; a problem is a :class:`DataError` naming ``path`` and the line (``line``: the
+    line of a JSON-lines file that ``text`` is)."""
+    where = f"{path}: line {line}" if line is not None else str(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        where = f"{path}: line {line if line is not None else e.lineno}"
+        raise DataError(f"{where}: not valid JSON: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); JSON "
+                        "files are UTF-8") from None
+    except RecursionError:
+        raise DataError(f"{where}: the JSON is nested too deeply to be read (arrays or objects inside one another "
+                        "about a thousand levels deep); this is not an annotation, results or log file") from None
+
+
+def read_json(path: Union[str, os.PathLike], what: str = "JSON file") -> Any:
+    """The parsed content of ``path``; a missing file is a ``FileNotFoundError`` naming ``what`` and the path,
+    anything unreadable a :class:`DataError` naming the file (see :func:`parse_json`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    with open(path, "rb") as f:
+        data = f.read()
+    return parse_json(data, path)
