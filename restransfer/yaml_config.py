@@ -5,6 +5,16 @@ a documented default. :func:`load_structured` reads a file (and its bases), appl
 and returns the merged config; unknown keys and wrong types are errors that name the file, the line, the
 key and the closest valid key. ``restransfer.config`` holds the detection schema; any other tool with a
 schema of its own (classification, say) loads it through the same function.
+
+How a later value combines with an earlier one (a child file over its ``_base_``, an override over the
+file), the same in both places:
+
+* mappings merge key by key (``solver: {base_lr: 0.01}`` keeps the base's other solver keys);
+* lists and plain values replace;
+* a dataset entry (the schema's ``items``: ``data.train`` entries, ``data.test``) is replaced whole:
+  ``data.test={json: a.json, image_root: imgs}`` keeps none of the base entry's keys (no ``generate``,
+  ``name`` or ``labels`` left over from another dataset). One key of an entry is changed by naming it:
+  ``data.test.image_root=imgs``.
 """
 from __future__ import annotations
 
@@ -90,6 +100,8 @@ class _Keys:
 
     def __init__(self, schema: type, items: Mapping[str, type]):
         self.items = {key: _field_names(s) for key, s in items.items()}
+        # where a new value replaces the entry whole rather than merging into it (see the module docstring)
+        self.entries = frozenset(items)
         self.valid = _schema_keys(structured_defaults(schema))
         for key, names in self.items.items():  # optional entries (None by default) still have known sub-keys
             self.valid += [f"{key}.{n}" for n in names if f"{key}.{n}" not in self.valid]
@@ -130,14 +142,32 @@ class _Keys:
 # ---------------------------------------------------------------------------------------- merging
 
 
-def _deep_merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
+def _deep_merge(base: Dict[str, Any], update: Dict[str, Any], entries: Iterable[str] = (),
+                prefix: str = "") -> Dict[str, Any]:
+    """``update`` over ``base``: mappings merge, anything else replaces, and so does a mapping at one of the
+    dotted keys ``entries`` (a dataset entry is replaced whole)."""
     out = copy.deepcopy(base)
     for k, v in update.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and key not in entries:
+            out[k] = _deep_merge(out[k], v, entries, key + ".")
         else:
             out[k] = copy.deepcopy(v)
     return out
+
+
+def _entry_keys(update: Dict[str, Any], entries: Iterable[str], prefix: str = "") -> List[str]:
+    """The dotted keys of ``entries`` that ``update`` (a nested mapping) gives a mapping (a list of entries
+    replaces the list anyway)."""
+    found: List[str] = []
+    for k, v in update.items():
+        key = f"{prefix}{k}"
+        if key in entries:
+            if isinstance(v, dict):
+                found.append(key)
+        elif isinstance(v, dict):
+            found += _entry_keys(v, entries, key + ".")
+    return found
 
 
 def _read_with_bases(path: Path, keys: _Keys, chain: Tuple[Path, ...] = ()) -> Dict[str, Any]:
@@ -157,8 +187,8 @@ def _read_with_bases(path: Path, keys: _Keys, chain: Tuple[Path, ...] = ()) -> D
         if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
             raise ConfigError(f"{path}: _base_ must be a path or a list of paths relative to the file")
         for b in bases:
-            merged = _deep_merge(merged, _read_with_bases(path.parent / b, keys, chain + (path,)))
-    return _deep_merge(merged, data)
+            merged = _deep_merge(merged, _read_with_bases(path.parent / b, keys, chain + (path,)), keys.entries)
+    return _deep_merge(merged, data, keys.entries)
 
 
 def _parse_override(item: str, keys: _Keys) -> Tuple[str, Any]:
@@ -195,7 +225,8 @@ def load_structured(schema: type, path: Optional[os.PathLike | str] = None, over
         overrides: strings like ``"model.depth=50"`` or ``"solver.steps=[1000,2000]"``; values are parsed
             as YAML (``"data.test={image_root: imgs}"`` works too).
         items: dotted keys whose value is a list of entries or an optional entry, mapped to the entry's
-            dataclass, so that a misspelt key inside an entry is named too.
+            dataclass, so that a misspelt key inside an entry is named too. A value given for one of these
+            keys (in a child file or an override) replaces the entry whole; see the module docstring.
 
     Returns:
         A struct-mode ``DictConfig``; reading or setting an unknown key raises.
@@ -214,8 +245,12 @@ def load_structured(schema: type, path: Optional[os.PathLike | str] = None, over
         raise ConfigError(f"{where}: {key}: {msg}" if key else f"{where}: {msg}") from None
     for item in overrides:
         key, value = _parse_override(item, keys)
+        update = _nest(key, value)
         try:
-            cfg = OmegaConf.merge(cfg, _nest(key, value))
+            # an entry is replaced by a value for it (or for a mapping above it); data.test.json=... edits one key
+            for entry in _entry_keys(update, [e for e in keys.entries if e == key or e.startswith(key + ".")]):
+                OmegaConf.update(cfg, entry, None, merge=False)  # the merge then builds it from the new value alone
+            cfg = OmegaConf.merge(cfg, update)
         except OmegaConfBaseException as e:
             raise ConfigError(f"override {item!r}: {key}: {str(e).splitlines()[0]}") from None
     OmegaConf.set_struct(cfg, True)

@@ -30,6 +30,7 @@ from ..engine.checkpoint import Checkpointer, rng_state
 from ..distributed import barrier, get_rank, get_world_size, init_distributed, is_main_process
 from ..engine.lock import locked_output_dir
 from ..engine.logger import MetricsWriter
+from ..engine.preflight import check_classification_run
 from ..engine.solver import batch_layout, build_optimizer, build_scheduler
 from ..engine.trainer import NonFiniteLossError, restore_training_state, start_run, training_precision
 from ..data.samplers import TrainingBatchSampler
@@ -93,7 +94,6 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[D
     out = Path(cfg.output_dir)
     ckpt, found = start_run(cfg, resume, restart)
     dataset = build_train_set(cfg)
-    test_set = dataset_from_spec(cfg.data.test, dataset.class_names) if cfg.data.test is not None else None
     layout = batch_layout(cfg.solver.ims_per_batch, cfg.solver.ims_per_device, world)
     logger.info("training on %d images, %d classes; %s", len(dataset), len(dataset.class_names), layout.describe())
     net = build_classifier(cfg)
@@ -104,6 +104,9 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[D
     scheduler = build_scheduler(cfg, optimizer)
     precision, scaler = training_precision(cfg.solver.precision, device)
     start_iter, best = restore_training_state(found, net, optimizer, scheduler, scaler)
+    checks = check_classification_run(cfg, net, dataset.class_names, found,  # every input, before iteration 1
+                                      lambda: dataset_from_spec(cfg.data.test, dataset.class_names))
+    test_set = checks.test_set  # built on the main process, which runs the evaluations
     model: nn.Module = Logits(net)
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model, **({"device_ids": [device.index]}
@@ -114,6 +117,7 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[D
                         persistent_workers=cfg.data.num_workers > 0,
                         generator=torch.Generator().manual_seed(cfg.seed + rank))
     writer = MetricsWriter(str(out), cfg.solver.max_iter, start_iter, enabled=is_main_process())
+    checks.record(writer, start_iter)
     try:
         best = _loop(cfg, model, net, optimizer, scheduler, scaler, loader, ckpt, writer, device, precision,
                      start_iter, best, layout, dataset.class_names, test_set)
@@ -189,13 +193,15 @@ def _loop(cfg, model, net, optimizer, scheduler, scaler, loader, ckpt: Checkpoin
                 logger.info("iter %d/%d %s", done, s.max_iter, msg)
             window = {k: 0 for k in window}
         eval_period = cfg.test.eval_period
-        if test_set is not None and eval_period > 0 and (done % eval_period == 0 or done == s.max_iter):
+        if cfg.data.test is not None and eval_period > 0 and (done % eval_period == 0 or done == s.max_iter):
             if is_main_process():
                 kwargs = {**cfg_test_kwargs(cfg), "mode": "center"}
                 metrics = evaluate_classifier(net, test_set, device=device, **kwargs)
                 net.train()
                 writer.write(done, {"test/top1_error": metrics["top1_error"],
                                     "test/top5_error": metrics["top5_error"], "images_seen": done * layout.total})
+                logger.info("iter %d/%d test error (center crop, %d images): top-1 %.2f%%, top-5 %.2f%%", done,
+                            s.max_iter, len(test_set), metrics["top1_error"], metrics["top5_error"])
                 if best is None or metrics["top1_error"] < best:
                     best = metrics["top1_error"]
                     ckpt.save("model_best.pth", _state(net, optimizer, scheduler, scaler, done, cfg, class_names, best))

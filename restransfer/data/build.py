@@ -98,8 +98,11 @@ def _generate_if_missing(spec: Any, json_path: Path, key: str) -> None:
 def _check_generated_layout(spec: Any, json_path: Path, image_root: Path, key: str) -> None:
     expected = json_path.parent.parent / json_path.stem
     if spec.generate is not None and image_root.absolute() != expected.absolute():
+        entry = "{json: ..., image_root: ...}"
+        whole = f"data.train=[{entry}]" if key.startswith("data.train") else f"{key}={entry}"
         raise ValueError(f"{key}.image_root: {image_root}: the shapes generator puts the images of {json_path.name} "
-                         f"in {expected}; set image_root to it (see {DATASETS_README})")
+                         f"in {expected}; set image_root to it, or for a dataset of your own give the whole entry "
+                         f"({whole}: a new entry keeps no generate from the base config) (see {DATASETS_README})")
 
 
 def dataset_from_spec(

@@ -33,6 +33,7 @@ from ..devices import (autocast_context, check_autocast_precision, check_precisi
 from ..distributed import all_gather_object, get_rank, get_world_size, init_distributed, is_main_process
 from .lock import locked_output_dir
 from .inference import evaluate_model
+from .preflight import check_detection_run, log_dataset_entries, write_run_config
 from .logger import MetricsWriter, setup_logging
 from .solver import BatchLayout, batch_layout, build_optimizer, build_scheduler
 
@@ -57,13 +58,16 @@ def seed_everything(seed: int) -> None:
 def start_run(cfg, resume: bool, restart: bool) -> Tuple[Checkpointer, Optional[Tuple[Path, Dict[str, Any]]]]:
     """What every training loop does before building anything: log into ``cfg.output_dir``, remove a killed
     run's temporaries, set old checkpoints aside (``restart``) or refuse to overwrite them, find the checkpoint
-    to resume from, write ``config.yaml`` and seed this process (``cfg.seed + rank``).
+    to resume from, log the dataset entries, write ``config.yaml`` (a resume with other settings than the
+    checkpoint's names them and writes ``config.resumed-<iteration>.yaml``) and seed this process
+    (``cfg.seed + rank``).
 
     Returns:
         ``(checkpointer, found)``: found is ``(path, state)`` of the checkpoint to resume from, or None.
     """
     out = Path(cfg.output_dir)
     setup_logging(str(out), get_rank())
+    log_dataset_entries(cfg)
     ckpt = Checkpointer(out, keep_last=cfg.solver.keep_last)
     found, error = None, None
     if is_main_process():
@@ -82,7 +86,7 @@ def start_run(cfg, resume: bool, restart: bool) -> Tuple[Checkpointer, Optional[
         if found is None:
             logger.info("--resume: no checkpoint in %s, starting from iteration 0", out)
     if is_main_process():
-        dump_config(cfg, out / "config.yaml")
+        write_run_config(cfg, out, found)
     seed_everything(cfg.seed + get_rank())
     return ckpt, found
 
@@ -211,6 +215,7 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[D
     scheduler = build_scheduler(cfg, optimizer)
     precision, scaler = training_precision(cfg.solver.precision, device)
     start_iter, best = restore_training_state(found, model, optimizer, scheduler, scaler)
+    checks = check_detection_run(cfg, model, dataset.class_names, found)  # every input, before iteration 1
 
     if distributed:
         ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
@@ -218,6 +223,7 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[D
 
     max_iter = cfg.solver.max_iter
     writer = MetricsWriter(str(out), max_iter, start_iter, enabled=is_main_process())
+    checks.record(writer, start_iter)
     if start_iter < max_iter:
         loader = build_train_loader(cfg, start_iter=start_iter * layout.accumulation, rank=rank, world_size=world,
                                     dataset=dataset, batch_size=layout.per_device)
