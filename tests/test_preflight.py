@@ -317,6 +317,9 @@ def test_resume_with_other_settings_names_them_and_keeps_the_original_config(cls
     log = (out / "log.txt").read_text()
     assert "--resume with 2 setting(s) that differ from the checkpoint's config (model_0000001.pth): " \
            "solver.base_lr: 0.02 -> 0.05, solver.weight_decay: 0.0001 -> 0.0002" in log
+    # and says that those two are restored with the optimizer state: the resumed step ran at the old lr
+    assert "so solver.base_lr, solver.weight_decay keep the checkpoint's values" in log
+    assert "iter 2/2 loss" in log.rsplit("resumed from", 1)[1] and "lr 2.00e-02" in log.rsplit("resumed from", 1)[1]
     assert (out / "config.yaml").read_text() == original
     resumed = load_cls_config(out / "config.resumed-1.yaml")
     assert resumed.solver.base_lr == 0.05 and resumed.solver.weight_decay == 0.0002

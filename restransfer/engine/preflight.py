@@ -66,6 +66,9 @@ SAMPLE_IMAGES = 8  # test images decoded by the check, spread over the set
 _CHECKPOINT_COPIES = 2
 _NEEDED_COPIES = 3
 _PROBE = ".preflight-probe"
+# settings that live in the optimizer's param groups and the scheduler's base_lrs, which a resume restores
+_RESTORED_WITH_OPTIMIZER = ("solver.base_lr", "solver.momentum", "solver.weight_decay", "solver.weight_decay_norm",
+                            "solver.weight_decay_bias")
 
 
 @dataclass
@@ -417,9 +420,12 @@ def write_run_config(cfg: DictConfig, out: Path, found: Optional[Tuple[Path, Dic
         atomic_write_text(out / "config.yaml", found[1]["config"])
     dump_config(cfg, resumed)
     shown = ", ".join(f"{k}: {_value(old)} -> {_value(new)}" for k, (old, new) in changes.items())
+    restored = [k for k in changes if k in _RESTORED_WITH_OPTIMIZER]
+    note = (f" The checkpoint's optimizer and scheduler state are restored, so {', '.join(restored)} keep the "
+            "checkpoint's values for the rest of the run." if restored else "")
     logger.warning("--resume with %d setting(s) that differ from the checkpoint's config (%s): %s. config.yaml "
-                   "keeps the run's original config; %s holds this one", len(changes), Path(found[0]).name, shown,
-                   resumed.name)
+                   "keeps the run's original config; %s holds this one.%s", len(changes), Path(found[0]).name, shown,
+                   resumed.name, note)
 
 
 # ------------------------------------------------------------------------------------------------ format
