@@ -10,6 +10,11 @@ Files use other conventions; each has exactly one pair of conversion functions h
   indices ``xmin, ymin, xmax, ymax`` where ``width = xmax - xmin + 1``. Pixel index ``i`` covers the
   interval ``[i, i + 1)``, so the internal box is ``(xmin, ymin, xmax + 1, ymax + 1)`` and the way back
   is ``(x1, y1, x2 - 1, y2 - 1)``. Integer devkit boxes round-trip exactly.
+* PASCAL VOC (XML annotations and the devkit's ``comp4_det_test_<class>.txt`` results): inclusive pixel
+  indices that start at **1** (``width = xmax - xmin + 1``). Pixel ``i`` (1-based) covers ``[i - 1, i)``, so
+  the internal box is ``(xmin - 1, ymin - 1, xmax, ymax)`` and the way back is ``(x1 + 1, y1 + 1, x2, y2)``.
+  Integer VOC boxes round-trip exactly; a whole 500 x 375 image is ``(1, 1, 500, 375)`` in VOC and
+  ``(0, 0, 500, 375)`` inside.
 
 The devkits' IoU on inclusive boxes (:func:`inclusive_iou`) lives here too, next to the convention it
 depends on.
@@ -18,7 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["xywh_to_xyxy", "xyxy_to_xywh", "devkit_to_xyxy", "xyxy_to_devkit", "inclusive_iou"]
+__all__ = ["xywh_to_xyxy", "xyxy_to_xywh", "devkit_to_xyxy", "xyxy_to_devkit", "voc_to_xyxy", "xyxy_to_voc",
+           "inclusive_iou"]
 
 
 def _as_array(boxes) -> np.ndarray:
@@ -58,11 +64,28 @@ def xyxy_to_devkit(boxes) -> np.ndarray:
     return b
 
 
+def voc_to_xyxy(boxes) -> np.ndarray:
+    """PASCAL VOC 1-based inclusive ``xmin, ymin, xmax, ymax`` (N, 4) -> internal ``xyxy`` (N, 4):
+    ``(xmin - 1, ymin - 1, xmax, ymax)``."""
+    b = _as_array(boxes).copy()
+    b[:, :2] -= 1.0
+    return b
+
+
+def xyxy_to_voc(boxes) -> np.ndarray:
+    """Internal ``xyxy`` (N, 4) -> PASCAL VOC 1-based inclusive ``xmin, ymin, xmax, ymax`` (N, 4):
+    ``(x1 + 1, y1 + 1, x2, y2)``."""
+    b = _as_array(boxes).copy()
+    b[:, :2] += 1.0
+    return b
+
+
 def inclusive_iou(a, b) -> np.ndarray:
     """IoU of devkit boxes ``a`` and ``b`` (broadcastable ``(..., 4)``) with inclusive pixel indices.
 
-    As in the ILSVRC devkits (``eval_detection.m``, ``eval_clsloc.m``), with their operations in their
-    order, so threshold decisions agree bit for bit: intersection width ``min(x2) - max(x1) + 1``, likewise
+    As in the ILSVRC devkits (``eval_detection.m``, ``eval_clsloc.m``) and PASCAL VOC's ``VOCevaldet.m``
+    (``a`` the detection, ``b`` the ground truth), with their operations in their order, so threshold
+    decisions agree bit for bit: intersection width ``min(x2) - max(x1) + 1``, likewise
     the height; boxes that do not overlap (either not positive) get -1; otherwise
     ``iw * ih / (area_a + area_b - iw * ih)`` with ``area = (x2 - x1 + 1) * (y2 - y1 + 1)``, in float64.
     """

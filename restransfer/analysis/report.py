@@ -213,27 +213,34 @@ def write_coco_report(metrics_path: PathLike, metrics: Mapping[str, Mapping[str,
 def write_det_report(metrics_path: PathLike, metrics: Mapping[str, Any], class_names: Mapping[str, str],
                      curves: Sequence[Tuple[str, np.ndarray, np.ndarray]], num_pos: Mapping[str, int],
                      gt_data: Optional[Mapping[str, Any]] = None, results: Sequence[Mapping[str, Any]] = (), *,
-                     image_root: Optional[PathLike] = None, image_ids: Optional[Sequence[int]] = None) -> Path:
-    """``report.html`` for the ImageNet-DET ``metrics`` (``{"mAP", "AP": {wnid: AP}, "coco": {...}}``):
-    ``class_names`` maps WNIDs to names, ``curves`` are the devkit's ``(wnid, recall, precision)`` per class,
-    ``num_pos`` the positives per WNID; ``gt_data``/``results`` the same set as COCO data for the confusion
-    matrix and the gallery (left out without ``gt_data``, as when evaluating devkit files)."""
+                     image_root: Optional[PathLike] = None, image_ids: Optional[Sequence[int]] = None,
+                     title: str = "ImageNet-DET evaluation", summary: Optional[Mapping[str, Any]] = None,
+                     key_header: Optional[str] = "wnid") -> Path:
+    """``report.html`` for a devkit protocol's ``metrics`` (ImageNet-DET's ``{"mAP", "AP": {wnid: AP}, "coco":
+    {...}}``, PASCAL VOC's): ``class_names`` maps the class keys of ``AP`` (``key_header``: WNIDs) to names,
+    ``curves`` are the devkit's ``(key, recall, precision)`` per class, ``num_pos`` the positives per key (None
+    ``key_header``: the keys are the class names, no column of their own);
+    ``gt_data``/``results`` the same set as COCO data for the confusion matrix and the gallery (left out
+    without ``gt_data``, as when evaluating devkit files). ``summary``: the metrics table's columns (default
+    the devkit mAP and the ``coco`` numbers)."""
     metrics_path = Path(metrics_path)
     coco = metrics.get("coco") or {}
-    summary = _table(["mAP (devkit)"] + [f"COCO {k}" for k in coco], [[metrics.get("mAP")] + list(coco.values())])
+    if summary is None:
+        summary = {"mAP (devkit)": metrics.get("mAP"), **{f"COCO {k}": v for k, v in coco.items()}}
+    summary_table = _table(list(summary), [list(summary.values())])
     ap = metrics.get("AP", {})
-    rows = [[w, class_names.get(w, w), num_pos.get(w, 0), v] for w, v in ap.items()]
+    rows = [[w, class_names.get(w, w), num_pos.get(w, 0), v][key_header is None:] for w, v in ap.items()]
     named_ap = {f"{class_names.get(w, w)}": v for w, v in ap.items()}
     plots = [(plot_class_ap(named_ap), "AP per class"),
              (plot_pr_curves([(class_names.get(w, w), r, p) for w, r, p in curves],
                              "precision-recall per class (devkit)"), "precision-recall")]
     more = (_detection_sections(gt_data, results, image_ids, image_root, ["bbox"], breakdown=False)[0]
             if gt_data is not None else [])
-    sections = [("Metrics (%)", summary),
-                ("Per class (%; click a heading to sort)", _table(["wnid", "class", "positives", "AP"], rows, True)),
+    sections = [("Metrics (%)", summary_table),
+                ("Per class (%; click a heading to sort)",
+                 _table([key_header, "class", "positives", "AP"][key_header is None:], rows, True)),
                 ("AP and precision-recall", _plots(plots))] + more
-    return _write(metrics_path.with_name("report.html"),
-                  render_report("ImageNet-DET evaluation", sections, _subtitle(metrics_path)))
+    return _write(metrics_path.with_name("report.html"), render_report(title, sections, _subtitle(metrics_path)))
 
 
 def localization_error_split(cls_rank: np.ndarray, loc_rank: np.ndarray, labels: np.ndarray,

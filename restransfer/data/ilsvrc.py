@@ -28,7 +28,7 @@ from ..errors import DataError
 
 __all__ = [
     "IlsvrcFormatError", "where", "text_fields", "parse_int", "check_wnid",
-    "is_number", "Synsets", "read_id_map", "read_map_clsloc", "read_loc_synset_mapping", "read_synsets", "XmlElement", "parse_xml", "XmlAnnotation", "read_xml_annotation",
+    "is_number", "Synsets", "read_id_map", "read_map_clsloc", "read_loc_synset_mapping", "read_synsets", "XmlElement", "parse_xml", "xml_number", "XmlAnnotation", "read_xml_annotation",
 ]
 
 _WNID = re.compile(r"^n\d{8}$")
@@ -297,7 +297,9 @@ class XmlAnnotation:
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
-def _number(node: Optional[XmlElement], what: str, path: str, parent_line: int) -> float:
+def xml_number(node: Optional[XmlElement], what: str, path: str, parent_line: int) -> float:
+    """The finite number in ``node`` (the child ``<what>`` of the element on ``parent_line``), or
+    IlsvrcFormatError naming the file and line: missing, not a number, NaN or infinite."""
     if node is None:
         raise IlsvrcFormatError(f"{where(path, parent_line)}: missing <{what}>")
     text = node.value()
@@ -334,8 +336,8 @@ def read_xml_annotation(path: os.PathLike | str, synsets: Optional[Synsets] = No
     width = height = None
     size = root.find("size")
     if size is not None:
-        width = int(_number(size.find("width"), "width", path, size.line))
-        height = int(_number(size.find("height"), "height", path, size.line))
+        width = int(xml_number(size.find("width"), "width", path, size.line))
+        height = int(xml_number(size.find("height"), "height", path, size.line))
     wnids: List[str] = []
     lines: List[int] = []
     name_lines: List[int] = []
@@ -347,7 +349,7 @@ def read_xml_annotation(path: os.PathLike | str, synsets: Optional[Synsets] = No
         bb = obj.find("bndbox")
         if bb is None:
             raise IlsvrcFormatError(f"{where(path, obj.line)}: <object> without <bndbox>")
-        box = tuple(_number(bb.find(k), k, path, bb.line) for k in ("xmin", "ymin", "xmax", "ymax"))
+        box = tuple(xml_number(bb.find(k), k, path, bb.line) for k in ("xmin", "ymin", "xmax", "ymax"))
         if box[2] < box[0] or box[3] < box[1]:
             raise IlsvrcFormatError(
                 f"{where(path, bb.line)}: bndbox {box} has xmax < xmin or ymax < ymin "
