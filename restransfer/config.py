@@ -111,6 +111,8 @@ class DataConfig:
     filter_empty: bool = True  # drop training images without objects
     with_masks: Optional[bool] = None  # None: when the model predicts masks
     allow_outside_root: bool = False  # accept image file_names that are absolute or climb out with ..
+    # images with more pixels are skipped with a warning, judged before decoding (Pillow's bomb guard is ~89M)
+    max_image_pixels: int = 100_000_000
 
 
 @dataclass
@@ -254,7 +256,15 @@ def _validate_choices(cfg: DictConfig) -> None:
         if v is not None and len(v) != 3:
             raise ConfigError(f"model.{name}: expected 3 values, got {len(v)}")
     validate_solver(cfg.solver)
+    validate_max_image_pixels(cfg.data.max_image_pixels)
     _validate_test(cfg.test, cfg.model.head)
+
+
+def validate_max_image_pixels(value: int) -> None:
+    """``data.max_image_pixels`` (detection and classification) must be positive."""
+    if value < 1:
+        raise ConfigError(f"data.max_image_pixels: {value} must be at least 1 (the default, 100000000, is 100 "
+                          "megapixels)")
 
 
 def _validate_test(t: DictConfig, head: str) -> None:

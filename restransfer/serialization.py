@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import pickle
 import re
@@ -19,6 +20,11 @@ from typing import Any, Iterator, Mapping, Tuple
 
 import numpy as np
 import torch
+
+try:  # numpy 2 moved the array pickling helpers to numpy._core
+    from numpy._core.multiarray import _reconstruct as _np_reconstruct
+except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import _reconstruct as _np_reconstruct
 
 from .errors import CheckpointError, WeightsError
 
@@ -65,27 +71,57 @@ class _RestrictedUnpickler(pickle.Unpickler):
         ("__builtin__", "slice"),
     })
 
-    def __init__(self, file, path: str) -> None:
+    def __init__(self, file, path: str, max_array_bytes: int) -> None:
         super().__init__(file, encoding="latin1")
         self._path = path
+        self._max_array_bytes = max_array_bytes
+
+    def _check_array(self, shape: Any, dtype: Any) -> None:
+        """Refuse an array that would be allocated empty, before its data, at more than the file's size.
+
+        Pickled arrays are built as ``_reconstruct(ndarray, (0,), ...)`` and then filled from bytes in the
+        file, so their memory follows the file size. A shape given to ``_reconstruct`` or to ``ndarray()``
+        itself is allocated at once: 200 bytes could otherwise claim gigabytes."""
+        try:
+            dims = (shape,) if isinstance(shape, int) else tuple(int(d) for d in shape)
+            nbytes = math.prod(dims) * np.dtype(dtype).itemsize
+        except (TypeError, ValueError) as e:
+            raise WeightsError(f"{self._path}: malformed array declaration in the pickle ({e})") from None
+        if nbytes > self._max_array_bytes:
+            raise WeightsError(f"{self._path}: the pickle declares an array of shape {dims} ({nbytes} bytes) before "
+                               f"its data, more than the file's {self._max_array_bytes} bytes can hold; refused "
+                               "without allocating it (the file is damaged or hostile)")
+
+    def _reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> Any:
+        self._check_array(shape, dtype)
+        return _np_reconstruct(np.ndarray, shape, dtype)
+
+    def _ndarray(self, shape: Any, dtype: Any = float, *args: Any, **kwargs: Any) -> np.ndarray:
+        self._check_array(shape, dtype)
+        return np.ndarray(shape, dtype, *args, **kwargs)
 
     def find_class(self, module: str, name: str) -> Any:
         if "." not in name:
             if (module, name) == ("_codecs", "encode"):  # how python-2 style pickles carry byte strings
                 return _latin1_encode
+            if name == "_reconstruct" and (module, name) in self._ALLOWED:
+                return self._reconstruct  # the ndarray type it is given is always numpy's own (below)
+            if (module, name) == ("numpy", "ndarray"):
+                return self._ndarray
             if (module, name) in self._ALLOWED:
                 return super().find_class(module, name)
         raise WeightsError(
             f"{self._path}: the pickle refers to {module}.{name}, which is not allowed: only plain "
             "containers and numpy arrays are loaded from pickles (they can otherwise run arbitrary code). "
-            "Re-save the weights as a dict of numpy arrays or as a torch state dict.")
+            "Re-save it as a dict of numpy arrays (weights also as a torch state dict).")
 
 
 def safe_load_pickle(path: os.PathLike | str) -> Any:
-    """Unpickle ``path`` admitting only plain containers and numpy arrays (raises :class:`WeightsError`)."""
+    """Unpickle ``path`` admitting only plain containers and numpy arrays (raises :class:`WeightsError`); an
+    array declared larger than the file, before its data, is refused without being allocated."""
     with open(path, "rb") as f:
         try:
-            return _RestrictedUnpickler(f, str(path)).load()
+            return _RestrictedUnpickler(f, str(path), max_array_bytes=os.fstat(f.fileno()).st_size).load()
         except WeightsError:
             raise
         except Exception as e:  # truncated, not a pickle at all, or a refused _codecs.encode call

@@ -19,7 +19,7 @@ from restransfer.classification.config import load_cls_config
 from restransfer.classification.data import (ClassificationDataset, read_cifar10, read_imagefolder,
                                              read_imagenet_val)
 from restransfer.classification.evaluate import evaluate_classifier, image_views, ten_crops, topk_errors
-from restransfer.serialization import WeightsError
+from restransfer.errors import DataError
 from restransfer.yaml_config import ConfigError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -105,7 +105,7 @@ def test_cifar_batches_are_read_safely(tmp_path):
             return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
 
     (tmp_path / "test_batch").write_bytes(pickle.dumps({"data": Evil(), "labels": []}, protocol=2))
-    with pytest.raises(WeightsError, match="not allowed"):
+    with pytest.raises(DataError, match="test_batch: not a CIFAR-10 python batch: .*not allowed"):
         read_cifar10(tmp_path, "test")
     assert not (tmp_path / "pwned").exists()
     _cifar_batch(tmp_path / "test_batch", 4, 9)
@@ -321,6 +321,36 @@ def test_training_resumes_exactly_and_checkpoint_feeds_every_tester(tmp_path, im
         assert saved["top1_error"] == m["top1_error"] and saved["crops"] == mode
         wrong = m["top1_error"] * 6 / 100  # a whole number of the 6 images; 3 classes: no top-5 error
         assert wrong == pytest.approx(round(wrong)) and m["top5_error"] == 0.0
+
+
+def test_training_skips_unreadable_images_mid_run_and_counts_them(tmp_path, imagenet_layout):
+    """A text file named .jpg and a 0-byte PNG among the training images, a 0-byte JPEG among the test images:
+    the run finishes, names each file once and counts them; the test error leaves the unreadable image out."""
+    import shutil
+
+    from restransfer.classification.train import train_classifier
+
+    src, _ = imagenet_layout
+    root = tmp_path / "layout"
+    shutil.copytree(src, root)
+    mid = root / "train" / WNIDS[1]  # the middle class: the bad files sort between readable ones
+    (mid / f"{WNIDS[1]}_1b.jpg").write_text("not an image\n")
+    (mid / f"{WNIDS[1]}_2b.png").write_bytes(b"")
+    bad_val = "ILSVRC2012_val_00000099"
+    (root / "val" / f"{bad_val}.JPEG").write_bytes(b"")
+    with open(root / "LOC_val_solution.csv", "a") as f:
+        f.write(f"{bad_val},{WNIDS[0]} 1 2 20 30 \n")
+    # 4 iterations of 4 images: the first 14 draw every one of the 14 training images once
+    metrics = train_classifier(load_cls_config(_cfg_file(tmp_path, root)))
+    out = tmp_path / "out"
+    assert (out / "model_final.pth").is_file() and metrics["num_skipped"] == 1
+    log = (out / "log.txt").read_text()
+    for name in (f"{WNIDS[1]}_1b.jpg", f"{WNIDS[1]}_2b.png", f"{bad_val}.JPEG"):
+        assert log.count(f"skipping an unreadable image: {root}") and log.count(name) >= 1, name
+    assert "2 of the 14 training images could not be read and were skipped" in log
+    assert "1 of 7 test images could not be read and are left out of the error rates" in log
+    wrong = metrics["top1_error"] * 6 / 100  # the error is over the 6 readable test images
+    assert wrong == pytest.approx(round(wrong))
 
 
 def test_checkpoint_is_detector_backbone_and_localization_classifier(tmp_path, imagenet_layout, tiny_overrides):

@@ -11,6 +11,10 @@ test.aug.min_sizes=[...], test.aug.flip=true and test.aug.merge=union|maxout add
 Evaluate an existing COCO results file:
 
     python tools/eval_coco.py --gt GT.json --results RES.json --iou-type bbox [segm] [--output metrics.json]
+                              [--allow-empty]
+
+--allow-empty scores a results file without detections (a model that found nothing): every metric with
+ground truth is then 0, and the output says so; without it an empty file is an error.
 
 A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the traceback).
 """
@@ -26,7 +30,7 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from restransfer.cli import EVAL_MEMORY_HINT, add_weights_argument, note_output, run_tool, split_weights
-from restransfer.evaluation.coco import ENGINES, evaluate_coco, format_metrics_table, write_metrics
+from restransfer.evaluation.coco import ENGINES, evaluate_coco, format_metrics_table, load_results, write_metrics
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--iou-type", nargs="+", choices=("bbox", "segm"), default=None,
                    help="what to evaluate (default: bbox; in CONFIG mode bbox plus segm for mask models)")
     p.add_argument("--output", help="metrics json (default in CONFIG mode: OUTPUT_DIR/metrics.json)")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="results-file mode: score an empty results file (every metric with ground truth is 0)")
     p.add_argument("--engine", choices=("auto",) + ENGINES, default="auto",
                    help="COCOeval implementation (same numbers; auto picks the fastest installed)")
     p.add_argument("opts", nargs="*", metavar="key=value", help="config overrides (CONFIG mode)")
@@ -72,7 +78,11 @@ def main(argv=None) -> int:
         if args.opts:
             parser.error(f"overrides {args.opts} only apply with CONFIG")
         note_output("--output", args.output)
-        metrics = evaluate_coco(args.gt, args.results, args.iou_type or ("bbox",), engine=args.engine)
+        results = load_results(args.results)
+        metrics = evaluate_coco(args.gt, results, args.iou_type or ("bbox",), engine=args.engine,
+                                allow_empty=args.allow_empty, results_name=args.results)
+        if not results:
+            print(f"{args.results} holds no detections: every metric with ground truth is 0 (--allow-empty)")
         if args.output:
             write_metrics(metrics, args.output)
             print(f"metrics: {args.output}")

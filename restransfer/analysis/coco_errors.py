@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..data.coco_checks import check_ground_truth, check_results, load_coco_json
+from ..evaluation.coco import load_results
 
 __all__ = ["CURVES", "AREAS", "ErrorAnalysis", "analyze_coco_errors", "read_results", "read_ground_truth"]
 
@@ -49,16 +49,7 @@ def read_ground_truth(path: Union[str, os.PathLike]) -> Dict[str, Any]:
 
 def read_results(path: Union[str, os.PathLike]) -> List[Dict[str, Any]]:
     """A COCO results json (a list of detections); errors name the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"results file not found: {path}")
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: line {e.lineno}: not valid JSON: {e.msg}") from None
-    if not isinstance(results, list):
-        raise ValueError(f"{path}: a COCO results file is a list of detections, got {type(results).__name__}")
-    return results
+    return load_results(Path(path))
 
 
 @dataclass

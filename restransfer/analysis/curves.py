@@ -8,7 +8,6 @@ record of an iteration wins.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -17,7 +16,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .figures import plt, save_figure
+from ..data.json_io import parse_json, read_json
+from ..errors import DataError
+from .figures import literal_text, plt, save_figure
 
 __all__ = ["Run", "read_run", "available_keys", "default_keys", "smooth", "plot_runs"]
 
@@ -43,10 +44,7 @@ def _final_metrics(path: Path, last_iter: float, last_images: float) -> Dict[str
     metrics_path = path / "metrics.json"
     if not metrics_path.is_file():
         return {}
-    try:
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{metrics_path}: line {e.lineno}: not valid JSON: {e.msg}") from None
+    metrics = read_json(metrics_path, "metrics file")
     out = {}
     for iou_type in ("bbox", "segm"):
         m = metrics.get(iou_type) if isinstance(metrics, dict) else None
@@ -61,8 +59,8 @@ def read_run(output_dir: PathLike, name: Optional[str] = None) -> Run:
 
     Raises:
         FileNotFoundError: the folder or its ``log.jsonl`` is missing.
-        ValueError: a line that is not a json object with an ``iteration`` (named by file and line), or a log
-            without any logged value.
+        DataError: a line that is not UTF-8 text or not a json object with an ``iteration`` (named by file and
+            line), or a log without any logged value.
     """
     path = Path(output_dir)
     log = path / "log.jsonl"
@@ -73,16 +71,18 @@ def read_run(output_dir: PathLike, name: Optional[str] = None) -> Run:
                                 f"writes log.jsonl there from the first logged iteration)")
     records: Dict[str, Dict[float, Tuple[float, float]]] = {}
     last_iter, last_images = 0.0, 0.0
-    with open(log, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(log, "rb") as f:  # bytes: a damaged line is named by its number, not by a decoder's offset
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{log}: line {lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                f"{e.start + 1}); the log is damaged: remove or repair that line") from None
             if not line.strip():
                 continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{log}: line {lineno}: not valid JSON: {e.msg}") from None
+            rec = parse_json(line, log, line=lineno)
             if not isinstance(rec, dict) or not isinstance(rec.get("iteration"), (int, float)):
-                raise ValueError(f"{log}: line {lineno}: a log record is a json object with an 'iteration'")
+                raise DataError(f"{log}: line {lineno}: a log record is a json object with an 'iteration'")
             it = float(rec["iteration"])
             images = float(rec.get("images_seen", math.nan))
             if it >= last_iter:
@@ -91,7 +91,7 @@ def read_run(output_dir: PathLike, name: Optional[str] = None) -> Run:
                 if key not in _NOT_PLOTTED and isinstance(value, (int, float)) and not isinstance(value, bool):
                     records.setdefault(key, {})[it] = (images, float(value))
     if not records:
-        raise ValueError(f"{log}: no logged values; the run has not reached its first logged iteration")
+        raise DataError(f"{log}: no logged values; the run has not reached its first logged iteration")
     run = Run(name or path.resolve().name, path)
     for key, by_iter in records.items():
         its = np.array(sorted(by_iter), dtype=np.float64)
@@ -136,6 +136,7 @@ def _unique_names(paths: Sequence[Path]) -> List[str]:
     return names
 
 
+@literal_text
 def plot_runs(output_dirs: Sequence[PathLike], output: PathLike, *, keys: Optional[Sequence[str]] = None,
               x: str = "iteration", window: int = 5) -> Dict[str, Dict[str, int]]:
     """Plot ``keys`` (default :func:`default_keys`) of every run into one PNG, a panel per key.

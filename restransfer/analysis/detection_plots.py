@@ -3,6 +3,7 @@ the confusion matrix (IoU >= 0.5, with a background row and column), per-class A
 localization error split. Every function returns the PNG bytes and writes them to ``path`` when given."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -13,10 +14,11 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from .coco_errors import AREAS, CURVES, ErrorAnalysis
-from .figures import plt, save_figure
+from .figures import literal_text, plt, save_figure
 
 __all__ = ["plot_error_breakdown", "write_error_plots", "plot_pr_curves", "coco_pr_curves", "confusion_matrix",
-           "plot_confusion_matrix", "plot_class_ap", "plot_localization_errors", "safe_name", "write_analysis"]
+           "plot_confusion_matrix", "plot_class_ap", "plot_localization_errors", "safe_name", "unique_file_stems",
+           "write_analysis"]
 
 PathLike = Optional[Union[str, os.PathLike]]
 
@@ -24,13 +26,43 @@ PathLike = Optional[Union[str, os.PathLike]]
 # BG purple, FN orange
 _COLOURS = [(1.0, 1.0, 1.0), (0.9, 0.9, 0.9), (0.31, 0.51, 0.74), (0.75, 0.31, 0.30), (0.36, 0.90, 0.38),
             (0.50, 0.39, 0.64), (1.0, 0.6, 0.0)]
+# stems of the other files write_analysis puts beside the per-category plots
+_OTHER_STEMS = ("overall", "pr_curves")
+
+
+_MAX_STEM = 80  # characters of a category name kept in a file name (file systems allow 255 bytes)
 
 
 def safe_name(name: str) -> str:
-    """A file-name-safe form of a category name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "category"
+    """A file-name-safe form of a category name: letters, digits, ``_.-``, at most 80 characters, not
+    starting with a dot. Different names can give the same form; :func:`unique_file_stems` tells them apart."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_.")[:_MAX_STEM] or "category"
 
 
+def unique_file_stems(names: Sequence[str], reserved: Sequence[str] = ()) -> List[str]:
+    """A distinct file-name-safe stem per name (:func:`safe_name`), also on case-insensitive file systems:
+    names whose safe forms collide (``a/b`` and ``a?b``, ``Cat`` and ``cat``, or a name equal to one of
+    ``reserved``) each get a suffix from a hash of the full name, so a stem never depends on the other names'
+    order."""
+    stems = [safe_name(n) for n in names]
+    taken: Dict[str, int] = {}
+    for stem in stems:
+        taken[stem.lower()] = taken.get(stem.lower(), 0) + 1
+    for stem in reserved:
+        taken[stem.lower()] = taken.get(stem.lower(), 0) + 1
+    out: List[str] = []
+    used = {stem.lower() for stem in reserved}
+    for name, stem in zip(names, stems):
+        if taken[stem.lower()] > 1:
+            stem = f"{stem}-{hashlib.sha1(name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+        while stem.lower() in used:  # the same name twice, or a hashed stem equal to another name's
+            stem += "_"
+        used.add(stem.lower())
+        out.append(stem)
+    return out
+
+
+@literal_text
 def plot_error_breakdown(analysis: ErrorAnalysis, category: Optional[int] = None, path: PathLike = None,
                          areas: Sequence[int] = (0, 1, 2, 3)) -> bytes:
     """One panel per object size: the seven curves stacked, each band labelled ``[area] curve`` (area as a
@@ -60,12 +92,14 @@ def plot_error_breakdown(analysis: ErrorAnalysis, category: Optional[int] = None
 
 
 def write_error_plots(analysis: ErrorAnalysis, out_dir: Union[str, os.PathLike]) -> List[Path]:
-    """``overall-<iou_type>.png`` and ``<category>-<iou_type>.png`` for every category, four sizes each."""
+    """``overall-<iou_type>.png`` and ``<category>-<iou_type>.png`` for every category, four sizes each; the
+    category part is :func:`unique_file_stems`, so no two categories (nor a category named ``overall`` or
+    ``pr_curves``, whose files :func:`write_analysis` writes beside them) share a file."""
     out_dir = Path(out_dir)
     paths = [out_dir / f"overall-{analysis.iou_type}.png"]
     plot_error_breakdown(analysis, None, paths[0])
-    for k, name in enumerate(analysis.names):
-        paths.append(out_dir / f"{safe_name(name)}-{analysis.iou_type}.png")
+    for k, stem in enumerate(unique_file_stems(analysis.names, _OTHER_STEMS)):
+        paths.append(out_dir / f"{stem}-{analysis.iou_type}.png")
         plot_error_breakdown(analysis, k, paths[-1])
     return paths
 
@@ -78,6 +112,7 @@ def coco_pr_curves(analysis: ErrorAnalysis, curve: str = "C50") -> List[Tuple[st
     return [(name, rs, analysis.precision[i, :, k, 0]) for k, name in enumerate(analysis.names) if valid[k]]
 
 
+@literal_text
 def plot_pr_curves(curves: Sequence[Tuple[str, np.ndarray, np.ndarray]], title: str, path: PathLike = None,
                    max_legend: int = 20) -> bytes:
     """One precision-recall line per class (``(name, recall, precision)``); the legend (with each curve's AP,
@@ -146,6 +181,7 @@ def confusion_matrix(gt_data: Mapping[str, Any], results: Sequence[Mapping[str, 
     return matrix, names
 
 
+@literal_text
 def plot_confusion_matrix(matrix: np.ndarray, names: Sequence[str], path: PathLike = None,
                           title: str = "confusion matrix (IoU >= 0.5)") -> bytes:
     """The matrix normalized by row (each ground-truth class sums to 1), counts written in the cells when it is
@@ -174,6 +210,7 @@ def plot_confusion_matrix(matrix: np.ndarray, names: Sequence[str], path: PathLi
     return save_figure(fig, path)
 
 
+@literal_text
 def plot_class_ap(ap: Mapping[str, Optional[float]], path: PathLike = None, title: str = "AP per class (%)",
                   max_labels: int = 60) -> bytes:
     """Horizontal bars of per-class AP, sorted best first; classes without a value are left out. With more than
@@ -192,6 +229,7 @@ def plot_class_ap(ap: Mapping[str, Optional[float]], path: PathLike = None, titl
     return save_figure(fig, path)
 
 
+@literal_text
 def plot_localization_errors(split: Mapping[str, float], path: PathLike = None,
                              title: str = "top-5 localization") -> bytes:
     """A stacked bar of the localization outcome in percent: ``correct``, ``wrong class`` (no guess names the

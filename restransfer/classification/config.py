@@ -14,7 +14,7 @@ from typing import Iterable, List, Optional
 from omegaconf import DictConfig
 from torch import nn
 
-from ..config import RunSettings, SolverConfig, validate_solver
+from ..config import RunSettings, SolverConfig, validate_max_image_pixels, validate_solver
 from ..yaml_config import ConfigError, load_structured
 
 __all__ = ["ClsConfig", "ClsDataSpec", "load_cls_config", "build_classifier", "FORMATS", "ARCHS", "CROPS"]
@@ -39,6 +39,9 @@ class ClsDataConfig:
     train: List[ClsDataSpec] = field(default_factory=list)
     test: Optional[ClsDataSpec] = None
     num_workers: int = 2
+    allow_outside_root: bool = False  # read images and class folders that resolve outside image_root
+    # images with more pixels are skipped with a warning, judged from the file header before decoding
+    max_image_pixels: int = 100_000_000
 
 
 @dataclass
@@ -116,6 +119,7 @@ def validate(cfg: DictConfig) -> None:
     if m.num_classes < 2:
         raise ConfigError(f"model.num_classes: {m.num_classes} must be at least 2")
     _choice("test.crops", cfg.test.crops, CROPS)
+    validate_max_image_pixels(cfg.data.max_image_pixels)
     for i, spec in enumerate(list(cfg.data.train) + ([cfg.data.test] if cfg.data.test is not None else [])):
         key = f"data.train[{i}]" if i < len(cfg.data.train) else "data.test"
         _choice(f"{key}.format", spec.format, FORMATS)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
+from ..errors import DataError
 from .config import CROPS
 from .data import ClassificationDataset, normalize, resize_shorter
 
@@ -88,7 +89,8 @@ def classifier_scores(model: nn.Module, dataset: ClassificationDataset, *, mode:
                       test_size: int = 256, scales: Sequence[int] = (), mean=(0, 0, 0), std=(1, 1, 1),
                       batch_size: int = 32, device: torch.device | str = "cpu", bgr: bool = False) -> np.ndarray:
     """(N, C) softmax scores of ``model.classify`` over ``dataset``, averaged over each image's views
-    (``mean``/``std`` in 0..255 units; ``bgr`` feeds the channels in BGR order)."""
+    (``mean``/``std`` in 0..255 units; ``bgr`` feeds the channels in BGR order). The row of an image that
+    cannot be read is NaN (the dataset warns and counts it: ``dataset.unreadable``)."""
     model.eval()
     out: List[np.ndarray] = []
     pending: List[Tuple[int, torch.Tensor]] = []  # (image index, views) of one batch
@@ -107,7 +109,9 @@ def classifier_scores(model: nn.Module, dataset: ClassificationDataset, *, mode:
     acc: Dict[int, torch.Tensor] = {}
     counts: Dict[int, int] = {}
     for i in range(len(dataset)):
-        img, _ = dataset[i]
+        img = dataset.read(i)
+        if img is None:  # unreadable: the dataset warned and counts it
+            continue
         groups = image_views(img, mode, crop=crop, test_size=test_size, scales=scales)
         for g in groups:
             views = torch.stack([normalize(v[..., ::-1] if bgr else v, mean, std) for v in g])
@@ -117,15 +121,30 @@ def classifier_scores(model: nn.Module, dataset: ClassificationDataset, *, mode:
         if mode == "fcn":
             flush()  # views of other images have other sizes
     flush()
+    if not acc:
+        return np.full((len(dataset), 0), np.nan, np.float32)
+    num_classes = len(next(iter(acc.values())))
     for i in range(len(dataset)):
-        out.append((acc[i] / counts[i]).numpy())
+        out.append((acc[i] / counts[i]).numpy() if i in acc else np.full(num_classes, np.nan, np.float32))
     return np.stack(out) if out else np.zeros((0, 0), np.float32)
 
 
 def evaluate_classifier(model: nn.Module, dataset: ClassificationDataset, **kwargs) -> Dict[str, float]:
     """``{"top1_error", "top5_error"}`` in percent of ``model`` on ``dataset`` (keyword arguments as in
-    :func:`classifier_scores`)."""
-    return topk_errors(classifier_scores(model, dataset, **kwargs), dataset.labels)
+    :func:`classifier_scores`). Images that cannot be read are left out with a warning, and counted in
+    ``"num_skipped"`` (present only when some were); none readable is a :class:`DataError`."""
+    scores = classifier_scores(model, dataset, **kwargs)
+    readable = ~dataset.unreadable
+    if not readable.any():
+        raise DataError(f"none of the {len(dataset)} test images can be read (first: "
+                        f"{', '.join(map(str, dataset.skipped_names()))}; see the warnings above); check "
+                        "data.test's image_root")
+    metrics: Dict[str, float] = topk_errors(scores[readable], dataset.labels[readable])
+    if not readable.all():
+        metrics["num_skipped"] = int((~readable).sum())
+        logger.warning("%d of %d test images could not be read and are left out of the error rates (first: %s)",
+                       metrics["num_skipped"], len(dataset), ", ".join(map(str, dataset.skipped_names())))
+    return metrics
 
 
 def write_metrics(metrics: Dict[str, float], path: os.PathLike | str) -> None:
@@ -157,7 +176,7 @@ def run_cls_evaluation(cfg, weights: os.PathLike | str, *, mode: Optional[str] =
         raise ValueError("evaluation needs data.test in the config ({image_root: DIR, format: ...})")
     model = build_classifier(cfg)
     class_names = load_classifier_weights(model, weights)
-    dataset = dataset_from_spec(cfg.data.test, class_names)
+    dataset = dataset_from_spec(cfg.data.test, class_names, cfg.data)
     if class_names is None and len(dataset.class_names) != cfg.model.num_classes:
         raise ValueError(f"{weights} carries no class names and the test set has {len(dataset.class_names)} classes, "
                          f"not the model's {cfg.model.num_classes}: its columns cannot be matched to the test classes "

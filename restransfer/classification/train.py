@@ -60,7 +60,7 @@ def build_train_set(cfg) -> ClassificationDataset:
     """The concatenated ``data.train`` entries with the config's training augmentation."""
     if not cfg.data.train:
         raise ValueError("data.train is empty; list at least one {image_root: DIR, format: ...} entry")
-    parts = [dataset_from_spec(spec) for spec in cfg.data.train]
+    parts = [dataset_from_spec(spec, data=cfg.data) for spec in cfg.data.train]
     i = cfg.input
     transform = TrainTransform(crop=i.crop, scale_min=i.scale_min, scale_max=i.scale_max, pad=i.pad,
                                hflip_prob=i.hflip_prob, lighting=i.lighting, mean=i.pixel_mean, std=i.pixel_std)
@@ -105,7 +105,7 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[D
     precision, scaler = training_precision(cfg.solver.precision, device)
     start_iter, best = restore_training_state(found, net, optimizer, scheduler, scaler)
     checks = check_classification_run(cfg, net, dataset.class_names, found,  # every input, before iteration 1
-                                      lambda: dataset_from_spec(cfg.data.test, dataset.class_names))
+                                      lambda: dataset_from_spec(cfg.data.test, dataset.class_names, cfg.data))
     test_set = checks.test_set  # built on the main process, which runs the evaluations
     model: nn.Module = Logits(net)
     if world > 1:
@@ -123,6 +123,9 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[D
                      start_iter, best, layout, dataset.class_names, test_set)
     finally:
         writer.close()
+    if dataset.num_skipped:  # one summary; each image was named in a warning when it was first skipped
+        logger.warning("%d of the %d training images could not be read and were skipped (first: %s)",
+                       dataset.num_skipped, len(dataset), ", ".join(map(str, dataset.skipped_names())))
     max_iter = cfg.solver.max_iter
     if is_main_process() and (start_iter < max_iter or not (out / "model_final.pth").exists()):
         ckpt.save("model_final.pth", _state(net, optimizer, scheduler, scaler, max_iter, cfg, dataset.class_names,

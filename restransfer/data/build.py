@@ -13,6 +13,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from restransfer.config import resolve_path
 from restransfer.data.coco import DATASETS_README, CocoDataset
+from restransfer.data.image_io import DEFAULT_MAX_IMAGE_PIXELS
 from restransfer.data.samplers import InferenceSampler, TrainingBatchSampler, aspect_ratio_groups
 from restransfer.data.shapes import ensure_shapes
 from restransfer.data.transforms import TrainAugmentation, build_transforms
@@ -114,11 +115,12 @@ def dataset_from_spec(
     with_masks: bool,
     filter_empty: bool,
     allow_outside_root: bool = False,
+    max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> CocoDataset:
     """A :class:`CocoDataset` from one ``DatasetSpec`` (``json``, ``image_root``, ``format``, ``name``, ``generate``).
 
-    ``key`` (e.g. ``"data.train[0]"``) names the spec in error messages; ``allow_outside_root`` is
-    ``data.allow_outside_root`` (see :class:`CocoDataset`).
+    ``key`` (e.g. ``"data.train[0]"``) names the spec in error messages; ``allow_outside_root`` and
+    ``max_image_pixels`` are ``data.allow_outside_root`` and ``data.max_image_pixels`` (see :class:`CocoDataset`).
     """
     if spec.format not in _COCO_JSON_FORMATS:
         raise ValueError(f"{key}.format: {spec.format!r} is not supported; use one of {', '.join(_COCO_JSON_FORMATS)} "
@@ -131,7 +133,7 @@ def dataset_from_spec(
     _check_generated_layout(spec, json_path, image_root, key)
     ds = CocoDataset(json_path, image_root, transforms=transforms, with_masks=with_masks,
                      filter_empty=filter_empty, is_train=is_train, name=spec.name or None,
-                     allow_outside_root=allow_outside_root)
+                     allow_outside_root=allow_outside_root, max_image_pixels=max_image_pixels)
     logger.info("%s: %s: %d images, %d classes", key, ds.name, len(ds), len(ds.class_names))
     return ds
 
@@ -155,7 +157,8 @@ def build_train_dataset(cfg: DictConfig) -> CocoConcatDataset:
     datasets = [
         dataset_from_spec(spec, key=f"data.train[{i}]", is_train=True, transforms=transforms,
                           with_masks=uses_masks(cfg), filter_empty=cfg.data.filter_empty,
-                          allow_outside_root=cfg.data.allow_outside_root)
+                          allow_outside_root=cfg.data.allow_outside_root,
+                          max_image_pixels=cfg.data.max_image_pixels)
         for i, spec in enumerate(cfg.data.train)
     ]
     reference = _categories(datasets[0])
@@ -180,7 +183,8 @@ def build_test_dataset(cfg: DictConfig) -> CocoDataset:
     return dataset_from_spec(cfg.data.test, key="data.test", is_train=False,
                              transforms=build_transforms([], 0, is_train=False),
                              with_masks=uses_masks(cfg), filter_empty=False,
-                             allow_outside_root=cfg.data.allow_outside_root)
+                             allow_outside_root=cfg.data.allow_outside_root,
+                             max_image_pixels=cfg.data.max_image_pixels)
 
 
 def _pin_memory(cfg: DictConfig) -> bool:

@@ -18,10 +18,12 @@ is an error unless ``allow_empty`` (a model that detected nothing): then every d
 as pycocotools computes it.
 
 Before either engine runs, the ground truth and the results are checked, so that both engines
-refuse the same inputs with the same ``ValueError`` naming the file, the entry index, the annotation
-id and the image: a ground truth without an ``annotations`` list; boxes with an Infinity or NaN
-value; with segm, polygons with fewer than 3 points and malformed RLEs (the checks of
-:mod:`restransfer.data.coco_checks`; training skips such annotations instead); results that are not
+refuse the same inputs with the same ``ValueError`` (a :class:`~restransfer.errors.DataError`) naming the
+file, the entry index, the annotation id and the image: a ground truth without an ``annotations`` list;
+image, category or annotation ids that are not integers or that repeat (a duplicated annotation would
+count twice); boxes with an Infinity or NaN value; with segm, polygons with fewer than 3 points and
+malformed RLEs (the checks of :mod:`restransfer.data.coco_checks`; training skips such annotations, and
+keeps the first of duplicated ids, instead); results that are not
 compressed RLE masks, with a non-finite score, or whose image or category ids the ground truth lacks
 (:func:`~restransfer.data.coco_checks.check_ground_truth`, :func:`~restransfer.data.coco_checks.check_results`).
 """
@@ -43,6 +45,8 @@ from pycocotools.cocoeval import COCOeval
 
 from restransfer.boxes import xyxy_to_xywh
 from restransfer.data.coco_checks import check_ground_truth, check_results, load_coco_json
+from restransfer.data.json_io import read_json
+from restransfer.errors import DataError
 from restransfer.fileio import atomic_open
 from restransfer.rle import encode_masks
 
@@ -52,6 +56,7 @@ __all__ = [
     "default_engine",
     "evaluate_coco",
     "evaluate_predictions",
+    "load_results",
     "predictions_to_coco_results",
     "masks_to_rle",
     "format_metrics_table",
@@ -89,18 +94,13 @@ def _gt_dataset(coco_gt: CocoLike) -> Dict[str, Any]:
     return load_coco_json(path).dataset
 
 
-def _load_results(results: Union[Sequence[Dict[str, Any]], str, os.PathLike]) -> List[Dict[str, Any]]:
+def load_results(results: Union[Sequence[Dict[str, Any]], str, os.PathLike]) -> List[Dict[str, Any]]:
+    """A COCO results list, read from a json file (errors name it) or given."""
     if isinstance(results, (str, os.PathLike)):
-        path = Path(results)
-        if not path.is_file():
-            raise FileNotFoundError(f"results file not found: {path}")
-        with open(path, "rb") as f:
-            try:
-                results = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {e.lineno}: not valid JSON: {e.msg}") from None
+        path = results
+        results = read_json(path, "results file")
         if not isinstance(results, list):
-            raise ValueError(f"{path}: a COCO results file is a list of detections, got {type(results).__name__}")
+            raise DataError(f"{path}: a COCO results file is a list of detections, got {type(results).__name__}")
     return list(results)
 
 
@@ -164,6 +164,7 @@ def evaluate_coco(
     *,
     allow_empty: bool = False,
     gt_name: Optional[str] = None,
+    results_name: Optional[str] = None,
 ) -> Dict[str, Dict[str, Any]]:
     """COCO metrics of ``results`` against ``coco_gt``.
 
@@ -176,6 +177,7 @@ def evaluate_coco(
         image_ids: evaluate on these images only (default: every image of ``coco_gt``).
         allow_empty: score an empty ``results`` (0 where there is ground truth) instead of raising.
         gt_name: names the ground truth in errors (default: its path, or "ground truth").
+        results_name: names the results in errors (default: their path, or "results").
 
     Raises:
         ValueError: broken ground truth or results (see the module docstring), naming the entry.
@@ -193,9 +195,10 @@ def evaluate_coco(
         raise ValueError(f"iou type {bad_type!r}: choose from {', '.join(IOU_TYPES)}")
     if gt_name is None:
         gt_name = str(coco_gt) if isinstance(coco_gt, (str, os.PathLike)) else "ground truth"
-    results_name = str(results) if isinstance(results, (str, os.PathLike)) else "results"
+    if results_name is None:
+        results_name = str(results) if isinstance(results, (str, os.PathLike)) else "results"
     gt_data = _gt_dataset(coco_gt)
-    results = _load_results(results)
+    results = load_results(results)
     check_ground_truth(gt_data, gt_name, iou_types, image_ids)
     check_results(results, results_name, iou_types, gt_data, allow_empty)
     names = {c["id"]: str(c["name"]) for c in gt_data["categories"]}
