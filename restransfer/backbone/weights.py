@@ -15,8 +15,10 @@ it is stored on the model as ``model.pixel_convention`` and the detectors apply 
 of ``tools/train_cls.py`` (``task: "classification"``, torchvision parameter names under ``model``) records
 the convention its classifier was trained with, and that one is used.
 
-Checkpoints are untrusted input: ``torch.load(..., weights_only=True)`` and, for pickles, an unpickler
-that admits only plain containers and numpy arrays.
+Checkpoints are untrusted input: zip checkpoints go through the verified load
+(:func:`restransfer.serialization.load_torch_file`: member sizes and CRCs, ``torch.load(..., weights_only=True)``,
+a bounded walk and the checksum); pickles through an unpickler that admits only plain containers and numpy
+arrays, and the same bounded walk.
 """
 from __future__ import annotations
 
@@ -106,13 +108,13 @@ def read_weights(path: os.PathLike | str) -> Tuple[Dict[str, Tensor], str, Dict[
     check_not_empty(path)
     if zipfile.is_zipfile(path):
         obj, kind = load_torch_file(path), "torch"
-        verify_checksum(obj, path)
     else:
         try:  # torch's legacy (pre-zip) format, through the same safe unpickler as zip checkpoints
             obj, kind = torch.load(path, map_location="cpu", weights_only=True), "torch"
         except Exception:
             # a plain pickle such as detectron2's R-101.pkl
             obj, kind = safe_load_pickle(path), "pickle"
+        verify_checksum(obj, path)  # the bounded walk (and a checksum, if the file has one)
     meta: Dict[str, Any] = {}
     if isinstance(obj, Mapping) and obj.get("task") == "classification" and isinstance(obj.get("model"), Mapping):
         meta = {k: obj[k] for k in CLASSIFIER_META_KEYS if k in obj}

@@ -5,8 +5,9 @@ disk, then renamed over the target), so a run killed at any moment leaves either
 one, never half of one; temporary files a killed run left behind are removed when the next run starts.
 ``output_dir/last_checkpoint`` names the newest periodic checkpoint; the last ``keep_last`` periodic
 checkpoints are kept (``model_final.pth`` and ``model_best.pth`` are never deleted). Every checkpoint
-carries a SHA-256 of its tensors, checked on load. Resuming takes the newest checkpoint that reads back
-intact and names any damaged one it passes over.
+carries a SHA-256 of its whole payload (tensors, iteration, optimizer, scheduler, RNG, config, ...), checked
+on load after the zip's member sizes and CRCs (:func:`restransfer.serialization.load_torch_file`). Resuming
+takes the newest checkpoint that reads back intact and names any damaged one it passes over.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from ..fileio import TEMPORARY, atomic_write_bytes, atomic_write_text
-from ..serialization import CHECKSUM_KEY, CheckpointError, load_torch_file, tensors_checksum, verify_checksum
+from ..serialization import CHECKSUM_KEY, CheckpointError, load_torch_file, payload_checksum
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class Checkpointer:
 
     def save(self, name: str, state: Dict[str, Any], periodic: bool = False) -> Path:
         path = self.dir / name
-        state = {**state, CHECKSUM_KEY: tensors_checksum(state)}
+        state = {**state, CHECKSUM_KEY: payload_checksum(state)}
         atomic_torch_save(state, path)
         if periodic:
             atomic_write_text(self.dir / "last_checkpoint", name + "\n")
@@ -175,10 +176,10 @@ class Checkpointer:
 
     @staticmethod
     def load(path: os.PathLike | str) -> Dict[str, Any]:
-        """Read a checkpoint as untrusted input (tensors and plain containers only) and verify its checksum;
-        :class:`CheckpointError` names the file and the damage."""
+        """Read a checkpoint as untrusted input (tensors and plain containers only) through the verified load
+        (zip member sizes and CRCs, a bounded walk, the payload checksum); :class:`CheckpointError` names the
+        file and the damage."""
         state = load_torch_file(path)
         if not isinstance(state, dict) or "iteration" not in state:
             raise CheckpointError(f"{path}: not a training checkpoint of this toolkit (it has no iteration entry)")
-        verify_checksum(state, path)
         return state

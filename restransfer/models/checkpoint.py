@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backbone.weights import WeightsError, read_state_dict, tensors_of
-from ..serialization import load_torch_file, verify_checksum
+from ..serialization import load_torch_file
 from .context import has_global_context
 
 logger = logging.getLogger(__name__)
@@ -45,12 +45,12 @@ _META_KEYS = ("pixel_convention", "class_names", "iteration")
 
 def read_detector_checkpoint(source: str) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
     """``(state_dict, meta)`` of a detector checkpoint; ``meta`` holds what our training checkpoints record
-    beside the weights (pixel convention, class names, iteration). Never executes code from the file."""
+    beside the weights (pixel convention, class names, iteration). Never executes code from the file; a zip
+    checkpoint goes through the verified load (:func:`restransfer.serialization.load_torch_file`)."""
     path = Path(source)
     meta: Dict[str, Any] = {}
     if path.is_file() and zipfile.is_zipfile(path):
         obj = load_torch_file(path)
-        verify_checksum(obj, path)
         if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
             meta = {k: obj[k] for k in _META_KEYS if k in obj}
             return {k: v for k, v in obj["model"].items() if isinstance(v, Tensor)}, meta
