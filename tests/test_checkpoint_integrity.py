@@ -28,7 +28,8 @@ from restransfer.backbone.weights import load_pretrained, read_state_dict, read_
 from restransfer.engine.checkpoint import Checkpointer, atomic_torch_save, rng_state
 from restransfer.errors import CheckpointError
 from restransfer.models import build_model
-from restransfer.models.checkpoint import checkpoint_class_names, read_detector_checkpoint
+from restransfer.models.checkpoint import read_detector_checkpoint
+from restransfer.predictor import checkpoint_class_names
 from restransfer.serialization import (CHECKSUM_KEY, check_torch_archive, load_torch_file, payload_checksum,
                                        tensors_checksum)
 from tiny_detectors import REPO, tiny_config, write_config
