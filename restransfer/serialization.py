@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 import os
@@ -269,7 +270,7 @@ def check_torch_archive(path: os.PathLike | str, *, crc: bool = True, max_inflat
                     raise ValueError(f"its data would end at byte {end}, past the end of the file ({size} bytes)")
                 spans.append((info.header_offset, end, member))
             spans.sort()
-            for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+            for (_, end, first), (start, _, second) in itertools.pairwise(spans):
                 if start < end:
                     member = second
                     raise ValueError(f"its data overlap those of member {first!r} (one record read as two)")
@@ -537,23 +538,30 @@ class _Walk:
                                "which has no checksum encoding")
             if self.out is not None:
                 raise _Refused(f"it holds a tensor inside a set at {self.at()}, which has no checksum encoding")
-            storage = t.untyped_storage()
-            self.emit_str(b"T", str(t.dtype))
-            self.emit(struct.pack(f"<{1 + 2 * t.dim() + 1}q", t.dim(), *t.shape, *t.stride(), t.storage_offset()))
-            nbytes = storage.nbytes()
-            key = (str(storage.device), storage.data_ptr())
-            if nbytes and key in self.storages:
-                self.emit(b"r", struct.pack("<Q", self.storages[key]))
-            else:
-                if nbytes:
-                    self.storages[key] = len(self.storages)
-                self.emit(b"s", struct.pack("<Q", nbytes))
-                if nbytes:
-                    data = torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage)
-                    self.emit(data.cpu().numpy().data)
+            try:
+                self.tensor_data(t)
+            except RuntimeError as e:  # a meta or nested tensor: no bytes to read
+                raise _Refused(f"it holds a tensor at {self.at()} whose data cannot be read "
+                               f"({str(e).splitlines()[0][:100]})") from None
             self.emit(b"a" if attrs else b"-")
         if attrs:
             self.child("<attributes>", attrs, depth)
+
+    def tensor_data(self, t: torch.Tensor) -> None:
+        storage = t.untyped_storage()
+        self.emit_str(b"T", str(t.dtype))
+        self.emit(struct.pack(f"<{1 + 2 * t.dim() + 1}q", t.dim(), *t.shape, *t.stride(), t.storage_offset()))
+        nbytes = storage.nbytes()
+        key = (str(storage.device), storage.data_ptr())
+        if nbytes and key in self.storages:
+            self.emit(b"r", struct.pack("<Q", self.storages[key]))
+            return
+        if nbytes:
+            self.storages[key] = len(self.storages)
+        self.emit(b"s", struct.pack("<Q", nbytes))
+        if nbytes:
+            data = torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage)
+            self.emit(data.cpu().numpy().data)
 
     def array(self, a: np.ndarray, depth: int) -> None:
         if a.dtype.kind == "O":  # walked element by element (weights files refuse them later, by name)
@@ -604,24 +612,28 @@ def _legacy_tensors(obj: Any, prefix: str, depth: int, budget: List[int]) -> Ite
             yield from _legacy_tensors(v, f"{prefix}/{i}", depth + 1, budget)
 
 
+def _tensors_digest(obj: Any) -> str:
+    h = hashlib.sha256()
+    for key, t in _legacy_tensors(obj, "", 0, [MAX_NODES]):
+        if isinstance(t, torch.Tensor):
+            t = t.detach().cpu().contiguous()
+            data = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
+        else:
+            data = np.ascontiguousarray(t).reshape(-1).view(np.uint8) if t.size and t.dtype.kind != "O" else b""
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
 def tensors_checksum(obj: Any) -> str:
     """The legacy checksum (checkpoints written before :func:`payload_checksum`): SHA-256 (hex) over every
     tensor and numpy array in a nested dict/list, with their key paths, dtypes and shapes; a top-level
     ``"checksum"`` entry is left out. Raises ``ValueError`` past :data:`MAX_NODES` key paths or
     :data:`MAX_DEPTH` levels."""
-    h = hashlib.sha256()
     try:
-        for key, t in _legacy_tensors(obj, "", 0, [MAX_NODES]):
-            if isinstance(t, torch.Tensor):
-                t = t.detach().cpu().contiguous()
-                data = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
-            else:
-                data = np.ascontiguousarray(t).reshape(-1).view(np.uint8) if t.size and t.dtype.kind != "O" else b""
-            h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-            h.update(data)
+        return _tensors_digest(obj)
     except _Refused as e:
         raise ValueError(f"cannot checksum: {e}") from None
-    return h.hexdigest()
 
 
 def _is_legacy_checksum(value: Any) -> bool:
@@ -647,11 +659,9 @@ def verify_checksum(obj: Any, path: os.PathLike | str, *, max_depth: Optional[in
     whole = isinstance(value, str) and value.startswith(PAYLOAD_CHECKSUM_PREFIX)
     try:
         digest = _walk(obj, whole, max_depth, max_nodes)
-        legacy = tensors_checksum(obj) if _is_legacy_checksum(value) else None
+        legacy = _tensors_digest(obj) if _is_legacy_checksum(value) else None
     except _Refused as e:
         raise CheckpointError(f"{path}: refused: {e}. {_DELETE}") from None
-    except ValueError as e:
-        raise CheckpointError(f"{path}: refused: {str(e).removeprefix('cannot checksum: ')}. {_DELETE}") from None
     if whole:
         if PAYLOAD_CHECKSUM_PREFIX + str(digest) != value:
             raise CheckpointError(f"{path}: checksum mismatch: the file's contents (its tensors or other entries: "
@@ -665,8 +675,9 @@ def verify_checksum(obj: Any, path: os.PathLike | str, *, max_depth: Optional[in
                        "verified; the other entries (iteration, optimizer, scheduler, RNG, config, ...) could not be "
                        "verified", path)
     elif value is not None:
-        raise CheckpointError(f"{path}: its checksum entry has an unrecognized format ({str(value)[:40]!r}); it was "
-                              "damaged, or written by a newer version of restransfer")
+        shown = repr(value[:40]) if isinstance(value, str) else f"a {type(value).__name__}"
+        raise CheckpointError(f"{path}: its checksum entry has an unrecognized format ({shown}); it was damaged, or "
+                              "written by a newer version of restransfer")
     elif isinstance(obj, Mapping) and "iteration" in obj:
         logger.warning("%s: written without a checksum (by a version before checksums): its contents could not be "
                        "verified", path)

@@ -408,6 +408,14 @@ def test_a_checkpoint_without_checksum_loads_with_one_warning(tmp_path, caplog):
     assert not _warnings(caplog, "checksum")
 
 
+def test_a_tensor_without_data_under_a_payload_checksum_is_an_error(tmp_path):
+    path = tmp_path / "meta.pth"
+    torch.save({"iteration": 1, "w": torch.empty(3, device="meta"), CHECKSUM_KEY: "payload-sha256-v2:" + "0" * 64},
+               path)
+    with pytest.raises(CheckpointError, match=r"holds a tensor at /w whose data cannot be read"):
+        Checkpointer.load(path)
+
+
 def test_an_unrecognized_checksum_is_an_error(tmp_path):
     path = _checkpoint_with(tmp_path, [], checksum="sha512:abc")
     with pytest.raises(CheckpointError, match=r"unrecognized format"):
