@@ -20,6 +20,7 @@ except ImportError:  # running from a checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from restransfer.cli import run_tool
+from restransfer.fileio import atomic_write_text
 
 
 def main(argv=None) -> int:
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
         if name == LOC_EVALUATE_STEP:
             print("  metrics:", {key: round(v, 3) for key, v in out.metrics.items()})
     if args.output:
-        Path(args.output).write_text(json.dumps(out.as_json(), indent=2) + "\n")
+        atomic_write_text(args.output, json.dumps(out.as_json(), indent=2) + "\n")
     return 0
 
 

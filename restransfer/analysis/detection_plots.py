@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from ..fileio import atomic_write_text
 from .coco_errors import AREAS, CURVES, ErrorAnalysis
 from .figures import literal_text, plt, save_figure
 
@@ -259,7 +260,7 @@ def write_analysis(out_dir: Union[str, os.PathLike], analysis: ErrorAnalysis, gt
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "analysis.json"]
-    paths[0].write_text(json.dumps(analysis.to_json(), indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(paths[0], json.dumps(analysis.to_json(), indent=2) + "\n")
     paths += write_error_plots(analysis, out_dir)
     paths.append(out_dir / f"pr_curves-{analysis.iou_type}.png")
     plot_pr_curves(coco_pr_curves(analysis), f"{analysis.iou_type} precision-recall per class (IoU 0.5)", paths[-1])

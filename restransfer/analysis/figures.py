@@ -11,11 +11,11 @@ from __future__ import annotations
 import functools
 import io
 import os
-from pathlib import Path
 from typing import Callable, Optional, TypeVar, Union
 
-
 import matplotlib
+
+from ..fileio import atomic_write_bytes
 
 matplotlib.use("Agg")  # no display: the plots are files
 import matplotlib.pyplot as plt  # noqa: E402
@@ -39,8 +39,6 @@ def literal_text(fn: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-
-
 def figure_png(fig, dpi: int = 80) -> bytes:
     """The figure as PNG bytes; the figure is closed."""
     buf = io.BytesIO()
@@ -56,7 +54,5 @@ def save_figure(fig, path: Optional[Union[str, os.PathLike]], dpi: int = 80) -> 
     bytes; the figure is closed."""
     data = figure_png(fig, dpi)
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        atomic_write_bytes(path, data)
     return data

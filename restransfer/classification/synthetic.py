@@ -14,7 +14,7 @@ from typing import Dict, Sequence
 import cv2
 import numpy as np
 
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = ["SHAPE_CLASS_NAMES", "render_shape_class", "generate_shape_classes", "ensure_shape_classes"]
 
@@ -78,7 +78,7 @@ def generate_shape_classes(root: os.PathLike | str, *, num_train: int = 5000, nu
             ok, png = cv2.imencode(".png", cv2.cvtColor(render_shape_class(rng, label, size), cv2.COLOR_RGB2BGR))
             atomic_write_bytes(base / SHAPE_CLASS_NAMES[label] / f"{i:05d}.png", png.tobytes())
         out[split] = base
-    (root / "DONE").write_text(f"{num_train} {num_test} {size} {seed}\n", encoding="utf-8")
+    atomic_write_text(root / "DONE", f"{num_train} {num_test} {size} {seed}\n")
     return out
 
 

@@ -167,8 +167,17 @@ class Checkpointer:
         names = [p for p in names if p.is_file()]
         if not names:
             return None
-        dest = self.dir / time.strftime("replaced-%Y%m%d-%H%M%S")
-        dest.mkdir(exist_ok=True)
+        # a new folder, never an existing name: a link planted at this predictable name would carry the
+        # checkpoints elsewhere
+        stem = self.dir / time.strftime("replaced-%Y%m%d-%H%M%S")
+        dest, n = stem, 1
+        while True:
+            try:
+                dest.mkdir()
+                break
+            except FileExistsError:
+                n += 1
+                dest = stem.with_name(f"{stem.name}-{n}")
         for p in names:
             os.replace(p, dest / p.name)
         logger.warning("starting over: moved %d earlier checkpoint file(s) to %s", len(names), dest)

@@ -1,16 +1,34 @@
 """Logging: console (main process), ``output_dir/log.txt``, ``output_dir/log.jsonl`` (one json object per
 logged iteration), TensorBoard event files when tensorboard is installed, and a progress bar with ETA
-when stderr is a terminal."""
+when stderr is a terminal.
+
+The logs are opened for append without following a link (``fileio.open_for_append``): a log name in the
+output folder taken by a symbolic link is an error naming it, never a write into the file it points to. The
+event files get a random suffix, so that no link can be planted at their names beforehand."""
 from __future__ import annotations
 
 import json
 import logging
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from ..fileio import open_for_append
+
 __all__ = ["setup_logging", "MetricsWriter"]
+
+
+class _LogFile(logging.FileHandler):
+    """``logging.FileHandler`` whose file is opened through :func:`open_for_append` (UTF-8: the log
+    carries text from annotation files)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, mode="a", encoding="utf-8")
+
+    def _open(self):
+        return open_for_append(self.baseFilename, encoding=self.encoding, errors=self.errors)
 
 
 def setup_logging(output_dir: Optional[str], rank: int = 0, level: int = logging.INFO) -> logging.Logger:
@@ -29,7 +47,7 @@ def setup_logging(output_dir: Optional[str], rank: int = 0, level: int = logging
     if output_dir:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         name = "log.txt" if rank == 0 else f"log.rank{rank}.txt"
-        fh = logging.FileHandler(Path(output_dir) / name)
+        fh = _LogFile(Path(output_dir) / name)
         fh.setFormatter(fmt)
         log.addHandler(fh)
     return log
@@ -48,10 +66,10 @@ class MetricsWriter:
             return
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(out / "log.jsonl", "a", encoding="utf-8")
+        self._jsonl = open_for_append(out / "log.jsonl")
         try:
             from torch.utils.tensorboard import SummaryWriter
-            self._tb = SummaryWriter(str(out))
+            self._tb = SummaryWriter(str(out), filename_suffix=f".{secrets.token_hex(8)}")
         except ImportError:  # tensorboard is optional
             self._tb = None
         if sys.stderr.isatty() and not os.environ.get("RESTRANSFER_NO_PROGRESS"):
