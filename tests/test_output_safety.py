@@ -3,7 +3,6 @@
 they were, and a link where a log or the lock goes stops the run with an error naming it."""
 import errno
 import os
-import re
 import secrets
 import threading
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from restransfer import fileio
-from restransfer.fileio import TEMPORARY, atomic_write_bytes, atomic_write_text, open_for_append
+from restransfer.fileio import atomic_write_bytes, atomic_write_text, open_for_append
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "O_NOFOLLOW"), reason="needs O_NOFOLLOW (POSIX)")
 
@@ -73,24 +72,6 @@ def test_the_atomic_writer_replaces_a_link_and_never_opens_one(tmp_path, monkeyp
         assert not (out / name).is_symlink() and (out / name).read_text() == content
     # no temporary of these writes is left: every dot-file is one of the planted links
     assert all(p.is_symlink() for p in out.iterdir() if p.name.startswith("."))
-
-
-def test_temporary_names_are_unpredictable_and_recognised(tmp_path, monkeypatch):
-    seen = []
-    real_replace = os.replace
-
-    def spy(src, dst):
-        seen.append(os.path.basename(src))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", spy)
-    for _ in range(3):
-        atomic_write_text(tmp_path / "config.yaml", "a: 1\n")
-    assert len(set(seen)) == 3 and all(re.fullmatch(r"\.config\.yaml\.[0-9a-f]{16}\.tmp", s) for s in seen), seen
-    assert all(TEMPORARY.match(s) for s in seen)
-    assert TEMPORARY.match(".model_final.pth.tmp1234")  # an earlier version's, still cleaned up
-    for name in ("config.yaml", "model_0000006.pth", ".hidden", ".a.tmp", ".a.0123.tmp", "x.0123456789abcdef.tmp"):
-        assert not TEMPORARY.match(name), name
 
 
 def test_a_failed_write_removes_its_temporary_and_keeps_a_planted_link(tmp_path):
