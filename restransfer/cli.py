@@ -24,6 +24,9 @@ import os
 import sys
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from .config import SolverConfig, load_config
+from .errors import is_out_of_memory
+
 __all__ = ["run_tool", "describe_failure", "note_output", "user_error_classes", "USER_ERRORS",
            "TRAIN_MEMORY_HINT", "EVAL_MEMORY_HINT", "training_parser", "parse_training_args", "model_parser",
            "config_from_args", "add_weights_argument", "split_weights"]
@@ -74,22 +77,8 @@ def user_error_classes() -> Tuple[type, ...]:
     return tuple(classes)
 
 
-def _is_out_of_memory(e: BaseException) -> bool:
-    if isinstance(e, MemoryError):
-        return True
-    torch = sys.modules.get("torch")
-    oom = getattr(torch, "OutOfMemoryError", None)
-    if isinstance(oom, type) and isinstance(e, oom):
-        return True
-    # CPU allocation failures and some CUDA paths raise a plain RuntimeError
-    text = str(e)
-    return isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
-
-
 def _training_batch_key() -> str:
     """``ims_per_device`` where the config has it (images per forward pass), else ``ims_per_batch``."""
-    from .config import SolverConfig
-
     return "ims_per_device" if "ims_per_device" in getattr(SolverConfig, "__dataclass_fields__", {}) else \
         "ims_per_batch"
 
@@ -132,7 +121,7 @@ def _os_error_message(e: OSError) -> str:
 
 def describe_failure(e: BaseException, memory_hint: str = _GENERIC_MEMORY_HINT) -> Tuple[int, str]:
     """``(exit status, message)`` for an exception that ended a tool; the message follows ``error: ``."""
-    if _is_out_of_memory(e):
+    if is_out_of_memory(e):
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         if "{batch_key}" in memory_hint:
             memory_hint = memory_hint.format(batch_key=_training_batch_key())
@@ -258,7 +247,5 @@ def model_parser(doc: str, weights_help: str = "detector checkpoint (default: mo
 
 def config_from_args(args: argparse.Namespace, weights: Optional[str] = None):
     """``load_config(args.config, args.opts)`` with ``--weights`` as ``model.weights``."""
-    from .config import load_config
-
     weights = weights if weights is not None else args.weights
     return load_config(args.config, list(args.opts) + ([f"model.weights={weights}"] if weights else []))

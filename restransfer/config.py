@@ -180,6 +180,11 @@ class TestConfig:
     refinement_nms: float = 0.3
     box_voting_iou: float = 0.5  # a kept box averages its class's boxes overlapping it at IoU >= this
     aug: TestAugConfig = field(default_factory=TestAugConfig)
+    # the evaluation protocol: auto picks the one registered for data.test.format (coco, imagenet_det,
+    # imagenet_loc, ...), or name one (restransfer.evaluation.evaluator.evaluator_names())
+    evaluator: str = "auto"
+    # report.html: final (evaluations that are not test.eval_period's), always, never
+    report: str = "final"
 
 
 @dataclass
@@ -237,6 +242,7 @@ _CHOICES = {
     "solver.precision": ("fp32", "bf16", "fp16", "auto"),
     "test.precision": ("fp32", "bf16", "fp16"),
     "test.aug.merge": ("union", "maxout"),
+    "test.report": ("final", "always", "never"),
 }
 
 

@@ -265,7 +265,7 @@ def test_analyze_coco_tool_config_mode_analyses_the_models_detections(shapes, tm
     """CONFIG --weights runs the model over data.test (here replaced by exact detections of every object but one)
     and analyses what it found."""
     from restransfer.data.build import build_test_dataset
-    from restransfer.engine import inference
+    from restransfer.engine import evaluate as protocol_run
 
     def predict(cfg, weights=None, dataset=None, model=None, progress=True):
         dataset = build_test_dataset(cfg)
@@ -281,7 +281,7 @@ def test_analyze_coco_tool_config_mode_analyses_the_models_detections(shapes, tm
                           "labels": np.array([label[a["category_id"]] for a in anns], dtype=np.int64)})
         return dataset, preds
 
-    monkeypatch.setattr(inference, "predict_dataset", predict)
+    monkeypatch.setattr(protocol_run, "predict_dataset", predict)
     config = tmp_path / "cfg.yaml"
     config.write_text(f"data:\n  test: {{json: {shapes / 'annotations' / 'val.json'}, image_root: {shapes / 'val'}}}\n"
                       f"model: {{num_classes: 3}}\noutput_dir: {tmp_path / 'out'}\n")

@@ -180,6 +180,28 @@ def test_det_file_mode_reproduces_config_mode(det_run):
     assert json.loads(out.read_text()) == json.loads((det_run["eval_out"] / "metrics.json").read_text())
 
 
+def test_det_training_tracks_devkit_map_at_each_periodic_evaluation(det_run, tiny):
+    """An ImageNet-DET config trained with test.eval_period: test.evaluator=auto picks the devkit evaluator
+    for the imagenet_det test set, so log.jsonl gets imagenet_det/mAP (not COCO's bbox/AP), model_best.pth
+    keeps the best of it, and the final metrics.json is the devkit's."""
+    config = str(REPO / "configs" / "imagenet_det_faster_rcnn_r101.yaml")
+    out = det_run["work"] / "periodic"
+    assert _tool("tools/train_det.py").main([config, *tiny(out, 3, iters=3), "test.eval_period=1",
+                                             "model.roi_heads.score_thresh=0.0"]) == 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    evaluations = [r for r in records if "imagenet_det/mAP" in r]
+    assert [r["iteration"] for r in evaluations] == [1, 2]  # the final evaluation is metrics.json's
+    assert all(_in_range(r["imagenet_det/mAP"]) for r in evaluations)
+    assert not any("bbox/AP" in r for r in records)
+    best = max(evaluations, key=lambda r: r["imagenet_det/mAP"])
+    from restransfer.engine.checkpoint import Checkpointer
+
+    state = Checkpointer.load(out / "model_best.pth")
+    assert state["best"] == pytest.approx(best["imagenet_det/mAP"])
+    assert set(json.loads((out / "metrics.json").read_text())) == {"mAP", "AP", "coco"}
+    assert (out / "imagenet_det_submission.txt").is_file() and (out / "report.html").is_file()
+
+
 def _metrics_equal(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for key in a:

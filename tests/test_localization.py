@@ -198,10 +198,10 @@ def test_classifier_scores_from_model_preprocesses_like_imagenet(tmp_path):
 
 
 def test_classifier_top_k_equals_stable_sort_with_ties():
-    from restransfer.localization import _top_columns
+    from restransfer.evaluation.imagenet_loc_guesses import top_columns
 
     rng = np.random.default_rng(0)
     for shape in ((500, 40), (50, 3)):
         scores = rng.integers(0, 6, shape).astype(np.float32)  # many ties
-        np.testing.assert_array_equal(_top_columns(scores, 5, chunk=64),
+        np.testing.assert_array_equal(top_columns(scores, 5, chunk=64),
                                       np.argsort(-scores, axis=1, kind="stable")[:, :5])

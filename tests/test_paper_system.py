@@ -316,7 +316,7 @@ def test_ablation_tool_prints_the_table_rows(shapes, tmp_path):
     from pathlib import Path
 
     from restransfer.config import dump_config
-    from restransfer.evaluation.run import run_coco_evaluation
+    from restransfer.engine.evaluate import run_coco_evaluation
     from tiny_detectors import tiny_config, write_checkpoint
 
     _, model, _ = tiny_model()
@@ -369,3 +369,42 @@ def test_eval_coco_ensemble_of_one_checkpoint_twice_gives_its_metrics(shapes, tm
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert a["bbox"]["AP50"] > 0 and a["bbox"]["AP"] == pytest.approx(b["bbox"]["AP"], abs=1e-9)
     assert a["segm"]["AP"] == pytest.approx(b["segm"]["AP"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_analyze_coco_analyses_the_refined_detections(shapes, tmp_path):
+    """tools/analyze_coco.py CONFIG --weights W test.box_refinement=true analyses the test-time system's
+    detections: they differ from the plain model's, and the analysis is exactly that of the evaluation's
+    refined predictions."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from restransfer.analysis.coco_errors import analyze_coco_errors
+    from restransfer.config import dump_config
+    from restransfer.engine.evaluate import predict_dataset
+    from restransfer.evaluation.coco import predictions_to_coco_results
+    from tiny_detectors import tiny_config, write_checkpoint
+
+    _, model, _ = tiny_model()
+    weights = str(write_checkpoint(tmp_path, model, ["circle", "triangle", "square"]))
+    test = f"{{json: {shapes / 'annotations' / 'val.json'}, image_root: {shapes / 'val'}}}"
+    low = "model.roi_heads.score_thresh=0.0"
+    config = tmp_path / "tiny.yaml"
+    dump_config(tiny_config(f"data.test={test}", "data.num_workers=0", low, f"output_dir={tmp_path / 'out'}"), config)
+    tool = Path(__file__).resolve().parents[1] / "tools" / "analyze_coco.py"
+    spec = importlib.util.spec_from_file_location("analyze_coco_tool", tool)
+    analyze = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(analyze)
+    plain, refined = tmp_path / "plain", tmp_path / "refined"
+    assert analyze.main([str(config), "--weights", weights, "--output", str(plain)]) == 0
+    assert analyze.main([str(config), "--weights", weights, "test.box_refinement=true", "--output", str(refined)]) == 0
+    a = json.loads((plain / "analysis.json").read_text())
+    b = json.loads((refined / "analysis.json").read_text())
+    assert a["overall"] != b["overall"]
+
+    cfg = load_config(config, ["test.box_refinement=true"])
+    dataset, predictions = predict_dataset(cfg, weights, progress=False)
+    results = predictions_to_coco_results(predictions, dataset.label_to_cat_id)
+    expected = analyze_coco_errors(dataset.coco.dataset, results, "bbox", image_ids=list(dataset.image_ids)).areas()
+    assert b["overall"] == pytest.approx(expected, nan_ok=True)

@@ -15,7 +15,7 @@ from restransfer.analysis.report import (
     localization_error_split, report_images, write_coco_report,
 )
 from restransfer.config import load_config
-from restransfer.evaluation import run as run_module
+from restransfer.engine import evaluate as run_module
 from restransfer.evaluation.imagenet_loc import evaluate_localization, first_correct_guess, pack_ground_truth
 
 
@@ -59,12 +59,15 @@ def fake_inference(monkeypatch):
     """Evaluation entries see predictions made from the ground truth instead of a model's."""
     from restransfer.data.build import build_test_dataset
 
-    def predict(cfg, weights=None, dataset=None, model=None, progress=True):
+    def predict(cfg, weights=None, *, dataset=None, model=None, evaluator=None, progress=True):
         dataset = dataset if dataset is not None else build_test_dataset(cfg)
         cat_to_label = {c: k for k, c in dataset.label_to_cat_id.items()}
-        return dataset, _predictions(dataset.coco.dataset, dataset.image_ids, cat_to_label)
+        predictions = _predictions(dataset.coco.dataset, dataset.image_ids, cat_to_label)
+        if evaluator is not None:
+            evaluator.process([{"image_id": p["image_id"]} for p in predictions], predictions)
+        return dataset, predictions
 
-    monkeypatch.setattr(run_module, "predict_dataset", predict)
+    monkeypatch.setattr(run_module, "run_on_test_set", predict)
 
 
 def _config(json_path, image_root, out, tiny_overrides):
@@ -173,7 +176,7 @@ def test_localization_error_split_adds_up_to_the_top5_error():
 
 @pytest.mark.slow
 def test_training_final_evaluation_writes_report(shapes, tmp_path, tiny_overrides):
-    """train_det's final evaluation (through evaluation/run.py) leaves report.html beside metrics.json."""
+    """train_det's final evaluation (through engine/evaluate.py) leaves report.html beside metrics.json."""
     from restransfer.engine.trainer import train
 
     out = tmp_path / "run"
@@ -283,3 +286,62 @@ def test_large_sets_are_analysed_on_evenly_spaced_images(shapes, tmp_path, monke
     files = {im["id"]: im["file_name"] for im in gt["images"]}
     shown = set(re.findall(r"<figcaption>[^<]*\((\d+\.png)\)</figcaption>", text))
     assert shown and shown <= {files[ids[0]], files[ids[2]]}
+
+
+# ------------------------------------------------------------------------------------ test.report
+
+
+@pytest.mark.parametrize("mode, written", [("final", True), ("always", True), ("never", False)])
+def test_eval_only_writes_the_report_unless_never(shapes, tmp_path, tiny_overrides, fake_inference, mode, written):
+    """--eval-only is a final evaluation: report.html under test.report final and always, none under never
+    (the metrics are written either way)."""
+    from restransfer.engine.trainer import evaluate_only
+
+    out = tmp_path / "out"
+    cfg = _config(shapes / "annotations" / "val.json", shapes / "val", out, tiny_overrides)
+    cfg.test.report = mode
+    cfg.model.weights = str(tmp_path / "unused.pth")  # the fake inference builds no model
+    metrics = evaluate_only(cfg)
+    assert 0 < metrics["bbox"]["AP50"] < 100 and (out / "metrics.json").is_file()
+    assert (out / "report.html").is_file() == written
+
+
+@pytest.mark.parametrize("mode, tool_reports", [("final", True), ("never", False)])
+def test_eval_tools_follow_test_report(shapes, tmp_path, tiny_overrides, fake_inference, mode, tool_reports):
+    """The ImageNet-DET and localization config modes are final evaluations too."""
+    cfg = _config(_ilsvrc_json(shapes, tmp_path), shapes / "val", tmp_path / "det", tiny_overrides)
+    cfg.test.report = mode
+    assert run_module.run_imagenet_det_evaluation(cfg) is not None
+    assert (tmp_path / "det" / "metrics.json").is_file()
+    assert (tmp_path / "det" / "report.html").is_file() == tool_reports
+    cfg.output_dir = str(tmp_path / "loc")
+    run_module.run_imagenet_loc_evaluation(cfg, mode="detector")
+    assert (tmp_path / "loc" / "report.html").is_file() == tool_reports
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode, reports", [("final", 1), ("always", 2), ("never", 0)])
+def test_periodic_evaluations_write_no_report_under_final(shapes, tmp_path, tiny_overrides, monkeypatch, mode,
+                                                          reports):
+    """Two iterations with test.eval_period=1: one periodic evaluation (iteration 1) and the final one. Only
+    test.report=always makes the periodic one write report.html; never writes none at all."""
+    from restransfer.engine.trainer import train
+
+    calls = []
+
+    def counted(evaluator, dataset):
+        calls.append(evaluator.name)
+        return report_of(evaluator, dataset)
+
+    report_of = run_module.evaluation_report
+    monkeypatch.setattr(run_module, "evaluation_report", counted)
+    out = tmp_path / "run"
+    cfg = load_config(None, tiny_overrides(
+        "training", f"data.train=[{{json: {shapes / 'annotations' / 'train.json'}, image_root: {shapes / 'train'}}}]",
+        f"data.test={{json: {shapes / 'annotations' / 'val.json'}, image_root: {shapes / 'val'}}}",
+        f"output_dir={out}", "model.arch=faster_rcnn", "test.eval_period=1", f"test.report={mode}"))
+    train(cfg)
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records if "bbox/AP" in r] == [1]  # the periodic evaluation ran
+    assert calls == ["coco"] * reports
+    assert (out / "report.html").is_file() == (mode != "never")

@@ -21,7 +21,6 @@ row's metrics and results go under --output (default output_dir/ablation). Rows 
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from restransfer.cli import EVAL_MEMORY_HINT, note_output, run_tool
@@ -76,8 +75,8 @@ def main(argv=None) -> int:
     args.weights = args.weights[:1]
 
     from restransfer.config import load_config
-    from restransfer.evaluation.coco import evaluate_predictions
-    from restransfer.models.system import predict_test_set
+    from restransfer.engine.evaluate import evaluate
+    from restransfer.evaluation.metrics_file import write_metrics
 
     base = load_config(args.config, args.opts)
     out = Path(args.output or Path(base.output_dir) / "ablation")
@@ -87,19 +86,18 @@ def main(argv=None) -> int:
     results = []
     for key, weights, overrides in _rows(args):
         cfg = load_config(args.config, list(args.opts) + overrides)
-        start = time.perf_counter()
-        dataset, predictions = predict_test_set(cfg, weights, progress=False)
-        seconds = (time.perf_counter() - start) / max(1, len(predictions))
-        metrics = evaluate_predictions(dataset, predictions, metrics_path=out / key / "metrics.json",
-                                       results_path=out / key / "coco_results.json")
+        # the COCO protocol run of eval_coco.py (metrics.json and coco_results.json in the row's folder), no report
+        run = evaluate(cfg, weights, evaluator="coco", metrics_path=out / key / "metrics.json", report=False,
+                       progress=False)
+        metrics, images = run.metrics, len(run.evaluator.predictions)
+        seconds = run.seconds / max(1, images)
         results.append({"row": key, "weights": [str(w) for w in weights], "overrides": overrides,
                         "metrics": {t: {k: v for k, v in m.items() if k != "per_category"} for t, m in metrics.items()},
-                        "seconds_per_image": seconds, "images": len(predictions)})
+                        "seconds_per_image": seconds, "images": images})
         print(f"{TITLES[key]}: box AP {metrics['bbox']['AP']:.2f}, {seconds:.3f} s/image", flush=True)
     done = {r["row"] for r in results}
     results = sorted(results + [r for k, r in kept.items() if k not in done], key=lambda r: ROWS.index(r["row"]))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_metrics(results, out / "ablation.json")
     print(_format(results))
     print(f"ablation: {out / 'ablation.json'}")
     return 0

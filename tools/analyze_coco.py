@@ -8,7 +8,10 @@ Analyze a results file:
 
 Analyze a model on the config's test set:
 
-    python tools/analyze_coco.py CONFIG --weights CKPT [--iou-type segm] --output DIR [key=value ...]
+    python tools/analyze_coco.py CONFIG --weights CKPT [CKPT ...] [--iou-type segm] --output DIR [key=value ...]
+
+The detections are the evaluation's: several checkpoints are the ResNet paper's ensemble, and
+test.box_refinement=true, test.aug.* add its test-time extras, as for tools/eval_coco.py.
 
 DIR receives analysis.json (each curve's area in percent: overall, per size, per category) and the PNGs.
 A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the traceback).
@@ -24,14 +27,14 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from restransfer.cli import EVAL_MEMORY_HINT, note_output, run_tool
+from restransfer.cli import EVAL_MEMORY_HINT, add_weights_argument, note_output, run_tool, split_weights
 
 
 def _parser() -> argparse.ArgumentParser:
     head, _, rest = __doc__.partition("\n\n")
     p = argparse.ArgumentParser(description=head, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", help="YAML config whose data.test set is analysed")
-    p.add_argument("--weights", help="checkpoint (CONFIG mode)")
+    add_weights_argument(p, "checkpoint (CONFIG mode)")
     p.add_argument("--gt", help="COCO annotation json (results-file mode)")
     p.add_argument("--results", help="COCO results json (results-file mode)")
     p.add_argument("--iou-type", choices=("bbox", "segm"), default="bbox", help="boxes or masks")
@@ -43,20 +46,22 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_intermixed_args(argv)
+    args.weights, args.opts = split_weights(args.weights, args.opts)
     from restransfer.analysis.coco_errors import analyze_coco_errors, read_ground_truth, read_results
     from restransfer.analysis.detection_plots import write_analysis
 
     note_output("--output", args.output)
     if args.config and args.weights and not (args.gt or args.results):
         from restransfer.config import load_config
-        from restransfer.engine.inference import predict_dataset
+        from restransfer.engine.evaluate import predict_dataset
         from restransfer.evaluation.coco import predictions_to_coco_results
 
         cfg = load_config(args.config, args.opts)
+        # the evaluation's predictions: test.aug, test.box_refinement and several --weights (an ensemble) apply
         dataset, predictions = predict_dataset(cfg, args.weights)
         gt, image_ids = dataset.coco.dataset, list(dataset.image_ids)
         results = predictions_to_coco_results(predictions, dataset.label_to_cat_id)
-        gt_name, results_name = str(dataset.json_path), f"the detections of {args.weights}"
+        gt_name, results_name = str(dataset.json_path), f"the detections of {' + '.join(args.weights)}"
     elif args.gt and args.results and not args.config:
         if args.opts:
             parser.error(f"overrides {args.opts} only apply with CONFIG")

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from restransfer.cli import model_parser, note_output, run_tool
-from restransfer.demo import find_images, run_demo
+from restransfer.inference.demo import find_images, run_demo
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     args = _parser().parse_intermixed_args(argv)
     note_output("--output", args.output)
     images = find_images(args.input, exclude=args.output)
-    from restransfer.predictor import Predictor
+    from restransfer.inference.predictor import Predictor
 
     predictor = Predictor(args.config, weights=args.weights, device=args.device, threshold=args.threshold,
                           batch_size=args.batch_size, overrides=args.opts)

@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _config_mode(args: argparse.Namespace) -> dict:
     from restransfer.config import load_config
-    from restransfer.evaluation.run import run_coco_evaluation
+    from restransfer.engine.evaluate import run_coco_evaluation
 
     cfg = load_config(args.config, args.opts)
     note_output("--output" if args.output else "output_dir", args.output or cfg.output_dir)

@@ -72,7 +72,7 @@ def main(argv=None) -> int:
             det_run_report(args.output, None, [], result, gt.wnids, gt.names)
         return 0
     from restransfer.config import load_config
-    from restransfer.evaluation.run import run_imagenet_det_evaluation
+    from restransfer.engine.evaluate import run_imagenet_det_evaluation
 
     cfg = load_config(args.config, args.overrides)
     note_output("output_dir", cfg.output_dir)

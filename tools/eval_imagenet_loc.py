@@ -94,8 +94,9 @@ def _evaluate_submission(p: argparse.ArgumentParser, args) -> dict:
 
 def _evaluate_config(p: argparse.ArgumentParser, args) -> dict:
     from restransfer.config import load_config
-    from restransfer.evaluation.run import run_imagenet_loc_evaluation
-    from restransfer.localization import load_classifier, load_classifier_scores
+    from restransfer.engine.evaluate import run_imagenet_loc_evaluation
+    from restransfer.evaluation.imagenet_loc_guesses import load_classifier_scores
+    from restransfer.inference.classifier import load_classifier
 
     cfg = load_config(args.config, args.overrides)
     note_output("output_dir", cfg.output_dir)

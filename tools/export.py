@@ -5,7 +5,7 @@
     python tools/export.py CONFIG --weights W --format onnx --output model.onnx [--size H W] [--dynamic] [--verify]
 
 The file takes one float RGB image (3, H, W) in [0, 1] of the export size (any size with --dynamic)
-and returns boxes, scores, labels (and masks). restransfer/export.py documents what is fixed at export
+and returns boxes, scores, labels (and masks). restransfer/inference/export.py documents what is fixed at export
 time and how dynamic sizes behave. A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows
 the traceback).
 """
@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from restransfer.cli import config_from_args, model_parser, note_output, run_tool
-from restransfer.export import export_onnx, export_torchscript, verify_export
+from restransfer.inference.export import export_onnx, export_torchscript, verify_export
 from restransfer.models import build_model
 
 
@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="file to write (.pt for TorchScript, .onnx for ONNX)")
     p.add_argument("--size", type=int, nargs=2, default=(800, 1067), metavar=("H", "W"),
                    help="input image size of the export (default 800 1067)")
-    p.add_argument("--dynamic", action="store_true", help="accept other image sizes too (see restransfer/export.py)")
+    p.add_argument("--dynamic", action="store_true", help="accept other image sizes too (see restransfer/inference/export.py)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--verify", action="store_true",
                    help="compare the file's detections with the eager model's on a synthetic image")

@@ -1,13 +1,17 @@
-"""The ``report.html`` of each evaluation entry of :mod:`restransfer.evaluation.run`, from the test dataset
-and the model's predictions. The metrics are written before the report: a report that cannot be made (an
-unwritable folder, unreadable images) is a warning naming the reason, never a lost evaluation."""
+"""The ``report.html`` of each evaluation, from the test dataset and the model's predictions, and of the tools'
+file modes. The metrics are written before the report: a report that cannot be made (an unwritable folder,
+unreadable images) is a warning naming the reason, never a lost evaluation.
+
+:func:`evaluation_report` writes the report of an evaluator that has evaluated (the protocol run of
+:mod:`restransfer.engine.evaluate` calls it); a protocol's report is registered by its evaluator's name
+(:func:`register_report`), and an evaluator without one gets none."""
 from __future__ import annotations
 
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -19,7 +23,8 @@ from ..evaluation.imagenet_loc_io import MAX_GUESSES, read_submission
 from .coco_errors import read_ground_truth, read_results
 from .report import localization_error_split, write_coco_report, write_det_report, write_loc_report
 
-__all__ = ["coco_run_report", "coco_files_report", "det_run_report", "loc_run_report", "loc_files_report"]
+__all__ = ["coco_run_report", "coco_files_report", "det_run_report", "loc_run_report", "loc_files_report",
+           "register_report", "evaluation_report"]
 
 logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -121,3 +126,29 @@ def loc_files_report(metrics_path: PathLike, metrics: Mapping[str, Any], submiss
     except Exception as e:  # noqa: BLE001
         _warn(metrics_path, e)
         return None
+
+
+# evaluator name -> report(evaluator, dataset); the evaluator has evaluated (main process)
+ReportFn = Callable[[Any, Any], Optional[Path]]
+_REPORTS: Dict[str, ReportFn] = {}
+
+
+def register_report(name: str, report: ReportFn) -> None:
+    """Make :func:`evaluation_report` write ``report(evaluator, dataset)`` for evaluators named ``name``."""
+    _REPORTS[name] = report
+
+
+def evaluation_report(evaluator: Any, dataset: Any) -> Optional[Path]:
+    """``report.html`` beside the ``metrics.json`` that ``evaluator`` (which has evaluated, on the main process)
+    wrote for ``dataset``; None when its protocol has no report or it wrote no metrics file."""
+    report = _REPORTS.get(evaluator.name)
+    if report is None or getattr(evaluator, "metrics_path", None) is None:
+        return None
+    return report(evaluator, dataset)
+
+
+register_report("coco", lambda ev, ds: coco_run_report(ev.metrics_path, ev.metrics, ds, ev.predictions))
+register_report("imagenet_det", lambda ev, ds: det_run_report(ev.metrics_path, ds, ev.predictions, ev.result,
+                                                               ev.ground_truth.wnids))
+register_report("imagenet_loc", lambda ev, ds: loc_run_report(ev.metrics_path, ev.metrics, ds, ev.predictions,
+                                                               ev.ground_truth, ev.submission, ev.blacklisted))

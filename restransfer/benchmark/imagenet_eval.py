@@ -8,7 +8,7 @@
 * CLS-LOC: :func:`synthetic_loc_eval_set` builds a class list, per-image ground truth and 5 guesses per image;
   :func:`run_loc_eval_benchmark` writes the Kaggle solution and both submission formats (optionally the
   devkit XML folder) into a temporary folder and times reading each, the top-5 evaluation and the three
-  localization modes of :mod:`restransfer.localization` over detector outputs.
+  localization modes of :mod:`restransfer.evaluation.imagenet_loc_guesses` over detector outputs.
 
 Timings are wall seconds of one run.
 """
@@ -43,7 +43,7 @@ from ..evaluation.imagenet_loc_io import (
     write_devkit_submission,
     write_kaggle_submission,
 )
-from ..localization import classifier_guesses, detector_guesses, gt_class_guesses
+from ..evaluation.imagenet_loc_guesses import classifier_guesses, detector_guesses, gt_class_guesses
 
 __all__ = ["synthetic_det_eval_set", "DetEvalTimings", "run_det_eval_benchmark",
            "synthetic_loc_eval_set", "LocEvalTimings", "run_loc_eval_benchmark", "LOC_EVALUATE_STEP"]

@@ -1,6 +1,7 @@
 """Synthetic inputs for benchmarks and checks: detector batches and COCO-layout folders of JPEGs.
 
-:func:`synthetic_batch` renders synthetic-shapes images with their training targets, in memory.
+:func:`synthetic_batch` renders synthetic-shapes images with their training targets, in memory (it lives
+with the shapes set, :mod:`restransfer.data.shapes`, and is re-exported here).
 :func:`generate_coco_folder` writes photo-like JPEGs at COCO's sizes (640x480 and 480x640, about 150 KB
 each as COCO's are, 1-14 polygon objects per image) with a COCO annotation file.
 """
@@ -10,49 +11,19 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 import pycocotools.mask as mask_util
-import torch
-from torch import Tensor
+
+from ..data.shapes import synthetic_batch
 
 __all__ = ["synthetic_batch", "GeneratedFolder", "generate_coco_folder", "COCO_SIZES"]
 
 # COCO's images are mostly 640 px on the long side, about two thirds of them landscape
 COCO_SIZES = ((480, 640), (640, 480))
 _LANDSCAPE_SHARE = 2 / 3
-
-
-def synthetic_batch(size: Tuple[int, int], batch: int = 1, seed: int = 0, num_classes: int = 3
-                    ) -> Tuple[List[Tensor], List[Dict[str, Tensor]]]:
-    """``batch`` synthetic-shapes images ``(3, H, W)`` float RGB in [0, 1] with their training targets
-    (``boxes`` xyxy, ``labels`` in 1..min(3, num_classes), ``masks`` (N, H, W) uint8)."""
-    from ..data.shapes import render_shapes_image
-
-    h, w = size
-    rng = np.random.default_rng(seed)
-    images, targets = [], []
-    for _ in range(batch):
-        img, objects = render_shapes_image(rng, max(h, w, 64))
-        img = img[:h, :w]
-        boxes, labels, masks = [], [], []
-        for label, mask in objects:
-            mask = mask[:h, :w]
-            ys, xs = np.nonzero(mask)
-            if len(xs) == 0 or xs.max() == xs.min() or ys.max() == ys.min():
-                continue
-            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-            labels.append(min(label, num_classes))
-            masks.append(mask)
-        images.append(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255))
-        targets.append({
-            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-            "labels": torch.tensor(labels, dtype=torch.int64),
-            "masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, h, w), dtype=torch.uint8),
-        })
-    return images, targets
 
 
 @dataclass

@@ -14,14 +14,17 @@ from typing import Iterable, List, Optional
 from omegaconf import DictConfig
 from torch import nn
 
+from ..backbone import PixelConvention, ResNet
+from ..backbone.resnet import DEPTHS
 from ..config import RunSettings, SolverConfig, validate_max_image_pixels, validate_solver
+from ..data.classifier_transforms import CROPS
 from ..yaml_config import ConfigError, load_structured
+from .cifar import CifarResNet
 
 __all__ = ["ClsConfig", "ClsDataSpec", "load_cls_config", "build_classifier", "FORMATS", "ARCHS", "CROPS"]
 
 FORMATS = ("imagefolder", "imagenet_val", "cifar10")
 ARCHS = ("imagenet", "cifar")
-CROPS = ("center", "10crop", "fcn")
 
 
 @dataclass
@@ -106,8 +109,6 @@ def _choice(key: str, value, choices) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Value checks that the schema's types cannot express; :class:`ConfigError` names the key."""
-    from ..backbone.resnet import DEPTHS
-
     m = cfg.model
     _choice("model.arch", m.arch, ARCHS)
     if m.arch == "imagenet":
@@ -148,9 +149,6 @@ def validate(cfg: DictConfig) -> None:
 def build_classifier(cfg: DictConfig) -> nn.Module:
     """The network of ``cfg.model`` with BatchNorm after every convolution, trainable throughout. Both archs
     have ``classify(x) -> (B, num_classes)`` logits and a ``pixel_convention`` from ``cfg.input``."""
-    from ..backbone import PixelConvention, ResNet
-    from .cifar import CifarResNet
-
     m = cfg.model
     if m.arch == "cifar":
         model: nn.Module = CifarResNet(m.depth, residual=m.residual, num_classes=m.num_classes)

@@ -31,16 +31,18 @@ import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..data.classifier_transforms import normalize, resize_shorter
 from ..data.ilsvrc import Synsets, read_synsets
 from ..data.image_io import DEFAULT_MAX_IMAGE_PIXELS, CorruptImageError, read_image
 from ..data.imagenet_loc import read_ground_truth_labels, read_kaggle_solution
 from ..errors import DataError, WeightsError
 from ..serialization import safe_load_pickle
+from ..yaml_config import resolve_path
+from .synthetic import ensure_shape_classes
 
 __all__ = ["ClassificationDataset", "read_imagefolder", "read_imagenet_val", "read_cifar10", "TrainTransform",
            "resize_shorter", "normalize", "CIFAR10_CLASSES", "CIFAR_MAX_ROWS", "IMAGE_SUFFIXES", "dataset_from_spec"]
@@ -267,22 +269,6 @@ def read_cifar10(root: os.PathLike | str, split: str = "train") -> Tuple[np.ndar
     return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels), classes
 
 
-def resize_shorter(img: np.ndarray, size: int) -> np.ndarray:
-    """Resize uint8/float (H, W, 3) so that its shorter side is ``size`` (aspect ratio kept)."""
-    h, w = img.shape[:2]
-    if min(h, w) == size:
-        return img
-    s = size / min(h, w)
-    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
-    return cv2.resize(img, (max(size, round(w * s)), max(size, round(h * s))), interpolation=interp)
-
-
-def normalize(img: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """RGB (H, W, 3) in 0..255 -> float32 (3, H, W) tensor ``(img - mean) / std``."""
-    out = (img.astype(np.float32) - np.float32(mean)) / np.float32(std)
-    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
-
-
 class TrainTransform:
     """The paper's training augmentation on an RGB uint8 image, driven by a seeded generator: the shorter
     side resized to a random size in ``[scale_min, scale_max]`` (0: unchanged), ``pad`` pixels of zeros
@@ -404,14 +390,10 @@ def dataset_from_spec(spec, class_names: Optional[Sequence[str]] = None, data=No
     ``generate``); ``class_names`` fixes the class list (the model's) where the layout does not carry it.
     ``data`` is the config's ``data`` node, whose ``allow_outside_root`` and ``max_image_pixels`` apply (None:
     their defaults, False and 100 megapixels)."""
-    from ..yaml_config import resolve_path
-
     allow_outside_root = bool(data.allow_outside_root) if data is not None else False
     max_pixels = int(data.max_image_pixels) if data is not None else DEFAULT_MAX_IMAGE_PIXELS
     root = resolve_path(spec.image_root)
     if spec.generate == "shapes":
-        from .synthetic import ensure_shape_classes
-
         ensure_shape_classes(root)
     if spec.format == "imagefolder":
         paths, labels, names = read_imagefolder(root, class_names, allow_outside_root=allow_outside_root)

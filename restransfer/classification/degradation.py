@@ -17,7 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ..analysis.curves import read_run
 from ..fileio import atomic_write_text
+from .config import load_cls_config
+from .train import train_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +41,6 @@ def plan_runs(configs: Sequence[os.PathLike | str], output: os.PathLike | str, *
               overrides: Sequence[str] = ()) -> List[StudyRun]:
     """The runs of a study: every config as it is, or with ``depths`` every config at each depth as a plain
     and a residual net. ``overrides`` (``key=value``) apply to all. Names must differ (``plain-20``, ...)."""
-    from .config import load_cls_config
-
     runs: List[StudyRun] = []
     for path in configs:
         variants = [[f"model.depth={d}", f"model.residual={r}"] for d in depths for r in ("false", "true")] or [[]]
@@ -58,8 +59,6 @@ def plan_runs(configs: Sequence[os.PathLike | str], output: os.PathLike | str, *
 def read_curves(output_dir: os.PathLike | str) -> Dict[str, List[float]]:
     """``{"iteration", "train_error", "test_iteration", "test_error"}`` from a run's ``log.jsonl`` (train: the
     top-1 error in percent on the augmented batches of each logging window; test: center-crop top-1 error)."""
-    from ..analysis.curves import read_run
-
     series = read_run(output_dir).series
     if "train_error" not in series:
         raise ValueError(f"{Path(output_dir) / 'log.jsonl'}: no train_error records; was this written by train_cls?")
@@ -113,8 +112,6 @@ def format_table(curves: Dict[str, Dict[str, List[float]]], last: int = 3) -> st
 def run_study(runs: Sequence[StudyRun], output: os.PathLike | str, *, title: str = "") -> Dict[str, dict]:
     """Train every run (skipping those whose ``model_final.pth`` exists), then write the figure, the curves
     and the table into ``output``; returns the curves by run name."""
-    from .train import train_classifier
-
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     for run in runs:

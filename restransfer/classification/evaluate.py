@@ -9,23 +9,29 @@ testing, and the top-1 / top-5 error.
   average pooling over whatever spatial size it has); the softmax scores are averaged over all views.
 
 Errors are percentages: an image counts as a top-k error when its label is not among the k highest scores.
+The views (:mod:`restransfer.data.classifier_transforms`) and the scoring loop
+(:func:`restransfer.inference.classifier.classifier_scores`) are the ones the localization task's classifier
+mode uses; ``metrics.json`` goes through the one metrics writer (:mod:`restransfer.evaluation.metrics_file`).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from torchvision.transforms.v2 import functional as TF
 
+from ..data.classifier_transforms import center_crop, image_views, ten_crops
+from ..devices import resolve_device
 from ..errors import DataError
-from .config import CROPS
-from .data import ClassificationDataset, normalize, resize_shorter
+from ..evaluation.metrics_file import write_metrics
+from ..inference.classifier import classifier_scores
+from .checkpoint import load_classifier_weights
+from .config import build_classifier
+from .data import ClassificationDataset, dataset_from_spec
 
 logger = logging.getLogger(__name__)
 
@@ -52,83 +58,6 @@ def topk_errors(scores: np.ndarray | torch.Tensor, labels: Sequence[int], ks: Se
     return out
 
 
-def center_crop(img: np.ndarray, crop: int) -> np.ndarray:
-    """The central ``crop`` x ``crop`` window of (H, W, C) ``img``."""
-    h, w = img.shape[:2]
-    y, x = (h - crop) // 2, (w - crop) // 2
-    return img[y:y + crop, x:x + crop]
-
-
-def ten_crops(img: np.ndarray, crop: int) -> np.ndarray:
-    """(10, crop, crop, C): top-left, top-right, bottom-left, bottom-right, center, then the same five of
-    the horizontally flipped image (torchvision's ``ten_crop``)."""
-    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
-    return torch.stack(TF.ten_crop(t, [crop, crop])).permute(0, 2, 3, 1).numpy()
-
-
-def image_views(img: np.ndarray, mode: str, *, crop: int, test_size: int,
-                scales: Sequence[int] = ()) -> List[np.ndarray]:
-    """The test views of one RGB image as groups of equally sized views ``(V, H, W, 3)``: one group for
-    ``center`` (V=1) and ``10crop`` (V=10), one per scale for ``fcn`` (the image and its flip, V=2)."""
-    if mode not in CROPS:
-        raise ValueError(f"crops={mode!r} is not one of {', '.join(CROPS)}")
-    if mode == "fcn":
-        groups = []
-        for s in scales:
-            r = resize_shorter(img, int(s))
-            groups.append(np.stack([r, r[:, ::-1]]))
-        return groups
-    resized = resize_shorter(img, test_size)
-    if mode == "center":
-        return [center_crop(resized, crop)[None]]
-    return [ten_crops(resized, crop)]
-
-
-@torch.no_grad()
-def classifier_scores(model: nn.Module, dataset: ClassificationDataset, *, mode: str = "center", crop: int = 224,
-                      test_size: int = 256, scales: Sequence[int] = (), mean=(0, 0, 0), std=(1, 1, 1),
-                      batch_size: int = 32, device: torch.device | str = "cpu", bgr: bool = False) -> np.ndarray:
-    """(N, C) softmax scores of ``model.classify`` over ``dataset``, averaged over each image's views
-    (``mean``/``std`` in 0..255 units; ``bgr`` feeds the channels in BGR order). The row of an image that
-    cannot be read is NaN (the dataset warns and counts it: ``dataset.unreadable``)."""
-    model.eval()
-    out: List[np.ndarray] = []
-    pending: List[Tuple[int, torch.Tensor]] = []  # (image index, views) of one batch
-
-    def flush() -> None:
-        if not pending:
-            return
-        x = torch.cat([v for _, v in pending]).to(device)
-        probs = torch.softmax(model.classify(x).float(), dim=1).cpu()
-        sizes = [len(v) for _, v in pending]
-        for (i, _), p in zip(pending, probs.split(sizes)):
-            acc[i] = acc.get(i, 0) + p.sum(0)
-            counts[i] = counts.get(i, 0) + len(p)
-        pending.clear()
-
-    acc: Dict[int, torch.Tensor] = {}
-    counts: Dict[int, int] = {}
-    for i in range(len(dataset)):
-        img = dataset.read(i)
-        if img is None:  # unreadable: the dataset warned and counts it
-            continue
-        groups = image_views(img, mode, crop=crop, test_size=test_size, scales=scales)
-        for g in groups:
-            views = torch.stack([normalize(v[..., ::-1] if bgr else v, mean, std) for v in g])
-            if pending and (views.shape[1:] != pending[0][1].shape[1:] or len(pending) >= batch_size):
-                flush()
-            pending.append((i, views))
-        if mode == "fcn":
-            flush()  # views of other images have other sizes
-    flush()
-    if not acc:
-        return np.full((len(dataset), 0), np.nan, np.float32)
-    num_classes = len(next(iter(acc.values())))
-    for i in range(len(dataset)):
-        out.append((acc[i] / counts[i]).numpy() if i in acc else np.full(num_classes, np.nan, np.float32))
-    return np.stack(out) if out else np.zeros((0, 0), np.float32)
-
-
 def evaluate_classifier(model: nn.Module, dataset: ClassificationDataset, **kwargs) -> Dict[str, float]:
     """``{"top1_error", "top5_error"}`` in percent of ``model`` on ``dataset`` (keyword arguments as in
     :func:`classifier_scores`). Images that cannot be read are left out with a warning, and counted in
@@ -147,12 +76,6 @@ def evaluate_classifier(model: nn.Module, dataset: ClassificationDataset, **kwar
     return metrics
 
 
-def write_metrics(metrics: Dict[str, float], path: os.PathLike | str) -> None:
-    from ..fileio import atomic_write_text
-
-    atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
-
-
 def cfg_test_kwargs(cfg, mode: Optional[str] = None, scales: Optional[Sequence[int]] = None) -> dict:
     """The :func:`classifier_scores` keyword arguments of a classification config (``mode``/``scales``
     override ``test.crops``/``test.scales``)."""
@@ -167,11 +90,6 @@ def run_cls_evaluation(cfg, weights: os.PathLike | str, *, mode: Optional[str] =
     """Load ``weights`` (a ``train_cls`` checkpoint, or ResNet ImageNet weights for the imagenet arch) into the
     config's network, test it on ``data.test`` and write ``metrics.json`` (``output``, default
     ``output_dir/metrics.json``)."""
-    from ..devices import resolve_device
-    from .checkpoint import load_classifier_weights
-    from .config import build_classifier
-    from .data import dataset_from_spec
-
     if cfg.data.test is None:
         raise ValueError("evaluation needs data.test in the config ({image_root: DIR, format: ...})")
     model = build_classifier(cfg)

@@ -12,9 +12,10 @@ from omegaconf import DictConfig
 from torch.utils.data import ConcatDataset, DataLoader
 
 from restransfer.config import resolve_path
+from restransfer.devices import resolve_device
 from restransfer.data.coco import DATASETS_README, CocoDataset
 from restransfer.data.image_io import DEFAULT_MAX_IMAGE_PIXELS
-from restransfer.data.samplers import InferenceSampler, TrainingBatchSampler, aspect_ratio_groups
+from restransfer.data.samplers import InferenceSampler, TrainingBatchSampler, aspect_ratio_groups, batch_layout
 from restransfer.data.shapes import ensure_shapes
 from restransfer.data.transforms import TrainAugmentation, build_transforms
 
@@ -116,13 +117,11 @@ def dataset_from_spec(
     filter_empty: bool,
     allow_outside_root: bool = False,
     max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS,
-    uint8_images: bool = False,
 ) -> CocoDataset:
     """A :class:`CocoDataset` from one ``DatasetSpec`` (``json``, ``image_root``, ``format``, ``name``, ``generate``).
 
     ``key`` (e.g. ``"data.train[0]"``) names the spec in error messages; ``allow_outside_root`` and
-    ``max_image_pixels`` are ``data.allow_outside_root`` and ``data.max_image_pixels`` (see :class:`CocoDataset`),
-    ``uint8_images`` makes images uint8 (3, H, W) in 0..255 (the training loader's; see :class:`CocoDataset`).
+    ``max_image_pixels`` are ``data.allow_outside_root`` and ``data.max_image_pixels`` (see :class:`CocoDataset`).
     """
     if spec.format not in _COCO_JSON_FORMATS:
         raise ValueError(f"{key}.format: {spec.format!r} is not supported; use one of {', '.join(_COCO_JSON_FORMATS)} "
@@ -135,8 +134,7 @@ def dataset_from_spec(
     _check_generated_layout(spec, json_path, image_root, key)
     ds = CocoDataset(json_path, image_root, transforms=transforms, with_masks=with_masks,
                      filter_empty=filter_empty, is_train=is_train, name=spec.name or None,
-                     allow_outside_root=allow_outside_root, max_image_pixels=max_image_pixels,
-                     uint8_images=uint8_images)
+                     allow_outside_root=allow_outside_root, max_image_pixels=max_image_pixels)
     logger.info("%s: %s: %d images, %d classes", key, ds.name, len(ds), len(ds.class_names))
     return ds
 
@@ -161,8 +159,7 @@ def build_train_dataset(cfg: DictConfig) -> CocoConcatDataset:
         dataset_from_spec(spec, key=f"data.train[{i}]", is_train=True, transforms=transforms,
                           with_masks=uses_masks(cfg), filter_empty=cfg.data.filter_empty,
                           allow_outside_root=cfg.data.allow_outside_root,
-                          max_image_pixels=cfg.data.max_image_pixels,
-                          uint8_images=True)  # the model converts: a quarter of the bytes to move
+                          max_image_pixels=cfg.data.max_image_pixels)
         for i, spec in enumerate(cfg.data.train)
     ]
     reference = _categories(datasets[0])
@@ -192,8 +189,6 @@ def build_test_dataset(cfg: DictConfig) -> CocoDataset:
 
 
 def _pin_memory(cfg: DictConfig) -> bool:
-    from ..devices import resolve_device
-
     try:
         return resolve_device(cfg.device).type == "cuda"
     except RuntimeError:  # a CUDA device where there is none: the trainer or evaluator reports it
@@ -214,15 +209,12 @@ def build_train_loader(cfg: DictConfig, start_iter: int = 0, rank: int = 0, worl
                        dataset: Optional[CocoConcatDataset] = None, batch_size: Optional[int] = None) -> DataLoader:
     """Endless DataLoader of training batches for this process.
 
-    Each batch is ``(images, targets)``: tuples of ``batch_size`` (3, H, W) uint8 tensors (RGB, 0..255: the
-    detector converts them, see :class:`~restransfer.models.transform.DetectionTransform`) and target dicts
+    Each batch is ``(images, targets)``: tuples of ``batch_size`` (3, H, W) float tensors and target dicts
     (see :class:`CocoDataset`); ``batch_size`` defaults to the images one process computes per forward pass
-    (``solver.ims_per_device``, see :func:`restransfer.engine.solver.batch_layout`). Batch ``k`` of the
+    (``solver.ims_per_device``, see :func:`restransfer.data.samplers.batch_layout`). Batch ``k`` of the
     loader is the loader's batch number ``start_iter + k`` (with gradient accumulation a training iteration
     takes several); the sequence depends only on ``cfg.seed``, ``rank`` and ``world_size``.
     """
-    from ..engine.solver import batch_layout
-
     if batch_size is None:
         batch_size = batch_layout(cfg.solver.ims_per_batch, cfg.solver.ims_per_device, world_size).per_device
     dataset = dataset if dataset is not None else build_train_dataset(cfg)

@@ -1,4 +1,7 @@
-"""Batch samplers for the iteration-based trainer and for distributed inference.
+"""Batch samplers for the iteration-based trainer and for distributed inference, and the batch layout.
+
+:func:`batch_layout` splits the images of one optimizer step over processes, images per forward pass and
+gradient accumulation (:class:`BatchLayout`); the training loaders size their batches by it.
 
 :class:`TrainingBatchSampler` yields an endless sequence of batches that is a pure function of
 ``(seed, rank, world_size, iteration)``: starting it at ``start_iter`` gives exactly the batches an
@@ -17,12 +20,12 @@ number of DataLoader workers.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["TrainingBatchSampler", "InferenceSampler", "aspect_ratio_groups"]
+__all__ = ["TrainingBatchSampler", "InferenceSampler", "aspect_ratio_groups", "BatchLayout", "batch_layout"]
 
 # Distinguishes the augmentation-seed stream from the permutation stream drawn from the same seed.
 _AUGMENT_STREAM = 0x5EED
@@ -141,3 +144,46 @@ class InferenceSampler(Sampler):
 
     def __len__(self) -> int:
         return self.end - self.begin
+
+
+class BatchLayout(NamedTuple):
+    """How one optimizer step of ``total`` images is computed: ``processes`` x ``per_device`` images per
+    forward/backward x ``accumulation`` micro-steps."""
+
+    total: int
+    processes: int
+    per_device: int
+    accumulation: int
+
+    def describe(self) -> str:
+        return (f"{self.total} images per step = {self.processes} process{'es' if self.processes > 1 else ''} x "
+                f"{self.per_device} image{'s' if self.per_device > 1 else ''} x {self.accumulation} accumulation "
+                f"step{'s' if self.accumulation > 1 else ''}")
+
+
+def batch_layout(ims_per_batch: int, ims_per_device: Optional[int], world_size: int) -> BatchLayout:
+    """Split ``solver.ims_per_batch`` images per optimizer step over ``world_size`` processes of
+    ``solver.ims_per_device`` images (at most ``ims_per_batch / world_size``, the default) and gradient
+    accumulation.
+
+    Raises:
+        ValueError: the numbers do not divide; the message names the three and a valid choice.
+    """
+    # ims_per_device is what one process may compute at once: with more processes than the config's
+    # reference had, each computes its share of the step (ims_per_batch / processes) instead
+    per_device = ims_per_batch // world_size
+    if ims_per_device is not None:
+        per_device = min(ims_per_device, per_device)
+    if per_device < 1 or ims_per_batch % (world_size * per_device):
+        divisors = [d for d in range(1, ims_per_batch + 1) if ims_per_batch % (world_size * d) == 0]
+        if divisors:
+            hint = f"set solver.ims_per_device to one of {', '.join(map(str, divisors))}"
+        else:
+            valid = [n for n in range(1, ims_per_batch + 1) if ims_per_batch % n == 0]
+            hint = (f"run on a number of processes that divides it ({', '.join(map(str, valid))}) or set "
+                    f"solver.ims_per_batch to a multiple of {world_size}")
+        raise ValueError(f"solver.ims_per_batch={ims_per_batch} images per step cannot be split into {world_size} "
+                         f"process(es) x solver.ims_per_device="
+                         f"{ims_per_device if ims_per_device is not None else 'auto'} images x whole accumulation "
+                         f"steps; {hint}")
+    return BatchLayout(ims_per_batch, world_size, per_device, ims_per_batch // (world_size * per_device))

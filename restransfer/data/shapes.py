@@ -29,11 +29,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 import pycocotools.mask as mask_util
+import torch
+from torch import Tensor
 
 from ..fileio import atomic_write_text
 
 __all__ = ["SHAPE_CLASSES", "DEFAULT_CLASSES", "DEFAULT_NUM_TRAIN", "DEFAULT_NUM_VAL", "generate_shapes",
-           "ensure_shapes", "render_shapes_image"]
+           "ensure_shapes", "render_shapes_image", "synthetic_batch"]
 
 SHAPE_CLASSES = ("circle", "triangle", "square", "star")
 DEFAULT_CLASSES = ("circle", "triangle", "square")
@@ -253,3 +255,31 @@ def ensure_shapes(root: Union[str, os.PathLike], **kwargs: Any) -> Dict[str, Pat
         if all(p.is_file() for p in paths.values()):
             return paths
         return generate_shapes(root, **kwargs)
+
+
+def synthetic_batch(size: Tuple[int, int], batch: int = 1, seed: int = 0, num_classes: int = 3
+                    ) -> Tuple[List[Tensor], List[Dict[str, Tensor]]]:
+    """``batch`` synthetic-shapes images ``(3, H, W)`` float RGB in [0, 1] with their training targets
+    (``boxes`` xyxy, ``labels`` in 1..min(3, num_classes), ``masks`` (N, H, W) uint8)."""
+    h, w = size
+    rng = np.random.default_rng(seed)
+    images, targets = [], []
+    for _ in range(batch):
+        img, objects = render_shapes_image(rng, max(h, w, 64))
+        img = img[:h, :w]
+        boxes, labels, masks = [], [], []
+        for label, mask in objects:
+            mask = mask[:h, :w]
+            ys, xs = np.nonzero(mask)
+            if len(xs) == 0 or xs.max() == xs.min() or ys.max() == ys.min():
+                continue
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            labels.append(min(label, num_classes))
+            masks.append(mask)
+        images.append(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255))
+        targets.append({
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+            "masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, h, w), dtype=torch.uint8),
+        })
+    return images, targets

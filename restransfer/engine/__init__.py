@@ -1,7 +1,9 @@
-"""Training loop, checkpoints, schedules, distributed helpers and the inference loop."""
+"""Training loop, checkpoints, schedules, the output folder's lock, and the protocol run (:mod:`.evaluate`)."""
+from ..inference.loop import inference_on_dataset, predict_dataset
 from .checkpoint import Checkpointer
-from .inference import evaluate_model, inference_on_dataset, predict_dataset
+from .evaluate import evaluate_model  # not evaluate(): the name is the submodule's (engine.evaluate)
 from .lock import OutputDirLocked
 from .trainer import NonFiniteLossError, evaluate_only, train
 
-__all__ = ["train", "evaluate_only", "OutputDirLocked", "NonFiniteLossError", "Checkpointer", "predict_dataset", "evaluate_model", "inference_on_dataset"]
+__all__ = ["train", "evaluate_only", "OutputDirLocked", "NonFiniteLossError", "Checkpointer", "predict_dataset",
+           "evaluate_model", "inference_on_dataset"]

@@ -2,8 +2,9 @@
 
 ``train(cfg)`` trains the config's model on ``cfg.data.train``, checkpoints atomically every
 ``solver.checkpoint_period`` iterations (and ``model_final.pth`` at the end), evaluates every
-``test.eval_period`` iterations (keeping ``model_best.pth`` by box AP) and at the end (``metrics.json``
-and ``coco_results.json`` in ``output_dir``). ``resume=True`` continues from the last checkpoint with
+``test.eval_period`` iterations (keeping ``model_best.pth`` by the evaluator's main metric: box AP for COCO,
+devkit mAP for ImageNet-DET) and at the end (``metrics.json`` and the protocol's files in ``output_dir``;
+:mod:`restransfer.engine.evaluate`). ``resume=True`` continues from the last checkpoint with
 model, optimizer, scheduler, iteration, RNG states and data position restored, so an interrupted and
 resumed run ends with the weights of an uninterrupted one.
 
@@ -26,13 +27,15 @@ import torch
 from torch import nn
 
 from ..config import dump_config
-from ..errors import NonFiniteLossError, TrainingOutOfMemory
+from ..data.build import build_train_dataset, build_train_loader
+from ..errors import NonFiniteLossError, TrainingOutOfMemory, is_out_of_memory
+from ..models import build_model
 from .checkpoint import Checkpointer, rng_state, set_rng_state
 from ..devices import (autocast_context, check_autocast_precision, check_precision_support, resolve_device,
                        resolve_precision)
 from ..distributed import all_gather_object, get_rank, get_world_size, init_distributed, is_main_process
 from .lock import locked_output_dir
-from .inference import evaluate_model
+from .evaluate import PeriodicEvaluation, evaluate_model
 from .preflight import check_detection_run, log_dataset_entries, write_run_config
 from .logger import MetricsWriter, setup_logging
 from .solver import BatchLayout, batch_layout, build_optimizer, build_scheduler
@@ -193,9 +196,6 @@ def restore_training_state(found, model: nn.Module, optimizer, scheduler, scaler
 
 
 def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[Dict[str, Any]]:
-    from ..data.build import build_train_dataset, build_train_loader
-    from ..models import build_model
-
     distributed = get_world_size() > 1
     rank, world = get_rank(), get_world_size()
     out = Path(cfg.output_dir)
@@ -246,11 +246,6 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[D
 
 
 
-def _is_out_of_memory(e: BaseException) -> bool:
-    text = str(e)
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
-
-
 def _loop(cfg, model, optimizer, scheduler, scaler, loader, ckpt: Checkpointer, writer: MetricsWriter,
           device: torch.device, precision: str, start_iter: int, best: Optional[float],
           layout: BatchLayout) -> Optional[float]:
@@ -263,6 +258,8 @@ def _loop(cfg, model, optimizer, scheduler, scaler, loader, ckpt: Checkpointer, 
     start = time.perf_counter()
     accumulation = layout.accumulation
     ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    # any evaluator (test.evaluator): its scalars go to log.jsonl, its main metric ranks model_best.pth
+    periodic = PeriodicEvaluation(cfg) if eval_period > 0 and cfg.data.test is not None else None
     for it in range(start_iter, max_iter):
         t0 = time.perf_counter()
         data_time = 0.0
@@ -295,7 +292,7 @@ def _loop(cfg, model, optimizer, scheduler, scaler, loader, ckpt: Checkpointer, 
                     loss = losses / accumulation
                     (scaler.scale(loss) if scaler is not None else loss).backward()
             except RuntimeError as e:
-                if not _is_out_of_memory(e):
+                if not is_out_of_memory(e):
                     raise
                 raise TrainingOutOfMemory(
                     f"iteration {it}: out of memory on {device} computing {layout.per_device} image(s) per "
@@ -338,15 +335,14 @@ def _loop(cfg, model, optimizer, scheduler, scaler, loader, ckpt: Checkpointer, 
         elif writer.interactive:
             writer.progress(done, "")
 
-        if eval_period > 0 and done % eval_period == 0 and done < max_iter and cfg.data.test is not None:
-            metrics = evaluate_model(cfg, model=_unwrap(model), progress=False)
+        if periodic is not None and done % eval_period == 0 and done < max_iter:
+            scalars = periodic(_unwrap(model))
             model.train()
-            if is_main_process() and metrics:
-                ap = metrics["bbox"]["AP"]
-                writer.write(done, {"bbox/AP": ap, "bbox/AP50": metrics["bbox"]["AP50"],
-                                    "images_seen": done * layout.total})
-                if best is None or ap > best:
-                    best = ap
+            run = periodic.last  # None on processes other than the main one
+            if run is not None and scalars:
+                writer.write(done, {**scalars, "images_seen": done * layout.total})
+                if run.improves(best):
+                    best = run.main_value
                     ckpt.save("model_best.pth", _state(model, optimizer, scheduler, scaler, done, cfg, best))
         if period > 0 and done % period == 0 and done < max_iter and is_main_process():
             ckpt.save(f"model_{done:07d}.pth", _state(model, optimizer, scheduler, scaler, done, cfg, best),

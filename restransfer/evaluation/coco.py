@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import logging
 import math
 import os
@@ -47,8 +46,11 @@ from restransfer.boxes import xyxy_to_xywh
 from restransfer.data.coco_checks import check_ground_truth, check_results, load_coco_json
 from restransfer.data.json_io import read_json
 from restransfer.errors import DataError
-from restransfer.fileio import atomic_open
+from restransfer.evaluation.metrics_file import write_json, write_metrics
 from restransfer.rle import encode_masks
+
+# the one metrics/results writer (strict JSON, NaN -> null), under this module's names too
+write_json_atomic = write_json
 
 __all__ = [
     "ENGINES",
@@ -303,27 +305,6 @@ def format_metrics_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
                 lines.append("".join(cells).rstrip())
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, Mapping):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
-
-
-def write_json_atomic(obj: Any, path: Union[str, os.PathLike]) -> Path:
-    """Write ``obj`` as strict JSON to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    with atomic_open(path) as f:
-        json.dump(obj, f, allow_nan=False)
-    return path
-
-
-def write_metrics(metrics: Mapping[str, Any], path: Union[str, os.PathLike]) -> Path:
-    """Write metrics atomically as strict JSON (NaN, i.e. undefined, becomes ``null``)."""
-    return write_json_atomic(_json_safe(metrics), path)
 
 
 def evaluate_predictions(

@@ -13,26 +13,37 @@ stored, "scores" (N,), "labels" (N,) in 1..K, "masks" (optional, a list of COCO 
 
 :class:`DatasetEvaluator` keeps the predictions, gathers them to the main process only (not to every
 process) in the dataset's image order, and hands them to :meth:`DatasetEvaluator.compute`, which a
-protocol implements over whole arrays. Protocols are registered by name (:func:`register_evaluator`) and
-by the dataset format they evaluate, so ``test.evaluator: auto`` finds one for any test set.
+protocol implements over whole arrays (and where it writes its files: only the main process gets there).
+
+Protocols are registered by name (:func:`register_evaluator`) and by the dataset format they evaluate, so
+``test.evaluator: auto`` finds one for any test set. A factory is called with keyword arguments: ``dataset``
+(the test dataset: ``image_ids`` in order, ``class_names``, the protocol's ground truth), ``output_dir``
+(where it writes its files; None: nowhere) and the options its protocol documents; it must accept and may
+ignore options it does not know (``**options``), since the caller does not know which protocol it gets.
+
+Training logs :meth:`Evaluator.scalars` in ``log.jsonl`` and keeps ``model_best.pth`` by
+:attr:`Evaluator.main_metric` (higher is better unless :attr:`Evaluator.higher_is_better` is False).
 """
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Dict, List, Optional, Sequence
+import math
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from ..distributed import gather_object, is_main_process
 from ..errors import ConfigError
 
 __all__ = ["Evaluator", "DatasetEvaluator", "register_evaluator", "evaluator_names", "evaluator_for_format",
-           "evaluator_factory"]
+           "evaluator_factory", "build_evaluator", "gather_predictions"]
 
 
 class Evaluator(abc.ABC):
-    """One evaluation protocol. ``name`` is the prefix of its entries in ``log.jsonl`` (``bbox/AP``,
-    ``imagenet_det/mAP``, ``voc/mAP``)."""
+    """One evaluation protocol. ``name`` is the prefix of its entries in ``log.jsonl`` (``imagenet_det/mAP``,
+    ``voc/mAP``; COCO's keep their own ``bbox/AP``), ``main_metric`` the entry best-model tracking follows."""
 
     name: str = ""
+    main_metric: str = ""  # a key of scalars(); empty: the first one
+    higher_is_better: bool = True
 
     @abc.abstractmethod
     def reset(self) -> None:
@@ -46,17 +57,53 @@ class Evaluator(abc.ABC):
     def evaluate(self) -> Dict[str, Any]:
         """The metrics (percentages) on the main process, ``{}`` on the others."""
 
+    def scalars(self, metrics: Mapping[str, Any]) -> Dict[str, float]:
+        """The numbers training logs for ``metrics``, as ``"<name>/<key>"``: by default every top-level
+        number (a nested table such as per-class AP is left to metrics.json). NaN (undefined) stays NaN here;
+        training leaves such entries out of ``log.jsonl``."""
+        prefix = f"{self.name}/" if self.name else ""
+        return {f"{prefix}{k}": float(v) for k, v in metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    def main_value(self, metrics: Mapping[str, Any]) -> Optional[float]:
+        """The value of :attr:`main_metric` in ``metrics`` (None when it is missing or NaN)."""
+        scalars = self.scalars(metrics)
+        key = self.main_metric or next(iter(scalars), None)
+        value = scalars.get(key) if key is not None else None
+        return None if value is None or math.isnan(value) else value
+
+    def format(self, metrics: Mapping[str, Any]) -> str:
+        """The metrics for people (rounded); the files keep full precision."""
+        return "\n".join(f"{k}: {v:.2f}" for k, v in self.scalars(metrics).items())
+
+
+def gather_predictions(predictions: List[Dict[str, Any]],
+                       image_ids: Optional[Sequence[int]] = None) -> Optional[List[Dict[str, Any]]]:
+    """Every process's ``predictions`` on the main process (None elsewhere), in ``image_ids`` order (images
+    without a prediction left out), or by image id without ``image_ids``. Only the main process receives
+    them (``torch.distributed.gather_object``): a large test set's predictions are not copied to every rank."""
+    parts = gather_object(predictions)
+    if not is_main_process():
+        return None
+    merged = {int(p["image_id"]): p for part in parts for p in part}
+    if image_ids is None:
+        return [merged[i] for i in sorted(merged)]
+    return [merged[int(i)] for i in image_ids if int(i) in merged]
+
 
 class DatasetEvaluator(Evaluator):
     """An evaluator over a dataset's whole prediction list: ``process`` keeps each image's prediction,
-    ``evaluate`` gathers them to the main process in ``image_ids`` order and calls :meth:`compute`."""
+    ``evaluate`` gathers them to the main process in ``image_ids`` order and calls :meth:`compute`; the
+    gathered list stays available as ``predictions`` (main process) for reports."""
 
     def __init__(self, image_ids: Optional[Sequence[int]] = None) -> None:
         self.image_ids = None if image_ids is None else [int(i) for i in image_ids]
         self._predictions: List[Dict[str, Any]] = []
+        self.predictions: Optional[List[Dict[str, Any]]] = None
 
     def reset(self) -> None:
         self._predictions = []
+        self.predictions = None
 
     def process(self, inputs: Sequence[Dict[str, Any]], outputs: Sequence[Dict[str, Any]]) -> None:
         for target, output in zip(inputs, outputs):
@@ -66,18 +113,13 @@ class DatasetEvaluator(Evaluator):
 
     def gathered(self) -> Optional[List[Dict[str, Any]]]:
         """Every process's predictions on the main process, in ``image_ids`` order; None elsewhere."""
-        parts = gather_object(self._predictions)
-        if not is_main_process():
-            return None
-        merged = {int(p["image_id"]): p for part in parts for p in part}
-        if self.image_ids is None:
-            return [merged[i] for i in sorted(merged)]
-        return [merged[i] for i in self.image_ids if i in merged]
+        return gather_predictions(self._predictions, self.image_ids)
 
     def evaluate(self) -> Dict[str, Any]:
         predictions = self.gathered()
         if predictions is None:
             return {}
+        self.predictions = predictions
         return self.compute(predictions)
 
     @abc.abstractmethod
@@ -91,7 +133,8 @@ _REGISTRY: Dict[str, Any] = {}
 
 def register_evaluator(name: str, factory: Callable[..., Evaluator], formats: Sequence[str] = ()) -> None:
     """Make ``test.evaluator: NAME`` build evaluators with ``factory``, and ``auto`` pick it for test sets of
-    the given ``formats`` (``coco``, ``imagenet_det``, ``voc``, ...)."""
+    the given ``formats`` (``coco``, ``imagenet_det``, ``voc``, ...). See the module docstring for the
+    factory's arguments."""
     _REGISTRY[name] = (factory, tuple(formats))
 
 
@@ -113,3 +156,9 @@ def evaluator_for_format(fmt: str) -> str:
             return name
     raise ConfigError(f"test.evaluator=auto: no evaluator is registered for test sets of format {fmt!r}; set "
                       f"test.evaluator to one of {', '.join(evaluator_names())}")
+
+
+def build_evaluator(name: str, fmt: str, **kwargs: Any) -> Evaluator:
+    """The evaluator ``name`` (``auto``: the one registered for format ``fmt``) built with ``kwargs``
+    (``dataset``, ``output_dir`` and protocol options)."""
+    return evaluator_factory(evaluator_for_format(fmt) if name == "auto" else name)(**kwargs)

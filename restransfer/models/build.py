@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List, Optional, Tuple
 
+import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -20,6 +22,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 
 from ..backbone import MSRA_BGR, TORCHVISION_RGB, PixelConvention, build_resnet
 from ..backbone.wrappers import BackboneC4, BackboneWithFPN
+from ..devices import precision_dtype
 from .c4 import C4BoxHead, Res5Head
 from .context import ContextBoxHead, GlobalContextPool
 from .checkpoint import apply_detector_state, read_detector_checkpoint
@@ -30,8 +33,8 @@ from .transform import DetectionTransform
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_model", "ClassAgnosticPredictor", "pixel_convention", "detector_kwargs", "inference_kwargs",
-           "system_kwargs"]
+__all__ = ["build_model", "build_eval_model", "ClassAgnosticPredictor", "pixel_convention", "detector_kwargs",
+           "inference_kwargs", "system_kwargs"]
 
 
 class ClassAgnosticPredictor(nn.Module):
@@ -222,3 +225,24 @@ def system_kwargs(cfg) -> Optional[Dict[str, Any]]:
     return dict(box_refinement=bool(t.box_refinement), refinement_nms=float(t.refinement_nms),
                 box_voting_iou=float(t.box_voting_iou), min_sizes=[int(s) for s in aug.min_sizes],
                 max_size=int(aug.max_size or cfg.input.max_size_test), flip=bool(aug.flip), merge=str(aug.merge))
+
+
+def build_eval_model(cfg, weights: Optional[str], class_names: Optional[List[str]], device: torch.device, *,
+                     optimize: Optional[bool] = None, precision: Optional[str] = None) -> Detector:
+    """The model of ``cfg`` with ``weights`` (a checkpoint; default ``model.weights``) loaded and prepared for
+    inference: the fast paths when ``optimize`` (default ``cfg.test.optimize``), and ``precision`` (default
+    ``cfg.test.precision``) for the feature layers (scores and box arithmetic stay fp32; see
+    :meth:`~restransfer.models.Detector.optimize_for_inference`)."""
+    kwargs = inference_kwargs(cfg)
+    if optimize is not None:
+        kwargs.update(fold_bn=optimize, fuse=optimize, channels_last=optimize)
+    if precision is not None:
+        precision_dtype(precision)  # before the model is built
+        kwargs["precision"] = precision
+    if weights:
+        cfg = cfg.copy()
+        OmegaConf.update(cfg, "model.weights", str(weights), merge=False)
+    if not cfg.model.weights:
+        logger.warning("no detector weights given (weights, --weights or model.weights): the detector is untrained")
+    model = build_model(cfg, class_names=class_names).to(device)
+    return model.optimize_for_inference(**kwargs)

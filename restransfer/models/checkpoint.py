@@ -7,22 +7,23 @@ re-initialized and named in the log, and everything else must load, or it is an 
 from __future__ import annotations
 
 import logging
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from ..backbone.weights import WeightsError, read_state_dict, tensors_of
-from ..serialization import load_torch_file
+from ..serialization import CheckpointError, check_torch_archive, load_torch_file
 from .context import has_global_context
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["load_detector_weights", "read_detector_checkpoint", "apply_detector_state", "CLASS_DEPENDENT",
-           "DetectorLoadReport", "check_global_context"]
+           "DetectorLoadReport", "check_global_context", "checkpoint_class_names"]
 
 # layers whose shape depends on the number of classes
 CLASS_DEPENDENT = (
@@ -129,3 +130,30 @@ def _init_predictor_layer(mod: nn.Module) -> None:
         nn.init.zeros_(mod.bias)
     else:
         mod.reset_parameters()
+
+
+def checkpoint_class_names(path: Union[str, os.PathLike]) -> Optional[List[str]]:
+    """The ``class_names`` list a training checkpoint stores next to its weights, or ``None``.
+
+    Read with ``weights_only=True`` (no code from the file runs) and memory-mapped where the format
+    allows, so the weights are not read twice; a zip whose member sizes do not add up (a zip bomb) is not
+    opened. The weights themselves go through the verified load, which reports any damage.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors" or not path.is_file():
+        return None
+    try:
+        if zipfile.is_zipfile(path):
+            check_torch_archive(path, crc=False)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except CheckpointError:
+        return None
+    except Exception:  # an old (non-zip) file cannot be memory-mapped, or not a torch file at all
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            return None
+    names = obj.get("class_names") if isinstance(obj, dict) else None
+    if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
+        return list(names)
+    return None

@@ -33,11 +33,13 @@ from torchvision.models.detection.roi_heads import maskrcnn_inference
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
 
+from .build import build_eval_model, system_kwargs
+from .checkpoint import checkpoint_class_names
 from .context import RegionsWithContext
 from .refinement import class_candidates, refined_boxes, select_detections
 from .tta import flip_boxes, maxout_scale_pair
 
-__all__ = ["DetectionSystem", "MERGES", "build_test_model", "weights_list", "predict_test_set", "uses_test_system"]
+__all__ = ["DetectionSystem", "MERGES", "build_test_model", "weights_list", "uses_test_system"]
 
 MERGES = ("union", "maxout")
 
@@ -275,11 +277,10 @@ def build_test_model(cfg, weights, class_names: Optional[List[str]], device: tor
     ensemble, or ``None`` for ``model.weights``): the plain inference-optimized detector when ``cfg.test``
     asks for no extra and one model is given, else a :class:`DetectionSystem` over one such detector per
     checkpoint. Ensemble members must have the same classes and pixel convention (``ValueError`` naming the
-    files otherwise). ``optimize`` and ``precision`` as in :func:`restransfer.engine.inference.build_eval_model`."""
-    from ..engine.inference import build_eval_model
-    from ..predictor import checkpoint_class_names
-    from .build import system_kwargs
+    files otherwise). ``optimize`` and ``precision`` as in :func:`restransfer.models.build.build_eval_model`.
 
+    This is the one place that chooses between the plain detector and the test-time system: evaluation,
+    the Predictor and the tools all build their test model here."""
     paths = weights_list(weights)
     kwargs = system_kwargs(cfg)
     options = dict(optimize=optimize, precision=precision)
@@ -300,25 +301,4 @@ def build_test_model(cfg, weights, class_names: Optional[List[str]], device: tor
 
 def uses_test_system(cfg, weights=None) -> bool:
     """Whether ``cfg.test`` turns on a test-time extra or ``weights`` lists several models."""
-    from .build import system_kwargs
-
     return len(weights_list(weights)) > 1 or system_kwargs(cfg) is not None
-
-
-def predict_test_set(cfg, weights=None, *, dataset=None, model: Optional[nn.Module] = None, progress: bool = True):
-    """:func:`restransfer.engine.inference.predict_dataset` through :func:`build_test_model`: ``weights`` may
-    list several checkpoints (an ensemble) and ``cfg.test``'s extras apply. A given ``model`` (e.g. the one
-    being trained) runs as it is."""
-    from ..engine.inference import predict_dataset
-
-    paths = weights_list(weights)
-    if model is not None or not uses_test_system(cfg, weights):
-        return predict_dataset(cfg, paths[0] if paths else None, dataset=dataset, model=model, progress=progress)
-    from ..data.build import build_test_dataset
-    from ..devices import resolve_device
-
-    dataset = dataset if dataset is not None else build_test_dataset(cfg)
-    system = build_test_model(cfg, paths, dataset.class_names, resolve_device(cfg.device))
-    as_built = cfg.copy()
-    as_built.test.precision = "fp32"  # no autocast around it: the members apply test.precision layer by layer
-    return predict_dataset(as_built, None, dataset=dataset, model=system, progress=progress)
