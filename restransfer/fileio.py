@@ -12,6 +12,7 @@ training removes them from its output_dir when the next run starts.
 
 ``open_for_append`` opens a log for appending without following a link: a log name taken by a symbolic
 link, a hard-linked file or anything but a regular file is an ``OSError`` naming it and saying what to do.
+``exclusive_lock`` holds a lock file opened the same way, for processes that take turns at generating files.
 
 The folder a path names is taken as it is: links among its parent folders are followed (the user chose
 that path); only the names the toolkit creates inside it are guarded.
@@ -27,8 +28,13 @@ import stat
 from pathlib import Path
 from typing import IO, Iterator, Optional, TextIO, Tuple, Union
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "open_for_append", "unsafe_output_message",
-           "TEMPORARY"]
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks
+    fcntl = None
+
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "open_for_append", "exclusive_lock",
+           "unsafe_output_message", "TEMPORARY"]
 
 # this version's temporaries, and the ``.NAME.tmpPID`` ones of earlier versions
 TEMPORARY = re.compile(r"^\..+\.(?:[0-9a-f]{16}\.tmp|tmp\d+)$")
@@ -155,3 +161,15 @@ def open_for_append(path: Union[str, os.PathLike], encoding: str = "utf-8",
     except BaseException:
         os.close(fd)
         raise
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Union[str, os.PathLike]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the lock file ``path`` (created if missing, opened as
+    :func:`open_for_append` opens a log: never through a link) for the block, waiting for its holder: the
+    processes that generate one data set (the ranks of a distributed run) take turns. Without ``fcntl``
+    (Windows) there is no lock, and processes starting together repeat the work."""
+    with open_for_append(path) as f:
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        yield

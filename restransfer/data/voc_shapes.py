@@ -16,11 +16,6 @@ is not annotated. Boxes bound the visible pixels. Everything is a pure function 
 from __future__ import annotations
 
 import os
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; concurrent generation then just repeats the work
-    fcntl = None
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple, Union
 from xml.sax.saxutils import escape
@@ -28,7 +23,7 @@ from xml.sax.saxutils import escape
 import cv2
 import numpy as np
 
-from ..fileio import atomic_write_bytes, atomic_write_text
+from ..fileio import atomic_write_bytes, atomic_write_text, exclusive_lock
 from .shapes import DEFAULT_CLASSES, render_shapes_image
 
 __all__ = ["generate_voc_shapes", "ensure_voc_shapes", "DEFAULT_CLASSES", "DEFAULT_NUM_TRAINVAL", "DEFAULT_NUM_TEST"]
@@ -116,9 +111,7 @@ def ensure_voc_shapes(root: Union[str, os.PathLike], year: Union[int, str] = 200
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     lists = {s: root / f"VOC{year}" / "ImageSets" / "Main" / f"{s}.txt" for s in _SPLIT_CODE}
-    with open(root / ".generate.lock", "w") as lock:
-        if fcntl is not None:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(root / ".generate.lock"):
         if all(p.is_file() for p in lists.values()):
             return lists
         return generate_voc_shapes(root, year=year, **kwargs)
