@@ -2,6 +2,7 @@
 import errno
 import json
 import os
+import re
 
 import pytest
 
@@ -39,7 +40,7 @@ def test_a_full_disk_names_the_target_and_keeps_errno(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_temporary_name_is_recognised_as_one(tmp_path, monkeypatch):
+def test_temporary_names_are_unpredictable_and_recognised(tmp_path, monkeypatch):
     seen = []
     real_replace = os.replace
 
@@ -48,9 +49,13 @@ def test_the_temporary_name_is_recognised_as_one(tmp_path, monkeypatch):
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", spy)
-    atomic_write_text(tmp_path / "config.yaml", "a: 1\n")
-    assert len(seen) == 1 and TEMPORARY.match(seen[0]), seen
-    assert not TEMPORARY.match("config.yaml") and not TEMPORARY.match("model_0000006.pth")
+    for _ in range(3):
+        atomic_write_text(tmp_path / "config.yaml", "a: 1\n")
+    assert len(set(seen)) == 3 and all(re.fullmatch(r"\.config\.yaml\.[0-9a-f]{16}\.tmp", s) for s in seen), seen
+    assert all(TEMPORARY.match(s) for s in seen)
+    assert TEMPORARY.match(".model_final.pth.tmp1234")  # an earlier version's, still cleaned up
+    for name in ("config.yaml", "model_0000006.pth", ".hidden", ".a.tmp", ".a.0123.tmp", "x.0123456789abcdef.tmp"):
+        assert not TEMPORARY.match(name), name
 
 
 def test_only_write_modes():

@@ -4,11 +4,14 @@
     python tools/benchmark.py configs/torchvision/mask_rcnn_r50_fpn.yaml model.backbone.depth=101 --iters 3
     python tools/benchmark.py CONFIG --dtype fp32,bf16       # fp32 and bf16 (test.precision)
     python tools/benchmark.py CONFIG --train --iters 3       # forward + backward + SGD step
+    python tools/benchmark.py CONFIG --reference eager,compile   # also torchvision + torch.compile
     python tools/benchmark.py CONFIG --device cuda --dtype fp16
     python tools/benchmark.py CONFIG --data --workers 1,2    # the training data loader's images/s
 
-Both models get the same weights (random and calibrated unless --weights or model.weights is given) and
-the same synthetic image; their runs alternate. See restransfer/benchmark/model.py for what is measured.
+All models get the same weights (random and calibrated unless --weights or model.weights is given) and
+the same synthetic image; their runs alternate in one process. Afterwards each model's peak memory is
+measured in a fresh process of its own (--memory fresh): VmHWM minus the RSS once model, optimizer and
+inputs exist (max_memory_allocated on CUDA). See restransfer/benchmark/model.py for what is measured.
 --data times the config's training loader instead (decode, augment, collate) with 0 and N workers, on
 data.train or, when that is missing, on generated COCO-sized JPEGs (restransfer/benchmark/data.py).
 """
@@ -17,21 +20,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import torch
 
 from restransfer.benchmark import (as_json, format_loader_report, format_report, loader_report_json, run_benchmark,
                                    run_loader_benchmark)
 from restransfer.cli import config_from_args, model_parser, run_tool
+from restransfer.fileio import atomic_write_text
 
 
 def _parser() -> argparse.ArgumentParser:
     p = model_parser(__doc__, "detector checkpoint (default: model.weights, else calibrated random weights)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="fp32", metavar="fp32|bf16|fp16[,...]",
-                   help="precision of our model, or several separated by commas (fp32,bf16), timed in the same "
-                        "interleaved runs; torchvision's model runs fp32 on CPU, autocast at the first one on CUDA")
+                   help="precision of our model, or several separated by commas (fp32,bf16; inference only), timed "
+                        "in the same interleaved runs; torchvision's model runs as --reference-dtype says")
     p.add_argument("--train", action="store_true", help="time a training step instead of inference")
     p.add_argument("--iters", type=int, default=5, help="timed runs per model (default 5); with --data, timed rounds "
                                                         "per worker count")
@@ -41,7 +44,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="input image size (default 800 1067; inference resizes to input.min_size_test)")
     p.add_argument("--batch", type=int, default=1, help="images per run (default 1)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: PyTorch's choice)")
+    p.add_argument("--reference", metavar="eager,compile",
+                   help="torchvision references to time (default: eager): eager, the model as it is; compile, the "
+                        "same model with only its backbone + FPN wrapped in torch.compile, as a user would do "
+                        "(model.backbone = torch.compile(model.backbone)); its compile time is reported apart, "
+                        "with the time per image amortized over compilation + 100 calls")
+    p.add_argument("--reference-dtype", metavar="fp32|bf16|fp16[,...]",
+                   help="precision(s) of the torchvision references (autocast); default: inference fp32 on CPU and "
+                        "the first --dtype on CUDA, training the --dtype")
     p.add_argument("--no-reference", action="store_true", help="skip torchvision's model")
+    p.add_argument("--memory", choices=("fresh", "off"), default="fresh",
+                   help="fresh (default): after the timing, each model's peak memory in a fresh process of its own; "
+                        "off: no memory figures")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="training on channels_last activations (default: on CUDA, or as solver.channels_last says)")
     p.add_argument("--json", help="also write the results here")
@@ -57,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
 # model-timing options that mean nothing for --data, with how to name them in an error
 _MODEL_ONLY = {"weights": "--weights", "device": "--device", "dtype": "--dtype", "train": "--train",
                "size": "--size", "batch": "--batch", "no_reference": "--no-reference",
-               "channels_last": "--channels-last"}
+               "channels_last": "--channels-last", "reference": "--reference", "reference_dtype": "--reference-dtype",
+               "memory": "--memory"}
 
 
 def _worker_counts(text: str):
@@ -89,8 +104,7 @@ def _data_main(args, parser: argparse.ArgumentParser) -> int:
                                   warmup=args.warmup)
     print(format_loader_report(result), end="")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(loader_report_json(result), indent=1) + "\n", encoding="utf-8")
+        atomic_write_text(args.json, json.dumps(loader_report_json(result), indent=1) + "\n")
         print(f"results: {args.json}")
     return 0
 
@@ -108,14 +122,18 @@ def main(argv=None) -> int:
     if args.workers is not None or args.images != parser.get_default("images"):
         print("error: --workers and --images are options of --data (the data-loader benchmark)", file=sys.stderr)
         return 2
+    if args.no_reference and args.reference:
+        print("error: --no-reference and --reference contradict each other; give one", file=sys.stderr)
+        return 2
+    reference = False if args.no_reference else (args.reference or "eager")
+    ref_dtype = args.reference_dtype.split(",") if args.reference_dtype else None
     cfg = config_from_args(args)
     result = run_benchmark(cfg, device=args.device, precision=args.dtype.split(","), train=args.train, iters=args.iters,
-                           warmup=args.warmup, size=tuple(args.size), batch=args.batch,
-                           reference=not args.no_reference, channels_last=args.channels_last)
+                           warmup=args.warmup, size=tuple(args.size), batch=args.batch, reference=reference,
+                           reference_precision=ref_dtype, memory=args.memory, channels_last=args.channels_last)
     print(format_report(result), end="")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(as_json(result), indent=1, default=str) + "\n", encoding="utf-8")
+        atomic_write_text(args.json, json.dumps(as_json(result), indent=1, default=str) + "\n")
         print(f"results: {args.json}")
     return 0
 

@@ -3,18 +3,19 @@
 #   - tests/test_cuda.py: training steps in fp32, fp16 (loss scaling) and bf16 with channels_last, a one-process
 #     NCCL DDP step, inference after optimize_for_inference at each precision against fp32, export;
 #   - tools/benchmark.py --device cuda: the R101-FPN Faster R-CNN training step and inference against
-#     torchvision's identical network, ours in fp32, fp16 and bf16 against torchvision in fp32, and ours against
-#     torchvision under the same AMP precision.
+#     torchvision's identical network, eager and with its backbone + FPN under torch.compile (compile time
+#     reported apart), ours in fp32, fp16 and bf16 against torchvision under the same AMP precision, each model's
+#     peak memory in a fresh process.
 #
 #   bash tools/gpu_check.sh --fetch-wheels [PYTHON_VERSION]   # where pip reaches PyPI: the dependencies a plain
 #                                                            # PyTorch image lacks, as wheels into .whl/ (default 3.12)
 #   bash tools/gpu_check.sh OUT_DIR                           # on the GPU machine, from the repository root
 #
 # On the GPU machine the wheels in .whl/ (if any) are installed into a temporary folder (nothing is fetched) and
-# the repository is put on PYTHONPATH. OUT_DIR receives at most 8 files: environment.txt, test_cuda.log,
-# benchmark.log and five JSON results (train_vs_tv_fp32.json, train_vs_tv_fp16.json, train_vs_tv_bf16.json,
-# infer_vs_tv_fp32.json, infer_vs_tv_fp16.json; see tools/benchmark.py --json). The exit status is 0 when the
-# tests passed and every benchmark ran.
+# the repository is put on PYTHONPATH. OUT_DIR receives at most 7 files: environment.txt, test_cuda.log,
+# benchmark.log and four JSON results (train_vs_tv_fp32.json, train_vs_tv_fp16.json, train_vs_tv_bf16.json and
+# infer_vs_tv.json; see tools/benchmark.py --json). The exit status is 0 when the tests passed and every
+# benchmark ran.
 set -uo pipefail
 out=""
 case "${1:-}" in
@@ -88,10 +89,11 @@ bench() {
     python3 tools/benchmark.py configs/torchvision/faster_rcnn_r50_fpn.yaml model.backbone.depth=101 --device cuda \
         "$@" 2>&1 | tee -a "$out/benchmark.log" || status=1
 }
-# torchvision's model runs under the first --dtype given (see tools/benchmark.py --help)
-bench --train --dtype fp32,fp16,bf16 --iters 10 --warmup 3 --json "$out/train_vs_tv_fp32.json"
-bench --train --dtype fp16 --iters 10 --warmup 3 --json "$out/train_vs_tv_fp16.json"
-bench --train --dtype bf16 --iters 10 --warmup 3 --json "$out/train_vs_tv_bf16.json"
-bench --dtype fp32,fp16,bf16 --iters 20 --warmup 3 --json "$out/infer_vs_tv_fp32.json"
-bench --dtype fp16 --iters 20 --warmup 3 --json "$out/infer_vs_tv_fp16.json"
+# a training step runs one precision, its references the same; inference times ours and torchvision (eager and
+# compiled) at each precision in one interleaved run (see tools/benchmark.py --help)
+for dtype in fp32 fp16 bf16; do
+    bench --train --dtype $dtype --reference eager,compile --iters 10 --warmup 3 --json "$out/train_vs_tv_$dtype.json"
+done
+bench --dtype fp32,fp16,bf16 --reference eager,compile --reference-dtype fp32,fp16,bf16 --iters 20 --warmup 3 \
+    --json "$out/infer_vs_tv.json"
 exit $status

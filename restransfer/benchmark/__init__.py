@@ -1,5 +1,6 @@
 """Speed and agreement measurement: a config's detector against torchvision's identical network
-(:mod:`.model`, :mod:`.reference`, :mod:`.agreement`, :mod:`.memory`), the training data loader's
+and torchvision + torch.compile (:mod:`.model`, :mod:`.reference`, :mod:`.agreement`), each model's peak memory
+in a fresh process (:mod:`.memory`), the machine it ran on (:mod:`.machine`), the training data loader's
 throughput (:mod:`.data`), the COCO evaluation engines (:mod:`.coco_eval`), the ImageNet-DET and CLS-LOC
 evaluations (:mod:`.imagenet_eval`), the synthetic inputs they run on (:mod:`.synthetic`) and their reports
 (:mod:`.report`)."""
@@ -9,9 +10,11 @@ from .imagenet_eval import (
     LOC_EVALUATE_STEP, DetEvalTimings, LocEvalTimings, run_det_eval_benchmark, run_loc_eval_benchmark,
     synthetic_det_eval_set, synthetic_loc_eval_set,
 )
-from .model import Measurement, run_benchmark
+from .machine import cpu_info, load_average, machine_description, machine_info
+from .memory import MemoryPeak, in_fresh_process, measure_peak
+from .model import COMPILE_TIME_DEFINITION, Measurement, run_benchmark
 from .reference import randomize_weights, reference_incompatibility, torchvision_reference
-from .report import as_json, format_loader_report, format_report, loader_report_json, machine_description
+from .report import as_json, format_loader_report, format_report, loader_report_json
 from .synthetic import GeneratedFolder, generate_coco_folder, synthetic_batch
 
 __all__ = ["Measurement", "run_benchmark", "torchvision_reference", "reference_incompatibility",
@@ -19,4 +22,5 @@ __all__ = ["Measurement", "run_benchmark", "torchvision_reference", "reference_i
            "as_json", "GeneratedFolder", "LoaderMeasurement", "generate_coco_folder", "missing_training_data",
            "time_loader", "run_loader_benchmark", "format_loader_report", "loader_report_json",
            "synthetic_det_eval_set", "DetEvalTimings", "run_det_eval_benchmark", "synthetic_loc_eval_set",
-           "LocEvalTimings", "run_loc_eval_benchmark", "LOC_EVALUATE_STEP"]
+           "LocEvalTimings", "run_loc_eval_benchmark", "LOC_EVALUATE_STEP", "cpu_info", "load_average", "machine_info",
+           "MemoryPeak", "measure_peak", "in_fresh_process", "COMPILE_TIME_DEFINITION"]

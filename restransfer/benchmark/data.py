@@ -37,7 +37,7 @@ import torch
 
 from ..config import DatasetSpec, resolve_path
 from ..data.build import build_train_dataset, build_train_loader, uses_masks
-from .report import machine_description
+from .machine import load_average, machine_description, machine_info
 from .synthetic import generate_coco_folder
 
 try:
@@ -149,6 +149,7 @@ def run_loader_benchmark(cfg, workers: Sequence[int] = (2,), images_per_round: i
         ``{"config": {...}, "data": {...}, "measurements": [LoaderMeasurement, ...]}`` ordered by worker count.
     """
     _check_rounds(images_per_round, rounds, warmup)
+    load_before = load_average()
     counts = sorted({0, *(int(w) for w in workers)})
     if counts[0] < 0:
         raise ValueError(f"worker counts must be >= 0, got {list(workers)}")
@@ -183,5 +184,6 @@ def run_loader_benchmark(cfg, workers: Sequence[int] = (2,), images_per_round: i
               "pin_memory": pin_memory,
               "images_per_round": int(images_per_round), "rounds": int(rounds), "warmup": int(warmup),
               "machine": machine_description(torch.device("cpu")), "cpus": cpus,
-              "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+              "environment": machine_info(torch.device("cpu")),
+              "load_average_before": load_before, "load_average": load_average()}
     return {"config": config, "data": data, "measurements": measurements}

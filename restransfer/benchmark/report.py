@@ -1,32 +1,12 @@
-"""Benchmark results for people (tables rounded for reading) and for files (plain dicts for ``json.dump``),
-and the description of the machine they ran on."""
+"""Benchmark results for people (tables rounded for reading) and for files (plain dicts for ``json.dump``)."""
 from __future__ import annotations
 
-import os
 from dataclasses import asdict
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Sequence
 
-import torch
+from .machine import machine_description  # its former home: the old import path keeps working
 
-__all__ = ["machine_description", "as_json", "format_report", "loader_report_json", "format_loader_report"]
-
-
-def machine_description(device: torch.device) -> str:
-    """The GPU's name, or the CPU model with its core count, torch version and SIMD level."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import platform
-    return f"{name or platform.processor() or 'CPU'}, {os.cpu_count()} logical cores, " \
-           f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()})"
+__all__ = ["as_json", "format_report", "loader_report_json", "format_loader_report", "machine_description"]
 
 
 def as_json(result: Dict[str, Any]) -> Dict[str, Any]:
@@ -36,33 +16,67 @@ def as_json(result: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def _mb(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.0f}"
+
+
+def _ratio(ratios: Dict[str, float], name: str, is_reference: bool) -> str:
+    return f"{ratios[name]:.3f}x" if name in ratios else ("1" if is_reference and ratios else "")
+
+
 def format_report(result: Dict[str, Any]) -> str:
-    """A table of the measurements, rounded for people."""
-    c = result["config"]
+    """A table of the measurements, rounded for people, with the compile times, the agreement, the
+    machine (CPU features, threads, load) and what the memory and compile-time figures mean."""
+    c, env = result["config"], result.get("environment", {})
     lines = [f"{c['arch']} {c['head']} R{c['depth']} {c['mode']} on {c['device']} ({c['machine']}), "
              f"{c['threads']} threads, input {c['image_size'][0]}x{c['image_size'][1]} x{c['batch']}"
              + (f", test size {c['min_size_test']}" if c["mode"] == "inference" else "")
              + (", random weights" if c["random_weights"] else "")]
-    lines.append(f"{'model':<18}{'img/s':>8}{'median s':>10}{'p25-p75 s':>14}{'min-max s':>14}{'GFLOP/img':>11}"
-                 f"{'GFLOP/s':>9}{'peak MB':>9}{'ratio':>8}")
-    ratios = result.get("ratios", {})
-    for name, m in result["measurements"].items():
-        ratio = f"{ratios[name]:.3f}x" if name in ratios else ("1" if ratios else "")
-        lines.append(f"{name:<18}{m.images_per_s:>8.3f}{m.latency_median:>10.3f}"
+    if env.get("load_average_after"):
+        lines.append(f"load average {_load_text(env.get('load_average_before'), env['load_average_after'])}")
+    meas = result["measurements"]
+    width = max([len("model")] + [len(k) for k in meas]) + 2
+    lines.append(f"{'model':<{width}}{'img/s':>8}{'median s':>10}{'p25-p75 s':>14}{'min-max s':>14}{'GFLOP/img':>11}"
+                 f"{'GFLOP/s':>9}{'peak MB':>9}{'steady MB':>11}{'vs eager':>10}{'vs compile':>12}")
+    eager, compiled = result.get("ratios", {}), result.get("ratios_vs_compile", {})
+    for name, m in meas.items():
+        lines.append(f"{name:<{width}}{m.images_per_s:>8.3f}{m.latency_median:>10.3f}"
                      f"{f'{m.latency_p25:.2f}-{m.latency_p75:.2f}':>14}{f'{m.latency_min:.2f}-{m.latency_max:.2f}':>14}"
-                     f"{m.flops_per_image / 1e9:>11.1f}{m.gflops_per_s:>9.1f}{m.peak_memory_mb:>9.0f}{ratio:>8}")
+                     f"{m.flops_per_image / 1e9:>11.1f}{m.gflops_per_s:>9.1f}{_mb(m.peak_memory_mb):>9}"
+                     f"{_mb(m.steady_peak_memory_mb):>11}{_ratio(eager, name, m.model == 'torchvision'):>10}"
+                     f"{_ratio(compiled, name, m.model == 'torchvision+compile'):>12}")
+    amortized = result.get("ratios_vs_compile_amortized", {})
+    for name, m in meas.items():
+        if m.compile_s is not None:
+            lines.append(f"{name}: compile time {m.compile_s:.1f} s ({m.compile_calls} compiling call(s), "
+                         f"{m.compile_cache_hits} graph(s) from inductor's cache); amortized over compilation + "
+                         f"100 calls {m.amortized_latency:.3f} s per image")
+    for name, r in amortized.items():
+        lines.append(f"{name} against torchvision+compile amortized over 100 calls: {r:.3f}x")
+    reference = result.get("agreement_reference", "torchvision")
     for name, a in result.get("agreement", {}).items():
-        lines.append(f"agreement of {name} with torchvision (same label, IoU > 0.9): {100 * a['fraction']:.1f}% "
+        lines.append(f"agreement of {name} with {reference} (same label, IoU > 0.9): {100 * a['fraction']:.1f}% "
                      f"of {sum(result['detections'][name])} detections; max box difference "
                      f"{a['max_box_difference_px']:.2e} px")
-    if not ratios:
+    if not eager and not compiled:
         lines.append(f"reference: {result['reference']}")
+    definitions = result.get("definitions", {})
+    if any(m.compile_s is not None for m in meas.values()):
+        lines.append(f"{definitions['compile_time']}; inductor cache: {c.get('compile_cache')}")
+    if definitions.get("memory"):
+        lines.append(definitions["memory"])
     return "\n".join(lines) + "\n"
 
 
 def loader_report_json(result: Dict[str, Any]) -> Dict[str, Any]:
     """The result with measurements as plain dicts (for ``json.dump``)."""
     return {**result, "measurements": [asdict(m) for m in result["measurements"]]}
+
+
+def _load_text(before: Optional[Sequence[float]], after: Sequence[float]) -> str:
+    """``uptime``'s three figures after the run, with the 1-minute one before it when known."""
+    text = "{:.2f} {:.2f} {:.2f}".format(*after)
+    return f"{before[0]:.2f} before, {text} after" if before else text
 
 
 def format_loader_report(result: Dict[str, Any]) -> str:
@@ -83,7 +97,8 @@ def format_loader_report(result: Dict[str, Any]) -> str:
         f"{c['images_per_batch']} images per batch, pin_memory {'on' if c['pin_memory'] else 'off'}",
         f"{c['rounds']} timed rounds of {c['images_per_round']} images after {c['warmup']} untimed, per worker count; "
         f"{c['machine']}, {c['cpus']} CPUs available"
-        + (", load average {:.2f} {:.2f} {:.2f}".format(*c["load_average"]) if c.get("load_average") else ""),
+        + (f", load average {_load_text(c.get('load_average_before'), c['load_average'])}"
+           if c.get("load_average") else ""),
         f"{'workers':<10}{'img/s median':>14}{'slowest round':>15}{'per worker':>12}{'CPU ms/img':>12}{'images':>8}"
         f"{'mean size':>12}",
     ]

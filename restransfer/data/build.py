@@ -117,11 +117,13 @@ def dataset_from_spec(
     filter_empty: bool,
     allow_outside_root: bool = False,
     max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS,
+    uint8_images: bool = False,
 ) -> CocoDataset:
     """A :class:`CocoDataset` from one ``DatasetSpec`` (``json``, ``image_root``, ``format``, ``name``, ``generate``).
 
     ``key`` (e.g. ``"data.train[0]"``) names the spec in error messages; ``allow_outside_root`` and
-    ``max_image_pixels`` are ``data.allow_outside_root`` and ``data.max_image_pixels`` (see :class:`CocoDataset`).
+    ``max_image_pixels`` are ``data.allow_outside_root`` and ``data.max_image_pixels`` (see :class:`CocoDataset`),
+    ``uint8_images`` makes images uint8 (3, H, W) in 0..255 (the training loader's; see :class:`CocoDataset`).
     """
     if spec.format not in _COCO_JSON_FORMATS:
         raise ValueError(f"{key}.format: {spec.format!r} is not supported; use one of {', '.join(_COCO_JSON_FORMATS)} "
@@ -134,7 +136,8 @@ def dataset_from_spec(
     _check_generated_layout(spec, json_path, image_root, key)
     ds = CocoDataset(json_path, image_root, transforms=transforms, with_masks=with_masks,
                      filter_empty=filter_empty, is_train=is_train, name=spec.name or None,
-                     allow_outside_root=allow_outside_root, max_image_pixels=max_image_pixels)
+                     allow_outside_root=allow_outside_root, max_image_pixels=max_image_pixels,
+                     uint8_images=uint8_images)
     logger.info("%s: %s: %d images, %d classes", key, ds.name, len(ds), len(ds.class_names))
     return ds
 
@@ -159,7 +162,8 @@ def build_train_dataset(cfg: DictConfig) -> CocoConcatDataset:
         dataset_from_spec(spec, key=f"data.train[{i}]", is_train=True, transforms=transforms,
                           with_masks=uses_masks(cfg), filter_empty=cfg.data.filter_empty,
                           allow_outside_root=cfg.data.allow_outside_root,
-                          max_image_pixels=cfg.data.max_image_pixels)
+                          max_image_pixels=cfg.data.max_image_pixels,
+                          uint8_images=True)  # the model converts: a quarter of the bytes to move
         for i, spec in enumerate(cfg.data.train)
     ]
     reference = _categories(datasets[0])
@@ -209,7 +213,8 @@ def build_train_loader(cfg: DictConfig, start_iter: int = 0, rank: int = 0, worl
                        dataset: Optional[CocoConcatDataset] = None, batch_size: Optional[int] = None) -> DataLoader:
     """Endless DataLoader of training batches for this process.
 
-    Each batch is ``(images, targets)``: tuples of ``batch_size`` (3, H, W) float tensors and target dicts
+    Each batch is ``(images, targets)``: tuples of ``batch_size`` (3, H, W) uint8 tensors (RGB, 0..255: the
+    detector converts them, see :class:`~restransfer.models.transform.DetectionTransform`) and target dicts
     (see :class:`CocoDataset`); ``batch_size`` defaults to the images one process computes per forward pass
     (``solver.ims_per_device``, see :func:`restransfer.data.samplers.batch_layout`). Batch ``k`` of the
     loader is the loader's batch number ``start_iter + k`` (with gradient accumulation a training iteration

@@ -120,10 +120,15 @@ class CocoDataset(Dataset):
             :class:`~restransfer.data.voc.VocDataset`); ``json_path`` then only names their source.
         max_image_pixels: images with more pixels (by the json's size, or by the file's header when it
             is read) are left out with a warning, never decoded; None: no limit.
+        uint8_images: return images as uint8 (3, H, W) in 0..255 instead of float32 in [0, 1]: a quarter
+            of the bytes a loader worker copies to the main process (and to the GPU); the detector
+            converts them exactly as this class would (``x.float() / 255``), so training sees the
+            same numbers. The training loader uses this.
 
     ``dataset[i]`` (or ``dataset[(i, seed)]`` to fix the augmentation) returns
 
-    * ``image``: torch.float32 (3, H, W), RGB in [0, 1] (after augmentation);
+    * ``image``: torch.float32 (3, H, W), RGB in [0, 1] (after augmentation), or torch.uint8 (3, H, W)
+      in 0..255 with ``uint8_images``;
     * ``target``: dict with ``boxes`` float32 (N, 4) internal xyxy on ``image``, ``labels`` int64 (N,)
       in 1..K, ``masks`` uint8 (N, H, W) when ``with_masks``, ``image_id`` (COCO id, int),
       ``orig_size`` (h, w) of the stored image.
@@ -153,6 +158,7 @@ class CocoDataset(Dataset):
         allow_outside_root: bool = False,
         max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS,
         coco: Optional[COCO] = None,
+        uint8_images: bool = False,
     ):
         self.json_path = Path(json_path)
         self.image_root = Path(image_root)
@@ -164,6 +170,7 @@ class CocoDataset(Dataset):
         self.transforms = transforms
         self.with_masks = with_masks
         self.is_train = is_train
+        self.uint8_images = uint8_images
         self.max_image_pixels = max_image_pixels
         if coco is None:
             coco = load_coco_json(self.json_path, duplicates="drop" if is_train else "error")
@@ -405,11 +412,14 @@ class CocoDataset(Dataset):
                 self._count(_DROPPED, out["num_dropped"])
             image, boxes, labels, masks = out["image"], out["boxes"], out["labels"], out["masks"]
         h_out, w_out = image.shape[:2]
-        # HWC uint8 -> CHW float32 in one pass. numpy rather than torch: torch would spread this small
-        # op over its intra-op threads, which costs more than the op itself in a busy main process.
-        chw = np.empty((3, h_out, w_out), dtype=np.float32)
-        np.divide(image.transpose(2, 0, 1), np.float32(255.0), out=chw)
-        tensor = torch.from_numpy(chw)
+        if self.uint8_images:
+            tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        else:
+            # HWC uint8 -> CHW float32 in one pass. numpy rather than torch: torch would spread this small
+            # op over its intra-op threads, which costs more than the op itself in a busy main process.
+            chw = np.empty((3, h_out, w_out), dtype=np.float32)
+            np.divide(image.transpose(2, 0, 1), np.float32(255.0), out=chw)
+            tensor = torch.from_numpy(chw)
         target: Dict[str, Any] = {
             "boxes": torch.from_numpy(np.array(boxes, dtype=np.float32).reshape(-1, 4)),
             "labels": torch.from_numpy(np.array(labels, dtype=np.int64)),

@@ -1,7 +1,10 @@
 """Image normalization that follows the backbone weights' pixel convention.
 
-Models take torchvision's input: a list of float RGB images ``(3, H, W)`` in ``[0, 1]``. The transform
-reorders channels (MSRA/Caffe weights expect BGR) and normalizes with a mean/std given in 0..255 units
+Models take torchvision's input: a list of float RGB images ``(3, H, W)`` in ``[0, 1]``, or uint8 RGB
+images in ``0..255`` (what the training loader hands over: a quarter of the bytes), which the transform
+converts first with ``image.float() / 255``, the very arithmetic that made the float images, so both
+give the same numbers. The transform then reorders channels (MSRA/Caffe weights expect BGR) and
+normalizes with a mean/std given in 0..255 units
 (torchvision's ImageNet statistics are 123.675/255 = 0.485, ...), then resizes and pads like
 torchvision's :class:`GeneralizedRCNNTransform`.
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Sequence, Tuple
 
+import torch
 from torch import Tensor
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
@@ -60,9 +64,12 @@ class DetectionTransform(GeneralizedRCNNTransform):
                     train_resize=self.train_resize)
 
     def normalize(self, image: Tensor) -> Tensor:
+        if image.dtype == torch.uint8:
+            # correctly rounded float32 division, as numpy's in the data loader was: bit-identical images
+            image = image.float() / 255
         if not image.is_floating_point():
-            raise TypeError(f"images must be float tensors in [0, 1] (RGB), got dtype {image.dtype}; "
-                            "divide uint8 images by 255")
+            raise TypeError(f"images must be float tensors in [0, 1] or uint8 in 0..255 (RGB), got dtype "
+                            f"{image.dtype}")
         if image.shape[0] != 3:
             raise ValueError(f"images must have 3 channels (RGB), got shape {tuple(image.shape)}")
         if self.channel_order == "BGR":
