@@ -65,8 +65,9 @@ class DetectionTransform(GeneralizedRCNNTransform):
 
     def normalize(self, image: Tensor) -> Tensor:
         if image.dtype == torch.uint8:
-            # correctly rounded float32 division, as numpy's in the data loader was: bit-identical images
-            image = image.float() / 255
+            # correctly rounded float32 division, as numpy's in the data loader was: bit-identical images.
+            # In place on the new float copy: a second image-sized buffer costs more than the division
+            image = image.float().div_(255)
         if not image.is_floating_point():
             raise TypeError(f"images must be float tensors in [0, 1] or uint8 in 0..255 (RGB), got dtype "
                             f"{image.dtype}")
