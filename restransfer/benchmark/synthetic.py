@@ -18,6 +18,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 
 from ..data.shapes import synthetic_batch
+from ..fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = ["synthetic_batch", "GeneratedFolder", "generate_coco_folder", "COCO_SIZES"]
 
@@ -103,14 +104,14 @@ def generate_coco_folder(root: Union[str, os.PathLike], num_images: int, *, num_
                                 [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
         if not ok:
             raise OSError(f"OpenCV could not encode {image_dir / f'{image_id:06d}.jpg'}")
-        (image_dir / f"{image_id:06d}.jpg").write_bytes(jpeg.tobytes())
+        atomic_write_bytes(image_dir / f"{image_id:06d}.jpg", jpeg.tobytes(), sync=False)
         file_bytes += len(jpeg)
         images.append({"id": image_id, "file_name": f"{image_id:06d}.jpg", "height": h, "width": w})
     data = {"info": {"description": f"restransfer loader-benchmark images, seed {seed}"}, "images": images,
             "annotations": annotations,
             "categories": [{"id": k + 1, "name": f"class_{k + 1}", "supercategory": "none"} for k in range(num_classes)]}
     json_path = ann_dir / "train.json"
-    json_path.write_text(json.dumps(data), encoding="utf-8")
+    atomic_write_text(json_path, json.dumps(data))
     used = sorted({(im["height"], im["width"]) for im in images}, key=lambda hw: -hw[1])
     return GeneratedFolder(json=str(json_path), image_root=str(image_dir), num_images=len(images), sizes=used,
                            mean_file_kb=file_bytes / len(images) / 1024, objects_per_image=len(annotations) / len(images))

@@ -18,11 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; concurrent generation then just repeats the work
-    fcntl = None
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -32,7 +27,7 @@ import pycocotools.mask as mask_util
 import torch
 from torch import Tensor
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_bytes, atomic_write_text, exclusive_lock
 
 __all__ = ["SHAPE_CLASSES", "DEFAULT_CLASSES", "DEFAULT_NUM_TRAIN", "DEFAULT_NUM_VAL", "generate_shapes",
            "ensure_shapes", "render_shapes_image", "synthetic_batch"]
@@ -183,7 +178,7 @@ def _generate_split(root: Path, split: str, num_images: int, image_size: int, se
         ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         if not ok:
             raise OSError(f"OpenCV could not encode {image_dir / file_name}")
-        (image_dir / file_name).write_bytes(png.tobytes())
+        atomic_write_bytes(image_dir / file_name, png.tobytes(), sync=False)  # made again while the json is missing
         images.append({"id": image_id, "file_name": file_name, "height": image_size, "width": image_size})
         for label, mask in objects:
             rle = mask_util.encode(np.asfortranarray(mask))
@@ -249,9 +244,7 @@ def ensure_shapes(root: Union[str, os.PathLike], **kwargs: Any) -> Dict[str, Pat
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     paths = {split: root / "annotations" / f"{split}.json" for split in _SPLIT_CODE}
-    with open(root / ".generate.lock", "w") as lock:
-        if fcntl is not None:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(root / ".generate.lock"):
         if all(p.is_file() for p in paths.values()):
             return paths
         return generate_shapes(root, **kwargs)

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from ..data.image_io import CorruptImageError, read_image
 from ..evaluation.coco import masks_to_rle, predictions_to_coco_results, write_json_atomic
+from ..fileio import atomic_write_bytes
 from ..visualize import draw_detections
 
 logger = logging.getLogger(__name__)
@@ -95,8 +96,10 @@ def run_demo(predictor, images: Sequence[Union[str, os.PathLike]], output_dir: U
         as_input = [rgb if predictor.channel_order == "RGB" else rgb[:, :, ::-1] for _, rgb in batch]
         for (i, rgb), pred in zip(batch, predictor(as_input)):
             canvas = draw_detections(rgb, pred)
-            if not cv2.imwrite(str(out / names[i]), canvas[:, :, ::-1]):
-                raise OSError(f"{out / names[i]}: OpenCV could not write the image")
+            ok, png = cv2.imencode(".png", canvas[:, :, ::-1])
+            if not ok:
+                raise OSError(f"{out / names[i]}: OpenCV could not encode the image")
+            atomic_write_bytes(out / names[i], png.tobytes())
             image_id = len(image_entries)
             image_entries.append({"id": image_id, "file_name": str(images[i]), "height": int(rgb.shape[0]),
                                   "width": int(rgb.shape[1]), "drawn": names[i]})
