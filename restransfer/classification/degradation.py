@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ..analysis.curves import read_run
+from ..analysis.figures import save_figure
 from ..fileio import atomic_write_text
 from .config import load_cls_config
 from .train import train_classifier
@@ -92,9 +93,7 @@ def draw_figure(curves: Dict[str, Dict[str, List[float]]], path: os.PathLike | s
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def format_table(curves: Dict[str, Dict[str, List[float]]], last: int = 3) -> str:
