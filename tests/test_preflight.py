@@ -161,15 +161,14 @@ CLASSIFICATION_FAILURES = [_cls_missing_test_labels, _cls_test_image_root_missin
 
 @pytest.fixture
 def no_training(monkeypatch):
-    """Both training loops replaced by one that fails the test: the error must come before iteration 1."""
-    from restransfer.classification import train as cls_train
-    from restransfer.engine import trainer
+    """The training loop (one for both tasks) replaced by one that fails the test: the error must come before
+    iteration 1."""
+    from restransfer.engine.loop import TrainLoop
 
     def never(*args, **kwargs):
         raise AssertionError("the training loop started")
 
-    monkeypatch.setattr(trainer, "_loop", never)
-    monkeypatch.setattr(cls_train, "_loop", never)
+    monkeypatch.setattr(TrainLoop, "train", never)
 
 
 def _no_checkpoint(out: Path) -> bool:

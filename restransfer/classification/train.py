@@ -13,26 +13,24 @@ The end of training writes ``metrics.json`` with the ``test.crops`` testing of t
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
-import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..devices import autocast_context, resolve_device
-from ..engine.checkpoint import Checkpointer, rng_state
+from ..devices import resolve_device
 from ..distributed import barrier, get_rank, get_world_size, init_distributed, is_main_process
 from ..engine.lock import locked_output_dir
 from ..engine.logger import MetricsWriter
 from ..engine.preflight import check_classification_run
 from ..engine.solver import batch_layout, build_optimizer, build_scheduler
-from ..engine.trainer import NonFiniteLossError, restore_training_state, start_run, training_precision
+from ..engine.hooks import EvalHook
+from ..engine.loop import TrainLoop
+from ..engine.trainer import prepare_loop, standard_hooks, start_run, training_precision
 from ..data.samplers import TrainingBatchSampler
 from ..yaml_config import dump_config
 from .checkpoint import load_classifier_weights, network_meta
@@ -82,11 +80,39 @@ def train_classifier(cfg, resume: bool = False, restart: bool = False) -> Option
         return _train(cfg, device, resume, restart)
 
 
-def _state(net: nn.Module, optimizer, scheduler, scaler, iteration: int, cfg, class_names, best) -> Dict[str, Any]:
-    return {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None, "iteration": iteration, "rng": rng_state(),
-            "config": dump_config(cfg), "class_names": list(class_names),
-            "pixel_convention": net.pixel_convention.to_dict(), "best": best, **network_meta(net, cfg.model.arch)}
+def _classification_forward(device: torch.device):
+    def forward(model: nn.Module, batch) -> Tuple[torch.Tensor, Dict[str, float]]:
+        images, labels = batch
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels)
+        # counts, not a rate: averaged over a logging window their ratio is the window's training error
+        return loss, {"loss": float(loss.detach()), "wrong": float((logits.detach().argmax(1) != labels).sum()),
+                      "seen": float(len(labels))}
+    return forward
+
+
+def _summarize(avg: Dict[str, float]) -> Tuple[Dict[str, float], str]:
+    values = {"loss": avg["loss"], "train_error": 100.0 * avg["wrong"] / avg["seen"]}
+    return values, f"loss {values['loss']:.3f} train error {values['train_error']:.1f}%"
+
+
+def _periodic_test(net: nn.Module, test_set, cfg, device: torch.device):
+    """The center-crop test error every ``test.eval_period`` steps, computed by the main process."""
+    def evaluate(module: nn.Module) -> Optional[Dict[str, float]]:
+        values = None
+        if is_main_process():
+            metrics = evaluate_classifier(module, test_set, device=device, **{**cfg_test_kwargs(cfg), "mode": "center"})
+            values = {"test/top1_error": metrics["top1_error"], "test/top5_error": metrics["top5_error"]}
+        if get_world_size() > 1:
+            barrier()
+        return values
+    return evaluate
+
+
+def _describe_test(n_images: int):
+    return lambda v: (f"test error (center crop, {n_images} images): top-1 {v['test/top1_error']:.2f}%, "
+                      f"top-5 {v['test/top5_error']:.2f}%")
 
 
 def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[Dict[str, Any]]:
@@ -103,114 +129,51 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[D
     optimizer = build_optimizer(cfg, net)
     scheduler = build_scheduler(cfg, optimizer)
     precision, scaler = training_precision(cfg.solver.precision, device)
-    start_iter, best = restore_training_state(found, net, optimizer, scheduler, scaler)
+    s = cfg.solver
+    logits = Logits(net)
+    loop = TrainLoop(logits, optimizer, scheduler, loader=None, forward=_classification_forward(device),
+                     layout=layout, max_iter=s.max_iter, device=device, precision=precision, scaler=scaler,
+                     clip_grad_norm=s.clip_grad_norm, extra_state=lambda: {
+                         "config": dump_config(cfg), "class_names": list(dataset.class_names),
+                         "pixel_convention": net.pixel_convention.to_dict(), **network_meta(net, cfg.model.arch)},
+                     module=net)
+    prepare_loop(loop, found, s.ema)
     checks = check_classification_run(cfg, net, dataset.class_names, found,  # every input, before iteration 1
                                       lambda: dataset_from_spec(cfg.data.test, dataset.class_names, cfg.data))
     test_set = checks.test_set  # built on the main process, which runs the evaluations
-    model: nn.Module = Logits(net)
     if world > 1:
-        model = nn.parallel.DistributedDataParallel(model, **({"device_ids": [device.index]}
-                                                              if device.type == "cuda" else {}))
-    sampler = TrainingBatchSampler(len(dataset), layout.per_device, seed=cfg.seed, rank=rank, world_size=world,
-                                   start_iter=start_iter * layout.accumulation)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                        persistent_workers=cfg.data.num_workers > 0,
-                        generator=torch.Generator().manual_seed(cfg.seed + rank))
-    writer = MetricsWriter(str(out), cfg.solver.max_iter, start_iter, enabled=is_main_process())
+        loop.model = nn.parallel.DistributedDataParallel(logits, **({"device_ids": [device.index]}
+                                                                   if device.type == "cuda" else {}))
+    start_iter = loop.start_iter
+    writer = MetricsWriter(str(out), s.max_iter, start_iter, enabled=is_main_process())
     checks.record(writer, start_iter)
+    evaluation = None
+    if cfg.data.test is not None and cfg.test.eval_period > 0:
+        evaluation = EvalHook(cfg.test.eval_period, _periodic_test(net, test_set, cfg, device), writer,
+                              metric="test/top1_error", higher_is_better=False, checkpointer=ckpt, at_end=True,
+                              describe=_describe_test(len(test_set) if test_set is not None else 0))
+    loop.register_hooks(standard_hooks(writer, ckpt, checkpoint_period=s.checkpoint_period, log_period=cfg.log_period,
+                                       summarize=_summarize, evaluation=evaluation))
+    if start_iter < s.max_iter:
+        sampler = TrainingBatchSampler(len(dataset), layout.per_device, seed=cfg.seed, rank=rank, world_size=world,
+                                       start_iter=start_iter * layout.accumulation)
+        loop.loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                                 persistent_workers=cfg.data.num_workers > 0,
+                                 generator=torch.Generator().manual_seed(cfg.seed + rank))
     try:
-        best = _loop(cfg, model, net, optimizer, scheduler, scaler, loader, ckpt, writer, device, precision,
-                     start_iter, best, layout, dataset.class_names, test_set)
+        loop.train()
     finally:
         writer.close()
     if dataset.num_skipped:  # one summary; each image was named in a warning when it was first skipped
         logger.warning("%d of the %d training images could not be read and were skipped (first: %s)",
                        dataset.num_skipped, len(dataset), ", ".join(map(str, dataset.skipped_names())))
-    max_iter = cfg.solver.max_iter
-    if is_main_process() and (start_iter < max_iter or not (out / "model_final.pth").exists()):
-        ckpt.save("model_final.pth", _state(net, optimizer, scheduler, scaler, max_iter, cfg, dataset.class_names,
-                                            best))
     metrics = None
     if test_set is not None and is_main_process():
-        metrics = evaluate_classifier(net, test_set, device=device, **cfg_test_kwargs(cfg))
-        metrics.update(crops=cfg.test.crops, num_images=len(test_set), iteration=max_iter)
+        metrics = evaluate_classifier(loop.eval_module(), test_set, device=device, **cfg_test_kwargs(cfg))
+        metrics.update(crops=cfg.test.crops, num_images=len(test_set), iteration=s.max_iter)
         write_metrics(metrics, out / "metrics.json")
         logger.info("final %s test error: top-1 %.2f%%, top-5 %.2f%%", cfg.test.crops, metrics["top1_error"],
                     metrics["top5_error"])
     if world > 1:
         barrier()
     return metrics
-
-
-def _loop(cfg, model, net, optimizer, scheduler, scaler, loader, ckpt: Checkpointer, writer: MetricsWriter,
-          device, precision: str, start_iter: int, best: Optional[float], layout, class_names, test_set):
-    s = cfg.solver
-    accumulation, ddp = layout.accumulation, isinstance(model, nn.parallel.DistributedDataParallel)
-    iterator = iter(loader)
-    window = {"loss": 0.0, "wrong": 0, "seen": 0, "n": 0, "time": 0.0, "data": 0.0}
-    for it in range(start_iter, s.max_iter):
-        t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        for micro in range(accumulation):
-            td = time.perf_counter()
-            images, labels = next(iterator)
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            window["data"] += time.perf_counter() - td
-            sync = not ddp or micro == accumulation - 1
-            with model.no_sync() if not sync else contextlib.nullcontext():
-                with autocast_context(device, precision):
-                    logits = model(images)
-                loss = F.cross_entropy(logits.float(), labels)
-                if not math.isfinite(float(loss.detach())):
-                    raise NonFiniteLossError(f"iteration {it}: the loss is {float(loss)}; stopped without saving. "
-                                             "Lower solver.base_lr, raise solver.warmup_iters or check the data")
-                scaled = loss / accumulation
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            window["loss"] += float(loss.detach()) / accumulation
-            window["wrong"] += int((logits.detach().argmax(1) != labels).sum())
-            window["seen"] += len(labels)
-        if s.clip_grad_norm > 0:
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(net.parameters(), s.clip_grad_norm)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        window["n"] += 1
-        window["time"] += time.perf_counter() - t0
-        done = it + 1
-        if done % cfg.log_period == 0 or done == s.max_iter or done == start_iter + 1:
-            n = window["n"]
-            values = {"loss": window["loss"] / n, "train_error": 100.0 * window["wrong"] / window["seen"], "lr": lr,
-                      "images_seen": done * layout.total, "time": window["time"] / n, "data_time": window["data"] / n}
-            writer.write(done, values)
-            msg = (f"loss {values['loss']:.3f} train error {values['train_error']:.1f}% lr {lr:.2e} "
-                   f"{values['time']:.2f}s/it")
-            if writer.interactive:
-                writer.progress(done, msg)
-            else:
-                logger.info("iter %d/%d %s", done, s.max_iter, msg)
-            window = {k: 0 for k in window}
-        eval_period = cfg.test.eval_period
-        if cfg.data.test is not None and eval_period > 0 and (done % eval_period == 0 or done == s.max_iter):
-            if is_main_process():
-                kwargs = {**cfg_test_kwargs(cfg), "mode": "center"}
-                metrics = evaluate_classifier(net, test_set, device=device, **kwargs)
-                net.train()
-                writer.write(done, {"test/top1_error": metrics["top1_error"],
-                                    "test/top5_error": metrics["top5_error"], "images_seen": done * layout.total})
-                logger.info("iter %d/%d test error (center crop, %d images): top-1 %.2f%%, top-5 %.2f%%", done,
-                            s.max_iter, len(test_set), metrics["top1_error"], metrics["top5_error"])
-                if best is None or metrics["top1_error"] < best:
-                    best = metrics["top1_error"]
-                    ckpt.save("model_best.pth", _state(net, optimizer, scheduler, scaler, done, cfg, class_names, best))
-            if get_world_size() > 1:
-                barrier()
-        if s.checkpoint_period > 0 and done % s.checkpoint_period == 0 and done < s.max_iter and is_main_process():
-            ckpt.save(f"model_{done:07d}.pth", _state(net, optimizer, scheduler, scaler, done, cfg, class_names, best),
-                      periodic=True)
-    return best

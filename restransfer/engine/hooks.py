@@ -15,8 +15,9 @@ they see the average of the step just taken), logging first.
 from __future__ import annotations
 
 import logging
+import math
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -25,7 +26,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from ..distributed import is_main_process
 from .checkpoint import Checkpointer
 from .logger import MetricsWriter
-from .loop import HookBase, unwrap
+from .loop import HookBase
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +66,16 @@ class EvalHook(HookBase):
             called on every process (it may distribute inference), returns the scalars to log on the main
             process and ``{}`` (or None) elsewhere.
         writer: where the scalars go (``log.jsonl``, TensorBoard).
-        metric: the scalar that ranks checkpoints (``bbox/AP``, ``test/top1_error``, ...); with a
-            ``checkpointer``, ``model_best.pth`` keeps the best one so far.
+        metric: the scalar that ranks checkpoints (``bbox/AP``, ``test/top1_error``, ...), or a function
+            that names it once the first evaluation has run; with a ``checkpointer``, ``model_best.pth`` keeps
+            the best one so far (a NaN never counts as better).
         higher_is_better: the direction of ``metric``.
         describe: the console line of a result (none: no console line).
     """
 
     def __init__(self, period: int, evaluate: Callable[[nn.Module], Optional[Dict[str, float]]],
-                 writer: MetricsWriter, metric: Optional[str] = None, higher_is_better: bool = True,
+                 writer: MetricsWriter, metric: Union[str, Callable[[], str], None] = None,
+                 higher_is_better: bool = True,
                  checkpointer: Optional[Checkpointer] = None, at_end: bool = False,
                  describe: Optional[Callable[[Dict[str, float]], str]] = None) -> None:
         self.period, self.evaluate, self.writer = period, evaluate, writer
@@ -97,8 +100,9 @@ class EvalHook(HookBase):
         self.writer.write(done, {**values, "images_seen": self.loop.images_seen})
         if self.describe is not None:
             logger.info("iter %d/%d %s", done, max_iter, self.describe(values))
-        value = values.get(self.metric) if self.metric else None
-        if value is not None and self._better(float(value)):
+        metric = self.metric() if callable(self.metric) else self.metric
+        value = values.get(metric) if metric else None
+        if value is not None and math.isfinite(float(value)) and self._better(float(value)):
             self.loop.best = float(value)
             if self.checkpointer is not None:
                 self.checkpointer.save("model_best.pth", self.loop.state_dict())
@@ -174,7 +178,7 @@ class ModelEMA(HookBase):
 
     def _ensure(self) -> AveragedModel:
         if self.average is None:
-            self.average = AveragedModel(unwrap(self.loop.model), multi_avg_fn=get_ema_multi_avg_fn(self.decay),
+            self.average = AveragedModel(self.loop.module, multi_avg_fn=get_ema_multi_avg_fn(self.decay),
                                          use_buffers=False)
             self.average.eval()
             self.loop.eval_module = lambda: self.average.module  # type: ignore[union-attr]
@@ -185,18 +189,18 @@ class ModelEMA(HookBase):
 
     def after_step(self) -> None:
         with torch.no_grad():
-            self._ensure().update_parameters(unwrap(self.loop.model))
+            self._ensure().update_parameters(self.loop.module)
 
     def state_dict(self) -> Dict[str, Any]:
         average = self._ensure()
-        return {"raw_model": unwrap(self.loop.model).state_dict(), "n_averaged": int(average.n_averaged),
+        return {"raw_model": self.loop.module.state_dict(), "n_averaged": int(average.n_averaged),
                 "decay": self.decay}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         # the loop has just loaded the checkpoint's "model" entry (the average) into the model: it becomes the
         # average again, and the raw weights go back into the model
         average = self._ensure()
-        model = unwrap(self.loop.model)
+        model = self.loop.module
         average.module.load_state_dict(model.state_dict())
         average.n_averaged.fill_(int(state["n_averaged"]))
         model.load_state_dict(state["raw_model"])

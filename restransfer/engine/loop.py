@@ -86,7 +86,9 @@ class TrainLoop:
     """Optimizer steps ``start_iter .. max_iter - 1`` over ``loader`` (see the module docstring).
 
     Args:
-        model: the module to train (DistributedDataParallel-wrapped under torch.distributed).
+        model: what ``forward`` calls (DistributedDataParallel-wrapped under torch.distributed).
+        module: the module whose weights are trained and saved (default: ``model`` unwrapped); a classifier
+            trains its network through a logits wrapper, whose checkpoints hold the network's own keys.
         optimizer, scheduler: stepped once per iteration (the scheduler after the optimizer).
         loader: yields micro-batches of ``layout.per_device`` images; its position must already be
             ``start_iter * layout.accumulation`` micro-batches in (the resumable samplers do that).
@@ -101,8 +103,10 @@ class TrainLoop:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, *, loader: Iterable,
                  forward: ForwardFn, layout: BatchLayout, max_iter: int, device: torch.device,
                  precision: str = "fp32", scaler: Optional[torch.amp.GradScaler] = None,
-                 clip_grad_norm: float = 0.0, extra_state: Optional[Callable[[], Dict[str, Any]]] = None) -> None:
+                 clip_grad_norm: float = 0.0, extra_state: Optional[Callable[[], Dict[str, Any]]] = None,
+                 module: Optional[nn.Module] = None) -> None:
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.module = module if module is not None else unwrap(model)
         self.loader, self.forward, self.layout = loader, forward, layout
         self.max_iter, self.device, self.precision = max_iter, device, precision
         self.clip_grad_norm = clip_grad_norm
@@ -119,7 +123,7 @@ class TrainLoop:
         # where the last good checkpoint is (a hook that saves them sets it); named on a non-finite loss
         self.last_checkpoint: Optional[Path] = None
         # the weights evaluation and model_final.pth use (the EMA hook replaces them by the average)
-        self.eval_module: Callable[[], nn.Module] = lambda: unwrap(self.model)
+        self.eval_module: Callable[[], nn.Module] = lambda: self.module
 
     # --------------------------------------------------------------------------------------------- hooks
     def register_hooks(self, hooks: Sequence[Optional[HookBase]]) -> None:
@@ -167,7 +171,7 @@ class TrainLoop:
         if "ema" in state and "ema" not in claimed and isinstance(state["ema"], dict):
             # saved with solver.ema on, resumed with it off: continue from the raw weights, not the average
             model_state = state["ema"].get("raw_model", model_state)
-        unwrap(self.model).load_state_dict(model_state)
+        self.module.load_state_dict(model_state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):

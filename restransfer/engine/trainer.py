@@ -16,34 +16,32 @@ mean the same on 1 CPU or 64 GPUs.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
-import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ..config import dump_config
 from ..data.build import build_train_dataset, build_train_loader
-from ..errors import NonFiniteLossError, TrainingOutOfMemory, is_out_of_memory
+from ..errors import NonFiniteLossError, TrainingOutOfMemory
 from ..models import build_model
-from .checkpoint import Checkpointer, rng_state, set_rng_state
-from ..devices import (autocast_context, check_autocast_precision, check_precision_support, resolve_device,
-                       resolve_precision)
+from .checkpoint import Checkpointer
+from ..devices import check_autocast_precision, check_precision_support, resolve_device, resolve_precision
 from ..distributed import all_gather_object, get_rank, get_world_size, init_distributed, is_main_process
 from .lock import locked_output_dir
 from .evaluate import PeriodicEvaluation, evaluate_model
 from .preflight import check_detection_run, log_dataset_entries, write_run_config
 from .logger import MetricsWriter, setup_logging
-from .solver import BatchLayout, batch_layout, build_optimizer, build_scheduler
+from .hooks import EvalHook, MetricsLogger, ModelEMA, PeriodicCheckpointer
+from .loop import ForwardFn, HookBase, TrainLoop
+from .solver import batch_layout, build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["train", "evaluate_only", "NonFiniteLossError", "TrainingOutOfMemory", "seed_everything", "start_run",
-           "training_precision", "restore_training_state"]
+           "training_precision", "prepare_loop", "standard_hooks"]
 
 
 
@@ -97,25 +95,6 @@ def start_run(cfg, resume: bool, restart: bool) -> Tuple[Checkpointer, Optional[
 def _to_device(targets, device: torch.device):
     return [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
 
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def _state(model, optimizer, scheduler, scaler, iteration: int, cfg, best: Optional[float]) -> Dict[str, Any]:
-    m = _unwrap(model)
-    return {
-        "model": m.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "iteration": iteration,
-        "rng": rng_state(),
-        "config": dump_config(cfg),
-        "class_names": list(m.class_names),
-        "pixel_convention": m.pixel_convention.to_dict(),
-        "best": best,
-    }
 
 
 def _check_classes(cfg, dataset) -> None:
@@ -179,20 +158,42 @@ def training_precision(setting: str, device: torch.device):
     return precision, (torch.amp.GradScaler("cuda") if precision == "fp16" else None)
 
 
-def restore_training_state(found, model: nn.Module, optimizer, scheduler, scaler) -> Tuple[int, Optional[float]]:
-    """Load ``found`` (``(path, state)`` of :func:`start_run`, or None) into the training objects and the RNGs;
-    returns ``(start iteration, best)`` (``(0, None)`` without a checkpoint)."""
-    if found is None:
-        return 0, None
-    last, state = found
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
-    logger.info("resumed from %s at iteration %d", last, int(state["iteration"]))
-    return int(state["iteration"]), state.get("best")
+def prepare_loop(loop: TrainLoop, found: Optional[Tuple[Path, Dict[str, Any]]], ema: Any) -> None:
+    """Register the EMA hook when ``solver.ema.enabled`` (before anything is restored, so that its state is)
+    and restore ``found`` (``(path, state)`` of :func:`start_run`, or None) into the loop: model, optimizer,
+    schedule, scaler, RNGs, best metric and the hooks' state."""
+    if ema.enabled:
+        loop.register_hooks([ModelEMA(ema.decay)])
+        logger.info("solver.ema: evaluating and saving an exponential moving average of the weights (decay %g)",
+                    ema.decay)
+    if found is not None:
+        last, state = found
+        loop.load_state_dict(state)
+        logger.info("resumed from %s at iteration %d", last, loop.start_iter)
+
+
+def standard_hooks(writer: MetricsWriter, checkpointer: Checkpointer, *, checkpoint_period: int, log_period: int,
+                   summarize: Callable[[Dict[str, float]], Tuple[Dict[str, float], str]],
+                   evaluation: Optional[EvalHook] = None) -> List[HookBase]:
+    """What every training run does around its steps, in order: log the step values, evaluate (and keep
+    ``model_best.pth``), save ``model_NNNNNNN.pth`` every ``checkpoint_period`` steps and ``model_final.pth``."""
+    return [MetricsLogger(writer, log_period, summarize), evaluation, PeriodicCheckpointer(checkpointer,
+                                                                                         checkpoint_period)]
+
+
+def _detection_forward(device: torch.device) -> ForwardFn:
+    def forward(model: nn.Module, batch) -> Tuple[torch.Tensor, Dict[str, float]]:
+        images, targets = batch
+        images = [img.to(device, non_blocking=True) for img in images]
+        loss_dict = model(images, _to_device(targets, device))
+        return sum(loss_dict.values()), {k: float(v.detach()) for k, v in loss_dict.items()}
+    return forward
+
+
+def _summarize_losses(avg: Dict[str, float]) -> Tuple[Dict[str, float], str]:
+    total = sum(avg.values())
+    parts = " ".join(f"{k.replace('loss_', '')} {v:.3f}" for k, v in avg.items())
+    return {"total_loss": total, **avg}, f"loss {total:.3f} ({parts})"
 
 
 def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[Dict[str, Any]]:
@@ -214,137 +215,41 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[D
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
     precision, scaler = training_precision(cfg.solver.precision, device)
-    start_iter, best = restore_training_state(found, model, optimizer, scheduler, scaler)
+    s = cfg.solver
+    loop = TrainLoop(model, optimizer, scheduler, loader=None, forward=_detection_forward(device), layout=layout,
+                     max_iter=s.max_iter, device=device, precision=precision, scaler=scaler,
+                     clip_grad_norm=s.clip_grad_norm,
+                     extra_state=lambda: {"config": dump_config(cfg), "class_names": list(model.class_names),
+                                          "pixel_convention": model.pixel_convention.to_dict()})
+    prepare_loop(loop, found, s.ema)
     checks = check_detection_run(cfg, model, dataset.class_names, found)  # every input, before iteration 1
 
     if distributed:
         ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
-        model = nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
+        loop.model = nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
 
-    max_iter = cfg.solver.max_iter
-    writer = MetricsWriter(str(out), max_iter, start_iter, enabled=is_main_process())
+    start_iter = loop.start_iter
+    writer = MetricsWriter(str(out), s.max_iter, start_iter, enabled=is_main_process())
     checks.record(writer, start_iter)
-    if start_iter < max_iter:
-        loader = build_train_loader(cfg, start_iter=start_iter * layout.accumulation, rank=rank, world_size=world,
-                                    dataset=dataset, batch_size=layout.per_device)
-        try:
-            best = _loop(cfg, model, optimizer, scheduler, scaler, loader, ckpt, writer, device, precision, start_iter,
-                         best, layout)
-        finally:
-            writer.close()
+    evaluation = None
+    if cfg.test.eval_period > 0 and cfg.data.test is not None:
+        # any evaluator (test.evaluator): its scalars go to log.jsonl, its main metric ranks model_best.pth
+        periodic = PeriodicEvaluation(cfg)
+        evaluation = EvalHook(cfg.test.eval_period, periodic, writer, metric=lambda: periodic.metric,
+                              higher_is_better=periodic.higher_is_better, checkpointer=ckpt)
+    loop.register_hooks(standard_hooks(writer, ckpt, checkpoint_period=s.checkpoint_period,
+                                       log_period=cfg.log_period, summarize=_summarize_losses,
+                                       evaluation=evaluation))
+    if start_iter < s.max_iter:
+        loop.loader = build_train_loader(cfg, start_iter=start_iter * layout.accumulation, rank=rank,
+                                         world_size=world, dataset=dataset, batch_size=layout.per_device)
     else:
+        logger.info("training already finished (iteration %d of %d)", start_iter, s.max_iter)
+    try:
+        loop.train()
+    finally:
         writer.close()
-        logger.info("training already finished (iteration %d of %d)", start_iter, max_iter)
-
-    if is_main_process() and (start_iter < max_iter or not (out / "model_final.pth").exists()):
-        ckpt.save("model_final.pth", _state(model, optimizer, scheduler, scaler, max_iter, cfg, best))
     metrics = None
     if cfg.data.test is not None:
-        metrics = evaluate_model(cfg, model=_unwrap(model), output_dir=str(out))
+        metrics = evaluate_model(cfg, model=loop.eval_module(), output_dir=str(out))
     return metrics
-
-
-
-
-def _loop(cfg, model, optimizer, scheduler, scaler, loader, ckpt: Checkpointer, writer: MetricsWriter,
-          device: torch.device, precision: str, start_iter: int, best: Optional[float],
-          layout: BatchLayout) -> Optional[float]:
-    s = cfg.solver
-    max_iter, period, eval_period = s.max_iter, s.checkpoint_period, cfg.test.eval_period
-    params = [p for p in model.parameters() if p.requires_grad]
-    iterator = iter(loader)
-    window: Dict[str, float] = {}
-    n_window, t_window, d_window = 0, 0.0, 0.0
-    start = time.perf_counter()
-    accumulation = layout.accumulation
-    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
-    # any evaluator (test.evaluator): its scalars go to log.jsonl, its main metric ranks model_best.pth
-    periodic = PeriodicEvaluation(cfg) if eval_period > 0 and cfg.data.test is not None else None
-    for it in range(start_iter, max_iter):
-        t0 = time.perf_counter()
-        data_time = 0.0
-        terms: Dict[str, float] = {}
-        optimizer.zero_grad(set_to_none=True)
-        for micro in range(accumulation):
-            t_data = time.perf_counter()
-            images, targets = next(iterator)
-            images = [img.to(device, non_blocking=True) for img in images]
-            targets = _to_device(targets, device)
-            data_time += time.perf_counter() - t_data
-            # DDP averages gradients over processes once per step, on the last micro-step's backward
-            sync = not ddp or micro == accumulation - 1
-            try:
-                with contextlib.nullcontext() if sync else model.no_sync():
-                    with autocast_context(device, precision):
-                        loss_dict = model(images, targets)
-                    losses = sum(loss_dict.values())
-                    micro_terms = {k: float(v.detach()) for k, v in loss_dict.items()}
-                    if not math.isfinite(float(losses.detach())):
-                        saved = ckpt.candidates()
-                        last = saved[0] if saved else None
-                        raise NonFiniteLossError(
-                            f"iteration {it}: the loss is not finite "
-                            f"({', '.join(f'{k}={v}' for k, v in micro_terms.items())}); stopped without saving. "
-                            f"The last good checkpoint is {last or 'none (no checkpoint yet)'}. Lower "
-                            "solver.base_lr, raise solver.warmup_iters, set solver.clip_grad_norm, or check the data.")
-                    # each micro-step's loss is the mean over its images: dividing by the number of micro-steps
-                    # makes the accumulated gradient that of the mean over all the step's images
-                    loss = losses / accumulation
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
-            except RuntimeError as e:
-                if not is_out_of_memory(e):
-                    raise
-                raise TrainingOutOfMemory(
-                    f"iteration {it}: out of memory on {device} computing {layout.per_device} image(s) per "
-                    f"forward/backward ({layout.describe()}). Lower solver.ims_per_device (gradient accumulation "
-                    "keeps solver.ims_per_batch and the schedule unchanged), or input.max_size_train") from None
-            for k, v in micro_terms.items():
-                terms[k] = terms.get(k, 0.0) + v / accumulation
-        if scaler is not None:
-            if s.clip_grad_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, s.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            if s.clip_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, s.clip_grad_norm)
-            optimizer.step()
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-
-        iter_time = time.perf_counter() - t0
-        for k, v in terms.items():
-            window[k] = window.get(k, 0.0) + v
-        n_window, t_window, d_window = n_window + 1, t_window + iter_time, d_window + data_time
-        done = it + 1
-        if done % cfg.log_period == 0 or done == max_iter or done == start_iter + 1:
-            avg = {k: v / n_window for k, v in window.items()}
-            total = sum(avg.values())
-            eta = (time.perf_counter() - start) / (done - start_iter) * (max_iter - done)
-            writer.write(done, {"total_loss": total, **avg, "lr": lr, "images_seen": done * layout.total,
-                                "time": t_window / n_window, "data_time": d_window / n_window})
-            parts = " ".join(f"{k.replace('loss_', '')} {v:.3f}" for k, v in avg.items())
-            msg = (f"loss {total:.3f} ({parts}) lr {lr:.2e} {t_window / n_window:.2f}s/it "
-                   f"data {d_window / n_window:.3f}s")
-            if writer.interactive:
-                writer.progress(done, msg)
-            else:
-                logger.info("iter %d/%d %s eta %s", done, max_iter, msg, time.strftime("%H:%M:%S", time.gmtime(eta)))
-            window, n_window, t_window, d_window = {}, 0, 0.0, 0.0
-        elif writer.interactive:
-            writer.progress(done, "")
-
-        if periodic is not None and done % eval_period == 0 and done < max_iter:
-            scalars = periodic(_unwrap(model))
-            model.train()
-            run = periodic.last  # None on processes other than the main one
-            if run is not None and scalars:
-                writer.write(done, {**scalars, "images_seen": done * layout.total})
-                if run.improves(best):
-                    best = run.main_value
-                    ckpt.save("model_best.pth", _state(model, optimizer, scheduler, scaler, done, cfg, best))
-        if period > 0 and done % period == 0 and done < max_iter and is_main_process():
-            ckpt.save(f"model_{done:07d}.pth", _state(model, optimizer, scheduler, scaler, done, cfg, best),
-                      periodic=True)
-    return best
