@@ -97,7 +97,11 @@ def test_train_writes_everything_and_evaluates(overrides, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_gives_the_same_weights(overrides, tmp_path, monkeypatch):
+@pytest.mark.parametrize("ema", [False, True], ids=["plain", "ema"])
+def test_resume_gives_the_same_weights(overrides, tmp_path, monkeypatch, ema):
+    if ema:  # solver.ema: the saved "model" is the average; the raw weights ride along for resume
+        overrides = (lambda make: lambda out, **kw: make(out, solver__ema__enabled="true", solver__ema__decay=0.5,
+                                                         **kw))(overrides)
     full = tmp_path / "full"
     train(load_config(None, overrides(full, data__test="null")))
 
@@ -118,10 +122,16 @@ def test_resume_gives_the_same_weights(overrides, tmp_path, monkeypatch):
     assert not (broken / "model_final.pth").exists()
     train(load_config(None, overrides(broken, data__test="null")), resume=True)
 
-    a = Checkpointer.load(full / "model_final.pth")["model"]
-    b = Checkpointer.load(broken / "model_final.pth")["model"]
+    final_a, final_b = Checkpointer.load(full / "model_final.pth"), Checkpointer.load(broken / "model_final.pth")
+    a, b = final_a["model"], final_b["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    if ema:
+        assert final_a["ema"]["n_averaged"] == final_b["ema"]["n_averaged"] == 6
+        raw_a, raw_b = final_a["ema"]["raw_model"], final_b["ema"]["raw_model"]
+        for k in raw_a:
+            torch.testing.assert_close(raw_a[k], raw_b[k], rtol=1e-5, atol=1e-6, msg=k)
+        assert any(not torch.equal(a[k], raw_a[k]) for k in a if a[k].is_floating_point())  # average != raw
     # and differs from a run that did not train the last three iterations at all
     c = Checkpointer.load(broken / "model_0000003.pth")["model"]
     assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
@@ -414,10 +424,16 @@ def test_resume_past_a_truncated_newest_checkpoint(overrides, tmp_path, monkeypa
     assert "last_checkpoint is missing" in log and f"skipping damaged checkpoint: {newest}" in log
     assert "resumed from" in log and "model_0000002.pth at iteration 2" in log
     assert not (broken / ".model_0000006.pth.tmp999").exists()
-    a = Checkpointer.load(full / "model_final.pth")["model"]
-    b = Checkpointer.load(broken / "model_final.pth")["model"]
+    final_a, final_b = Checkpointer.load(full / "model_final.pth"), Checkpointer.load(broken / "model_final.pth")
+    a, b = final_a["model"], final_b["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    if ema:
+        assert final_a["ema"]["n_averaged"] == final_b["ema"]["n_averaged"] == 6
+        raw_a, raw_b = final_a["ema"]["raw_model"], final_b["ema"]["raw_model"]
+        for k in raw_a:
+            torch.testing.assert_close(raw_a[k], raw_b[k], rtol=1e-5, atol=1e-6, msg=k)
+        assert any(not torch.equal(a[k], raw_a[k]) for k in a if a[k].is_floating_point())  # average != raw
 
 
 def test_resume_never_silently_restarts_when_every_checkpoint_is_damaged(overrides, tmp_path):
