@@ -97,9 +97,14 @@ class ModelConfig:
 class DatasetSpec:
     json: Optional[str] = None  # COCO-format annotation file
     image_root: Optional[str] = None  # folder the json's file_name entries are relative to
-    format: str = "coco"  # coco, imagenet_det, imagenet_loc
+    format: str = "coco"  # coco, imagenet_det, imagenet_loc, voc
     name: Optional[str] = None  # shown in logs and reports
-    generate: Optional[str] = None  # "shapes": create the synthetic set here when missing
+    generate: Optional[str] = None  # "shapes" (json entries), "voc_shapes" (voc entries): create the set when missing
+    # format voc: the VOCdevkit folder, the year (its VOC<year> folder) and the image set (ImageSets/Main/<split>.txt)
+    root: Optional[str] = None
+    year: Optional[int] = None
+    split: Optional[str] = None
+    classes: Optional[List[str]] = None  # format voc: class names in label order; None: the devkit's 20
 
 
 @dataclass
@@ -113,6 +118,7 @@ class DataConfig:
     allow_outside_root: bool = False  # accept image file_names that are absolute or climb out with ..
     # images with more pixels are skipped with a warning, judged before decoding (Pillow's bomb guard is ~89M)
     max_image_pixels: int = 100_000_000
+    voc_use_difficult: bool = False  # train on VOC's difficult objects too (evaluation never counts them)
 
 
 @dataclass
@@ -185,6 +191,8 @@ class TestConfig:
     evaluator: str = "auto"
     # report.html: final (evaluations that are not test.eval_period's), always, never
     report: str = "final"
+    # PASCAL VOC AP: voc2007 (11-point) or area (VOC2010+); None: by data.test.year (2007: voc2007)
+    voc_metric: Optional[str] = None
 
 
 @dataclass
@@ -243,6 +251,7 @@ _CHOICES = {
     "test.precision": ("fp32", "bf16", "fp16"),
     "test.aug.merge": ("union", "maxout"),
     "test.report": ("final", "always", "never"),
+    "test.voc_metric": (None, "voc2007", "area"),
 }
 
 

@@ -273,8 +273,8 @@ def test_train_datasets_with_different_categories_are_rejected(tmp_path, coco_di
 
 
 def test_unsupported_format_is_rejected(coco_dir):
-    cfg = _cfg([f"data.test={{json: {coco_dir['json']}, image_root: {coco_dir['images']}, format: voc}}"])
-    with pytest.raises(ValueError, match="data.test.format: 'voc'"):
+    cfg = _cfg([f"data.test={{json: {coco_dir['json']}, image_root: {coco_dir['images']}, format: lvis}}"])
+    with pytest.raises(ValueError, match="data.test.format: 'lvis' is not supported; use one of .*, voc"):
         build_test_dataset(cfg)
 
 

@@ -18,6 +18,9 @@ from restransfer.data.image_io import DEFAULT_MAX_IMAGE_PIXELS
 from restransfer.data.samplers import InferenceSampler, TrainingBatchSampler, aspect_ratio_groups, batch_layout
 from restransfer.data.shapes import ensure_shapes
 from restransfer.data.transforms import TrainAugmentation, build_transforms
+from restransfer.data.voc import VOC_CLASSES, VocDataset
+from restransfer.data.voc_shapes import DEFAULT_CLASSES as SHAPES_CLASSES, ensure_voc_shapes
+from restransfer.errors import ConfigError, DataError
 
 __all__ = [
     "CocoConcatDataset",
@@ -87,10 +90,10 @@ def _generate_if_missing(spec: Any, json_path: Path, key: str) -> None:
     if spec.generate is None or json_path.is_file():
         return
     if spec.generate != "shapes":
-        raise ValueError(f"{key}.generate: {spec.generate!r} is not a generator; the one available is 'shapes'")
+        raise ConfigError(f"{key}.generate: {spec.generate!r} is not a generator; the one available is 'shapes'")
     root = json_path.parent.parent
     if json_path.parent.name != "annotations" or json_path.name not in ("train.json", "val.json"):
-        raise ValueError(
+        raise ConfigError(
             f"{key}.json: {json_path}: the shapes generator writes ROOT/annotations/{{train,val}}.json; "
             f"point json at such a path (see {DATASETS_README})")
     logger.info("generating the synthetic shapes set under %s", root)
@@ -102,9 +105,9 @@ def _check_generated_layout(spec: Any, json_path: Path, image_root: Path, key: s
     if spec.generate is not None and image_root.absolute() != expected.absolute():
         entry = "{json: ..., image_root: ...}"
         whole = f"data.train=[{entry}]" if key.startswith("data.train") else f"{key}={entry}"
-        raise ValueError(f"{key}.image_root: {image_root}: the shapes generator puts the images of {json_path.name} "
-                         f"in {expected}; set image_root to it, or for a dataset of your own give the whole entry "
-                         f"({whole}: a new entry keeps no generate from the base config) (see {DATASETS_README})")
+        raise ConfigError(f"{key}.image_root: {image_root}: the shapes generator puts the images of {json_path.name} "
+                          f"in {expected}; set image_root to it, or for a dataset of your own give the whole entry "
+                          f"({whole}: a new entry keeps no generate from the base config) (see {DATASETS_README})")
 
 
 def dataset_from_spec(
@@ -117,20 +120,27 @@ def dataset_from_spec(
     filter_empty: bool,
     allow_outside_root: bool = False,
     max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS,
+    use_difficult: bool = False,
     uint8_images: bool = False,
 ) -> CocoDataset:
-    """A :class:`CocoDataset` from one ``DatasetSpec`` (``json``, ``image_root``, ``format``, ``name``, ``generate``).
+    """A :class:`CocoDataset` from one ``DatasetSpec`` (``json``, ``image_root``, ``format``, ``name``, ``generate``;
+    ``format: voc`` reads ``root``, ``year``, ``split`` and ``classes`` instead: a :class:`VocDataset`).
 
     ``key`` (e.g. ``"data.train[0]"``) names the spec in error messages; ``allow_outside_root`` and
     ``max_image_pixels`` are ``data.allow_outside_root`` and ``data.max_image_pixels`` (see :class:`CocoDataset`),
+    ``use_difficult`` is ``data.voc_use_difficult`` (VOC's difficult objects as training targets),
     ``uint8_images`` makes images uint8 (3, H, W) in 0..255 (the training loader's; see :class:`CocoDataset`).
     """
+    if spec.format == "voc":
+        return _voc_dataset(spec, key, with_masks, use_difficult, transforms=transforms, is_train=is_train,
+                            filter_empty=filter_empty, allow_outside_root=allow_outside_root,
+                            max_image_pixels=max_image_pixels, uint8_images=uint8_images)
     if spec.format not in _COCO_JSON_FORMATS:
-        raise ValueError(f"{key}.format: {spec.format!r} is not supported; use one of {', '.join(_COCO_JSON_FORMATS)} "
-                         f"(ImageNet data is read through its converted COCO json, see {DATASETS_README})")
+        raise ConfigError(f"{key}.format: {spec.format!r} is not supported; use one of {', '.join(_COCO_JSON_FORMATS)}, "
+                          f"voc (ImageNet data is read through its converted COCO json, see {DATASETS_README})")
     if not spec.json or not spec.image_root:
-        raise ValueError(f"{key}: needs both json and image_root, e.g. {{json: datasets/coco/annotations/"
-                         f"instances_val2017.json, image_root: datasets/coco/val2017}} (see {DATASETS_README})")
+        raise ConfigError(f"{key}: needs both json and image_root, e.g. {{json: datasets/coco/annotations/"
+                          f"instances_val2017.json, image_root: datasets/coco/val2017}} (see {DATASETS_README})")
     json_path, image_root = Path(resolve_path(spec.json)), Path(resolve_path(spec.image_root))
     _generate_if_missing(spec, json_path, key)
     _check_generated_layout(spec, json_path, image_root, key)
@@ -138,6 +148,30 @@ def dataset_from_spec(
                      filter_empty=filter_empty, is_train=is_train, name=spec.name or None,
                      allow_outside_root=allow_outside_root, max_image_pixels=max_image_pixels,
                      uint8_images=uint8_images)
+    logger.info("%s: %s: %d images, %d classes", key, ds.name, len(ds), len(ds.class_names))
+    return ds
+
+
+def _voc_dataset(spec: Any, key: str, with_masks: bool, use_difficult: bool, **options: Any) -> VocDataset:
+    """A :class:`VocDataset` of one ``format: voc`` entry (``options``: CocoDataset's keyword arguments)."""
+    missing = [k for k in ("root", "year", "split") if spec[k] is None]
+    if missing or spec.json or spec.image_root:
+        raise ConfigError(f"{key}: a format voc entry names root, year and split (and optionally classes), e.g. "
+                          f"{{format: voc, root: datasets/VOCdevkit, year: 2007, split: trainval}}"
+                          + (f"; missing: {', '.join(missing)}" if missing else "; json/image_root are for COCO "
+                             "json entries") + f" (see {DATASETS_README})")
+    if with_masks:
+        raise ConfigError(f"{key}: PASCAL VOC entries have boxes only; use model.arch=faster_rcnn (or "
+                          "data.with_masks=false)")
+    if spec.generate not in (None, "voc_shapes"):
+        raise ConfigError(f"{key}.generate: {spec.generate!r}; the generator of format voc entries is 'voc_shapes'")
+    root = Path(resolve_path(spec.root))
+    classes = tuple(spec.classes) if spec.classes else SHAPES_CLASSES if spec.generate else VOC_CLASSES
+    if spec.generate is not None:
+        logger.info("generating the VOC-layout shapes set under %s if missing", root)
+        ensure_voc_shapes(root, year=spec.year, classes=classes)
+    ds = VocDataset(root, spec.year, spec.split, classes=classes, use_difficult=use_difficult,
+                    name=spec.name or None, **options)
     logger.info("%s: %s: %d images, %d classes", key, ds.name, len(ds), len(ds.class_names))
     return ds
 
@@ -154,37 +188,37 @@ def build_train_dataset(cfg: DictConfig) -> CocoConcatDataset:
             them has no usable image or no usable annotation.
     """
     if not cfg.data.train:
-        raise ValueError("data.train is empty: set it to a list like [{json: PATH, image_root: DIR}] "
-                         f"(see {DATASETS_README})")
+        raise ConfigError("data.train is empty: set it to a list like [{json: PATH, image_root: DIR}] "
+                          f"(see {DATASETS_README})")
     transforms = build_transforms(list(cfg.input.min_size_train), cfg.input.max_size_train,
                                   cfg.input.hflip_prob, cfg.input.color_jitter, is_train=True)
     datasets = [
         dataset_from_spec(spec, key=f"data.train[{i}]", is_train=True, transforms=transforms,
                           with_masks=uses_masks(cfg), filter_empty=cfg.data.filter_empty,
                           allow_outside_root=cfg.data.allow_outside_root,
-                          max_image_pixels=cfg.data.max_image_pixels,
+                          max_image_pixels=cfg.data.max_image_pixels, use_difficult=cfg.data.voc_use_difficult,
                           uint8_images=True)  # the model converts: a quarter of the bytes to move
         for i, spec in enumerate(cfg.data.train)
     ]
     reference = _categories(datasets[0])
     for ds in datasets[1:]:
         if _categories(ds) != reference:
-            raise ValueError(f"data.train: {datasets[0].json_path} and {ds.json_path} have different categories "
-                             f"(ids and names must match to be trained together)")
+            raise DataError(f"data.train: {datasets[0].json_path} and {ds.json_path} have different categories "
+                            f"(ids and names must match to be trained together)")
     for ds in datasets:
         if len(ds) == 0:
-            raise ValueError(f"data.train: {ds.json_path} has no usable training images (under {ds.image_root})")
+            raise DataError(f"data.train: {ds.json_path} has no usable training images (under {ds.image_root})")
         if ds.num_targets == 0:
-            raise ValueError(f"data.train: {ds.json_path} has no usable annotations on its {len(ds)} images "
-                             f"(see the warnings above); a training set needs objects to learn from")
+            raise DataError(f"data.train: {ds.json_path} has no usable annotations on its {len(ds)} images "
+                            f"(see the warnings above); a training set needs objects to learn from")
     return CocoConcatDataset(datasets)
 
 
 def build_test_dataset(cfg: DictConfig) -> CocoDataset:
     """The ``cfg.data.test`` dataset, unaugmented (the model resizes test images itself)."""
     if cfg.data.test is None:
-        raise ValueError("data.test is not set: give {json: PATH, image_root: DIR} "
-                         f"(see {DATASETS_README})")
+        raise ConfigError("data.test is not set: give {json: PATH, image_root: DIR} "
+                          f"(see {DATASETS_README})")
     return dataset_from_spec(cfg.data.test, key="data.test", is_train=False,
                              transforms=build_transforms([], 0, is_train=False),
                              with_masks=uses_masks(cfg), filter_empty=False,
