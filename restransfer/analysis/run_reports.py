@@ -24,7 +24,7 @@ from .coco_errors import read_ground_truth, read_results
 from .report import localization_error_split, write_coco_report, write_det_report, write_loc_report
 
 __all__ = ["coco_run_report", "coco_files_report", "det_run_report", "loc_run_report", "loc_files_report",
-           "register_report", "evaluation_report"]
+           "voc_run_report", "register_report", "evaluation_report"]
 
 logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -128,6 +128,26 @@ def loc_files_report(metrics_path: PathLike, metrics: Mapping[str, Any], submiss
         return None
 
 
+def voc_run_report(metrics_path: PathLike, dataset: Optional[Any], predictions: Sequence[Mapping[str, Any]],
+                   result: Any, class_names: Sequence[str]) -> Optional[Path]:
+    """``report.html`` for a PASCAL VOC evaluation: ``result`` is the devkit's
+    :class:`~restransfer.evaluation.voc.VocEvalResult` over ``class_names``; the metrics are read back from
+    ``metrics_path``. Per-class AP bars, the devkit's precision-recall curves and, with a ``dataset`` (not
+    when results files were evaluated), the confusion matrix and the gallery."""
+    try:
+        metrics = json.loads(Path(metrics_path).read_text(encoding="utf-8"))
+        gt_data, results, root, ids = _data(dataset, predictions) if dataset is not None else (None, [], None, None)
+        curves = [(c, np.asarray(r), np.asarray(p)) for c, r, p, n in
+                  zip(class_names, result.recall, result.precision, result.num_pos) if n > 0]
+        summary = {f"mAP@.5 ({metrics.get('metric')})": metrics.get("mAP"), "mAP@.5:.95": metrics.get("mAP_50_95")}
+        return write_det_report(metrics_path, metrics, {c: c for c in class_names}, curves,
+                                dict(zip(class_names, result.num_pos.tolist())), gt_data, results, image_root=root,
+                                image_ids=ids, title="PASCAL VOC evaluation", summary=summary, key_header=None)
+    except Exception as e:  # noqa: BLE001
+        _warn(metrics_path, e)
+        return None
+
+
 # evaluator name -> report(evaluator, dataset); the evaluator has evaluated (main process)
 ReportFn = Callable[[Any, Any], Optional[Path]]
 _REPORTS: Dict[str, ReportFn] = {}
@@ -150,5 +170,7 @@ def evaluation_report(evaluator: Any, dataset: Any) -> Optional[Path]:
 register_report("coco", lambda ev, ds: coco_run_report(ev.metrics_path, ev.metrics, ds, ev.predictions))
 register_report("imagenet_det", lambda ev, ds: det_run_report(ev.metrics_path, ds, ev.predictions, ev.result,
                                                                ev.ground_truth.wnids))
+register_report("voc", lambda ev, ds: voc_run_report(ev.metrics_path, ds, ev.predictions, ev.result,
+                                                      ev.ground_truth.class_names))
 register_report("imagenet_loc", lambda ev, ds: loc_run_report(ev.metrics_path, ev.metrics, ds, ev.predictions,
                                                                ev.ground_truth, ev.submission, ev.blacklisted))

@@ -99,9 +99,11 @@ def evaluator_for_test_set(cfg, dataset, *, name: Optional[str] = None, output_d
     """The evaluator ``name`` (default ``test.evaluator``; ``auto``: the one registered for
     ``data.test.format``) for ``dataset``, writing into ``output_dir`` (default ``cfg.output_dir``)."""
     fmt = cfg.data.test.format if cfg.data.test is not None else "coco"
+    # protocol options from cfg.test, passed when set (a factory ignores the options of other protocols)
+    options = {"voc_metric": cfg.test.voc_metric} if cfg.test.voc_metric is not None else {}
     return build_evaluator(name or cfg.test.evaluator, fmt, dataset=dataset,
                            output_dir=Path(output_dir if output_dir is not None else cfg.output_dir),
-                           metrics_path=metrics_path)
+                           metrics_path=metrics_path, **options)
 
 
 def evaluate(cfg, weights: Weights = None, *, model: Optional[nn.Module] = None, dataset: Any = None,

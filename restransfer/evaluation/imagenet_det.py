@@ -41,6 +41,7 @@ from restransfer.boxes import devkit_to_xyxy, inclusive_iou, xyxy_to_xywh
 from restransfer.data.ilsvrc import Synsets
 from restransfer.data.imagenet_det import read_blacklist, read_synsets
 from restransfer.evaluation.coco import evaluate_coco
+from restransfer.evaluation.voc import voc_ap  # VOC 2010+ AP (VOCap.m), which eval_detection.m uses too
 from restransfer.evaluation.imagenet_det_io import (
     DetGroundTruth,
     DetSubmission,
@@ -107,16 +108,6 @@ def object_thresholds(boxes: np.ndarray) -> np.ndarray:
     w = boxes[:, 2] - boxes[:, 0] + 1
     h = boxes[:, 3] - boxes[:, 1] + 1
     return np.minimum(DEFAULT_IOU_THRESHOLD, (w * h) / ((w + PIXEL_TOLERANCE) * (h + PIXEL_TOLERANCE)))
-
-
-def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
-    """VOC 2010+ AP: area under the monotone (right-to-left maximum) precision envelope, summed at
-    every recall change. ``recall``/``precision``: (M,) in rank order; M = 0 gives 0."""
-    mrec = np.concatenate(([0.0], recall, [1.0]))
-    mpre = np.concatenate(([0.0], precision, [0.0]))
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
-    i = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
-    return float(np.sum((mrec[i] - mrec[i - 1]) * mpre[i]))
 
 
 def _keys(image_ids: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
