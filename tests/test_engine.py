@@ -137,6 +137,30 @@ def test_resume_gives_the_same_weights(overrides, tmp_path, monkeypatch, ema):
     assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
 
 
+def test_a_user_hook_is_called_by_training_and_its_state_is_checkpointed(overrides, tmp_path):
+    from restransfer.engine.loop import HookBase
+
+    class CountSteps(HookBase):
+        state_key = "count_steps"
+
+        def __init__(self):
+            self.seen = []
+
+        def after_step(self):
+            self.seen.append((self.loop.done, round(self.loop.lr, 8), sorted(self.loop.values)))
+
+        def state_dict(self):
+            return {"steps": len(self.seen)}
+
+    hook = CountSteps()
+    out = tmp_path / "run"
+    train(load_config(None, overrides(out, data__test="null", solver__max_iter=2, solver__checkpoint_period=0)),
+          hooks=[hook])
+    assert [d for d, _, _ in hook.seen] == [1, 2]
+    assert "loss_classifier" in hook.seen[0][2] and "loss_objectness" in hook.seen[0][2]
+    assert Checkpointer.load(out / "model_final.pth")["count_steps"] == {"steps": 2}
+
+
 @pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(overrides, tmp_path, monkeypatch):
     from restransfer.models.detector import Detector

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ from ..engine.logger import MetricsWriter
 from ..engine.preflight import check_classification_run
 from ..engine.solver import batch_layout, build_optimizer, build_scheduler
 from ..engine.hooks import EvalHook
-from ..engine.loop import TrainLoop
+from ..engine.loop import HookBase, TrainLoop
 from ..engine.trainer import prepare_loop, standard_hooks, start_run, training_precision
 from ..data.samplers import TrainingBatchSampler
 from ..yaml_config import dump_config
@@ -69,15 +69,17 @@ def build_train_set(cfg) -> ClassificationDataset:
     return dataset
 
 
-def train_classifier(cfg, resume: bool = False, restart: bool = False) -> Optional[Dict[str, Any]]:
+def train_classifier(cfg, resume: bool = False, restart: bool = False,
+                     hooks: Sequence[HookBase] = ()) -> Optional[Dict[str, Any]]:
     """Train the classifier of ``cfg`` (see the module docstring); returns the final test metrics on the main
-    process (None elsewhere or without ``data.test``). ``resume``/``restart`` as for the detectors."""
+    process (None elsewhere or without ``data.test``). ``resume``/``restart``/``hooks`` as for the detectors
+    (:func:`restransfer.engine.trainer.train`)."""
     if resume and restart:
         raise ValueError("--resume and --restart exclude each other")
     device = resolve_device(cfg.device)
     init_distributed(device)
     with locked_output_dir(cfg.output_dir, "training"):
-        return _train(cfg, device, resume, restart)
+        return _train(cfg, device, resume, restart, hooks)
 
 
 def _classification_forward(device: torch.device):
@@ -115,7 +117,8 @@ def _describe_test(n_images: int):
                       f"top-5 {v['test/top5_error']:.2f}%")
 
 
-def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[Dict[str, Any]]:
+def _train(cfg, device: torch.device, resume: bool, restart: bool,
+           hooks: Sequence[HookBase] = ()) -> Optional[Dict[str, Any]]:
     rank, world = get_rank(), get_world_size()
     out = Path(cfg.output_dir)
     ckpt, found = start_run(cfg, resume, restart)
@@ -137,7 +140,7 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[D
                          "config": dump_config(cfg), "class_names": list(dataset.class_names),
                          "pixel_convention": net.pixel_convention.to_dict(), **network_meta(net, cfg.model.arch)},
                      module=net)
-    prepare_loop(loop, found, s.ema)
+    prepare_loop(loop, found, s.ema, hooks)
     checks = check_classification_run(cfg, net, dataset.class_names, found,  # every input, before iteration 1
                                       lambda: dataset_from_spec(cfg.data.test, dataset.class_names, cfg.data))
     test_set = checks.test_set  # built on the main process, which runs the evaluations

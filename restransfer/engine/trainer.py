@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from ..config import dump_config
 from ..data.build import build_train_dataset, build_train_loader
-from ..errors import NonFiniteLossError, TrainingOutOfMemory
+from ..errors import ConfigError, NonFiniteLossError, TrainingOutOfMemory
 from ..models import build_model
 from .checkpoint import Checkpointer
 from ..devices import check_autocast_precision, check_precision_support, resolve_device, resolve_precision
@@ -81,7 +81,7 @@ def start_run(cfg, resume: bool, restart: bool) -> Tuple[Checkpointer, Optional[
                      "a replaced-<time>/ subfolder), or choose another output_dir=...")
     error = all_gather_object(error)[0]
     if error:
-        raise ValueError(error)
+        raise ConfigError(error)
     if resume:
         found = ckpt.newest_intact()
         if found is None:
@@ -100,13 +100,14 @@ def _to_device(targets, device: torch.device):
 def _check_classes(cfg, dataset) -> None:
     k = len(dataset.class_names)
     if k != cfg.model.num_classes:
-        raise ValueError(f"the training data has {k} classes ({', '.join(dataset.class_names[:5])}"
-                         f"{', ...' if k > 5 else ''}) but model.num_classes is {cfg.model.num_classes}; set "
-                         f"model.num_classes={k} (a checkpoint with another class count still loads: its "
-                         "class-dependent layers are re-initialized)")
+        raise ConfigError(f"the training data has {k} classes ({', '.join(dataset.class_names[:5])}"
+                          f"{', ...' if k > 5 else ''}) but model.num_classes is {cfg.model.num_classes}; set "
+                          f"model.num_classes={k} (a checkpoint with another class count still loads: its "
+                          "class-dependent layers are re-initialized)")
 
 
-def train(cfg, resume: bool = False, restart: bool = False) -> Optional[Dict[str, Any]]:
+def train(cfg, resume: bool = False, restart: bool = False,
+          hooks: Sequence[HookBase] = ()) -> Optional[Dict[str, Any]]:
     """Train the model of ``cfg``; returns the final metrics on the main process (None elsewhere or when
     there is no test set).
 
@@ -117,22 +118,25 @@ def train(cfg, resume: bool = False, restart: bool = False) -> Optional[Dict[str
             ``replaced-<time>/`` subfolder first. Without ``resume`` or ``restart``, a folder that holds
             checkpoints is an error, so that no run is overwritten by accident.
 
+        hooks: behaviours of your own (:class:`~restransfer.engine.loop.HookBase`), called around every step
+            after the EMA update and before logging, evaluation and checkpoints.
+
     The run holds ``output_dir/run.lock`` throughout: a second run on the same folder stops at once.
     """
     if resume and restart:
-        raise ValueError("--resume and --restart exclude each other: resume continues the checkpoints in "
-                         "output_dir, restart sets them aside and starts from iteration 0")
+        raise ConfigError("--resume and --restart exclude each other: resume continues the checkpoints in "
+                          "output_dir, restart sets them aside and starts from iteration 0")
     device = resolve_device(cfg.device)
     init_distributed(device)
     with locked_output_dir(cfg.output_dir, "training"):
-        return _train(cfg, device, resume, restart)
+        return _train(cfg, device, resume, restart, hooks)
 
 
 def evaluate_only(cfg) -> Optional[Dict[str, Any]]:
     """Evaluate ``model.weights`` (or the newest intact checkpoint of ``output_dir``) on ``data.test`` and
     write ``metrics.json`` into ``output_dir``, holding the folder's lock."""
     if cfg.data.test is None:
-        raise ValueError("evaluation needs data.test in the config (a COCO-format json and image folder)")
+        raise ConfigError("evaluation needs data.test in the config (a COCO-format json and image folder)")
     device = resolve_device(cfg.device)
     init_distributed(device)
     with locked_output_dir(cfg.output_dir, "evaluation"):
@@ -141,8 +145,8 @@ def evaluate_only(cfg) -> Optional[Dict[str, Any]]:
         if not weights:
             found = Checkpointer(cfg.output_dir).last()
             if found is None:
-                raise ValueError(f"nothing to evaluate: model.weights is not set and {cfg.output_dir} holds no "
-                                 "checkpoint; set model.weights=PATH or train first")
+                raise ConfigError(f"nothing to evaluate: model.weights is not set and {cfg.output_dir} holds no "
+                                  "checkpoint; set model.weights=PATH or train first")
             weights = str(found)
         return evaluate_model(cfg, weights=weights)
 
@@ -158,14 +162,18 @@ def training_precision(setting: str, device: torch.device):
     return precision, (torch.amp.GradScaler("cuda") if precision == "fp16" else None)
 
 
-def prepare_loop(loop: TrainLoop, found: Optional[Tuple[Path, Dict[str, Any]]], ema: Any) -> None:
-    """Register the EMA hook when ``solver.ema.enabled`` (before anything is restored, so that its state is)
-    and restore ``found`` (``(path, state)`` of :func:`start_run`, or None) into the loop: model, optimizer,
-    schedule, scaler, RNGs, best metric and the hooks' state."""
+def prepare_loop(loop: TrainLoop, found: Optional[Tuple[Path, Dict[str, Any]]], ema: Any,
+                 hooks: Sequence[HookBase] = ()) -> None:
+    """Register the EMA hook when ``solver.ema.enabled`` and the caller's ``hooks`` (before anything is
+    restored, so that their state is), then restore ``found`` (``(path, state)`` of :func:`start_run`, or
+    None) into the loop: model, optimizer, schedule, scaler, RNGs, best metric and the hooks' state. The
+    standard hooks (logging, evaluation, checkpoints) are registered after these, so they see the step's
+    average and whatever a user hook did."""
     if ema.enabled:
         loop.register_hooks([ModelEMA(ema.decay)])
         logger.info("solver.ema: evaluating and saving an exponential moving average of the weights (decay %g)",
                     ema.decay)
+    loop.register_hooks(list(hooks))
     if found is not None:
         last, state = found
         loop.load_state_dict(state)
@@ -196,7 +204,8 @@ def _summarize_losses(avg: Dict[str, float]) -> Tuple[Dict[str, float], str]:
     return {"total_loss": total, **avg}, f"loss {total:.3f} ({parts})"
 
 
-def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[Dict[str, Any]]:
+def _train(cfg, device: torch.device, resume: bool, restart: bool,
+           hooks: Sequence[HookBase] = ()) -> Optional[Dict[str, Any]]:
     distributed = get_world_size() > 1
     rank, world = get_rank(), get_world_size()
     out = Path(cfg.output_dir)
@@ -221,7 +230,7 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool) -> Optional[D
                      clip_grad_norm=s.clip_grad_norm,
                      extra_state=lambda: {"config": dump_config(cfg), "class_names": list(model.class_names),
                                           "pixel_convention": model.pixel_convention.to_dict()})
-    prepare_loop(loop, found, s.ema)
+    prepare_loop(loop, found, s.ema, hooks)
     checks = check_detection_run(cfg, model, dataset.class_names, found)  # every input, before iteration 1
 
     if distributed:
