@@ -3,7 +3,8 @@
 A schema is a tree of dataclasses turned into an OmegaConf structured config, so every key has a type and
 a documented default. :func:`load_structured` reads a file (and its bases), applies command-line overrides
 and returns the merged config; unknown keys and wrong types are errors that name the file, the line, the
-key and the closest valid key. ``restransfer.config`` holds the detection schema; any other tool with a
+key and the closest valid key. A config file, and each ``_base_``, is a path (a base's relative to its file)
+or, where no such file exists, the name of a config packaged with the toolkit (:mod:`restransfer.model_zoo`). ``restransfer.config`` holds the detection schema; any other tool with a
 schema of its own (classification, say) loads it through the same function.
 
 How a later value combines with an earlier one (a child file over its ``_base_``, an override over the
@@ -31,8 +32,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
 from .fileio import atomic_write_text
+from .model_zoo import find_config
 
-__all__ = ["ConfigError", "structured_defaults", "load_structured", "dump_config", "resolve_path"]
+__all__ = ["ConfigError", "structured_defaults", "load_structured", "read_config_tree", "dump_config",
+           "resolve_path"]
 
 
 
@@ -170,25 +173,35 @@ def _entry_keys(update: Dict[str, Any], entries: Iterable[str], prefix: str = ""
     return found
 
 
-def _read_with_bases(path: Path, keys: _Keys, chain: Tuple[Path, ...] = ()) -> Dict[str, Any]:
+def _read_with_bases(path: Path, keys: Optional[_Keys], chain: Tuple[Path, ...] = ()) -> Dict[str, Any]:
+    """The file's mapping merged over its ``_base_`` chain (a base: a path relative to the file, or a packaged
+    config's name); ``keys``: the schema's keys to check every file against (None: no check)."""
     path = path.resolve()
     if path in chain:
         cycle = " -> ".join(str(p) for p in chain + (path,))
         raise ConfigError(f"{path}: _base_ inheritance forms a cycle: {cycle}")
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}" + (f" (a _base_ of {chain[-1]})" if chain else ""))
     data, lines = _load_yaml_with_lines(path)
     bases = data.pop("_base_", None)
-    keys.check(data, str(path), lines)
+    if keys is not None:
+        keys.check(data, str(path), lines)
+    entries = keys.entries if keys is not None else ()
     merged: Dict[str, Any] = {}
     if bases is not None:
         if isinstance(bases, str):
             bases = [bases]
         if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-            raise ConfigError(f"{path}: _base_ must be a path or a list of paths relative to the file")
+            raise ConfigError(f"{path}: _base_ must be a path relative to the file or a packaged config's name, "
+                              "or a list of them")
         for b in bases:
-            merged = _deep_merge(merged, _read_with_bases(path.parent / b, keys, chain + (path,)), keys.entries)
-    return _deep_merge(merged, data, keys.entries)
+            base = find_config(b, relative_to=path.parent, base_of=path)
+            merged = _deep_merge(merged, _read_with_bases(base, keys, chain + (path,)), entries)
+    return _deep_merge(merged, data, entries)
+
+
+def read_config_tree(path: os.PathLike | str) -> Dict[str, Any]:
+    """The mapping of a config file (or packaged config name) merged over its ``_base_`` chain, before any
+    schema: for a caller that picks the schema by what the file says."""
+    return _read_with_bases(find_config(path), None)
 
 
 def _parse_override(item: str, keys: _Keys) -> Tuple[str, Any]:
@@ -221,7 +234,8 @@ def load_structured(schema: type, path: Optional[os.PathLike | str] = None, over
 
     Args:
         schema: the root dataclass; every key of the file must be one of its (nested) fields.
-        path: the YAML file; ``None`` starts from the defaults.
+        path: the YAML file, or the name of a packaged config (:mod:`restransfer.model_zoo`); ``None``
+            starts from the defaults.
         overrides: strings like ``"model.depth=50"`` or ``"solver.steps=[1000,2000]"``; values are parsed
             as YAML (``"data.test={image_root: imgs}"`` works too).
         items: dotted keys whose value is a list of entries or an optional entry, mapped to the entry's
@@ -235,7 +249,7 @@ def load_structured(schema: type, path: Optional[os.PathLike | str] = None, over
     data: Dict[str, Any] = {}
     where = "defaults"
     if path is not None:
-        data = _read_with_bases(Path(path), keys)
+        data = _read_with_bases(find_config(path), keys)
         where = str(path)
     try:
         cfg = OmegaConf.merge(structured_defaults(schema), data)
