@@ -89,6 +89,27 @@ def test_msra_pickle_loads_every_parameter(tmp_path):
     torch.testing.assert_close(model.bn1(x), expected, rtol=1e-6, atol=1e-6)
 
 
+def test_build_resnet_constructs_with_the_weights_convention(tmp_path):
+    """The builder reads the weights first and passes their convention to the constructor; loading the state
+    leaves the constructed convention alone (nothing is set on the model afterwards)."""
+    from restransfer.backbone import build_resnet
+    from restransfer.backbone.weights import load_pretrained_state, read_pretrained
+
+    path = tmp_path / "R-50.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(_msra_blobs(), f)
+    model = build_resnet(50, weights=str(path), style="caffe", num_classes=1000)
+    assert model.pixel_convention == MSRA_BGR
+    torch.testing.assert_close(model.layer3[5].conv2.weight,
+                               torch.from_numpy(_msra_blobs()["res4_5_branch2b_w"]))
+    pretrained = read_pretrained(str(path))
+    assert pretrained.format == "msra" and pretrained.convention == MSRA_BGR
+    built = ResNet(50, style="caffe", num_classes=1000, pixel_convention=TORCHVISION_RGB)
+    load_pretrained_state(built, pretrained)
+    assert built.pixel_convention == TORCHVISION_RGB  # as constructed
+    assert ResNet(18).pixel_convention is None and ResNet(18, class_names=["a", "b"]).class_names == ["a", "b"]
+
+
 def test_style_mismatch_is_an_error(tmp_path):
     path = tmp_path / "R-50.pkl"
     with open(path, "wb") as f:

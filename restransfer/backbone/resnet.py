@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .folded import conv_norm
 from .norms import NORMS, FrozenBatchNorm2d, fold_frozen_bn, freeze_batchnorm, get_norm
+from .weights import PixelConvention
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "DEPTHS", "STAGE_NAMES"]
 
@@ -153,6 +154,9 @@ class ResNet(nn.Module):
         num_classes: when set, adds global average pooling and the ``fc`` layer used by :meth:`classify`.
         residual: ``False`` builds the plain network of the same depth (no shortcuts), as in the paper's
             plain-versus-residual comparison.
+        pixel_convention: how images must be presented to the weights this network will hold
+            (:class:`~restransfer.backbone.PixelConvention`; None: not known yet).
+        class_names: names of the classifier's columns, when known (a classifier checkpoint's).
 
     Input: ``(B, 3, H, W)`` normalized images. ``forward`` returns an ordered dict of feature maps;
     ``out_channels[name]`` and ``strides[name]`` describe each.
@@ -160,7 +164,8 @@ class ResNet(nn.Module):
 
     def __init__(self, depth: int, *, style: str = "pytorch", norm: str = "frozen_bn", freeze_at: int = 2,
                  out_features: Sequence[str] = STAGE_NAMES, num_classes: Optional[int] = None,
-                 residual: bool = True) -> None:
+                 residual: bool = True, pixel_convention: Optional[PixelConvention] = None,
+                 class_names: Optional[Sequence[str]] = None) -> None:
         super().__init__()
         if depth not in DEPTHS:
             raise ValueError(f"ResNet depth {depth!r} is not supported; valid depths: {', '.join(map(str, DEPTHS))}")
@@ -209,7 +214,8 @@ class ResNet(nn.Module):
                 del self.out_channels[STAGE_NAMES[i]], self.strides[STAGE_NAMES[i]]
 
         self._init_weights()
-        self.pixel_convention = None  # set by load_pretrained
+        self.pixel_convention = pixel_convention
+        self.class_names = list(class_names) if class_names is not None else None
         self.freeze(freeze_at)
 
     def _init_weights(self) -> None:

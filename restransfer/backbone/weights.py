@@ -11,7 +11,9 @@ Sources (``load_pretrained(model, source)``):
 * ``timm://<model name>`` (e.g. ``timm://resnet50.a1_in1k``) through timm's cache.
 
 Every source carries the pixel convention its weights were trained with (:class:`PixelConvention`);
-it is stored on the model as ``model.pixel_convention`` and the detectors apply it by default. A checkpoint
+the builders read the weights first (:func:`read_pretrained`) and pass it to the constructor
+(``ResNet(..., pixel_convention=...)``, then :func:`load_pretrained_state`); :func:`load_pretrained` records it
+as ``model.pixel_convention`` on a ResNet built by hand. The detectors apply it by default. A checkpoint
 of ``tools/train_cls.py`` (``task: "classification"``, torchvision parameter names under ``model``) records
 the convention its classifier was trained with, and that one is used.
 
@@ -38,8 +40,9 @@ from ..serialization import WeightsError, check_not_empty, load_torch_file, safe
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PixelConvention", "TORCHVISION_RGB", "MSRA_BGR", "load_pretrained", "read_state_dict", "read_weights",
-           "tensors_of", "safe_load_pickle", "LoadReport", "WeightsError"]
+__all__ = ["PixelConvention", "TORCHVISION_RGB", "MSRA_BGR", "load_pretrained", "read_pretrained",
+           "load_pretrained_state", "PretrainedWeights", "read_state_dict", "read_weights", "tensors_of",
+           "safe_load_pickle", "LoadReport", "WeightsError"]
 
 
 @dataclass(frozen=True)
@@ -249,7 +252,10 @@ def _timm_source(spec: str) -> Tuple[Dict[str, Tensor], str]:
     except ImportError:
         raise WeightsError(f"timm://{spec}: timm is not installed (pip install timm)") from None
     try:
-        model = timm.create_model(spec, pretrained=True)
+        # timm builds (randomly initializes) a model to read its weights: on a forked RNG, so that reading
+        # weights never moves the global stream the layers built after the backbone draw from
+        with torch.random.fork_rng(devices=[]):
+            model = timm.create_model(spec, pretrained=True)
     except Exception as e:
         raise WeightsError(
             f"timm://{spec}: could not load timm's pretrained weights ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
@@ -276,6 +282,32 @@ def _fetch(source: str) -> Tuple[Dict[str, Tensor], str, str, Optional[PixelConv
 # ------------------------------------------------------------------------------------------ loading
 
 
+@dataclass
+class PretrainedWeights:
+    """ImageNet weights read from a source, in torchvision's parameter names, with the ``format`` they came in
+    (``torchvision``, ``timm``, ``msra``, ``train_cls``) and the pixel ``convention`` they were trained with."""
+
+    source: str
+    state_dict: Dict[str, Tensor]
+    format: str
+    convention: PixelConvention
+
+
+def read_pretrained(source: str) -> PretrainedWeights:
+    """Read ImageNet weights (a file, ``torchvision://<arch>[.<weights>]`` or ``timm://<name>``) and their pixel
+    convention, before any model exists: a builder passes the convention to the model's constructor and loads
+    the weights with :func:`load_pretrained_state`.
+
+    Raises:
+        WeightsError: unreadable or unsafe file, unrecognized layout.
+    """
+    raw, kind, hint, recorded = _fetch(str(source))
+    sd, fmt, convention = _detect(raw, kind, hint)
+    if recorded is not None:
+        fmt, convention = hint, recorded
+    return PretrainedWeights(str(source), sd, fmt, convention)
+
+
 def load_pretrained(model: nn.Module, source: str, *, strict_classifier: bool = False) -> LoadReport:
     """Load ImageNet weights into a :class:`~restransfer.backbone.ResNet` and record their pixel convention.
 
@@ -291,10 +323,19 @@ def load_pretrained(model: nn.Module, source: str, *, strict_classifier: bool = 
         WeightsError: unreadable or unsafe file, unrecognized layout, a style mismatch (MSRA weights into a
             ``style="pytorch"`` model or the reverse), missing keys, or a shape mismatch (names the first bad key).
     """
-    raw, kind, hint, recorded = _fetch(str(source))
-    sd, fmt, convention = _detect(raw, kind, hint)
-    if recorded is not None:
-        fmt, convention = hint, recorded
+    weights = read_pretrained(source)
+    report = load_pretrained_state(model, weights, strict_classifier=strict_classifier)
+    # a ResNet built by hand learns here what its new weights expect; the toolkit's builders read the weights
+    # first (read_pretrained) and pass the convention to the constructor instead
+    model.pixel_convention = weights.convention
+    return report
+
+
+def load_pretrained_state(model: nn.Module, weights: PretrainedWeights, *,
+                          strict_classifier: bool = False) -> LoadReport:
+    """Load weights of :func:`read_pretrained` into ``model`` (a ResNet built with their convention); the
+    checks and errors of :func:`load_pretrained`. The model's ``pixel_convention`` is left as constructed."""
+    source, sd, fmt, convention = weights.source, weights.state_dict, weights.format, weights.convention
     style = getattr(model, "style", None)
     block_is_bottleneck = getattr(model, "depth", 50) >= 50
     if convention.style and style and block_is_bottleneck and style != convention.style:
@@ -331,6 +372,5 @@ def load_pretrained(model: nn.Module, source: str, *, strict_classifier: bool = 
             {k.split(".")[0] for k in ignored})))
     to_load = {k: v.to(own[k].dtype) for k, v in sd.items() if k in own}
     model.load_state_dict(to_load, strict=False)
-    model.pixel_convention = convention
     return LoadReport(source=str(source), format=fmt, convention=convention, loaded=sorted(to_load),
                       unexpected=unexpected + unmapped)

@@ -27,16 +27,18 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from .resnet import STAGE_NAMES, ResNet
-from .weights import load_pretrained
+from .weights import load_pretrained_state, read_pretrained
 
 __all__ = ["build_resnet", "resnet_fpn", "resnet_c4", "BackboneWithFPN", "BackboneC4"]
 
 
 def build_resnet(depth: int, *, weights: Optional[str] = None, **resnet_kwargs) -> ResNet:
-    """``ResNet(depth, **resnet_kwargs)`` with ImageNet weights from ``weights`` (see :func:`load_pretrained`)."""
-    model = ResNet(depth, **resnet_kwargs)
-    if weights:
-        load_pretrained(model, weights)
+    """``ResNet(depth, **resnet_kwargs)`` with ImageNet weights from ``weights`` (see
+    :func:`~restransfer.backbone.load_pretrained`), built with their pixel convention."""
+    pretrained = read_pretrained(weights) if weights else None
+    model = ResNet(depth, pixel_convention=pretrained.convention if pretrained else None, **resnet_kwargs)
+    if pretrained is not None:
+        load_pretrained_state(model, pretrained)
     return model
 
 
