@@ -50,6 +50,7 @@ from restransfer.data.coco_checks import (  # noqa: F401  (load_coco_json .. rle
 )
 from restransfer.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, CorruptImageError, read_image
 from restransfer.data.transforms import TrainAugmentation
+from restransfer.errors import DataError
 
 __all__ = ["CocoDataset", "load_coco_json", "box_problem", "segmentation_problem", "segmentation_problems",
            "rle_counts", "DATASETS_README"]
@@ -399,7 +400,7 @@ class CocoDataset(Dataset):
                     continue
                 image = np.zeros((h, w, 3), dtype=np.uint8)
             return self._prepare(i, image, seed)
-        raise RuntimeError(f"{self.name}: none of the {n} images under {self.image_root} can be decoded")
+        raise DataError(f"{self.name}: none of the {n} images under {self.image_root} can be decoded")
 
     def _prepare(self, i: int, image: np.ndarray, seed: Optional[int]) -> Tuple[torch.Tensor, Dict[str, Any]]:
         h, w = image.shape[:2]

@@ -356,13 +356,13 @@ def load_coco_json(json_path: Union[str, os.PathLike], duplicates: str = "error"
 
 def check_ground_truth(gt_data: Dict[str, Any], name: str, iou_types: Sequence[str],
                         image_ids: Optional[Sequence[int]] = None) -> None:
-    """Raise a ValueError naming the first annotation that either engine would misread or crash on
+    """Raise a DataError naming the first annotation that either engine would misread or crash on
     (among those of ``image_ids``, the images evaluated; None: all)."""
     for key in ("images", "categories", "annotations"):
         if not isinstance(gt_data.get(key), list):
             extra = ' ("annotations": [] when no image has objects)' if key == "annotations" else ""
-            raise ValueError(f"{name}: the ground truth has no {key!r} list{extra}; evaluate against the "
-                             f"annotation file of the test set")
+            raise DataError(f"{name}: the ground truth has no {key!r} list{extra}; evaluate against the "
+                            f"annotation file of the test set")
     sizes = {img.get("id"): (img.get("height"), img.get("width")) for img in gt_data["images"]}
     if image_ids is not None:
         sizes = {i: sizes[i] for i in image_ids if i in sizes}
@@ -388,11 +388,11 @@ def check_ground_truth(gt_data: Dict[str, Any], name: str, iou_types: Sequence[s
         problem = box_problem(ann.get("bbox")) if "bbox" in iou_types or "bbox" in ann else None
         if problem is None and "segm" in iou_types:
             if not ann.get("segmentation"):
-                raise ValueError(f"{where} has no segmentation; segm evaluation needs masks in the ground truth "
-                                 f"(evaluate bbox only)")
+                raise DataError(f"{where} has no segmentation; segm evaluation needs masks in the ground truth "
+                                f"(evaluate bbox only)")
             problem = segm_problem[1] if segm_problem else None
         if problem is not None:
-            raise ValueError(f"{where}: {problem}; fix or remove this annotation")
+            raise DataError(f"{where}: {problem}; fix or remove this annotation")
 
 
 def _all_of_types(values: Iterable[Any], *types: type) -> bool:
@@ -411,7 +411,7 @@ def _result_problem(r: Mapping[str, Any], iou_types: Sequence[str]) -> Optional[
 
 def check_results(results: List[Dict[str, Any]], name: str, iou_types: Sequence[str], gt_data: Dict[str, Any],
                    allow_empty: bool) -> None:
-    """Raise a ValueError naming the first result that either engine would misread or crash on.
+    """Raise a DataError naming the first result that either engine would misread or crash on.
 
     Results files hold up to millions of detections: the checks run over columns, and only on a
     failure does a per-result pass find the first bad one.
@@ -425,8 +425,8 @@ def check_results(results: List[Dict[str, Any]], name: str, iou_types: Sequence[
         columns = {k: [r[k] for r in results] for k in keys}
     except (KeyError, TypeError, IndexError):
         i = next(i for i, r in enumerate(results) if not (isinstance(r, Mapping) and all(k in r for k in keys)))
-        raise ValueError(f"{name}: results[{i}]: a {'/'.join(iou_types)} result needs "
-                         f"{', '.join(keys)}") from None
+        raise DataError(f"{name}: results[{i}]: a {'/'.join(iou_types)} result needs "
+                        f"{', '.join(keys)}") from None
     id_types = (int, np.integer)
     if not (_all_of_types(columns["image_id"], *id_types) and _all_of_types(columns["category_id"], *id_types)):
         i = next(i for i, r in enumerate(results) if not (_is_int(r["image_id"]) and _is_int(r["category_id"])))
@@ -442,7 +442,7 @@ def check_results(results: List[Dict[str, Any]], name: str, iou_types: Sequence[
               and bool(np.isfinite(np.asarray(boxes, dtype=np.float64)).all()))
     if not ok:
         i, problem = next((i, p) for i, r in enumerate(results) if (p := _result_problem(r, iou_types)) is not None)
-        raise ValueError(f"{name}: results[{i}] (image {results[i]['image_id']}): {problem}")
+        raise DataError(f"{name}: results[{i}] (image {results[i]['image_id']}): {problem}")
     sizes = {img.get("id"): (img.get("height"), img.get("width")) for img in gt_data["images"]}
     if "segm" in iou_types:
         segms = columns["segmentation"]
@@ -452,19 +452,19 @@ def check_results(results: List[Dict[str, Any]], name: str, iou_types: Sequence[
             if not is_compressed or problem is not None:
                 what = problem[1] if is_compressed else ("segmentation must be a compressed RLE {size, counts: str}, "
                                                          "as masks_to_rle writes it")
-                raise ValueError(f"{name}: results[{i}] (image {results[i]['image_id']}): {what}")
+                raise DataError(f"{name}: results[{i}] (image {results[i]['image_id']}): {what}")
     unknown_images = set(columns["image_id"]) - sizes.keys()
     if unknown_images:
         ids = sorted(unknown_images, key=str)
         first = columns["image_id"].index(ids[0])
-        raise ValueError(f"{name}: results refer to {len(ids)} image ids that the ground truth does not have "
-                         f"(first: {ids[:5]}, e.g. results[{first}]); evaluate against the "
-                         f"annotation file the predictions were made on")
+        raise DataError(f"{name}: results refer to {len(ids)} image ids that the ground truth does not have "
+                        f"(first: {ids[:5]}, e.g. results[{first}]); evaluate against the "
+                        f"annotation file the predictions were made on")
     cat_ids = {c.get("id") for c in gt_data["categories"]}
     unknown_cats = set(columns["category_id"]) - cat_ids
     if unknown_cats:
         ids = sorted(unknown_cats, key=str)
         first = next(i for i, c in enumerate(columns["category_id"]) if c in unknown_cats)
-        raise ValueError(f"{name}: results use category ids that the ground truth does not have: {ids} (first at "
-                         f"results[{first}]); its categories are {sorted(cat_ids, key=str)}; map the model's "
-                         f"labels to this annotation file's ids")
+        raise DataError(f"{name}: results use category ids that the ground truth does not have: {ids} (first at "
+                        f"results[{first}]); its categories are {sorted(cat_ids, key=str)}; map the model's "
+                        f"labels to this annotation file's ids")

@@ -25,6 +25,8 @@ from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 from torch.utils.data import Sampler
 
+from ..errors import ConfigError, DataError
+
 __all__ = ["TrainingBatchSampler", "InferenceSampler", "aspect_ratio_groups", "BatchLayout", "batch_layout"]
 
 # Distinguishes the augmentation-seed stream from the permutation stream drawn from the same seed.
@@ -66,7 +68,7 @@ class TrainingBatchSampler(Sampler):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         if num_samples < world_size:
-            raise ValueError(f"the dataset has {num_samples} images, fewer than the {world_size} processes")
+            raise DataError(f"the dataset has {num_samples} images, fewer than the {world_size} processes")
         if start_iter < 0:
             raise ValueError(f"start_iter must be >= 0, got {start_iter}")
         self.num_samples = int(num_samples)
@@ -167,7 +169,7 @@ def batch_layout(ims_per_batch: int, ims_per_device: Optional[int], world_size: 
     accumulation.
 
     Raises:
-        ValueError: the numbers do not divide; the message names the three and a valid choice.
+        ConfigError: the numbers do not divide; the message names the three and a valid choice.
     """
     # ims_per_device is what one process may compute at once: with more processes than the config's
     # reference had, each computes its share of the step (ims_per_batch / processes) instead
@@ -182,8 +184,8 @@ def batch_layout(ims_per_batch: int, ims_per_device: Optional[int], world_size: 
             valid = [n for n in range(1, ims_per_batch + 1) if ims_per_batch % n == 0]
             hint = (f"run on a number of processes that divides it ({', '.join(map(str, valid))}) or set "
                     f"solver.ims_per_batch to a multiple of {world_size}")
-        raise ValueError(f"solver.ims_per_batch={ims_per_batch} images per step cannot be split into {world_size} "
-                         f"process(es) x solver.ims_per_device="
-                         f"{ims_per_device if ims_per_device is not None else 'auto'} images x whole accumulation "
-                         f"steps; {hint}")
+        raise ConfigError(f"solver.ims_per_batch={ims_per_batch} images per step cannot be split into {world_size} "
+                          f"process(es) x solver.ims_per_device="
+                          f"{ims_per_device if ims_per_device is not None else 'auto'} images x whole accumulation "
+                          f"steps; {hint}")
     return BatchLayout(ims_per_batch, world_size, per_device, ims_per_batch // (world_size * per_device))

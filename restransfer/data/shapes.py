@@ -27,6 +27,7 @@ import pycocotools.mask as mask_util
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
 from ..fileio import atomic_write_bytes, atomic_write_text, exclusive_lock
 
 __all__ = ["SHAPE_CLASSES", "DEFAULT_CLASSES", "DEFAULT_NUM_TRAIN", "DEFAULT_NUM_VAL", "generate_shapes",
@@ -137,7 +138,7 @@ def render_shapes_image(
     """
     h = w = int(image_size)
     if h < _MAX_SIZE + 4:
-        raise ValueError(f"image_size must be at least {_MAX_SIZE + 4} px to hold {_MAX_SIZE} px objects, got {h}")
+        raise ConfigError(f"image_size must be at least {_MAX_SIZE + 4} px to hold {_MAX_SIZE} px objects, got {h}")
     img = _background(rng, h, w)
     objects: List[Tuple[int, np.ndarray, np.ndarray]] = []  # (label, full mask, visible mask)
     for _ in range(rng.integers(1, _MAX_OBJECTS + 1)):
@@ -223,7 +224,7 @@ def generate_shapes(
     classes = tuple(classes or DEFAULT_CLASSES)
     unknown = [c for c in classes if c not in SHAPE_CLASSES]
     if unknown or len(set(classes)) != len(classes) or not classes:
-        raise ValueError(f"classes {list(classes)}: give distinct names from {', '.join(SHAPE_CLASSES)}")
+        raise ConfigError(f"classes {list(classes)}: give distinct names from {', '.join(SHAPE_CLASSES)}")
     root = Path(root)
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     out = {}

@@ -17,6 +17,8 @@ import albumentations as A
 import numpy as np
 import torch
 
+from ..errors import ConfigError
+
 __all__ = ["ResizeShortestEdge", "TrainAugmentation", "build_transforms", "nonempty_boxes"]
 
 # A box narrower or lower than this many pixels is degenerate (torchvision's detection heads require
@@ -138,7 +140,7 @@ def build_transforms(
     if not is_train:
         return TrainAugmentation([])
     if not min_size_train:
-        raise ValueError("input.min_size_train is empty: give at least one short-side size, e.g. [800]")
+        raise ConfigError("input.min_size_train is empty: give at least one short-side size, e.g. [800]")
     transforms: list = [ResizeShortestEdge(min_size_train, max_size_train)]
     if hflip_prob > 0:
         transforms.append(A.HorizontalFlip(p=hflip_prob))
