@@ -184,8 +184,9 @@ def build_train_dataset(cfg: DictConfig) -> CocoConcatDataset:
     """All ``cfg.data.train`` datasets with training augmentation, concatenated.
 
     Raises:
-        ValueError: ``data.train`` is empty, two of its datasets have different categories, or one of
-            them has no usable image or no usable annotation.
+        ConfigError: ``data.train`` is empty.
+        DataError: two of its datasets have different categories, or one of them has no usable image or no
+            usable annotation.
     """
     if not cfg.data.train:
         raise ConfigError("data.train is empty: set it to a list like [{json: PATH, image_root: DIR}] "
