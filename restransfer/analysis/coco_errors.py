@@ -30,6 +30,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..data.coco_checks import check_ground_truth, check_results, load_coco_json
+from ..errors import DataError
 from ..evaluation.coco import load_results
 
 __all__ = ["CURVES", "AREAS", "ErrorAnalysis", "analyze_coco_errors", "read_results", "read_ground_truth"]
@@ -174,15 +175,15 @@ def analyze_coco_errors(gt_data: Dict[str, Any], results: List[Dict[str, Any]], 
         gt_name, results_name: name the inputs in errors.
 
     Raises:
-        ValueError: broken ground truth, an empty results list, or results whose image or category ids the
+        DataError: broken ground truth, an empty results list, or results whose image or category ids the
             ground truth lacks (results of another dataset), naming the entry.
     """
     if iou_type not in ("bbox", "segm"):
         raise ValueError(f"iou type {iou_type!r}: choose bbox or segm")
     check_ground_truth(gt_data, gt_name, [iou_type], image_ids)
     if not results:
-        raise ValueError(f"{results_name}: no detections to analyse; give the results of a model that detected "
-                         f"something on this set")
+        raise DataError(f"{results_name}: no detections to analyse; give the results of a model that detected "
+                        f"something on this set")
     check_results(results, results_name, [iou_type], gt_data, allow_empty=False)
     drop = "segmentation" if iou_type == "bbox" else "bbox"  # loadRes takes a given box's area as the mask's
     gt_data = {**gt_data, "annotations": [dict(a) for a in gt_data["annotations"]]}

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..data.json_io import parse_json, read_json
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .figures import literal_text, plt, save_figure
 
 __all__ = ["Run", "read_run", "available_keys", "default_keys", "smooth", "plot_runs"]
@@ -147,19 +147,19 @@ def plot_runs(output_dirs: Sequence[PathLike], output: PathLike, *, keys: Option
     ``images`` (images seen). Returns ``{key: {run name: points drawn}}``.
 
     Raises:
-        ValueError: an unknown key (the message lists the available ones) or x axis.
+        ConfigError: an unknown key (the message lists the available ones) or x axis.
     """
     if x not in X_AXES:
-        raise ValueError(f"x axis {x!r}: choose one of {', '.join(X_AXES)}")
+        raise ConfigError(f"x axis {x!r}: choose one of {', '.join(X_AXES)}")
     paths = [Path(p) for p in output_dirs]
     if not paths:
-        raise ValueError("give at least one output folder")
+        raise ConfigError("give at least one output folder")
     runs = [read_run(p, n) for p, n in zip(paths, _unique_names(paths))]
     have = available_keys(runs)
     keys = list(keys) if keys else default_keys(runs)
     unknown = [k for k in keys if k not in have]
     if unknown:
-        raise ValueError(f"key {unknown[0]!r} is in no run's log.jsonl or metrics.json; available: {', '.join(have)}")
+        raise ConfigError(f"key {unknown[0]!r} is in no run's log.jsonl or metrics.json; available: {', '.join(have)}")
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)

@@ -182,7 +182,7 @@ def evaluate_coco(
         results_name: names the results in errors (default: their path, or "results").
 
     Raises:
-        ValueError: broken ground truth or results (see the module docstring), naming the entry.
+        DataError: broken ground truth or results (see the module docstring), naming the entry.
 
     Returns:
         ``{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl": float %, "per_category": {name: float %}}}``;
@@ -267,8 +267,9 @@ def predictions_to_coco_results(
             try:
                 cat_id = label_to_cat_id[int(label)]
             except KeyError:
-                raise ValueError(f"prediction for image {image_id}: label {label} has no category id "
-                                 f"(labels run 1..{len(label_to_cat_id)})") from None
+                raise DataError(f"prediction for image {image_id}: label {label} has no category id "
+                                f"(labels run 1..{len(label_to_cat_id)}); model.num_classes must match the "
+                                f"annotation file's categories") from None
             r = {"image_id": image_id, "category_id": int(cat_id), "bbox": box, "score": score}
             if masks is not None:
                 rle = masks[k]

@@ -40,6 +40,7 @@ import numpy as np
 from restransfer.boxes import devkit_to_xyxy, inclusive_iou, xyxy_to_xywh
 from restransfer.data.ilsvrc import Synsets
 from restransfer.data.imagenet_det import read_blacklist, read_synsets
+from restransfer.errors import DataError
 from restransfer.evaluation.coco import evaluate_coco
 from restransfer.evaluation.voc import voc_ap  # VOC 2010+ AP (VOCap.m), which eval_detection.m uses too
 from restransfer.evaluation.imagenet_det_io import (
@@ -194,7 +195,7 @@ def evaluate_detections(
         A :class:`DetEvalResult` (AP as fractions).
 
     Raises:
-        ValueError: a detection of an image outside the list, with a label outside 1..K, or with a
+        DataError: a detection of an image outside the list, with a label outside 1..K, or with a
             confidence or box that is not a finite number.
     """
     k = gt.num_classes
@@ -202,18 +203,18 @@ def evaluate_detections(
     known = np.isin(sub.image_ids, gt.image_ids)
     if not known.all():
         i = int(np.flatnonzero(~known)[0])
-        raise ValueError(
+        raise DataError(
             f"detection {i} (0-based): image index {int(sub.image_ids[i])} is not in the image list; "
             "detections must refer to the list being evaluated"
         )
     bad = (sub.labels < 1) | (sub.labels > k)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"detection {i} (0-based): DET id {int(sub.labels[i])} is outside 1..{k}")
+        raise DataError(f"detection {i} (0-based): DET id {int(sub.labels[i])} is outside 1..{k}")
     finite = np.isfinite(sub.scores) & np.isfinite(sub.boxes).all(axis=1)
     if not finite.all():
         i = int(np.flatnonzero(~finite)[0])
-        raise ValueError(f"detection {i} (0-based): confidence and box must be finite numbers")
+        raise DataError(f"detection {i} (0-based): confidence and box must be finite numbers")
 
     ignored = np.zeros(n, dtype=bool)
     gt_ignored = np.zeros(len(gt.labels), dtype=bool)

@@ -20,6 +20,7 @@ import numpy as np
 from restransfer.boxes import xywh_to_xyxy, xyxy_to_devkit
 from restransfer.data.ilsvrc import IlsvrcFormatError, Synsets, where
 from restransfer.data.imagenet_det import read_annotation, read_image_list
+from restransfer.errors import DataError
 from restransfer.fileio import atomic_open
 
 __all__ = [
@@ -199,7 +200,7 @@ def _coco_classes(coco: Mapping) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
     cats = sorted(coco["categories"], key=lambda c: c["id"])
     ids = [c["id"] for c in cats]
     if ids != list(range(1, len(ids) + 1)):
-        raise ValueError(
+        raise DataError(
             "categories: ImageNet-DET jsons have category ids 1..K equal to DET ids; "
             "convert with datasets/prepare_imagenet_det.py"
         )
@@ -216,7 +217,7 @@ def ground_truth_from_coco(coco: Mapping) -> DetGroundTruth:
     image_index: Dict[int, int] = {}
     for img in coco["images"]:
         if "ilsvrc_index" not in img:
-            raise ValueError(
+            raise DataError(
                 f"image id {img['id']} ({img.get('file_name')}) has no ilsvrc_index; "
                 "only val images can be evaluated with the devkit protocol"
             )
@@ -260,12 +261,12 @@ def predictions_to_submission(
     for i, p in enumerate(predictions):
         image_id = int(p["image_id"])
         if image_id not in index_of:
-            raise ValueError(f"prediction {i}: image_id {image_id} is not an image of the dataset json")
+            raise DataError(f"prediction {i}: image_id {image_id} is not an image of the dataset json")
         if index_of[image_id] is None:
-            raise ValueError(f"prediction {i}: image_id {image_id} has no ilsvrc_index in the json (not a val image)")
+            raise DataError(f"prediction {i}: image_id {image_id} has no ilsvrc_index in the json (not a val image)")
         lab = np.asarray(p["labels"], dtype=np.int64).reshape(-1)
         if len(lab) and (lab.min() < 1 or lab.max() >= len(lut)):
-            raise ValueError(
+            raise DataError(
                 f"prediction {i}: labels must be in 1..{len(lut) - 1}, got {int(lab.min())}..{int(lab.max())}"
             )
         ids.append(np.full(len(lab), index_of[image_id], dtype=np.int64))

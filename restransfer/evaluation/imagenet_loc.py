@@ -28,6 +28,7 @@ import numpy as np
 from ..boxes import inclusive_iou
 from ..data.ilsvrc import IlsvrcFormatError, Synsets, read_synsets
 from ..data.imagenet_loc import LocImage, read_blacklist, read_devkit_annotations, read_kaggle_solution
+from ..errors import ConfigError, DataError
 from .imagenet_loc_io import MAX_GUESSES, LocSubmission, read_devkit_submission, read_kaggle_submission, read_submission
 
 __all__ = [
@@ -90,7 +91,7 @@ def first_correct_guess(gt: LocGroundTruth, sub: LocSubmission,
     """
     n = len(gt.labels)
     if len(sub.labels) != n:
-        raise ValueError(f"the submission has {len(sub.labels)} images, the ground truth {n}")
+        raise DataError(f"the submission has {len(sub.labels)} images, the ground truth {n}")
     labels = sub.labels[:, :max_guesses]
     boxes = sub.boxes[:, :max_guesses]
     valid = gt.labels > 0
@@ -172,7 +173,7 @@ def evaluate_files(submission: os.PathLike | str, *, synsets: os.PathLike | str,
     """
     classes = read_synsets(synsets)
     if (annotations is None) == (solution is None):
-        raise ValueError("give either annotations (devkit XML folder) or solution (Kaggle CSV)")
+        raise ConfigError("give either annotations (devkit XML folder) or solution (Kaggle CSV)")
     if annotations is not None:
         images = read_devkit_annotations(annotations, classes, ground_truth=ground_truth)
     else:

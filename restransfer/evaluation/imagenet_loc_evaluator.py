@@ -15,6 +15,7 @@ import numpy as np
 
 from ..data.ilsvrc import read_synsets
 from ..data.imagenet_loc import ground_truth_from_coco, read_blacklist
+from ..errors import ConfigError
 from .evaluator import DatasetEvaluator, register_evaluator
 from .imagenet_loc import LocGroundTruth, evaluate_localization, pack_ground_truth
 from .imagenet_loc_guesses import MODES, classifier_guesses, detector_guesses, gt_class_guesses, label_wnids
@@ -60,9 +61,9 @@ class ImageNetLocEvaluator(DatasetEvaluator):
         super().__init__(dataset.image_ids)
         mode = mode or ("classifier" if classifier_scores is not None else "detector")
         if mode not in MODES:
-            raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+            raise ConfigError(f"mode {mode!r} is not one of {', '.join(MODES)}")
         if mode == "classifier" and classifier_scores is None:
-            raise ValueError("mode 'classifier' needs classifier scores (a saved .npy / text file) or a classifier")
+            raise ConfigError("mode 'classifier' needs classifier scores (a saved .npy / text file) or a classifier")
         self.dataset, self.mode = dataset, mode
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.metrics_path = (Path(metrics_path) if metrics_path else

@@ -28,6 +28,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..errors import DataError
 from .imagenet_loc_io import MAX_GUESSES, LocGuesses
 
 __all__ = ["MODES", "label_wnids", "detector_guesses", "classifier_guesses", "gt_class_guesses",
@@ -43,8 +44,8 @@ def label_wnids(dataset) -> Dict[int, str]:
     for label, cat_id in dataset.label_to_cat_id.items():
         cat = dataset.coco.cats[cat_id]
         if "wnid" not in cat:
-            raise KeyError(f"category {cat_id} ({cat.get('name')}) has no 'wnid' field; convert the annotations "
-                           "with datasets/prepare_imagenet_loc.py")
+            raise DataError(f"category {cat_id} ({cat.get('name')}) has no 'wnid' field; convert the annotations "
+                            "with datasets/prepare_imagenet_loc.py")
         out[int(label)] = cat["wnid"]
     return out
 
@@ -72,8 +73,8 @@ class _Ranked:
         unknown = (labels < 1) | (labels >= len(lut))
         unknown[~unknown] = lut[labels[~unknown]] == ""
         if unknown.any():
-            raise ValueError(f"prediction {image_index} (image_id {pred.get('image_id')}): label "
-                             f"{int(labels[unknown][0])} has no WNID; labels must be the dataset's 1..{len(lut) - 1}")
+            raise DataError(f"prediction {image_index} (image_id {pred.get('image_id')}): label "
+                            f"{int(labels[unknown][0])} has no WNID; labels must be the dataset's 1..{len(lut) - 1}")
         order = np.argsort(-scores, kind="stable")
         self.scores, self.labels = scores[order], labels[order]
         self.boxes = np.asarray(pred["boxes"], dtype=np.float64).reshape(-1, 4)[order]
@@ -127,7 +128,7 @@ def _fill_classes(out: LocGuesses, i: int, r: _Ranked, wanted: np.ndarray, lut: 
 def _labels_of(wnids: Sequence[str], label_of: Mapping[str, int], what: str) -> np.ndarray:
     missing = [w for w in wnids if w not in label_of]
     if missing:
-        raise ValueError(f"{what} {missing[:3]} are not among the detector's categories")
+        raise DataError(f"{what} {missing[:3]} are not among the detector's categories")
     return np.array([label_of[w] for w in wnids], dtype=np.int64)
 
 
@@ -176,8 +177,8 @@ def classifier_guesses(predictions: Sequence[dict], class_scores: np.ndarray, la
     class_scores = np.asarray(class_scores)  # float32 stays float32: 50,000 x 1000 scores are 200 MB already
     wnid_of_column = np.asarray(sorted(label_to_wnid.values()) if classifier_wnids is None else list(classifier_wnids))
     if class_scores.ndim != 2 or class_scores.shape != (len(predictions), len(wnid_of_column)):
-        raise ValueError(f"class_scores must be (num_images={len(predictions)}, num_classes={len(wnid_of_column)}), "
-                         f"got {class_scores.shape}")
+        raise DataError(f"class_scores must be (num_images={len(predictions)}, num_classes={len(wnid_of_column)}), "
+                        f"got {class_scores.shape}")
     label_of_column = _labels_of(list(wnid_of_column), {w: k for k, w in label_to_wnid.items()}, "classifier classes")
     top = top_columns(class_scores, top_k)
     out = LocGuesses.empty([p["image_id"] for p in predictions], top_k)
@@ -206,12 +207,19 @@ def load_classifier_scores(path: os.PathLike | str, num_images: Optional[int] = 
     """Read saved classifier outputs: ``.npy`` (loaded without pickle) or a text matrix (``np.loadtxt``), shape
     (N, C), one row per image in dataset order, columns in the classifier's class order."""
     path = Path(path)
-    if path.suffix == ".npy":
-        scores = np.load(path, allow_pickle=False)
-    else:
-        scores = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    try:
+        if path.suffix == ".npy":
+            scores = np.load(path, allow_pickle=False)
+        else:
+            scores = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except (ValueError, EOFError) as e:  # numpy's words for a file that is not a number matrix
+        raise DataError(f"{path}: not a matrix of classifier scores ({e}); give a .npy array or a text file of "
+                        "numbers, one row per image") from None
+    if not isinstance(scores, np.ndarray):  # an .npz archive under a .npy name
+        raise DataError(f"{path}: holds several arrays (an .npz archive); save the (images, classes) scores with "
+                        "numpy.save")
     if scores.ndim != 2:
-        raise ValueError(f"{path}: classifier scores must be a 2-D (images, classes) array, got shape {scores.shape}")
+        raise DataError(f"{path}: classifier scores must be a 2-D (images, classes) array, got shape {scores.shape}")
     if num_images is not None and len(scores) != num_images:
-        raise ValueError(f"{path}: {len(scores)} rows of classifier scores for {num_images} images")
+        raise DataError(f"{path}: {len(scores)} rows of classifier scores for {num_images} images")
     return scores.astype(np.float64, copy=False)
