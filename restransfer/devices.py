@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from .errors import DeviceError
+from .errors import ConfigError, DeviceError
 
 logger = logging.getLogger(__name__)
 
@@ -23,11 +23,11 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 
 
 def precision_dtype(precision: str) -> torch.dtype:
-    """``"fp32" | "bf16" | "fp16"`` -> the torch dtype; anything else is a ``ValueError``."""
+    """``"fp32" | "bf16" | "fp16"`` -> the torch dtype; anything else is a ``ConfigError`` (a ``ValueError``)."""
     try:
         return PRECISIONS[precision]
     except KeyError:
-        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}") from None
+        raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}") from None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -78,8 +78,8 @@ def check_precision_support(dtype: torch.dtype, device: torch.device) -> None:
     if dtype == torch.float16:
         probe = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_fp16_supported", None)
         if probe is None or not probe():
-            raise ValueError("precision fp16 needs a GPU or a CPU with AVX-512-FP16/AMX-FP16; use bf16 on this CPU "
-                             "(test.precision=bf16)")
+            raise ConfigError("precision fp16 needs a GPU or a CPU with AVX-512-FP16/AMX-FP16; use bf16 on this CPU "
+                              "(test.precision=bf16)")
     elif dtype == torch.bfloat16 and not native_bf16(device):
         logger.warning("this CPU has no native bfloat16 (AVX-512-BF16 or AMX): bf16 is emulated and may be much "
                        "slower than fp32")
@@ -90,7 +90,7 @@ def check_autocast_precision(precision: str, device: torch.device) -> None:
     gradient scaling and fp16 autocast are CUDA features)."""
     precision_dtype(precision)
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 runs on CUDA only; on CPUs use bf16 (test.precision / solver.precision)")
+        raise ConfigError("fp16 runs on CUDA only; on CPUs use bf16 (test.precision / solver.precision)")
 
 
 def autocast_context(device: torch.device, precision: str):

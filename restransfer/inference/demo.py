@@ -13,6 +13,7 @@ import cv2
 from tqdm import tqdm
 
 from ..data.image_io import CorruptImageError, read_image
+from ..errors import DataError
 from ..evaluation.coco import masks_to_rle, predictions_to_coco_results, write_json_atomic
 from ..fileio import atomic_write_bytes
 from ..visualize import draw_detections
@@ -28,7 +29,7 @@ def find_images(path: Union[str, os.PathLike], exclude: Optional[Union[str, os.P
     """An image file as a one-element list, or the image files under a folder (recursive, sorted).
 
     Files under ``exclude`` (the demo's output folder, when it lies inside the input) are skipped.
-    Raises ``FileNotFoundError`` for a missing path and ``ValueError`` for a folder without images.
+    Raises ``FileNotFoundError`` for a missing path and ``DataError`` for a folder without images.
     """
     path = Path(path)
     if path.is_file():
@@ -39,8 +40,8 @@ def find_images(path: Union[str, os.PathLike], exclude: Optional[Union[str, os.P
     found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
                    and not (skip is not None and skip in p.resolve().parents))
     if not found:
-        raise ValueError(f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder or below; give an image "
-                         "file or a folder that contains some")
+        raise DataError(f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder or below; give an image "
+                        "file or a folder that contains some")
     return found
 
 

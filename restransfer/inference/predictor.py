@@ -26,6 +26,7 @@ from torch import Tensor
 from ..config import load_config
 from ..data.image_io import read_image
 from ..devices import resolve_device
+from ..errors import ConfigError
 from ..models.checkpoint import checkpoint_class_names
 from ..models.postprocess import check_mask_format, deferred_mask_paste, detection_masks
 from ..models.system import build_test_model, weights_list
@@ -137,7 +138,8 @@ class Predictor:
         if class_names is None and cfg.model.weights:
             class_names = checkpoint_class_names(cfg.model.weights)
         if class_names is not None and len(class_names) != cfg.model.num_classes:
-            raise ValueError(f"{len(class_names)} class names for model.num_classes = {cfg.model.num_classes}")
+            raise ConfigError(f"{len(class_names)} class names for model.num_classes = {cfg.model.num_classes}; "
+                              "model.num_classes must match the weights' classes")
         model = build_test_model(cfg, members, class_names, self.device, optimize=optimize, precision=precision)
         # scores at or below the threshold are dropped anyway; dropping them before NMS and the mask head
         # saves work without changing what is kept (NMS only lets a box suppress lower-scoring ones)

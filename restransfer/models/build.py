@@ -23,6 +23,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from ..backbone import MSRA_BGR, TORCHVISION_RGB, PixelConvention, build_resnet
 from ..backbone.wrappers import BackboneC4, BackboneWithFPN
 from ..devices import precision_dtype
+from ..errors import ConfigError
 from .c4 import C4BoxHead, Res5Head
 from .context import ContextBoxHead, GlobalContextPool
 from .checkpoint import apply_detector_state, read_detector_checkpoint
@@ -81,8 +82,8 @@ def _anchors(m, num_levels: int) -> AnchorGenerator:
     if m.head == "c4":
         return AnchorGenerator((sizes,), (ratios,))
     if len(sizes) != num_levels:
-        raise ValueError(f"model.anchor.sizes: FPN uses one anchor size per level; got {len(sizes)} sizes for "
-                         f"{num_levels} levels (P2..P{num_levels + 1})")
+        raise ConfigError(f"model.anchor.sizes: FPN uses one anchor size per level; got {len(sizes)} sizes for "
+                          f"{num_levels} levels (P2..P{num_levels + 1})")
     return AnchorGenerator(tuple((s,) for s in sizes), (ratios,) * num_levels)
 
 
@@ -145,9 +146,9 @@ def build_model(cfg, class_names: Optional[List[str]] = None, load_weights: bool
     """
     m = cfg.model
     if m.arch not in ("faster_rcnn", "mask_rcnn"):
-        raise ValueError(f"model.arch: {m.arch!r} is not one of faster_rcnn, mask_rcnn")
+        raise ConfigError(f"model.arch: {m.arch!r} is not one of faster_rcnn, mask_rcnn")
     if m.head not in ("c4", "fpn"):
-        raise ValueError(f"model.head: {m.head!r} is not one of c4, fpn")
+        raise ConfigError(f"model.head: {m.head!r} is not one of c4, fpn")
     detector_weights = m.weights if load_weights else None
     # a full detector checkpoint replaces the ImageNet backbone weights, so they are not read at all
     backbone_weights = None if detector_weights else m.backbone.weights

@@ -33,6 +33,7 @@ from torchvision.models.detection.roi_heads import maskrcnn_inference
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
 
+from ..errors import ConfigError
 from .build import build_eval_model, system_kwargs
 from .checkpoint import checkpoint_class_names
 from .context import RegionsWithContext
@@ -276,7 +277,7 @@ def build_test_model(cfg, weights, class_names: Optional[List[str]], device: tor
     """The model evaluation and the Predictor run for ``cfg`` and ``weights`` (one checkpoint, several for an
     ensemble, or ``None`` for ``model.weights``): the plain inference-optimized detector when ``cfg.test``
     asks for no extra and one model is given, else a :class:`DetectionSystem` over one such detector per
-    checkpoint. Ensemble members must have the same classes and pixel convention (``ValueError`` naming the
+    checkpoint. Ensemble members must have the same classes and pixel convention (``ConfigError`` naming the
     files otherwise). ``optimize`` and ``precision`` as in :func:`restransfer.models.build.build_eval_model`.
 
     This is the one place that chooses between the plain detector and the test-time system: evaluation,
@@ -289,13 +290,13 @@ def build_test_model(cfg, weights, class_names: Optional[List[str]], device: tor
     saved = [checkpoint_class_names(p) for p in paths]
     for p, names in zip(paths[1:], saved[1:]):
         if saved[0] is not None and names is not None and list(names) != list(saved[0]):
-            raise ValueError(f"ensemble: {p} was trained on classes {list(names)} but {paths[0]} on "
-                             f"{list(saved[0])}; ensemble models must share their classes")
+            raise ConfigError(f"ensemble: {p} was trained on classes {list(names)} but {paths[0]} on "
+                              f"{list(saved[0])}; ensemble models must share their classes")
     detectors = [build_eval_model(cfg, p, class_names, device, **options) for p in (paths or [None])]
     for p, d in zip(paths[1:], detectors[1:]):
         if d.pixel_convention != detectors[0].pixel_convention:
-            raise ValueError(f"ensemble: {p} expects input {d.pixel_convention} but {paths[0]} "
-                             f"{detectors[0].pixel_convention}; ensemble models must share their input convention")
+            raise ConfigError(f"ensemble: {p} expects input {d.pixel_convention} but {paths[0]} "
+                              f"{detectors[0].pixel_convention}; ensemble models must share their input convention")
     return DetectionSystem(detectors, **(kwargs or {}))
 
 
