@@ -39,7 +39,7 @@ from ..data.classifier_transforms import normalize, resize_shorter
 from ..data.ilsvrc import Synsets, read_synsets
 from ..data.image_io import DEFAULT_MAX_IMAGE_PIXELS, CorruptImageError, read_image
 from ..data.imagenet_loc import read_ground_truth_labels, read_kaggle_solution
-from ..errors import DataError, WeightsError
+from ..errors import ConfigError, DataError, WeightsError
 from ..serialization import safe_load_pickle
 from ..yaml_config import resolve_path
 from .synthetic import ensure_shape_classes
@@ -68,8 +68,8 @@ def _class_index(name: str, class_names: Sequence[str], where: str) -> int:
         return list(class_names).index(name)
     except ValueError:
         shown = ", ".join(list(class_names)[:5]) + (", ..." if len(class_names) > 5 else "")
-        raise ValueError(f"{where}: class {name!r} is not one of the model's {len(class_names)} classes ({shown}); "
-                         "the test classes must be named as the training classes") from None
+        raise DataError(f"{where}: class {name!r} is not one of the model's {len(class_names)} classes ({shown}); "
+                        "the test classes must be named as the training classes") from None
 
 
 def _within(path: str, root: str) -> bool:
@@ -123,7 +123,7 @@ def read_imagefolder(root: os.PathLike | str, class_names: Optional[Sequence[str
         raise FileNotFoundError(f"{root}: image folder not found (expected root/<class>/<image>)")
     folders = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not folders:
-        raise ValueError(f"{root}: no class sub-folders; the imagefolder layout is root/<class>/<image>")
+        raise DataError(f"{root}: no class sub-folders; the imagefolder layout is root/<class>/<image>")
     names = list(class_names) if class_names is not None else folders
     root_real = os.path.realpath(root)
     paths: List[str] = []
@@ -136,7 +136,7 @@ def read_imagefolder(root: os.PathLike | str, class_names: Optional[Sequence[str
         labels += [label] * len(files)
     _leave_out_outside(len(paths), outside, root)
     if not paths:
-        raise ValueError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in its class folders")
+        raise DataError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in its class folders")
     return paths, np.asarray(labels, dtype=np.int64), names
 
 
@@ -159,8 +159,8 @@ def read_imagenet_val(image_root: os.PathLike | str, labels: os.PathLike | str, 
         entries = [(str(root / f"{im.name}.JPEG"), im.labels) for im in read_kaggle_solution(labels, known, split="val")]
     else:
         if not synsets:
-            raise ValueError(f"{labels}: the devkit ground truth holds devkit ids; set synsets: map_clsloc.txt in the "
-                             "data entry so that they can be turned into WNIDs")
+            raise ConfigError(f"{labels}: the devkit ground truth holds devkit ids; set synsets: map_clsloc.txt in the "
+                              "data entry so that they can be turned into WNIDs")
         files = sorted(str(p) for p in root.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
         gt = read_ground_truth_labels(labels, read_synsets(synsets), num_images=len(files))
         entries = list(zip(files, gt))
@@ -168,8 +168,8 @@ def read_imagenet_val(image_root: os.PathLike | str, labels: os.PathLike | str, 
     root_real = os.path.realpath(root)
     for path, wnids in entries:
         if len(set(wnids)) != 1:
-            raise ValueError(f"{labels}: {Path(path).name} has {len(set(wnids))} classes ({', '.join(wnids)}); "
-                             "classification needs one per image")
+            raise DataError(f"{labels}: {Path(path).name} has {len(set(wnids))} classes ({', '.join(wnids)}); "
+                            "classification needs one per image")
         label = _class_index(wnids[0], class_names, f"{labels}: {Path(path).name}")
         if not allow_outside_root and not _within(os.path.realpath(path), root_real):
             outside.append(path)
@@ -291,8 +291,8 @@ class TrainTransform:
             x = np.pad(x, ((self.pad, self.pad), (self.pad, self.pad), (0, 0)))
         h, w = x.shape[:2]
         if h < self.crop or w < self.crop:
-            raise ValueError(f"image of {w}x{h} px is smaller than the {self.crop} px training crop; raise "
-                             "input.scale_min or lower input.crop")
+            raise ConfigError(f"image of {w}x{h} px is smaller than the {self.crop} px training crop; raise "
+                              "input.scale_min or lower input.crop")
         y0, x0 = int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
         x = x[y0:y0 + self.crop, x0:x0 + self.crop]
         if rng.random() < self.hflip_prob:
@@ -375,8 +375,8 @@ class ClassificationDataset(Dataset):
         names = parts[0].class_names
         for p in parts[1:]:
             if p.class_names != names:
-                raise ValueError(f"the data.train entries have different classes ({len(names)} vs "
-                                 f"{len(p.class_names)}: {names[:3]} vs {p.class_names[:3]}); give one class list")
+                raise DataError(f"the data.train entries have different classes ({len(names)} vs "
+                                f"{len(p.class_names)}: {names[:3]} vs {p.class_names[:3]}); give one class list")
         if all(isinstance(p.images, np.ndarray) for p in parts):
             images: Union[list, np.ndarray] = np.concatenate([p.images for p in parts])
         else:
@@ -401,11 +401,11 @@ def dataset_from_spec(spec, class_names: Optional[Sequence[str]] = None, data=No
     if spec.format == "cifar10":
         images, labels, names = read_cifar10(root, spec.split)
         if class_names is not None and list(class_names) != names:
-            raise ValueError(f"{root}: CIFAR-10 classes {names} differ from the model's {list(class_names)}")
+            raise DataError(f"{root}: CIFAR-10 classes {names} differ from the model's {list(class_names)}")
         return ClassificationDataset(images, labels, names)
     if class_names is None:
-        raise ValueError(f"{root}: format imagenet_val carries no class list; give a training set "
-                         "(train/<wnid>/ folders) or a checkpoint with class names")
+        raise ConfigError(f"{root}: format imagenet_val carries no class list; give a training set "
+                          "(train/<wnid>/ folders) or a checkpoint with class names")
     paths, labels = read_imagenet_val(root, resolve_path(spec.labels), class_names, resolve_path(spec.synsets),
                                       allow_outside_root=allow_outside_root)
     return ClassificationDataset(paths, labels, class_names, max_image_pixels=max_pixels)

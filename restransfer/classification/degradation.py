@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ..analysis.curves import read_run
 from ..analysis.figures import save_figure
+from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_text
 from .config import load_cls_config
 from .train import train_classifier
@@ -49,11 +50,11 @@ def plan_runs(configs: Sequence[os.PathLike | str], output: os.PathLike | str, *
             cfg = load_cls_config(path, list(overrides) + extra)
             name = _run_name(cfg)
             if any(r.name == name for r in runs):
-                raise ValueError(f"{path}: a second {name} network in the study; give each depth and kind once")
+                raise ConfigError(f"{path}: a second {name} network in the study; give each depth and kind once")
             cfg.output_dir = str(Path(output) / name)
             runs.append(StudyRun(name, cfg))
     if not runs:
-        raise ValueError("no networks to train: give at least one config")
+        raise ConfigError("no networks to train: give at least one config")
     return runs
 
 
@@ -62,7 +63,7 @@ def read_curves(output_dir: os.PathLike | str) -> Dict[str, List[float]]:
     top-1 error in percent on the augmented batches of each logging window; test: center-crop top-1 error)."""
     series = read_run(output_dir).series
     if "train_error" not in series:
-        raise ValueError(f"{Path(output_dir) / 'log.jsonl'}: no train_error records; was this written by train_cls?")
+        raise DataError(f"{Path(output_dir) / 'log.jsonl'}: no train_error records; was this written by train_cls?")
     train_its, _, train = series["train_error"]
     test_its, _, test = series.get("test/top1_error", ((), (), ()))
     return {"iteration": [int(i) for i in train_its], "train_error": [float(v) for v in train],

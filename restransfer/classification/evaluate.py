@@ -26,7 +26,7 @@ from torch import nn
 
 from ..data.classifier_transforms import center_crop, image_views, ten_crops
 from ..devices import resolve_device
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..evaluation.metrics_file import write_metrics
 from ..inference.classifier import classifier_scores
 from .checkpoint import load_classifier_weights
@@ -49,7 +49,7 @@ def topk_errors(scores: np.ndarray | torch.Tensor, labels: Sequence[int], ks: Se
         raise ValueError(f"scores must be (N, C) with one row per label, got {tuple(scores.shape)} for "
                          f"{len(labels)} labels")
     if not len(labels):
-        raise ValueError("no images to evaluate")
+        raise DataError("no images to evaluate")
     out = {}
     for k in ks:
         top = scores.topk(min(k, scores.shape[1]), dim=1).indices
@@ -91,14 +91,14 @@ def run_cls_evaluation(cfg, weights: os.PathLike | str, *, mode: Optional[str] =
     config's network, test it on ``data.test`` and write ``metrics.json`` (``output``, default
     ``output_dir/metrics.json``)."""
     if cfg.data.test is None:
-        raise ValueError("evaluation needs data.test in the config ({image_root: DIR, format: ...})")
+        raise ConfigError("evaluation needs data.test in the config ({image_root: DIR, format: ...})")
     model = build_classifier(cfg)
     class_names = load_classifier_weights(model, weights)
     dataset = dataset_from_spec(cfg.data.test, class_names, cfg.data)
     if class_names is None and len(dataset.class_names) != cfg.model.num_classes:
-        raise ValueError(f"{weights} carries no class names and the test set has {len(dataset.class_names)} classes, "
-                         f"not the model's {cfg.model.num_classes}: its columns cannot be matched to the test classes "
-                         "(for ImageNet weights the test folders must be all 1000 WNIDs, in sorted order)")
+        raise DataError(f"{weights} carries no class names and the test set has {len(dataset.class_names)} classes, "
+                        f"not the model's {cfg.model.num_classes}: its columns cannot be matched to the test classes "
+                        "(for ImageNet weights the test folders must be all 1000 WNIDs, in sorted order)")
     device = resolve_device(cfg.device)
     kwargs = cfg_test_kwargs(cfg, mode, scales)
     conv = model.pixel_convention

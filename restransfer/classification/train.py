@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from ..devices import resolve_device
 from ..distributed import barrier, get_rank, get_world_size, init_distributed, is_main_process
+from ..errors import ConfigError
 from ..engine.lock import locked_output_dir
 from ..engine.logger import MetricsWriter
 from ..engine.preflight import check_classification_run
@@ -57,15 +58,15 @@ class Logits(nn.Module):
 def build_train_set(cfg) -> ClassificationDataset:
     """The concatenated ``data.train`` entries with the config's training augmentation."""
     if not cfg.data.train:
-        raise ValueError("data.train is empty; list at least one {image_root: DIR, format: ...} entry")
+        raise ConfigError("data.train is empty; list at least one {image_root: DIR, format: ...} entry")
     parts = [dataset_from_spec(spec, data=cfg.data) for spec in cfg.data.train]
     i = cfg.input
     transform = TrainTransform(crop=i.crop, scale_min=i.scale_min, scale_max=i.scale_max, pad=i.pad,
                                hflip_prob=i.hflip_prob, lighting=i.lighting, mean=i.pixel_mean, std=i.pixel_std)
     dataset = ClassificationDataset.concat(parts, transform)
     if len(dataset.class_names) != cfg.model.num_classes:
-        raise ValueError(f"the training data has {len(dataset.class_names)} classes but model.num_classes is "
-                         f"{cfg.model.num_classes}; set model.num_classes={len(dataset.class_names)}")
+        raise ConfigError(f"the training data has {len(dataset.class_names)} classes but model.num_classes is "
+                          f"{cfg.model.num_classes}; set model.num_classes={len(dataset.class_names)}")
     return dataset
 
 
@@ -75,7 +76,7 @@ def train_classifier(cfg, resume: bool = False, restart: bool = False,
     process (None elsewhere or without ``data.test``). ``resume``/``restart``/``hooks`` as for the detectors
     (:func:`restransfer.engine.trainer.train`)."""
     if resume and restart:
-        raise ValueError("--resume and --restart exclude each other")
+        raise ConfigError("--resume and --restart exclude each other")
     device = resolve_device(cfg.device)
     init_distributed(device)
     with locked_output_dir(cfg.output_dir, "training"):
