@@ -26,6 +26,7 @@ import torch
 from restransfer.benchmark import (as_json, format_loader_report, format_report, loader_report_json, run_benchmark,
                                    run_loader_benchmark)
 from restransfer.cli import config_from_args, model_parser, run_tool
+from restransfer.errors import ConfigError
 from restransfer.fileio import atomic_write_text
 
 
@@ -81,7 +82,7 @@ def _worker_counts(text: str):
     except ValueError:
         counts = []
     if not counts or min(counts) < 0:
-        raise ValueError(f"--workers {text!r}: give worker counts >= 0 separated by commas, e.g. --workers 1,2")
+        raise ConfigError(f"--workers {text!r}: give worker counts >= 0 separated by commas, e.g. --workers 1,2")
     return counts
 
 

@@ -37,6 +37,7 @@ import torch
 
 from ..config import DatasetSpec, resolve_path
 from ..data.build import build_train_dataset, build_train_loader, uses_masks
+from ..errors import ConfigError
 from .machine import load_average, machine_description, machine_info
 from .synthetic import generate_coco_folder
 
@@ -89,8 +90,8 @@ def missing_training_data(cfg) -> Optional[str]:
 
 def _check_rounds(images_per_round: int, rounds: int, warmup: int) -> None:
     if images_per_round < 1 or rounds < 1 or warmup < 0:
-        raise ValueError(f"images_per_round ({images_per_round}) and rounds ({rounds}) must be at least 1, "
-                         f"warmup ({warmup}) at least 0")
+        raise ConfigError(f"images_per_round ({images_per_round}) and rounds ({rounds}) must be at least 1, "
+                          f"warmup ({warmup}) at least 0")
 
 
 def time_loader(loader: Any, images_per_round: int, rounds: int, warmup: int) -> LoaderMeasurement:
@@ -152,7 +153,7 @@ def run_loader_benchmark(cfg, workers: Sequence[int] = (2,), images_per_round: i
     load_before = load_average()
     counts = sorted({0, *(int(w) for w in workers)})
     if counts[0] < 0:
-        raise ValueError(f"worker counts must be >= 0, got {list(workers)}")
+        raise ConfigError(f"worker counts must be >= 0, got {list(workers)}")
     cfg = copy.deepcopy(cfg)
     reason = missing_training_data(cfg)
     with tempfile.TemporaryDirectory(prefix="restransfer_loader_") as tmp:

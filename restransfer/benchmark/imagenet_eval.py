@@ -26,6 +26,7 @@ import numpy as np
 from ..boxes import devkit_to_xyxy
 from ..data.ilsvrc import Synsets
 from ..data.imagenet_loc import LocImage, read_devkit_annotations, read_kaggle_solution
+from ..errors import ConfigError
 from ..evaluation.imagenet_det import (
     DetGroundTruth,
     DetSubmission,
@@ -171,7 +172,7 @@ def synthetic_loc_eval_set(num_images: int = 50000, num_classes: int = 1000, *,
     ``seed``: an int, or a ``numpy.random.Generator`` that is used (and advanced) as is.
     """
     if num_classes < MAX_GUESSES:
-        raise ValueError(f"num_classes is {num_classes}; the guesses need at least {MAX_GUESSES} classes")
+        raise ConfigError(f"num_classes is {num_classes}; the guesses need at least {MAX_GUESSES} classes")
     rng = np.random.default_rng(seed)
     n, k = num_images, num_classes
     wnids = tuple(f"n{10000000 + 7919 * i:08d}" for i in range(k))

@@ -45,6 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..devices import (autocast_context, check_autocast_precision, check_precision_support, precision_dtype,
                        resolve_device)
+from ..errors import ConfigError
 from ..models import build_model, inference_kwargs
 from .agreement import detection_agreement
 from .machine import load_average, machine_description, machine_info
@@ -315,8 +316,8 @@ def _parse_references(reference: Union[bool, str, Sequence[str]]) -> List[str]:
     kinds = [k.strip() for k in reference.split(",")] if isinstance(reference, str) else list(reference)
     unknown = [k for k in kinds if k not in REFERENCE_KINDS]
     if unknown or not kinds:
-        raise ValueError(f"reference {reference!r}: give one or more of {', '.join(REFERENCE_KINDS)} "
-                         "(e.g. eager,compile)")
+        raise ConfigError(f"reference {reference!r}: give one or more of {', '.join(REFERENCE_KINDS)} "
+                          "(e.g. eager,compile)")
     return list(dict.fromkeys(kinds))
 
 
@@ -374,19 +375,19 @@ def run_benchmark(cfg, *, device: str = "cpu", precision: Union[str, Sequence[st
     dev = resolve_device(device)
     precisions = [precision] if isinstance(precision, str) else list(precision)
     if not precisions:
-        raise ValueError("give at least one precision")
+        raise ConfigError("give at least one precision")
     if train and len(precisions) > 1:
-        raise ValueError("training benchmarks one precision at a time")
+        raise ConfigError("training benchmarks one precision at a time")
     kinds = _parse_references(reference)
     if reference_precision is None:
         ref_precisions = [precisions[0] if train or dev.type == "cuda" else "fp32"]
     else:
         ref_precisions = [reference_precision] if isinstance(reference_precision, str) else list(reference_precision)
     if train and ref_precisions != precisions:
-        raise ValueError(f"a training step's references run at its precision ({precisions[0]}); "
-                         f"drop the reference precision {', '.join(ref_precisions)}")
+        raise ConfigError(f"a training step's references run at its precision ({precisions[0]}); "
+                          f"drop the reference precision {', '.join(ref_precisions)}")
     if memory not in MEMORY_MODES:
-        raise ValueError(f"memory {memory!r}: use one of {', '.join(MEMORY_MODES)}")
+        raise ConfigError(f"memory {memory!r}: use one of {', '.join(MEMORY_MODES)}")
     for p in precisions:
         dtype = precision_dtype(p)
         if not train:  # before minutes of model building: fp16 on a CPU without it fails here

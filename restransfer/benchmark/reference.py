@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from ..backbone.resnet import BasicBlock, Bottleneck
+from ..errors import ConfigError
 from ..models.build import detector_kwargs, pixel_convention
 
 __all__ = ["reference_incompatibility", "torchvision_reference", "randomize_weights"]
@@ -57,7 +58,7 @@ def torchvision_reference(cfg) -> nn.Module:
 
     reason = reference_incompatibility(cfg)
     if reason:
-        raise ValueError(f"no torchvision reference for this config: {reason}")
+        raise ConfigError(f"no torchvision reference for this config: {reason}")
     m, h = cfg.model, cfg.model.roi_heads
     backbone = resnet_fpn_backbone(backbone_name=f"resnet{m.backbone.depth}", weights=None,
                                    trainable_layers=5 - m.backbone.freeze_at)

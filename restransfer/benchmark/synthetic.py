@@ -18,6 +18,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 
 from ..data.shapes import synthetic_batch
+from ..errors import ConfigError
 from ..fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = ["synthetic_batch", "GeneratedFolder", "generate_coco_folder", "COCO_SIZES"]
@@ -72,10 +73,10 @@ def generate_coco_folder(root: Union[str, os.PathLike], num_images: int, *, num_
     1..``max_objects`` objects (COCO averages 7.3 per image). Everything is a function of ``seed``.
     """
     if num_images < 1 or num_classes < 1 or max_objects < 1:
-        raise ValueError(f"generate_coco_folder: num_images ({num_images}), num_classes ({num_classes}) and "
-                         f"max_objects ({max_objects}) must be at least 1")
+        raise ConfigError(f"generate_coco_folder: num_images ({num_images}), num_classes ({num_classes}) and "
+                          f"max_objects ({max_objects}) must be at least 1")
     if not sizes or any(len(s) != 2 or min(s) < 16 for s in sizes):
-        raise ValueError(f"generate_coco_folder: sizes {list(sizes)} must be (H, W) pairs of at least 16 px")
+        raise ConfigError(f"generate_coco_folder: sizes {list(sizes)} must be (H, W) pairs of at least 16 px")
     root = Path(root)
     image_dir, ann_dir = root / "images", root / "annotations"
     image_dir.mkdir(parents=True, exist_ok=True)
