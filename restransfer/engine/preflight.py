@@ -193,8 +193,8 @@ def _portable(error: BaseException) -> BaseException:
 
 
 def _as_data_error(key: str, e: Exception) -> Exception:
-    """A reader's ValueError or OSError as a DataError that names the config key (the toolkit's own input
-    errors, which name their file already, are kept)."""
+    """A reader's OSError as a DataError that names the config key (the toolkit's own input errors, which
+    name their file already, are kept)."""
     if isinstance(e, InputError):
         return e
     if isinstance(e, OSError) and e.strerror and e.filename:
@@ -208,16 +208,18 @@ def _detection_test_set(cfg: DictConfig, class_names: Sequence[str], report: Pre
         iou_types = ("bbox", "segm") if cfg.model.arch == "mask_rcnn" else ("bbox",)
         # the checks the COCO evaluator applies to the ground truth before it runs
         check_ground_truth(dataset.coco.dataset, str(dataset.json_path), iou_types, dataset.image_ids)
-    except (ValueError, OSError) as e:
+    except (InputError, OSError) as e:  # a bare ValueError is a bug: it propagates as one
         raise _as_data_error("data.test", e) from None
     n_json = len(dataset.coco.imgs)
+    # the key that places the images: a VOC entry names its devkit root, a COCO entry its image folder
+    root_key = "data.test.root" if cfg.data.test.get("format") == "voc" else "data.test.image_root"
     if len(dataset) == 0:
         first = next(iter(dataset.coco.imgs.values()), {}).get("file_name", "")
-        raise DataError(f"data.test.image_root: {dataset.image_root} holds none of the {n_json} images of "
+        raise DataError(f"{root_key}: {dataset.image_root} holds none of the {n_json} images of "
                         f"{dataset.json_path}" + (f" (the first is {first!r})" if first else "")
-                        + "; set data.test.image_root to the folder the json's file_name entries are relative to")
+                        + f"; set {root_key} to the folder the annotations' file names are relative to")
     _check_sample([(dataset.image_path(i), _json_size(dataset, i)) for i in _sample(len(dataset))],
-                  "data.test.image_root", dataset.image_root)
+                  root_key, dataset.image_root)
     _check_categories(list(dataset.class_names), list(class_names), str(dataset.json_path))
     report.test_name, report.num_test_images = dataset.name, len(dataset)
     report.evaluator = _detection_evaluator(cfg, iou_types)
@@ -267,7 +269,7 @@ def _detection_evaluator(cfg: DictConfig, iou_types: Sequence[str]) -> str:
 def _classification_test_set(cfg: DictConfig, build_test_set: Callable[[], Any], report: PreflightReport) -> None:
     try:
         dataset = build_test_set()
-    except (ValueError, OSError) as e:
+    except (InputError, OSError) as e:  # a bare ValueError is a bug: it propagates as one
         raise _as_data_error("data.test", e) from None
     if len(dataset) == 0:
         raise DataError(f"data.test: {cfg.data.test.image_root}: no test images")
