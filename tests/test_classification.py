@@ -19,7 +19,7 @@ from restransfer.classification.config import load_cls_config
 from restransfer.classification.data import (ClassificationDataset, read_cifar10, read_imagefolder,
                                              read_imagenet_val)
 from restransfer.classification.evaluate import evaluate_classifier, image_views, ten_crops, topk_errors
-from restransfer.errors import DataError
+from restransfer.errors import DataError, WeightsError
 from restransfer.yaml_config import ConfigError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -321,6 +321,19 @@ def test_training_resumes_exactly_and_checkpoint_feeds_every_tester(tmp_path, im
         assert saved["top1_error"] == m["top1_error"] and saved["crops"] == mode
         wrong = m["top1_error"] * 6 / 100  # a whole number of the 6 images; 3 classes: no top-5 error
         assert wrong == pytest.approx(round(wrong)) and m["top5_error"] == 0.0
+
+    # the builder constructs the network with what the checkpoint carries (convention, class names), whatever
+    # this config's input normalization says; without weights: the config's convention, no names
+    from restransfer.classification import build_classifier
+
+    other = load_cls_config(_cfg_file(tmp_path, root), ["input.pixel_mean=[1.0,2.0,3.0]"])
+    net = build_classifier(other, ckpt)
+    assert tuple(net.pixel_convention.mean) == (100.0, 110.0, 120.0) and net.class_names == list(WNIDS)
+    assert torch.equal(net.fc.weight.detach(), final["model"]["fc.weight"])
+    fresh = build_classifier(other)
+    assert tuple(fresh.pixel_convention.mean) == (1.0, 2.0, 3.0) and fresh.class_names is None
+    with pytest.raises(WeightsError, match="model.depth"):
+        build_classifier(load_cls_config(_cfg_file(tmp_path, root), ["model.depth=34"]), ckpt)
 
 
 def test_training_skips_unreadable_images_mid_run_and_counts_them(tmp_path, imagenet_layout):

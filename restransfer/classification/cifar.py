@@ -10,9 +10,13 @@ parameters). n = 3, 5, 7, 9, 18 gives the 20, 32, 44, 56 and 110-layer nets (0.2
 """
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..backbone import PixelConvention
 
 __all__ = ["CifarResNet", "CifarBlock", "cifar_blocks_per_stage"]
 
@@ -53,9 +57,12 @@ class CifarBlock(nn.Module):
 
 class CifarResNet(nn.Module):
     """``CifarResNet(depth, residual=True, num_classes=10)``; input (B, 3, 32, 32) normalized images,
-    ``forward``/``classify`` return (B, num_classes) logits."""
+    ``forward``/``classify`` return (B, num_classes) logits. ``pixel_convention`` and ``class_names``: how
+    images are normalized for the weights it will hold and the names of its columns, when known."""
 
-    def __init__(self, depth: int = 20, *, residual: bool = True, num_classes: int = 10) -> None:
+    def __init__(self, depth: int = 20, *, residual: bool = True, num_classes: int = 10,
+                 pixel_convention: Optional[PixelConvention] = None, class_names: Optional[Sequence[str]] = None
+                 ) -> None:
         super().__init__()
         n = cifar_blocks_per_stage(depth)
         self.depth, self.residual, self.num_classes = depth, residual, num_classes
@@ -72,7 +79,8 @@ class CifarResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        self.pixel_convention = None
+        self.pixel_convention = pixel_convention  # how images are normalized for it (the builder's)
+        self.class_names = list(class_names) if class_names is not None else None
 
     def classify(self, x: Tensor) -> Tensor:
         x = F.relu(self.bn1(self.conv1(x)))

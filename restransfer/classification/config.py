@@ -19,6 +19,7 @@ from ..backbone.resnet import DEPTHS
 from ..config import RunSettings, SolverConfig, validate_max_image_pixels, validate_solver
 from ..data.classifier_transforms import CROPS
 from ..yaml_config import ConfigError, load_structured
+from .checkpoint import load_classifier_state, read_classifier_weights
 from .cifar import CifarResNet
 
 __all__ = ["ClsConfig", "ClsDataSpec", "load_cls_config", "build_classifier", "FORMATS", "ARCHS", "CROPS"]
@@ -146,14 +147,25 @@ def validate(cfg: DictConfig) -> None:
     _choice("solver.precision", cfg.solver.precision, ("fp32", "bf16", "fp16", "auto"))
 
 
-def build_classifier(cfg: DictConfig) -> nn.Module:
+def build_classifier(cfg: DictConfig, weights: Optional[str] = None) -> nn.Module:
     """The network of ``cfg.model`` with BatchNorm after every convolution, trainable throughout. Both archs
-    have ``classify(x) -> (B, num_classes)`` logits and a ``pixel_convention`` from ``cfg.input``."""
+    have ``classify(x) -> (B, num_classes)`` logits, a ``pixel_convention`` and ``class_names``.
+
+    ``weights`` (a ``train_cls`` checkpoint, or ResNet ImageNet weights for the imagenet arch) are read first and
+    loaded: the network is built with the convention they carry and the checkpoint's class names
+    (:func:`~restransfer.classification.checkpoint.read_classifier_weights`); without them the convention is
+    ``cfg.input``'s and ``class_names`` is None."""
     m = cfg.model
+    source = read_classifier_weights(weights, m.arch) if weights else None
+    conv = (source.convention if source is not None and source.convention is not None
+            else PixelConvention("RGB", tuple(cfg.input.pixel_mean), tuple(cfg.input.pixel_std), m.style))
+    names = source.class_names if source is not None else None
     if m.arch == "cifar":
-        model: nn.Module = CifarResNet(m.depth, residual=m.residual, num_classes=m.num_classes)
+        model: nn.Module = CifarResNet(m.depth, residual=m.residual, num_classes=m.num_classes,
+                                       pixel_convention=conv, class_names=names)
     else:
         model = ResNet(m.depth, style=m.style, norm="bn", freeze_at=0, num_classes=m.num_classes,
-                       residual=m.residual)
-    model.pixel_convention = PixelConvention("RGB", tuple(cfg.input.pixel_mean), tuple(cfg.input.pixel_std), m.style)
+                       residual=m.residual, pixel_convention=conv, class_names=names)
+    if source is not None:
+        load_classifier_state(model, source)
     return model

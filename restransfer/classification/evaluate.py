@@ -29,7 +29,6 @@ from ..devices import resolve_device
 from ..errors import ConfigError, DataError
 from ..evaluation.metrics_file import write_metrics
 from ..inference.classifier import classifier_scores
-from .checkpoint import load_classifier_weights
 from .config import build_classifier
 from .data import ClassificationDataset, dataset_from_spec
 
@@ -92,8 +91,8 @@ def run_cls_evaluation(cfg, weights: os.PathLike | str, *, mode: Optional[str] =
     ``output_dir/metrics.json``)."""
     if cfg.data.test is None:
         raise ConfigError("evaluation needs data.test in the config ({image_root: DIR, format: ...})")
-    model = build_classifier(cfg)
-    class_names = load_classifier_weights(model, weights)
+    model = build_classifier(cfg, weights)
+    class_names = model.class_names
     dataset = dataset_from_spec(cfg.data.test, class_names, cfg.data)
     if class_names is None and len(dataset.class_names) != cfg.model.num_classes:
         raise DataError(f"{weights} carries no class names and the test set has {len(dataset.class_names)} classes, "

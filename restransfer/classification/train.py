@@ -34,7 +34,7 @@ from ..engine.loop import HookBase, TrainLoop
 from ..engine.trainer import prepare_loop, standard_hooks, start_run, training_precision
 from ..data.samplers import TrainingBatchSampler
 from ..yaml_config import dump_config
-from .checkpoint import load_classifier_weights, network_meta
+from .checkpoint import network_meta
 from .config import build_classifier
 from .data import ClassificationDataset, TrainTransform, dataset_from_spec
 from .evaluate import cfg_test_kwargs, evaluate_classifier, write_metrics
@@ -126,9 +126,8 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool,
     dataset = build_train_set(cfg)
     layout = batch_layout(cfg.solver.ims_per_batch, cfg.solver.ims_per_device, world)
     logger.info("training on %d images, %d classes; %s", len(dataset), len(dataset.class_names), layout.describe())
-    net = build_classifier(cfg)
-    if cfg.model.weights and found is None:
-        load_classifier_weights(net, cfg.model.weights)
+    # model.weights initialize a new run; a resumed one gets its weights from the checkpoint
+    net = build_classifier(cfg, weights=cfg.model.weights if found is None else None)
     net.to(device).train()
     optimizer = build_optimizer(cfg, net)
     scheduler = build_scheduler(cfg, optimizer)

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..backbone import ResNet, load_pretrained
-from ..backbone.weights import read_weights
+from ..backbone import ResNet
+from ..backbone.weights import load_pretrained_state, read_pretrained, read_weights
 from ..data.classifier_transforms import image_views, normalize
 from ..data.image_io import read_image
 from ..errors import WeightsError
@@ -112,7 +112,8 @@ def load_classifier(depth: int, weights: str, *, style: str = "pytorch") -> ResN
             raise WeightsError(f"{weights}: a {meta.get('arch')}-arch classifier; localization needs an imagenet-arch "
                                "ResNet (model.arch: imagenet)")
         depth, style = int(meta["depth"]), str(meta.get("style", style))
-    model = ResNet(depth, style=style, num_classes=int(meta.get("num_classes", 1000)))
-    model.class_names = list(meta.get("class_names") or [])
-    load_pretrained(model, weights, strict_classifier=True)
+    pretrained = read_pretrained(weights)  # the network is built with the convention its weights carry
+    model = ResNet(depth, style=style, num_classes=int(meta.get("num_classes", 1000)),
+                   pixel_convention=pretrained.convention, class_names=list(meta.get("class_names") or []))
+    load_pretrained_state(model, pretrained, strict_classifier=True)
     return model
