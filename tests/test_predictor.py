@@ -137,6 +137,25 @@ def test_class_names_from_checkpoint(setup, tmp_path):
         Predictor(setup["config"], weights=str(plain), class_names=["a", "b"])
 
 
+def test_weights_reach_the_model_without_changing_the_config(setup):
+    """``weights`` go to the builders as arguments: a read-only config works, stays as it was, and the
+    checkpoint's class names and convention reach the model through its constructor."""
+    from omegaconf import OmegaConf
+
+    from restransfer.config import load_config
+    from restransfer.models import build_eval_model
+
+    cfg = load_config(setup["config"])
+    OmegaConf.set_readonly(cfg, True)
+    before = OmegaConf.to_yaml(cfg)
+    p = Predictor(cfg, weights=str(setup["ckpt"]), threshold=0.3)
+    model = build_eval_model(cfg, str(setup["ckpt"]), None, torch.device("cpu"))
+    assert OmegaConf.to_yaml(cfg) == before and cfg.model.weights is None
+    assert p.class_names == NAMES and model.pixel_convention == setup["model"].pixel_convention
+    torch.testing.assert_close(model.roi_heads.box_predictor.cls_score.weight,
+                               setup["model"].roi_heads.box_predictor.cls_score.weight)
+
+
 def test_draw_detections(setup):
     rgb = np.full((60, 80, 3), 100, np.uint8)
     mask = np.zeros((1, 60, 80), bool)

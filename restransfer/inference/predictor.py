@@ -120,8 +120,7 @@ class Predictor:
         else:
             cfg = load_config(config_or_path, list(overrides))
         members = weights_list(weights)  # several checkpoints: an ensemble
-        if members:
-            cfg.model.weights = members[0]
+        first = members[0] if members else cfg.model.weights  # the config stays as given
         if channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
         if not 0.0 <= threshold <= 1.0:
@@ -135,8 +134,8 @@ class Predictor:
         self.batch_size = int(batch_size or cfg.test.ims_per_batch or 1)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if class_names is None and cfg.model.weights:
-            class_names = checkpoint_class_names(cfg.model.weights)
+        if class_names is None and first:
+            class_names = checkpoint_class_names(first)
         if class_names is not None and len(class_names) != cfg.model.num_classes:
             raise ConfigError(f"{len(class_names)} class names for model.num_classes = {cfg.model.num_classes}; "
                               "model.num_classes must match the weights' classes")

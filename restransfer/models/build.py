@@ -9,10 +9,9 @@ This is the one place that reads ``cfg.model`` (and the input sizes and ``cfg.te
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -64,22 +63,23 @@ def pixel_convention(cfg_model, backbone_convention: Optional[PixelConvention]) 
     )
 
 
-def _backbone(m, backbone_weights: Optional[str]) -> Tuple[nn.Module, Optional[Res5Head]]:
-    bb = m.backbone
-    kwargs = dict(style=bb.style, norm=bb.norm, freeze_at=bb.freeze_at, residual=bb.residual)
-    if m.head == "fpn":
-        body = build_resnet(bb.depth, weights=backbone_weights, **kwargs)
-        return BackboneWithFPN(body, out_channels=m.fpn_out_channels, extra_block=m.fpn_extra_block), None
+def _backbone(head: str, depth: int, *, weights: Optional[str], fpn_out_channels: int, fpn_extra_block: bool,
+              **resnet_kwargs: Any) -> Tuple[nn.Module, Optional[Res5Head]]:
+    """The ``head``'s backbone (``fpn``: ResNet + FPN; ``c4``: the trunk to res4, and res5 for the RoI head)
+    with ImageNet ``weights``; ``resnet_kwargs``: the ResNet's style, norm, freeze_at and residual."""
+    if head == "fpn":
+        body = build_resnet(depth, weights=weights, **resnet_kwargs)
+        return BackboneWithFPN(body, out_channels=fpn_out_channels, extra_block=fpn_extra_block), None
     # C4: the trunk ends at res4; res5 moves into the RoI head with its ImageNet weights
-    body = build_resnet(bb.depth, weights=backbone_weights, out_features=("res2", "res3", "res4", "res5"), **kwargs)
+    body = build_resnet(depth, weights=weights, out_features=("res2", "res3", "res4", "res5"), **resnet_kwargs)
     layer4, channels = body.pop_stage("res5")
     body.out_features = ("res4",)
     return BackboneC4(body), Res5Head(layer4, channels)
 
 
-def _anchors(m, num_levels: int) -> AnchorGenerator:
-    sizes, ratios = tuple(int(s) for s in m.anchor.sizes), tuple(float(r) for r in m.anchor.aspect_ratios)
-    if m.head == "c4":
+def _anchors(head: str, sizes: Sequence[int], aspect_ratios: Sequence[float], num_levels: int) -> AnchorGenerator:
+    sizes, ratios = tuple(int(s) for s in sizes), tuple(float(r) for r in aspect_ratios)
+    if head == "c4":
         return AnchorGenerator((sizes,), (ratios,))
     if len(sizes) != num_levels:
         raise ConfigError(f"model.anchor.sizes: FPN uses one anchor size per level; got {len(sizes)} sizes for "
@@ -93,7 +93,8 @@ def detector_kwargs(cfg_model, num_levels: int) -> Dict[str, Any]:
     proposal/detection counts."""
     r, h = cfg_model.rpn, cfg_model.roi_heads
     return dict(
-        rpn_anchor_generator=_anchors(cfg_model, num_levels),
+        rpn_anchor_generator=_anchors(cfg_model.head, cfg_model.anchor.sizes, cfg_model.anchor.aspect_ratios,
+                                      num_levels),
         rpn_pre_nms_top_n_train=r.pre_nms_top_n_train, rpn_pre_nms_top_n_test=r.pre_nms_top_n_test,
         rpn_post_nms_top_n_train=r.post_nms_top_n_train, rpn_post_nms_top_n_test=r.post_nms_top_n_test,
         rpn_nms_thresh=r.nms_thresh, rpn_fg_iou_thresh=r.fg_iou_thresh, rpn_bg_iou_thresh=r.bg_iou_thresh,
@@ -128,33 +129,35 @@ def _roi_heads(kw: Dict[str, Any], modules: Dict[str, nn.Module]) -> RoIHeads:
         mask_predictor=modules.get("mask_predictor"))
 
 
-def _transform(cfg, conv: PixelConvention) -> DetectionTransform:
-    return DetectionTransform(cfg.input.min_size_test, cfg.input.max_size_test, conv.mean, conv.std,
-                              channel_order=conv.channel_order, size_divisible=cfg.input.size_divisibility)
-
-
-def build_model(cfg, class_names: Optional[List[str]] = None, load_weights: bool = True) -> Detector:
+def build_model(cfg, class_names: Optional[List[str]] = None, load_weights: bool = True,
+                weights: Optional[str] = None) -> Detector:
     """Build the detector described by ``cfg.model`` (and ``cfg.input`` for the image sizes).
 
     Args:
         cfg: the config from :func:`restransfer.config.load_config`.
         class_names: names of classes 1..K for reports (default: the numbers).
-        load_weights: load ``cfg.model.weights`` (a full detector checkpoint, ours or torchvision's) when set.
+        load_weights: load the detector checkpoint (``weights``, else ``cfg.model.weights``; ours or
+            torchvision's) when there is one.
+        weights: a detector checkpoint to load instead of ``cfg.model.weights`` (the config is not changed).
 
     Returns:
-        A :class:`Detector` following torchvision's detection interface.
+        A :class:`Detector` following torchvision's detection interface, constructed with its pixel convention
+        (the config's, else the checkpoint's, else the backbone weights') and ``class_names``.
     """
     m = cfg.model
     if m.arch not in ("faster_rcnn", "mask_rcnn"):
         raise ConfigError(f"model.arch: {m.arch!r} is not one of faster_rcnn, mask_rcnn")
     if m.head not in ("c4", "fpn"):
         raise ConfigError(f"model.head: {m.head!r} is not one of c4, fpn")
-    detector_weights = m.weights if load_weights else None
+    detector_weights = (str(weights) if weights else m.weights) if load_weights else None
     # a full detector checkpoint replaces the ImageNet backbone weights, so they are not read at all
     backbone_weights = None if detector_weights else m.backbone.weights
     if detector_weights and m.backbone.weights:
         logger.info("model.weights is set: skipping model.backbone.weights (%s)", m.backbone.weights)
-    backbone, res5 = _backbone(m, backbone_weights)
+    bb, h = m.backbone, m.roi_heads
+    backbone, res5 = _backbone(m.head, bb.depth, weights=backbone_weights, style=bb.style, norm=bb.norm,
+                               freeze_at=bb.freeze_at, residual=bb.residual, fpn_out_channels=m.fpn_out_channels,
+                               fpn_extra_block=m.fpn_extra_block)
     conv = pixel_convention(m, backbone.pixel_convention)
     checkpoint = read_detector_checkpoint(detector_weights) if detector_weights else None
     saved = checkpoint[1].get("pixel_convention") if checkpoint is not None else None
@@ -162,8 +165,15 @@ def build_model(cfg, class_names: Optional[List[str]] = None, load_weights: bool
         # the checkpoint was trained with this convention (e.g. from MSRA BGR ImageNet weights)
         conv = PixelConvention.from_dict(saved, style=conv.style)
     kwargs = detector_kwargs(m, len(backbone.strides))
-    heads = _roi_head_modules(m, backbone, res5)  # created before the RPN head, in FasterRCNN's order
-    model = Detector(backbone, _rpn(kwargs, backbone.out_channels), _roi_heads(kwargs, heads), _transform(cfg, conv),
+    heads = _roi_head_modules(  # created before the RPN head, in FasterRCNN's order
+        backbone, res5, arch=m.arch, head=m.head, num_classes=m.num_classes, pooler_resolution=h.pooler_resolution,
+        c4_pooler_resolution=h.c4_pooler_resolution, sampling_ratio=h.sampling_ratio,
+        fpn_representation_size=h.fpn_representation_size, mask_pooler_resolution=h.mask_pooler_resolution,
+        mask_conv_dim=h.mask_conv_dim, global_context=h.global_context,
+        class_agnostic_box_reg=h.class_agnostic_box_reg)
+    transform = DetectionTransform(cfg.input.min_size_test, cfg.input.max_size_test, conv.mean, conv.std,
+                                   channel_order=conv.channel_order, size_divisible=cfg.input.size_divisibility)
+    model = Detector(backbone, _rpn(kwargs, backbone.out_channels), _roi_heads(kwargs, heads), transform,
                      num_classes=m.num_classes, arch=m.arch, head=m.head, class_names=class_names,
                      pixel_convention=conv)
     if checkpoint is not None:
@@ -171,34 +181,37 @@ def build_model(cfg, class_names: Optional[List[str]] = None, load_weights: bool
     return model
 
 
-def _roi_head_modules(m, backbone: nn.Module, res5: Optional[Res5Head]) -> Dict[str, nn.Module]:
-    """RoI poolers, box head and predictor (and mask ones for Mask R-CNN) of ``cfg.model`` ``m``."""
-    num_classes = m.num_classes + 1  # + background
-    h = m.roi_heads
+def _roi_head_modules(backbone: nn.Module, res5: Optional[Res5Head], *, arch: str, head: str, num_classes: int,
+                      pooler_resolution: int, c4_pooler_resolution: int, sampling_ratio: int,
+                      fpn_representation_size: int, mask_pooler_resolution: int, mask_conv_dim: int,
+                      global_context: bool, class_agnostic_box_reg: bool) -> Dict[str, nn.Module]:
+    """RoI poolers, box head and predictor (and mask ones for Mask R-CNN) for ``num_classes`` foreground
+    classes on ``backbone`` (``res5``: the C4 head's stage); the sizes are ``model.roi_heads``'."""
+    num_classes = num_classes + 1  # + background
     heads: Dict[str, nn.Module] = {}
-    if m.head == "fpn":
+    if head == "fpn":
         names = [str(i) for i in range(len(backbone.body.out_features))]
-        heads["box_roi_pool"] = ParallelMultiScaleRoIAlign(names, h.pooler_resolution, h.sampling_ratio)
-        heads["box_head"] = TwoMLPHead(backbone.out_channels * h.pooler_resolution ** 2, h.fpn_representation_size)
-        box_dim = h.fpn_representation_size
-        if m.arch == "mask_rcnn":
-            heads["mask_roi_pool"] = ParallelMultiScaleRoIAlign(names, h.mask_pooler_resolution, h.sampling_ratio)
-            heads["mask_head"] = MaskRCNNHeads(backbone.out_channels, (h.mask_conv_dim,) * 4, 1)
-            heads["mask_predictor"] = MaskRCNNPredictor(h.mask_conv_dim, h.mask_conv_dim, num_classes)
+        heads["box_roi_pool"] = ParallelMultiScaleRoIAlign(names, pooler_resolution, sampling_ratio)
+        heads["box_head"] = TwoMLPHead(backbone.out_channels * pooler_resolution ** 2, fpn_representation_size)
+        box_dim = fpn_representation_size
+        if arch == "mask_rcnn":
+            heads["mask_roi_pool"] = ParallelMultiScaleRoIAlign(names, mask_pooler_resolution, sampling_ratio)
+            heads["mask_head"] = MaskRCNNHeads(backbone.out_channels, (mask_conv_dim,) * 4, 1)
+            heads["mask_predictor"] = MaskRCNNPredictor(mask_conv_dim, mask_conv_dim, num_classes)
     else:
-        heads["box_roi_pool"] = ParallelMultiScaleRoIAlign(["0"], h.c4_pooler_resolution, h.sampling_ratio)
+        heads["box_roi_pool"] = ParallelMultiScaleRoIAlign(["0"], c4_pooler_resolution, sampling_ratio)
         heads["box_head"] = C4BoxHead(res5)
         box_dim = res5.out_channels
-        if m.arch == "mask_rcnn":
+        if arch == "mask_rcnn":
             # the same res5 module (shared weights) on the positive RoIs, then deconv 2x + 1x1 predictor
-            heads["mask_roi_pool"] = ParallelMultiScaleRoIAlign(["0"], h.c4_pooler_resolution, h.sampling_ratio)
+            heads["mask_roi_pool"] = ParallelMultiScaleRoIAlign(["0"], c4_pooler_resolution, sampling_ratio)
             heads["mask_head"] = res5
-            heads["mask_predictor"] = MaskRCNNPredictor(res5.out_channels, h.mask_conv_dim, num_classes)
-    if h.global_context:  # the whole image as one more region, its feature beside each region's
+            heads["mask_predictor"] = MaskRCNNPredictor(res5.out_channels, mask_conv_dim, num_classes)
+    if global_context:  # the whole image as one more region, its feature beside each region's
         heads["box_roi_pool"] = GlobalContextPool(heads["box_roi_pool"])
         heads["box_head"] = ContextBoxHead(heads["box_head"], box_dim)
         box_dim = heads["box_head"].out_channels
-    heads["box_predictor"] = (ClassAgnosticPredictor(box_dim, num_classes) if h.class_agnostic_box_reg
+    heads["box_predictor"] = (ClassAgnosticPredictor(box_dim, num_classes) if class_agnostic_box_reg
                               else FastRCNNPredictor(box_dim, num_classes))
     return heads
 
@@ -240,10 +253,7 @@ def build_eval_model(cfg, weights: Optional[str], class_names: Optional[List[str
     if precision is not None:
         precision_dtype(precision)  # before the model is built
         kwargs["precision"] = precision
-    if weights:
-        cfg = cfg.copy()
-        OmegaConf.update(cfg, "model.weights", str(weights), merge=False)
-    if not cfg.model.weights:
+    if not (weights or cfg.model.weights):
         logger.warning("no detector weights given (weights, --weights or model.weights): the detector is untrained")
-    model = build_model(cfg, class_names=class_names).to(device)
+    model = build_model(cfg, class_names=class_names, weights=weights).to(device)
     return model.optimize_for_inference(**kwargs)

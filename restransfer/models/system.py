@@ -40,7 +40,7 @@ from .context import RegionsWithContext
 from .refinement import class_candidates, refined_boxes, select_detections
 from .tta import flip_boxes, maxout_scale_pair
 
-__all__ = ["DetectionSystem", "MERGES", "build_test_model", "weights_list", "uses_test_system"]
+__all__ = ["DetectionSystem", "MERGES", "build_test_model", "weights_list"]
 
 MERGES = ("union", "maxout")
 
@@ -299,7 +299,3 @@ def build_test_model(cfg, weights, class_names: Optional[List[str]], device: tor
                               f"{detectors[0].pixel_convention}; ensemble models must share their input convention")
     return DetectionSystem(detectors, **(kwargs or {}))
 
-
-def uses_test_system(cfg, weights=None) -> bool:
-    """Whether ``cfg.test`` turns on a test-time extra or ``weights`` lists several models."""
-    return len(weights_list(weights)) > 1 or system_kwargs(cfg) is not None
