@@ -34,6 +34,7 @@ from ..config import resolve_path
 from ..data.build import build_test_dataset
 from ..devices import resolve_device
 from ..distributed import is_main_process
+from ..errors import ConfigError
 from ..evaluation.coco_evaluator import COCOEvaluator
 from ..evaluation.evaluator import Evaluator, build_evaluator, evaluator_factory, evaluator_for_format
 from ..evaluation.imagenet_det import DetEvalResult
@@ -90,7 +91,7 @@ def writes_report(cfg, periodic: bool) -> bool:
     ``test.eval_period`` evaluations)."""
     mode = cfg.test.report
     if mode not in REPORT_MODES:
-        raise ValueError(f"test.report: {mode!r} is not one of {', '.join(REPORT_MODES)}")
+        raise ConfigError(f"test.report: {mode!r} is not one of {', '.join(REPORT_MODES)}")
     return mode == "always" or (mode == "final" and not periodic)
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..distributed import is_main_process
+from ..errors import ConfigError
 from .checkpoint import Checkpointer
 from .logger import MetricsWriter
 from .loop import HookBase
@@ -172,7 +173,7 @@ class ModelEMA(HookBase):
 
     def __init__(self, decay: float = 0.9998) -> None:
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"solver.ema.decay: {decay} is outside [0, 1)")
+            raise ConfigError(f"solver.ema.decay: {decay} is outside [0, 1)")
         self.decay = decay
         self.average: Optional[AveragedModel] = None
 

@@ -193,10 +193,15 @@ def _portable(error: BaseException) -> BaseException:
 
 
 def _as_data_error(key: str, e: Exception) -> Exception:
-    """A reader's OSError as a DataError that names the config key (the toolkit's own input errors, which
-    name their file already, are kept)."""
+    """A reader's input error named by the config key it came from (``data.test: ...``): the toolkit's own
+    types keep their type, an OSError becomes a DataError."""
     if isinstance(e, InputError):
-        return e
+        if str(e).startswith(key):
+            return e
+        try:
+            return type(e)(f"{key}: {e}")
+        except Exception:  # noqa: BLE001 - a type whose constructor takes other arguments: kept as it is
+            return e
     if isinstance(e, OSError) and e.strerror and e.filename:
         return DataError(f"{key}: {e.filename}: {e.strerror}")
     return DataError(f"{key}: {e}")

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..data.samplers import BatchLayout, batch_layout  # noqa: F401 (re-exported: training sizes its steps by it)
+from ..errors import ConfigError
 
 __all__ = ["build_optimizer", "build_scheduler", "lr_factor", "BatchLayout", "batch_layout"]
 
@@ -36,7 +37,7 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.SGD:
             groups.setdefault(float(wd), []).append(p)
     param_groups = [{"params": ps, "weight_decay": wd} for wd, ps in sorted(groups.items())]
     if not param_groups:
-        raise ValueError("the model has no trainable parameters (is everything frozen? check model.backbone.freeze_at)")
+        raise ConfigError("the model has no trainable parameters (is everything frozen? check model.backbone.freeze_at)")
     return torch.optim.SGD(param_groups, lr=s.base_lr, momentum=s.momentum)
 
 
@@ -48,7 +49,7 @@ def lr_factor(iteration: int, *, max_iter: int, schedule: str = "step", steps: S
     elif schedule == "cosine":
         factor = 0.5 * (1.0 + math.cos(math.pi * min(iteration, max_iter) / max(1, max_iter)))
     else:
-        raise ValueError(f"solver.lr_schedule: {schedule!r} is not one of step, cosine")
+        raise ConfigError(f"solver.lr_schedule: {schedule!r} is not one of step, cosine")
     if iteration < warmup_iters:
         alpha = iteration / warmup_iters
         factor *= warmup_factor * (1 - alpha) + alpha
