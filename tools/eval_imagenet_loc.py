@@ -1,121 +1,19 @@
-"""Evaluate ImageNet CLS-LOC localization with the ILSVRC devkit's numbers (``eval_clsloc.m``).
+#!/usr/bin/env python
+"""ImageNet CLS-LOC localization error (eval_clsloc.m) of a model or a submission.
 
-Submission files:
-    python tools/eval_imagenet_loc.py --submission loc.txt \\
-        --annotations ILSVRC/Annotations/CLS-LOC/val \\
-        --ground-truth LOC_devkit/data/ILSVRC2015_clsloc_validation_ground_truth.txt \\
-        --synsets LOC_devkit/data/map_clsloc.txt \\
-        [--blacklist LOC_devkit/data/ILSVRC2015_clsloc_validation_blacklist.txt] [--output metrics.json]
-    python tools/eval_imagenet_loc.py --submission loc.csv \\
-        --solution LOC_val_solution.csv --synsets LOC_synset_mapping.txt [--output metrics.json]
-
-A detector checkpoint (runs inference on the config's test set, writes both submissions and metrics.json):
-    python tools/eval_imagenet_loc.py configs/imagenet_loc_faster_rcnn_r101.yaml --weights CKPT \\
-        [--mode classifier --classifier-scores val_logits.npy] [key=value ...]
-
-A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the traceback).
+Runs restransfer/commands/eval_imagenet_loc.py, where the code and its usage are (``--help`` prints them);
+the installed command runs the same code as ``restransfer eval CONFIG (ImageNet CLS-LOC test sets)``.
 """
-from __future__ import annotations
-
-import argparse
 import sys
 from pathlib import Path
 
 try:
     import restransfer  # noqa: F401
-except ImportError:  # running from a checkout without an install
+except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from restransfer.cli import EVAL_MEMORY_HINT, add_weights_argument, note_output, run_tool, split_weights
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", nargs="?", help="config file (detector mode); omit to evaluate --submission")
-    p.add_argument("overrides", nargs="*", help="config overrides key=value")
-    p.add_argument("--submission", help="devkit text submission or Kaggle CSV (ImageId,PredictionString)")
-    p.add_argument("--gt-class-submission", help="submission made with the ground-truth class; "
-                   "reported as gt_class_loc_error")
-    p.add_argument("--annotations", help="devkit validation XML folder (ILSVRC/Annotations/CLS-LOC/val)")
-    p.add_argument("--ground-truth", help="ILSVRC2015_clsloc_validation_ground_truth.txt")
-    p.add_argument("--solution", help="Kaggle LOC_val_solution.csv (instead of --annotations)")
-    p.add_argument("--synsets", help="map_clsloc.txt (labels = devkit ids) or LOC_synset_mapping.txt")
-    p.add_argument("--blacklist", help="ILSVRC2015_clsloc_validation_blacklist.txt (1-based image indices)")
-    p.add_argument("--output", help="write metrics.json here")
-    p.add_argument("--max-guesses", type=int, default=5, help="guesses per image that count (default 5)")
-    add_weights_argument(p, "detector checkpoint (config mode)")
-    p.add_argument("--mode", default="classifier", choices=("detector", "classifier", "gt_class"),
-                   help="how guesses are made from the detections (config mode)")
-    p.add_argument("--classifier-scores", help="(N, C) classifier scores, .npy or text, rows in dataset order")
-    p.add_argument("--classifier-synsets", help="class list in the classifier's column order "
-                   "(default: sorted WNIDs, torchvision/timm order)")
-    p.add_argument("--classifier-weights", help="ResNet ImageNet weights (file, torchvision://..., timm://...) "
-                   "or a tools/train_cls.py checkpoint (its depth, style, classes and pixel convention are "
-                   "its own; trained on the train/<wnid> folders its columns are the sorted WNIDs) to compute "
-                   "classifier scores instead of --classifier-scores")
-    p.add_argument("--classifier-depth", type=int, default=101,
-                   help="ResNet depth of --classifier-weights (a train_cls checkpoint says its own)")
-    p.add_argument("--classifier-style", default="pytorch", choices=("pytorch", "caffe"))
-    # intermixed: the documented 'CONFIG --weights CKPT key=value ...' puts options between the positionals
-    args = p.parse_intermixed_args(argv)
-    args.weights, args.overrides = split_weights(args.weights, args.overrides)
-
-    note_output("--output", args.output)
-    if args.config is None:
-        metrics = _evaluate_submission(p, args)
-    else:
-        metrics = _evaluate_config(p, args)
-    _print(metrics)
-    if args.output:
-        from restransfer.evaluation.coco import write_metrics
-
-        write_metrics(metrics, args.output)
-        print(f"metrics: {args.output}")
-        if args.config is None:
-            from restransfer.analysis.run_reports import loc_files_report
-
-            loc_files_report(args.output, metrics, args.submission, synsets=args.synsets, annotations=args.annotations,
-                             ground_truth=args.ground_truth, solution=args.solution, blacklist=args.blacklist,
-                             max_guesses=args.max_guesses)
-    return 0
-
-
-def _evaluate_submission(p: argparse.ArgumentParser, args) -> dict:
-    from restransfer.evaluation.imagenet_loc import evaluate_files
-
-    if not args.submission or not args.synsets:
-        p.error("give --submission and --synsets (or a config file)")
-    if (args.annotations is None) == (args.solution is None):
-        p.error("give either --annotations (with --ground-truth) or --solution")
-    return evaluate_files(args.submission, synsets=args.synsets, annotations=args.annotations,
-                          ground_truth=args.ground_truth, solution=args.solution, blacklist=args.blacklist,
-                          gt_class_submission=args.gt_class_submission, max_guesses=args.max_guesses)
-
-
-def _evaluate_config(p: argparse.ArgumentParser, args) -> dict:
-    from restransfer.config import load_config
-    from restransfer.engine.evaluate import run_imagenet_loc_evaluation
-    from restransfer.evaluation.imagenet_loc_guesses import load_classifier_scores
-    from restransfer.inference.classifier import load_classifier
-
-    cfg = load_config(args.config, args.overrides)
-    note_output("output_dir", cfg.output_dir)
-    scores = load_classifier_scores(args.classifier_scores) if args.classifier_scores else None
-    classifier = None
-    if args.mode == "classifier" and scores is None:
-        if not args.classifier_weights:
-            p.error("--mode classifier needs --classifier-scores or --classifier-weights")
-        classifier = load_classifier(args.classifier_depth, args.classifier_weights, style=args.classifier_style)
-    return run_imagenet_loc_evaluation(cfg, args.weights, mode=args.mode, classifier_scores=scores,
-                                       classifier=classifier, classifier_synsets=args.classifier_synsets,
-                                       blacklist=args.blacklist)
-
-
-def _print(metrics: dict) -> None:
-    for key in ("top1_cls_error", "top5_cls_error", "top1_loc_error", "top5_loc_error", "gt_class_loc_error"):
-        if key in metrics:
-            print(f"{key:>20s}: {metrics[key]:6.2f} %")
-
+from restransfer.cli import run_tool
+from restransfer.commands.eval_imagenet_loc import MEMORY_HINT, main
 
 if __name__ == "__main__":
-    sys.exit(run_tool(main, memory_hint=EVAL_MEMORY_HINT))
+    sys.exit(run_tool(main, memory_hint=MEMORY_HINT))

@@ -1,43 +1,19 @@
+#!/usr/bin/env python
 """Train (or evaluate) a detector from a YAML config.
 
-Usage:
-    python tools/train_det.py CONFIG [--resume | --restart] [--eval-only] [--debug] [key=value ...]
-    torchrun --nproc_per_node=N tools/train_det.py CONFIG [...]
-
-Overrides are YAML-typed: ``solver.max_iter=2000 "solver.steps=[1500,1800]" model.backbone.depth=50``.
-A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the traceback).
+Runs restransfer/commands/train_det.py, where the code and its usage are (``--help`` prints them);
+the installed command runs the same code as ``restransfer train CONFIG (detection configs)``.
 """
 import sys
+from pathlib import Path
 
-from restransfer.cli import TRAIN_MEMORY_HINT, note_output, parse_training_args, run_tool, training_parser
-from restransfer.config import load_config
+try:
+    import restransfer  # noqa: F401
+except ImportError:  # run from a checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def main(argv=None) -> int:
-    parser = training_parser("Train a Faster/Mask R-CNN from a YAML config.")
-    parser.add_argument("--eval-only", action="store_true",
-                        help="only evaluate model.weights (or the last checkpoint of output_dir) on data.test")
-    args = parse_training_args(parser, argv)
-    if args.eval_only and (args.resume or args.restart):
-        parser.error("--eval-only trains nothing: leave out --resume/--restart")
-    cfg = load_config(args.config, args.overrides)
-    note_output("output_dir", cfg.output_dir)
-
-    from restransfer import distributed
-
-    try:
-        if args.eval_only:
-            from restransfer.engine.trainer import evaluate_only
-
-            evaluate_only(cfg)
-        else:
-            from restransfer.engine.trainer import train
-
-            train(cfg, resume=args.resume, restart=args.restart)
-    finally:
-        distributed.cleanup()
-    return 0
-
+from restransfer.cli import run_tool
+from restransfer.commands.train_det import MEMORY_HINT, main
 
 if __name__ == "__main__":
-    sys.exit(run_tool(main, memory_hint=TRAIN_MEMORY_HINT))
+    sys.exit(run_tool(main, memory_hint=MEMORY_HINT))
