@@ -13,8 +13,8 @@ A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the trac
 """
 import argparse
 
-from ..cli import note_output
 from ..classification.config import CROPS, load_cls_config
+from ..cli import note_output
 
 MEMORY_HINT = "lower test.ims_per_batch, or the fcn --scales"
 

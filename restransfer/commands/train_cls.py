@@ -11,8 +11,8 @@ A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the trac
 """
 
 
-from ..cli import note_output, parse_training_args, training_parser
 from ..classification.config import load_cls_config
+from ..cli import note_output, parse_training_args, training_parser
 
 MEMORY_HINT = ("lower the images per forward pass (solver.{batch_key}; gradient accumulation "
                "keeps solver.ims_per_batch) or input.crop / input.scale_max")
@@ -25,8 +25,8 @@ def main(argv=None) -> int:
     cfg = load_cls_config(args.config, args.overrides)
     note_output("output_dir", cfg.output_dir)
 
-    from ..classification.train import train_classifier
     from .. import distributed
+    from ..classification.train import train_classifier
 
     try:
         train_classifier(cfg, resume=args.resume, restart=args.restart)
