@@ -5,6 +5,7 @@ The new environment reaches torch and the other dependencies through a ``.pth`` 
 site-packages (an installed copy of each would take minutes and the network); a folder named by a ``.pth`` line is
 not scanned for ``.pth`` files of its own, so the editable install of this checkout stays out, and the wheel's
 files, in the new environment's own site-packages, come first on the path."""
+import importlib.util
 import json
 import os
 import shutil
@@ -36,7 +37,9 @@ def wheel(tmp_path_factory):
     for name in ("setup.cfg", "pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     out = tmp_path_factory.mktemp("wheel")
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", out, src], src)
+    # this environment's setuptools builds it (no download); without one, pip fetches the build requirements
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", out, src], src)
     (path,) = out.glob("restransfer-*.whl")
     return path
 
