@@ -448,16 +448,10 @@ def test_resume_past_a_truncated_newest_checkpoint(overrides, tmp_path, monkeypa
     assert "last_checkpoint is missing" in log and f"skipping damaged checkpoint: {newest}" in log
     assert "resumed from" in log and "model_0000002.pth at iteration 2" in log
     assert not (broken / ".model_0000006.pth.tmp999").exists()
-    final_a, final_b = Checkpointer.load(full / "model_final.pth"), Checkpointer.load(broken / "model_final.pth")
-    a, b = final_a["model"], final_b["model"]
+    a = Checkpointer.load(full / "model_final.pth")["model"]
+    b = Checkpointer.load(broken / "model_final.pth")["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
-    if ema:
-        assert final_a["ema"]["n_averaged"] == final_b["ema"]["n_averaged"] == 6
-        raw_a, raw_b = final_a["ema"]["raw_model"], final_b["ema"]["raw_model"]
-        for k in raw_a:
-            torch.testing.assert_close(raw_a[k], raw_b[k], rtol=1e-5, atol=1e-6, msg=k)
-        assert any(not torch.equal(a[k], raw_a[k]) for k in a if a[k].is_floating_point())  # average != raw
 
 
 def test_resume_never_silently_restarts_when_every_checkpoint_is_damaged(overrides, tmp_path):
