@@ -55,7 +55,13 @@ class _LineLoader(yaml.SafeLoader):
 
 
 def _load_yaml_with_lines(path: Path) -> Tuple[Dict[str, Any], Dict[str, int]]:
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:  # a ValueError naming no file: the config's own error says which
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); a config is a UTF-8 "
+                          "YAML file") from None
     try:
         node = yaml.compose(text, Loader=_LineLoader)
         data = yaml.load(text, Loader=yaml.SafeLoader)

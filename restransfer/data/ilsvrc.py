@@ -25,6 +25,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from ..errors import DataError
+from .json_io import read_text
 
 __all__ = [
     "IlsvrcFormatError", "where", "text_fields", "parse_int", "check_wnid",
@@ -51,14 +52,13 @@ def text_fields(
     A line with fewer than ``min_fields`` or more than ``max_fields`` fields (None: no maximum) raises
     IlsvrcFormatError ``file:line: expected '<usage>', got n fields``.
     """
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split(maxsplit=maxsplit) if maxsplit >= 0 else line.split()
-            if not fields:
-                continue
-            if len(fields) < min_fields or (max_fields is not None and len(fields) > max_fields):
-                raise IlsvrcFormatError(f"{where(path, lineno)}: expected '{usage}', got {len(fields)} fields")
-            yield lineno, fields
+    for lineno, line in enumerate(read_text(path).split("\n"), 1):
+        fields = line.split(maxsplit=maxsplit) if maxsplit >= 0 else line.split()
+        if not fields:
+            continue
+        if len(fields) < min_fields or (max_fields is not None and len(fields) > max_fields):
+            raise IlsvrcFormatError(f"{where(path, lineno)}: expected '{usage}', got {len(fields)} fields")
+        yield lineno, fields
 
 
 def parse_int(token: str, what: str, path: os.PathLike | str, lineno: int) -> int:
@@ -190,7 +190,7 @@ def read_synsets(path: os.PathLike | str) -> Synsets:
     """Read a CLS-LOC class list, telling the two apart by the first line: ``map_clsloc.txt`` has an integer
     second field (``n02119789 1 kit_fox``), ``LOC_synset_mapping.txt`` a name (``n01440764 tench, ...``)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_text(path)
     except OSError as e:
         raise IlsvrcFormatError(f"{path}: cannot read the class list: {e.strerror or e}") from None
     for raw in text.splitlines():

@@ -21,6 +21,7 @@ indices (``width = xmax - xmin + 1``) until :func:`to_coco` converts them at the
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ import numpy as np
 from ..boxes import devkit_to_xyxy, xywh_to_xyxy, xyxy_to_devkit, xyxy_to_xywh
 from .ilsvrc import IlsvrcFormatError, Synsets, is_number, read_xml_annotation, where
 from .image_io import read_image_size
-from .json_io import read_json
+from .json_io import read_json, read_text
 from .ilsvrc import read_loc_synset_mapping, read_map_clsloc, read_synsets  # noqa: F401  (re-exported)
 
 __all__ = [
@@ -110,7 +111,7 @@ def read_ground_truth_labels(path: os.PathLike | str, synsets: Synsets,
     Raises:
         IlsvrcFormatError: an empty or non-integer line, an id outside the class list, a repeated id, the wrong count.
     """
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    lines = read_text(path).splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     out: List[Tuple[str, ...]] = []
@@ -216,7 +217,7 @@ def iter_kaggle_rows(path: os.PathLike | str) -> Iterator[Tuple[int, str, List[s
     Raises:
         IlsvrcFormatError: a wrong header or a row without exactly two columns.
     """
-    with open(path, newline="", encoding="utf-8") as f:
+    with io.StringIO(read_text(path, newline=""), newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
@@ -262,7 +263,7 @@ def read_blacklist(path: os.PathLike | str, num_images: int) -> np.ndarray:
             twice in the devkit's denominator).
     """
     out: Dict[int, int] = {}
-    for lineno, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, raw in enumerate(read_text(path).splitlines(), 1):
         tokens = raw.split()
         if not tokens:
             continue

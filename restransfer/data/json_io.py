@@ -1,4 +1,5 @@
-"""Reading JSON files that come from outside the toolkit (annotations, results, logs, metrics).
+"""Reading JSON and text files that come from outside the toolkit (annotations, results, logs, metrics, class
+and image lists, submissions).
 
 One loader for all of them, so that every way a file can be unusable is a :class:`~restransfer.errors.DataError`
 naming the file (and the line where there is one): invalid JSON, bytes that are not UTF-8, and nesting so deep
@@ -13,7 +14,7 @@ from typing import Any, Optional, Union
 
 from ..errors import DataError
 
-__all__ = ["read_json", "parse_json"]
+__all__ = ["read_json", "parse_json", "read_text"]
 
 
 def parse_json(text: Union[str, bytes], path: Union[str, os.PathLike], line: Optional[int] = None) -> Any:
@@ -42,3 +43,18 @@ def read_json(path: Union[str, os.PathLike], what: str = "JSON file") -> Any:
     with open(path, "rb") as f:
         data = f.read()
     return parse_json(data, path)
+
+
+def read_text(path: Union[str, os.PathLike], newline: Optional[str] = None) -> str:
+    """The text of a UTF-8 file (``newline`` as for :func:`open`: None turns ``\\r\\n`` and ``\\r`` into
+    ``\\n``, ``""`` keeps them, as :mod:`csv` needs). Bytes that are not UTF-8 are a :class:`DataError` naming
+    the file, line and column, where Python's decoder raises a ``UnicodeDecodeError`` naming neither."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - data.rfind(b"\n", 0, e.start)
+        raise DataError(f"{path}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {column}); "
+                        "give the text file itself, UTF-8 encoded") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n") if newline is None else text

@@ -37,15 +37,22 @@ __all__ = ["MODES", "label_wnids", "detector_guesses", "classifier_guesses", "gt
 MODES = ("detector", "classifier", "gt_class")
 
 
+class _MissingWnid(DataError, KeyError):
+    """A category without its WNID: an input error, and the KeyError it was before (for ``except KeyError``)."""
+
+    __str__ = BaseException.__str__  # the message as written, not quoted as a KeyError's key is
+
+
 def label_wnids(dataset) -> Dict[int, str]:
     """Contiguous detector label (1..K) -> WNID, from a COCO dataset whose categories carry ``wnid``
-    (``dataset.label_to_cat_id`` and ``dataset.coco.cats``)."""
+    (``dataset.label_to_cat_id`` and ``dataset.coco.cats``); a category without one is a DataError (also a
+    KeyError) naming it."""
     out = {}
     for label, cat_id in dataset.label_to_cat_id.items():
         cat = dataset.coco.cats[cat_id]
         if "wnid" not in cat:
-            raise DataError(f"category {cat_id} ({cat.get('name')}) has no 'wnid' field; convert the annotations "
-                            "with datasets/prepare_imagenet_loc.py")
+            raise _MissingWnid(f"category {cat_id} ({cat.get('name')}) has no 'wnid' field; convert the "
+                               "annotations with datasets/prepare_imagenet_loc.py")
         out[int(label)] = cat["wnid"]
     return out
 

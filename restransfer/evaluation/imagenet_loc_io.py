@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -19,6 +18,7 @@ import numpy as np
 from ..boxes import xyxy_to_devkit
 from ..data.ilsvrc import IlsvrcFormatError, Synsets, is_number, where
 from ..data.imagenet_loc import iter_kaggle_rows, parse_box_groups
+from ..data.json_io import read_text
 from ..fileio import atomic_write_text
 
 __all__ = [
@@ -98,7 +98,7 @@ def read_devkit_submission(path: os.PathLike | str, synsets: Synsets, num_images
         IlsvrcFormatError: the wrong number of lines, a field count that is not a multiple of 5, a non-numeric
             field, or a label that is not a class id (with file and line).
     """
-    lines = Path(path).read_text(encoding="utf-8").split("\n")
+    lines = read_text(path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     if len(lines) != num_images:
@@ -167,8 +167,7 @@ def read_kaggle_submission(path: os.PathLike | str, synsets: Synsets, names: Seq
 
 def read_submission(path: os.PathLike | str, synsets: Synsets, names: Sequence[str], max_guesses: int) -> LocSubmission:
     """A Kaggle CSV (recognized by its header) or a devkit text submission, ``max_guesses`` per image."""
-    with open(path, encoding="utf-8") as f:
-        first = f.readline()
+    first = read_text(path).split("\n", 1)[0]
     if first.strip().startswith("ImageId"):
         return read_kaggle_submission(path, synsets, names, max_guesses=max_guesses)
     return read_devkit_submission(path, synsets, len(names), max_guesses=max_guesses)
