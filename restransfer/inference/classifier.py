@@ -18,7 +18,7 @@ from ..backbone import ResNet
 from ..backbone.weights import load_pretrained_state, read_pretrained, read_weights
 from ..data.classifier_transforms import image_views, normalize
 from ..data.image_io import read_image
-from ..errors import WeightsError
+from ..errors import ConfigError
 
 __all__ = ["classifier_scores", "classifier_scores_from_model", "load_classifier", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -109,8 +109,8 @@ def load_classifier(depth: int, weights: str, *, style: str = "pytorch") -> ResN
     meta = read_weights(os.path.expanduser(weights))[2] if os.path.isfile(os.path.expanduser(weights)) else {}
     if meta.get("task") == "classification":
         if meta.get("arch") != "imagenet":
-            raise WeightsError(f"{weights}: a {meta.get('arch')}-arch classifier; localization needs an imagenet-arch "
-                               "ResNet (model.arch: imagenet)")
+            raise ConfigError(f"{weights}: a {meta.get('arch')}-arch classifier; localization needs an imagenet-arch "
+                              "ResNet (model.arch: imagenet)")
         depth, style = int(meta["depth"]), str(meta.get("style", style))
     pretrained = read_pretrained(weights)  # the network is built with the convention its weights carry
     model = ResNet(depth, style=style, num_classes=int(meta.get("num_classes", 1000)),
