@@ -3,13 +3,18 @@
 ``run_tool(main)`` is the one way a tool runs: every ``if __name__ == "__main__":`` goes through it. It
 takes ``--debug`` off the command line, runs ``main(argv)`` and turns a failure into one line on stderr:
 
-* a user error (``USER_ERRORS``: bad config, missing or damaged file, unwritable output, ...):
-  ``error: <what, where, what to do>``, exit status 2;
+* an input error, the user's to fix: one of the toolkit's input-error types (:mod:`restransfer.errors`:
+  bad config, data, weights or checkpoint, locked output folder, ...) or an ``OSError`` (missing or
+  unreadable file, unwritable output, full disk): ``error: <what, where, what to do>``, exit status 2;
 * running out of memory: ``error: out of memory ...`` naming the setting that lowers it, exit status 2;
 * Ctrl-C: ``interrupted``, exit status 130;
 * the reader of stdout went away (``tool --help | head -1``): no traceback, exit status 141, as a shell
   reports for a program ended by SIGPIPE;
-* anything else is a bug: ``error: internal error: <type>: <message> (rerun with --debug ...)``, status 1.
+* anything else is a bug in the toolkit, whatever its type (a bare ``ValueError``, ``KeyError``, ...):
+  ``error: internal error (<type>: <message>); rerun with --debug for the traceback``, exit status 1.
+
+A message is printed on one ``error:`` line when it carries a traceback (an exception re-raised from a
+worker process): its first line, and the original exception's line from the end of the dump.
 
 With ``--debug`` the exception propagates and Python prints the full traceback.
 
@@ -21,11 +26,12 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import sys
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from .config import SolverConfig, load_config
-from .errors import is_out_of_memory
+from .errors import InputError, is_out_of_memory
 
 __all__ = ["run_tool", "describe_failure", "note_output", "user_error_classes", "USER_ERRORS",
            "TRAIN_MEMORY_HINT", "EVAL_MEMORY_HINT", "training_parser", "parse_training_args", "model_parser",
@@ -35,15 +41,13 @@ USER_ERROR, INTERNAL_ERROR, INTERRUPTED, OUTPUT_CLOSED = 2, 1, 130, 141
 
 # Failures that are the user's to fix; their messages already say what is wrong and where. Named by
 # "module.Class": a class counts once its module is imported (an exception of it cannot exist before),
-# so checking costs no import and a class that a module does not define (yet) is simply absent.
+# so checking costs no import and a class that a module does not define (yet) is simply absent. A bare
+# ValueError, KeyError, TypeError or RuntimeError is not among them: the toolkit raises its own types
+# (errors.py) for input problems, so those are bugs.
 USER_ERRORS: Tuple[str, ...] = (
-    "restransfer.errors.InputError",  # the toolkit's own input-error types (errors.py)
-    "builtins.ValueError",  # also ConfigError, DetFormatError, LocFormatError, malformed json
+    "restransfer.errors.InputError",  # ConfigError, DataError (IlsvrcFormatError, VocFormatError, ...),
+    # WeightsError, CheckpointError, OutputDirLocked, NonFiniteLossError, TrainingOutOfMemory, DeviceError
     "builtins.OSError",  # missing/unreadable/unwritable files, disk full, CorruptImageError
-    "restransfer.serialization.WeightsError",  # unusable weights file or source
-    "restransfer.serialization.CheckpointError",  # damaged checkpoint (a WeightsError)
-    "restransfer.engine.trainer.NonFiniteLossError",
-    "restransfer.engine.lock.OutputDirLocked",  # a second run on a live output_dir
 )
 
 TRAIN_MEMORY_HINT = ("lower the images per forward pass (solver.{batch_key}) or the training image size "
@@ -119,18 +123,52 @@ def _os_error_message(e: OSError) -> str:
     return f"{where}: {advice}" if where else f"{advice} (the path was not reported)"
 
 
+# a line of a Python traceback: its header (also torch's "Original Traceback ...") or a frame
+_TRACEBACK_LINE = re.compile(r'(.*\bTraceback \(most recent call last\):\s*$|\s*File ".*", line \d+)')
+# the module path before an exception's name at the end of a dump ("restransfer.errors.DataError: ...")
+_MODULE_PATH = re.compile(r"^(?:\w+\.)+(?=\w+(?::|$))")
+
+
+def _one_line_message(text: str) -> str:
+    """The text to print after ``error: `` for an exception's message ``text``.
+
+    A message that carries a traceback (torch re-raises an exception of a DataLoader worker or a spawned
+    process with the worker's traceback in its message) becomes its first non-empty line, followed by
+    the dump's last line, the original exception (``Caught DataError in DataLoader worker process 0:
+    DataError: ...``). Any other message is kept whole, leading blank lines and whitespace removed, so
+    that ``error: `` is never followed by nothing.
+    """
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    rest = lines[1:]
+    if not any(_TRACEBACK_LINE.match(line) for line in rest):
+        return text.strip()
+    head = lines[0].strip()
+    last = rest[-1]
+    if last[:1].isspace() or _TRACEBACK_LINE.match(last):  # the dump ends inside a frame: nothing to add
+        return head
+    return f"{head.rstrip('.:')}: {_MODULE_PATH.sub('', last.strip())}"
+
+
 def describe_failure(e: BaseException, memory_hint: str = _GENERIC_MEMORY_HINT) -> Tuple[int, str]:
-    """``(exit status, message)`` for an exception that ended a tool; the message follows ``error: ``."""
-    if is_out_of_memory(e):
+    """``(exit status, message)`` for an exception that ended a tool; the message follows ``error: ``.
+
+    Input errors (the toolkit's types, :data:`USER_ERRORS`) and running out of memory are status 2; any
+    other exception is an internal error, status 1, whose message says so and how to see the traceback.
+    """
+    if is_out_of_memory(e) and not isinstance(e, InputError):  # TrainingOutOfMemory names its setting itself
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         if "{batch_key}" in memory_hint:
             memory_hint = memory_hint.format(batch_key=_training_batch_key())
         return USER_ERROR, f"out of memory ({first}): {memory_hint}"
     if isinstance(e, user_error_classes()):
         if isinstance(e, OSError):
-            return USER_ERROR, _os_error_message(e)
-        return USER_ERROR, str(e) or type(e).__name__
-    return INTERNAL_ERROR, f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)"
+            return USER_ERROR, _one_line_message(_os_error_message(e)) or type(e).__name__
+        return USER_ERROR, _one_line_message(str(e)) or type(e).__name__
+    message = _one_line_message(str(e))
+    what = f"{type(e).__name__}: {message}" if message else type(e).__name__
+    return INTERNAL_ERROR, f"internal error ({what}); rerun with --debug for the traceback"
 
 
 def _split_debug(argv: Sequence[str]) -> Tuple[bool, List[str]]:

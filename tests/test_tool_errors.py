@@ -240,7 +240,7 @@ def test_eval_coco_disk_full_while_writing_metrics(files, tmp_path, monkeypatch,
     def full_disk(metrics, path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(tool, "write_metrics", full_disk)
+    monkeypatch.setattr("restransfer.commands.eval_coco.write_metrics", full_disk)  # the code the tool runs
     code = cli.run_tool(tool.main, ["--gt", str(files / "gt.json"), "--results", str(files / "good_results.json"),
                                     "--output", str(out)])
     assert code == 2
@@ -263,8 +263,8 @@ def test_out_of_memory_names_the_setting(capsys):
 
 def test_internal_error_exit_1_and_debug_reraises(capsys):
     assert cli.run_tool(_raiser(KeyError("boxes")), []) == 1
-    assert capsys.readouterr().err == ("error: internal error: KeyError: 'boxes' "
-                                       "(rerun with --debug for the traceback)\n")
+    assert capsys.readouterr().err == ("error: internal error (KeyError: 'boxes'); "
+                                       "rerun with --debug for the traceback\n")
     with pytest.raises(KeyError):
         cli.run_tool(_raiser(KeyError("boxes")), ["--debug"])
     with pytest.raises(ValueError):
@@ -336,4 +336,190 @@ def test_every_user_error_name_resolves_to_an_exception_class():
 
     for cls in (LocFormatError, CheckpointError, FileNotFoundError, PermissionError):
         assert issubclass(cls, classes), cls
-    assert not issubclass(KeyError, classes) and not issubclass(TypeError, classes)
+    for cls in (ValueError, KeyError, TypeError, RuntimeError):  # bugs, not input errors
+        assert not issubclass(cls, classes), cls
+
+
+# --- input errors exit 2, anything else is an internal error (exit 1) --------------------------------
+
+def _input_errors():
+    """One instance of each of the toolkit's input-error types, as the toolkit raises them."""
+    from restransfer.data.ilsvrc import IlsvrcFormatError
+    from restransfer.data.image_io import CorruptImageError
+    from restransfer.data.voc import VocFormatError
+    from restransfer.errors import (CheckpointError, ConfigError, DataError, DeviceError, NonFiniteLossError,
+                                    OutputDirLocked, TrainingOutOfMemory, WeightsError)
+
+    return [
+        ConfigError("a.yaml:3: solver.lr: unknown key; did you mean solver.base_lr?"),
+        DataError("gt.json: annotations[4] (id 9, image 2): box [1, 1, 0, 5] has zero width"),
+        IlsvrcFormatError("map_det.txt:3: expected '<WNID> <id> <name>'"),
+        VocFormatError("Annotations/000001.xml:7: <xmin> is not a number"),
+        WeightsError("timm://resnet99: no such timm model"),
+        CheckpointError("run/model_final.pth: checksum mismatch"),
+        OutputDirLocked("run: another run (pid 4242) uses this output_dir; wait for it or choose another"),
+        NonFiniteLossError("iteration 12: the loss is nan (loss_rpn_box_reg=nan); last good checkpoint: none"),
+        TrainingOutOfMemory("iteration 3: out of memory on cpu computing 2 image(s) per forward/backward. "
+                            "Lower solver.ims_per_device"),
+        DeviceError("device=cuda: CUDA was requested but PyTorch sees no CUDA GPU here; set device=cpu"),
+        CorruptImageError("images/a.png: not a decodable image (truncated PNG)"),
+    ]
+
+
+@pytest.mark.parametrize("error", _input_errors(), ids=lambda e: type(e).__name__)
+def test_each_input_error_type_exits_2_with_its_message(error, capsys):
+    assert cli.run_tool(_raiser(error), []) == 2
+    assert capsys.readouterr().err == f"error: {error}\n"
+
+
+@pytest.mark.parametrize("error", [ValueError("boom"), KeyError("boxes"), TypeError("'NoneType' object is not "
+                                   "subscriptable"), RuntimeError("expected scalar type Float but found Half"),
+                                   IndexError("list index out of range"), AssertionError()],
+                         ids=lambda e: type(e).__name__)
+def test_any_other_exception_is_an_internal_error(error, capsys):
+    """A bare builtin exception is a bug whatever its type: the toolkit raises its own types for input."""
+    assert cli.run_tool(_raiser(error), []) == 1
+    what = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    assert capsys.readouterr().err == f"error: internal error ({what}); rerun with --debug for the traceback\n"
+
+
+def _load_tool(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", TOOLS / f"{name}.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_a_bug_inside_a_tool_is_an_internal_error(files, monkeypatch, capsys):
+    """eval_coco with valid files, and a check deep inside the evaluation failing as a bug would: exit 1 and
+    the one line that says so, where a bad results file (the check's own DataError) is exit 2."""
+    import restransfer.evaluation.coco as coco
+
+    tool = _load_tool("eval_coco")
+    argv = ["--gt", str(files / "gt.json"), "--results", str(files / "good_results.json")]
+
+    def bug(*args, **kwargs):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(coco, "check_results", bug)
+    assert cli.run_tool(tool.main, argv) == 1
+    err = capsys.readouterr().err
+    assert err == "error: internal error (ValueError: boom); rerun with --debug for the traceback\n"
+    with pytest.raises(ValueError, match="boom"):
+        cli.run_tool(tool.main, argv + ["--debug"])
+    monkeypatch.undo()
+    bad = files / "bad_category.json"
+    bad.write_text('[{"image_id": 1, "category_id": 7, "bbox": [4, 4, 20, 20], "score": 1}]')
+    assert cli.run_tool(tool.main, ["--gt", str(files / "gt.json"), "--results", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}: results use category ids that the ground truth does not have")
+
+
+def test_a_bug_inside_a_tool_process_exits_1_without_traceback(files):
+    """The same as a user sees it: a tool process whose evaluation hits a KeyError."""
+    code = ("import runpy, sys\n"
+            "import restransfer.evaluation.coco as coco\n"
+            "def bug(*args, **kwargs):\n"
+            "    return {}['boxes']\n"
+            "coco.check_results = bug\n"
+            f"sys.argv = [{str(TOOLS / 'eval_coco.py')!r}] + sys.argv[1:]\n"
+            "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    args = ["--gt", files / "gt.json", "--results", files / "good_results.json"]
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "RESTRANSFER_NO_PROGRESS": "1"})
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[-1] == ("error: internal error (KeyError: 'boxes'); rerun with --debug for the "
+                                            "traceback"), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args), "--debug"], cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, "RESTRANSFER_NO_PROGRESS": "1"})
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "KeyError: 'boxes'" in proc.stderr
+
+
+def test_multi_line_messages_print_one_error_line(capsys):
+    """A message that starts with a newline keeps its text without the blank start; a message carrying a
+    traceback (as torch re-raises a worker's exception) prints its first line and the original error."""
+    from restransfer.errors import DataError
+
+    assert cli.run_tool(_raiser(DataError("\n\n  gt.json: 2 problems:\n  annotations[1]: no bbox\n")), []) == 2
+    assert capsys.readouterr().err == "error: gt.json: 2 problems:\n  annotations[1]: no bbox\n"
+    assert cli.run_tool(_raiser(DataError("\n")), []) == 2
+    assert capsys.readouterr().err == "error: DataError\n"
+    dump = ("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+            '  File "/site-packages/torch/utils/data/_utils/worker.py", line 349, in _worker_loop\n'
+            "    data = fetcher.fetch(index)\n"
+            "restransfer.errors.DataError: shapes: none of the 3 images under /data can be decoded\n")
+    assert cli.run_tool(_raiser(DataError(dump)), []) == 2
+    assert capsys.readouterr().err == ("error: Caught DataError in DataLoader worker process 0: DataError: shapes: "
+                                       "none of the 3 images under /data can be decoded\n")
+    spawned = ('\n\n-- Process 0 terminated with the following error:\nTraceback (most recent call last):\n'
+               '  File "train.py", line 3, in run\n    step()\nValueError: boom\n')
+    assert cli.run_tool(_raiser(RuntimeError(spawned)), []) == 1
+    assert capsys.readouterr().err == ("error: internal error (RuntimeError: -- Process 0 terminated with the "
+                                       "following error: ValueError: boom); rerun with --debug for the traceback\n")
+
+
+class _UnreadableImages:
+    """A dataset whose every image fails as a damaged data set does (a DataError)."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        from restransfer.errors import DataError
+
+        raise DataError(f"shapes: image {index} cannot be decoded")
+
+
+def test_input_error_in_a_data_loader_worker_is_one_line_exit_2(capsys):
+    from torch.utils.data import DataLoader
+
+    def main(argv):
+        next(iter(DataLoader(_UnreadableImages(), num_workers=1)))
+
+    assert cli.run_tool(main, []) == 2
+    assert capsys.readouterr().err == ("error: Caught DataError in DataLoader worker process 0: DataError: shapes: "
+                                       "image 0 cannot be decoded\n")
+
+
+def _read_config(path):
+    from restransfer.config import load_config
+
+    load_config(path)
+
+
+def _read_class_list(path):
+    from restransfer.data.ilsvrc import read_synsets
+
+    read_synsets(path)
+
+
+def _read_image_list(path):
+    from restransfer.data.imagenet_det import read_image_list
+
+    read_image_list(path)
+
+
+def _read_scores(path):
+    from restransfer.evaluation.imagenet_loc_guesses import load_classifier_scores
+
+    load_classifier_scores(path)
+
+
+@pytest.mark.parametrize("reader, name, content", [
+    (_read_config, "c.yaml", b"model:\n  arch: mask_rcnn  # r\xe9sum\xe9\n"),
+    (_read_class_list, "map_clsloc.txt", b"n01440764 1 tench\nn01443537 2 goldfish\xff\n"),
+    (_read_image_list, "val.txt", b"ILSVRC2013_val_00000001 1\n\x89PNG\r\n"),
+    (_read_scores, "scores.txt", b"0.1 0.9\nnot numbers\n"),
+    (_read_scores, "scores.npy", b"\x93NUMPY but damaged"),
+], ids=["config", "class list", "image list", "text scores", "npy scores"])
+def test_unreadable_input_files_are_input_errors(tmp_path, reader, name, content, capsys):
+    """Bytes that are not UTF-8, or a score file that is not a number matrix: Python and numpy raise a bare
+    ValueError for these (UnicodeDecodeError, ...); the readers turn them into input errors naming the file."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    assert cli.run_tool(lambda argv: reader(path), []) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}") and "internal error" not in err, err
