@@ -385,13 +385,13 @@ class ClassificationDataset(Dataset):
                                      max_image_pixels=parts[0].max_image_pixels)
 
 
-def dataset_from_spec(spec, class_names: Optional[Sequence[str]] = None, data=None) -> ClassificationDataset:
+def dataset_from_spec(spec, class_names: Optional[Sequence[str]] = None, *, allow_outside_root: bool = False,
+                      max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ClassificationDataset:
     """The dataset of one config entry (``image_root``, ``format``, ``labels``, ``synsets``, ``split``,
     ``generate``); ``class_names`` fixes the class list (the model's) where the layout does not carry it.
-    ``data`` is the config's ``data`` node, whose ``allow_outside_root`` and ``max_image_pixels`` apply (None:
-    their defaults, False and 100 megapixels)."""
-    allow_outside_root = bool(data.allow_outside_root) if data is not None else False
-    max_pixels = int(data.max_image_pixels) if data is not None else DEFAULT_MAX_IMAGE_PIXELS
+    ``allow_outside_root`` and ``max_image_pixels`` are ``data.allow_outside_root`` and ``data.max_image_pixels``."""
+    allow_outside_root = bool(allow_outside_root)
+    max_pixels = int(max_image_pixels)
     root = resolve_path(spec.image_root)
     if spec.generate == "shapes":
         ensure_shape_classes(root)

@@ -35,8 +35,8 @@ class StudyRun:
     cfg: object  # the loaded classification config, output_dir set to output/<name>
 
 
-def _run_name(cfg) -> str:
-    return f"{'resnet' if cfg.model.residual else 'plain'}-{cfg.model.depth}"
+def _run_name(residual: bool, depth: int) -> str:
+    return f"{'resnet' if residual else 'plain'}-{depth}"
 
 
 def plan_runs(configs: Sequence[os.PathLike | str], output: os.PathLike | str, *, depths: Sequence[int] = (),
@@ -47,12 +47,13 @@ def plan_runs(configs: Sequence[os.PathLike | str], output: os.PathLike | str, *
     for path in configs:
         variants = [[f"model.depth={d}", f"model.residual={r}"] for d in depths for r in ("false", "true")] or [[]]
         for extra in variants:
-            cfg = load_cls_config(path, list(overrides) + extra)
-            name = _run_name(cfg)
+            model = load_cls_config(path, list(overrides) + extra).model
+            name = _run_name(model.residual, model.depth)
             if any(r.name == name for r in runs):
                 raise ConfigError(f"{path}: a second {name} network in the study; give each depth and kind once")
-            cfg.output_dir = str(Path(output) / name)
-            runs.append(StudyRun(name, cfg))
+            # the run's folder is one more override (a JSON string is a YAML one): the loaded config is not edited
+            folder = f"output_dir={json.dumps(str(Path(output) / name))}"
+            runs.append(StudyRun(name, load_cls_config(path, list(overrides) + extra + [folder])))
     if not runs:
         raise ConfigError("no networks to train: give at least one config")
     return runs

@@ -93,7 +93,8 @@ def run_cls_evaluation(cfg, weights: os.PathLike | str, *, mode: Optional[str] =
         raise ConfigError("evaluation needs data.test in the config ({image_root: DIR, format: ...})")
     model = build_classifier(cfg, weights)
     class_names = model.class_names
-    dataset = dataset_from_spec(cfg.data.test, class_names, cfg.data)
+    dataset = dataset_from_spec(cfg.data.test, class_names, allow_outside_root=cfg.data.allow_outside_root,
+                                max_image_pixels=cfg.data.max_image_pixels)
     if class_names is None and len(dataset.class_names) != cfg.model.num_classes:
         raise DataError(f"{weights} carries no class names and the test set has {len(dataset.class_names)} classes, "
                         f"not the model's {cfg.model.num_classes}: its columns cannot be matched to the test classes "

@@ -59,7 +59,8 @@ def build_train_set(cfg) -> ClassificationDataset:
     """The concatenated ``data.train`` entries with the config's training augmentation."""
     if not cfg.data.train:
         raise ConfigError("data.train is empty; list at least one {image_root: DIR, format: ...} entry")
-    parts = [dataset_from_spec(spec, data=cfg.data) for spec in cfg.data.train]
+    parts = [dataset_from_spec(spec, allow_outside_root=cfg.data.allow_outside_root,
+                               max_image_pixels=cfg.data.max_image_pixels) for spec in cfg.data.train]
     i = cfg.input
     transform = TrainTransform(crop=i.crop, scale_min=i.scale_min, scale_max=i.scale_max, pad=i.pad,
                                hflip_prob=i.hflip_prob, lighting=i.lighting, mean=i.pixel_mean, std=i.pixel_std)
@@ -100,12 +101,13 @@ def _summarize(avg: Dict[str, float]) -> Tuple[Dict[str, float], str]:
     return values, f"loss {values['loss']:.3f} train error {values['train_error']:.1f}%"
 
 
-def _periodic_test(net: nn.Module, test_set, cfg, device: torch.device):
-    """The center-crop test error every ``test.eval_period`` steps, computed by the main process."""
+def _periodic_test(test_set, device: torch.device, scoring: Dict[str, Any]):
+    """The center-crop test error every ``test.eval_period`` steps, computed by the main process
+    (``scoring``: the :func:`~restransfer.inference.classifier.classifier_scores` keyword arguments)."""
     def evaluate(module: nn.Module) -> Optional[Dict[str, float]]:
         values = None
         if is_main_process():
-            metrics = evaluate_classifier(module, test_set, device=device, **{**cfg_test_kwargs(cfg), "mode": "center"})
+            metrics = evaluate_classifier(module, test_set, device=device, **scoring)
             values = {"test/top1_error": metrics["top1_error"], "test/top5_error": metrics["top5_error"]}
         if get_world_size() > 1:
             barrier()
@@ -140,9 +142,11 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool,
                          "config": dump_config(cfg), "class_names": list(dataset.class_names),
                          "pixel_convention": net.pixel_convention.to_dict(), **network_meta(net, cfg.model.arch)},
                      module=net)
-    prepare_loop(loop, found, s.ema, hooks)
+    prepare_loop(loop, found, s.ema.decay if s.ema.enabled else None, hooks)
     checks = check_classification_run(cfg, net, dataset.class_names, found,  # every input, before iteration 1
-                                      lambda: dataset_from_spec(cfg.data.test, dataset.class_names, cfg.data))
+                                      lambda: dataset_from_spec(cfg.data.test, dataset.class_names,
+                                                                allow_outside_root=cfg.data.allow_outside_root,
+                                                                max_image_pixels=cfg.data.max_image_pixels))
     test_set = checks.test_set  # built on the main process, which runs the evaluations
     if world > 1:
         loop.model = nn.parallel.DistributedDataParallel(logits, **({"device_ids": [device.index]}
@@ -152,7 +156,7 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool,
     checks.record(writer, start_iter)
     evaluation = None
     if cfg.data.test is not None and cfg.test.eval_period > 0:
-        evaluation = EvalHook(cfg.test.eval_period, _periodic_test(net, test_set, cfg, device), writer,
+        evaluation = EvalHook(cfg.test.eval_period, _periodic_test(test_set, device, {**cfg_test_kwargs(cfg), "mode": "center"}), writer,
                               metric="test/top1_error", higher_is_better=False, checkpointer=ckpt, at_end=True,
                               describe=_describe_test(len(test_set) if test_set is not None else 0))
     loop.register_hooks(standard_hooks(writer, ckpt, checkpoint_period=s.checkpoint_period, log_period=cfg.log_period,

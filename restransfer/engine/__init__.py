@@ -1,7 +1,7 @@
 """Training loop, checkpoints, schedules, the output folder's lock, and the protocol run (:mod:`.evaluate`)."""
-from ..inference.loop import inference_on_dataset, predict_dataset
+from ..inference.loop import inference_on_dataset
 from .checkpoint import Checkpointer
-from .evaluate import evaluate_model  # not evaluate(): the name is the submodule's (engine.evaluate)
+from .evaluate import evaluate_model, predict_dataset  # not evaluate(): the name is the submodule's
 from .lock import OutputDirLocked
 from .trainer import NonFiniteLossError, evaluate_only, train
 

@@ -18,37 +18,41 @@ The per-protocol entries the tools call (:func:`run_coco_evaluation`, :func:`run
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from torch import nn
 
 from ..analysis.run_reports import evaluation_report
 from ..config import resolve_path
-from ..data.build import build_test_dataset
+from ..data.build import build_test_dataset, build_test_loader
 from ..devices import resolve_device
-from ..distributed import is_main_process
+from ..distributed import get_rank, get_world_size, is_main_process
 from ..errors import ConfigError
 from ..evaluation.coco_evaluator import COCOEvaluator
-from ..evaluation.evaluator import Evaluator, build_evaluator, evaluator_factory, evaluator_for_format
+from ..evaluation.evaluator import (
+    Evaluator, build_evaluator, evaluator_factory, evaluator_for_format, gather_predictions,
+)
 from ..evaluation.imagenet_det import DetEvalResult
 from ..evaluation.imagenet_det_evaluator import ImageNetDetEvaluator
 from ..evaluation.imagenet_det_io import DetGroundTruth
 from ..evaluation.imagenet_loc_evaluator import ImageNetLocEvaluator
 from ..inference.classifier import classifier_scores_from_model
-from ..inference.loop import predict_dataset, run_on_test_set
+from ..inference.loop import inference_on_dataset
+from ..models.system import build_test_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Evaluation", "evaluate", "evaluate_model", "PeriodicEvaluation", "writes_report", "evaluator_for_test_set",
-           "predict_dataset", "run_coco_evaluation", "DetModelEvaluation", "run_imagenet_det_evaluation",
-           "run_imagenet_loc_evaluation"]
+__all__ = ["Evaluation", "evaluate", "evaluate_model", "PeriodicEvaluation", "build_periodic_evaluation",
+           "writes_report", "evaluator_for_test_set", "run_on_test_set", "predict_dataset", "run_coco_evaluation",
+           "DetModelEvaluation", "run_imagenet_det_evaluation", "run_imagenet_loc_evaluation"]
 
 PathLike = Union[str, os.PathLike]
 Weights = Union[None, str, Sequence[str]]
@@ -86,10 +90,9 @@ class Evaluation:
         return best is None or (value > best if self.evaluator.higher_is_better else value < best)
 
 
-def writes_report(cfg, periodic: bool) -> bool:
-    """Whether an evaluation writes ``report.html`` under ``test.report`` (``periodic``: one of training's
-    ``test.eval_period`` evaluations)."""
-    mode = cfg.test.report
+def writes_report(mode: str, periodic: bool) -> bool:
+    """Whether an evaluation writes ``report.html`` under ``test.report`` ``mode`` (``periodic``: one of
+    training's ``test.eval_period`` evaluations)."""
     if mode not in REPORT_MODES:
         raise ConfigError(f"test.report: {mode!r} is not one of {', '.join(REPORT_MODES)}")
     return mode == "always" or (mode == "final" and not periodic)
@@ -105,6 +108,57 @@ def evaluator_for_test_set(cfg, dataset, *, name: Optional[str] = None, output_d
     return build_evaluator(name or cfg.test.evaluator, fmt, dataset=dataset,
                            output_dir=Path(output_dir if output_dir is not None else cfg.output_dir),
                            metrics_path=metrics_path, **options)
+
+
+def run_on_test_set(cfg, weights: Weights = None, *, dataset: Any = None, model: Optional[nn.Module] = None,
+                    evaluator: Optional[Evaluator] = None, progress: bool = True) -> Tuple[Any, List[Dict[str, Any]]]:
+    """Run the config's model over its test set (``cfg.data.test``) on this process's share of the images.
+
+    The model is :func:`~restransfer.models.system.build_test_model`'s (the plain detector, or the test-time
+    system for several ``weights`` or ``cfg.test``'s extras; it applies ``test.precision`` layer by layer), or
+    a given ``model`` (e.g. the one being trained) run as it is under ``test.precision`` autocast; the images
+    come from :func:`~restransfer.data.build.build_test_loader` through
+    :func:`~restransfer.inference.loop.inference_on_dataset`.
+
+    Args:
+        cfg: the config.
+        weights: detector checkpoint (default ``cfg.model.weights``), or several: the paper's ensemble.
+        dataset: a test dataset to use instead of ``cfg.data.test``.
+        model: an already built model to run as it is.
+        evaluator: gets every batch (:meth:`~restransfer.evaluation.evaluator.Evaluator.process`).
+
+    Returns:
+        ``(dataset, predictions of this process)``.
+    """
+    device = resolve_device(cfg.device)
+    dataset = dataset if dataset is not None else build_test_dataset(cfg)
+    _check_test_classes(dataset, cfg.model.num_classes)
+    if model is None:
+        model, precision = build_test_model(cfg, weights, dataset.class_names, device), "fp32"
+    else:
+        precision = cfg.test.precision
+    loader = build_test_loader(cfg, dataset, get_rank(), get_world_size())
+    return dataset, inference_on_dataset(model, loader, device, precision, progress=progress, evaluator=evaluator)
+
+
+def _check_test_classes(dataset: Any, num_classes: int) -> None:
+    """The test set's classes against ``model.num_classes``."""
+    if len(dataset.class_names) != num_classes:
+        raise ConfigError(f"the test set {getattr(dataset, 'name', '')} has {len(dataset.class_names)} classes but "
+                          f"model.num_classes is {num_classes}; set model.num_classes={len(dataset.class_names)}")
+
+
+def predict_dataset(cfg, weights: Weights = None, dataset: Any = None, model: Optional[nn.Module] = None,
+                    progress: bool = True) -> Tuple[Any, Optional[List[Dict[str, Any]]]]:
+    """:func:`run_on_test_set`, every process's predictions gathered to the main process.
+
+    Returns:
+        ``(dataset, predictions)``: predictions are per-image dicts ``{"image_id", "boxes" (N, 4) xyxy in
+        original pixels, "scores", "labels" (1..K), "masks" (RLE list, Mask R-CNN)}`` in dataset order on
+        the main process, None on the others.
+    """
+    dataset, predictions = run_on_test_set(cfg, weights, dataset=dataset, model=model, progress=progress)
+    return dataset, gather_predictions(predictions, dataset.image_ids)
 
 
 def evaluate(cfg, weights: Weights = None, *, model: Optional[nn.Module] = None, dataset: Any = None,
@@ -142,7 +196,7 @@ def evaluate(cfg, weights: Weights = None, *, model: Optional[nn.Module] = None,
     run = Evaluation(metrics, evaluator, dataset, seconds)
     if echo:
         print(evaluator.format(metrics), flush=True)
-    if report if report is not None else writes_report(cfg, periodic):
+    if report if report is not None else writes_report(cfg.test.report, periodic):
         run.report = evaluation_report(evaluator, dataset)
     return run
 
@@ -160,31 +214,46 @@ def evaluate_model(cfg, model: Optional[nn.Module] = None, weights: Weights = No
 
 class PeriodicEvaluation:
     """Training's evaluation every ``test.eval_period`` steps, with any evaluator: ``periodic(module)`` runs
-    :func:`evaluate` on ``module`` (the weights being trained, run as they are) and returns the evaluator's
-    scalars for ``log.jsonl`` on the main process (None elsewhere); ``metric`` and ``higher_is_better`` say
-    which scalar ranks checkpoints for ``model_best.pth`` (``bbox/AP``, ``imagenet_det/mAP``, ...). The test set
-    is read once, at the first evaluation. No ``report.html`` unless ``test.report: always``."""
+    ``run(module, test_set)`` (an :class:`Evaluation` of ``module``, the weights being trained, run as they are;
+    None on processes other than the main one) and returns the evaluator's scalars for ``log.jsonl`` on the main
+    process (None elsewhere). ``metric`` and ``higher_is_better`` say which scalar ranks checkpoints for
+    ``model_best.pth`` (``bbox/AP``, ``imagenet_det/mAP``, ...; empty: the evaluator's main metric, else its
+    first scalar). The test set (``build_test_set()``) is read once, at the first evaluation.
+    :func:`build_periodic_evaluation` makes the one a training config asks for."""
 
-    def __init__(self, cfg) -> None:
-        self.cfg = cfg
+    def __init__(self, run: Callable[[nn.Module, Any], Optional[Evaluation]], build_test_set: Callable[[], Any], *,
+                 metric: str = "", higher_is_better: bool = True) -> None:
+        self._run, self._build_test_set = run, build_test_set
         self._dataset: Any = None
-        fmt = cfg.data.test.format if cfg.data.test is not None else "coco"
-        factory = evaluator_factory(evaluator_for_format(fmt) if cfg.test.evaluator == "auto" else cfg.test.evaluator)
-        # a registered class says its metric; a plain factory function ranks by its first scalar
-        self.metric: str = getattr(factory, "main_metric", "")
-        self.higher_is_better: bool = bool(getattr(factory, "higher_is_better", True))
+        self.metric = metric
+        self.higher_is_better = higher_is_better
         self.last: Optional[Evaluation] = None
 
     def __call__(self, module: nn.Module) -> Optional[Dict[str, float]]:
         if self._dataset is None:
-            self._dataset = build_test_dataset(self.cfg)
-        run = evaluate(self.cfg, model=module, dataset=self._dataset, periodic=True, progress=False, echo=True)
+            self._dataset = self._build_test_set()
+        run = self._run(module, self._dataset)
         self.last = run
         if run is None:
             return None
         if not self.metric:
             self.metric = run.evaluator.main_metric or next(iter(run.scalars), "")
         return run.scalars
+
+
+def build_periodic_evaluation(cfg) -> PeriodicEvaluation:
+    """The :class:`PeriodicEvaluation` of a training config: :func:`evaluate` on ``data.test`` with
+    ``test.evaluator`` (no ``report.html`` unless ``test.report: always``), ranked by the evaluator's main
+    metric (a registered class says it; a plain factory function ranks by its first scalar)."""
+    fmt = cfg.data.test.format if cfg.data.test is not None else "coco"
+    factory = evaluator_factory(evaluator_for_format(fmt) if cfg.test.evaluator == "auto" else cfg.test.evaluator)
+
+    def run(module: nn.Module, dataset: Any) -> Optional[Evaluation]:
+        return evaluate(cfg, model=module, dataset=dataset, periodic=True, progress=False, echo=True)
+
+    return PeriodicEvaluation(run, functools.partial(build_test_dataset, cfg),
+                              metric=getattr(factory, "main_metric", ""),
+                              higher_is_better=bool(getattr(factory, "higher_is_better", True)))
 
 
 # ----------------------------------------------------------------------------- the protocols' entries
@@ -279,19 +348,21 @@ def run_imagenet_loc_evaluation(cfg, weights: Weights = None, *, mode: str = "cl
     dataset = build_test_dataset(cfg)
     scores: Any = classifier_scores
     if mode == "classifier" and scores is None and classifier is not None:
-        scores = _classifier_scoring(cfg, dataset, classifier)
+        scores = _classifier_scoring(dataset, classifier, image_root=cfg.data.test.image_root,
+                                     device=resolve_device(cfg.device))
     evaluator = ImageNetLocEvaluator(dataset, Path(output_dir or cfg.output_dir), mode=mode, classifier_scores=scores,
                                      classifier_synsets=classifier_synsets, blacklist=blacklist)
     run = evaluate(cfg, weights, dataset=dataset, evaluator=evaluator)
     return run.metrics if run is not None else None
 
 
-def _classifier_scoring(cfg, dataset: Any, classifier: nn.Module) -> Callable[[], np.ndarray]:
-    """The center-crop scores of ``classifier`` over the test images (rows in ``dataset.image_ids`` order), as a
-    function: the evaluator calls it on the main process only, when it makes the guesses."""
-    root = resolve_path(cfg.data.test.image_root)
+def _classifier_scoring(dataset: Any, classifier: nn.Module, *, image_root: str,
+                        device: Any) -> Callable[[], np.ndarray]:
+    """The center-crop scores of ``classifier`` over the test images under ``image_root`` (rows in
+    ``dataset.image_ids`` order), as a function: the evaluator calls it on the main process only, when it makes
+    the guesses."""
+    root = resolve_path(image_root)
     paths = [os.path.join(root, dataset.coco.imgs[k]["file_name"]) for k in dataset.image_ids]
     conv = classifier.pixel_convention
-    device = resolve_device(cfg.device)
     return lambda: classifier_scores_from_model(classifier, paths, device=device, mean=conv.mean, std=conv.std,
                                                 bgr=conv.channel_order == "BGR")

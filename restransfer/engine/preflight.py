@@ -31,6 +31,7 @@ the checkpoint's: the differing keys are logged (and recorded in ``log.jsonl`` b
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -127,7 +128,17 @@ def check_detection_run(cfg: DictConfig, model: nn.Module, class_names: Sequence
     Raises:
         DataError, ConfigError, OSError: the first problem found, on every process.
     """
-    return _run(cfg, model, class_names, found, lambda report: _detection_test_set(cfg, class_names, report))
+    check_test_set = None
+    if cfg.data.test is not None:
+        check_test_set = functools.partial(
+            _detection_test_set, lambda: build_test_dataset(cfg), class_names,
+            iou_types=("bbox", "segm") if cfg.model.arch == "mask_rcnn" else ("bbox",),
+            data_format=cfg.data.test.format, evaluator=OmegaConf.select(cfg, "test.evaluator", default=None),
+            eval_period=cfg.test.eval_period, max_iter=cfg.solver.max_iter,
+            report_mode=OmegaConf.select(cfg, "test.report", default="final"))
+    return _run(model, class_names, found, check_test_set, output_dir=Path(cfg.output_dir),
+                weights=cfg.model.weights, backbone_weights=cfg.model.backbone.weights,
+                config_changes=functools.partial(resume_config_changes, cfg))
 
 
 def check_classification_run(cfg: DictConfig, net: nn.Module, class_names: Sequence[str],
@@ -139,23 +150,34 @@ def check_classification_run(cfg: DictConfig, net: nn.Module, class_names: Seque
     ``build_test_set()`` builds ``data.test`` with the training classes (the classification layer's reader:
     a dataset with ``images``, paths or decoded arrays); the other arguments are :func:`check_detection_run`'s.
     """
-    return _run(cfg, net, class_names, found, lambda report: _classification_test_set(cfg, build_test_set, report))
+    test = cfg.data.test
+    check_test_set = None
+    if test is not None:
+        check_test_set = functools.partial(
+            _classification_test_set, build_test_set, image_root=test.image_root,
+            name=Path(str(test.labels or test.image_root)).name, crops=cfg.test.crops,
+            eval_period=cfg.test.eval_period, max_iter=cfg.solver.max_iter)
+    return _run(net, class_names, found, check_test_set, output_dir=Path(cfg.output_dir), weights=cfg.model.weights,
+                backbone_weights=None, config_changes=functools.partial(resume_config_changes, cfg))
 
 
-def _run(cfg: DictConfig, model: nn.Module, class_names: Sequence[str], found,
-         check_test_set: Callable[[PreflightReport], None]) -> PreflightReport:
-    """``check_test_set`` (with ``data.test`` set), the output folder and the resume on the main process; an
-    error is raised on every process."""
+def _run(model: nn.Module, class_names: Sequence[str], found: Optional[Tuple[Path, Dict[str, Any]]],
+         check_test_set: Optional[Callable[[PreflightReport], None]], *, output_dir: Path, weights: Optional[str],
+         backbone_weights: Optional[str],
+         config_changes: Callable[[Dict[str, Any]], Dict[str, Tuple[Any, Any]]]) -> PreflightReport:
+    """``check_test_set`` (None: no test set), the output folder and the resume (``config_changes(state)``:
+    the settings that differ from the checkpoint's) on the main process; an error is raised on every process.
+    ``weights``/``backbone_weights``: ``model.weights`` and ``model.backbone.weights``, for the summary."""
     def main() -> PreflightReport:
         start = time.perf_counter()
         report = PreflightReport(class_names=list(class_names))
-        if cfg.data.test is not None:
+        if check_test_set is not None:
             check_test_set(report)
-        _check_output_dir(Path(cfg.output_dir), model, report)
-        report.weights = _weights(cfg, found)
+        _check_output_dir(output_dir, model, report)
+        report.weights = _weights(found, weights, backbone_weights)
         if found is not None:
             report.resumed_from = Path(found[0]).name
-            report.config_changes = resume_config_changes(cfg, found[1])
+            report.config_changes = config_changes(found[1])
         report.seconds = time.perf_counter() - start
         logger.info("%s", report.summary())
         return report
@@ -207,17 +229,20 @@ def _as_data_error(key: str, e: Exception) -> Exception:
     return DataError(f"{key}: {e}")
 
 
-def _detection_test_set(cfg: DictConfig, class_names: Sequence[str], report: PreflightReport) -> None:
+def _detection_test_set(build_test_set: Callable[[], Any], class_names: Sequence[str], report: PreflightReport, *,
+                        iou_types: Sequence[str], data_format: str, evaluator: Optional[str], eval_period: int,
+                        max_iter: int, report_mode: str) -> None:
+    """Build the test set (``build_test_set()``) and check it against the training ``class_names``; the
+    summary names the ``evaluator`` (``test.evaluator``), when it runs and what it writes."""
     try:
-        dataset = build_test_dataset(cfg)
-        iou_types = ("bbox", "segm") if cfg.model.arch == "mask_rcnn" else ("bbox",)
+        dataset = build_test_set()
         # the checks the COCO evaluator applies to the ground truth before it runs
         check_ground_truth(dataset.coco.dataset, str(dataset.json_path), iou_types, dataset.image_ids)
     except (InputError, OSError) as e:  # a bare ValueError is a bug: it propagates as one
         raise _as_data_error("data.test", e) from None
     n_json = len(dataset.coco.imgs)
     # the key that places the images: a VOC entry names its devkit root, a COCO entry its image folder
-    root_key = "data.test.root" if cfg.data.test.get("format") == "voc" else "data.test.image_root"
+    root_key = "data.test.root" if data_format == "voc" else "data.test.image_root"
     if len(dataset) == 0:
         first = next(iter(dataset.coco.imgs.values()), {}).get("file_name", "")
         raise DataError(f"{root_key}: {dataset.image_root} holds none of the {n_json} images of "
@@ -227,9 +252,9 @@ def _detection_test_set(cfg: DictConfig, class_names: Sequence[str], report: Pre
                   root_key, dataset.image_root)
     _check_categories(list(dataset.class_names), list(class_names), str(dataset.json_path))
     report.test_name, report.num_test_images = dataset.name, len(dataset)
-    report.evaluator = _detection_evaluator(cfg, iou_types)
-    report.schedule = _schedule(cfg.test.eval_period, cfg.solver.max_iter)
-    report.outputs = f"metrics.json, report {OmegaConf.select(cfg, 'test.report', default='final')}"
+    report.evaluator = _detection_evaluator(evaluator, data_format, iou_types)
+    report.schedule = _schedule(eval_period, max_iter)
+    report.outputs = f"metrics.json, report {report_mode}"
 
 
 def _json_size(dataset: Any, index: int) -> Tuple[int, int]:
@@ -255,15 +280,15 @@ def _check_categories(test: List[str], train: List[str], test_file: str) -> None
                     "the test set that belongs to data.train")
 
 
-def _detection_evaluator(cfg: DictConfig, iou_types: Sequence[str]) -> str:
-    """The evaluator the run's evaluations use, by ``test.evaluator`` through the evaluation registry: a name
+def _detection_evaluator(name: Optional[str], data_format: str, iou_types: Sequence[str]) -> str:
+    """The evaluator the run's evaluations use, by ``test.evaluator`` (``name``) through the evaluation registry: a name
     it does not know is a ConfigError now rather than after training; ``auto`` is the one registered for
     ``data.test.format``, else COCO's, which training's evaluation runs on any COCO-format json (as before
     the key existed, and while no protocol is registered)."""
-    name = OmegaConf.select(cfg, "test.evaluator", default=None) or "auto"
+    name = name or "auto"
     if name == "auto":
         try:
-            name = registry.evaluator_for_format(cfg.data.test.format)
+            name = registry.evaluator_for_format(data_format)
         except InputError:
             name = "coco"
     elif registry.evaluator_names():
@@ -271,22 +296,25 @@ def _detection_evaluator(cfg: DictConfig, iou_types: Sequence[str]) -> str:
     return f"{name} ({', '.join(iou_types)})" if name == "coco" else str(name)
 
 
-def _classification_test_set(cfg: DictConfig, build_test_set: Callable[[], Any], report: PreflightReport) -> None:
+def _classification_test_set(build_test_set: Callable[[], Any], report: PreflightReport, *, image_root: str,
+                             name: str, crops: str, eval_period: int, max_iter: int) -> None:
+    """Build the test set (``build_test_set()``) of ``image_root`` and check a sample of its images; the summary
+    calls it ``name`` and says when the ``crops`` testing runs."""
     try:
         dataset = build_test_set()
     except (InputError, OSError) as e:  # a bare ValueError is a bug: it propagates as one
         raise _as_data_error("data.test", e) from None
     if len(dataset) == 0:
-        raise DataError(f"data.test: {cfg.data.test.image_root}: no test images")
+        raise DataError(f"data.test: {image_root}: no test images")
     if not isinstance(dataset.images, np.ndarray):  # CIFAR batches are decoded already
         _check_sample([(dataset.images[i], None) for i in _sample(len(dataset))], "data.test.image_root",
-                      cfg.data.test.image_root)
-    report.test_name = Path(str(cfg.data.test.labels or cfg.data.test.image_root)).name
+                      image_root)
+    report.test_name = name
     report.num_test_images = len(dataset)
     report.evaluator = "top-1/top-5 error"
-    report.schedule = f"{cfg.test.crops} at the end"
-    if 0 < cfg.test.eval_period < cfg.solver.max_iter:
-        report.schedule = f"center crop {_every(cfg.test.eval_period)}, " + report.schedule
+    report.schedule = f"{crops} at the end"
+    if 0 < eval_period < max_iter:
+        report.schedule = f"center crop {_every(eval_period)}, " + report.schedule
     report.outputs = "metrics.json"
     report.test_set = dataset
 
@@ -356,14 +384,13 @@ def _check_output_dir(out: Path, model: nn.Module, report: PreflightReport) -> N
                         "output_dir=...")
 
 
-def _weights(cfg: DictConfig, found) -> str:
-    """Which weights the built model holds (read and fitted by the model build, before the pre-flight)."""
+def _weights(found, weights: Optional[str], backbone: Optional[str]) -> str:
+    """Which weights the built model holds (read and fitted by the model build, before the pre-flight):
+    the resumed checkpoint's, ``model.weights``, ``model.backbone.weights``, or none."""
     if found is not None:
         return f"weights from {Path(found[0]).name} (resumed)"
-    weights = OmegaConf.select(cfg, "model.weights", default=None)
     if weights:
         return f"model.weights {weights} loaded"
-    backbone = OmegaConf.select(cfg, "model.backbone.weights", default=None)
     if backbone:
         return f"model.backbone.weights {backbone} loaded"
     return "no pretrained weights"

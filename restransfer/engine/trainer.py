@@ -31,7 +31,7 @@ from .checkpoint import Checkpointer
 from ..devices import check_autocast_precision, check_precision_support, resolve_device, resolve_precision
 from ..distributed import all_gather_object, get_rank, get_world_size, init_distributed, is_main_process
 from .lock import locked_output_dir
-from .evaluate import PeriodicEvaluation, evaluate_model
+from .evaluate import build_periodic_evaluation, evaluate_model
 from .preflight import check_detection_run, log_dataset_entries, write_run_config
 from .logger import MetricsWriter, setup_logging
 from .hooks import EvalHook, MetricsLogger, ModelEMA, PeriodicCheckpointer
@@ -97,11 +97,12 @@ def _to_device(targets, device: torch.device):
 
 
 
-def _check_classes(cfg, dataset) -> None:
-    k = len(dataset.class_names)
-    if k != cfg.model.num_classes:
-        raise ConfigError(f"the training data has {k} classes ({', '.join(dataset.class_names[:5])}"
-                          f"{', ...' if k > 5 else ''}) but model.num_classes is {cfg.model.num_classes}; set "
+def _check_classes(class_names: Sequence[str], num_classes: int) -> None:
+    """The training set's ``class_names`` against ``model.num_classes``."""
+    k = len(class_names)
+    if k != num_classes:
+        raise ConfigError(f"the training data has {k} classes ({', '.join(class_names[:5])}"
+                          f"{', ...' if k > 5 else ''}) but model.num_classes is {num_classes}; set "
                           f"model.num_classes={k} (a checkpoint with another class count still loads: its "
                           "class-dependent layers are re-initialized)")
 
@@ -162,17 +163,18 @@ def training_precision(setting: str, device: torch.device):
     return precision, (torch.amp.GradScaler("cuda") if precision == "fp16" else None)
 
 
-def prepare_loop(loop: TrainLoop, found: Optional[Tuple[Path, Dict[str, Any]]], ema: Any,
+def prepare_loop(loop: TrainLoop, found: Optional[Tuple[Path, Dict[str, Any]]], ema_decay: Optional[float],
                  hooks: Sequence[HookBase] = ()) -> None:
-    """Register the EMA hook when ``solver.ema.enabled`` and the caller's ``hooks`` (before anything is
+    """Register the EMA hook with ``ema_decay`` (``solver.ema.decay`` when ``solver.ema.enabled``; None: no
+    average) and the caller's ``hooks`` (before anything is
     restored, so that their state is), then restore ``found`` (``(path, state)`` of :func:`start_run`, or
     None) into the loop: model, optimizer, schedule, scaler, RNGs, best metric and the hooks' state. The
     standard hooks (logging, evaluation, checkpoints) are registered after these, so they see the step's
     average and whatever a user hook did."""
-    if ema.enabled:
-        loop.register_hooks([ModelEMA(ema.decay)])
+    if ema_decay is not None:
+        loop.register_hooks([ModelEMA(ema_decay)])
         logger.info("solver.ema: evaluating and saving an exponential moving average of the weights (decay %g)",
-                    ema.decay)
+                    ema_decay)
     loop.register_hooks(list(hooks))
     if found is not None:
         last, state = found
@@ -212,7 +214,7 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool,
     ckpt, found = start_run(cfg, resume, restart)
 
     dataset = build_train_dataset(cfg)
-    _check_classes(cfg, dataset)
+    _check_classes(dataset.class_names, cfg.model.num_classes)
     layout = batch_layout(cfg.solver.ims_per_batch, cfg.solver.ims_per_device, world)
     logger.info("training on %d images, %d classes; %s", len(dataset), len(dataset.class_names), layout.describe())
     model = build_model(cfg, class_names=dataset.class_names).to(device)
@@ -230,7 +232,7 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool,
                      clip_grad_norm=s.clip_grad_norm,
                      extra_state=lambda: {"config": dump_config(cfg), "class_names": list(model.class_names),
                                           "pixel_convention": model.pixel_convention.to_dict()})
-    prepare_loop(loop, found, s.ema, hooks)
+    prepare_loop(loop, found, s.ema.decay if s.ema.enabled else None, hooks)
     checks = check_detection_run(cfg, model, dataset.class_names, found)  # every input, before iteration 1
 
     if distributed:
@@ -243,7 +245,7 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool,
     evaluation = None
     if cfg.test.eval_period > 0 and cfg.data.test is not None:
         # any evaluator (test.evaluator): its scalars go to log.jsonl, its main metric ranks model_best.pth
-        periodic = PeriodicEvaluation(cfg)
+        periodic = build_periodic_evaluation(cfg)
         evaluation = EvalHook(cfg.test.eval_period, periodic, writer, metric=lambda: periodic.metric,
                               higher_is_better=periodic.higher_is_better, checkpointer=ckpt)
     loop.register_hooks(standard_hooks(writer, ckpt, checkpoint_period=s.checkpoint_period,

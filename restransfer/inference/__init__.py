@@ -4,9 +4,9 @@ scores (classification testing, the localization task's classifier mode)."""
 from .classifier import classifier_scores, classifier_scores_from_model, load_classifier
 from .demo import find_images, run_demo
 from .export import export_onnx, export_outputs, export_torchscript, prepare_for_export, verify_export
-from .loop import inference_on_dataset, predict_dataset, run_on_test_set
+from .loop import inference_on_dataset
 from .predictor import Predictor
 
-__all__ = ["inference_on_dataset", "run_on_test_set", "predict_dataset", "Predictor", "find_images", "run_demo",
+__all__ = ["inference_on_dataset", "Predictor", "find_images", "run_demo",
            "export_torchscript", "export_onnx", "export_outputs", "prepare_for_export", "verify_export",
            "classifier_scores", "classifier_scores_from_model", "load_classifier"]

@@ -73,7 +73,7 @@ def test_an_evaluator_of_ones_own_runs_through_the_protocol_run(shapes, tmp_path
     assert run.main_value == run.metrics["detections_per_image"] > 0
     assert run.report is None and not (tmp_path / "report.html").exists()
 
-    periodic = protocol_run.PeriodicEvaluation(cfg)
+    periodic = protocol_run.build_periodic_evaluation(cfg)
     assert (periodic.metric, periodic.higher_is_better) == ("counting/detections_per_image", True)
 
 
