@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
+from omegaconf import OmegaConf
 
 import restransfer.benchmark.data as benchmark_data
 from restransfer.benchmark import (format_loader_report, generate_coco_folder, missing_training_data,
@@ -118,6 +119,7 @@ def test_counts_what_the_loader_yields(folder, monkeypatch):
 def test_missing_data_is_replaced_by_a_generated_folder(tmp_path):
     cfg = load_config(None, INPUT + ["model.arch=mask_rcnn",
                                      f"data.train=[{{json: {tmp_path}/none.json, image_root: {tmp_path}}}]"])
+    OmegaConf.set_readonly(cfg, True)  # the generated folder and the worker counts go to the builders as arguments
     result = run_loader_benchmark(cfg, workers=[0], images_per_round=2, rounds=1, warmup=0, work_dir=tmp_path / "gen",
                                   num_generated=3)
     data = result["data"]

@@ -22,7 +22,6 @@ also limited by the disk).
 """
 from __future__ import annotations
 
-import copy
 import gc
 import os
 import statistics
@@ -34,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from ..config import DatasetSpec, resolve_path
 from ..data.build import build_train_dataset, build_train_loader, uses_masks
@@ -154,23 +154,22 @@ def run_loader_benchmark(cfg, workers: Sequence[int] = (2,), images_per_round: i
     counts = sorted({0, *(int(w) for w in workers)})
     if counts[0] < 0:
         raise ConfigError(f"worker counts must be >= 0, got {list(workers)}")
-    cfg = copy.deepcopy(cfg)
     reason = missing_training_data(cfg)
     with tempfile.TemporaryDirectory(prefix="restransfer_loader_") as tmp:
         data: Dict[str, Any] = {"source": "config", "train": [str(resolve_path(s.json)) for s in cfg.data.train]}
+        entries = None  # data.train
         if reason is not None:
             n = num_generated or min(512, images_per_round * (rounds + warmup))
             folder = generate_coco_folder(Path(work_dir) if work_dir else Path(tmp), n,
                                           num_classes=int(cfg.model.num_classes), seed=int(cfg.seed))
-            cfg.data.train = [DatasetSpec(json=folder.json, image_root=folder.image_root)]
+            entries = [OmegaConf.structured(DatasetSpec(json=folder.json, image_root=folder.image_root))]
             data = {"source": "generated", "reason": reason, **asdict(folder)}
-        dataset = build_train_dataset(cfg)
+        dataset = build_train_dataset(cfg, entries)  # the generated folder in place of data.train
         data["images"] = len(dataset)
         measurements, pin_memory, batch_size = [], False, 0
         for w in counts:
-            cfg.data.num_workers = w
             cpu_before = _cpu_seconds()
-            loader = build_train_loader(cfg, dataset=dataset)
+            loader = build_train_loader(cfg, dataset=dataset, num_workers=w)
             pin_memory, batch_size = bool(loader.pin_memory), int(loader.batch_sampler.batch_size)
             m = time_loader(loader, images_per_round, rounds, warmup)
             del loader  # persistent workers end (and are waited for) with their loader

@@ -180,15 +180,17 @@ def _categories(ds: CocoDataset) -> List[Tuple[int, str]]:
     return [(ds.label_to_cat_id[i + 1], name) for i, name in enumerate(ds.class_names)]
 
 
-def build_train_dataset(cfg: DictConfig) -> CocoConcatDataset:
-    """All ``cfg.data.train`` datasets with training augmentation, concatenated.
+def build_train_dataset(cfg: DictConfig, entries: Optional[Sequence[Any]] = None) -> CocoConcatDataset:
+    """All ``cfg.data.train`` datasets (or the dataset ``entries`` given instead, e.g. a generated folder) with
+    training augmentation, concatenated.
 
     Raises:
         ConfigError: ``data.train`` is empty.
         DataError: two of its datasets have different categories, or one of them has no usable image or no
             usable annotation.
     """
-    if not cfg.data.train:
+    entries = cfg.data.train if entries is None else entries
+    if not entries:
         raise ConfigError("data.train is empty: set it to a list like [{json: PATH, image_root: DIR}] "
                           f"(see {DATASETS_README})")
     transforms = build_transforms(list(cfg.input.min_size_train), cfg.input.max_size_train,
@@ -199,7 +201,7 @@ def build_train_dataset(cfg: DictConfig) -> CocoConcatDataset:
                           allow_outside_root=cfg.data.allow_outside_root,
                           max_image_pixels=cfg.data.max_image_pixels, use_difficult=cfg.data.voc_use_difficult,
                           uint8_images=True)  # the model converts: a quarter of the bytes to move
-        for i, spec in enumerate(cfg.data.train)
+        for i, spec in enumerate(entries)
     ]
     reference = _categories(datasets[0])
     for ds in datasets[1:]:
@@ -227,9 +229,10 @@ def build_test_dataset(cfg: DictConfig) -> CocoDataset:
                              max_image_pixels=cfg.data.max_image_pixels)
 
 
-def _pin_memory(cfg: DictConfig) -> bool:
+def _pin_memory(device: str) -> bool:
+    """Pinned host memory for loaders that feed a CUDA ``device`` (the config's ``device``)."""
     try:
-        return resolve_device(cfg.device).type == "cuda"
+        return resolve_device(device).type == "cuda"
     except RuntimeError:  # a CUDA device where there is none: the trainer or evaluator reports it
         return False
 
@@ -245,7 +248,8 @@ def _private_generator(seed: int) -> torch.Generator:
 
 
 def build_train_loader(cfg: DictConfig, start_iter: int = 0, rank: int = 0, world_size: int = 1,
-                       dataset: Optional[CocoConcatDataset] = None, batch_size: Optional[int] = None) -> DataLoader:
+                       dataset: Optional[CocoConcatDataset] = None, batch_size: Optional[int] = None,
+                       num_workers: Optional[int] = None) -> DataLoader:
     """Endless DataLoader of training batches for this process.
 
     Each batch is ``(images, targets)``: tuples of ``batch_size`` (3, H, W) uint8 tensors (RGB, 0..255: the
@@ -253,7 +257,8 @@ def build_train_loader(cfg: DictConfig, start_iter: int = 0, rank: int = 0, worl
     (see :class:`CocoDataset`); ``batch_size`` defaults to the images one process computes per forward pass
     (``solver.ims_per_device``, see :func:`restransfer.data.samplers.batch_layout`). Batch ``k`` of the
     loader is the loader's batch number ``start_iter + k`` (with gradient accumulation a training iteration
-    takes several); the sequence depends only on ``cfg.seed``, ``rank`` and ``world_size``.
+    takes several); the sequence depends only on ``cfg.seed``, ``rank`` and ``world_size``. ``num_workers``
+    overrides ``data.num_workers`` (the loader benchmark's sweep).
     """
     if batch_size is None:
         batch_size = batch_layout(cfg.solver.ims_per_batch, cfg.solver.ims_per_device, world_size).per_device
@@ -261,9 +266,9 @@ def build_train_loader(cfg: DictConfig, start_iter: int = 0, rank: int = 0, worl
     groups = aspect_ratio_groups(dataset.aspect_ratios()) if cfg.data.aspect_ratio_grouping else None
     sampler = TrainingBatchSampler(len(dataset), batch_size, group_ids=groups, seed=cfg.seed,
                                    rank=rank, world_size=world_size, start_iter=start_iter)
-    workers = int(cfg.data.num_workers)
+    workers = int(cfg.data.num_workers if num_workers is None else num_workers)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=trivial_batch_collator,
-                      persistent_workers=workers > 0, pin_memory=_pin_memory(cfg),
+                      persistent_workers=workers > 0, pin_memory=_pin_memory(cfg.device),
                       generator=_private_generator(cfg.seed + rank))
 
 
@@ -272,5 +277,5 @@ def build_test_loader(cfg: DictConfig, dataset: CocoDataset, rank: int = 0, worl
     workers = int(cfg.data.num_workers)
     return DataLoader(dataset, sampler=InferenceSampler(len(dataset), rank, world_size),
                       batch_size=cfg.test.ims_per_batch, num_workers=workers, collate_fn=trivial_batch_collator,
-                      persistent_workers=workers > 0, pin_memory=_pin_memory(cfg),
+                      persistent_workers=workers > 0, pin_memory=_pin_memory(cfg.device),
                       generator=_private_generator(cfg.seed + rank))
