@@ -1,6 +1,6 @@
 """Export a detector to TorchScript (traced) or ONNX.
 
-    python tools/export.py CONFIG --weights W --format onnx --output model.onnx [--verify [--verify-sizes 96x128 ...]]
+    python tools/export.py CONFIG --weights W --format onnx --output model.onnx [--verify] [--verify-sizes 96x128,...]
     python tools/export.py CONFIG --weights W --format torchscript --output model.pt [--static --size H W]
 
 The file takes one float RGB image (3, H, W) in [0, 1] of any size (of --size only, with --static) and
@@ -8,8 +8,8 @@ returns boxes, scores, labels (and masks). ONNX is written by torch.export where
 else by the TorchScript-based exporter, and the output says why (--exporter picks one). --verify runs the
 file (ONNX Runtime, torch.jit.load) and the PyTorch model on synthetic images of 96x128, 128x128 and 160x224
 (--verify-sizes) and prints how many detections agree (same label, IoU > 0.99, score within 1e-3); any
-disagreement is an error. restransfer/inference/export.py documents what is fixed at export time. A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows
-the traceback).
+disagreement is an error. restransfer/inference/export.py documents what is fixed at export time.
+A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the traceback).
 The installed command: ``restransfer export CONFIG --weights W --format onnx --output model.onnx``.
 """
 from __future__ import annotations
@@ -19,7 +19,12 @@ import sys
 
 from ..cli import config_from_args, model_parser, note_output
 from ..inference.export import (
-    EXPORTERS, VERIFY_SIZES, describe_verification, export_model, require_agreement, verify_export_sizes,
+    EXPORTERS,
+    VERIFY_SIZES,
+    describe_verification,
+    export_model,
+    require_agreement,
+    verify_export_sizes,
 )
 from ..models import build_model
 
@@ -33,25 +38,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, nargs=2, default=(800, 1067), metavar=("H", "W"),
                    help="example image size the graph is recorded on; the one size accepted with --static "
                         "(default 800 1067)")
-    p.add_argument("--dynamic", action="store_true", help="any image size (the default; kept for older command lines)")
-    p.add_argument("--static", action="store_true", help="accept images of --size only")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--dynamic", action="store_true", help="any image size (the default; kept for old scripts)")
+    shape.add_argument("--static", action="store_true", help="accept images of --size only")
     p.add_argument("--exporter", choices=EXPORTERS, default="auto",
                    help="ONNX exporter: torch.export where it can capture the model, else the TorchScript-based one "
                         "(auto, the default), or only one of them")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17; at least 18 with torch.export)")
     p.add_argument("--verify", action="store_true",
                    help="compare the file's detections with the PyTorch model's at several image sizes")
-    p.add_argument("--verify-sizes", nargs="+", type=_size, metavar="HxW",
+    p.add_argument("--verify-sizes", type=_sizes, metavar="HxW[,HxW...]",
                    help="image sizes for --verify (implies it; default "
-                        + " ".join(f"{h}x{w}" for h, w in VERIFY_SIZES) + ")")
+                        + ",".join(f"{h}x{w}" for h, w in VERIFY_SIZES) + ")")
     return p
 
 
-def _size(text: str):
-    h, sep, w = text.lower().partition("x")
-    if not (sep and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
-        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 128x160, got {text!r}")
-    return int(h), int(w)
+def _sizes(text: str):
+    sizes = []
+    for item in text.split(","):
+        h, sep, w = item.strip().lower().partition("x")
+        if not (sep and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
+            raise argparse.ArgumentTypeError(f"expected sizes as HxW[,HxW...], e.g. 96x128,160x224, got {text!r}")
+        sizes.append((int(h), int(w)))
+    return sizes
 
 
 def main(argv=None) -> int:
@@ -61,8 +70,6 @@ def main(argv=None) -> int:
     if not cfg.model.weights:
         print("warning: no --weights or model.weights: exporting an untrained model", file=sys.stderr)
     model = build_model(cfg).eval()
-    if args.static and args.dynamic:
-        _parser().error("--static and --dynamic contradict each other: give one")
     size = tuple(args.size)
     result = export_model(model, args.output, args.format, size=size, dynamic=not args.static, opset=args.opset,
                           exporter=args.exporter)
