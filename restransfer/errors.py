@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 __all__ = ["InputError", "ConfigError", "DataError", "WeightsError", "CheckpointError", "OutputDirLocked",
-           "NonFiniteLossError", "TrainingOutOfMemory", "DeviceError", "is_out_of_memory"]
+           "NonFiniteLossError", "TrainingOutOfMemory", "DeviceError", "MissingDependency", "is_out_of_memory"]
 
 
 class InputError(Exception):
@@ -51,6 +51,10 @@ class TrainingOutOfMemory(InputError, RuntimeError):
 
 class DeviceError(InputError, RuntimeError):
     """The requested device or precision is not available here (``device=cuda`` without a GPU, ...)."""
+
+
+class MissingDependency(InputError, ImportError):
+    """An optional package a feature needs is not installed; the message says what to install."""
 
 
 def is_out_of_memory(e: BaseException) -> bool:

@@ -50,6 +50,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..boxes import inclusive_iou
+from ..errors import ConfigError
 from .evaluator import DatasetEvaluator, register_evaluator
 from .metrics_file import write_metrics
 from .voc_io import VocDetections, VocGroundTruth, ground_truth_from_coco, predictions_to_detections, write_results
@@ -336,7 +337,7 @@ class VOCEvaluator(DatasetEvaluator):
             year = years.pop() if len(years) == 1 else None
         metric = voc_metric or default_metric(year)
         if metric not in METRICS:
-            raise ValueError(f"test.voc_metric: {metric!r} is not one of {', '.join(METRICS)}")
+            raise ConfigError(f"test.voc_metric: {metric!r} is not one of {', '.join(METRICS)}")
         self.metric = metric
         self.ground_truth = ground_truth_from_coco(data, dataset.image_ids)
         self.iou_thresholds = iou_thresholds

@@ -20,7 +20,9 @@ import numpy as np
 
 from ..boxes import xywh_to_xyxy, xyxy_to_voc
 from ..data.ilsvrc import where
+from ..data.json_io import read_text
 from ..data.voc import VOC_CLASSES, VocFormatError, read_image_set, read_voc_annotation
+from ..errors import DataError
 from ..fileio import atomic_open
 
 __all__ = ["VocGroundTruth", "VocDetections", "results_file_name", "write_results", "read_results",
@@ -84,7 +86,7 @@ class VocDetections:
                           ("a score or box that is not a finite number",
                            ~(np.isfinite(self.scores) & np.isfinite(self.boxes).all(axis=1)))):
             if n and bad.any():
-                raise ValueError(f"detection {int(np.flatnonzero(bad)[0])} (0-based) has {what}")
+                raise DataError(f"detection {int(np.flatnonzero(bad)[0])} (0-based) has {what}")
 
 
 
@@ -154,7 +156,7 @@ def predictions_to_detections(predictions: Sequence[Mapping[str, Any]], gt: VocG
     for pred in predictions:
         image_id = int(pred["image_id"])
         if image_id not in position:
-            raise ValueError(f"a prediction for image id {image_id}, which is not in the evaluated set")
+            raise DataError(f"a prediction for image id {image_id}, which is not in the evaluated set")
         by_pos[position[image_id]] = pred
     parts = [(p, by_pos[p]) for p in sorted(by_pos)]
     if not parts:
@@ -235,8 +237,7 @@ def _parse_numbers(tokens: List[str]) -> Optional[np.ndarray]:
 
 def _read_file(path: Path, position: Mapping[str, int]):
     """``(image positions, scores, boxes)`` of one results file, lines in order."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = read_text(path)  # bytes that are not UTF-8: a DataError naming the file and line
     lines = text.split("\n")
     rows = [i for i, line in enumerate(lines) if line.strip()]
     tokens = text.split()

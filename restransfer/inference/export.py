@@ -82,7 +82,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.shapes import synthetic_batch
-from ..errors import InputError
+from ..errors import InputError, MissingDependency
 from ..evaluation.agreement import match_detections
 from ..fileio import atomic_write_bytes
 
@@ -339,7 +339,7 @@ def _export_onnx(
     try:
         import onnx  # noqa: F401  both exporters serialize through it
     except ImportError:
-        raise ImportError("ONNX export needs the onnx package: pip install onnx (or restransfer[onnx])") from None
+        raise MissingDependency("ONNX export needs the onnx package: pip install onnx (or restransfer[onnx])") from None
     wrapper = ExportWrapper(prepare_for_export(model))
     example = _example((int(size[0]), int(size[1])))
     fallback = None
@@ -430,7 +430,7 @@ def export_outputs(exported: Union[str, os.PathLike], image: Tensor) -> List[Ten
         try:
             import onnxruntime as ort
         except ImportError:
-            raise ImportError("running an ONNX file needs onnxruntime: pip install onnxruntime") from None
+            raise MissingDependency("running an ONNX file needs onnxruntime: pip install onnxruntime (or restransfer[onnx])") from None
         options = ort.SessionOptions()
         options.log_severity_level = 3  # torchvision's mask-pasting loop makes ORT warn about shapes per mask
         session = ort.InferenceSession(exported, options, providers=["CPUExecutionProvider"])
