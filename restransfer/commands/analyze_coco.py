@@ -22,7 +22,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..analysis.coco_errors import analyze_coco_errors, read_ground_truth, read_results
+from ..analysis.detection_plots import write_analysis
 from ..cli import EVAL_MEMORY_HINT, add_weights_argument, note_output, split_weights
+from ..config import load_config
+from ..engine.evaluate import predict_dataset
+from ..evaluation.coco import predictions_to_coco_results
 
 MEMORY_HINT = EVAL_MEMORY_HINT
 
@@ -44,15 +49,8 @@ def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_intermixed_args(argv)
     args.weights, args.opts = split_weights(args.weights, args.opts)
-    from ..analysis.coco_errors import analyze_coco_errors, read_ground_truth, read_results
-    from ..analysis.detection_plots import write_analysis
-
     note_output("--output", args.output)
     if args.config and args.weights and not (args.gt or args.results):
-        from ..config import load_config
-        from ..engine.evaluate import predict_dataset
-        from ..evaluation.coco import predictions_to_coco_results
-
         cfg = load_config(args.config, args.opts)
         # the evaluation's predictions: test.aug, test.box_refinement and several --weights (an ensemble) apply
         dataset, predictions = predict_dataset(cfg, args.weights)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..cli import model_parser, note_output
 from ..inference.demo import find_images, run_demo
+from ..inference.predictor import Predictor
 
 MEMORY_HINT = ("lower --batch-size (default test.ims_per_batch) or the image size "
                "(input.min_size_test, input.max_size_test)")
@@ -36,8 +37,6 @@ def main(argv=None) -> int:
     args = _parser().parse_intermixed_args(argv)
     note_output("--output", args.output)
     images = find_images(args.input, exclude=args.output)
-    from ..inference.predictor import Predictor
-
     predictor = Predictor(args.config, weights=args.weights, device=args.device, threshold=args.threshold,
                           batch_size=args.batch_size, overrides=args.opts)
     summary = run_demo(predictor, images, args.output, root=Path(args.input) if Path(args.input).is_dir() else None)

@@ -14,6 +14,7 @@ A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the trac
 import argparse
 
 from ..classification.config import CROPS, load_cls_config
+from ..classification.evaluate import run_cls_evaluation
 from ..cli import note_output
 
 MEMORY_HINT = "lower test.ims_per_batch, or the fcn --scales"
@@ -36,8 +37,6 @@ def main(argv=None) -> int:
         parser.error(f"--scales: sizes must be positive, got {args.scales}")
     cfg = load_cls_config(args.config, args.overrides)
     note_output("--output" if args.output else "output_dir", args.output or cfg.output_dir)
-
-    from ..classification.evaluate import run_cls_evaluation
 
     metrics = run_cls_evaluation(cfg, args.weights, mode=args.crops, scales=args.scales, output=args.output)
     print(f"{metrics['crops']} testing, {metrics['num_images']} images: top-1 error {metrics['top1_error']:.2f}%  "

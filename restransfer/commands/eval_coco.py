@@ -24,7 +24,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..analysis.run_reports import coco_files_report
 from ..cli import EVAL_MEMORY_HINT, add_weights_argument, note_output, split_weights
+from ..config import load_config
+from ..engine.evaluate import run_coco_evaluation
 from ..evaluation.coco import ENGINES, evaluate_coco, format_metrics_table, load_results, write_metrics
 
 MEMORY_HINT = EVAL_MEMORY_HINT
@@ -52,9 +55,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config_mode(args: argparse.Namespace) -> dict:
-    from ..config import load_config
-    from ..engine.evaluate import run_coco_evaluation
-
     cfg = load_config(args.config, args.opts)
     note_output("--output" if args.output else "output_dir", args.output or cfg.output_dir)
     metrics_path = Path(args.output) if args.output else Path(cfg.output_dir) / "metrics.json"
@@ -83,8 +83,6 @@ def main(argv=None) -> int:
         if args.output:
             write_metrics(metrics, args.output)
             print(f"metrics: {args.output}")
-            from ..analysis.run_reports import coco_files_report
-
             coco_files_report(args.output, metrics, args.gt, args.results)
     else:
         parser.print_usage(sys.stderr)

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..analysis.run_reports import det_run_report
 from ..cli import EVAL_MEMORY_HINT, add_weights_argument, note_output, split_weights
+from ..config import load_config
+from ..engine.evaluate import run_imagenet_det_evaluation
 from ..evaluation.coco import write_metrics
 from ..evaluation.imagenet_det import evaluate_files, format_table, metrics_dict
 
@@ -63,13 +66,8 @@ def main(argv=None) -> int:
         if args.output:
             write_metrics(metrics_dict(result, gt.wnids, coco), args.output)
             print(f"metrics: {args.output}")
-            from ..analysis.run_reports import det_run_report
-
             det_run_report(args.output, None, [], result, gt.wnids, gt.names)
         return 0
-    from ..config import load_config
-    from ..engine.evaluate import run_imagenet_det_evaluation
-
     cfg = load_config(args.config, args.overrides)
     note_output("output_dir", cfg.output_dir)
     run = run_imagenet_det_evaluation(cfg, args.weights, blacklist=args.blacklist, metrics_path=args.output,

@@ -20,7 +20,14 @@ from __future__ import annotations
 
 import argparse
 
+from ..analysis.run_reports import loc_files_report
 from ..cli import EVAL_MEMORY_HINT, add_weights_argument, note_output, split_weights
+from ..config import load_config
+from ..engine.evaluate import run_imagenet_loc_evaluation
+from ..evaluation.coco import write_metrics
+from ..evaluation.imagenet_loc import evaluate_files
+from ..evaluation.imagenet_loc_guesses import load_classifier_scores
+from ..inference.classifier import load_classifier
 
 MEMORY_HINT = EVAL_MEMORY_HINT
 
@@ -63,13 +70,9 @@ def main(argv=None) -> int:
         metrics = _evaluate_config(p, args)
     _print(metrics)
     if args.output:
-        from ..evaluation.coco import write_metrics
-
         write_metrics(metrics, args.output)
         print(f"metrics: {args.output}")
         if args.config is None:
-            from ..analysis.run_reports import loc_files_report
-
             loc_files_report(args.output, metrics, args.submission, synsets=args.synsets, annotations=args.annotations,
                              ground_truth=args.ground_truth, solution=args.solution, blacklist=args.blacklist,
                              max_guesses=args.max_guesses)
@@ -77,8 +80,6 @@ def main(argv=None) -> int:
 
 
 def _evaluate_submission(p: argparse.ArgumentParser, args) -> dict:
-    from ..evaluation.imagenet_loc import evaluate_files
-
     if not args.submission or not args.synsets:
         p.error("give --submission and --synsets (or a config file)")
     if (args.annotations is None) == (args.solution is None):
@@ -89,11 +90,6 @@ def _evaluate_submission(p: argparse.ArgumentParser, args) -> dict:
 
 
 def _evaluate_config(p: argparse.ArgumentParser, args) -> dict:
-    from ..config import load_config
-    from ..engine.evaluate import run_imagenet_loc_evaluation
-    from ..evaluation.imagenet_loc_guesses import load_classifier_scores
-    from ..inference.classifier import load_classifier
-
     cfg = load_config(args.config, args.overrides)
     note_output("output_dir", cfg.output_dir)
     scores = load_classifier_scores(args.classifier_scores) if args.classifier_scores else None

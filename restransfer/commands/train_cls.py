@@ -11,7 +11,9 @@ A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the trac
 """
 
 
+from .. import distributed
 from ..classification.config import load_cls_config
+from ..classification.train import train_classifier
 from ..cli import note_output, parse_training_args, training_parser
 
 MEMORY_HINT = ("lower the images per forward pass (solver.{batch_key}; gradient accumulation "
@@ -24,9 +26,6 @@ def main(argv=None) -> int:
     args = parse_training_args(parser, argv)
     cfg = load_cls_config(args.config, args.overrides)
     note_output("output_dir", cfg.output_dir)
-
-    from .. import distributed
-    from ..classification.train import train_classifier
 
     try:
         train_classifier(cfg, resume=args.resume, restart=args.restart)

@@ -9,8 +9,10 @@ A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the trac
 ``restransfer train CONFIG ...`` runs this for a detection config.
 """
 
+from .. import distributed
 from ..cli import TRAIN_MEMORY_HINT, note_output, parse_training_args, training_parser
 from ..config import load_config
+from ..engine.trainer import evaluate_only, train
 
 MEMORY_HINT = TRAIN_MEMORY_HINT
 
@@ -25,16 +27,10 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, args.overrides)
     note_output("output_dir", cfg.output_dir)
 
-    from .. import distributed
-
     try:
         if args.eval_only:
-            from ..engine.trainer import evaluate_only
-
             evaluate_only(cfg)
         else:
-            from ..engine.trainer import train
-
             train(cfg, resume=args.resume, restart=args.restart)
     finally:
         distributed.cleanup()
