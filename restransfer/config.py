@@ -16,6 +16,7 @@ from typing import Iterable, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from .devices import compile_setting
 from .yaml_config import ConfigError, dump_config, load_structured, resolve_path, structured_defaults
 
 __all__ = ["load_config", "dump_config", "default_config", "ConfigError", "Config", "RunSettings", "resolve_path"]
@@ -162,6 +163,9 @@ class SolverConfig:
     clip_grad_norm: float = 0.0  # 0 disables
     precision: str = "fp32"  # fp32, bf16, fp16 (fp16 only on CUDA), auto (fp16 on CUDA, bf16 on CPUs with native bf16)
     channels_last: bool = False  # NHWC activations: faster oneDNN/cuDNN convolutions, same results up to rounding
+    # torch.compile the backbone (dynamic shapes): auto, true, false. auto compiles where the README's benchmark
+    # shows the compile time paid back over a run of this length (restransfer.devices.resolve_compile)
+    compile: str = "auto"
     checkpoint_period: int = 5000
     keep_last: int = 3
     ema: EmaConfig = field(default_factory=EmaConfig)
@@ -181,6 +185,7 @@ class TestConfig:
     precision: str = "fp32"  # fp32, bf16, fp16
     ims_per_batch: int = 1
     optimize: bool = True  # BN folding, channels_last and friends at inference
+    compile: str = "auto"  # torch.compile the backbone at inference: auto, true, false (as solver.compile)
     # the ResNet paper's system (appendix B): score the regressed boxes again, NMS the union, box voting
     box_refinement: bool = False
     refinement_nms: float = 0.3
@@ -283,6 +288,7 @@ def validate_max_image_pixels(value: int) -> None:
 
 
 def _validate_test(t: DictConfig, head: str) -> None:
+    compile_setting(t.compile, "test.compile")
     for key in ("refinement_nms", "box_voting_iou"):
         if not 0 < t[key] <= 1:
             raise ConfigError(f"test.{key}: {t[key]} must be an IoU in (0, 1]")
@@ -300,6 +306,7 @@ def _validate_test(t: DictConfig, head: str) -> None:
 
 def validate_solver(s: DictConfig) -> None:
     """Value checks of ``solver`` (detection and classification share the schema)."""
+    compile_setting(s.compile, "solver.compile")
     if not 0.0 <= s.ema.decay < 1.0:
         raise ConfigError(f"solver.ema.decay: {s.ema.decay} must be in [0, 1) (e.g. 0.9998: the average spans "
                           "about 1 / (1 - decay) = 5000 steps)")

@@ -17,7 +17,8 @@ from .errors import ConfigError, DeviceError
 logger = logging.getLogger(__name__)
 
 __all__ = ["PRECISIONS", "precision_dtype", "resolve_device", "resolve_precision", "native_bf16",
-           "check_precision_support", "check_autocast_precision", "autocast_context"]
+           "check_precision_support", "check_autocast_precision", "autocast_context", "COMPILE_SETTINGS",
+           "compile_setting", "resolve_compile", "AUTO_RULE"]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -99,3 +100,27 @@ def autocast_context(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=precision_dtype(precision))
+
+
+COMPILE_SETTINGS = ("auto", "true", "false")
+# what compile=auto does, and why (README, "torch.compile"; tools/benchmark_compile.py measures it)
+AUTO_RULE = "compile=auto stays eager on CPUs: no CPU run measured a net gain"
+
+
+def compile_setting(value: object, key: str = "compile") -> str:
+    """``solver.compile`` / ``test.compile`` as written (YAML hands ``true`` over as a bool, the schema as the
+    string ``"True"``) -> ``"auto"``, ``"true"`` or ``"false"``; anything else is a
+    :class:`~restransfer.errors.ConfigError` naming ``key``."""
+    setting = str(value).strip().lower()
+    if setting not in COMPILE_SETTINGS:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(COMPILE_SETTINGS)} (auto compiles where the "
+                          "README's benchmark measured a net gain for a run of that length)")
+    return setting
+
+
+def resolve_compile(setting: object, device: torch.device, *, key: str = "compile") -> bool:
+    """Whether to ``torch.compile``: ``true`` / ``false`` as given; ``auto`` never on a CPU."""
+    setting = compile_setting(setting, key)
+    if setting != "auto":
+        return setting == "true"
+    return False

@@ -1,6 +1,7 @@
 """GPU readiness: a training step in fp32, fp16 (loss scaling) and bf16 with channels_last, a one-process
 DDP step over NCCL, inference after ``optimize_for_inference`` at each precision against the plain fp32
-model, and TorchScript/ONNX export of a model that lives on the GPU.
+model, training and inference with the backbone under ``torch.compile`` (``solver.compile`` /
+``test.compile``) at each precision, and TorchScript/ONNX export of a model that lives on the GPU.
 
 Every test is parametrized by device. The CUDA cases skip without a GPU; the CPU cases (fp32 and bf16
 training, a gloo DDP step, fp32/bf16 inference, TorchScript export) run everywhere, so the checks
@@ -19,10 +20,11 @@ from torchvision.ops import box_iou
 
 import restransfer.engine.trainer as trainer
 import restransfer.models as models
-from restransfer.benchmark import detection_agreement
+from restransfer.benchmark import detection_agreement, synthetic_batch
 from restransfer.config import load_config
 from restransfer.engine import Checkpointer, train
 from restransfer.export import export_onnx, export_outputs, export_torchscript, prepare_for_export
+from restransfer.models.compile import compile_events, compile_model
 
 from tiny_detectors import REPO, tiny_model
 
@@ -66,9 +68,10 @@ def train_config(tiny_overrides, shapes):
     return make
 
 
-def _record_training(monkeypatch) -> dict:
+def _record_training(monkeypatch, compiled: bool = False) -> dict:
     """Make ``train`` build its model through a wrapper that keeps the initial weights and records, for
-    every backbone convolution run in training mode, its output's dtype, device and memory format."""
+    every backbone convolution run in training mode, its output's dtype, device and memory format
+    (``compiled``: for every feature map the compiled backbone hands the RPN head, whose hook runs eagerly)."""
     seen = {"convs": []}
     real_build = models.build_model
 
@@ -77,12 +80,18 @@ def _record_training(monkeypatch) -> dict:
             seen["convs"].append((out.dtype, out.device.type, out.is_contiguous(memory_format=torch.channels_last),
                                   out.is_contiguous()))
 
+    def record_features(module, args):
+        for feature in args[0]:
+            record(module, None, feature)
+
     def build(*args, **kwargs):
         model = real_build(*args, **kwargs)
         seen["initial"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         seen["trainable"] = {k for k, p in model.named_parameters() if p.requires_grad}
         seen["frozen"] = {k for k, p in model.named_parameters() if not p.requires_grad}
-        for m in model.backbone.modules():
+        if compiled:
+            model.rpn.head.register_forward_pre_hook(record_features)
+        for m in model.backbone.modules() if not compiled else ():
             if isinstance(m, nn.Conv2d):
                 m.register_forward_hook(record)
         return model
@@ -265,6 +274,71 @@ def test_optimized_inference_agrees_with_plain_fp32(device, precision):
     score_diff = (ref["scores"].cpu()[top][:, None] - got["scores"].cpu()[None, :]).abs()
     assert bool(same.any(dim=1).all()), "a top fp32 detection has no low-precision counterpart"
     assert float(score_diff.masked_fill(~same, float("inf")).min(dim=1).values.max()) < 0.03
+
+
+# ------------------------------------------------------------------------------------ torch.compile
+
+COMPILE_TRAIN_CASES = [
+    pytest.param("cpu", "fp32", id="cpu-fp32"),
+    pytest.param("cuda", "fp32", id="cuda-fp32", marks=CUDA),
+    pytest.param("cuda", "fp16", id="cuda-fp16", marks=CUDA),
+    pytest.param("cuda", "bf16", id="cuda-bf16", marks=CUDA),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device,precision", COMPILE_TRAIN_CASES)
+def test_compiled_training_steps(train_config, tmp_path, monkeypatch, device, precision):
+    """solver.compile=true: the backbone is compiled (it compiles at the first step) and the steps train as
+    the eager ones do: losses, the backbone's outputs on the device in the precision, the trained and frozen
+    weights, fp32 master weights, a plain detector's checkpoint."""
+    _skip_without_bf16(device, precision)
+    torch._dynamo.reset()
+    seen = _record_training(monkeypatch, compiled=True)
+    out = tmp_path / "run"
+    cfg = train_config(out, device, precision)
+    cfg.solver.compile = "true"
+    before = compile_events()
+    train(cfg)
+    assert compile_events()["frames"] > before["frames"], "solver.compile=true compiled nothing"
+    assert "solver.compile=true: torch.compile on backbone" in (out / "log.txt").read_text()
+    state = _check_training(out, seen, device, precision, channels_last=False)
+    assert list(state["model"]) == list(seen["initial"])  # the state dict's keys as without compile
+
+
+COMPILE_INFERENCE_CASES = [
+    pytest.param("cpu", "fp32", id="cpu-fp32", marks=pytest.mark.slow),  # inductor's CPU compile takes minutes
+    pytest.param("cuda", "fp32", id="cuda-fp32", marks=CUDA),
+    pytest.param("cuda", "bf16", id="cuda-bf16", marks=CUDA),
+    pytest.param("cuda", "fp16", id="cuda-fp16", marks=CUDA),
+]
+COMPILE_SIZES = [(96, 128), (128, 96), (90, 160)]  # three padded input sizes after the model's resize
+
+
+@pytest.mark.parametrize("device,precision", COMPILE_INFERENCE_CASES)
+def test_compiled_inference_agrees_and_compiles_once(device, precision):
+    """test.compile=true on the optimized model (build_eval_model's order): its detections are the eager
+    optimized model's on images of three sizes, and dynamic shapes compile it once, whatever the size."""
+    _skip_without_bf16(device, precision)
+    torch._dynamo.reset()
+    _, model, _ = tiny_model()
+    eager = model.to(device).optimize_for_inference(precision=precision)
+    compiled = copy.deepcopy(eager)
+    assert compile_model(compiled) == ["backbone"]
+    before = compile_events()
+    with _exact_fp32(device):
+        for i, size in enumerate(COMPILE_SIZES):
+            image = synthetic_batch(size, 1, seed=i)[0][0].to(device)
+            got, ref = _detect(compiled, [image]), _detect(eager, [image])
+            assert len(ref["boxes"]) > 0 and got["boxes"].device.type == device
+            agreement, box_diff = detection_agreement(got, ref)
+            if precision == "fp32":
+                assert agreement == 1.0 and box_diff < 1e-2
+                torch.testing.assert_close(got["scores"], ref["scores"], rtol=0, atol=1e-3)
+            else:  # the compiler's kernels round low-precision sums in another order
+                assert agreement >= 0.8, f"{precision}: {agreement:.0%} of the detections agree"
+    assert compile_events()["frames"] - before["frames"] == 1, "an image size made torch.compile recompile"
+    torch._dynamo.reset()
 
 
 # ------------------------------------------------------------------------------------ export

@@ -70,7 +70,9 @@ def conv_norm(conv: nn.Module, norm: nn.Module, x: Tensor, fold: bool = True) ->
 
     weight = refold()
     args = (conv.stride, conv.padding, conv.dilation, conv.groups)
-    if not (torch.is_grad_enabled() and weight.requires_grad):
+    # under torch.compile the compiler chooses what the backward pass keeps (and its graph has no room for
+    # saved-tensor hooks: they would break it at every convolution)
+    if not (torch.is_grad_enabled() and weight.requires_grad) or torch.compiler.is_compiling():
         return F.conv2d(x, weight, bias, *args)
     with _refolded(weight, refold, source):
         return F.conv2d(x, weight, bias, *args)

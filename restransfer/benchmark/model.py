@@ -53,7 +53,8 @@ from .memory import MEMORY_DEFINITION, in_fresh_process, measure_peak
 from .reference import randomize_weights, reference_incompatibility, torchvision_reference
 from .synthetic import synthetic_batch
 
-__all__ = ["Measurement", "run_benchmark", "REFERENCE_KINDS", "COMPILE_TIME_DEFINITION", "AMORTIZED_CALLS"]
+__all__ = ["Measurement", "run_benchmark", "REFERENCE_KINDS", "COMPILE_TIME_DEFINITION", "AMORTIZED_CALLS",
+           "train_step", "warm_up", "interleaved", "summarize", "add_compile_figures", "compile_cache"]
 
 OURS, EAGER, COMPILED = "restransfer", "torchvision", "torchvision+compile"
 REFERENCE_KINDS = {"eager": EAGER, "compile": COMPILED}
@@ -103,7 +104,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _summarize(name: str, runs: List[float], batch: int, flops: float) -> Measurement:
+def summarize(name: str, runs: List[float], batch: int, flops: float) -> Measurement:
     per_image = [r / batch for r in runs]
     q = np.percentile(per_image, [25, 75])
     med = statistics.median(per_image)
@@ -129,7 +130,7 @@ def _compile_counters() -> Dict[Tuple[str, str], int]:
     return {(group, key): value for group, values in list(counters.items()) for key, value in list(values.items())}
 
 
-def _warm_up(steps: Dict[str, Callable[[], Any]], warmup: int, compiled: Sequence[str], device: torch.device
+def warm_up(steps: Dict[str, Callable[[], Any]], warmup: int, compiled: Sequence[str], device: torch.device
              ) -> Tuple[Dict[str, Any], Dict[str, Tuple[List[float], int]]]:
     """``max(warmup, 1)`` untimed calls of each step; a compiled step goes on until a call compiles
     nothing (at most :data:`_MAX_COMPILE_CALLS`). Returns each step's first output and, for compiled
@@ -161,7 +162,7 @@ def _warm_up(steps: Dict[str, Callable[[], Any]], warmup: int, compiled: Sequenc
     return outputs, compile_info
 
 
-def _interleaved(steps: Dict[str, Callable[[], Any]], iters: int, device: torch.device) -> Dict[str, List[float]]:
+def interleaved(steps: Dict[str, Callable[[], Any]], iters: int, device: torch.device) -> Dict[str, List[float]]:
     """Time each step ``iters`` times, alternating between them (in reversed order every other round, so
     that neither model always inherits the other's freed memory)."""
     runs: Dict[str, List[float]] = {k: [] for k in steps}
@@ -176,7 +177,7 @@ def _interleaved(steps: Dict[str, Callable[[], Any]], iters: int, device: torch.
     return runs
 
 
-def _add_compile_figures(m: Measurement, info: Tuple[List[float], int], batch: int) -> None:
+def add_compile_figures(m: Measurement, info: Tuple[List[float], int], batch: int) -> None:
     times, m.compile_cache_hits = info
     median_call = m.latency_median * batch
     m.compile_calls = len(times)
@@ -218,7 +219,7 @@ def _inference_step(kind: str, m: nn.Module, cfg, images: List[Tensor], device: 
     return theirs
 
 
-def _train_step(m: nn.Module, images: List[Tensor], targets: List[Dict[str, Tensor]], device: torch.device,
+def train_step(m: nn.Module, images: List[Tensor], targets: List[Dict[str, Tensor]], device: torch.device,
                 precision: str, channels_last: bool) -> Callable[[], Any]:
     """One SGD step of ``m`` (its own optimizer and loss scaler) on ``images``, ``targets``."""
     m.train()
@@ -268,7 +269,7 @@ def _memory_of(cfg, weights_path: str, name: str, *, train: bool, device: str, s
         _compiled(m)
     images, targets = _inputs(cfg, size, batch, seed, dev)
     if train:
-        step = _train_step(m, images, targets, dev, precision, channels_last and kind == OURS)
+        step = train_step(m, images, targets, dev, precision, channels_last and kind == OURS)
         return vars(measure_peak(step, dev, warmup, steps))
     step = _inference_step(kind, m, cfg, images, dev, precision)
     with torch.inference_mode():
@@ -288,7 +289,7 @@ def _inductor_default_cache() -> Optional[str]:
     return os.path.abspath(default_cache_dir())
 
 
-def _compile_cache() -> str:
+def compile_cache() -> str:
     """Point inductor at an empty cache of this process's own (so that compile times are a first run's),
     unless the user set ``TORCHINDUCTOR_CACHE_DIR``; says which. Fresh child processes inherit it and
     reuse what the timing compiled. The folder lives as long as the process: inductor's compile workers
@@ -404,7 +405,7 @@ def run_benchmark(cfg, *, device: str = "cpu", precision: Union[str, Sequence[st
     reason = reference_incompatibility(cfg)
     kinds = kinds if reason is None else []
     cl = (dev.type == "cuda" or cfg.solver.channels_last) if channels_last is None else channels_last
-    cache = _compile_cache() if "compile" in kinds else None
+    cache = compile_cache() if "compile" in kinds else None
     with tempfile.TemporaryDirectory(prefix="restransfer_benchmark_") as tmp:
         state = model.state_dict()
         weights_path = os.path.join(tmp, "weights.pt")
@@ -477,11 +478,11 @@ def _inference(cfg, model: nn.Module, plain_ref: Optional[nn.Module], kinds: Seq
                 compiled.append(name)
     result: Dict[str, Any] = {}
     with torch.inference_mode():
-        outputs, compile_info = _warm_up(steps, warmup, compiled, device)
-        runs = _interleaved(steps, iters, device)
-    meas = {k: _summarize(k, runs[k], len(images), flops) for k in steps}
+        outputs, compile_info = warm_up(steps, warmup, compiled, device)
+        runs = interleaved(steps, iters, device)
+    meas = {k: summarize(k, runs[k], len(images), flops) for k in steps}
     for name, info in compile_info.items():
-        _add_compile_figures(meas[name], info, batch)
+        add_compile_figures(meas[name], info, batch)
     result["measurements"] = meas
     result["detections"] = {k: [len(o["boxes"]) for o in out] for k, out in outputs.items()}
     agree_ref = next((k for k in steps if meas[k].model == EAGER), None) or next(
@@ -510,17 +511,17 @@ def _train(model: nn.Module, plain_ref: Optional[nn.Module], kinds: Sequence[str
         flops[EAGER] = _count_flops(lambda: sum(plain_ref(images, targets).values()).backward()) / len(images)
         plain_ref.zero_grad(set_to_none=True)
         flops[COMPILED] = flops[EAGER]
-    steps = {f"{OURS} {precision}": _train_step(model, images, targets, device, precision, channels_last)}
+    steps = {f"{OURS} {precision}": train_step(model, images, targets, device, precision, channels_last)}
     compiled: List[str] = []
     for kind in kinds:
         ref = plain_ref if kind == "eager" else _compiled(copy.deepcopy(plain_ref))
         name = f"{REFERENCE_KINDS[kind]} {precision}"
-        steps[name] = _train_step(ref, images, targets, device, precision, False)
+        steps[name] = train_step(ref, images, targets, device, precision, False)
         if kind == "compile":
             compiled.append(name)
-    _, compile_info = _warm_up(steps, warmup, compiled, device)
-    runs = _interleaved(steps, iters, device)
-    meas = {k: _summarize(k, runs[k], len(images), flops[k.rpartition(" ")[0]]) for k in steps}
+    _, compile_info = warm_up(steps, warmup, compiled, device)
+    runs = interleaved(steps, iters, device)
+    meas = {k: summarize(k, runs[k], len(images), flops[k.rpartition(" ")[0]]) for k in steps}
     for name, info in compile_info.items():
-        _add_compile_figures(meas[name], info, batch)
+        add_compile_figures(meas[name], info, batch)
     return {"measurements": meas}

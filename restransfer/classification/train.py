@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..devices import resolve_device
+from ..models.compile import apply_compile_setting
 from ..distributed import barrier, get_rank, get_world_size, init_distributed, is_main_process
 from ..errors import ConfigError
 from ..engine.lock import locked_output_dir
@@ -136,6 +137,7 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool,
     precision, scaler = training_precision(cfg.solver.precision, device)
     s = cfg.solver
     logits = Logits(net)
+    apply_compile_setting(logits, cfg.solver.compile, device, key="solver.compile")  # the whole network
     loop = TrainLoop(logits, optimizer, scheduler, loader=None, forward=_classification_forward(device),
                      layout=layout, max_iter=s.max_iter, device=device, precision=precision, scaler=scaler,
                      clip_grad_norm=s.clip_grad_norm, extra_state=lambda: {

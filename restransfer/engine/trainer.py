@@ -27,6 +27,7 @@ from ..config import dump_config
 from ..data.build import build_train_dataset, build_train_loader
 from ..errors import ConfigError, NonFiniteLossError, TrainingOutOfMemory
 from ..models import build_model
+from ..models.compile import apply_compile_setting
 from .checkpoint import Checkpointer
 from ..devices import check_autocast_precision, check_precision_support, resolve_device, resolve_precision
 from ..distributed import all_gather_object, get_rank, get_world_size, init_distributed, is_main_process
@@ -223,6 +224,7 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool,
     if cfg.model.backbone.norm == "syncbn" and not distributed:
         logger.info("model.backbone.norm=syncbn without torch.distributed behaves as plain BatchNorm")
     model.train()
+    apply_compile_setting(model, cfg.solver.compile, device, key="solver.compile")  # the backbone, at step 1
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
     precision, scaler = training_precision(cfg.solver.precision, device)

@@ -26,6 +26,7 @@ from ..errors import ConfigError
 from .c4 import C4BoxHead, Res5Head
 from .context import ContextBoxHead, GlobalContextPool
 from .checkpoint import apply_detector_state, read_detector_checkpoint
+from .compile import apply_compile_setting
 from .detector import Detector
 from .roi_align import ParallelMultiScaleRoIAlign
 from .rpn_head import RPNHead
@@ -246,7 +247,8 @@ def build_eval_model(cfg, weights: Optional[str], class_names: Optional[List[str
     """The model of ``cfg`` with ``weights`` (a checkpoint; default ``model.weights``) loaded and prepared for
     inference: the fast paths when ``optimize`` (default ``cfg.test.optimize``), and ``precision`` (default
     ``cfg.test.precision``) for the feature layers (scores and box arithmetic stay fp32; see
-    :meth:`~restransfer.models.Detector.optimize_for_inference`)."""
+    :meth:`~restransfer.models.Detector.optimize_for_inference`), and the backbone compiled when
+    ``test.compile`` says so (:mod:`restransfer.models.compile`)."""
     kwargs = inference_kwargs(cfg)
     if optimize is not None:
         kwargs.update(fold_bn=optimize, fuse=optimize, channels_last=optimize)
@@ -256,4 +258,6 @@ def build_eval_model(cfg, weights: Optional[str], class_names: Optional[List[str
     if not (weights or cfg.model.weights):
         logger.warning("no detector weights given (weights, --weights or model.weights): the detector is untrained")
     model = build_model(cfg, class_names=class_names, weights=weights).to(device)
-    return model.optimize_for_inference(**kwargs)
+    model.optimize_for_inference(**kwargs)
+    apply_compile_setting(model, cfg.test.compile, device, key="test.compile")
+    return model

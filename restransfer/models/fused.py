@@ -131,8 +131,9 @@ def _residual_fusion_works(dtype: torch.dtype, channels_last: bool) -> bool:
 
 
 def _plain_inputs(*tensors: Tensor) -> bool:
-    """True when the oneDNN path applies: CPU tensors of one oneDNN dtype, no autograd to record."""
-    if torch.jit.is_scripting() or torch.jit.is_tracing():
+    """True when the oneDNN path applies: CPU tensors of one oneDNN dtype, no autograd to record, no
+    compiler tracing (it fuses the plain ops itself; the kernel probes would break its graph)."""
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
     t0 = tensors[0]
     if t0.device.type != "cpu" or t0.dtype not in _ONEDNN_DTYPES:
@@ -182,6 +183,12 @@ class FusedConv2d(nn.Module):
         return x.to(dtype), self._cast[0], self._cast[1]
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        if torch.compiler.is_compiling():
+            # under torch.compile the plain ops, which the compiler fuses itself (and autocasts when asked)
+            y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            if residual is not None:
+                y = y + residual
+            return F.relu(y) if self.relu else y
         x, w, b = self._autocast_weights(x)
         if residual is not None and residual.dtype != x.dtype:
             residual = residual.to(x.dtype)
