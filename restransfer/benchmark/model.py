@@ -188,8 +188,9 @@ def add_compile_figures(m: Measurement, info: Tuple[List[float], int], batch: in
 # ------------------------------------------------------------------------------------------- models
 
 
-def _reference_model(cfg, state: Dict[str, Tensor], train: bool) -> nn.Module:
-    ref = torchvision_reference(cfg)
+def _reference_model(ref: nn.Module, state: Dict[str, Tensor], train: bool) -> nn.Module:
+    """torchvision's network ``ref`` (:func:`~restransfer.benchmark.reference.torchvision_reference`) holding
+    ``state``, our model's weights."""
     ref.load_state_dict(state)
     if train:
         ref.transform._skip_resize = True  # the data pipeline resizes; every model gets the same tensors
@@ -202,15 +203,14 @@ def _compiled(ref: nn.Module) -> nn.Module:
     return ref
 
 
-def _inference_step(kind: str, m: nn.Module, cfg, images: List[Tensor], device: torch.device,
-                    precision: str) -> Callable[[], Any]:
-    """One inference call of ``m`` at ``precision``: ours through ``optimize_for_inference`` (in place),
-    torchvision's under autocast."""
+def _inference_step(kind: str, m: nn.Module, images: List[Tensor], device: torch.device, precision: str,
+                    optimize: Optional[Dict[str, Any]] = None) -> Callable[[], Any]:
+    """One inference call of ``m`` at ``precision``: ours through ``optimize_for_inference`` (in place, with the
+    config's ``optimize`` keyword arguments, :func:`~restransfer.models.build.inference_kwargs`), torchvision's
+    under autocast."""
     m.eval()
     if kind == OURS:
-        opt_kwargs = inference_kwargs(cfg)
-        opt_kwargs["precision"] = precision
-        m.optimize_for_inference(**opt_kwargs)
+        m.optimize_for_inference(**{**(optimize or {}), "precision": precision})
         return lambda: m(images)
 
     def theirs() -> Any:
@@ -241,9 +241,9 @@ def train_step(m: nn.Module, images: List[Tensor], targets: List[Dict[str, Tenso
     return step
 
 
-def _inputs(cfg, size: Tuple[int, int], batch: int, seed: int, device: torch.device
+def _inputs(num_classes: int, size: Tuple[int, int], batch: int, seed: int, device: torch.device
             ) -> Tuple[List[Tensor], List[Dict[str, Tensor]]]:
-    images, targets = synthetic_batch(size, batch, seed=seed, num_classes=cfg.model.num_classes)
+    images, targets = synthetic_batch(size, batch, seed=seed, num_classes=num_classes)
     return [im.to(device) for im in images], [{k: v.to(device) for k, v in t.items()} for t in targets]
 
 
@@ -262,16 +262,16 @@ def _memory_of(cfg, weights_path: str, name: str, *, train: bool, device: str, s
         m = build_model(cfg)
         m.load_state_dict(state)
     else:
-        m = _reference_model(cfg, state, train)
+        m = _reference_model(torchvision_reference(cfg), state, train)
     del state
     m.to(dev)
     if kind == COMPILED:
         _compiled(m)
-    images, targets = _inputs(cfg, size, batch, seed, dev)
+    images, targets = _inputs(cfg.model.num_classes, size, batch, seed, dev)
     if train:
         step = train_step(m, images, targets, dev, precision, channels_last and kind == OURS)
         return vars(measure_peak(step, dev, warmup, steps))
-    step = _inference_step(kind, m, cfg, images, dev, precision)
+    step = _inference_step(kind, m, images, dev, precision, inference_kwargs(cfg))
     with torch.inference_mode():
         return vars(measure_peak(step, dev, warmup, steps))
 
@@ -411,7 +411,7 @@ def run_benchmark(cfg, *, device: str = "cpu", precision: Union[str, Sequence[st
         weights_path = os.path.join(tmp, "weights.pt")
         if memory == "fresh":
             torch.save(state, weights_path)
-        plain_ref = _reference_model(cfg, state, train) if kinds else None
+        plain_ref = _reference_model(torchvision_reference(cfg), state, train) if kinds else None
         model.to(dev)
         if plain_ref is not None:
             plain_ref.to(dev)
@@ -419,8 +419,8 @@ def run_benchmark(cfg, *, device: str = "cpu", precision: Union[str, Sequence[st
         dev_targets = [{k: v.to(dev) for k, v in t.items()} for t in targets]
         out = (_train(model, plain_ref, kinds, dev_images, dev_targets, dev, precisions[0], iters, warmup, cl, batch)
                if train else
-               _inference(cfg, model, plain_ref, kinds, dev_images, dev, precisions, ref_precisions, iters, warmup,
-                          batch))
+               _inference(inference_kwargs(cfg), model, plain_ref, kinds, dev_images, dev, precisions, ref_precisions,
+                          iters, warmup, batch))
         del model, plain_ref, state
         meas: Dict[str, Measurement] = out["measurements"]
         if memory == "fresh":
@@ -456,16 +456,16 @@ def run_benchmark(cfg, *, device: str = "cpu", precision: Union[str, Sequence[st
     return out
 
 
-def _inference(cfg, model: nn.Module, plain_ref: Optional[nn.Module], kinds: Sequence[str], images: List[Tensor],
-               device: torch.device, precisions: Sequence[str], ref_precisions: Sequence[str], iters: int,
-               warmup: int, batch: int) -> Dict[str, Any]:
+def _inference(optimize: Dict[str, Any], model: nn.Module, plain_ref: Optional[nn.Module], kinds: Sequence[str],
+               images: List[Tensor], device: torch.device, precisions: Sequence[str], ref_precisions: Sequence[str],
+               iters: int, warmup: int, batch: int) -> Dict[str, Any]:
     model.eval()
     with torch.inference_mode():  # counted on the plain model: the fused kernels are unknown to the counter
         flops = _count_flops(lambda: model(images)) / len(images)
     steps: Dict[str, Callable[[], Any]] = {}
     for i, precision in enumerate(precisions):
         variant = model if i == len(precisions) - 1 else copy.deepcopy(model)
-        steps[f"{OURS} {precision}"] = _inference_step(OURS, variant, cfg, images, device, precision)
+        steps[f"{OURS} {precision}"] = _inference_step(OURS, variant, images, device, precision, optimize)
     compiled: List[str] = []
     for kind in kinds:
         # eager: the plain reference; compile: a copy, compiled once and called at every precision
@@ -473,7 +473,7 @@ def _inference(cfg, model: nn.Module, plain_ref: Optional[nn.Module], kinds: Seq
         ref = plain_ref if kind == "eager" else _compiled(copy.deepcopy(plain_ref))
         for precision in ref_precisions:
             name = f"{REFERENCE_KINDS[kind]} {precision}"
-            steps[name] = _inference_step(EAGER, ref, cfg, images, device, precision)
+            steps[name] = _inference_step(EAGER, ref, images, device, precision)
             if kind == "compile":
                 compiled.append(name)
     result: Dict[str, Any] = {}
