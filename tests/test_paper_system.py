@@ -104,10 +104,13 @@ def _same(a, b, exact=True):
     assert len(a["boxes"]) > 0
     if exact:
         assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["masks"], b["masks"])
-    else:  # a weighted mean of identical boxes rounds
+        assert torch.equal(a["scores"], b["scores"])
+    else:  # a weighted mean of identical boxes rounds, and the box head scores the boxes again in a batch of
+        # another size, whose matrix product may round differently in the last bits (AVX-512 kernels do)
         torch.testing.assert_close(a["boxes"], b["boxes"], atol=1e-4, rtol=0)
         torch.testing.assert_close(a["masks"], b["masks"], atol=1e-3, rtol=0)
-    assert torch.equal(a["scores"], b["scores"]) and torch.equal(a["labels"], b["labels"])
+        torch.testing.assert_close(a["scores"], b["scores"], atol=1e-5, rtol=0)
+    assert torch.equal(a["labels"], b["labels"])
 
 
 @pytest.mark.parametrize("extra", [[], C4], ids=["fpn", "c4"])
