@@ -352,6 +352,8 @@ def test_every_process_of_a_torchrun_stops_with_the_main_process_error(shapes, t
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode != 0
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: ")]
-    assert len(errors) == 2 and errors[0] == errors[1], errors
+    # both processes raise the main process's error; torchrun ends the other worker as soon as one has exited
+    # with an error, which can be before that one has printed its line: one or two lines, always the same
+    assert 1 <= len(errors) <= 2 and len(set(errors)) == 1, errors
     assert errors[0].startswith(f"error: data.test: annotation file not found: {tmp_path}/nowhere.json")
     assert _no_checkpoint(tmp_path / "out")
