@@ -26,7 +26,7 @@ from restransfer.engine import Checkpointer, train
 from restransfer.export import export_onnx, export_outputs, export_torchscript, prepare_for_export
 from restransfer.models.compile import compile_events, compile_model
 
-from tiny_detectors import REPO, tiny_model
+from helpers.tiny_detectors import REPO, tiny_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # small models: one intra-op thread (conftest.py)
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
