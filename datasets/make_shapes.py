@@ -8,6 +8,7 @@ Writes ROOT/{train,val}/*.png and ROOT/annotations/{train,val}.json; the same ar
 the same files. Configs with ``generate: shapes`` in a dataset entry run this automatically when
 the json is missing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,9 @@ def main(argv=None) -> int:
     p.add_argument("--classes", nargs="+", choices=SHAPE_CLASSES, default=list(DEFAULT_CLASSES))
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    paths = generate_shapes(resolve_path(args.root), args.num_train, args.num_val, args.image_size, args.seed,
-                            args.classes)
+    paths = generate_shapes(
+        resolve_path(args.root), args.num_train, args.num_val, args.image_size, args.seed, args.classes
+    )
     print(f"wrote {args.num_train} train and {args.num_val} val images in {time.perf_counter() - t0:.1f} s:")
     for split, path in paths.items():
         print(f"  {split}: {path}")

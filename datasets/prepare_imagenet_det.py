@@ -8,6 +8,7 @@ val2, train+val1. Without split lists, val1/val2 come from a deterministic class
 val.txt (see restransfer.data.imagenet_det.balanced_val_split). For splits with val images, the
 image list ("<image> <index>") is written next to the json, for tools/eval_imagenet_det.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,11 @@ def main(argv=None) -> int:
     root = Path(resolve_path(args.root))
     synsets = Path(resolve_path(args.synsets)) if args.synsets else root / "devkit" / "data" / "map_det.txt"
     if not synsets.is_file():
-        print(f"error: class list {synsets} not found; pass --synsets path/to/map_det.txt "
-              "(data/map_det.txt of the ILSVRC devkit)", file=sys.stderr)
+        print(
+            f"error: class list {synsets} not found; pass --synsets path/to/map_det.txt "
+            "(data/map_det.txt of the ILSVRC devkit)",
+            file=sys.stderr,
+        )
         return 2
     tag = args.split.replace("+", "_")
     output = Path(resolve_path(args.output)) if args.output else root / "annotations" / f"imagenet_det_{tag}.json"

@@ -13,6 +13,7 @@ Kaggle layout:
 Categories get the class list's ids (devkit ids 1..1000 with map_clsloc.txt; with LOC_synset_mapping.txt the
 file's line numbers) plus a "wnid" field. Train images without boxes are left out unless --keep-unboxed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,11 @@ def main(argv=None) -> int:
     p.add_argument("--annotations", help="devkit XML folder ILSVRC/Annotations/CLS-LOC/<split>")
     p.add_argument("--ground-truth", help="devkit validation ground truth (image-level labels of val)")
     p.add_argument("--solution", help="Kaggle LOC_<split>_solution.csv (instead of --annotations)")
-    p.add_argument("--keep-unboxed", action="store_true",
-                   help="also write the images without boxes (with their folder's class as image label)")
+    p.add_argument(
+        "--keep-unboxed",
+        action="store_true",
+        help="also write the images without boxes (with their folder's class as image label)",
+    )
     p.add_argument("--output", required=True, help="json to write")
     args = p.parse_args(argv)
     if args.split != "test" and (args.annotations is None) == (args.solution is None):
@@ -41,15 +45,24 @@ def main(argv=None) -> int:
 
     try:
         synsets = read_synsets(resolve_path(args.synsets))
-        data = convert_split(args.split, synsets, resolve_path(args.image_root),
-                             annotations=resolve_path(args.annotations), ground_truth=resolve_path(args.ground_truth),
-                             solution=resolve_path(args.solution), keep_unboxed=args.keep_unboxed)
+        data = convert_split(
+            args.split,
+            synsets,
+            resolve_path(args.image_root),
+            annotations=resolve_path(args.annotations),
+            ground_truth=resolve_path(args.ground_truth),
+            solution=resolve_path(args.solution),
+            keep_unboxed=args.keep_unboxed,
+        )
     except LocFormatError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if synsets.source != "map_clsloc":
-        print("note: category ids are the line numbers of LOC_synset_mapping.txt, not the devkit ids; "
-              "pass map_clsloc.txt for devkit ids", file=sys.stderr)
+        print(
+            "note: category ids are the line numbers of LOC_synset_mapping.txt, not the devkit ids; "
+            "pass map_clsloc.txt for devkit ids",
+            file=sys.stderr,
+        )
     output = resolve_path(args.output)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     tmp = output + ".tmp"
@@ -57,9 +70,11 @@ def main(argv=None) -> int:
         json.dump(data, f)
     os.replace(tmp, output)
     outside = sum(len(im.get("devkit_boxes_outside", [])) for im in data["images"])
-    print(f"{output}: {len(data['images'])} images, {len(data['annotations'])} boxes, "
-          f"{len(data['categories'])} categories" + (f", {outside} boxes outside their image (evaluation only)"
-                                                     if outside else ""))
+    print(
+        f"{output}: {len(data['images'])} images, {len(data['annotations'])} boxes, "
+        f"{len(data['categories'])} categories"
+        + (f", {outside} boxes outside their image (evaluation only)" if outside else "")
+    )
     return 0
 
 

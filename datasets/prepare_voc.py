@@ -17,6 +17,7 @@ devkit's numbers from the json. ``truncated`` is kept as an attribute.
 
 The toolkit reads the VOC folder directly too (``format: voc`` entries); the json is for those who prefer it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,10 +45,17 @@ def _set(text: str):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default="datasets/VOCdevkit", help="the VOCdevkit folder (holding VOC2007/, VOC2012/)")
-    p.add_argument("--sets", nargs="+", type=_set, default=[(2007, "trainval"), (2012, "trainval"), (2007, "test")],
-                   metavar="YEAR:SET", help="image sets to read (default: 2007:trainval 2012:trainval 2007:test)")
-    p.add_argument("--classes", nargs="+", metavar="NAME", help="class names in label order (default: the 20 PASCAL "
-                   "classes)")
+    p.add_argument(
+        "--sets",
+        nargs="+",
+        type=_set,
+        default=[(2007, "trainval"), (2012, "trainval"), (2007, "test")],
+        metavar="YEAR:SET",
+        help="image sets to read (default: 2007:trainval 2012:trainval 2007:test)",
+    )
+    p.add_argument(
+        "--classes", nargs="+", metavar="NAME", help="class names in label order (default: the 20 PASCAL classes)"
+    )
     p.add_argument("--output-dir", help="where the jsons go (default: ROOT/annotations)")
     p.add_argument("--check-only", action="store_true", help="read and check, write nothing")
     args = p.parse_args(argv)
@@ -60,12 +68,16 @@ def main(argv=None) -> int:
         records = load_voc_split(root, year, split, classes)
         missing = [r.file_name for r in records if not (root / r.file_name).is_file()]
         if missing:
-            raise VocFormatError(f"{root}: {len(missing)} of {len(records)} images of VOC{year} {split} are missing "
-                                 f"(first: {missing[0]}); re-extract the image archive")
+            raise VocFormatError(
+                f"{root}: {len(missing)} of {len(records)} images of VOC{year} {split} are missing "
+                f"(first: {missing[0]}); re-extract the image archive"
+            )
         data = records_to_coco(records, classes, description=f"PASCAL VOC{year} {split} ({root})")
         n_diff = sum(a["difficult"] for a in data["annotations"])
-        line = (f"VOC{year} {split}: {len(records)} images, {len(data['annotations'])} objects ({n_diff} difficult, "
-                f"{sum(a['truncated'] for a in data['annotations'])} truncated)")
+        line = (
+            f"VOC{year} {split}: {len(records)} images, {len(data['annotations'])} objects ({n_diff} difficult, "
+            f"{sum(a['truncated'] for a in data['annotations'])} truncated)"
+        )
         if not args.check_only:
             path = write_json(data, out_dir / f"voc{year}_{split}.json")
             line += f" -> {path}"

@@ -1,4 +1,5 @@
 """``python -m restransfer COMMAND ...``: the ``restransfer`` command where its script is not on the PATH."""
+
 import sys
 
 from .commands import main

@@ -19,12 +19,20 @@ Files use other conventions; each has exactly one pair of conversion functions h
 The devkits' IoU on inclusive boxes (:func:`inclusive_iou`) lives here too, next to the convention it
 depends on.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["xywh_to_xyxy", "xyxy_to_xywh", "devkit_to_xyxy", "xyxy_to_devkit", "voc_to_xyxy", "xyxy_to_voc",
-           "inclusive_iou"]
+__all__ = [
+    "xywh_to_xyxy",
+    "xyxy_to_xywh",
+    "devkit_to_xyxy",
+    "xyxy_to_devkit",
+    "voc_to_xyxy",
+    "xyxy_to_voc",
+    "inclusive_iou",
+]
 
 
 def _as_array(boxes) -> np.ndarray:
@@ -94,8 +102,11 @@ def inclusive_iou(a, b) -> np.ndarray:
     iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1
     ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1
     inter = iw * ih
-    union = ((a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
-             + (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1) - inter)
+    union = (
+        (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
+        + (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+        - inter
+    )
     overlap = (iw > 0) & (ih > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(overlap, inter / np.where(overlap, union, 1.0), -1.0)

@@ -21,6 +21,7 @@ With ``--debug`` the exception propagates and Python prints the full traceback.
 ``model_parser`` and ``config_from_args`` are the parser pieces of the model tools (demo, export,
 benchmark): a config, ``--weights`` and ``key=value`` overrides.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,21 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from .config import SolverConfig, load_config
 from .errors import InputError, is_out_of_memory
 
-__all__ = ["run_tool", "describe_failure", "note_output", "user_error_classes", "USER_ERRORS",
-           "TRAIN_MEMORY_HINT", "EVAL_MEMORY_HINT", "training_parser", "parse_training_args", "model_parser",
-           "config_from_args", "add_weights_argument", "split_weights"]
+__all__ = [
+    "run_tool",
+    "describe_failure",
+    "note_output",
+    "user_error_classes",
+    "USER_ERRORS",
+    "TRAIN_MEMORY_HINT",
+    "EVAL_MEMORY_HINT",
+    "training_parser",
+    "parse_training_args",
+    "model_parser",
+    "config_from_args",
+    "add_weights_argument",
+    "split_weights",
+]
 
 USER_ERROR, INTERNAL_ERROR, INTERRUPTED, OUTPUT_CLOSED = 2, 1, 130, 141
 
@@ -50,9 +63,11 @@ USER_ERRORS: Tuple[str, ...] = (
     "builtins.OSError",  # missing/unreadable/unwritable files, disk full, CorruptImageError
 )
 
-TRAIN_MEMORY_HINT = ("lower the images per forward pass (solver.{batch_key}) or the training image size "
-                     "(input.min_size_train, input.max_size_train); for the evaluation, test.ims_per_batch or "
-                     "input.min_size_test / input.max_size_test")
+TRAIN_MEMORY_HINT = (
+    "lower the images per forward pass (solver.{batch_key}) or the training image size "
+    "(input.min_size_train, input.max_size_train); for the evaluation, test.ims_per_batch or "
+    "input.min_size_test / input.max_size_test"
+)
 EVAL_MEMORY_HINT = "lower test.ims_per_batch or the image size (input.min_size_test, input.max_size_test)"
 _GENERIC_MEMORY_HINT = "use smaller inputs or batches"
 
@@ -83,8 +98,9 @@ def user_error_classes() -> Tuple[type, ...]:
 
 def _training_batch_key() -> str:
     """``ims_per_device`` where the config has it (images per forward pass), else ``ims_per_batch``."""
-    return "ims_per_device" if "ims_per_device" in getattr(SolverConfig, "__dataclass_fields__", {}) else \
-        "ims_per_batch"
+    return (
+        "ims_per_device" if "ims_per_device" in getattr(SolverConfig, "__dataclass_fields__", {}) else "ims_per_batch"
+    )
 
 
 # errno -> (what is wrong, what to do besides writing elsewhere); None: writing elsewhere is the fix
@@ -198,8 +214,12 @@ def _stdout_closed() -> bool:
     return closed
 
 
-def run_tool(main: Callable[[List[str]], Optional[int]], argv: Optional[Sequence[str]] = None, *,
-             memory_hint: str = _GENERIC_MEMORY_HINT) -> int:
+def run_tool(
+    main: Callable[[List[str]], Optional[int]],
+    argv: Optional[Sequence[str]] = None,
+    *,
+    memory_hint: str = _GENERIC_MEMORY_HINT,
+) -> int:
     """Run a tool's ``main(argv)`` and return its exit status, reporting a failure as described in the
     module docstring. ``memory_hint`` says which settings lower the memory this tool needs
     (``TRAIN_MEMORY_HINT``, ``EVAL_MEMORY_HINT`` or the tool's own options).
@@ -256,8 +276,9 @@ def training_parser(description: str, config_help: str = "YAML config file") -> 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("config", help=config_help)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
-    parser.add_argument("--restart", action="store_true",
-                        help="start from iteration 0 even though output_dir holds checkpoints")
+    parser.add_argument(
+        "--restart", action="store_true", help="start from iteration 0 even though output_dir holds checkpoints"
+    )
     return parser
 
 
@@ -270,13 +291,15 @@ def parse_training_args(parser: argparse.ArgumentParser, argv: Optional[Sequence
     return args
 
 
-def model_parser(doc: str, weights_help: str = "detector checkpoint (default: model.weights of the config)"
-                 ) -> argparse.ArgumentParser:
+def model_parser(
+    doc: str, weights_help: str = "detector checkpoint (default: model.weights of the config)"
+) -> argparse.ArgumentParser:
     """A parser whose description and epilog come from a tool's docstring (first paragraph / the rest),
     with ``config``, ``--weights`` and trailing ``key=value`` overrides; the tool adds its own options."""
     head, _, rest = doc.partition("\n\n")
-    p = argparse.ArgumentParser(description=head, epilog=rest or None,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=head, epilog=rest or None, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("config", help="YAML config of the model")
     p.add_argument("--weights", help=weights_help)
     p.add_argument("opts", nargs="*", metavar="key=value", help="config overrides, e.g. test.precision=bf16")

@@ -8,6 +8,7 @@ the line, the key and the closest valid key.
 Each component reads the config in exactly one builder (``build_model(cfg)``, ``build_dataset(...)``,
 ...); modules themselves take explicit keyword arguments.
 """
+
 from __future__ import annotations
 
 import os
@@ -203,6 +204,7 @@ class TestConfig:
 @dataclass
 class RunSettings:
     """The keys of a run that every tool's config shares (detection, classification)."""
+
     output_dir: str = "output"
     device: str = "cpu"  # cpu, cuda, cuda:1, auto
     seed: int = 0
@@ -213,6 +215,7 @@ class RunSettings:
 @dataclass
 class Config(RunSettings):
     """The detection tools' config (train_det, the eval_* tools, benchmark, ablation, the Predictor)."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     input: InputConfig = field(default_factory=InputConfig)
@@ -283,8 +286,9 @@ def _validate_choices(cfg: DictConfig) -> None:
 def validate_max_image_pixels(value: int) -> None:
     """``data.max_image_pixels`` (detection and classification) must be positive."""
     if value < 1:
-        raise ConfigError(f"data.max_image_pixels: {value} must be at least 1 (the default, 100000000, is 100 "
-                          "megapixels)")
+        raise ConfigError(
+            f"data.max_image_pixels: {value} must be at least 1 (the default, 100000000, is 100 megapixels)"
+        )
 
 
 def _validate_test(t: DictConfig, head: str) -> None:
@@ -293,23 +297,30 @@ def _validate_test(t: DictConfig, head: str) -> None:
         if not 0 < t[key] <= 1:
             raise ConfigError(f"test.{key}: {t[key]} must be an IoU in (0, 1]")
     if any(s <= 0 for s in t.aug.min_sizes) or (t.aug.max_size is not None and t.aug.max_size <= 0):
-        raise ConfigError(f"test.aug: sizes must be positive (min_sizes={list(t.aug.min_sizes)}, "
-                          f"max_size={t.aug.max_size})")
+        raise ConfigError(
+            f"test.aug: sizes must be positive (min_sizes={list(t.aug.min_sizes)}, max_size={t.aug.max_size})"
+        )
     if t.aug.merge == "maxout":
         if head != "c4":
-            raise ConfigError(f"test.aug.merge: maxout pools res4 features of a scale pyramid for the C4 head; "
-                              f"model.head is {head}: use test.aug.merge=union")
+            raise ConfigError(
+                f"test.aug.merge: maxout pools res4 features of a scale pyramid for the C4 head; "
+                f"model.head is {head}: use test.aug.merge=union"
+            )
         if len(t.aug.min_sizes) < 2 or t.aug.flip:
-            raise ConfigError("test.aug.merge: maxout needs a pyramid of two or more test.aug.min_sizes (the "
-                              "paper's [200,400,600,800,1000]) and test.aug.flip=false")
+            raise ConfigError(
+                "test.aug.merge: maxout needs a pyramid of two or more test.aug.min_sizes (the "
+                "paper's [200,400,600,800,1000]) and test.aug.flip=false"
+            )
 
 
 def validate_solver(s: DictConfig) -> None:
     """Value checks of ``solver`` (detection and classification share the schema)."""
     compile_setting(s.compile, "solver.compile")
     if not 0.0 <= s.ema.decay < 1.0:
-        raise ConfigError(f"solver.ema.decay: {s.ema.decay} must be in [0, 1) (e.g. 0.9998: the average spans "
-                          "about 1 / (1 - decay) = 5000 steps)")
+        raise ConfigError(
+            f"solver.ema.decay: {s.ema.decay} must be in [0, 1) (e.g. 0.9998: the average spans "
+            "about 1 / (1 - decay) = 5000 steps)"
+        )
     for key in ("ims_per_batch", "ims_per_device", "max_iter", "base_lr"):
         if s[key] is not None and not s[key] > 0:  # ims_per_device may be None (auto)
             raise ConfigError(f"solver.{key}: {s[key]} must be greater than 0")
@@ -317,11 +328,15 @@ def validate_solver(s: DictConfig) -> None:
         if s[key] < 0:
             raise ConfigError(f"solver.{key}: {s[key]} must be 0 or more")
     if s.ims_per_device is not None and s.ims_per_batch % s.ims_per_device:
-        raise ConfigError(f"solver.ims_per_device: {s.ims_per_device} does not divide solver.ims_per_batch="
-                          f"{s.ims_per_batch} (images per optimizer step = processes x ims_per_device x accumulation "
-                          "steps); choose a divisor, e.g. solver.ims_per_device=1")
-    for step in (s.steps if s.lr_schedule == "step" else ()):
+        raise ConfigError(
+            f"solver.ims_per_device: {s.ims_per_device} does not divide solver.ims_per_batch="
+            f"{s.ims_per_batch} (images per optimizer step = processes x ims_per_device x accumulation "
+            "steps); choose a divisor, e.g. solver.ims_per_device=1"
+        )
+    for step in s.steps if s.lr_schedule == "step" else ():
         if not 0 < step <= s.max_iter:
-            raise ConfigError(f"solver.steps: {step} is outside 1..solver.max_iter ({s.max_iter}); a learning-rate "
-                              f"step beyond the last iteration never happens. Steps are optimizer steps of "
-                              "solver.ims_per_batch images")
+            raise ConfigError(
+                f"solver.steps: {step} is outside 1..solver.max_iter ({s.max_iter}); a learning-rate "
+                f"step beyond the last iteration never happens. Steps are optimizer steps of "
+                "solver.ims_per_batch images"
+            )

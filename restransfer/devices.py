@@ -4,6 +4,7 @@ device can run a precision, and the autocast context that applies one.
 Every module that turns a ``device`` or ``precision`` setting into torch objects goes through here, so
 that "auto" and "fp16 needs a GPU" mean the same in training, evaluation, the Predictor and the benchmark.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,9 +17,20 @@ from .errors import ConfigError, DeviceError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PRECISIONS", "precision_dtype", "resolve_device", "resolve_precision", "native_bf16",
-           "check_precision_support", "check_autocast_precision", "autocast_context", "COMPILE_SETTINGS",
-           "compile_setting", "resolve_compile", "AUTO_RULE"]
+__all__ = [
+    "PRECISIONS",
+    "precision_dtype",
+    "resolve_device",
+    "resolve_precision",
+    "native_bf16",
+    "check_precision_support",
+    "check_autocast_precision",
+    "autocast_context",
+    "COMPILE_SETTINGS",
+    "compile_setting",
+    "resolve_compile",
+    "AUTO_RULE",
+]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -42,10 +54,15 @@ def resolve_device(device: str) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            why = ("this PyTorch build has no CUDA support" if torch.version.cuda is None
-                   else "PyTorch sees no CUDA GPU here (none installed, no driver, or CUDA_VISIBLE_DEVICES hides them)")
-            raise DeviceError(f"device={device}: CUDA was requested but {why}; set device=cpu (or device=auto, which "
-                              "uses a GPU when there is one)")
+            why = (
+                "this PyTorch build has no CUDA support"
+                if torch.version.cuda is None
+                else "PyTorch sees no CUDA GPU here (none installed, no driver, or CUDA_VISIBLE_DEVICES hides them)"
+            )
+            raise DeviceError(
+                f"device={device}: CUDA was requested but {why}; set device=cpu (or device=auto, which "
+                "uses a GPU when there is one)"
+            )
         if device == "cuda" and "LOCAL_RANK" in os.environ:
             device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     return torch.device(device)
@@ -79,11 +96,14 @@ def check_precision_support(dtype: torch.dtype, device: torch.device) -> None:
     if dtype == torch.float16:
         probe = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_fp16_supported", None)
         if probe is None or not probe():
-            raise ConfigError("precision fp16 needs a GPU or a CPU with AVX-512-FP16/AMX-FP16; use bf16 on this CPU "
-                              "(test.precision=bf16)")
+            raise ConfigError(
+                "precision fp16 needs a GPU or a CPU with AVX-512-FP16/AMX-FP16; use bf16 on this CPU "
+                "(test.precision=bf16)"
+            )
     elif dtype == torch.bfloat16 and not native_bf16(device):
-        logger.warning("this CPU has no native bfloat16 (AVX-512-BF16 or AMX): bf16 is emulated and may be much "
-                       "slower than fp32")
+        logger.warning(
+            "this CPU has no native bfloat16 (AVX-512-BF16 or AMX): bf16 is emulated and may be much slower than fp32"
+        )
 
 
 def check_autocast_precision(precision: str, device: torch.device) -> None:
@@ -113,8 +133,10 @@ def compile_setting(value: object, key: str = "compile") -> str:
     :class:`~restransfer.errors.ConfigError` naming ``key``."""
     setting = str(value).strip().lower()
     if setting not in COMPILE_SETTINGS:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(COMPILE_SETTINGS)} (auto compiles where the "
-                          "README's benchmark measured a net gain for a run of that length)")
+        raise ConfigError(
+            f"{key}: {value!r} is not one of {', '.join(COMPILE_SETTINGS)} (auto compiles where the "
+            "README's benchmark measured a net gain for a run of that length)"
+        )
     return setting
 
 

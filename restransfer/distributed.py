@@ -1,5 +1,6 @@
 """torch.distributed helpers. Processes are started by ``torchrun``, which sets RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR and MASTER_PORT; NCCL is used on GPUs and gloo on CPUs."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,17 @@ import torch.distributed as dist
 
 from .devices import resolve_device  # re-exported: the device policy lives in restransfer.devices
 
-__all__ = ["init_distributed", "get_rank", "get_world_size", "is_main_process", "barrier", "all_gather_object", "gather_object",
-           "resolve_device", "cleanup"]
+__all__ = [
+    "init_distributed",
+    "get_rank",
+    "get_world_size",
+    "is_main_process",
+    "barrier",
+    "all_gather_object",
+    "gather_object",
+    "resolve_device",
+    "cleanup",
+]
 
 
 def get_world_size() -> int:

@@ -7,12 +7,24 @@ values, ``RuntimeError`` for states), so ``except ValueError`` keeps working aro
 
 A message names the thing that is wrong (file, line, key, image index) and what to do about it.
 """
+
 from __future__ import annotations
 
 import sys
 
-__all__ = ["InputError", "ConfigError", "DataError", "WeightsError", "CheckpointError", "OutputDirLocked",
-           "NonFiniteLossError", "TrainingOutOfMemory", "DeviceError", "MissingDependency", "is_out_of_memory"]
+__all__ = [
+    "InputError",
+    "ConfigError",
+    "DataError",
+    "WeightsError",
+    "CheckpointError",
+    "OutputDirLocked",
+    "NonFiniteLossError",
+    "TrainingOutOfMemory",
+    "DeviceError",
+    "MissingDependency",
+    "is_out_of_memory",
+]
 
 
 class InputError(Exception):

@@ -17,6 +17,7 @@ link, a hard-linked file or anything but a regular file is an ``OSError`` naming
 The folder a path names is taken as it is: links among its parent folders are followed (the user chose
 that path); only the names the toolkit creates inside it are guarded.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,15 @@ try:
 except ImportError:  # Windows: no advisory locks
     fcntl = None
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "open_for_append", "exclusive_lock",
-           "unsafe_output_message", "TEMPORARY"]
+__all__ = [
+    "atomic_open",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "open_for_append",
+    "exclusive_lock",
+    "unsafe_output_message",
+    "TEMPORARY",
+]
 
 # this version's temporaries, and the ``.NAME.tmpPID`` ones of earlier versions
 TEMPORARY = re.compile(r"^\..+\.(?:[0-9a-f]{16}\.tmp|tmp\d+)$")
@@ -70,8 +78,9 @@ def _sync_folder(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: Union[str, os.PathLike], mode: str = "w",
-                encoding: Optional[str] = "utf-8", sync: bool = True) -> Iterator[IO]:
+def atomic_open(
+    path: Union[str, os.PathLike], mode: str = "w", encoding: Optional[str] = "utf-8", sync: bool = True
+) -> Iterator[IO]:
     """``with atomic_open(path) as f: ...`` writes ``path`` (``mode`` "w" for text, "wb" for bytes) only when
     the block finishes without an exception; the parent folder is created if missing. ``sync=False`` skips
     the flush to disk (a few milliseconds a file), for files that are made again when lost, such as the
@@ -131,13 +140,14 @@ def unsafe_output_message(path: Path, st: Optional[os.stat_result] = None) -> Op
         what = f"a file with {st.st_nlink - 1} other hard link(s) elsewhere"
     else:
         return None
-    return (f"{path} is {what}: the toolkit does not write through it, since that would change a file outside "
-            f"the output folder. If the folder is yours, remove it (rm {path}) and run again; otherwise choose "
-            "another output folder")
+    return (
+        f"{path} is {what}: the toolkit does not write through it, since that would change a file outside "
+        f"the output folder. If the folder is yours, remove it (rm {path}) and run again; otherwise choose "
+        "another output folder"
+    )
 
 
-def open_for_append(path: Union[str, os.PathLike], encoding: str = "utf-8",
-                    errors: Optional[str] = None) -> TextIO:
+def open_for_append(path: Union[str, os.PathLike], encoding: str = "utf-8", errors: Optional[str] = None) -> TextIO:
     """Open the text file ``path`` for appending (created if missing, as ``open(path, "a")``) without
     following a symbolic link at its name. A name taken by a link, a hard-linked file, a folder, a pipe or a
     device is an ``OSError`` whose message names it and says what to do."""

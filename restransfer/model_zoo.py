@@ -10,6 +10,7 @@ from the clone and outside it alike, as in detectron2's ``model_zoo.get_config_f
     from restransfer.model_zoo import get_config_file, list_configs
     get_config_file("coco_mask_rcnn_r101_fpn")  # .../restransfer/configs/coco_mask_rcnn_r101_fpn.yaml
 """
+
 from __future__ import annotations
 
 import difflib
@@ -23,8 +24,15 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["CONFIG_DIR", "ConfigEntry", "list_configs", "config_names", "get_config_file", "find_config",
-           "config_summary"]
+__all__ = [
+    "CONFIG_DIR",
+    "ConfigEntry",
+    "list_configs",
+    "config_names",
+    "get_config_file",
+    "find_config",
+    "config_summary",
+]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 _SUFFIXES = (".yaml", ".yml")
@@ -71,7 +79,7 @@ def _as_name(text: str) -> Optional[str]:
     if text.startswith("./"):
         text = text[2:]
     if text.startswith("configs/"):
-        text = text[len("configs/"):]
+        text = text[len("configs/") :]
     for suffix in _SUFFIXES:
         if text.endswith(suffix):
             text = text[: -len(suffix)]
@@ -103,8 +111,11 @@ def _close_names(key: str) -> str:
     return f"; did you mean {', '.join(close)}? ({listing})" if close else f" ({listing})"
 
 
-def find_config(path: os.PathLike | str, relative_to: Optional[os.PathLike | str] = None,
-                base_of: Optional[os.PathLike | str] = None) -> Path:
+def find_config(
+    path: os.PathLike | str,
+    relative_to: Optional[os.PathLike | str] = None,
+    base_of: Optional[os.PathLike | str] = None,
+) -> Path:
     """The config file that ``path`` names: an existing file (a relative path under ``relative_to`` when
     given, else under the working directory), otherwise the packaged config of that name.
 

@@ -6,6 +6,7 @@ Both functions here return json-ready dicts ``{"size": [H, W], "counts": str}`` 
 ``pycocotools.mask.encode`` of the full-image mask, without ever holding more than one full-size
 ``uint8`` mask (:func:`encode_masks`) or anything larger than the box (:func:`encode_patch`).
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Tuple
@@ -81,8 +82,9 @@ def encode_patch(patch: np.ndarray, top: int, left: int, image_size: Tuple[int, 
     starts = np.empty(0, dtype=np.int64)
     if on.size:
         rows, cols = np.divmod(np.flatnonzero(on[1:] != on[:-1]), pw)  # 2-D np.nonzero is ~10x slower
-        starts = np.concatenate((cols * im_h + rows + 1, np.flatnonzero(on[0]) * im_h,
-                                 np.flatnonzero(on[-1]) * im_h + ph)).astype(np.int64) + (left * im_h + top)
+        starts = np.concatenate(
+            (cols * im_h + rows + 1, np.flatnonzero(on[0]) * im_h, np.flatnonzero(on[-1]) * im_h + ph)
+        ).astype(np.int64) + (left * im_h + top)
         # a column ending on and the next one starting on at the same flat index make one run: drop both
         starts, seen = np.unique(starts, return_counts=True)
         starts = starts[seen == 1]

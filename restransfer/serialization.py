@@ -13,6 +13,7 @@
   cycle refused). Files written before it carry a SHA-256 of their tensors only (:func:`tensors_checksum`)
   or no checksum; they load with a warning saying what could not be verified.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,9 +40,22 @@ from .errors import CheckpointError, WeightsError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WeightsError", "CheckpointError", "safe_load_pickle", "load_torch_file", "check_not_empty",
-           "check_torch_archive", "payload_checksum", "tensors_checksum", "verify_checksum", "CHECKSUM_KEY",
-           "MAX_DEPTH", "MAX_NODES", "MAX_INFLATION", "MAX_INFLATED_BYTES"]
+__all__ = [
+    "WeightsError",
+    "CheckpointError",
+    "safe_load_pickle",
+    "load_torch_file",
+    "check_not_empty",
+    "check_torch_archive",
+    "payload_checksum",
+    "tensors_checksum",
+    "verify_checksum",
+    "CHECKSUM_KEY",
+    "MAX_DEPTH",
+    "MAX_NODES",
+    "MAX_INFLATION",
+    "MAX_INFLATED_BYTES",
+]
 
 CHECKSUM_KEY = "checksum"
 # the value of a whole-payload checksum; a legacy one (tensors only) is 64 bare hex digits
@@ -61,8 +75,10 @@ def _latin1_encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") ->
     """``_codecs.encode`` as python-2 style pickles use it (``encode(str, "latin1")`` for a byte string),
     and nothing else: other codecs and argument types are refused."""
     if not isinstance(obj, str) or encoding.replace("-", "").replace("_", "").lower() != "latin1" or errors != "strict":
-        raise pickle.UnpicklingError(f"_codecs.encode is only allowed as encode(str, 'latin1'), got encoding "
-                                     f"{encoding!r} for a {type(obj).__name__}")
+        raise pickle.UnpicklingError(
+            f"_codecs.encode is only allowed as encode(str, 'latin1'), got encoding "
+            f"{encoding!r} for a {type(obj).__name__}"
+        )
     return obj.encode("latin1")
 
 
@@ -74,23 +90,25 @@ class _RestrictedUnpickler(pickle.Unpickler):
     names attribute by attribute, which reaches anything a module can see.
     """
 
-    _ALLOWED = frozenset({
-        ("collections", "OrderedDict"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"),  # protocol 5 array pickles
-        ("numpy._core.numeric", "_frombuffer"),
-        ("builtins", "set"),
-        ("builtins", "frozenset"),
-        ("builtins", "slice"),
-        ("__builtin__", "set"),  # the same names in protocol-2 pickles
-        ("__builtin__", "frozenset"),
-        ("__builtin__", "slice"),
-    })
+    _ALLOWED = frozenset(
+        {
+            ("collections", "OrderedDict"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "scalar"),
+            ("numpy.core.numeric", "_frombuffer"),  # protocol 5 array pickles
+            ("numpy._core.numeric", "_frombuffer"),
+            ("builtins", "set"),
+            ("builtins", "frozenset"),
+            ("builtins", "slice"),
+            ("__builtin__", "set"),  # the same names in protocol-2 pickles
+            ("__builtin__", "frozenset"),
+            ("__builtin__", "slice"),
+        }
+    )
 
     def __init__(self, file, path: str, max_array_bytes: int) -> None:
         super().__init__(file, encoding="latin1")
@@ -109,9 +127,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
         except (TypeError, ValueError) as e:
             raise WeightsError(f"{self._path}: malformed array declaration in the pickle ({e})") from None
         if nbytes > self._max_array_bytes:
-            raise WeightsError(f"{self._path}: the pickle declares an array of shape {dims} ({nbytes} bytes) before "
-                               f"its data, more than the file's {self._max_array_bytes} bytes can hold; refused "
-                               "without allocating it (the file is damaged or hostile)")
+            raise WeightsError(
+                f"{self._path}: the pickle declares an array of shape {dims} ({nbytes} bytes) before "
+                f"its data, more than the file's {self._max_array_bytes} bytes can hold; refused "
+                "without allocating it (the file is damaged or hostile)"
+            )
 
     def _reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> Any:
         self._check_array(shape, dtype)
@@ -134,7 +154,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise WeightsError(
             f"{self._path}: the pickle refers to {module}.{name}, which is not allowed: only plain "
             "containers and numpy arrays are loaded from pickles (they can otherwise run arbitrary code). "
-            "Re-save it as a dict of numpy arrays (weights also as a torch state dict).")
+            "Re-save it as a dict of numpy arrays (weights also as a torch state dict)."
+        )
 
 
 def safe_load_pickle(path: os.PathLike | str) -> Any:
@@ -160,8 +181,9 @@ def check_not_empty(path: Path) -> int:
     except FileNotFoundError:
         raise CheckpointError(f"file not found: {path}") from None
     if size == 0:
-        raise CheckpointError(f"{path}: the file is empty (0 bytes); it was never written completely. Delete it, "
-                              "or point to another file")
+        raise CheckpointError(
+            f"{path}: the file is empty (0 bytes); it was never written completely. Delete it, or point to another file"
+        )
     return size
 
 
@@ -197,16 +219,19 @@ def _check_member(f, info: zipfile.ZipInfo) -> int:
     if name.decode("utf-8" if flags & 0x800 else "cp437", "replace") != info.orig_filename:
         raise ValueError(f"its local header names it {name!r}")
     if method != info.compress_type:
-        raise ValueError(f"its local header says compression method {method}, the central directory "
-                         f"{info.compress_type}")
+        raise ValueError(
+            f"its local header says compression method {method}, the central directory {info.compress_type}"
+        )
     data_end = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len + info.compress_size
     want = (info.CRC, info.compress_size, info.file_size)
     if 0xFFFFFFFF in (csize, usize):
         usize, csize = _zip64_sizes(extra) or (usize, csize)
     # with flag bit 3 (torch's writer sets it) the local header may leave CRC and sizes zero
     if (crc, csize, usize) != want and not (flags & 0x08 and (crc, csize, usize) == (0, 0, 0)):
-        raise ValueError(f"its local header says CRC {crc:08x}, {csize} bytes stored, {usize} uncompressed; the "
-                         f"central directory {info.CRC:08x}, {info.compress_size}, {info.file_size}")
+        raise ValueError(
+            f"its local header says CRC {crc:08x}, {csize} bytes stored, {usize} uncompressed; the "
+            f"central directory {info.CRC:08x}, {info.compress_size}, {info.file_size}"
+        )
     if not flags & 0x08:
         return data_end
     # then CRC and sizes follow the data, in a descriptor with or without signature, 32- or 64-bit sizes
@@ -216,13 +241,20 @@ def _check_member(f, info: zipfile.ZipInfo) -> int:
         tail = tail[4:]
     layouts = [struct.unpack_from(fmt, tail) for fmt in ("<III", "<IQQ") if len(tail) >= struct.calcsize(fmt)]
     if want not in [(c, cs, us) for c, cs, us in layouts]:
-        raise ValueError(f"its data descriptor disagrees with the central directory ({info.CRC:08x}, "
-                         f"{info.compress_size} bytes stored, {info.file_size} uncompressed)")
+        raise ValueError(
+            f"its data descriptor disagrees with the central directory ({info.CRC:08x}, "
+            f"{info.compress_size} bytes stored, {info.file_size} uncompressed)"
+        )
     return data_end
 
 
-def check_torch_archive(path: os.PathLike | str, *, crc: bool = True, max_inflation: Optional[float] = None,
-                        max_inflated_bytes: Optional[int] = None) -> None:
+def check_torch_archive(
+    path: os.PathLike | str,
+    *,
+    crc: bool = True,
+    max_inflation: Optional[float] = None,
+    max_inflated_bytes: Optional[int] = None,
+) -> None:
     """Check a zip checkpoint's members before anything is decompressed, then (``crc=True``) their CRC-32.
 
     Refused, as :class:`CheckpointError` naming the file and the member: compressed members that declare,
@@ -243,8 +275,9 @@ def check_torch_archive(path: os.PathLike | str, *, crc: bool = True, max_inflat
             seen: Set[str] = set()
             for info in infos:
                 if info.filename in seen:
-                    raise CheckpointError(f"{path}: the archive holds member {info.filename!r} more than once. "
-                                          f"{_DELETE}")
+                    raise CheckpointError(
+                        f"{path}: the archive holds member {info.filename!r} more than once. {_DELETE}"
+                    )
                 seen.add(info.filename)
             limit = min(cap, ratio * size)
             inflated = 0
@@ -261,10 +294,12 @@ def check_torch_archive(path: os.PathLike | str, *, crc: bool = True, max_inflat
                             f"uncompressed ({inflated} for the compressed members so far), more than "
                             f"{int(limit)} (at most {ratio:g}x the file's {size} bytes, and "
                             f"{cap} bytes in all); refused before decompressing (torch writes checkpoint "
-                            f"records uncompressed). {_DELETE}")
+                            f"records uncompressed). {_DELETE}"
+                        )
                 elif info.file_size != info.compress_size:
-                    raise ValueError(f"it is stored uncompressed but declares {info.file_size} bytes and holds "
-                                     f"{info.compress_size}")
+                    raise ValueError(
+                        f"it is stored uncompressed but declares {info.file_size} bytes and holds {info.compress_size}"
+                    )
                 end = _check_member(f, info)
                 if end > size:
                     raise ValueError(f"its data would end at byte {end}, past the end of the file ({size} bytes)")
@@ -284,8 +319,10 @@ def check_torch_archive(path: os.PathLike | str, *, crc: bool = True, max_inflat
         raise
     except zipfile.BadZipFile as e:
         if "CRC" in str(e):
-            raise CheckpointError(f"{path}: checksum mismatch: zip member {member!r} fails its CRC-32 check (the "
-                                  f"file was changed or damaged after it was written). {_DELETE}") from None
+            raise CheckpointError(
+                f"{path}: checksum mismatch: zip member {member!r} fails its CRC-32 check (the "
+                f"file was changed or damaged after it was written). {_DELETE}"
+            ) from None
         raise CheckpointError(f"{path}: not a readable zip archive ({e}). {_DELETE}") from None
     except ValueError as e:  # what _check_member and the checks above found
         raise CheckpointError(f"{path}: zip member {member!r} is malformed: {e}. {_DELETE}") from None
@@ -296,8 +333,14 @@ def check_torch_archive(path: os.PathLike | str, *, crc: bool = True, max_inflat
 # ------------------------------------------------------------------------------------------ loading
 
 
-def load_torch_file(path: os.PathLike | str, *, max_depth: Optional[int] = None, max_nodes: Optional[int] = None,
-                    max_inflation: Optional[float] = None, max_inflated_bytes: Optional[int] = None) -> Any:
+def load_torch_file(
+    path: os.PathLike | str,
+    *,
+    max_depth: Optional[int] = None,
+    max_nodes: Optional[int] = None,
+    max_inflation: Optional[float] = None,
+    max_inflated_bytes: Optional[int] = None,
+) -> Any:
     """The one verified load of a torch file: :func:`check_torch_archive` (member sizes before any
     decompression, then every member's CRC), ``torch.load(path, weights_only=True)`` on CPU, then
     :func:`verify_checksum` (a bounded walk of what was loaded and its ``"checksum"`` entry, if any).
@@ -310,8 +353,10 @@ def load_torch_file(path: os.PathLike | str, *, max_depth: Optional[int] = None,
     path = Path(path)
     size = check_not_empty(path)
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path}: not a torch checkpoint (no zip archive found: {size} bytes of something "
-                              "else, or a file cut short). Delete it, or point to another checkpoint")
+        raise CheckpointError(
+            f"{path}: not a torch checkpoint (no zip archive found: {size} bytes of something "
+            "else, or a file cut short). Delete it, or point to another checkpoint"
+        )
     check_torch_archive(path, max_inflation=max_inflation, max_inflated_bytes=max_inflated_bytes)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -322,10 +367,15 @@ def load_torch_file(path: os.PathLike | str, *, max_depth: Optional[int] = None,
             raise CheckpointError(
                 f"{path}: refused to load: it holds {refused.group(1)}, which is not a tensor or a plain "
                 "container (loading it could run code). Save plain tensors, e.g. "
-                "torch.save(model.state_dict(), path)") from None
-        detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0] if text.strip() else type(e).__name__
-        raise CheckpointError(f"{path}: the checkpoint is damaged and cannot be read ({detail[:200]}). Delete it, "
-                              "or point to another checkpoint") from None
+                "torch.save(model.state_dict(), path)"
+            ) from None
+        detail = (
+            text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0] if text.strip() else type(e).__name__
+        )
+        raise CheckpointError(
+            f"{path}: the checkpoint is damaged and cannot be read ({detail[:200]}). Delete it, "
+            "or point to another checkpoint"
+        ) from None
     verify_checksum(obj, path, max_depth=max_depth, max_nodes=max_nodes)
     return obj
 
@@ -341,8 +391,16 @@ def _int_bytes(n: int) -> bytes:
     return n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)  # linear in size, unlike str(n)
 
 
-_SCALAR_TAGS = {type(None): b"N", bool: b"B", int: b"I", float: b"F", complex: b"C", str: b"S", bytes: b"Y",
-                bytearray: b"y"}
+_SCALAR_TAGS = {
+    type(None): b"N",
+    bool: b"B",
+    int: b"I",
+    float: b"F",
+    complex: b"C",
+    str: b"S",
+    bytes: b"Y",
+    bytearray: b"y",
+}
 _CONTAINER_TAGS = ((dict, b"D"), (list, b"L"), (tuple, b"U"), (set, b"E"), (frozenset, b"E"))
 _ATOM_TYPES = (torch.dtype, torch.device, torch.layout, torch.memory_format, torch.qscheme, np.dtype)
 
@@ -359,7 +417,8 @@ class _Walk:
     that shares itself costs its size, not its number of paths; a container met again inside itself is a
     cycle and refused. The limits hold for the structure read as a tree (a shared container counts its
     values and its depth at every place it appears, from what its first visit measured), so whatever walks a
-    loaded checkpoint as plain nested containers stays within them too. Subclasses add their qualified name to the tag (``OrderedDict`` differs from
+    loaded checkpoint as plain nested containers stays within them too. Subclasses add their qualified name to
+    the tag (``OrderedDict`` differs from
     ``dict``) and their attributes (a state dict's ``_metadata``). Set elements are encoded apart and
     sorted, so their iteration order does not matter.
     """
@@ -421,8 +480,10 @@ class _Walk:
             for name in ("start", "stop", "step"):
                 self.child(name, getattr(obj, name), depth)
         elif self.sha is not None:
-            raise _Refused(f"it holds a {type(obj).__module__}.{type(obj).__qualname__} at {self.at()}, which "
-                           "has no checksum encoding")
+            raise _Refused(
+                f"it holds a {type(obj).__module__}.{type(obj).__qualname__} at {self.at()}, which "
+                "has no checksum encoding"
+            )
         # else: a plain check of the structure; other leaves have nothing to walk
 
     def scalar(self, tag: bytes, obj: Any) -> None:
@@ -445,13 +506,17 @@ class _Walk:
     def count(self, n: int) -> None:
         self.nodes += n
         if self.nodes > self.max_nodes:
-            raise _Refused(f"it holds more than {self.max_nodes} values outside its tensors, counting every place "
-                           f"a shared container appears (at {self.at()}; a checkpoint holds a few thousand)")
+            raise _Refused(
+                f"it holds more than {self.max_nodes} values outside its tensors, counting every place "
+                f"a shared container appears (at {self.at()}; a checkpoint holds a few thousand)"
+            )
 
     def reach(self, depth: int) -> None:
         if depth >= self.max_depth:
-            raise _Refused(f"it nests containers more than {self.max_depth} levels deep (at {self.at()}); "
-                           "checkpoints nest a few levels")
+            raise _Refused(
+                f"it nests containers more than {self.max_depth} levels deep (at {self.at()}); "
+                "checkpoints nest a few levels"
+            )
         self.deepest = max(self.deepest, depth)
 
     def enter(self, obj: Any, depth: int) -> Optional[Tuple[int, int]]:
@@ -459,8 +524,10 @@ class _Walk:
         returns to :meth:`leave`."""
         key = id(obj)
         if key in self.open:
-            raise _Refused(f"it holds a container that contains itself (at {self.at()}); a checkpoint is a tree "
-                           "of tensors and plain values")
+            raise _Refused(
+                f"it holds a container that contains itself (at {self.at()}); a checkpoint is a tree "
+                "of tensors and plain values"
+            )
         if key in self.first:
             index, size, height = self.first[key]
             self.count(size - 1)  # visit() counted one
@@ -534,15 +601,18 @@ class _Walk:
         attrs = vars(t)  # a tensor subclass may carry attributes (torch's _rebuild_from_type_v2)
         if self.sha is not None:
             if t.layout != torch.strided or t.is_quantized:
-                raise _Refused(f"it holds a {t.layout}{' quantized' if t.is_quantized else ''} tensor at {self.at()}, "
-                               "which has no checksum encoding")
+                raise _Refused(
+                    f"it holds a {t.layout}{' quantized' if t.is_quantized else ''} tensor at {self.at()}, "
+                    "which has no checksum encoding"
+                )
             if self.out is not None:
                 raise _Refused(f"it holds a tensor inside a set at {self.at()}, which has no checksum encoding")
             try:
                 self.tensor_data(t)
             except RuntimeError as e:  # a meta or nested tensor: no bytes to read
-                raise _Refused(f"it holds a tensor at {self.at()} whose data cannot be read "
-                               f"({str(e).splitlines()[0][:100]})") from None
+                raise _Refused(
+                    f"it holds a tensor at {self.at()} whose data cannot be read ({str(e).splitlines()[0][:100]})"
+                ) from None
             self.emit(b"a" if attrs else b"-")
         if attrs:
             self.child("<attributes>", attrs, depth)
@@ -640,8 +710,9 @@ def _is_legacy_checksum(value: Any) -> bool:
     return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
-def verify_checksum(obj: Any, path: os.PathLike | str, *, max_depth: Optional[int] = None,
-                    max_nodes: Optional[int] = None) -> None:
+def verify_checksum(
+    obj: Any, path: os.PathLike | str, *, max_depth: Optional[int] = None, max_nodes: Optional[int] = None
+) -> None:
     """Walk a loaded file (bounded: :data:`MAX_DEPTH`, :data:`MAX_NODES`, shared containers once, a cycle
     refused) and check its ``"checksum"``:
 
@@ -664,20 +735,29 @@ def verify_checksum(obj: Any, path: os.PathLike | str, *, max_depth: Optional[in
         raise CheckpointError(f"{path}: refused: {e}. {_DELETE}") from None
     if whole:
         if PAYLOAD_CHECKSUM_PREFIX + str(digest) != value:
-            raise CheckpointError(f"{path}: checksum mismatch: the file's contents (its tensors or other entries: "
-                                  f"iteration, optimizer, scheduler, RNG, config, ...) were changed or damaged after "
-                                  f"it was written. {_DELETE}")
+            raise CheckpointError(
+                f"{path}: checksum mismatch: the file's contents (its tensors or other entries: "
+                f"iteration, optimizer, scheduler, RNG, config, ...) were changed or damaged after "
+                f"it was written. {_DELETE}"
+            )
     elif legacy is not None:
         if legacy != value:
-            raise CheckpointError(f"{path}: checksum mismatch: the file's tensors were changed or damaged after it "
-                                  f"was written. {_DELETE}")
-        logger.warning("%s: written by an earlier version whose checksum covers the tensors only: the tensors are "
-                       "verified; the other entries (iteration, optimizer, scheduler, RNG, config, ...) could not be "
-                       "verified", path)
+            raise CheckpointError(
+                f"{path}: checksum mismatch: the file's tensors were changed or damaged after it was written. {_DELETE}"
+            )
+        logger.warning(
+            "%s: written by an earlier version whose checksum covers the tensors only: the tensors are "
+            "verified; the other entries (iteration, optimizer, scheduler, RNG, config, ...) could not be "
+            "verified",
+            path,
+        )
     elif value is not None:
         shown = repr(value[:40]) if isinstance(value, str) else f"a {type(value).__name__}"
-        raise CheckpointError(f"{path}: its checksum entry has an unrecognized format ({shown}); it was damaged, or "
-                              "written by a newer version of restransfer")
+        raise CheckpointError(
+            f"{path}: its checksum entry has an unrecognized format ({shown}); it was damaged, or "
+            "written by a newer version of restransfer"
+        )
     elif isinstance(obj, Mapping) and "iteration" in obj:
-        logger.warning("%s: written without a checksum (by a version before checksums): its contents could not be "
-                       "verified", path)
+        logger.warning(
+            "%s: written without a checksum (by a version before checksums): its contents could not be verified", path
+        )

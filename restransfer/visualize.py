@@ -6,6 +6,7 @@
     canvas = draw_detections(image_rgb, predictor(image_rgb))   # (H, W, 3) uint8 RGB
     cv2.imwrite("out.png", canvas[:, :, ::-1])                  # OpenCV writes BGR
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -30,9 +31,15 @@ def _text_colour(rgb: Tuple[int, int, int]) -> Tuple[int, int, int]:
     return (0, 0, 0) if luma > 140 else (255, 255, 255)
 
 
-def draw_detections(image: np.ndarray, prediction: Mapping[str, Any], *, mask_alpha: float = 0.45,
-                    class_names: Optional[Sequence[str]] = None, line_width: Optional[int] = None,
-                    font_scale: Optional[float] = None) -> np.ndarray:
+def draw_detections(
+    image: np.ndarray,
+    prediction: Mapping[str, Any],
+    *,
+    mask_alpha: float = 0.45,
+    class_names: Optional[Sequence[str]] = None,
+    line_width: Optional[int] = None,
+    font_scale: Optional[float] = None,
+) -> np.ndarray:
     """Draw one image's detections on a copy of it.
 
     Args:
@@ -93,6 +100,5 @@ def draw_detections(image: np.ndarray, prediction: Mapping[str, Any], *, mask_al
         ty = p1[1] - 2 if p1[1] - th - base - 2 >= 0 else min(h - 1, p1[1] + th + base + 2)
         tx = min(max(p1[0], 0), max(w - tw - 2, 0))
         cv2.rectangle(canvas, (tx, ty - th - base), (tx + tw + 2, ty + 1), colour, -1)
-        cv2.putText(canvas, text, (tx + 1, ty - base + 1), font, fs, _text_colour(colour), max(1, lw // 2),
-                    cv2.LINE_AA)
+        cv2.putText(canvas, text, (tx + 1, ty - base + 1), font, fs, _text_colour(colour), max(1, lw // 2), cv2.LINE_AA)
     return canvas

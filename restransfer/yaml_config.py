@@ -4,7 +4,8 @@ A schema is a tree of dataclasses turned into an OmegaConf structured config, so
 a documented default. :func:`load_structured` reads a file (and its bases), applies command-line overrides
 and returns the merged config; unknown keys and wrong types are errors that name the file, the line, the
 key and the closest valid key. A config file, and each ``_base_``, is a path (a base's relative to its file)
-or, where no such file exists, the name of a config packaged with the toolkit (:mod:`restransfer.model_zoo`). ``restransfer.config`` holds the detection schema; any other tool with a
+or, where no such file exists, the name of a config packaged with the toolkit (:mod:`restransfer.model_zoo`).
+``restransfer.config`` holds the detection schema; any other tool with a
 schema of its own (classification, say) loads it through the same function.
 
 How a later value combines with an earlier one (a child file over its ``_base_``, an override over the
@@ -17,6 +18,7 @@ file), the same in both places:
   ``name`` or ``labels`` left over from another dataset). One key of an entry is changed by naming it:
   ``data.test.image_root=imgs``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,10 +36,7 @@ from .errors import ConfigError
 from .fileio import atomic_write_text
 from .model_zoo import find_config
 
-__all__ = ["ConfigError", "structured_defaults", "load_structured", "read_config_tree", "dump_config",
-           "resolve_path"]
-
-
+__all__ = ["ConfigError", "structured_defaults", "load_structured", "read_config_tree", "dump_config", "resolve_path"]
 
 
 def structured_defaults(schema: type) -> DictConfig:
@@ -60,8 +59,9 @@ def _load_yaml_with_lines(path: Path) -> Tuple[Dict[str, Any], Dict[str, int]]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:  # a ValueError naming no file: the config's own error says which
         line = raw.count(b"\n", 0, e.start) + 1
-        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); a config is a UTF-8 "
-                          "YAML file") from None
+        raise ConfigError(
+            f"{path}: line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); a config is a UTF-8 YAML file"
+        ) from None
     try:
         node = yaml.compose(text, Loader=_LineLoader)
         data = yaml.load(text, Loader=yaml.SafeLoader)
@@ -120,7 +120,7 @@ class _Keys:
         if not close:
             # compare the last component among siblings
             parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
-            siblings = [v for v in self.valid if v.startswith(parent) and "." not in v[len(parent):]]
+            siblings = [v for v in self.valid if v.startswith(parent) and "." not in v[len(parent) :]]
             close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.0)
         return f"; did you mean {close[0]}?" if close else ""
 
@@ -141,7 +141,7 @@ class _Keys:
             elif isinstance(v, list) and key in self.items:
                 names = self.items[key]
                 for i, item in enumerate(v):
-                    for sub in (item if isinstance(item, dict) else ()):
+                    for sub in item if isinstance(item, dict) else ():
                         if sub not in names:
                             close = difflib.get_close_matches(sub, names, n=1, cutoff=0.4)
                             hint = f"; did you mean {key}[{i}].{close[0]}?" if close else ""
@@ -151,8 +151,9 @@ class _Keys:
 # ---------------------------------------------------------------------------------------- merging
 
 
-def _deep_merge(base: Dict[str, Any], update: Dict[str, Any], entries: Iterable[str] = (),
-                prefix: str = "") -> Dict[str, Any]:
+def _deep_merge(
+    base: Dict[str, Any], update: Dict[str, Any], entries: Iterable[str] = (), prefix: str = ""
+) -> Dict[str, Any]:
     """``update`` over ``base``: mappings merge, anything else replaces, and so does a mapping at one of the
     dotted keys ``entries`` (a dataset entry is replaced whole)."""
     out = copy.deepcopy(base)
@@ -196,8 +197,9 @@ def _read_with_bases(path: Path, keys: Optional[_Keys], chain: Tuple[Path, ...] 
         if isinstance(bases, str):
             bases = [bases]
         if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-            raise ConfigError(f"{path}: _base_ must be a path relative to the file or a packaged config's name, "
-                              "or a list of them")
+            raise ConfigError(
+                f"{path}: _base_ must be a path relative to the file or a packaged config's name, or a list of them"
+            )
         for b in bases:
             base = find_config(b, relative_to=path.parent, base_of=path)
             merged = _deep_merge(merged, _read_with_bases(base, keys, chain + (path,)), entries)
@@ -234,8 +236,12 @@ def _nest(key: str, value: Any) -> Dict[str, Any]:
     return out
 
 
-def load_structured(schema: type, path: Optional[os.PathLike | str] = None, overrides: Iterable[str] = (),
-                    items: Optional[Mapping[str, type]] = None) -> DictConfig:
+def load_structured(
+    schema: type,
+    path: Optional[os.PathLike | str] = None,
+    overrides: Iterable[str] = (),
+    items: Optional[Mapping[str, type]] = None,
+) -> DictConfig:
     """Load a YAML file (with its ``_base_`` chain) into ``schema`` and apply ``key.sub=value`` overrides.
 
     Args:
@@ -293,5 +299,5 @@ def resolve_path(p: Optional[str]) -> Optional[str]:
     p = os.path.expandvars(os.path.expanduser(p))
     root = os.environ.get("RESTRANSFER_DATASETS")
     if root and not os.path.isabs(p) and (p == "datasets" or p.startswith("datasets/")):
-        p = os.path.join(root, p[len("datasets/"):]) if p != "datasets" else root
+        p = os.path.join(root, p[len("datasets/") :]) if p != "datasets" else root
     return p

@@ -1,5 +1,6 @@
 """What the test modules share: the tiny-config recipe, the synthetic shapes set (and its COCO layout), the
 one-thread setting of the small-model modules. ``pytest -m "not slow"`` skips the end-to-end runs."""
+
 import os
 import shutil
 
@@ -39,7 +40,9 @@ def coco_root(shapes, tmp_path_factory):
     (root / "coco" / "annotations").mkdir(parents=True)
     for split in ("train", "val"):
         shutil.copytree(shapes / split, root / "coco" / f"{split}2017")
-        shutil.copy(shapes / "annotations" / f"{split}.json", root / "coco" / "annotations" / f"instances_{split}2017.json")
+        shutil.copy(
+            shapes / "annotations" / f"{split}.json", root / "coco" / "annotations" / f"instances_{split}2017.json"
+        )
     return root
 
 

@@ -7,6 +7,7 @@ Every test is parametrized by device. The CUDA cases skip without a GPU; the CPU
 training, a gloo DDP step, fp32/bf16 inference, TorchScript export) run everywhere, so the checks
 themselves are exercised on every machine.
 """
+
 import contextlib
 import copy
 import json
@@ -15,6 +16,7 @@ import socket
 import numpy as np
 import pytest
 import torch
+from helpers.tiny_detectors import REPO, tiny_model
 from torch import nn
 from torchvision.ops import box_iou
 
@@ -25,8 +27,6 @@ from restransfer.config import load_config
 from restransfer.engine import Checkpointer, train
 from restransfer.export import export_onnx, export_outputs, export_torchscript, prepare_for_export
 from restransfer.models.compile import compile_events, compile_model
-
-from helpers.tiny_detectors import REPO, tiny_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # small models: one intra-op thread (conftest.py)
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -60,11 +60,23 @@ def _exact_fp32(device: str):
 def train_config(tiny_overrides, shapes):
     """``train_config(out, device, precision="fp32", channels_last=False)``: the COCO Mask R-CNN R-FPN config
     (frozen BN, stem and res2 frozen) made tiny: ResNet-18, 64 px, MAX_ITER steps without warmup."""
+
     def make(out, device: str, precision: str = "fp32", channels_last: bool = False):
-        return load_config(REPO / "configs" / "coco_mask_rcnn_r101_fpn.yaml", tiny_overrides(
-            "training", data__train=f"[{{json: {shapes}/annotations/train.json, image_root: {shapes}/train}}]",
-            data__test=None, solver__max_iter=MAX_ITER, solver__warmup_iters=0, solver__precision=precision,
-            solver__channels_last=channels_last, device=device, output_dir=out))
+        return load_config(
+            REPO / "configs" / "coco_mask_rcnn_r101_fpn.yaml",
+            tiny_overrides(
+                "training",
+                data__train=f"[{{json: {shapes}/annotations/train.json, image_root: {shapes}/train}}]",
+                data__test=None,
+                solver__max_iter=MAX_ITER,
+                solver__warmup_iters=0,
+                solver__precision=precision,
+                solver__channels_last=channels_last,
+                device=device,
+                output_dir=out,
+            ),
+        )
+
     return make
 
 
@@ -77,8 +89,9 @@ def _record_training(monkeypatch, compiled: bool = False) -> dict:
 
     def record(module, args, out):
         if module.training and out.dim() == 4 and out.shape[1] > 1 and out.shape[2] * out.shape[3] > 1:
-            seen["convs"].append((out.dtype, out.device.type, out.is_contiguous(memory_format=torch.channels_last),
-                                  out.is_contiguous()))
+            seen["convs"].append(
+                (out.dtype, out.device.type, out.is_contiguous(memory_format=torch.channels_last), out.is_contiguous())
+            )
 
     def record_features(module, args):
         for feature in args[0]:
@@ -119,9 +132,13 @@ def _check_training(out, seen, device: str, precision: str, channels_last: bool)
     final, initial = state["model"], seen["initial"]
     assert all(v.dtype == initial[k].dtype for k, v in final.items())  # fp32 master weights whatever the precision
     changed = {k for k in seen["trainable"] if not torch.equal(final[k].cpu(), initial[k])}
-    for name in ("backbone.body.layer4.0.conv1.weight", "backbone.fpn.layer_blocks.0.0.weight",
-                 "rpn.head.cls_logits.weight", "roi_heads.box_predictor.cls_score.weight",
-                 "roi_heads.mask_predictor.mask_fcn_logits.weight"):
+    for name in (
+        "backbone.body.layer4.0.conv1.weight",
+        "backbone.fpn.layer_blocks.0.0.weight",
+        "rpn.head.cls_logits.weight",
+        "roi_heads.box_predictor.cls_score.weight",
+        "roi_heads.mask_predictor.mask_fcn_logits.weight",
+    ):
         assert name in changed, f"{name} did not change in {MAX_ITER} steps"
     assert seen["frozen"] and all(torch.equal(final[k].cpu(), initial[k]) for k in seen["frozen"])
     return state
@@ -148,8 +165,8 @@ def test_training_steps(train_config, tmp_path, monkeypatch, device, precision, 
         # loss scaling: the scaler's state is checkpointed; a step it skipped (inf/NaN gradients) halves the
         # scale and restarts the growth count, and the steps it took are counted
         scaler = state["scaler"]
-        assert scaler is not None and np.isfinite(scaler["scale"]) and 0 < scaler["scale"] <= 2.0 ** 16
-        assert scaler["_growth_tracker"] == MAX_ITER or scaler["scale"] < 2.0 ** 16
+        assert scaler is not None and np.isfinite(scaler["scale"]) and 0 < scaler["scale"] <= 2.0**16
+        assert scaler["_growth_tracker"] == MAX_ITER or scaler["scale"] < 2.0**16
     else:
         assert state["scaler"] is None
 
@@ -202,8 +219,13 @@ def test_one_process_ddp_step(train_config, tmp_path, monkeypatch, device, backe
     trains, and the model steps through DistributedDataParallel with the bare model's gradients."""
     import torch.distributed as dist
 
-    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0", "WORLD_SIZE": "1",
-                       "LOCAL_RANK": "0"}.items():
+    for key, value in {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+    }.items():
         monkeypatch.setenv(key, value)
     seen = _record_training(monkeypatch)
     out = tmp_path / "ddp"

@@ -18,6 +18,7 @@ whole prediction step (building the models, reading the images, inference); ``ab
 row's metrics and results go under --output (default output_dir/ablation). Rows already in an
 ``ablation.json`` there and not run again are kept, so rows can be added as their models finish training.
 """
+
 import argparse
 import json
 import sys
@@ -26,19 +27,30 @@ from pathlib import Path
 from restransfer.cli import EVAL_MEMORY_HINT, note_output, run_tool
 
 ROWS = ("baseline", "refinement", "context", "multiscale", "ensemble")
-TITLES = {"baseline": "baseline", "refinement": "+ box refinement", "context": "+ context",
-          "multiscale": "+ multi-scale testing", "ensemble": "ensemble"}
+TITLES = {
+    "baseline": "baseline",
+    "refinement": "+ box refinement",
+    "context": "+ context",
+    "multiscale": "+ multi-scale testing",
+    "ensemble": "ensemble",
+}
 
 
 def _rows(args):
     """(key, weights, overrides) of each row to run."""
     refine = ["test.box_refinement=true"]
-    scales = ["test.aug.min_sizes=[" + ",".join(str(s) for s in args.scales) + "]",
-              f"test.aug.flip={'false' if args.no_flip else 'true'}", f"test.aug.merge={args.merge}"]
+    scales = [
+        "test.aug.min_sizes=[" + ",".join(str(s) for s in args.scales) + "]",
+        f"test.aug.flip={'false' if args.no_flip else 'true'}",
+        f"test.aug.merge={args.merge}",
+    ]
     context = ["model.roi_heads.global_context=true"]
     best, best_extra = ([args.context_weights], context) if args.context_weights else (args.weights, [])
-    rows = {"baseline": (args.weights, []), "refinement": (args.weights, refine),
-            "multiscale": (best, best_extra + refine + scales)}
+    rows = {
+        "baseline": (args.weights, []),
+        "refinement": (args.weights, refine),
+        "multiscale": (best, best_extra + refine + scales),
+    }
     if args.context_weights:
         rows["context"] = ([args.context_weights], context + refine)
     if args.ensemble_weights:
@@ -50,18 +62,27 @@ def _format(results) -> str:
     lines = ["| row | models | box AP | box AP50 | mask AP | mask AP50 | s/image |", "|---|---|---|---|---|---|---|"]
     for r in results:
         segm = r["metrics"].get("segm", {})
-        mask = (f"{segm['AP']:.1f} | {segm['AP50']:.1f}" if segm else "- | -")
-        lines.append(f"| {TITLES[r['row']]} | {len(r['weights'])} | {r['metrics']['bbox']['AP']:.1f} | "
-                     f"{r['metrics']['bbox']['AP50']:.1f} | {mask} | {r['seconds_per_image']:.3f} |")
+        mask = f"{segm['AP']:.1f} | {segm['AP50']:.1f}" if segm else "- | -"
+        lines.append(
+            f"| {TITLES[r['row']]} | {len(r['weights'])} | {r['metrics']['bbox']['AP']:.1f} | "
+            f"{r['metrics']['bbox']['AP50']:.1f} | {mask} | {r['seconds_per_image']:.3f} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n", 1)[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("config", help="YAML config of the models (its data.test is evaluated)")
-    p.add_argument("--weights", nargs="+", required=True, help="the baseline model (several: the first is the "
-                   "baseline, the rest join the ensemble)")
+    p.add_argument(
+        "--weights",
+        nargs="+",
+        required=True,
+        help="the baseline model (several: the first is the baseline, the rest join the ensemble)",
+    )
     p.add_argument("--context-weights", help="a model trained with model.roi_heads.global_context=true")
     p.add_argument("--ensemble-weights", nargs="+", default=[], help="more models for the ensemble row")
     p.add_argument("--scales", nargs="+", type=int, default=[96, 128, 160], help="test scales (short side)")
@@ -87,13 +108,21 @@ def main(argv=None) -> int:
     for key, weights, overrides in _rows(args):
         cfg = load_config(args.config, list(args.opts) + overrides)
         # the COCO protocol run of eval_coco.py (metrics.json and coco_results.json in the row's folder), no report
-        run = evaluate(cfg, weights, evaluator="coco", metrics_path=out / key / "metrics.json", report=False,
-                       progress=False)
+        run = evaluate(
+            cfg, weights, evaluator="coco", metrics_path=out / key / "metrics.json", report=False, progress=False
+        )
         metrics, images = run.metrics, len(run.evaluator.predictions)
         seconds = run.seconds / max(1, images)
-        results.append({"row": key, "weights": [str(w) for w in weights], "overrides": overrides,
-                        "metrics": {t: {k: v for k, v in m.items() if k != "per_category"} for t, m in metrics.items()},
-                        "seconds_per_image": seconds, "images": images})
+        results.append(
+            {
+                "row": key,
+                "weights": [str(w) for w in weights],
+                "overrides": overrides,
+                "metrics": {t: {k: v for k, v in m.items() if k != "per_category"} for t, m in metrics.items()},
+                "seconds_per_image": seconds,
+                "images": images,
+            }
+        )
         print(f"{TITLES[key]}: box AP {metrics['bbox']['AP']:.2f}, {seconds:.3f} s/image", flush=True)
     done = {r["row"] for r in results}
     results = sorted(results + [r for k, r in kept.items() if k not in done], key=lambda r: ROWS.index(r["row"]))

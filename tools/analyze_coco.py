@@ -4,6 +4,7 @@
 Runs restransfer/commands/analyze_coco.py, where the code and its usage are (``--help`` prints them);
 the installed command runs the same code as ``restransfer analyze``.
 """
+
 import sys
 from pathlib import Path
 

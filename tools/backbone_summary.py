@@ -2,6 +2,7 @@
 
 Usage: python tools/backbone_summary.py [--depth 18 34 50 101 152] [--style caffe|pytorch] [--size 224]
 """
+
 import argparse
 import sys
 
@@ -30,8 +31,12 @@ def main(argv=None) -> int:
             feats = model(x)
         shapes = " ".join(f"{k}:{tuple(v.shape[1:])}" for k, v in feats.items())
         params = sum(p.numel() for p in model.parameters()) + sum(
-            b.numel() for n, b in model.named_buffers() if n.endswith(("weight", "bias")))
-        print(f"{depth:>5} {str(DEPTHS[depth][1]):>16} {params / 1e6:>11.1f} {counter.get_total_flops() / 2e9:>14.2f}  {shapes}")
+            b.numel() for n, b in model.named_buffers() if n.endswith(("weight", "bias"))
+        )
+        print(
+            f"{depth:>5} {str(DEPTHS[depth][1]):>16} {params / 1e6:>11.1f} "
+            f"{counter.get_total_flops() / 2e9:>14.2f}  {shapes}"
+        )
     return 0
 
 

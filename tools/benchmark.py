@@ -15,6 +15,7 @@ inputs exist (max_memory_allocated on CUDA). See restransfer/benchmark/model.py 
 --data times the config's training loader instead (decode, augment, collate) with 0 and N workers, on
 data.train or, when that is missing, on generated COCO-sized JPEGs (restransfer/benchmark/data.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,14 @@ import sys
 
 import torch
 
-from restransfer.benchmark import (as_json, format_loader_report, format_report, loader_report_json, run_benchmark,
-                                   run_loader_benchmark)
+from restransfer.benchmark import (
+    as_json,
+    format_loader_report,
+    format_report,
+    loader_report_json,
+    run_benchmark,
+    run_loader_benchmark,
+)
 from restransfer.cli import config_from_args, model_parser, run_tool
 from restransfer.errors import ConfigError
 from restransfer.fileio import atomic_write_text
@@ -33,47 +40,89 @@ from restransfer.fileio import atomic_write_text
 def _parser() -> argparse.ArgumentParser:
     p = model_parser(__doc__, "detector checkpoint (default: model.weights, else calibrated random weights)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default="fp32", metavar="fp32|bf16|fp16[,...]",
-                   help="precision of our model, or several separated by commas (fp32,bf16; inference only), timed "
-                        "in the same interleaved runs; torchvision's model runs as --reference-dtype says")
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        metavar="fp32|bf16|fp16[,...]",
+        help="precision of our model, or several separated by commas (fp32,bf16; inference only), timed "
+        "in the same interleaved runs; torchvision's model runs as --reference-dtype says",
+    )
     p.add_argument("--train", action="store_true", help="time a training step instead of inference")
-    p.add_argument("--iters", type=int, default=5, help="timed runs per model (default 5); with --data, timed rounds "
-                                                        "per worker count")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs per model first (default 1); with --data, "
-                                                         "untimed rounds")
-    p.add_argument("--size", type=int, nargs=2, default=(800, 1067), metavar=("H", "W"),
-                   help="input image size (default 800 1067; inference resizes to input.min_size_test)")
+    p.add_argument(
+        "--iters",
+        type=int,
+        default=5,
+        help="timed runs per model (default 5); with --data, timed rounds per worker count",
+    )
+    p.add_argument(
+        "--warmup", type=int, default=1, help="untimed runs per model first (default 1); with --data, untimed rounds"
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=(800, 1067),
+        metavar=("H", "W"),
+        help="input image size (default 800 1067; inference resizes to input.min_size_test)",
+    )
     p.add_argument("--batch", type=int, default=1, help="images per run (default 1)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: PyTorch's choice)")
-    p.add_argument("--reference", metavar="eager,compile",
-                   help="torchvision references to time (default: eager): eager, the model as it is; compile, the "
-                        "same model with only its backbone + FPN wrapped in torch.compile, as a user would do "
-                        "(model.backbone = torch.compile(model.backbone)); its compile time is reported apart, "
-                        "with the time per image amortized over compilation + 100 calls")
-    p.add_argument("--reference-dtype", metavar="fp32|bf16|fp16[,...]",
-                   help="precision(s) of the torchvision references (autocast); default: inference fp32 on CPU and "
-                        "the first --dtype on CUDA, training the --dtype")
+    p.add_argument(
+        "--reference",
+        metavar="eager,compile",
+        help="torchvision references to time (default: eager): eager, the model as it is; compile, the "
+        "same model with only its backbone + FPN wrapped in torch.compile, as a user would do "
+        "(model.backbone = torch.compile(model.backbone)); its compile time is reported apart, "
+        "with the time per image amortized over compilation + 100 calls",
+    )
+    p.add_argument(
+        "--reference-dtype",
+        metavar="fp32|bf16|fp16[,...]",
+        help="precision(s) of the torchvision references (autocast); default: inference fp32 on CPU and "
+        "the first --dtype on CUDA, training the --dtype",
+    )
     p.add_argument("--no-reference", action="store_true", help="skip torchvision's model")
-    p.add_argument("--memory", choices=("fresh", "off"), default="fresh",
-                   help="fresh (default): after the timing, each model's peak memory in a fresh process of its own; "
-                        "off: no memory figures")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="training on channels_last activations (default: on CUDA, or as solver.channels_last says)")
+    p.add_argument(
+        "--memory",
+        choices=("fresh", "off"),
+        default="fresh",
+        help="fresh (default): after the timing, each model's peak memory in a fresh process of its own; "
+        "off: no memory figures",
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="training on channels_last activations (default: on CUDA, or as solver.channels_last says)",
+    )
     p.add_argument("--json", help="also write the results here")
     data = p.add_argument_group("data loader (--data)")
-    data.add_argument("--data", action="store_true",
-                      help="time the config's training data loader (images/s) instead of a model")
-    data.add_argument("--workers", metavar="N[,N...]",
-                      help="worker counts to time besides 0 (in-process), e.g. 1,2 (default: data.num_workers)")
+    data.add_argument(
+        "--data", action="store_true", help="time the config's training data loader (images/s) instead of a model"
+    )
+    data.add_argument(
+        "--workers",
+        metavar="N[,N...]",
+        help="worker counts to time besides 0 (in-process), e.g. 1,2 (default: data.num_workers)",
+    )
     data.add_argument("--images", type=int, default=64, help="images per timed round (default 64)")
     return p
 
 
 # model-timing options that mean nothing for --data, with how to name them in an error
-_MODEL_ONLY = {"weights": "--weights", "device": "--device", "dtype": "--dtype", "train": "--train",
-               "size": "--size", "batch": "--batch", "no_reference": "--no-reference",
-               "channels_last": "--channels-last", "reference": "--reference", "reference_dtype": "--reference-dtype",
-               "memory": "--memory"}
+_MODEL_ONLY = {
+    "weights": "--weights",
+    "device": "--device",
+    "dtype": "--dtype",
+    "train": "--train",
+    "size": "--size",
+    "batch": "--batch",
+    "no_reference": "--no-reference",
+    "channels_last": "--channels-last",
+    "reference": "--reference",
+    "reference_dtype": "--reference-dtype",
+    "memory": "--memory",
+}
 
 
 def _worker_counts(text: str):
@@ -89,8 +138,10 @@ def _worker_counts(text: str):
 def _data_main(args, parser: argparse.ArgumentParser) -> int:
     given = [flag for dest, flag in _MODEL_ONLY.items() if getattr(args, dest) != parser.get_default(dest)]
     if given:
-        print(f"error: --data times the data loader only; drop {', '.join(given)} (model benchmark options)",
-              file=sys.stderr)
+        print(
+            f"error: --data times the data loader only; drop {', '.join(given)} (model benchmark options)",
+            file=sys.stderr,
+        )
         return 2
     if args.images < 1:
         print("error: --images must be at least 1", file=sys.stderr)
@@ -101,8 +152,9 @@ def _data_main(args, parser: argparse.ArgumentParser) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result = run_loader_benchmark(cfg, workers=workers, images_per_round=args.images, rounds=args.iters,
-                                  warmup=args.warmup)
+    result = run_loader_benchmark(
+        cfg, workers=workers, images_per_round=args.images, rounds=args.iters, warmup=args.warmup
+    )
     print(format_loader_report(result), end="")
     if args.json:
         atomic_write_text(args.json, json.dumps(loader_report_json(result), indent=1) + "\n")
@@ -129,9 +181,20 @@ def main(argv=None) -> int:
     reference = False if args.no_reference else (args.reference or "eager")
     ref_dtype = args.reference_dtype.split(",") if args.reference_dtype else None
     cfg = config_from_args(args)
-    result = run_benchmark(cfg, device=args.device, precision=args.dtype.split(","), train=args.train, iters=args.iters,
-                           warmup=args.warmup, size=tuple(args.size), batch=args.batch, reference=reference,
-                           reference_precision=ref_dtype, memory=args.memory, channels_last=args.channels_last)
+    result = run_benchmark(
+        cfg,
+        device=args.device,
+        precision=args.dtype.split(","),
+        train=args.train,
+        iters=args.iters,
+        warmup=args.warmup,
+        size=tuple(args.size),
+        batch=args.batch,
+        reference=reference,
+        reference_precision=ref_dtype,
+        memory=args.memory,
+        channels_last=args.channels_last,
+    )
     print(format_report(result), end="")
     if args.json:
         atomic_write_text(args.json, json.dumps(as_json(result), indent=1, default=str) + "\n")

@@ -14,6 +14,7 @@ images/s over the whole run (compile time included), the steady time per image, 
 shapes and how many calls compiled. Weights are random (calibrated for inference); the inductor cache starts
 empty unless TORCHINDUCTOR_CACHE_DIR is set. See restransfer/benchmark/compile.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,16 +46,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("opts", nargs="*", metavar="key=value", help="config overrides, e.g. input.min_size_test=256")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--train", action="store_true", help="time training steps instead of inference")
-    p.add_argument("--dtype", default=None, help="training: autocast precision (default: solver.precision, auto "
-                                                 "resolved); inference runs test.precision")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="training: autocast precision (default: solver.precision, auto resolved); inference runs test.precision",
+    )
     p.add_argument("--iters", type=int, default=10, help="--train: timed steps per model (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="--train: untimed steps first (default 2)")
-    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="--train: synthetic image size (default: input.max_size_train square)")
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="--train: synthetic image size (default: input.max_size_train square)",
+    )
     p.add_argument("--batch", type=int, default=None, help="--train: images per step (default solver.ims_per_batch)")
     p.add_argument("--images", type=int, default=200, help="inference: images of COCO's sizes (default 200)")
-    p.add_argument("--variants", default="optimized,optimized+compile",
-                   help=f"inference: comma-separated, of {', '.join(INFERENCE_VARIANTS)}")
+    p.add_argument(
+        "--variants",
+        default="optimized,optimized+compile",
+        help=f"inference: comma-separated, of {', '.join(INFERENCE_VARIANTS)}",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: PyTorch's choice)")
     p.add_argument("--json", help="also write the results here")
     return p
@@ -62,18 +75,24 @@ def _parser() -> argparse.ArgumentParser:
 
 def _train_report(out) -> str:
     c = out["config"]
-    lines = [f"{c['arch']} {c['head']} R{c['depth']} training step on {c['device']} ({c['machine']}), "
-             f"{c['threads']} threads, {c['batch']} x {c['image_size'][0]}x{c['image_size'][1]}, {c['precision']}, "
-             f"channels_last {c['channels_last']}",
-             f"load average {out['environment']['load_average_before']} -> {out['environment']['load_average_after']}"]
+    lines = [
+        f"{c['arch']} {c['head']} R{c['depth']} training step on {c['device']} ({c['machine']}), "
+        f"{c['threads']} threads, {c['batch']} x {c['image_size'][0]}x{c['image_size'][1]}, {c['precision']}, "
+        f"channels_last {c['channels_last']}",
+        f"load average {out['environment']['load_average_before']} -> {out['environment']['load_average_after']}",
+    ]
     for name, m in out["measurements"].items():
         step = m.latency_median * c["batch"]
         extra = f"  compile {m.compile_s:.1f} s over {m.compile_calls} step(s)" if m.compile_s is not None else ""
-        lines.append(f"  {name:28s} step {step:7.3f} s (p25 {m.latency_p25 * c['batch']:.3f}, "
-                     f"p75 {m.latency_p75 * c['batch']:.3f}){extra}")
+        lines.append(
+            f"  {name:28s} step {step:7.3f} s (p25 {m.latency_p25 * c['batch']:.3f}, "
+            f"p75 {m.latency_p75 * c['batch']:.3f}){extra}"
+        )
     even = out["break_even_steps"]
-    lines.append(f"compiled / eager speed {out['speedup']:.3f}x; "
-                 + (f"compiling pays after {even} steps" if even else "compiling never pays (the step is not faster)"))
+    lines.append(
+        f"compiled / eager speed {out['speedup']:.3f}x; "
+        + (f"compiling pays after {even} steps" if even else "compiling never pays (the step is not faster)")
+    )
     lines.append(f"compiled: {out['compile_events']}")
     return "\n".join(lines) + "\n"
 
@@ -81,17 +100,21 @@ def _train_report(out) -> str:
 def _inference_report(out) -> str:
     c = out["config"]
     shapes = out["input_shapes"]
-    lines = [f"{c['arch']} {c['head']} R{c['depth']} inference on {c['device']} ({c['machine']}), {c['threads']} "
-             f"threads, {c['num_images']} images of COCO's sizes resized to {c['min_size_test']} "
-             f"(max {c['max_size_test']}), {c['precision']}",
-             f"load average {out['environment']['load_average_before']} -> {out['environment']['load_average_after']}",
-             f"{len(shapes)} distinct padded input shapes (multiples of {c['size_divisibility']}): "
-             + " ".join(f"{h}x{w}" for h, w in shapes)]
+    lines = [
+        f"{c['arch']} {c['head']} R{c['depth']} inference on {c['device']} ({c['machine']}), {c['threads']} "
+        f"threads, {c['num_images']} images of COCO's sizes resized to {c['min_size_test']} "
+        f"(max {c['max_size_test']}), {c['precision']}",
+        f"load average {out['environment']['load_average_before']} -> {out['environment']['load_average_after']}",
+        f"{len(shapes)} distinct padded input shapes (multiples of {c['size_divisibility']}): "
+        + " ".join(f"{h}x{w}" for h, w in shapes),
+    ]
     for name, r in out["runs"].items():
-        lines.append(f"  {name:18s} {r.images_per_s:6.2f} images/s over the run ({r.total_s:.1f} s), "
-                     f"steady {r.latency_median * 1000:.0f} ms/image, compile {r.compile_s:.1f} s, "
-                     f"{r.compiling_calls} compiling call(s) ({r.recompiles} recompile(s)), {r.graphs} graph(s), "
-                     f"{r.graph_breaks} graph break(s)")
+        lines.append(
+            f"  {name:18s} {r.images_per_s:6.2f} images/s over the run ({r.total_s:.1f} s), "
+            f"steady {r.latency_median * 1000:.0f} ms/image, compile {r.compile_s:.1f} s, "
+            f"{r.compiling_calls} compiling call(s) ({r.recompiles} recompile(s)), {r.graphs} graph(s), "
+            f"{r.graph_breaks} graph break(s)"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -108,8 +131,15 @@ def main(argv=None) -> int:
         if precision == "auto":
             precision = resolve_precision("auto", resolve_device(args.device))
         size = tuple(args.size) if args.size else (cfg.input.max_size_train,) * 2
-        out = run_compile_training(cfg, device=args.device, precision=precision, iters=args.iters,
-                                   warmup=args.warmup, size=size, batch=args.batch)
+        out = run_compile_training(
+            cfg,
+            device=args.device,
+            precision=precision,
+            iters=args.iters,
+            warmup=args.warmup,
+            size=size,
+            batch=args.batch,
+        )
         print(_train_report(out), end="")
         data = {**out, "measurements": {k: asdict(v) for k, v in out["measurements"].items()}}
     else:

@@ -8,6 +8,7 @@ rest random boxes of random classes; confidences are rounded to 3 decimals so th
 Prints the time of writing and reading the submission file, of the devkit evaluation from arrays,
 and (with --coco) of the COCO protocol beside it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,16 +35,22 @@ def main(argv=None) -> int:
 
     out = run_det_eval_benchmark(args.images, args.classes, args.detections, seed=args.seed, coco=args.coco)
     s = out.seconds
-    print(f"generated {out.num_objects} objects in {out.num_images} images, {out.num_detections} detections, "
-          f"{out.num_classes} classes ({s['generate']:.1f} s)")
+    print(
+        f"generated {out.num_objects} objects in {out.num_images} images, {out.num_detections} detections, "
+        f"{out.num_classes} classes ({s['generate']:.1f} s)"
+    )
     print(f"write submission file      {s['write submission file']:7.2f} s")
     print(f"read submission file       {s['read submission file']:7.2f} s")
-    print(f"devkit evaluation          {s['devkit evaluation']:7.2f} s   mAP@.5 {out.mean_ap * 100:.2f}  "
-          f"({out.true_positives} true positives)")
+    print(
+        f"devkit evaluation          {s['devkit evaluation']:7.2f} s   mAP@.5 {out.mean_ap * 100:.2f}  "
+        f"({out.true_positives} true positives)"
+    )
     print(f"read + evaluate            {s['read submission file'] + s['devkit evaluation']:7.2f} s")
     if out.coco is not None:
-        print(f"COCO protocol              {s['COCO protocol']:7.2f} s   AP {out.coco['AP']:.2f}  "
-              f"AP50 {out.coco['AP50']:.2f}")
+        print(
+            f"COCO protocol              {s['COCO protocol']:7.2f} s   AP {out.coco['AP']:.2f}  "
+            f"AP50 {out.coco['AP50']:.2f}"
+        )
     return 0
 
 

@@ -7,6 +7,7 @@ submission and a Kaggle CSV submission with 5 guesses per image into a temporary
 50,000 devkit XML files), then times reading each file, the evaluation itself, and the three localization
 modes over detector outputs of 100 detections per image. Prints seconds per step.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -7,6 +7,7 @@ of them difficult, detections near objects (duplicates and wrong classes include
 rounded to 3 decimals so that ties occur. Prints the time of writing and reading the devkit's results files and
 of the evaluation from arrays (mAP@.5 and the AP over IoU .5:.95 together), and the CPU it ran on.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,12 +38,16 @@ def main(argv=None) -> int:
     out = run_voc_eval_benchmark(args.images, args.detections_per_image, metric=args.metric, seed=args.seed)
     s = out.seconds
     print(machine_description(torch.device("cpu")))
-    print(f"generated {out.num_objects} objects in {out.num_images} images, {out.num_detections} detections "
-          f"({s['generate']:.1f} s)")
+    print(
+        f"generated {out.num_objects} objects in {out.num_images} images, {out.num_detections} detections "
+        f"({s['generate']:.1f} s)"
+    )
     print(f"write results files   {s['write results files']:7.2f} s")
     print(f"read results files    {s['read results files']:7.2f} s")
-    print(f"evaluate ({args.metric})    {s['evaluate']:7.2f} s   mAP@.5 {out.mean_ap:.2f}  "
-          f"mAP@.5:.95 {out.mean_ap_50_95:.2f}")
+    print(
+        f"evaluate ({args.metric})    {s['evaluate']:7.2f} s   mAP@.5 {out.mean_ap:.2f}  "
+        f"mAP@.5:.95 {out.mean_ap_50_95:.2f}"
+    )
     return 0
 
 

@@ -13,6 +13,7 @@ on a 2-core CPU):
 
 A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the traceback).
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -29,8 +30,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Train plain and residual nets and draw training/test error.")
     parser.add_argument("configs", nargs="+", help="classification YAML configs (key=value overrides may follow)")
     parser.add_argument("--output", required=True, help="folder of the runs, the figure, curves.json and table.md")
-    parser.add_argument("--depths", type=int, nargs="+", default=(),
-                        help="train every config as a plain and a residual net at each of these depths")
+    parser.add_argument(
+        "--depths",
+        type=int,
+        nargs="+",
+        default=(),
+        help="train every config as a plain and a residual net at each of these depths",
+    )
     args = parser.parse_intermixed_args(argv)
     configs = [c for c in args.configs if "=" not in c]
     overrides = [c for c in args.configs if "=" in c]

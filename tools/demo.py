@@ -4,6 +4,7 @@
 Runs restransfer/commands/demo.py, where the code and its usage are (``--help`` prints them);
 the installed command runs the same code as ``restransfer predict``.
 """
+
 import sys
 from pathlib import Path
 

@@ -4,6 +4,7 @@
 Runs restransfer/commands/eval_imagenet_loc.py, where the code and its usage are (``--help`` prints them);
 the installed command runs the same code as ``restransfer eval CONFIG (ImageNet CLS-LOC test sets)``.
 """
+
 import sys
 from pathlib import Path
 

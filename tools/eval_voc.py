@@ -16,6 +16,7 @@ go to output_dir:
 annotations, area otherwise. A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the
 traceback).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--results", help="folder of results files comp4_det_<image set>_<class>.txt")
     p.add_argument("--annotations", help="folder of XML annotations, e.g. VOCdevkit/VOC2007/Annotations")
     p.add_argument("--image-set", help="image-set list, e.g. VOCdevkit/VOC2007/ImageSets/Main/test.txt")
-    p.add_argument("--classes", nargs="+", metavar="NAME",
-                   help="class names in label order (default: the devkit's 20 PASCAL classes)")
+    p.add_argument(
+        "--classes",
+        nargs="+",
+        metavar="NAME",
+        help="class names in label order (default: the devkit's 20 PASCAL classes)",
+    )
     p.add_argument("--metric", choices=METRICS, help="AP rule (default: voc2007 for VOC2007, else area)")
     p.add_argument("--output", help="metrics.json path (default: output_dir/metrics.json in model mode)")
     # intermixed: the documented 'CONFIG --weights CKPT key=value ...' puts options between the positionals
@@ -67,8 +72,10 @@ def _file_mode(args: argparse.Namespace) -> int:
     year = next((p.name[3:] for p in Path(args.annotations).resolve().parents if p.name.startswith("VOC")), None)
     result = evaluate_voc(gt, dets, args.metric or default_metric(year))
     metrics = metrics_dict(result, classes)
-    print(f"{len(dets)} detections on {gt.num_images} images ({int((~gt.difficult).sum())} objects, "
-          f"{int(gt.difficult.sum())} difficult)")
+    print(
+        f"{len(dets)} detections on {gt.num_images} images ({int((~gt.difficult).sum())} objects, "
+        f"{int(gt.difficult.sum())} difficult)"
+    )
     print(format_table(metrics))
     if args.output:
         write_metrics(metrics, args.output)

@@ -7,6 +7,7 @@ Each OUTPUT_DIR is a training output_dir (its log.jsonl, and metrics.json for th
 drawn smoothed with the raw values faint behind. A failure ends with ``error: ...`` and exit status 2
 (``--debug`` shows the traceback).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,9 @@ def main(argv=None) -> int:
     p.add_argument("output_dirs", nargs="+", metavar="OUTPUT_DIR", help="training output folders")
     p.add_argument("--keys", nargs="+", help="what to plot (default: every loss term, lr and the AP values)")
     p.add_argument("--output", required=True, help="the PNG to write, e.g. curves.png")
-    p.add_argument("--x", choices=("iteration", "images"), default="iteration",
-                   help="x axis: iterations or images seen")
+    p.add_argument(
+        "--x", choices=("iteration", "images"), default="iteration", help="x axis: iterations or images seen"
+    )
     p.add_argument("--smooth", type=int, default=5, help="moving-average window in logged points (1: none)")
     args = p.parse_args(argv)
     note_output("--output", args.output)

@@ -4,6 +4,7 @@
 Runs restransfer/commands/train_det.py, where the code and its usage are (``--help`` prints them);
 the installed command runs the same code as ``restransfer train CONFIG (detection configs)``.
 """
+
 import sys
 from pathlib import Path
 

@@ -15,6 +15,7 @@ Without supercategories (none given, or empty) ``Sim`` equals ``Oth``. Areas are
 COCO's 101 recall thresholds and the categories with ground truth in that size range, as
 ``COCOeval.summarize`` computes AP; they never decrease from ``C75`` to ``FN``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -120,8 +121,15 @@ def _coco(dataset: Dict[str, Any]) -> COCO:
     return coco
 
 
-def _evaluate(gt: COCO, dt: COCO, iou_type: str, iou_thrs: Sequence[float], img_ids: Sequence[int],
-              cat_ids: Optional[Sequence[int]] = None, sizes: bool = True) -> COCOeval:
+def _evaluate(
+    gt: COCO,
+    dt: COCO,
+    iou_type: str,
+    iou_thrs: Sequence[float],
+    img_ids: Sequence[int],
+    cat_ids: Optional[Sequence[int]] = None,
+    sizes: bool = True,
+) -> COCOeval:
     ev = COCOeval(gt, dt, iou_type)
     ev.params.imgIds = list(img_ids)
     if cat_ids is not None:
@@ -136,8 +144,15 @@ def _evaluate(gt: COCO, dt: COCO, iou_type: str, iou_thrs: Sequence[float], img_
     return ev
 
 
-def _relabelled_precision(gt_data: Dict[str, Any], dt: COCO, cat_ids: Sequence[int],
-                          relabel: Dict[int, set], iou_type: str, img_ids: Sequence[int], sizes: bool) -> np.ndarray:
+def _relabelled_precision(
+    gt_data: Dict[str, Any],
+    dt: COCO,
+    cat_ids: Sequence[int],
+    relabel: Dict[int, set],
+    iou_type: str,
+    img_ids: Sequence[int],
+    sizes: bool,
+) -> np.ndarray:
     """(R, K, A) precision at IoU .1 of every category's detections, where for category ``k`` the ground truth
     of the categories in ``relabel[k]`` counts as ignored (crowd) regions of ``k``: matching them neither helps
     nor hurts.
@@ -161,9 +176,17 @@ def _relabelled_precision(gt_data: Dict[str, Any], dt: COCO, cat_ids: Sequence[i
     return _evaluate(gt, dt, iou_type, [0.1], img_ids, cat_ids, sizes).eval["precision"][0, :, :, :, 0]
 
 
-def analyze_coco_errors(gt_data: Dict[str, Any], results: List[Dict[str, Any]], iou_type: str = "bbox", *,
-                        image_ids: Optional[Sequence[int]] = None, breakdown: bool = True, sizes: bool = True,
-                        gt_name: str = "ground truth", results_name: str = "results") -> ErrorAnalysis:
+def analyze_coco_errors(
+    gt_data: Dict[str, Any],
+    results: List[Dict[str, Any]],
+    iou_type: str = "bbox",
+    *,
+    image_ids: Optional[Sequence[int]] = None,
+    breakdown: bool = True,
+    sizes: bool = True,
+    gt_name: str = "ground truth",
+    results_name: str = "results",
+) -> ErrorAnalysis:
     """The error breakdown of ``results`` (COCO results list) against ``gt_data`` (the annotation json's dict).
 
     Args:
@@ -182,8 +205,9 @@ def analyze_coco_errors(gt_data: Dict[str, Any], results: List[Dict[str, Any]], 
         raise ValueError(f"iou type {iou_type!r}: choose bbox or segm")
     check_ground_truth(gt_data, gt_name, [iou_type], image_ids)
     if not results:
-        raise DataError(f"{results_name}: no detections to analyse; give the results of a model that detected "
-                        f"something on this set")
+        raise DataError(
+            f"{results_name}: no detections to analyse; give the results of a model that detected something on this set"
+        )
     check_results(results, results_name, [iou_type], gt_data, allow_empty=False)
     drop = "segmentation" if iou_type == "bbox" else "bbox"  # loadRes takes a given box's area as the mask's
     gt_data = {**gt_data, "annotations": [dict(a) for a in gt_data["annotations"]]}
@@ -206,8 +230,9 @@ def analyze_coco_errors(gt_data: Dict[str, Any], results: List[Dict[str, Any]], 
         others = {k: set(cat_ids) - {k} for k in cat_ids}
         ps[4] = _relabelled_precision(evaluated_data, dt, cat_ids, others, iou_type, img_ids, sizes)
         if has_super:
-            similar = {k: {c for c in others[k] if cats[c]["supercategory"] == cats[k]["supercategory"]}
-                       for k in cat_ids}
+            similar = {
+                k: {c for c in others[k] if cats[c]["supercategory"] == cats[k]["supercategory"]} for k in cat_ids
+            }
             ps[3] = _relabelled_precision(evaluated_data, dt, cat_ids, similar, iou_type, img_ids, sizes)
         else:
             ps[3] = ps[4]
@@ -221,7 +246,14 @@ def analyze_coco_errors(gt_data: Dict[str, Any], results: List[Dict[str, Any]], 
     records = main.evalImgs
     n_img = len(img_ids)
     # evalImgs runs over categories, then area ranges, then images; keep area "all"
-    matches = [records[k * a_n * n_img: k * a_n * n_img + n_img] for k in range(k_n)]
-    return ErrorAnalysis(precision=ps, recall_thresholds=np.asarray(main.params.recThrs), cat_ids=cat_ids,
-                         names=[str(cats[c]["name"]) for c in cat_ids], iou_type=iou_type, matches=matches,
-                         detections=dict(dt.anns), ground_truth=dict(gt.anns))
+    matches = [records[k * a_n * n_img : k * a_n * n_img + n_img] for k in range(k_n)]
+    return ErrorAnalysis(
+        precision=ps,
+        recall_thresholds=np.asarray(main.params.recThrs),
+        cat_ids=cat_ids,
+        names=[str(cats[c]["name"]) for c in cat_ids],
+        iou_type=iou_type,
+        matches=matches,
+        detections=dict(dt.anns),
+        ground_truth=dict(gt.anns),
+    )

@@ -6,6 +6,7 @@ Each run is an ``output_dir`` of training: ``log.jsonl`` (one json object per lo
 whose AP values appear as the last point of the AP panels. A resumed run appends to ``log.jsonl``; the last
 record of an iteration wins.
 """
+
 from __future__ import annotations
 
 import math
@@ -67,8 +68,10 @@ def read_run(output_dir: PathLike, name: Optional[str] = None) -> Run:
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such output folder; give the output_dir of a training run")
     if not log.is_file():
-        raise FileNotFoundError(f"{path} has no log.jsonl: give the output_dir of a training run (train_det.py "
-                                f"writes log.jsonl there from the first logged iteration)")
+        raise FileNotFoundError(
+            f"{path} has no log.jsonl: give the output_dir of a training run (train_det.py "
+            f"writes log.jsonl there from the first logged iteration)"
+        )
     records: Dict[str, Dict[float, Tuple[float, float]]] = {}
     last_iter, last_images = 0.0, 0.0
     with open(log, "rb") as f:  # bytes: a damaged line is named by its number, not by a decoder's offset
@@ -76,8 +79,10 @@ def read_run(output_dir: PathLike, name: Optional[str] = None) -> Run:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"{log}: line {lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
-                                f"{e.start + 1}); the log is damaged: remove or repair that line") from None
+                raise DataError(
+                    f"{log}: line {lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                    f"{e.start + 1}); the log is damaged: remove or repair that line"
+                ) from None
             if not line.strip():
                 continue
             rec = parse_json(line, log, line=lineno)
@@ -137,8 +142,14 @@ def _unique_names(paths: Sequence[Path]) -> List[str]:
 
 
 @literal_text
-def plot_runs(output_dirs: Sequence[PathLike], output: PathLike, *, keys: Optional[Sequence[str]] = None,
-              x: str = "iteration", window: int = 5) -> Dict[str, Dict[str, int]]:
+def plot_runs(
+    output_dirs: Sequence[PathLike],
+    output: PathLike,
+    *,
+    keys: Optional[Sequence[str]] = None,
+    x: str = "iteration",
+    window: int = 5,
+) -> Dict[str, Dict[str, int]]:
     """Plot ``keys`` (default :func:`default_keys`) of every run into one PNG, a panel per key.
 
     Loss curves are drawn smoothed (``window`` logged points) with the raw values faint behind (the learning
@@ -166,8 +177,11 @@ def plot_runs(output_dirs: Sequence[PathLike], output: PathLike, *, keys: Option
     colours = plt.get_cmap("tab10")
     drawn: Dict[str, Dict[str, int]] = {k: {} for k in keys}
     xi = 0 if x == "iteration" else 1
-    right = max([float(np.nanmax(v[xi])) for run in runs for v in run.series.values() if np.isfinite(v[xi]).any()]
-                + [f[xi] for run in runs for f in run.final.values() if np.isfinite(f[xi])] + [1.0])
+    right = max(
+        [float(np.nanmax(v[xi])) for run in runs for v in run.series.values() if np.isfinite(v[xi]).any()]
+        + [f[xi] for run in runs for f in run.final.values() if np.isfinite(f[xi])]
+        + [1.0]
+    )
     for ax, key in zip(axes.flat, keys):
         for r, run in enumerate(runs):
             colour = colours(r % 10)
@@ -184,8 +198,14 @@ def plot_runs(output_dirs: Sequence[PathLike], output: PathLike, *, keys: Option
                 n += len(vals)
             if key in run.final:
                 fx = run.final[key][xi]
-                ax.plot([fx], [run.final[key][2]], "*", color=colour, markersize=10,
-                        label=None if n else f"{run.name} (final)")
+                ax.plot(
+                    [fx],
+                    [run.final[key][2]],
+                    "*",
+                    color=colour,
+                    markersize=10,
+                    label=None if n else f"{run.name} (final)",
+                )
                 n += 1
             if n:
                 drawn[key][run.name] = n
@@ -198,7 +218,7 @@ def plot_runs(output_dirs: Sequence[PathLike], output: PathLike, *, keys: Option
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(keys) :]:
         ax.set_visible(False)
     fig.tight_layout()
     save_figure(fig, output, dpi=90)

@@ -1,6 +1,7 @@
 """Detection plots: the error breakdown in cocoapi's stacked-area style, per-class precision-recall curves,
 the confusion matrix (IoU >= 0.5, with a background row and column), per-class AP bars and the
 localization error split. Every function returns the PNG bytes and writes them to ``path`` when given."""
+
 from __future__ import annotations
 
 import hashlib
@@ -17,16 +18,33 @@ from ..fileio import atomic_write_text
 from .coco_errors import AREAS, CURVES, ErrorAnalysis
 from .figures import literal_text, plt, save_figure
 
-__all__ = ["plot_error_breakdown", "write_error_plots", "plot_pr_curves", "coco_pr_curves", "confusion_matrix",
-           "plot_confusion_matrix", "plot_class_ap", "plot_localization_errors", "safe_name", "unique_file_stems",
-           "write_analysis"]
+__all__ = [
+    "plot_error_breakdown",
+    "write_error_plots",
+    "plot_pr_curves",
+    "coco_pr_curves",
+    "confusion_matrix",
+    "plot_confusion_matrix",
+    "plot_class_ap",
+    "plot_localization_errors",
+    "safe_name",
+    "unique_file_stems",
+    "write_analysis",
+]
 
 PathLike = Optional[Union[str, os.PathLike]]
 
 # the cocoapi colours: C75 and C50 white (here light greys, to tell them apart), Loc blue, Sim red, Oth green,
 # BG purple, FN orange
-_COLOURS = [(1.0, 1.0, 1.0), (0.9, 0.9, 0.9), (0.31, 0.51, 0.74), (0.75, 0.31, 0.30), (0.36, 0.90, 0.38),
-            (0.50, 0.39, 0.64), (1.0, 0.6, 0.0)]
+_COLOURS = [
+    (1.0, 1.0, 1.0),
+    (0.9, 0.9, 0.9),
+    (0.31, 0.51, 0.74),
+    (0.75, 0.31, 0.30),
+    (0.36, 0.90, 0.38),
+    (0.50, 0.39, 0.64),
+    (1.0, 0.6, 0.0),
+]
 # stems of the other files write_analysis puts beside the per-category plots
 _OTHER_STEMS = ("overall", "pr_curves")
 
@@ -64,8 +82,9 @@ def unique_file_stems(names: Sequence[str], reserved: Sequence[str] = ()) -> Lis
 
 
 @literal_text
-def plot_error_breakdown(analysis: ErrorAnalysis, category: Optional[int] = None, path: PathLike = None,
-                         areas: Sequence[int] = (0, 1, 2, 3)) -> bytes:
+def plot_error_breakdown(
+    analysis: ErrorAnalysis, category: Optional[int] = None, path: PathLike = None, areas: Sequence[int] = (0, 1, 2, 3)
+) -> bytes:
     """One panel per object size: the seven curves stacked, each band labelled ``[area] curve`` (area as a
     fraction, as cocoapi prints it); ``category`` None is the average over all categories."""
     title = "overall" if category is None else analysis.names[category]
@@ -79,8 +98,9 @@ def plot_error_breakdown(analysis: ErrorAnalysis, category: Optional[int] = None
         for i, name in enumerate(CURVES):
             v = values[name]
             ax.plot(rs, curves[i], color="black", linewidth=0.5)
-            ax.fill_between(rs, below, curves[i], color=_COLOURS[i],
-                            label=f"[{'n/a' if v is None else f'{v / 100:.3f}'}] {name}")
+            ax.fill_between(
+                rs, below, curves[i], color=_COLOURS[i], label=f"[{'n/a' if v is None else f'{v / 100:.3f}'}] {name}"
+            )
             below = curves[i]
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.0)
@@ -114,8 +134,9 @@ def coco_pr_curves(analysis: ErrorAnalysis, curve: str = "C50") -> List[Tuple[st
 
 
 @literal_text
-def plot_pr_curves(curves: Sequence[Tuple[str, np.ndarray, np.ndarray]], title: str, path: PathLike = None,
-                   max_legend: int = 20) -> bytes:
+def plot_pr_curves(
+    curves: Sequence[Tuple[str, np.ndarray, np.ndarray]], title: str, path: PathLike = None, max_legend: int = 20
+) -> bytes:
     """One precision-recall line per class (``(name, recall, precision)``); the legend (with each curve's AP,
     the mean precision) lists at most ``max_legend`` classes, the best first."""
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
@@ -134,9 +155,13 @@ def plot_pr_curves(curves: Sequence[Tuple[str, np.ndarray, np.ndarray]], title: 
     return save_figure(fig, path)
 
 
-def confusion_matrix(gt_data: Mapping[str, Any], results: Sequence[Mapping[str, Any]],
-                     image_ids: Optional[Sequence[int]] = None, iou_threshold: float = 0.5,
-                     score_threshold: float = 0.3) -> Tuple[np.ndarray, List[str]]:
+def confusion_matrix(
+    gt_data: Mapping[str, Any],
+    results: Sequence[Mapping[str, Any]],
+    image_ids: Optional[Sequence[int]] = None,
+    iou_threshold: float = 0.5,
+    score_threshold: float = 0.3,
+) -> Tuple[np.ndarray, List[str]]:
     """Counts ``(K + 1, K + 1)``: rows are the ground truth's categories then background, columns the
     detections' categories then background (missed objects).
 
@@ -164,8 +189,11 @@ def confusion_matrix(gt_data: Mapping[str, Any], results: Sequence[Mapping[str, 
         d = sorted(dets.get(img, []), key=lambda r: -r["score"])
         g_lab = np.array([index[a["category_id"]] for a in g], dtype=np.int64)
         taken = np.zeros(len(g), dtype=bool)
-        ious = (np.asarray(mask_utils.iou([r["bbox"] for r in d], [a["bbox"] for a in g], [0] * len(g)))
-                if d and g else np.zeros((len(d), len(g))))
+        ious = (
+            np.asarray(mask_utils.iou([r["bbox"] for r in d], [a["bbox"] for a in g], [0] * len(g)))
+            if d and g
+            else np.zeros((len(d), len(g)))
+        )
         for j, r in enumerate(d):
             label = index[r["category_id"]]
             cand = np.where(~taken & (ious[j] >= iou_threshold))[0] if len(g) else np.zeros(0, dtype=np.int64)
@@ -183,8 +211,9 @@ def confusion_matrix(gt_data: Mapping[str, Any], results: Sequence[Mapping[str, 
 
 
 @literal_text
-def plot_confusion_matrix(matrix: np.ndarray, names: Sequence[str], path: PathLike = None,
-                          title: str = "confusion matrix (IoU >= 0.5)") -> bytes:
+def plot_confusion_matrix(
+    matrix: np.ndarray, names: Sequence[str], path: PathLike = None, title: str = "confusion matrix (IoU >= 0.5)"
+) -> bytes:
     """The matrix normalized by row (each ground-truth class sums to 1), counts written in the cells when it is
     small enough to read."""
     labels = list(names) + ["background"]
@@ -205,15 +234,23 @@ def plot_confusion_matrix(matrix: np.ndarray, names: Sequence[str], path: PathLi
         for i in range(len(labels)):
             for j in range(len(labels)):
                 if matrix[i, j]:
-                    ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=7,
-                            color="white" if norm[i, j] > 0.6 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(int(matrix[i, j])),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if norm[i, j] > 0.6 else "black",
+                    )
     fig.tight_layout()
     return save_figure(fig, path)
 
 
 @literal_text
-def plot_class_ap(ap: Mapping[str, Optional[float]], path: PathLike = None, title: str = "AP per class (%)",
-                  max_labels: int = 60) -> bytes:
+def plot_class_ap(
+    ap: Mapping[str, Optional[float]], path: PathLike = None, title: str = "AP per class (%)", max_labels: int = 60
+) -> bytes:
     """Horizontal bars of per-class AP, sorted best first; classes without a value are left out. With more than
     ``max_labels`` classes only every n-th name is written."""
     items = sorted(((float(v), k) for k, v in ap.items() if v is not None and np.isfinite(v)), reverse=True)
@@ -231,12 +268,16 @@ def plot_class_ap(ap: Mapping[str, Optional[float]], path: PathLike = None, titl
 
 
 @literal_text
-def plot_localization_errors(split: Mapping[str, float], path: PathLike = None,
-                             title: str = "top-5 localization") -> bytes:
+def plot_localization_errors(
+    split: Mapping[str, float], path: PathLike = None, title: str = "top-5 localization"
+) -> bytes:
     """A stacked bar of the localization outcome in percent: ``correct``, ``wrong class`` (no guess names the
     ground-truth class) and ``right class, bad box`` (a guess names it, none localizes it at IoU >= 0.5)."""
-    parts = [("correct", (0.36, 0.80, 0.38)), ("wrong class", (0.75, 0.31, 0.30)),
-             ("right class, bad box", (1.0, 0.6, 0.0))]
+    parts = [
+        ("correct", (0.36, 0.80, 0.38)),
+        ("wrong class", (0.75, 0.31, 0.30)),
+        ("right class, bad box", (1.0, 0.6, 0.0)),
+    ]
     fig, ax = plt.subplots(figsize=(6, 1.8))
     left = 0.0
     for name, colour in parts:
@@ -252,8 +293,13 @@ def plot_localization_errors(split: Mapping[str, float], path: PathLike = None,
     return save_figure(fig, path)
 
 
-def write_analysis(out_dir: Union[str, os.PathLike], analysis: ErrorAnalysis, gt_data: Mapping[str, Any],
-                   results: Sequence[Mapping[str, Any]], image_ids: Optional[Sequence[int]] = None) -> List[Path]:
+def write_analysis(
+    out_dir: Union[str, os.PathLike],
+    analysis: ErrorAnalysis,
+    gt_data: Mapping[str, Any],
+    results: Sequence[Mapping[str, Any]],
+    image_ids: Optional[Sequence[int]] = None,
+) -> List[Path]:
     """What ``tools/analyze_coco.py`` writes into ``out_dir``: ``analysis.json`` (the curves' areas in percent,
     :meth:`ErrorAnalysis.to_json`), the error breakdown PNGs (:func:`write_error_plots`), ``pr_curves-<iou
     type>.png`` (per class, IoU .5) and ``confusion_matrix.png``. Returns the written paths."""

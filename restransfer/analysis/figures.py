@@ -6,6 +6,7 @@ mathtext (a name such as ``$5 bill`` fails to draw and ends the report) and, wit
 to LaTeX. Every plotting function runs under :func:`literal_text`, which turns both off for the figure's
 lifetime without changing the caller's matplotlib settings.
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,6 +32,7 @@ _F = TypeVar("_F", bound=Callable)
 def literal_text(fn: _F) -> _F:
     """Decorate a function that makes (and saves) a figure so that all its text is drawn literally
     (:data:`LITERAL_TEXT`); text artists take the setting when created, ticks at the latest when drawn."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         with plt.rc_context(LITERAL_TEXT):

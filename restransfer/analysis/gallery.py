@@ -1,6 +1,7 @@
 """A gallery of predictions drawn on test images: per class the most and least confident correct
 detections, the worst false positive and a missed object (IoU .5 matches of the COCO evaluation), taken in
 turn over the classes up to ~24 images, drawn with :mod:`restransfer.visualize` on small thumbnails."""
+
 from __future__ import annotations
 
 import logging
@@ -91,9 +92,14 @@ def _thumbnail(image: np.ndarray, size: int) -> tuple:
     return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=interp), scale
 
 
-def draw_gallery(analysis: ErrorAnalysis, items: List[GalleryItem], images: List[Dict[str, Any]],
-                 image_root: Union[str, os.PathLike], size: int = 256, score_threshold: float = 0.3
-                 ) -> List[GalleryItem]:
+def draw_gallery(
+    analysis: ErrorAnalysis,
+    items: List[GalleryItem],
+    images: List[Dict[str, Any]],
+    image_root: Union[str, os.PathLike],
+    size: int = 256,
+    score_threshold: float = 0.3,
+) -> List[GalleryItem]:
     """Draw each example on its image, scaled so that the longer side is ``size`` px: the featured detection
     (for a missed object, the detections scoring at least ``score_threshold`` that overlap it with IoU >= 0.1,
     of any class) and the category's ground-truth boxes in white, the featured one thicker. Images that
@@ -116,14 +122,15 @@ def draw_gallery(analysis: ErrorAnalysis, items: List[GalleryItem], images: List
         if it.kind == "missed":  # what the model put on the missed object, if anything
             g = analysis.ground_truth[it.ann_id]
             cands = [d for d in by_image.get(it.image_id, []) if d["score"] >= score_threshold]
-            overlap = (mask_utils.iou([d["bbox"] for d in cands], [g["bbox"]], [0]).reshape(-1)
-                       if cands else np.zeros(0))
+            overlap = mask_utils.iou([d["bbox"] for d in cands], [g["bbox"]], [0]).reshape(-1) if cands else np.zeros(0)
             dets = [d for d, o in zip(cands, overlap) if o >= 0.1]
         else:
             dets = [analysis.detections[it.ann_id]]
-        pred = {"boxes": xywh_to_xyxy(np.array([d["bbox"] for d in dets], dtype=np.float64).reshape(-1, 4)) * scale,
-                "scores": np.array([d["score"] for d in dets]),
-                "labels": np.array([cat_index[d["category_id"]] + 1 for d in dets], dtype=np.int64)}
+        pred = {
+            "boxes": xywh_to_xyxy(np.array([d["bbox"] for d in dets], dtype=np.float64).reshape(-1, 4)) * scale,
+            "scores": np.array([d["score"] for d in dets]),
+            "labels": np.array([cat_index[d["category_id"]] + 1 for d in dets], dtype=np.int64),
+        }
         canvas = np.ascontiguousarray(thumb)
         cat_id = analysis.cat_ids[it.category]
         for g in analysis.ground_truth.values():

@@ -11,6 +11,7 @@ URIs: the file opens from disk in any browser, no server or neighbouring files n
 Each takes the ground truth and detections as COCO data; with ``image_root`` (the test images) the gallery
 is drawn, without it left out. :func:`report_images` lists the images a report embeds.
 """
+
 from __future__ import annotations
 
 import base64
@@ -28,13 +29,24 @@ import numpy as np
 from ..fileio import atomic_write_text
 from .coco_errors import CURVES, ErrorAnalysis, analyze_coco_errors
 from .detection_plots import (
-    coco_pr_curves, confusion_matrix, plot_class_ap, plot_confusion_matrix, plot_error_breakdown,
-    plot_localization_errors, plot_pr_curves,
+    coco_pr_curves,
+    confusion_matrix,
+    plot_class_ap,
+    plot_confusion_matrix,
+    plot_error_breakdown,
+    plot_localization_errors,
+    plot_pr_curves,
 )
 from .gallery import draw_gallery, select_examples
 
-__all__ = ["write_coco_report", "write_det_report", "write_loc_report", "localization_error_split",
-           "report_images", "render_report"]
+__all__ = [
+    "write_coco_report",
+    "write_det_report",
+    "write_loc_report",
+    "localization_error_split",
+    "report_images",
+    "render_report",
+]
 
 logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -51,7 +63,8 @@ th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}table.sortab
 .gallery{display:flex;flex-wrap:wrap;gap:10px}.gallery figure{margin:0;width:260px;font-size:12px}
 .gallery img{width:256px;border:1px solid #bbb}"""
 
-_SORT_JS = """document.querySelectorAll('table.sortable th').forEach(function(th){th.addEventListener('click',function(){
+_SORT_JS = """document.querySelectorAll('table.sortable th').forEach(function(th){
+th.addEventListener('click',function(){
 var t=th.closest('table'),b=t.tBodies[0],i=Array.prototype.indexOf.call(th.parentNode.children,th),
 asc=th.dataset.asc!=='1';th.dataset.asc=asc?'1':'0';var rows=Array.prototype.slice.call(b.rows);
 rows.sort(function(x,y){var p=x.cells[i].textContent,q=y.cells[i].textContent,a=parseFloat(p),c=parseFloat(q);
@@ -80,9 +93,11 @@ def _img(data: bytes, alt: str, mime: str = "image/png") -> str:
 
 def render_report(title: str, sections: Sequence[Tuple[str, str]], subtitle: str = "") -> str:
     """The page: ``sections`` are ``(heading, html body)``."""
-    parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
-             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
-             f"<p class=\"note\">{html.escape(subtitle)}</p>" if subtitle else ""]
+    parts = [
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>',
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+        f'<p class="note">{html.escape(subtitle)}</p>' if subtitle else "",
+    ]
     for heading, body in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>{body}")
     parts.append(f"<script>{_SORT_JS}</script></body></html>\n")
@@ -114,10 +129,14 @@ def _gallery(analysis: ErrorAnalysis, gt_data: Mapping[str, Any], image_root: Op
     items = draw_gallery(analysis, select_examples(analysis), gt_data["images"], image_root)
     if not items:
         return '<p class="note">No examples to show.</p>'
-    figs = "".join(f"<figure>{_img(it.jpeg, it.caption, 'image/jpeg')}<figcaption>{html.escape(it.caption)}"
-                   f"</figcaption></figure>" for it in items)
-    return ('<p class="note">White: ground truth of the class; coloured: detections (IoU 0.5 matches of the '
-            f'COCO evaluation).</p><div class="gallery">{figs}</div>')
+    figs = "".join(
+        f"<figure>{_img(it.jpeg, it.caption, 'image/jpeg')}<figcaption>{html.escape(it.caption)}</figcaption></figure>"
+        for it in items
+    )
+    return (
+        '<p class="note">White: ground truth of the class; coloured: detections (IoU 0.5 matches of the '
+        f'COCO evaluation).</p><div class="gallery">{figs}</div>'
+    )
 
 
 def _plots(images: Sequence[Tuple[bytes, str]]) -> str:
@@ -149,48 +168,71 @@ def _sample(gt_data, results, image_ids) -> Tuple[List[int], List[Mapping[str, A
     step = len(ids) / MAX_ANALYSED_IMAGES
     kept = [ids[int(i * step)] for i in range(MAX_ANALYSED_IMAGES)]
     keep = set(kept)
-    note = (f'<p class="note">The curves, the breakdown and the gallery cover {len(kept)} evenly spaced images of '
-            f'the {len(ids)} evaluated, to keep the report cheap; the metrics and the per-category AP cover all of '
-            f'them, and tools/analyze_coco.py analyses the whole set.</p>')
+    note = (
+        f'<p class="note">The curves, the breakdown and the gallery cover {len(kept)} evenly spaced images of '
+        f"the {len(ids)} evaluated, to keep the report cheap; the metrics and the per-category AP cover all of "
+        f"them, and tools/analyze_coco.py analyses the whole set.</p>"
+    )
     return kept, [r for r in results if r["image_id"] in keep], note
 
 
-def _detection_sections(gt_data, results, image_ids, image_root, iou_types: Sequence[str],
-                        breakdown: bool) -> Tuple[List[Tuple[str, str]], Dict[str, ErrorAnalysis], str]:
+def _detection_sections(
+    gt_data, results, image_ids, image_root, iou_types: Sequence[str], breakdown: bool
+) -> Tuple[List[Tuple[str, str]], Dict[str, ErrorAnalysis], str]:
     """Error breakdown, PR curves, confusion matrix and gallery; the analyses by iou type; the sampling note."""
     sampled_ids, sampled, note = _sample(gt_data, results, image_ids)
     if not sampled:
         return [("Analysis", '<p class="note">The model detected nothing: no curves or examples.</p>')], {}, ""
     # the full breakdown (three evaluations) for the first iou type only, to keep the report cheap;
     # tools/analyze_coco.py draws it for masks
-    analyses = {t: analyze_coco_errors(gt_data, sampled, t, image_ids=sampled_ids, sizes=False,
-                                       breakdown=breakdown and t == iou_types[0]) for t in iou_types}
+    analyses = {
+        t: analyze_coco_errors(
+            gt_data, sampled, t, image_ids=sampled_ids, sizes=False, breakdown=breakdown and t == iou_types[0]
+        )
+        for t in iou_types
+    }
     plots = []
     for t, a in analyses.items():
         if breakdown and t == iou_types[0]:
             plots.append((plot_error_breakdown(a, None, areas=(0,)), f"error breakdown {t}"))
-        plots.append((plot_pr_curves(coco_pr_curves(a), f"{t} precision-recall per class (IoU 0.5)"),
-                      f"precision-recall {t}"))
+        plots.append(
+            (plot_pr_curves(coco_pr_curves(a), f"{t} precision-recall per class (IoU 0.5)"), f"precision-recall {t}")
+        )
     matrix, names = confusion_matrix(gt_data, results, image_ids)
     plots.append((plot_confusion_matrix(matrix, names), "confusion matrix"))
-    legend = ('<p class="note">Error breakdown as cocoapi\'s analyze(): C75/C50 = PR at IoU .75/.5, Loc = IoU .1, '
-              'Sim = similar-class confusions removed, Oth = all class confusions removed, BG = background false '
-              'positives removed, FN = every error removed; [area] in the legend.</p>') if breakdown else ""
+    legend = (
+        (
+            '<p class="note">Error breakdown as cocoapi\'s analyze(): C75/C50 = PR at IoU .75/.5, Loc = IoU .1, '
+            "Sim = similar-class confusions removed, Oth = all class confusions removed, BG = background false "
+            "positives removed, FN = every error removed; [area] in the legend.</p>"
+        )
+        if breakdown
+        else ""
+    )
     first = analyses[iou_types[0]]
-    return ([("Plots", note + legend + _plots(plots)), ("Gallery", _gallery(first, gt_data, image_root))],
-            analyses, note)
+    return (
+        [("Plots", note + legend + _plots(plots)), ("Gallery", _gallery(first, gt_data, image_root))],
+        analyses,
+        note,
+    )
 
 
-def write_coco_report(metrics_path: PathLike, metrics: Mapping[str, Mapping[str, Any]], gt_data: Mapping[str, Any],
-                      results: Sequence[Mapping[str, Any]], *, image_root: Optional[PathLike] = None,
-                      image_ids: Optional[Sequence[int]] = None, title: str = "COCO evaluation") -> Path:
+def write_coco_report(
+    metrics_path: PathLike,
+    metrics: Mapping[str, Mapping[str, Any]],
+    gt_data: Mapping[str, Any],
+    results: Sequence[Mapping[str, Any]],
+    *,
+    image_root: Optional[PathLike] = None,
+    image_ids: Optional[Sequence[int]] = None,
+    title: str = "COCO evaluation",
+) -> Path:
     """``report.html`` beside ``metrics_path`` for :func:`restransfer.evaluation.coco.evaluate_coco`'s ``metrics``
     of ``results`` (COCO results list) on ``gt_data`` (the annotation json's dict)."""
     metrics_path = Path(metrics_path)
     iou_types = [t for t in ("bbox", "segm") if t in metrics]
     summary = _table(["iou type"] + list(COCO_KEYS), [[t] + [metrics[t].get(k) for k in COCO_KEYS] for t in iou_types])
-    plots, analyses, sampled = _detection_sections(gt_data, results, image_ids, image_root, iou_types,
-                                                   breakdown=True)
+    plots, analyses, sampled = _detection_sections(gt_data, results, image_ids, image_root, iou_types, breakdown=True)
     n_gt, n_dt = _counts(gt_data, results, image_ids)
     headers = ["category", "objects", "detections"] + [f"{t} AP" for t in iou_types]
     a = analyses.get(iou_types[0]) if iou_types else None
@@ -204,18 +246,29 @@ def write_coco_report(metrics_path: PathLike, metrics: Mapping[str, Mapping[str,
             areas = a.areas(a.cat_ids.index(cat["id"]))
             row += [areas[c] for c in CURVES[:-1]]
         rows.append(row)
-    sections = [("Metrics (%)", summary),
-                ("Per category (%; click a heading to sort)", sampled + _table(headers, rows, True))]
+    sections = [
+        ("Metrics (%)", summary),
+        ("Per category (%; click a heading to sort)", sampled + _table(headers, rows, True)),
+    ]
     html_text = render_report(title, sections + plots, _subtitle(metrics_path))
     return _write(metrics_path.with_name("report.html"), html_text)
 
 
-def write_det_report(metrics_path: PathLike, metrics: Mapping[str, Any], class_names: Mapping[str, str],
-                     curves: Sequence[Tuple[str, np.ndarray, np.ndarray]], num_pos: Mapping[str, int],
-                     gt_data: Optional[Mapping[str, Any]] = None, results: Sequence[Mapping[str, Any]] = (), *,
-                     image_root: Optional[PathLike] = None, image_ids: Optional[Sequence[int]] = None,
-                     title: str = "ImageNet-DET evaluation", summary: Optional[Mapping[str, Any]] = None,
-                     key_header: Optional[str] = "wnid") -> Path:
+def write_det_report(
+    metrics_path: PathLike,
+    metrics: Mapping[str, Any],
+    class_names: Mapping[str, str],
+    curves: Sequence[Tuple[str, np.ndarray, np.ndarray]],
+    num_pos: Mapping[str, int],
+    gt_data: Optional[Mapping[str, Any]] = None,
+    results: Sequence[Mapping[str, Any]] = (),
+    *,
+    image_root: Optional[PathLike] = None,
+    image_ids: Optional[Sequence[int]] = None,
+    title: str = "ImageNet-DET evaluation",
+    summary: Optional[Mapping[str, Any]] = None,
+    key_header: Optional[str] = "wnid",
+) -> Path:
     """``report.html`` for a devkit protocol's ``metrics`` (ImageNet-DET's ``{"mAP", "AP": {wnid: AP}, "coco":
     {...}}``, PASCAL VOC's): ``class_names`` maps the class keys of ``AP`` (``key_header``: WNIDs) to names,
     ``curves`` are the devkit's ``(key, recall, precision)`` per class, ``num_pos`` the positives per key (None
@@ -229,22 +282,36 @@ def write_det_report(metrics_path: PathLike, metrics: Mapping[str, Any], class_n
         summary = {"mAP (devkit)": metrics.get("mAP"), **{f"COCO {k}": v for k, v in coco.items()}}
     summary_table = _table(list(summary), [list(summary.values())])
     ap = metrics.get("AP", {})
-    rows = [[w, class_names.get(w, w), num_pos.get(w, 0), v][key_header is None:] for w, v in ap.items()]
+    rows = [[w, class_names.get(w, w), num_pos.get(w, 0), v][key_header is None :] for w, v in ap.items()]
     named_ap = {f"{class_names.get(w, w)}": v for w, v in ap.items()}
-    plots = [(plot_class_ap(named_ap), "AP per class"),
-             (plot_pr_curves([(class_names.get(w, w), r, p) for w, r, p in curves],
-                             "precision-recall per class (devkit)"), "precision-recall")]
-    more = (_detection_sections(gt_data, results, image_ids, image_root, ["bbox"], breakdown=False)[0]
-            if gt_data is not None else [])
-    sections = [("Metrics (%)", summary_table),
-                ("Per class (%; click a heading to sort)",
-                 _table([key_header, "class", "positives", "AP"][key_header is None:], rows, True)),
-                ("AP and precision-recall", _plots(plots))] + more
+    plots = [
+        (plot_class_ap(named_ap), "AP per class"),
+        (
+            plot_pr_curves(
+                [(class_names.get(w, w), r, p) for w, r, p in curves], "precision-recall per class (devkit)"
+            ),
+            "precision-recall",
+        ),
+    ]
+    more = (
+        _detection_sections(gt_data, results, image_ids, image_root, ["bbox"], breakdown=False)[0]
+        if gt_data is not None
+        else []
+    )
+    sections = [
+        ("Metrics (%)", summary_table),
+        (
+            "Per class (%; click a heading to sort)",
+            _table([key_header, "class", "positives", "AP"][key_header is None :], rows, True),
+        ),
+        ("AP and precision-recall", _plots(plots)),
+    ] + more
     return _write(metrics_path.with_name("report.html"), render_report(title, sections, _subtitle(metrics_path)))
 
 
-def localization_error_split(cls_rank: np.ndarray, loc_rank: np.ndarray, labels: np.ndarray,
-                             counted: np.ndarray, k: int = 5) -> Dict[str, float]:
+def localization_error_split(
+    cls_rank: np.ndarray, loc_rank: np.ndarray, labels: np.ndarray, counted: np.ndarray, k: int = 5
+) -> Dict[str, float]:
     """Percent of the counted images (each image's ground-truth classes share it equally) whose first ``k``
     guesses localize the class (``correct``), never name it (``wrong class``) or name it without a box at IoU
     >= 0.5 (``right class, bad box``); the last two add up to the top-``k`` localization error.
@@ -261,27 +328,46 @@ def localization_error_split(cls_rank: np.ndarray, loc_rank: np.ndarray, labels:
     def share(mask: np.ndarray) -> float:
         return 100.0 * float(((mask & valid).sum(1) / per_image)[counted].sum()) / denom
 
-    return {"correct": share(loc_rank < k), "wrong class": share(cls_rank >= k),
-            "right class, bad box": share((cls_rank < k) & (loc_rank >= k))}
+    return {
+        "correct": share(loc_rank < k),
+        "wrong class": share(cls_rank >= k),
+        "right class, bad box": share((cls_rank < k) & (loc_rank >= k)),
+    }
 
 
-def write_loc_report(metrics_path: PathLike, metrics: Mapping[str, Any], split: Mapping[str, float],
-                     gt_data: Mapping[str, Any], results: Sequence[Mapping[str, Any]], *,
-                     image_root: Optional[PathLike] = None, image_ids: Optional[Sequence[int]] = None) -> Path:
+def write_loc_report(
+    metrics_path: PathLike,
+    metrics: Mapping[str, Any],
+    split: Mapping[str, float],
+    gt_data: Mapping[str, Any],
+    results: Sequence[Mapping[str, Any]],
+    *,
+    image_root: Optional[PathLike] = None,
+    image_ids: Optional[Sequence[int]] = None,
+) -> Path:
     """``report.html`` for the localization ``metrics`` with the error ``split`` of
     :func:`localization_error_split`; ``gt_data``/``results`` (the detector's boxes as COCO data) feed the
     gallery."""
     metrics_path = Path(metrics_path)
-    keys = [k for k in ("top5_loc_error", "top1_loc_error", "top5_cls_error", "top1_cls_error",
-                        "gt_class_loc_error") if k in metrics]
+    keys = [
+        k
+        for k in ("top5_loc_error", "top1_loc_error", "top5_cls_error", "top1_cls_error", "gt_class_loc_error")
+        if k in metrics
+    ]
     summary = _table(keys, [[metrics[k] for k in keys]])
-    sections = [("Metrics (%)", summary),
-                ("Localization errors (% of images, top-5 guesses)",
-                 _table(list(split), [list(split.values())])
-                 + _plots([(plot_localization_errors(split), "localization errors")]))]
+    sections = [
+        ("Metrics (%)", summary),
+        (
+            "Localization errors (% of images, top-5 guesses)",
+            _table(list(split), [list(split.values())])
+            + _plots([(plot_localization_errors(split), "localization errors")]),
+        ),
+    ]
     sampled_ids, sampled, note = _sample(gt_data, results, image_ids) if results else ([], [], "")
     if sampled:
         analysis = analyze_coco_errors(gt_data, sampled, "bbox", image_ids=sampled_ids, breakdown=False, sizes=False)
         sections.append(("Detector gallery", note + _gallery(analysis, gt_data, image_root)))
-    return _write(metrics_path.with_name("report.html"),
-                  render_report("ImageNet localization evaluation", sections, _subtitle(metrics_path)))
+    return _write(
+        metrics_path.with_name("report.html"),
+        render_report("ImageNet localization evaluation", sections, _subtitle(metrics_path)),
+    )

@@ -5,6 +5,7 @@ unreadable images) is a warning naming the reason, never a lost evaluation.
 :func:`evaluation_report` writes the report of an evaluator that has evaluated (the protocol run of
 :mod:`restransfer.engine.evaluate` calls it); a protocol's report is registered by its evaluator's name
 (:func:`register_report`), and an evaluator without one gets none."""
+
 from __future__ import annotations
 
 import json
@@ -15,16 +16,24 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from ..evaluation.coco import predictions_to_coco_results
 from ..data.ilsvrc import read_synsets
 from ..data.imagenet_loc import read_blacklist, read_devkit_annotations, read_kaggle_solution
+from ..evaluation.coco import predictions_to_coco_results
 from ..evaluation.imagenet_loc import first_correct_guess, pack_ground_truth
 from ..evaluation.imagenet_loc_io import MAX_GUESSES, read_submission
 from .coco_errors import read_ground_truth, read_results
 from .report import localization_error_split, write_coco_report, write_det_report, write_loc_report
 
-__all__ = ["coco_run_report", "coco_files_report", "det_run_report", "loc_run_report", "loc_files_report",
-           "voc_run_report", "register_report", "evaluation_report"]
+__all__ = [
+    "coco_run_report",
+    "coco_files_report",
+    "det_run_report",
+    "loc_run_report",
+    "loc_files_report",
+    "voc_run_report",
+    "register_report",
+    "evaluation_report",
+]
 
 logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -39,8 +48,9 @@ def _data(dataset: Any, predictions: Sequence[Mapping[str, Any]]):
     return dataset.coco.dataset, results, getattr(dataset, "image_root", None), list(dataset.image_ids)
 
 
-def coco_run_report(metrics_path: PathLike, metrics: Optional[Mapping[str, Any]], dataset: Any,
-                    predictions: Sequence[Mapping[str, Any]]) -> Optional[Path]:
+def coco_run_report(
+    metrics_path: PathLike, metrics: Optional[Mapping[str, Any]], dataset: Any, predictions: Sequence[Mapping[str, Any]]
+) -> Optional[Path]:
     """``report.html`` beside ``metrics_path`` for a COCO evaluation of ``predictions`` on ``dataset``
     (a :class:`~restransfer.data.coco.CocoDataset`); None when it could not be written."""
     if metrics is None:
@@ -53,8 +63,9 @@ def coco_run_report(metrics_path: PathLike, metrics: Optional[Mapping[str, Any]]
         return None
 
 
-def coco_files_report(metrics_path: PathLike, metrics: Mapping[str, Any], gt_path: PathLike,
-                      results_path: PathLike) -> Optional[Path]:
+def coco_files_report(
+    metrics_path: PathLike, metrics: Mapping[str, Any], gt_path: PathLike, results_path: PathLike
+) -> Optional[Path]:
     """``report.html`` beside ``metrics_path`` for a results file evaluated against an annotation file
     (``tools/eval_coco.py --gt --results``); no gallery, the images are not known."""
     try:
@@ -64,8 +75,14 @@ def coco_files_report(metrics_path: PathLike, metrics: Mapping[str, Any], gt_pat
         return None
 
 
-def det_run_report(metrics_path: PathLike, dataset: Optional[Any], predictions: Sequence[Mapping[str, Any]],
-                   result: Any, wnids: Sequence[str], names: Sequence[str] = ()) -> Optional[Path]:
+def det_run_report(
+    metrics_path: PathLike,
+    dataset: Optional[Any],
+    predictions: Sequence[Mapping[str, Any]],
+    result: Any,
+    wnids: Sequence[str],
+    names: Sequence[str] = (),
+) -> Optional[Path]:
     """``report.html`` for an ImageNet-DET evaluation: ``result`` is the devkit's
     :class:`~restransfer.evaluation.imagenet_det.DetEvalResult` over the classes ``wnids`` (named ``names``);
     the metrics are read back from ``metrics_path``. Without a ``dataset`` (devkit files evaluated) the
@@ -76,19 +93,29 @@ def det_run_report(metrics_path: PathLike, dataset: Optional[Any], predictions: 
         gt_data, results, root, ids = _data(dataset, predictions) if dataset is not None else (None, [], None, None)
         if gt_data is not None:
             class_names.update({c.get("wnid", c["name"]): str(c["name"]) for c in gt_data["categories"]})
-        curves = [(w, np.asarray(r), np.asarray(p)) for w, r, p, n in
-                  zip(wnids, result.recall, result.precision, result.num_pos) if n > 0]
+        curves = [
+            (w, np.asarray(r), np.asarray(p))
+            for w, r, p, n in zip(wnids, result.recall, result.precision, result.num_pos)
+            if n > 0
+        ]
         num_pos = {w: int(n) for w, n in zip(wnids, result.num_pos)}
-        return write_det_report(metrics_path, metrics, class_names, curves, num_pos, gt_data, results,
-                                image_root=root, image_ids=ids)
+        return write_det_report(
+            metrics_path, metrics, class_names, curves, num_pos, gt_data, results, image_root=root, image_ids=ids
+        )
     except Exception as e:  # noqa: BLE001
         _warn(metrics_path, e)
         return None
 
 
-def loc_run_report(metrics_path: PathLike, metrics: Mapping[str, Any], dataset: Any,
-                   predictions: Sequence[Mapping[str, Any]], gt: Any, submission: Any,
-                   blacklist: Optional[np.ndarray] = None) -> Optional[Path]:
+def loc_run_report(
+    metrics_path: PathLike,
+    metrics: Mapping[str, Any],
+    dataset: Any,
+    predictions: Sequence[Mapping[str, Any]],
+    gt: Any,
+    submission: Any,
+    blacklist: Optional[np.ndarray] = None,
+) -> Optional[Path]:
     """``report.html`` for a localization evaluation: ``gt`` and ``submission`` are what
     :func:`~restransfer.evaluation.imagenet_loc.evaluate_localization` scored, ``blacklist`` its left-out images."""
     try:
@@ -108,17 +135,28 @@ def _loc_split(gt: Any, submission: Any, blacklist: Optional[np.ndarray], max_gu
     return localization_error_split(cls_rank, loc_rank, gt.labels, counted, max_guesses)
 
 
-def loc_files_report(metrics_path: PathLike, metrics: Mapping[str, Any], submission: PathLike, *,
-                     synsets: PathLike, annotations: Optional[PathLike] = None,
-                     ground_truth: Optional[PathLike] = None, solution: Optional[PathLike] = None,
-                     blacklist: Optional[PathLike] = None, max_guesses: int = MAX_GUESSES) -> Optional[Path]:
+def loc_files_report(
+    metrics_path: PathLike,
+    metrics: Mapping[str, Any],
+    submission: PathLike,
+    *,
+    synsets: PathLike,
+    annotations: Optional[PathLike] = None,
+    ground_truth: Optional[PathLike] = None,
+    solution: Optional[PathLike] = None,
+    blacklist: Optional[PathLike] = None,
+    max_guesses: int = MAX_GUESSES,
+) -> Optional[Path]:
     """``report.html`` for submission files evaluated with
     :func:`restransfer.evaluation.imagenet_loc.evaluate_files` (same arguments): metrics and the error split,
     no gallery (the files hold no images)."""
     try:
         classes = read_synsets(synsets)
-        images = (read_devkit_annotations(annotations, classes, ground_truth=ground_truth) if annotations is not None
-                  else read_kaggle_solution(solution, classes, split="val"))
+        images = (
+            read_devkit_annotations(annotations, classes, ground_truth=ground_truth)
+            if annotations is not None
+            else read_kaggle_solution(solution, classes, split="val")
+        )
         gt = pack_ground_truth(images, classes)
         black = read_blacklist(blacklist, len(images)) if blacklist is not None else None
         split = _loc_split(gt, read_submission(submission, classes, gt.names, max_guesses), black, max_guesses)
@@ -128,8 +166,13 @@ def loc_files_report(metrics_path: PathLike, metrics: Mapping[str, Any], submiss
         return None
 
 
-def voc_run_report(metrics_path: PathLike, dataset: Optional[Any], predictions: Sequence[Mapping[str, Any]],
-                   result: Any, class_names: Sequence[str]) -> Optional[Path]:
+def voc_run_report(
+    metrics_path: PathLike,
+    dataset: Optional[Any],
+    predictions: Sequence[Mapping[str, Any]],
+    result: Any,
+    class_names: Sequence[str],
+) -> Optional[Path]:
     """``report.html`` for a PASCAL VOC evaluation: ``result`` is the devkit's
     :class:`~restransfer.evaluation.voc.VocEvalResult` over ``class_names``; the metrics are read back from
     ``metrics_path``. Per-class AP bars, the devkit's precision-recall curves and, with a ``dataset`` (not
@@ -137,12 +180,26 @@ def voc_run_report(metrics_path: PathLike, dataset: Optional[Any], predictions: 
     try:
         metrics = json.loads(Path(metrics_path).read_text(encoding="utf-8"))
         gt_data, results, root, ids = _data(dataset, predictions) if dataset is not None else (None, [], None, None)
-        curves = [(c, np.asarray(r), np.asarray(p)) for c, r, p, n in
-                  zip(class_names, result.recall, result.precision, result.num_pos) if n > 0]
+        curves = [
+            (c, np.asarray(r), np.asarray(p))
+            for c, r, p, n in zip(class_names, result.recall, result.precision, result.num_pos)
+            if n > 0
+        ]
         summary = {f"mAP@.5 ({metrics.get('metric')})": metrics.get("mAP"), "mAP@.5:.95": metrics.get("mAP_50_95")}
-        return write_det_report(metrics_path, metrics, {c: c for c in class_names}, curves,
-                                dict(zip(class_names, result.num_pos.tolist())), gt_data, results, image_root=root,
-                                image_ids=ids, title="PASCAL VOC evaluation", summary=summary, key_header=None)
+        return write_det_report(
+            metrics_path,
+            metrics,
+            {c: c for c in class_names},
+            curves,
+            dict(zip(class_names, result.num_pos.tolist())),
+            gt_data,
+            results,
+            image_root=root,
+            image_ids=ids,
+            title="PASCAL VOC evaluation",
+            summary=summary,
+            key_header=None,
+        )
     except Exception as e:  # noqa: BLE001
         _warn(metrics_path, e)
         return None
@@ -168,9 +225,15 @@ def evaluation_report(evaluator: Any, dataset: Any) -> Optional[Path]:
 
 
 register_report("coco", lambda ev, ds: coco_run_report(ev.metrics_path, ev.metrics, ds, ev.predictions))
-register_report("imagenet_det", lambda ev, ds: det_run_report(ev.metrics_path, ds, ev.predictions, ev.result,
-                                                               ev.ground_truth.wnids))
-register_report("voc", lambda ev, ds: voc_run_report(ev.metrics_path, ds, ev.predictions, ev.result,
-                                                      ev.ground_truth.class_names))
-register_report("imagenet_loc", lambda ev, ds: loc_run_report(ev.metrics_path, ev.metrics, ds, ev.predictions,
-                                                               ev.ground_truth, ev.submission, ev.blacklisted))
+register_report(
+    "imagenet_det", lambda ev, ds: det_run_report(ev.metrics_path, ds, ev.predictions, ev.result, ev.ground_truth.wnids)
+)
+register_report(
+    "voc", lambda ev, ds: voc_run_report(ev.metrics_path, ds, ev.predictions, ev.result, ev.ground_truth.class_names)
+)
+register_report(
+    "imagenet_loc",
+    lambda ev, ds: loc_run_report(
+        ev.metrics_path, ev.metrics, ds, ev.predictions, ev.ground_truth, ev.submission, ev.blacklisted
+    ),
+)

@@ -12,6 +12,7 @@ same gradients (they reach ``conv.weight`` through the product) up to float roun
   parameter and the scale are kept instead and folded again when the gradient is computed
   (:func:`_refolded`).
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -45,8 +46,10 @@ def _refolded(folded: Tensor, refold: Callable[[], Tensor], source: Tensor) -> I
         if not (isinstance(saved, tuple) and saved[0] is _REFOLD):
             return saved
         if source._version != version:
-            raise RuntimeError("a convolution weight was modified in place between the forward and the backward "
-                               "pass; update parameters after backward() (as optimizer.step() does)")
+            raise RuntimeError(
+                "a convolution weight was modified in place between the forward and the backward "
+                "pass; update parameters after backward() (as optimizer.step() does)"
+            )
         with torch.no_grad():
             return refold().as_strided(*saved[1:])
 
@@ -57,8 +60,13 @@ def _refolded(folded: Tensor, refold: Callable[[], Tensor], source: Tensor) -> I
 def conv_norm(conv: nn.Module, norm: nn.Module, x: Tensor, fold: bool = True) -> Tensor:
     """``norm(conv(x))``; with ``fold``, a FrozenBatchNorm2d after a plain zero-padded ``nn.Conv2d`` is folded
     into the convolution (see the module docstring). ``x``: (B, Cin, H, W) -> (B, Cout, H', W')."""
-    if not (fold and isinstance(norm, FrozenBatchNorm2d) and type(conv) is nn.Conv2d
-            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)):
+    if not (
+        fold
+        and isinstance(norm, FrozenBatchNorm2d)
+        and type(conv) is nn.Conv2d
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+    ):
         return norm(conv(x))
     scale, shift = frozen_bn_affine(norm)
     source = conv.weight

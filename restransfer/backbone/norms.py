@@ -8,6 +8,7 @@ Being affine, a frozen BatchNorm after a convolution can be applied through the 
 and bias: :func:`restransfer.backbone.folded.conv_norm` does so in training, :func:`fold_frozen_bn` once
 and for all for inference.
 """
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -63,8 +64,17 @@ def frozen_bn_affine(bn: FrozenBatchNorm2d) -> Tuple[Tensor, Tensor]:
 def fold_frozen_bn(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> nn.Conv2d:
     """A convolution equal to ``bn(conv(x))`` for a frozen BatchNorm (inference speed-up)."""
     scale, shift = frozen_bn_affine(bn)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+    )
     fused = fused.to(device=conv.weight.device, dtype=conv.weight.dtype)
     fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
     bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)

@@ -12,10 +12,11 @@ timm state dicts load as they are; the feature names follow the paper (``res2..r
 ``style="caffe"`` puts a bottleneck stage's stride 2 in its first 1x1 convolution, as the original MSRA
 models do; ``style="pytorch"`` puts it in the 3x3 convolution, as torchvision does.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -79,8 +80,17 @@ class BasicBlock(_Block):
     expansion = 1
     conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
 
-    def __init__(self, cin: int, width: int, stride: int = 1, *, norm: str = "frozen_bn",
-                 style: str = "pytorch", residual: bool = True, dilation: int = 1) -> None:
+    def __init__(
+        self,
+        cin: int,
+        width: int,
+        stride: int = 1,
+        *,
+        norm: str = "frozen_bn",
+        style: str = "pytorch",
+        residual: bool = True,
+        dilation: int = 1,
+    ) -> None:
         super().__init__()
         cout = width * self.expansion
         self.conv1 = _conv(cin, width, 3, stride, dilation)
@@ -88,7 +98,6 @@ class BasicBlock(_Block):
         self.conv2 = _conv(width, cout, 3, 1, dilation)
         self.bn2 = get_norm(norm, cout)
         self._make_shortcut(cin, cout, stride, norm, residual)
-
 
     def forward(self, x: Tensor) -> Tensor:
         # in training, frozen BatchNorms ride on the convolutions (see backbone.folded)
@@ -105,8 +114,17 @@ class Bottleneck(_Block):
     expansion = 4
     conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
-    def __init__(self, cin: int, width: int, stride: int = 1, *, norm: str = "frozen_bn",
-                 style: str = "pytorch", residual: bool = True, dilation: int = 1) -> None:
+    def __init__(
+        self,
+        cin: int,
+        width: int,
+        stride: int = 1,
+        *,
+        norm: str = "frozen_bn",
+        style: str = "pytorch",
+        residual: bool = True,
+        dilation: int = 1,
+    ) -> None:
         super().__init__()
         cout = width * self.expansion
         s1, s3 = (stride, 1) if style == "caffe" else (1, stride)
@@ -117,7 +135,6 @@ class Bottleneck(_Block):
         self.conv3 = _conv(width, cout, 1)
         self.bn3 = get_norm(norm, cout)
         self._make_shortcut(cin, cout, stride, norm, residual)
-
 
     def forward(self, x: Tensor) -> Tensor:
         # in training, frozen BatchNorms ride on the convolutions (see backbone.folded)
@@ -132,7 +149,9 @@ class Bottleneck(_Block):
 BLOCKS: Dict[str, Type[_Block]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
-def make_stage(block: Type[_Block], cin: int, width: int, num_blocks: int, stride: int, **block_kwargs) -> nn.Sequential:
+def make_stage(
+    block: Type[_Block], cin: int, width: int, num_blocks: int, stride: int, **block_kwargs
+) -> nn.Sequential:
     """A stage of ``num_blocks`` blocks; the first one changes stride/width (projection shortcut)."""
     blocks = [block(cin, width, stride, **block_kwargs)]
     cout = width * block.expansion
@@ -162,10 +181,19 @@ class ResNet(nn.Module):
     ``out_channels[name]`` and ``strides[name]`` describe each.
     """
 
-    def __init__(self, depth: int, *, style: str = "pytorch", norm: str = "frozen_bn", freeze_at: int = 2,
-                 out_features: Sequence[str] = STAGE_NAMES, num_classes: Optional[int] = None,
-                 residual: bool = True, pixel_convention: Optional[PixelConvention] = None,
-                 class_names: Optional[Sequence[str]] = None) -> None:
+    def __init__(
+        self,
+        depth: int,
+        *,
+        style: str = "pytorch",
+        norm: str = "frozen_bn",
+        freeze_at: int = 2,
+        out_features: Sequence[str] = STAGE_NAMES,
+        num_classes: Optional[int] = None,
+        residual: bool = True,
+        pixel_convention: Optional[PixelConvention] = None,
+        class_names: Optional[Sequence[str]] = None,
+    ) -> None:
         super().__init__()
         if depth not in DEPTHS:
             raise ValueError(f"ResNet depth {depth!r} is not supported; valid depths: {', '.join(map(str, DEPTHS))}")
@@ -195,12 +223,12 @@ class ResNet(nn.Module):
         cin = 64
         kw = dict(norm=norm, style=style, residual=residual)
         for i, (name, n) in enumerate(zip(STAGE_NAMES, layers)):
-            width = 64 * 2 ** i
+            width = 64 * 2**i
             stage = make_stage(block, cin, width, n, stride=1 if i == 0 else 2, **kw)
             self.add_module(f"layer{i + 1}", stage)
             cin = width * block.expansion
             self.out_channels[name] = cin
-            self.strides[name] = 4 * 2 ** i
+            self.strides[name] = 4 * 2**i
 
         # only build what forward needs: stages after the last requested feature are dropped
         last = valid.index(self.out_features[-1]) if self.out_features else len(valid) - 1
@@ -228,7 +256,9 @@ class ResNet(nn.Module):
 
     def stages(self) -> List[Tuple[str, nn.Module]]:
         """The stages that exist in this module, as ``(feature name, module)`` pairs."""
-        return [(n, getattr(self, f"layer{i + 1}")) for i, n in enumerate(STAGE_NAMES) if hasattr(self, f"layer{i + 1}")]
+        return [
+            (n, getattr(self, f"layer{i + 1}")) for i, n in enumerate(STAGE_NAMES) if hasattr(self, f"layer{i + 1}")
+        ]
 
     def pop_stage(self, name: str = "res5") -> Tuple[nn.Sequential, int]:
         """Remove the last stage from the trunk and return it with its output channels.
@@ -302,5 +332,7 @@ class ResNet(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        return (f"depth={self.depth}, style={self.style}, norm={self.norm}, freeze_at={self.freeze_at}, "
-                f"residual={self.residual}, out_features={self.out_features}")
+        return (
+            f"depth={self.depth}, style={self.style}, norm={self.norm}, freeze_at={self.freeze_at}, "
+            f"residual={self.residual}, out_features={self.out_features}"
+        )

@@ -22,6 +22,7 @@ Checkpoints are untrusted input: zip checkpoints go through the verified load
 a bounded walk and the checksum); pickles through an unpickler that admits only plain containers and numpy
 arrays, and the same bounded walk.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,9 +41,21 @@ from ..serialization import WeightsError, check_not_empty, load_torch_file, safe
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PixelConvention", "TORCHVISION_RGB", "MSRA_BGR", "load_pretrained", "read_pretrained",
-           "load_pretrained_state", "PretrainedWeights", "read_state_dict", "read_weights", "tensors_of",
-           "safe_load_pickle", "LoadReport", "WeightsError"]
+__all__ = [
+    "PixelConvention",
+    "TORCHVISION_RGB",
+    "MSRA_BGR",
+    "load_pretrained",
+    "read_pretrained",
+    "load_pretrained_state",
+    "PretrainedWeights",
+    "read_state_dict",
+    "read_weights",
+    "tensors_of",
+    "safe_load_pickle",
+    "LoadReport",
+    "WeightsError",
+]
 
 
 @dataclass(frozen=True)
@@ -100,10 +113,13 @@ def read_weights(path: os.PathLike | str) -> Tuple[Dict[str, Tensor], str, Dict[
     ``tools/train_cls.py`` (``task: "classification"``) the entries of ``CLASSIFIER_META_KEYS``, else ``{}``."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}. Pass an existing file, or a hub source such as "
-                           "torchvision://resnet101 or timm://resnet50.a1_in1k")
+        raise WeightsError(
+            f"weights file not found: {path}. Pass an existing file, or a hub source such as "
+            "torchvision://resnet101 or timm://resnet50.a1_in1k"
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
+
         try:
             return dict(load_file(str(path))), "safetensors", {}
         except Exception as e:
@@ -134,8 +150,10 @@ def tensors_of(obj: Any, path: os.PathLike | str) -> Dict[str, Tensor]:
     for k, v in obj.items():
         if isinstance(v, np.ndarray):
             if v.dtype.kind not in "biuf":
-                raise WeightsError(f"{path}: entry {k!r} is a numpy array of dtype {v.dtype}, not numbers; a weights "
-                                   "file holds numeric arrays only")
+                raise WeightsError(
+                    f"{path}: entry {k!r} is a numpy array of dtype {v.dtype}, not numbers; a weights "
+                    "file holds numeric arrays only"
+                )
             out[str(k)] = torch.from_numpy(np.ascontiguousarray(v))
         elif isinstance(v, Tensor):
             out[str(k)] = v
@@ -199,7 +217,7 @@ def _strip_prefix(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """Drop common wrappers (``module.``, ``backbone.``, ``backbone.body.``) when every key has them."""
     for prefix in ("module.", "backbone.body.", "backbone.", "body.", "model."):
         if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
     return sd
 
 
@@ -211,8 +229,10 @@ def _detect(sd: Dict[str, Tensor], kind: str, hint: str = "") -> Tuple[Dict[str,
         fmt = "timm" if hint == "timm" else "torchvision"
         return sd, fmt, TORCHVISION_RGB
     sample = ", ".join(list(sd)[:5])
-    raise WeightsError(f"unrecognized weights layout (first keys: {sample}); expected a torchvision/timm ResNet "
-                       "state dict (conv1.weight, layer1.0...) or MSRA/Caffe blobs (conv1_w, res2_0_branch2a_w, ...)")
+    raise WeightsError(
+        f"unrecognized weights layout (first keys: {sample}); expected a torchvision/timm ResNet "
+        "state dict (conv1.weight, layer1.0...) or MSRA/Caffe blobs (conv1_w, res2_0_branch2a_w, ...)"
+    )
 
 
 # -------------------------------------------------------------------------------------- hub sources
@@ -226,14 +246,16 @@ def _torchvision_source(spec: str) -> Tuple[Dict[str, Tensor], str]:
     try:
         enum = torchvision.models.get_model_weights(arch)
     except Exception:
-        raise WeightsError(f"torchvision://{spec}: torchvision has no model named {arch!r} "
-                           "(expected e.g. torchvision://resnet101)") from None
+        raise WeightsError(
+            f"torchvision://{spec}: torchvision has no model named {arch!r} (expected e.g. torchvision://resnet101)"
+        ) from None
     variant = variant or "IMAGENET1K_V1"
     try:
         w = enum[variant]
     except KeyError:
-        raise WeightsError(f"torchvision://{spec}: no weights {variant!r} for {arch}; available: "
-                           f"{', '.join(e.name for e in enum)}") from None
+        raise WeightsError(
+            f"torchvision://{spec}: no weights {variant!r} for {arch}; available: {', '.join(e.name for e in enum)}"
+        ) from None
     filename = w.url.rsplit("/", 1)[-1]
     target = Path(get_dir()) / "checkpoints" / filename
     try:
@@ -242,7 +264,8 @@ def _torchvision_source(spec: str) -> Tuple[Dict[str, Tensor], str]:
         raise WeightsError(
             f"torchvision://{spec}: could not fetch {w.url} ({type(e).__name__}: {e}). Offline? Place the file at "
             f"{target} (torchvision's cache; set TORCH_HOME to move it), or pass the local path as the weights "
-            "source.") from None
+            "source."
+        ) from None
     return dict(sd), "torch"
 
 
@@ -258,20 +281,22 @@ def _timm_source(spec: str) -> Tuple[Dict[str, Tensor], str]:
             model = timm.create_model(spec, pretrained=True)
     except Exception as e:
         raise WeightsError(
-            f"timm://{spec}: could not load timm's pretrained weights ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+            f"timm://{spec}: could not load timm's pretrained weights "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
             "Offline? Download them once where there is network (they land in the Hugging Face cache, "
             "~/.cache/huggingface/hub, set HF_HOME to move it), or save timm.create_model(name, pretrained=True)"
-            ".state_dict() to a file and pass its path as the weights source.") from None
+            ".state_dict() to a file and pass its path as the weights source."
+        ) from None
     return dict(model.state_dict()), "torch"
 
 
 def _fetch(source: str) -> Tuple[Dict[str, Tensor], str, str, Optional[PixelConvention]]:
     """Return ``(raw state dict, storage kind, hint, recorded pixel convention or None)`` for any source."""
     if source.startswith("torchvision://"):
-        sd, kind = _torchvision_source(source[len("torchvision://"):])
+        sd, kind = _torchvision_source(source[len("torchvision://") :])
         return sd, kind, "torchvision", None
     if source.startswith("timm://"):
-        sd, kind = _timm_source(source[len("timm://"):])
+        sd, kind = _timm_source(source[len("timm://") :])
         return sd, kind, "timm", None
     sd, kind, meta = read_weights(os.path.expanduser(source))
     if meta.get("pixel_convention"):  # a train_cls checkpoint: the convention its classifier was trained with
@@ -331,8 +356,9 @@ def load_pretrained(model: nn.Module, source: str, *, strict_classifier: bool = 
     return report
 
 
-def load_pretrained_state(model: nn.Module, weights: PretrainedWeights, *,
-                          strict_classifier: bool = False) -> LoadReport:
+def load_pretrained_state(
+    model: nn.Module, weights: PretrainedWeights, *, strict_classifier: bool = False
+) -> LoadReport:
     """Load weights of :func:`read_pretrained` into ``model`` (a ResNet built with their convention); the
     checks and errors of :func:`load_pretrained`. The model's ``pixel_convention`` is left as constructed."""
     source, sd, fmt, convention = weights.source, weights.state_dict, weights.format, weights.convention
@@ -342,35 +368,51 @@ def load_pretrained_state(model: nn.Module, weights: PretrainedWeights, *,
         raise WeightsError(
             f"{source}: these are {fmt} weights, trained with style={convention.style!r} (stride 2 in the "
             f"{'first 1x1' if convention.style == 'caffe' else '3x3'} convolution), but the model was built with "
-            f"style={style!r}. Build it with style={convention.style!r} (model.backbone.style: {convention.style}).")
+            f"style={style!r}. Build it with style={convention.style!r} (model.backbone.style: {convention.style})."
+        )
 
     own = model.state_dict()
-    unmapped = sorted(k[len("unmapped:"):] for k in sd if k.startswith("unmapped:"))
+    unmapped = sorted(k[len("unmapped:") :] for k in sd if k.startswith("unmapped:"))
     sd = {k: v for k, v in sd.items() if not k.startswith("unmapped:")}
     # parts the model was built without (later stages, the classifier) are expected to be absent
     present_prefixes = {k.split(".")[0] for k in own}
-    unexpected = sorted(k for k in sd if k not in own and k.split(".")[0] in present_prefixes
-                        and not k.endswith("num_batches_tracked"))
+    unexpected = sorted(
+        k for k in sd if k not in own and k.split(".")[0] in present_prefixes and not k.endswith("num_batches_tracked")
+    )
     ignored = sorted(k for k in sd if k.split(".")[0] not in present_prefixes)
-    missing = sorted(k for k in own if k not in sd and not k.endswith("num_batches_tracked")
-                     and (strict_classifier or not k.startswith("fc.")))
+    missing = sorted(
+        k
+        for k in own
+        if k not in sd and not k.endswith("num_batches_tracked") and (strict_classifier or not k.startswith("fc."))
+    )
     for k in own:
         if k in sd and tuple(sd[k].shape) != tuple(own[k].shape):
             depth = getattr(model, "depth", "?")
             raise WeightsError(
                 f"{source}: shape mismatch at {k}: the file has {tuple(sd[k].shape)}, the model (ResNet-{depth}) "
-                f"expects {tuple(own[k].shape)}. Is this checkpoint for another depth?")
+                f"expects {tuple(own[k].shape)}. Is this checkpoint for another depth?"
+            )
     if missing:
         depth = getattr(model, "depth", "?")
-        raise WeightsError(f"{source}: {len(missing)} weights of the ResNet-{depth} are missing from the file, "
-                           f"e.g. {', '.join(missing[:5])}. Is this checkpoint for another depth or architecture?")
+        raise WeightsError(
+            f"{source}: {len(missing)} weights of the ResNet-{depth} are missing from the file, "
+            f"e.g. {', '.join(missing[:5])}. Is this checkpoint for another depth or architecture?"
+        )
     if unexpected or unmapped:
-        logger.warning("%s: ignoring %d unexpected keys: %s", source, len(unexpected) + len(unmapped),
-                       ", ".join((unexpected + unmapped)[:10]))
+        logger.warning(
+            "%s: ignoring %d unexpected keys: %s",
+            source,
+            len(unexpected) + len(unmapped),
+            ", ".join((unexpected + unmapped)[:10]),
+        )
     if ignored:
-        logger.info("%s: not used by this model (built without them): %s", source, ", ".join(sorted(
-            {k.split(".")[0] for k in ignored})))
+        logger.info(
+            "%s: not used by this model (built without them): %s",
+            source,
+            ", ".join(sorted({k.split(".")[0] for k in ignored})),
+        )
     to_load = {k: v.to(own[k].dtype) for k, v in sd.items() if k in own}
     model.load_state_dict(to_load, strict=False)
-    return LoadReport(source=str(source), format=fmt, convention=convention, loaded=sorted(to_load),
-                      unexpected=unexpected + unmapped)
+    return LoadReport(
+        source=str(source), format=fmt, convention=convention, loaded=sorted(to_load), unexpected=unexpected + unmapped
+    )

@@ -17,10 +17,11 @@ RetinaNet and FCOS take P3..P7, with P6 and P7 made by strided convolutions::
 Attribute names (``body``, ``fpn``) match torchvision's ``BackboneWithFPN`` so that torchvision detector
 checkpoints load unchanged.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence
 
 from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
@@ -56,21 +57,33 @@ class BackboneWithFPN(nn.Module):
     Input ``(B, 3, H, W)``; output ordered dict of ``(B, out_channels, H/s, W/s)``.
     """
 
-    def __init__(self, body: ResNet, out_channels: int = 256, extra_block: bool = True,
-                 norm_layer: Optional[type] = None, extra_blocks: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        body: ResNet,
+        out_channels: int = 256,
+        extra_block: bool = True,
+        norm_layer: Optional[type] = None,
+        extra_blocks: Optional[str] = None,
+    ) -> None:
         super().__init__()
         self.body = body
         extra_blocks = extra_blocks or ("maxpool" if extra_block else "none")
         if extra_blocks not in EXTRA_BLOCKS:
             raise ValueError(f"extra_blocks={extra_blocks!r}: choose one of {', '.join(EXTRA_BLOCKS)}")
         in_channels = [body.out_channels[n] for n in body.out_features]
-        extra = {"maxpool": LastLevelMaxPool, "p6p7": lambda: LastLevelP6P7(out_channels, out_channels),
-                 "none": lambda: None}[extra_blocks]()
+        extra = {
+            "maxpool": LastLevelMaxPool,
+            "p6p7": lambda: LastLevelP6P7(out_channels, out_channels),
+            "none": lambda: None,
+        }[extra_blocks]()
         self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra, norm_layer=norm_layer)
         self.out_channels = out_channels
         last = body.strides[body.out_features[-1]]
         self.strides = [body.strides[n] for n in body.out_features] + {
-            "maxpool": [last * 2], "p6p7": [last * 2, last * 4], "none": []}[extra_blocks]
+            "maxpool": [last * 2],
+            "p6p7": [last * 2, last * 4],
+            "none": [],
+        }[extra_blocks]
 
     @property
     def pixel_convention(self):
@@ -100,9 +113,16 @@ class BackboneC4(nn.Module):
         return OrderedDict([("0", self.body(x)["res4"])])
 
 
-def resnet_fpn(depth: int, *, weights: Optional[str] = None, out_channels: int = 256, extra_block: bool = True,
-               out_features: Optional[Sequence[str]] = None, extra_blocks: Optional[str] = None,
-               **resnet_kwargs) -> BackboneWithFPN:
+def resnet_fpn(
+    depth: int,
+    *,
+    weights: Optional[str] = None,
+    out_channels: int = 256,
+    extra_block: bool = True,
+    out_features: Optional[Sequence[str]] = None,
+    extra_blocks: Optional[str] = None,
+    **resnet_kwargs,
+) -> BackboneWithFPN:
     """A ResNet-FPN backbone for torchvision's ``FasterRCNN``/``MaskRCNN`` (and, with ``extra_blocks="p6p7"``,
     ``RetinaNet``/``FCOS``).
 

@@ -6,6 +6,7 @@ without ground truth, and more detections per image than ``maxDets`` with tied s
 boxes at every IoU and pure false positives. :func:`compare_engines` times pycocotools against
 faster-coco-eval on it and reports the largest difference between their numbers.
 """
+
 from __future__ import annotations
 
 import math
@@ -76,11 +77,16 @@ def synthetic_eval_set(
             x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
             cat = int(rng.choice(gt_cat_ids))
             crowd = rng.random() < crowd_fraction
-            ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": cat,
-                   "bbox": [round(x, 2), round(y, 2), round(bw, 2), round(bh, 2)], "iscrowd": int(crowd)}
+            ann = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": cat,
+                "bbox": [round(x, 2), round(y, 2), round(bw, 2), round(bh, 2)],
+                "iscrowd": int(crowd),
+            }
             if crowd:
                 m = np.zeros((h, w), dtype=np.uint8, order="F")
-                m[int(y):int(y + bh), int(x):int(x + bw)] = 1
+                m[int(y) : int(y + bh), int(x) : int(x + bw)] = 1
                 # Uncompressed RLE (counts as a list of run lengths), as COCO stores crowd regions.
                 ann["segmentation"] = {"size": [h, w], "counts": _uncompressed_counts(m)}
                 ann["area"] = float(m.sum())
@@ -96,17 +102,32 @@ def synthetic_eval_set(
                 x, y, bw, bh = g["bbox"]
                 jitter = rng.normal(0, rng.choice([0.02, 0.1, 0.3]), size=4) * [bw, bh, bw, bh]
                 cat = g["category_id"] if rng.random() < 0.85 else int(rng.choice([c["id"] for c in categories]))
-                dets.append((x + jitter[0], y + jitter[1], max(bw + jitter[2], 1.0), max(bh + jitter[3], 1.0), cat,
-                             rng.uniform(0.3, 1.0)))
+                dets.append(
+                    (
+                        x + jitter[0],
+                        y + jitter[1],
+                        max(bw + jitter[2], 1.0),
+                        max(bh + jitter[3], 1.0),
+                        cat,
+                        rng.uniform(0.3, 1.0),
+                    )
+                )
         while len(dets) < dets_per_image:
             bw, bh = np.exp(rng.uniform(np.log(4), np.log(300), size=2))
-            dets.append((rng.uniform(0, w - bw), rng.uniform(0, h - bh), bw, bh,
-                         int(rng.choice([c["id"] for c in categories])), rng.uniform(0.0, 0.7)))
+            dets.append(
+                (
+                    rng.uniform(0, w - bw),
+                    rng.uniform(0, h - bh),
+                    bw,
+                    bh,
+                    int(rng.choice([c["id"] for c in categories])),
+                    rng.uniform(0.0, 0.7),
+                )
+            )
         for x, y, bw, bh, cat, score in dets[:dets_per_image]:
             x, y = float(np.clip(x, 0, w - 1)), float(np.clip(y, 0, h - 1))
             bw, bh = float(min(bw, w - x)), float(min(bh, h - y))
-            r = {"image_id": image_id, "category_id": cat, "bbox": [x, y, bw, bh],
-                 "score": round(float(score), 2)}
+            r = {"image_id": image_id, "category_id": cat, "bbox": [x, y, bw, bh], "score": round(float(score), 2)}
             if with_masks:
                 rle = mask_util.merge(mask_util.frPyObjects(_box_polygon(x, y, bw, bh), h, w))
                 r["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
@@ -149,5 +170,9 @@ def compare_engines(gt: Dict[str, Any], results: List[Dict[str, Any]], iou_types
         t0, c0 = time.perf_counter(), time.process_time()
         metrics[engine] = evaluate_coco(gt, results, iou_types, engine=engine)
         seconds[engine], cpu_seconds[engine] = time.perf_counter() - t0, time.process_time() - c0
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "metrics": metrics,
-            "max_diff": max_metric_difference(metrics["pycocotools"], metrics["faster_coco_eval"])}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "metrics": metrics,
+        "max_diff": max_metric_difference(metrics["pycocotools"], metrics["faster_coco_eval"]),
+    }

@@ -12,6 +12,7 @@
 The inductor cache starts empty unless ``TORCHINDUCTOR_CACHE_DIR`` is set
 (:func:`~restransfer.benchmark.model.compile_cache`): compile times are a first run's.
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,12 +49,17 @@ __all__ = ["coco_like_sizes", "run_compile_training", "run_compile_inference", "
 
 EAGER, COMPILED = "restransfer", "restransfer+compile"
 # variant -> (test.optimize's fused layers, compiled)
-INFERENCE_VARIANTS = {"plain": (False, False), "plain+compile": (False, True), "optimized": (True, False),
-                      "optimized+compile": (True, True)}
+INFERENCE_VARIANTS = {
+    "plain": (False, False),
+    "plain+compile": (False, True),
+    "optimized": (True, False),
+    "optimized+compile": (True, True),
+}
 
 
-def coco_like_sizes(n: int, seed: int = 0, short_side: Tuple[int, int] = (480, 640),
-                    aspect: Tuple[float, float] = (0.5, 2.0)) -> List[Tuple[int, int]]:
+def coco_like_sizes(
+    n: int, seed: int = 0, short_side: Tuple[int, int] = (480, 640), aspect: Tuple[float, float] = (0.5, 2.0)
+) -> List[Tuple[int, int]]:
     """``n`` image sizes ``(H, W)`` spread as COCO's: the short side uniform in ``short_side``, the
     width / height ratio log-uniform in ``aspect`` (as many portrait as landscape images)."""
     rng = random.Random(seed)
@@ -69,9 +75,18 @@ def coco_like_sizes(n: int, seed: int = 0, short_side: Tuple[int, int] = (480, 6
 # ----------------------------------------------------------------------------------------------- training
 
 
-def run_compile_training(cfg, *, device: str = "cpu", precision: str = "fp32", iters: int = 10, warmup: int = 2,
-                         size: Tuple[int, int] = (128, 128), batch: Optional[int] = None,
-                         channels_last: Optional[bool] = None, seed: int = 0) -> Dict[str, Any]:
+def run_compile_training(
+    cfg,
+    *,
+    device: str = "cpu",
+    precision: str = "fp32",
+    iters: int = 10,
+    warmup: int = 2,
+    size: Tuple[int, int] = (128, 128),
+    batch: Optional[int] = None,
+    channels_last: Optional[bool] = None,
+    seed: int = 0,
+) -> Dict[str, Any]:
     """Time training steps of the config's model, eager (``restransfer <precision>``) and with its backbone
     compiled (``restransfer+compile <precision>``), alternating between them.
 
@@ -101,8 +116,10 @@ def run_compile_training(cfg, *, device: str = "cpu", precision: str = "fp32", i
     targets = [{k: v.to(dev) for k, v in t.items()} for t in targets]
     compiled = copy.deepcopy(model)
     compile_model(compiled)
-    steps = {f"{EAGER} {precision}": train_step(model, images, targets, dev, precision, cl),
-             f"{COMPILED} {precision}": train_step(compiled, images, targets, dev, precision, cl)}
+    steps = {
+        f"{EAGER} {precision}": train_step(model, images, targets, dev, precision, cl),
+        f"{COMPILED} {precision}": train_step(compiled, images, targets, dev, precision, cl),
+    }
     before = compile_events()
     _, compile_info = warm_up(steps, warmup, [f"{COMPILED} {precision}"], dev)
     events = {k: v - before[k] for k, v in compile_events().items()}
@@ -117,9 +134,20 @@ def run_compile_training(cfg, *, device: str = "cpu", precision: str = "fp32", i
         "speedup": eager.latency_median / comp.latency_median,
         "break_even_steps": math.ceil(comp.compile_s / saved) if saved > 0 else None,
         "compile_events": events,
-        "config": dict(arch=cfg.model.arch, head=cfg.model.head, depth=cfg.model.backbone.depth, mode="train",
-                       device=str(dev), precision=precision, image_size=list(size), batch=batch, channels_last=cl,
-                       threads=torch.get_num_threads(), compile_cache=cache, machine=machine_description(dev)),
+        "config": dict(
+            arch=cfg.model.arch,
+            head=cfg.model.head,
+            depth=cfg.model.backbone.depth,
+            mode="train",
+            device=str(dev),
+            precision=precision,
+            image_size=list(size),
+            batch=batch,
+            channels_last=cl,
+            threads=torch.get_num_threads(),
+            compile_cache=cache,
+            machine=machine_description(dev),
+        ),
         "environment": {**machine_info(dev), "load_average_before": load_before, "load_average_after": load_average()},
         "definitions": {"compile_time": COMPILE_TIME_DEFINITION},
     }
@@ -153,9 +181,15 @@ def _image(size: Tuple[int, int], seed: int) -> Tensor:
     return synthetic_batch(size, 1, seed=seed)[0][0]
 
 
-def run_compile_inference(cfg, *, num_images: int = 200, variants: Sequence[str] = ("optimized", "optimized+compile"),
-                          device: str = "cpu", seed: int = 0, sizes: Optional[Sequence[Tuple[int, int]]] = None
-                          ) -> Dict[str, Any]:
+def run_compile_inference(
+    cfg,
+    *,
+    num_images: int = 200,
+    variants: Sequence[str] = ("optimized", "optimized+compile"),
+    device: str = "cpu",
+    seed: int = 0,
+    sizes: Optional[Sequence[Tuple[int, int]]] = None,
+) -> Dict[str, Any]:
     """Run ``num_images`` images of COCO's sizes through each of ``variants`` of the config's model.
 
     Args:
@@ -218,19 +252,36 @@ def run_compile_inference(cfg, *, num_images: int = 200, variants: Sequence[str]
         median = statistics.median(steady)
         compiled_times = [t for t, c in zip(times[name], compiling[name]) if c]
         total = sum(times[name])
-        runs[name] = InferenceRun(name=name, total_s=total, images_per_s=len(sizes) / total, latency_median=median,
-                                  compile_s=max(sum(compiled_times) - len(compiled_times) * median, 0.0),
-                                  compiling_calls=len(compiled_times), frames_compiled=events[name]["frames"],
-                                  graphs=events[name]["graphs"], graph_breaks=events[name]["graph_breaks"],
-                                  times=times[name])
+        runs[name] = InferenceRun(
+            name=name,
+            total_s=total,
+            images_per_s=len(sizes) / total,
+            latency_median=median,
+            compile_s=max(sum(compiled_times) - len(compiled_times) * median, 0.0),
+            compiling_calls=len(compiled_times),
+            frames_compiled=events[name]["frames"],
+            graphs=events[name]["graphs"],
+            graph_breaks=events[name]["graph_breaks"],
+            times=times[name],
+        )
     return {
         "runs": runs,
         "input_shapes": sorted(shapes),
         "image_sizes": sizes,
-        "config": dict(arch=cfg.model.arch, head=cfg.model.head, depth=cfg.model.backbone.depth, mode="inference",
-                       device=str(dev), precision=str(cfg.test.precision), num_images=len(sizes),
-                       min_size_test=cfg.input.min_size_test, max_size_test=cfg.input.max_size_test,
-                       size_divisibility=cfg.input.size_divisibility, threads=torch.get_num_threads(),
-                       compile_cache=cache, machine=machine_description(dev)),
+        "config": dict(
+            arch=cfg.model.arch,
+            head=cfg.model.head,
+            depth=cfg.model.backbone.depth,
+            mode="inference",
+            device=str(dev),
+            precision=str(cfg.test.precision),
+            num_images=len(sizes),
+            min_size_test=cfg.input.min_size_test,
+            max_size_test=cfg.input.max_size_test,
+            size_divisibility=cfg.input.size_divisibility,
+            threads=torch.get_num_threads(),
+            compile_cache=cache,
+            machine=machine_description(dev),
+        ),
         "environment": {**machine_info(dev), "load_average_before": load_before, "load_average_after": load_average()},
     }

@@ -20,6 +20,7 @@ report gives the median and the slowest round's images/s and the median per work
 sit in the page cache afterwards, so the figure is for a warm cache (a dataset larger than memory is
 also limited by the disk).
 """
+
 from __future__ import annotations
 
 import gc
@@ -90,8 +91,10 @@ def missing_training_data(cfg) -> Optional[str]:
 
 def _check_rounds(images_per_round: int, rounds: int, warmup: int) -> None:
     if images_per_round < 1 or rounds < 1 or warmup < 0:
-        raise ConfigError(f"images_per_round ({images_per_round}) and rounds ({rounds}) must be at least 1, "
-                          f"warmup ({warmup}) at least 0")
+        raise ConfigError(
+            f"images_per_round ({images_per_round}) and rounds ({rounds}) must be at least 1, "
+            f"warmup ({warmup}) at least 0"
+        )
 
 
 def time_loader(loader: Any, images_per_round: int, rounds: int, warmup: int) -> LoaderMeasurement:
@@ -118,10 +121,17 @@ def time_loader(loader: Any, images_per_round: int, rounds: int, warmup: int) ->
     rates = [n / s for n, s in zip(counts, seconds)]
     workers = int(getattr(loader, "num_workers", 0))
     median = statistics.median(rates)
-    return LoaderMeasurement(workers=workers, round_images=counts, round_seconds=seconds, images_per_s_median=median,
-                             images_per_s_min=min(rates), images_per_s_per_worker=median / max(workers, 1),
-                             mean_image_hw=(float(np.mean(heights)), float(np.mean(widths))), images_yielded=total,
-                             round_rates=rates)
+    return LoaderMeasurement(
+        workers=workers,
+        round_images=counts,
+        round_seconds=seconds,
+        images_per_s_median=median,
+        images_per_s_min=min(rates),
+        images_per_s_per_worker=median / max(workers, 1),
+        mean_image_hw=(float(np.mean(heights)), float(np.mean(widths))),
+        images_yielded=total,
+        round_rates=rates,
+    )
 
 
 def _cpu_seconds() -> Optional[float]:
@@ -132,9 +142,15 @@ def _cpu_seconds() -> Optional[float]:
     return own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime
 
 
-def run_loader_benchmark(cfg, workers: Sequence[int] = (2,), images_per_round: int = 64, rounds: int = 5,
-                         warmup: int = 1, work_dir: Optional[Union[str, os.PathLike]] = None,
-                         num_generated: Optional[int] = None) -> Dict[str, Any]:
+def run_loader_benchmark(
+    cfg,
+    workers: Sequence[int] = (2,),
+    images_per_round: int = 64,
+    rounds: int = 5,
+    warmup: int = 1,
+    work_dir: Optional[Union[str, os.PathLike]] = None,
+    num_generated: Optional[int] = None,
+) -> Dict[str, Any]:
     """Images/s of ``cfg``'s training loader in the main process and with each count in ``workers``.
 
     Args:
@@ -160,8 +176,9 @@ def run_loader_benchmark(cfg, workers: Sequence[int] = (2,), images_per_round: i
         entries = None  # data.train
         if reason is not None:
             n = num_generated or min(512, images_per_round * (rounds + warmup))
-            folder = generate_coco_folder(Path(work_dir) if work_dir else Path(tmp), n,
-                                          num_classes=int(cfg.model.num_classes), seed=int(cfg.seed))
+            folder = generate_coco_folder(
+                Path(work_dir) if work_dir else Path(tmp), n, num_classes=int(cfg.model.num_classes), seed=int(cfg.seed)
+            )
             entries = [OmegaConf.structured(DatasetSpec(json=folder.json, image_root=folder.image_root))]
             data = {"source": "generated", "reason": reason, **asdict(folder)}
         dataset = build_train_dataset(cfg, entries)  # the generated folder in place of data.train
@@ -178,12 +195,21 @@ def run_loader_benchmark(cfg, workers: Sequence[int] = (2,), images_per_round: i
                 m.cpu_ms_per_image = 1000 * (_cpu_seconds() - cpu_before) / m.images_yielded
             measurements.append(m)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    config = {"min_size_train": list(cfg.input.min_size_train), "max_size_train": int(cfg.input.max_size_train),
-              "hflip_prob": float(cfg.input.hflip_prob), "color_jitter": float(cfg.input.color_jitter),
-              "images_per_batch": batch_size, "masks": uses_masks(cfg),
-              "pin_memory": pin_memory,
-              "images_per_round": int(images_per_round), "rounds": int(rounds), "warmup": int(warmup),
-              "machine": machine_description(torch.device("cpu")), "cpus": cpus,
-              "environment": machine_info(torch.device("cpu")),
-              "load_average_before": load_before, "load_average": load_average()}
+    config = {
+        "min_size_train": list(cfg.input.min_size_train),
+        "max_size_train": int(cfg.input.max_size_train),
+        "hflip_prob": float(cfg.input.hflip_prob),
+        "color_jitter": float(cfg.input.color_jitter),
+        "images_per_batch": batch_size,
+        "masks": uses_masks(cfg),
+        "pin_memory": pin_memory,
+        "images_per_round": int(images_per_round),
+        "rounds": int(rounds),
+        "warmup": int(warmup),
+        "machine": machine_description(torch.device("cpu")),
+        "cpus": cpus,
+        "environment": machine_info(torch.device("cpu")),
+        "load_average_before": load_before,
+        "load_average": load_average(),
+    }
     return {"config": config, "data": data, "measurements": measurements}

@@ -12,6 +12,7 @@
 
 Timings are wall seconds of one run.
 """
+
 from __future__ import annotations
 
 import platform
@@ -36,6 +37,7 @@ from ..evaluation.imagenet_det import (
     write_submission,
 )
 from ..evaluation.imagenet_loc import evaluate_localization, pack_ground_truth
+from ..evaluation.imagenet_loc_guesses import classifier_guesses, detector_guesses, gt_class_guesses
 from ..evaluation.imagenet_loc_io import (
     MAX_GUESSES,
     LocGuesses,
@@ -44,10 +46,16 @@ from ..evaluation.imagenet_loc_io import (
     write_devkit_submission,
     write_kaggle_submission,
 )
-from ..evaluation.imagenet_loc_guesses import classifier_guesses, detector_guesses, gt_class_guesses
 
-__all__ = ["synthetic_det_eval_set", "DetEvalTimings", "run_det_eval_benchmark",
-           "synthetic_loc_eval_set", "LocEvalTimings", "run_loc_eval_benchmark", "LOC_EVALUATE_STEP"]
+__all__ = [
+    "synthetic_det_eval_set",
+    "DetEvalTimings",
+    "run_det_eval_benchmark",
+    "synthetic_loc_eval_set",
+    "LocEvalTimings",
+    "run_loc_eval_benchmark",
+    "LOC_EVALUATE_STEP",
+]
 
 Seed = Union[int, np.random.Generator]
 T = TypeVar("T")
@@ -67,8 +75,9 @@ def _timed(seconds: Dict[str, float], name: str, fn: Callable[[], T]) -> T:
 # ------------------------------------------------------------------------------------ ImageNet-DET
 
 
-def synthetic_det_eval_set(num_images: int = 20121, num_classes: int = 200, num_detections: int = 2_000_000,
-                           *, seed: Seed = 0) -> Tuple[DetGroundTruth, DetSubmission]:
+def synthetic_det_eval_set(
+    num_images: int = 20121, num_classes: int = 200, num_detections: int = 2_000_000, *, seed: Seed = 0
+) -> Tuple[DetGroundTruth, DetSubmission]:
     """A ground truth and a submission with the statistics of ILSVRC DET val (500 x 500 px canvas).
 
     Ground truth: image ids ``1..num_images``, 1 + Poisson(1.8) objects per image (about 2.8, as in val);
@@ -137,29 +146,44 @@ class DetEvalTimings:
     coco: Optional[Dict[str, float]] = None
 
 
-def run_det_eval_benchmark(num_images: int = 20121, num_classes: int = 200, num_detections: int = 2_000_000,
-                           *, seed: int = 0, coco: bool = False) -> DetEvalTimings:
+def run_det_eval_benchmark(
+    num_images: int = 20121,
+    num_classes: int = 200,
+    num_detections: int = 2_000_000,
+    *,
+    seed: int = 0,
+    coco: bool = False,
+) -> DetEvalTimings:
     """Generate a set (:func:`synthetic_det_eval_set`), write its submission file into a temporary folder,
     read it back and evaluate it with the devkit protocol (and with ``coco`` also the COCO protocol)."""
     seconds: Dict[str, float] = {}
-    gt, sub = _timed(seconds, "generate",
-                     lambda: synthetic_det_eval_set(num_images, num_classes, num_detections, seed=seed))
+    gt, sub = _timed(
+        seconds, "generate", lambda: synthetic_det_eval_set(num_images, num_classes, num_detections, seed=seed)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "submission.txt"
         _timed(seconds, "write submission file", lambda: write_submission(path, sub))
         sub_file = _timed(seconds, "read submission file", lambda: read_submission(path, gt.image_ids, num_classes))
     result = _timed(seconds, "devkit evaluation", lambda: evaluate_detections(gt, sub_file))
     coco_metrics = _timed(seconds, "COCO protocol", lambda: coco_box_metrics(gt, sub_file)) if coco else None
-    return DetEvalTimings(num_images=num_images, num_classes=num_classes, num_objects=len(gt.labels),
-                          num_detections=len(sub), seconds=seconds, mean_ap=result.mean_ap,
-                          true_positives=int(result.tp.sum()), coco=coco_metrics)
+    return DetEvalTimings(
+        num_images=num_images,
+        num_classes=num_classes,
+        num_objects=len(gt.labels),
+        num_detections=len(sub),
+        seconds=seconds,
+        mean_ap=result.mean_ap,
+        true_positives=int(result.tp.sum()),
+        coco=coco_metrics,
+    )
 
 
 # ------------------------------------------------------------------------------------ CLS-LOC
 
 
-def synthetic_loc_eval_set(num_images: int = 50000, num_classes: int = 1000, *,
-                           seed: Seed = 0) -> Tuple[Synsets, List[LocImage], LocGuesses]:
+def synthetic_loc_eval_set(
+    num_images: int = 50000, num_classes: int = 1000, *, seed: Seed = 0
+) -> Tuple[Synsets, List[LocImage], LocGuesses]:
     """A class list, ground truth and guesses shaped like ILSVRC CLS-LOC val.
 
     Classes: ``num_classes`` (at least 5) WNIDs, label ``k`` is ``synsets.wnids[k - 1]``. Images:
@@ -186,8 +210,17 @@ def synthetic_loc_eval_set(num_images: int = 50000, num_classes: int = 1000, *,
         xy = rng.integers(0, 100, (m, 2))
         wh = rng.integers(10, 100, (m, 2))
         boxes = np.concatenate([xy, xy + wh], 1).astype(np.float64)
-        images.append(LocImage(name, f"val/{name}.JPEG", (wnids[labels[i]],), (wnids[labels[i]],) * m,
-                               boxes, int(sizes[i, 0]), int(sizes[i, 1])))
+        images.append(
+            LocImage(
+                name,
+                f"val/{name}.JPEG",
+                (wnids[labels[i]],),
+                (wnids[labels[i]],) * m,
+                boxes,
+                int(sizes[i, 0]),
+                int(sizes[i, 1]),
+            )
+        )
     guesses = LocGuesses.empty(np.arange(1, n + 1))
     for i, im in enumerate(images):
         classes = rng.choice(k, MAX_GUESSES, replace=False)
@@ -204,19 +237,26 @@ def _write_kaggle_solution(path: Path, images: Sequence[LocImage]) -> None:
     with open(path, "w") as f:
         f.write("ImageId,PredictionString\n")
         for im in images:
-            f.write(im.name + "," + " ".join(f"{w} " + " ".join(str(int(v)) for v in b)
-                                             for w, b in zip(im.box_wnids, im.boxes)) + "\n")
+            f.write(
+                im.name
+                + ","
+                + " ".join(f"{w} " + " ".join(str(int(v)) for v in b) for w, b in zip(im.box_wnids, im.boxes))
+                + "\n"
+            )
 
 
 def _write_devkit_xml_folder(xml_dir: Path, images: Sequence[LocImage]) -> None:
     """One devkit annotation XML per image (size and boxes only) in ``xml_dir``."""
     xml_dir.mkdir(parents=True, exist_ok=True)
     for im in images:
-        objs = "".join(f"<object><name>{w}</name><bndbox><xmin>{int(b[0])}</xmin><ymin>{int(b[1])}</ymin>"
-                       f"<xmax>{int(b[2])}</xmax><ymax>{int(b[3])}</ymax></bndbox></object>"
-                       for w, b in zip(im.box_wnids, im.boxes))
+        objs = "".join(
+            f"<object><name>{w}</name><bndbox><xmin>{int(b[0])}</xmin><ymin>{int(b[1])}</ymin>"
+            f"<xmax>{int(b[2])}</xmax><ymax>{int(b[3])}</ymax></bndbox></object>"
+            for w, b in zip(im.box_wnids, im.boxes)
+        )
         (xml_dir / f"{im.name}.xml").write_text(
-            f"<annotation><size><width>{im.width}</width><height>{im.height}</height></size>{objs}</annotation>")
+            f"<annotation><size><width>{im.width}</width><height>{im.height}</height></size>{objs}</annotation>"
+        )
 
 
 @dataclass
@@ -240,8 +280,14 @@ class LocEvalTimings:
         return {**self.seconds, "machine": self.machine}
 
 
-def run_loc_eval_benchmark(num_images: int = 50000, num_classes: int = 1000, detections_per_image: int = 100, *,
-                           xml: bool = False, seed: int = 0) -> LocEvalTimings:
+def run_loc_eval_benchmark(
+    num_images: int = 50000,
+    num_classes: int = 1000,
+    detections_per_image: int = 100,
+    *,
+    xml: bool = False,
+    seed: int = 0,
+) -> LocEvalTimings:
     """Generate a set (:func:`synthetic_loc_eval_set`), write the Kaggle solution, a devkit text and a Kaggle
     CSV submission (with ``xml`` also the devkit XML folder) into a temporary folder, then time reading each,
     the evaluation with 2% of the images blacklisted, and the three localization modes over
@@ -265,29 +311,40 @@ def run_loc_eval_benchmark(num_images: int = 50000, num_classes: int = 1000, det
         gt_images = _timed(seconds, "read Kaggle solution csv", lambda: read_kaggle_solution(solution, synsets))
         gt = _timed(seconds, "pack ground truth", lambda: pack_ground_truth(gt_images, synsets))
         sub = _timed(seconds, "read devkit submission txt", lambda: read_devkit_submission(tmp / "sub.txt", synsets, n))
-        sub_csv = _timed(seconds, "read Kaggle submission csv",
-                         lambda: read_kaggle_submission(tmp / "sub.csv", synsets, gt.names))
+        sub_csv = _timed(
+            seconds, "read Kaggle submission csv", lambda: read_kaggle_submission(tmp / "sub.csv", synsets, gt.names)
+        )
         blacklist = np.sort(rng.choice(n, n // 50, replace=False))
         metrics = _timed(seconds, LOC_EVALUATE_STEP, lambda: evaluate_localization(gt, sub, blacklist=blacklist))
         csv_metrics = evaluate_localization(gt, sub_csv, blacklist=blacklist)
         if csv_metrics != metrics:
-            raise RuntimeError(f"the devkit submission evaluates to {metrics}, the same guesses as a Kaggle CSV "
-                               f"to {csv_metrics}")
+            raise RuntimeError(
+                f"the devkit submission evaluates to {metrics}, the same guesses as a Kaggle CSV to {csv_metrics}"
+            )
         if xml:
             xml_dir = tmp / "Annotations" / "CLS-LOC" / "val"
             _write_devkit_xml_folder(xml_dir, images)
             _timed(seconds, "read devkit XML folder", lambda: read_devkit_annotations(xml_dir, synsets))
 
     det = detections_per_image
-    preds = [{"image_id": i + 1, "boxes": np.tile(devkit_to_xyxy(im.boxes[:1]), (det, 1)).astype(np.float32),
-              "scores": rng.random(det).astype(np.float32), "labels": rng.integers(1, k + 1, det)}
-             for i, im in enumerate(images)]
+    preds = [
+        {
+            "image_id": i + 1,
+            "boxes": np.tile(devkit_to_xyxy(im.boxes[:1]), (det, 1)).astype(np.float32),
+            "scores": rng.random(det).astype(np.float32),
+            "labels": rng.integers(1, k + 1, det),
+        }
+        for i, im in enumerate(images)
+    ]
     lut = {j + 1: w for j, w in enumerate(synsets.wnids)}
     size_of = {i + 1: (im.width, im.height) for i, im in enumerate(images)}
     scores = rng.random((n, k), dtype=np.float32)
     _timed(seconds, "localize: detector mode", lambda: detector_guesses(preds, lut))
     _timed(seconds, "localize: classifier mode", lambda: classifier_guesses(preds, scores, lut, size_of))
-    _timed(seconds, "localize: gt_class mode", lambda: gt_class_guesses(
-        preds, {i + 1: im.labels for i, im in enumerate(images)}, lut, size_of))
+    _timed(
+        seconds,
+        "localize: gt_class mode",
+        lambda: gt_class_guesses(preds, {i + 1: im.labels for i, im in enumerate(images)}, lut, size_of),
+    )
     machine = f"{platform.processor() or platform.machine()}, {platform.python_version()}"
     return LocEvalTimings(seconds=seconds, metrics=metrics, machine=machine)

@@ -4,6 +4,7 @@ CPU speed differs 2-4x between CPUs with the same core count depending on their 
 result records them: AVX2, AVX-512 (``avx512f``), AVX-512-BF16 (native bf16 dot products) and AMX
 (``amx_tile`` with ``amx_bf16``: bf16 matrix tiles), read from the ``flags`` line of ``/proc/cpuinfo``.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,11 @@ def cpu_info(cpuinfo_text: Optional[str] = None) -> Dict[str, Any]:
             with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
                 cpuinfo_text = f.read()
         except OSError:
-            return {"model_name": platform.processor() or platform.machine() or "CPU",
-                    "features": {k: None for k in CPU_FEATURES}, "flags": []}
+            return {
+                "model_name": platform.processor() or platform.machine() or "CPU",
+                "features": {k: None for k in CPU_FEATURES},
+                "flags": [],
+            }
     name, flags = "", None
     for line in cpuinfo_text.splitlines():
         key, _, value = line.partition(":")
@@ -50,9 +54,11 @@ def cpu_info(cpuinfo_text: Optional[str] = None) -> Dict[str, Any]:
             break
     flags = flags or set()
     wanted = sorted({f for names in CPU_FEATURES.values() for f in names})
-    return {"model_name": name or platform.processor() or platform.machine() or "CPU",
-            "features": {k: all(f in flags for f in names) for k, names in CPU_FEATURES.items()},
-            "flags": [f for f in wanted if f in flags]}
+    return {
+        "model_name": name or platform.processor() or platform.machine() or "CPU",
+        "features": {k: all(f in flags for f in names) for k, names in CPU_FEATURES.items()},
+        "flags": [f for f in wanted if f in flags],
+    }
 
 
 def load_average() -> Optional[List[float]]:
@@ -65,9 +71,15 @@ def machine_info(device: torch.device) -> Dict[str, Any]:
     those this process may use, torch's version, its CPU kernel level and thread count, and the GPU's
     name on CUDA."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info: Dict[str, Any] = {"cpu": cpu_info(), "logical_cores": os.cpu_count(), "cpus_available": cpus,
-                            "torch": torch.__version__, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                            "threads": torch.get_num_threads(), "gpu": None}
+    info: Dict[str, Any] = {
+        "cpu": cpu_info(),
+        "logical_cores": os.cpu_count(),
+        "cpus_available": cpus,
+        "torch": torch.__version__,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "gpu": None,
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -86,5 +98,7 @@ def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     cpu = cpu_info()
-    return (f"{cpu['model_name']}, {os.cpu_count()} logical cores ({_feature_text(cpu['features'])}), "
-            f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()})")
+    return (
+        f"{cpu['model_name']}, {os.cpu_count()} logical cores ({_feature_text(cpu['features'])}), "
+        f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()})"
+    )

@@ -14,9 +14,11 @@ builds the model, its optimizer and inputs (the *setup*), and :func:`measure_pea
 
 ``peak`` covers the warm-up steps (the first step's allocations, and for a compiled model compilation
 itself) and the measured steps; ``steady_peak`` the measured steps only (the high-water mark is reset
-after warm-up; what warm-up left held, such as compiled code or the allocator's caches, counts in both). Where the high-water mark cannot be reset (``hwm_reset`` false: not Linux, or
+after warm-up; what warm-up left held, such as compiled code or the allocator's caches, counts in both).
+Where the high-water mark cannot be reset (``hwm_reset`` false: not Linux, or
 ``clear_refs`` not writable), the peak counts from the start of the process and can only be larger.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -35,7 +37,8 @@ MEMORY_DEFINITION = (
     "peak memory: each model in a fresh process of its own; CPU: VmHWM (peak resident set) minus VmRSS once the "
     "model, optimizer and inputs exist (high-water mark reset there); CUDA: max_memory_allocated minus the "
     "memory allocated then. 'peak' covers warm-up (first step, compilation) and the measured steps, 'steady' "
-    "the measured steps only (what warm-up left held, such as compiled code or allocator caches, counts in both)")
+    "the measured steps only (what warm-up left held, such as compiled code or allocator caches, counts in both)"
+)
 
 
 @dataclass
@@ -99,7 +102,7 @@ def measure_peak(step: Callable[[], Any], device: torch.device, warmup: int = 1,
     """Run ``step`` ``warmup`` times, then ``steps`` times, and return the peaks above the memory held
     now (see the module docstring). Call it once the setup is done; the process should be fresh."""
     device = torch.device(device)
-    mb = 2.0 ** 20
+    mb = 2.0**20
     _release_freed_memory()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -115,8 +118,15 @@ def measure_peak(step: Callable[[], Any], device: torch.device, warmup: int = 1,
             step()
         torch.cuda.synchronize(device)
         steady = torch.cuda.max_memory_allocated(device)
-        return MemoryPeak(str(device), peak_mb=(max(warm, steady) - base) / mb, steady_peak_mb=(steady - base) / mb,
-                          baseline_mb=base / mb, hwm_reset=True, warmup_steps=warmup, steps=steps)
+        return MemoryPeak(
+            str(device),
+            peak_mb=(max(warm, steady) - base) / mb,
+            steady_peak_mb=(steady - base) / mb,
+            baseline_mb=base / mb,
+            hwm_reset=True,
+            warmup_steps=warmup,
+            steps=steps,
+        )
     reset = reset_peak_rss()
     base = status_bytes("VmRSS") or 0
     for _ in range(warmup):
@@ -126,9 +136,15 @@ def measure_peak(step: Callable[[], Any], device: torch.device, warmup: int = 1,
     for _ in range(steps):
         step()
     steady = _peak_rss_bytes()
-    return MemoryPeak(str(device), peak_mb=(max(warm, steady) - base) / mb,
-                      steady_peak_mb=(steady - base) / mb if reset_after_warmup else (max(warm, steady) - base) / mb,
-                      baseline_mb=base / mb, hwm_reset=reset, warmup_steps=warmup, steps=steps)
+    return MemoryPeak(
+        str(device),
+        peak_mb=(max(warm, steady) - base) / mb,
+        steady_peak_mb=(steady - base) / mb if reset_after_warmup else (max(warm, steady) - base) / mb,
+        baseline_mb=base / mb,
+        hwm_reset=reset,
+        warmup_steps=warmup,
+        steps=steps,
+    )
 
 
 def _child(conn, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
@@ -156,12 +172,13 @@ def in_fresh_process(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         status, value, tb = receive.recv()
     except EOFError:
         proc.join()
-        raise RuntimeError(f"the fresh process measuring {getattr(fn, '__name__', fn)} ended without a result "
-                           f"(exit code {proc.exitcode}; killed for memory?)") from None
+        raise RuntimeError(
+            f"the fresh process measuring {getattr(fn, '__name__', fn)} ended without a result "
+            f"(exit code {proc.exitcode}; killed for memory?)"
+        ) from None
     finally:
         receive.close()
     proc.join()
     if status != "ok":
         raise RuntimeError(f"in the fresh process measuring {getattr(fn, '__name__', fn)}: {value}\n{tb}")
     return value
-

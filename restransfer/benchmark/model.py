@@ -26,6 +26,7 @@ Peak memory is measured after the timing, each model and precision in a fresh pr
 Without ``--weights`` the weights are random, calibrated by
 :func:`~restransfer.benchmark.reference.randomize_weights` (see there what agreement means on them).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -43,8 +44,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..devices import (autocast_context, check_autocast_precision, check_precision_support, precision_dtype,
-                       resolve_device)
+from ..devices import (
+    autocast_context,
+    check_autocast_precision,
+    check_precision_support,
+    precision_dtype,
+    resolve_device,
+)
 from ..errors import ConfigError
 from ..models import build_model, inference_kwargs
 from .agreement import detection_agreement
@@ -53,8 +59,19 @@ from .memory import MEMORY_DEFINITION, in_fresh_process, measure_peak
 from .reference import randomize_weights, reference_incompatibility, torchvision_reference
 from .synthetic import synthetic_batch
 
-__all__ = ["Measurement", "run_benchmark", "REFERENCE_KINDS", "COMPILE_TIME_DEFINITION", "AMORTIZED_CALLS",
-           "train_step", "warm_up", "interleaved", "summarize", "add_compile_figures", "compile_cache"]
+__all__ = [
+    "Measurement",
+    "run_benchmark",
+    "REFERENCE_KINDS",
+    "COMPILE_TIME_DEFINITION",
+    "AMORTIZED_CALLS",
+    "train_step",
+    "warm_up",
+    "interleaved",
+    "summarize",
+    "add_compile_figures",
+    "compile_cache",
+]
 
 OURS, EAGER, COMPILED = "restransfer", "torchvision", "torchvision+compile"
 REFERENCE_KINDS = {"eager": EAGER, "compile": COMPILED}
@@ -62,7 +79,8 @@ AMORTIZED_CALLS = 100
 COMPILE_TIME_DEFINITION = (
     "compile time: the wall time of the warm-up calls during which torch.compile compiled (its counters "
     "changed), minus as many median timed calls; amortized: (compile time + 100 calls at the median) / 100, "
-    "per image")
+    "per image"
+)
 # warm-up calls of a compiled model at most: dynamo's default recompile limit per frame
 _MAX_COMPILE_CALLS = 8
 MEMORY_MODES = ("fresh", "off")
@@ -109,10 +127,20 @@ def summarize(name: str, runs: List[float], batch: int, flops: float) -> Measure
     q = np.percentile(per_image, [25, 75])
     med = statistics.median(per_image)
     model, _, precision = name.rpartition(" ")
-    return Measurement(name=name, images_per_s=1.0 / med, latency_median=med, latency_p25=float(q[0]),
-                       latency_p75=float(q[1]), latency_min=min(per_image), latency_max=max(per_image),
-                       flops_per_image=flops, gflops_per_s=flops / med / 1e9, model=model, precision=precision,
-                       runs=per_image)
+    return Measurement(
+        name=name,
+        images_per_s=1.0 / med,
+        latency_median=med,
+        latency_p25=float(q[0]),
+        latency_p75=float(q[1]),
+        latency_min=min(per_image),
+        latency_max=max(per_image),
+        flops_per_image=flops,
+        gflops_per_s=flops / med / 1e9,
+        model=model,
+        precision=precision,
+        runs=per_image,
+    )
 
 
 def _count_flops(step: Callable[[], Any]) -> float:
@@ -130,8 +158,9 @@ def _compile_counters() -> Dict[Tuple[str, str], int]:
     return {(group, key): value for group, values in list(counters.items()) for key, value in list(values.items())}
 
 
-def warm_up(steps: Dict[str, Callable[[], Any]], warmup: int, compiled: Sequence[str], device: torch.device
-             ) -> Tuple[Dict[str, Any], Dict[str, Tuple[List[float], int]]]:
+def warm_up(
+    steps: Dict[str, Callable[[], Any]], warmup: int, compiled: Sequence[str], device: torch.device
+) -> Tuple[Dict[str, Any], Dict[str, Tuple[List[float], int]]]:
     """``max(warmup, 1)`` untimed calls of each step; a compiled step goes on until a call compiles
     nothing (at most :data:`_MAX_COMPILE_CALLS`). Returns each step's first output and, for compiled
     steps, the wall times of the calls that compiled and how many graphs came from inductor's cache."""
@@ -168,7 +197,7 @@ def interleaved(steps: Dict[str, Callable[[], Any]], iters: int, device: torch.d
     runs: Dict[str, List[float]] = {k: [] for k in steps}
     for i in range(iters):
         order = list(steps.items())
-        for name, step in (order if i % 2 == 0 else order[::-1]):
+        for name, step in order if i % 2 == 0 else order[::-1]:
             _sync(device)
             t0 = time.perf_counter()
             step()
@@ -203,8 +232,14 @@ def _compiled(ref: nn.Module) -> nn.Module:
     return ref
 
 
-def _inference_step(kind: str, m: nn.Module, images: List[Tensor], device: torch.device, precision: str,
-                    optimize: Optional[Dict[str, Any]] = None) -> Callable[[], Any]:
+def _inference_step(
+    kind: str,
+    m: nn.Module,
+    images: List[Tensor],
+    device: torch.device,
+    precision: str,
+    optimize: Optional[Dict[str, Any]] = None,
+) -> Callable[[], Any]:
     """One inference call of ``m`` at ``precision``: ours through ``optimize_for_inference`` (in place, with the
     config's ``optimize`` keyword arguments, :func:`~restransfer.models.build.inference_kwargs`), torchvision's
     under autocast."""
@@ -216,11 +251,18 @@ def _inference_step(kind: str, m: nn.Module, images: List[Tensor], device: torch
     def theirs() -> Any:
         with autocast_context(device, precision):
             return m(images)
+
     return theirs
 
 
-def train_step(m: nn.Module, images: List[Tensor], targets: List[Dict[str, Tensor]], device: torch.device,
-                precision: str, channels_last: bool) -> Callable[[], Any]:
+def train_step(
+    m: nn.Module,
+    images: List[Tensor],
+    targets: List[Dict[str, Tensor]],
+    device: torch.device,
+    precision: str,
+    channels_last: bool,
+) -> Callable[[], Any]:
     """One SGD step of ``m`` (its own optimizer and loss scaler) on ``images``, ``targets``."""
     m.train()
     if channels_last:
@@ -238,11 +280,13 @@ def train_step(m: nn.Module, images: List[Tensor], targets: List[Dict[str, Tenso
         scaler.step(opt)
         scaler.update()
         return loss
+
     return step
 
 
-def _inputs(num_classes: int, size: Tuple[int, int], batch: int, seed: int, device: torch.device
-            ) -> Tuple[List[Tensor], List[Dict[str, Tensor]]]:
+def _inputs(
+    num_classes: int, size: Tuple[int, int], batch: int, seed: int, device: torch.device
+) -> Tuple[List[Tensor], List[Dict[str, Tensor]]]:
     images, targets = synthetic_batch(size, batch, seed=seed, num_classes=num_classes)
     return [im.to(device) for im in images], [{k: v.to(device) for k, v in t.items()} for t in targets]
 
@@ -250,8 +294,21 @@ def _inputs(num_classes: int, size: Tuple[int, int], batch: int, seed: int, devi
 # ---------------------------------------------------------------------------------- memory (child)
 
 
-def _memory_of(cfg, weights_path: str, name: str, *, train: bool, device: str, size: Tuple[int, int], batch: int,
-               seed: int, channels_last: bool, threads: int, warmup: int, steps: int) -> Dict[str, Any]:
+def _memory_of(
+    cfg,
+    weights_path: str,
+    name: str,
+    *,
+    train: bool,
+    device: str,
+    size: Tuple[int, int],
+    batch: int,
+    seed: int,
+    channels_last: bool,
+    threads: int,
+    warmup: int,
+    steps: int,
+) -> Dict[str, Any]:
     """In a fresh process: build the one model ``name`` ("restransfer fp32", "torchvision+compile bf16"...)
     with the weights the timing process used, its optimizer and inputs, and measure its peak memory."""
     torch.set_num_threads(threads)
@@ -317,8 +374,9 @@ def _parse_references(reference: Union[bool, str, Sequence[str]]) -> List[str]:
     kinds = [k.strip() for k in reference.split(",")] if isinstance(reference, str) else list(reference)
     unknown = [k for k in kinds if k not in REFERENCE_KINDS]
     if unknown or not kinds:
-        raise ConfigError(f"reference {reference!r}: give one or more of {', '.join(REFERENCE_KINDS)} "
-                          "(e.g. eager,compile)")
+        raise ConfigError(
+            f"reference {reference!r}: give one or more of {', '.join(REFERENCE_KINDS)} (e.g. eager,compile)"
+        )
     return list(dict.fromkeys(kinds))
 
 
@@ -333,12 +391,24 @@ def _ratios(meas: Dict[str, Measurement], kind: str, of: Sequence[str], first_pr
     return out
 
 
-def run_benchmark(cfg, *, device: str = "cpu", precision: Union[str, Sequence[str]] = "fp32", train: bool = False,
-                  iters: int = 5, warmup: int = 1, size: Tuple[int, int] = (800, 1067), batch: int = 1,
-                  reference: Union[bool, str, Sequence[str]] = True,
-                  reference_precision: Optional[Union[str, Sequence[str]]] = None,
-                  memory: str = "fresh", memory_steps: int = 1, random_weights: Optional[bool] = None,
-                  channels_last: Optional[bool] = None, seed: int = 0) -> Dict[str, Any]:
+def run_benchmark(
+    cfg,
+    *,
+    device: str = "cpu",
+    precision: Union[str, Sequence[str]] = "fp32",
+    train: bool = False,
+    iters: int = 5,
+    warmup: int = 1,
+    size: Tuple[int, int] = (800, 1067),
+    batch: int = 1,
+    reference: Union[bool, str, Sequence[str]] = True,
+    reference_precision: Optional[Union[str, Sequence[str]]] = None,
+    memory: str = "fresh",
+    memory_steps: int = 1,
+    random_weights: Optional[bool] = None,
+    channels_last: Optional[bool] = None,
+    seed: int = 0,
+) -> Dict[str, Any]:
     """Benchmark the config's model (inference, or a training step with ``train``) and torchvision's.
 
     Args:
@@ -385,8 +455,10 @@ def run_benchmark(cfg, *, device: str = "cpu", precision: Union[str, Sequence[st
     else:
         ref_precisions = [reference_precision] if isinstance(reference_precision, str) else list(reference_precision)
     if train and ref_precisions != precisions:
-        raise ConfigError(f"a training step's references run at its precision ({precisions[0]}); "
-                          f"drop the reference precision {', '.join(ref_precisions)}")
+        raise ConfigError(
+            f"a training step's references run at its precision ({precisions[0]}); "
+            f"drop the reference precision {', '.join(ref_precisions)}"
+        )
     if memory not in MEMORY_MODES:
         raise ConfigError(f"memory {memory!r}: use one of {', '.join(MEMORY_MODES)}")
     for p in precisions:
@@ -417,18 +489,42 @@ def run_benchmark(cfg, *, device: str = "cpu", precision: Union[str, Sequence[st
             plain_ref.to(dev)
         dev_images = [im.to(dev) for im in images]
         dev_targets = [{k: v.to(dev) for k, v in t.items()} for t in targets]
-        out = (_train(model, plain_ref, kinds, dev_images, dev_targets, dev, precisions[0], iters, warmup, cl, batch)
-               if train else
-               _inference(inference_kwargs(cfg), model, plain_ref, kinds, dev_images, dev, precisions, ref_precisions,
-                          iters, warmup, batch))
+        out = (
+            _train(model, plain_ref, kinds, dev_images, dev_targets, dev, precisions[0], iters, warmup, cl, batch)
+            if train
+            else _inference(
+                inference_kwargs(cfg),
+                model,
+                plain_ref,
+                kinds,
+                dev_images,
+                dev,
+                precisions,
+                ref_precisions,
+                iters,
+                warmup,
+                batch,
+            )
+        )
         del model, plain_ref, state
         meas: Dict[str, Measurement] = out["measurements"]
         if memory == "fresh":
             for name, m in meas.items():
                 peak = in_fresh_process(
-                    _memory_of, cfg, weights_path, name, train=train, device=str(dev), size=tuple(size),
-                    batch=batch, seed=seed, channels_last=cl, threads=torch.get_num_threads(),
-                    warmup=max(warmup, 1, m.compile_calls or 0), steps=memory_steps)
+                    _memory_of,
+                    cfg,
+                    weights_path,
+                    name,
+                    train=train,
+                    device=str(dev),
+                    size=tuple(size),
+                    batch=batch,
+                    seed=seed,
+                    channels_last=cl,
+                    threads=torch.get_num_threads(),
+                    warmup=max(warmup, 1, m.compile_calls or 0),
+                    steps=memory_steps,
+                )
                 m.peak_memory_mb, m.steady_peak_memory_mb = peak["peak_mb"], peak["steady_peak_mb"]
                 m.memory_baseline_mb = peak["baseline_mb"]
     ours = [k for k in meas if meas[k].model == OURS]
@@ -442,23 +538,49 @@ def run_benchmark(cfg, *, device: str = "cpu", precision: Union[str, Sequence[st
             out["ratios_vs_compile_amortized"][name] = ref.amortized_latency / meas[name].latency_median
     names = [REFERENCE_KINDS[k] for k in kinds]
     out["reference"] = ", ".join(names) if names else f"none ({reason or 'disabled'})"
-    out["definitions"] = {"compile_time": COMPILE_TIME_DEFINITION,
-                          "memory": MEMORY_DEFINITION if memory == "fresh" else "not measured (memory off)"}
-    out["config"] = dict(arch=cfg.model.arch, head=cfg.model.head, depth=cfg.model.backbone.depth,
-                         mode="train" if train else "inference", device=str(dev), precisions=precisions,
-                         reference_precision=first, reference_precisions=ref_precisions, references=names,
-                         image_size=list(size), batch=batch, min_size_test=cfg.input.min_size_test,
-                         threads=torch.get_num_threads(), random_weights=bool(random_weights),
-                         optimize=bool(cfg.test.optimize), channels_last=bool(cl) if train else None,
-                         memory=memory, memory_steps=memory_steps if memory == "fresh" else None,
-                         compile_cache=cache, machine=machine_description(dev))
+    out["definitions"] = {
+        "compile_time": COMPILE_TIME_DEFINITION,
+        "memory": MEMORY_DEFINITION if memory == "fresh" else "not measured (memory off)",
+    }
+    out["config"] = dict(
+        arch=cfg.model.arch,
+        head=cfg.model.head,
+        depth=cfg.model.backbone.depth,
+        mode="train" if train else "inference",
+        device=str(dev),
+        precisions=precisions,
+        reference_precision=first,
+        reference_precisions=ref_precisions,
+        references=names,
+        image_size=list(size),
+        batch=batch,
+        min_size_test=cfg.input.min_size_test,
+        threads=torch.get_num_threads(),
+        random_weights=bool(random_weights),
+        optimize=bool(cfg.test.optimize),
+        channels_last=bool(cl) if train else None,
+        memory=memory,
+        memory_steps=memory_steps if memory == "fresh" else None,
+        compile_cache=cache,
+        machine=machine_description(dev),
+    )
     out["environment"] = {**machine_info(dev), "load_average_before": load_before, "load_average_after": load_average()}
     return out
 
 
-def _inference(optimize: Dict[str, Any], model: nn.Module, plain_ref: Optional[nn.Module], kinds: Sequence[str],
-               images: List[Tensor], device: torch.device, precisions: Sequence[str], ref_precisions: Sequence[str],
-               iters: int, warmup: int, batch: int) -> Dict[str, Any]:
+def _inference(
+    optimize: Dict[str, Any],
+    model: nn.Module,
+    plain_ref: Optional[nn.Module],
+    kinds: Sequence[str],
+    images: List[Tensor],
+    device: torch.device,
+    precisions: Sequence[str],
+    ref_precisions: Sequence[str],
+    iters: int,
+    warmup: int,
+    batch: int,
+) -> Dict[str, Any]:
     model.eval()
     with torch.inference_mode():  # counted on the plain model: the fused kernels are unknown to the counter
         flops = _count_flops(lambda: model(images)) / len(images)
@@ -486,7 +608,8 @@ def _inference(optimize: Dict[str, Any], model: nn.Module, plain_ref: Optional[n
     result["measurements"] = meas
     result["detections"] = {k: [len(o["boxes"]) for o in out] for k, out in outputs.items()}
     agree_ref = next((k for k in steps if meas[k].model == EAGER), None) or next(
-        (k for k in steps if meas[k].model == COMPILED), None)
+        (k for k in steps if meas[k].model == COMPILED), None
+    )
     if agree_ref is not None:
         ref_out = outputs[agree_ref]
         result["agreement"] = {}
@@ -494,14 +617,26 @@ def _inference(optimize: Dict[str, Any], model: nn.Module, plain_ref: Optional[n
         for k, out in outputs.items():
             if meas[k].model == OURS:
                 agree = [detection_agreement(p, r) for p, r in zip(out, ref_out)]
-                result["agreement"][k] = {"fraction": float(np.mean([a for a, _ in agree])),
-                                          "max_box_difference_px": max(d for _, d in agree)}
+                result["agreement"][k] = {
+                    "fraction": float(np.mean([a for a, _ in agree])),
+                    "max_box_difference_px": max(d for _, d in agree),
+                }
     return result
 
 
-def _train(model: nn.Module, plain_ref: Optional[nn.Module], kinds: Sequence[str], images: List[Tensor],
-           targets: List[Dict[str, Tensor]], device: torch.device, precision: str, iters: int, warmup: int,
-           channels_last: bool, batch: int) -> Dict[str, Any]:
+def _train(
+    model: nn.Module,
+    plain_ref: Optional[nn.Module],
+    kinds: Sequence[str],
+    images: List[Tensor],
+    targets: List[Dict[str, Tensor]],
+    device: torch.device,
+    precision: str,
+    iters: int,
+    warmup: int,
+    channels_last: bool,
+    batch: int,
+) -> Dict[str, Any]:
     # each model's own count: the work a training step of it does (the sparse RPN backward does less);
     # counted before any step changes the weights, on the plain reference for both reference kinds
     flops = {OURS: _count_flops(lambda: sum(model(images, targets).values()).backward()) / len(images)}

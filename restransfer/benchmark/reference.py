@@ -12,6 +12,7 @@ weights means little: random RPN scores are near-ties, so tiny rounding differen
 proposals. Judge bf16 by the AP of a trained model (``tools/eval_coco.py CONFIG --weights W
 test.precision=bf16``).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
@@ -38,8 +39,10 @@ def reference_incompatibility(cfg) -> Optional[str]:
         (m.backbone.residual, "torchvision has no plain (non-residual) ResNet"),
         (conv.channel_order == "RGB", "torchvision's transform has no BGR input"),
         (not m.roi_heads.class_agnostic_box_reg, "torchvision's box predictor is class-specific"),
-        (m.fpn_extra_block and m.fpn_out_channels == 256,
-         "resnet_fpn_backbone has 256 FPN channels and the P6 max-pool level"),
+        (
+            m.fpn_extra_block and m.fpn_out_channels == 256,
+            "resnet_fpn_backbone has 256 FPN channels and the P6 max-pool level",
+        ),
     ]
     for ok, reason in checks:
         if not ok:
@@ -60,12 +63,13 @@ def torchvision_reference(cfg) -> nn.Module:
     if reason:
         raise ConfigError(f"no torchvision reference for this config: {reason}")
     m, h = cfg.model, cfg.model.roi_heads
-    backbone = resnet_fpn_backbone(backbone_name=f"resnet{m.backbone.depth}", weights=None,
-                                   trainable_layers=5 - m.backbone.freeze_at)
+    backbone = resnet_fpn_backbone(
+        backbone_name=f"resnet{m.backbone.depth}", weights=None, trainable_layers=5 - m.backbone.freeze_at
+    )
     kwargs = detector_kwargs(m, 5)
     names = ["0", "1", "2", "3"]
     kwargs["box_roi_pool"] = MultiScaleRoIAlign(names, h.pooler_resolution, h.sampling_ratio)
-    kwargs["box_head"] = TwoMLPHead(256 * h.pooler_resolution ** 2, h.fpn_representation_size)
+    kwargs["box_head"] = TwoMLPHead(256 * h.pooler_resolution**2, h.fpn_representation_size)
     ctor = FasterRCNN
     if m.arch == "mask_rcnn":
         ctor = MaskRCNN
@@ -74,13 +78,25 @@ def torchvision_reference(cfg) -> nn.Module:
         kwargs["mask_predictor"] = MaskRCNNPredictor(h.mask_conv_dim, h.mask_conv_dim, m.num_classes + 1)
     kwargs["box_predictor"] = FastRCNNPredictor(h.fpn_representation_size, m.num_classes + 1)
     conv = pixel_convention(m, None)
-    return ctor(backbone, num_classes=None, min_size=cfg.input.min_size_test, max_size=cfg.input.max_size_test,
-                image_mean=[v / 255.0 for v in conv.mean], image_std=[v / 255.0 for v in conv.std], **kwargs)
+    return ctor(
+        backbone,
+        num_classes=None,
+        min_size=cfg.input.min_size_test,
+        max_size=cfg.input.max_size_test,
+        image_mean=[v / 255.0 for v in conv.mean],
+        image_std=[v / 255.0 for v in conv.std],
+        **kwargs,
+    )
 
 
 @torch.no_grad()
-def randomize_weights(model: nn.Module, images: Sequence[Tensor], num_biased_classes: int = 3,
-                      class_bias: float = 4.0, residual_gain: float = 0.2) -> None:
+def randomize_weights(
+    model: nn.Module,
+    images: Sequence[Tensor],
+    num_biased_classes: int = 3,
+    class_bias: float = 4.0,
+    residual_gain: float = 0.2,
+) -> None:
     """Make random weights behave like trained ones for timing and agreement checks (in place).
 
     Every FrozenBatchNorm2d takes the per-channel mean and variance of its input on ``images`` (one
@@ -113,5 +129,5 @@ def randomize_weights(model: nn.Module, images: Sequence[Tensor], num_biased_cla
                 last_bn.weight.mul_(residual_gain)
                 last_bn.bias.mul_(residual_gain)
     bias = model.roi_heads.box_predictor.cls_score.bias
-    bias[1:1 + num_biased_classes] += class_bias
+    bias[1 : 1 + num_biased_classes] += class_bias
     model.train(was_training)

@@ -5,6 +5,7 @@ with the shapes set, :mod:`restransfer.data.shapes`, and is re-exported here).
 :func:`generate_coco_folder` writes photo-like JPEGs at COCO's sizes (640x480 and 480x640, about 150 KB
 each as COCO's are, 1-14 polygon objects per image) with a COCO annotation file.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,9 +64,16 @@ def _polygon(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.clip(pts, 0, [w - 1, h - 1])
 
 
-def generate_coco_folder(root: Union[str, os.PathLike], num_images: int, *, num_classes: int = 80,
-                         sizes: Sequence[Tuple[int, int]] = COCO_SIZES, max_objects: int = 14, quality: int = 90,
-                         seed: int = 0) -> GeneratedFolder:
+def generate_coco_folder(
+    root: Union[str, os.PathLike],
+    num_images: int,
+    *,
+    num_classes: int = 80,
+    sizes: Sequence[Tuple[int, int]] = COCO_SIZES,
+    max_objects: int = 14,
+    quality: int = 90,
+    seed: int = 0,
+) -> GeneratedFolder:
     """Write ``num_images`` synthetic JPEGs with COCO annotations (boxes and polygon segmentations).
 
     Layout: ``root/images/000001.jpg ...`` and ``root/annotations/train.json``; categories 1..K named
@@ -73,8 +81,10 @@ def generate_coco_folder(root: Union[str, os.PathLike], num_images: int, *, num_
     1..``max_objects`` objects (COCO averages 7.3 per image). Everything is a function of ``seed``.
     """
     if num_images < 1 or num_classes < 1 or max_objects < 1:
-        raise ConfigError(f"generate_coco_folder: num_images ({num_images}), num_classes ({num_classes}) and "
-                          f"max_objects ({max_objects}) must be at least 1")
+        raise ConfigError(
+            f"generate_coco_folder: num_images ({num_images}), num_classes ({num_classes}) and "
+            f"max_objects ({max_objects}) must be at least 1"
+        )
     if not sizes or any(len(s) != 2 or min(s) < 16 for s in sizes):
         raise ConfigError(f"generate_coco_folder: sizes {list(sizes)} must be (H, W) pairs of at least 16 px")
     root = Path(root)
@@ -95,24 +105,42 @@ def generate_coco_folder(root: Union[str, os.PathLike], num_images: int, *, num_
             # blend a colour into the texture: objects keep detail, as in photos
             img[inside] = 0.5 * img[inside] + 0.5 * rng.uniform(0, 255, size=3).astype(np.float32)
             rle = mask_util.frPyObjects([poly.ravel().tolist()], h, w)[0]
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": int(rng.integers(num_classes)) + 1,
-                "bbox": [float(v) for v in mask_util.toBbox(rle)], "area": float(mask_util.area(rle)),
-                "segmentation": [[float(v) for v in poly.ravel()]], "iscrowd": 0,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(rng.integers(num_classes)) + 1,
+                    "bbox": [float(v) for v in mask_util.toBbox(rle)],
+                    "area": float(mask_util.area(rle)),
+                    "segmentation": [[float(v) for v in poly.ravel()]],
+                    "iscrowd": 0,
+                }
+            )
         img += rng.normal(0, 16, size=img.shape).astype(np.float32)  # sensor noise and fine texture
-        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(np.clip(img, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR),
-                                [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        ok, jpeg = cv2.imencode(
+            ".jpg",
+            cv2.cvtColor(np.clip(img, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR),
+            [cv2.IMWRITE_JPEG_QUALITY, int(quality)],
+        )
         if not ok:
             raise OSError(f"OpenCV could not encode {image_dir / f'{image_id:06d}.jpg'}")
         atomic_write_bytes(image_dir / f"{image_id:06d}.jpg", jpeg.tobytes(), sync=False)
         file_bytes += len(jpeg)
         images.append({"id": image_id, "file_name": f"{image_id:06d}.jpg", "height": h, "width": w})
-    data = {"info": {"description": f"restransfer loader-benchmark images, seed {seed}"}, "images": images,
-            "annotations": annotations,
-            "categories": [{"id": k + 1, "name": f"class_{k + 1}", "supercategory": "none"} for k in range(num_classes)]}
+    data = {
+        "info": {"description": f"restransfer loader-benchmark images, seed {seed}"},
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": k + 1, "name": f"class_{k + 1}", "supercategory": "none"} for k in range(num_classes)],
+    }
     json_path = ann_dir / "train.json"
     atomic_write_text(json_path, json.dumps(data))
     used = sorted({(im["height"], im["width"]) for im in images}, key=lambda hw: -hw[1])
-    return GeneratedFolder(json=str(json_path), image_root=str(image_dir), num_images=len(images), sizes=used,
-                           mean_file_kb=file_bytes / len(images) / 1024, objects_per_image=len(annotations) / len(images))
+    return GeneratedFolder(
+        json=str(json_path),
+        image_root=str(image_dir),
+        num_images=len(images),
+        sizes=used,
+        mean_file_kb=file_bytes / len(images) / 1024,
+        objects_per_image=len(annotations) / len(images),
+    )

@@ -5,6 +5,7 @@ truth and detections into VOC's (1-based boxes on 500 x 500 images, image ids ``
 difficult); :func:`run_voc_eval_benchmark` times writing and reading the devkit's results files and the
 evaluation from arrays (mAP@.5 and the AP over IoU .5:.95).
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -23,9 +24,14 @@ from .imagenet_eval import synthetic_det_eval_set
 __all__ = ["synthetic_voc_eval_set", "VocEvalTimings", "run_voc_eval_benchmark"]
 
 
-def synthetic_voc_eval_set(num_images: int = 5000, detections_per_image: int = 300, *,
-                           classes: Sequence[str] = VOC_CLASSES, difficult_fraction: float = 0.15,
-                           seed: int = 0) -> Tuple[VocGroundTruth, VocDetections]:
+def synthetic_voc_eval_set(
+    num_images: int = 5000,
+    detections_per_image: int = 300,
+    *,
+    classes: Sequence[str] = VOC_CLASSES,
+    difficult_fraction: float = 0.15,
+    seed: int = 0,
+) -> Tuple[VocGroundTruth, VocDetections]:
     """A VOC ground truth and detections: about 2.8 objects per image (ILSVRC val's statistics; VOC 2007 test
     has 2.4), ``difficult_fraction`` of them difficult, and ``num_images * detections_per_image`` detections
     in image order, a third near objects (duplicates and wrong classes included), scores rounded to 3
@@ -35,12 +41,18 @@ def synthetic_voc_eval_set(num_images: int = 5000, detections_per_image: int = 3
     det_gt, sub = synthetic_det_eval_set(num_images, len(classes), n_det, seed=rng)
     # devkit 0-based indices on a 500 x 500 canvas -> VOC's 1-based ones, inside the image
     boxes = np.clip(det_gt.boxes + 1, 1, 500)
-    gt = VocGroundTruth(image_names=tuple(f"{i:06d}" for i in range(1, num_images + 1)),
-                        obj_image=det_gt.obj_image_ids - 1, labels=det_gt.labels, boxes=boxes,
-                        difficult=rng.random(len(boxes)) < difficult_fraction, class_names=tuple(classes))
+    gt = VocGroundTruth(
+        image_names=tuple(f"{i:06d}" for i in range(1, num_images + 1)),
+        obj_image=det_gt.obj_image_ids - 1,
+        labels=det_gt.labels,
+        boxes=boxes,
+        difficult=rng.random(len(boxes)) < difficult_fraction,
+        class_names=tuple(classes),
+    )
     order = np.argsort(sub.image_ids, kind="stable")  # results in image order, as a model writes them
-    dets = VocDetections(image=sub.image_ids[order] - 1, labels=sub.labels[order], scores=sub.scores[order],
-                         boxes=sub.boxes[order] + 1)
+    dets = VocDetections(
+        image=sub.image_ids[order] - 1, labels=sub.labels[order], scores=sub.scores[order], boxes=sub.boxes[order] + 1
+    )
     return gt, dets
 
 
@@ -57,8 +69,9 @@ class VocEvalTimings:
     mean_ap_50_95: float
 
 
-def run_voc_eval_benchmark(num_images: int = 5000, detections_per_image: int = 300, *, metric: str = "voc2007",
-                           seed: int = 0) -> VocEvalTimings:
+def run_voc_eval_benchmark(
+    num_images: int = 5000, detections_per_image: int = 300, *, metric: str = "voc2007", seed: int = 0
+) -> VocEvalTimings:
     """Generate a set, write and read back its results files in a temporary folder, and evaluate them."""
     seconds: Dict[str, float] = {}
     t = time.perf_counter()
@@ -74,5 +87,6 @@ def run_voc_eval_benchmark(num_images: int = 5000, detections_per_image: int = 3
     t = time.perf_counter()
     result = evaluate_voc(gt, read, metric)
     seconds["evaluate"] = time.perf_counter() - t
-    return VocEvalTimings(num_images, len(gt.labels), len(dets), seconds, result.mean_ap * 100,
-                          result.mean_ap_50_95 * 100)
+    return VocEvalTimings(
+        num_images, len(gt.labels), len(dets), seconds, result.mean_ap * 100, result.mean_ap_50_95 * 100
+    )

@@ -6,6 +6,7 @@ A checkpoint is the engine's dict (``model``, ``optimizer``, ``scheduler``, ``sc
 (torchvision parameter names for the imagenet arch), so :func:`restransfer.backbone.load_pretrained` reads it
 as backbone weights, with the pixel convention the classifier was trained with.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,11 @@ from typing import Any, Dict, List, Optional
 from torch import Tensor, nn
 
 from ..backbone.weights import (
-    PixelConvention, PretrainedWeights, load_pretrained_state, read_pretrained, read_weights,
+    PixelConvention,
+    PretrainedWeights,
+    load_pretrained_state,
+    read_pretrained,
+    read_weights,
 )
 from ..serialization import WeightsError
 
@@ -27,8 +32,14 @@ TASK = "classification"
 
 def network_meta(model: nn.Module, arch: str) -> Dict[str, Any]:
     """The entries that describe the network in a checkpoint."""
-    return {"task": TASK, "arch": arch, "depth": int(model.depth), "residual": bool(model.residual),
-            "style": getattr(model, "style", "pytorch"), "num_classes": int(model.num_classes)}
+    return {
+        "task": TASK,
+        "arch": arch,
+        "depth": int(model.depth),
+        "residual": bool(model.residual),
+        "style": getattr(model, "style", "pytorch"),
+        "num_classes": int(model.num_classes),
+    }
 
 
 @dataclass
@@ -66,8 +77,13 @@ def read_classifier_weights(weights: os.PathLike | str, arch: str) -> Classifier
         return ClassifierWeights(str(weights), pretrained.convention, pretrained=pretrained)
     saved = meta.get("pixel_convention")
     names = meta.get("class_names")
-    return ClassifierWeights(str(weights), PixelConvention.from_dict(saved, meta.get("style")) if saved else None,
-                             [str(n) for n in names] if names else None, meta, sd)
+    return ClassifierWeights(
+        str(weights),
+        PixelConvention.from_dict(saved, meta.get("style")) if saved else None,
+        [str(n) for n in names] if names else None,
+        meta,
+        sd,
+    )
 
 
 def load_classifier_state(model: nn.Module, weights: ClassifierWeights) -> None:
@@ -86,11 +102,14 @@ def load_classifier_state(model: nn.Module, weights: ClassifierWeights) -> None:
     want = network_meta(model, arch)
     for key in ("arch", "depth", "residual", "num_classes"):
         if meta.get(key) != want[key]:
-            raise WeightsError(f"{source}: the checkpoint's network has {key}={meta.get(key)!r} but the config builds "
-                               f"{key}={want[key]!r}; set model.{key}={meta.get(key)} (model.arch, model.depth, "
-                               "model.residual and model.num_classes must match the checkpoint)")
+            raise WeightsError(
+                f"{source}: the checkpoint's network has {key}={meta.get(key)!r} but the config builds "
+                f"{key}={want[key]!r}; set model.{key}={meta.get(key)} (model.arch, model.depth, "
+                "model.residual and model.num_classes must match the checkpoint)"
+            )
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise WeightsError(f"{source}: the weights do not fit the network: missing {missing[:5]}, unexpected "
-                           f"{unexpected[:5]}")
+        raise WeightsError(
+            f"{source}: the weights do not fit the network: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )

@@ -8,6 +8,7 @@ width doubles the shortcut subsamples by 2 and pads the new channels with zeros 
 parameters). n = 3, 5, 7, 9, 18 gives the 20, 32, 44, 56 and 110-layer nets (0.27M, 0.46M, 0.66M,
 0.85M and 1.7M parameters).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -42,7 +43,7 @@ class CifarBlock(nn.Module):
     def shortcut(self, x: Tensor) -> Tensor:
         """Identity, subsampled by ``stride`` with the added channels zero (option A)."""
         if self.stride > 1:
-            x = x[:, :, ::self.stride, ::self.stride]
+            x = x[:, :, :: self.stride, :: self.stride]
         if self.extra:
             x = F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
         return x
@@ -60,9 +61,15 @@ class CifarResNet(nn.Module):
     ``forward``/``classify`` return (B, num_classes) logits. ``pixel_convention`` and ``class_names``: how
     images are normalized for the weights it will hold and the names of its columns, when known."""
 
-    def __init__(self, depth: int = 20, *, residual: bool = True, num_classes: int = 10,
-                 pixel_convention: Optional[PixelConvention] = None, class_names: Optional[Sequence[str]] = None
-                 ) -> None:
+    def __init__(
+        self,
+        depth: int = 20,
+        *,
+        residual: bool = True,
+        num_classes: int = 10,
+        pixel_convention: Optional[PixelConvention] = None,
+        class_names: Optional[Sequence[str]] = None,
+    ) -> None:
         super().__init__()
         n = cifar_blocks_per_stage(depth)
         self.depth, self.residual, self.num_classes = depth, residual, num_classes

@@ -5,6 +5,7 @@ Loaded through :func:`restransfer.yaml_config.load_structured`, so ``_base_`` ch
 overrides and unknown-key errors with file and line behave as in the detection config. ``solver`` is the
 detection solver schema: ``ims_per_batch`` is the total batch per optimizer step over all processes.
 """
+
 from __future__ import annotations
 
 import os
@@ -84,6 +85,7 @@ class ClsTestConfig:
 @dataclass
 class ClsConfig(RunSettings):
     """The classification tools' config (train_cls, eval_cls, degradation)."""
+
     model: ClsModelConfig = field(default_factory=ClsModelConfig)
     data: ClsDataConfig = field(default_factory=ClsDataConfig)
     input: ClsInputConfig = field(default_factory=ClsInputConfig)
@@ -115,8 +117,9 @@ def validate(cfg: DictConfig) -> None:
     if m.arch == "imagenet":
         _choice("model.depth", m.depth, tuple(DEPTHS))
     elif m.depth < 8 or (m.depth - 2) % 6:
-        raise ConfigError(f"model.depth: {m.depth} is not 6n+2 with n >= 1 (20, 32, 44, 56, 110, ...), the depths "
-                          "of the cifar arch")
+        raise ConfigError(
+            f"model.depth: {m.depth} is not 6n+2 with n >= 1 (20, 32, 44, 56, 110, ...), the depths of the cifar arch"
+        )
     _choice("model.style", m.style, ("pytorch", "caffe"))
     if m.num_classes < 2:
         raise ConfigError(f"model.num_classes: {m.num_classes} must be at least 2")
@@ -128,9 +131,11 @@ def validate(cfg: DictConfig) -> None:
         if not spec.image_root:
             raise ConfigError(f"{key}.image_root is not set; give the folder of the images (or CIFAR batches)")
         if spec.format == "imagenet_val" and not spec.labels:
-            raise ConfigError(f"{key}.labels is not set: format imagenet_val needs the devkit ground truth "
-                              "(ILSVRC2015_clsloc_validation_ground_truth.txt, with synsets=map_clsloc.txt) or "
-                              "Kaggle's LOC_val_solution.csv")
+            raise ConfigError(
+                f"{key}.labels is not set: format imagenet_val needs the devkit ground truth "
+                "(ILSVRC2015_clsloc_validation_ground_truth.txt, with synsets=map_clsloc.txt) or "
+                "Kaggle's LOC_val_solution.csv"
+            )
         _choice(f"{key}.split", spec.split, ("train", "test"))
         if spec.generate not in (None, "shapes"):
             raise ConfigError(f"{key}.generate: {spec.generate!r} is not one of shapes, null")
@@ -138,8 +143,10 @@ def validate(cfg: DictConfig) -> None:
     if i.crop < 1 or i.test_size < i.crop:
         raise ConfigError(f"input.test_size ({i.test_size}) must be at least input.crop ({i.crop}) and crop >= 1")
     if i.scale_min and not (i.crop <= i.scale_min <= i.scale_max):
-        raise ConfigError(f"input.scale_min/scale_max ({i.scale_min}, {i.scale_max}): need crop ({i.crop}) <= "
-                          "scale_min <= scale_max, or scale_min=0 to disable scale augmentation")
+        raise ConfigError(
+            f"input.scale_min/scale_max ({i.scale_min}, {i.scale_max}): need crop ({i.crop}) <= "
+            "scale_min <= scale_max, or scale_min=0 to disable scale augmentation"
+        )
     for name in ("pixel_mean", "pixel_std"):
         if len(i[name]) != 3:
             raise ConfigError(f"input.{name}: expected 3 values, got {len(i[name])}")
@@ -157,15 +164,27 @@ def build_classifier(cfg: DictConfig, weights: Optional[str] = None) -> nn.Modul
     ``cfg.input``'s and ``class_names`` is None."""
     m = cfg.model
     source = read_classifier_weights(weights, m.arch) if weights else None
-    conv = (source.convention if source is not None and source.convention is not None
-            else PixelConvention("RGB", tuple(cfg.input.pixel_mean), tuple(cfg.input.pixel_std), m.style))
+    conv = (
+        source.convention
+        if source is not None and source.convention is not None
+        else PixelConvention("RGB", tuple(cfg.input.pixel_mean), tuple(cfg.input.pixel_std), m.style)
+    )
     names = source.class_names if source is not None else None
     if m.arch == "cifar":
-        model: nn.Module = CifarResNet(m.depth, residual=m.residual, num_classes=m.num_classes,
-                                       pixel_convention=conv, class_names=names)
+        model: nn.Module = CifarResNet(
+            m.depth, residual=m.residual, num_classes=m.num_classes, pixel_convention=conv, class_names=names
+        )
     else:
-        model = ResNet(m.depth, style=m.style, norm="bn", freeze_at=0, num_classes=m.num_classes,
-                       residual=m.residual, pixel_convention=conv, class_names=names)
+        model = ResNet(
+            m.depth,
+            style=m.style,
+            norm="bn",
+            freeze_at=0,
+            num_classes=m.num_classes,
+            residual=m.residual,
+            pixel_convention=conv,
+            class_names=names,
+        )
     if source is not None:
         load_classifier_state(model, source)
     return model

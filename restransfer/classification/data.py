@@ -24,6 +24,7 @@ Bad data is handled as in detection (:mod:`restransfer.data.coco`):
 Class indices are positions in a class list: the training set's, or the checkpoint's at evaluation, so that
 a test folder's classes map to the model's outputs by name.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,8 +45,19 @@ from ..serialization import safe_load_pickle
 from ..yaml_config import resolve_path
 from .synthetic import ensure_shape_classes
 
-__all__ = ["ClassificationDataset", "read_imagefolder", "read_imagenet_val", "read_cifar10", "TrainTransform",
-           "resize_shorter", "normalize", "CIFAR10_CLASSES", "CIFAR_MAX_ROWS", "IMAGE_SUFFIXES", "dataset_from_spec"]
+__all__ = [
+    "ClassificationDataset",
+    "read_imagefolder",
+    "read_imagenet_val",
+    "read_cifar10",
+    "TrainTransform",
+    "resize_shorter",
+    "normalize",
+    "CIFAR10_CLASSES",
+    "CIFAR_MAX_ROWS",
+    "IMAGE_SUFFIXES",
+    "dataset_from_spec",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +69,9 @@ _CIFAR_ROW = 3 * 32 * 32
 _SHOW_NAMES = 5
 # AlexNet's PCA colour augmentation: eigenvalues and eigenvectors of the ImageNet RGB covariance in 0..1 units
 _EIGVAL = np.array([0.2175, 0.0188, 0.0045], dtype=np.float32)
-_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]],
-                   dtype=np.float32)
+_EIGVEC = np.array(
+    [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]], dtype=np.float32
+)
 
 Image = Union[str, np.ndarray]
 
@@ -68,8 +81,10 @@ def _class_index(name: str, class_names: Sequence[str], where: str) -> int:
         return list(class_names).index(name)
     except ValueError:
         shown = ", ".join(list(class_names)[:5]) + (", ..." if len(class_names) > 5 else "")
-        raise DataError(f"{where}: class {name!r} is not one of the model's {len(class_names)} classes ({shown}); "
-                        "the test classes must be named as the training classes") from None
+        raise DataError(
+            f"{where}: class {name!r} is not one of the model's {len(class_names)} classes ({shown}); "
+            "the test classes must be named as the training classes"
+        ) from None
 
 
 def _within(path: str, root: str) -> bool:
@@ -78,11 +93,17 @@ def _within(path: str, root: str) -> bool:
 
 def _leave_out_outside(num_kept: int, outside: List[str], root: Path) -> None:
     if outside:
-        shown = ", ".join(outside[:_SHOW_NAMES]) + (f" and {len(outside) - _SHOW_NAMES} more"
-                                                    if len(outside) > _SHOW_NAMES else "")
-        logger.warning("%s: %d of %d images resolve outside the image folder (a symlink leading elsewhere, or '..' "
-                       "in a name) and are left out: %s (set data.allow_outside_root: true to read them)",
-                       root, len(outside), num_kept + len(outside), shown)
+        shown = ", ".join(outside[:_SHOW_NAMES]) + (
+            f" and {len(outside) - _SHOW_NAMES} more" if len(outside) > _SHOW_NAMES else ""
+        )
+        logger.warning(
+            "%s: %d of %d images resolve outside the image folder (a symlink leading elsewhere, or '..' "
+            "in a name) and are left out: %s (set data.allow_outside_root: true to read them)",
+            root,
+            len(outside),
+            num_kept + len(outside),
+            shown,
+        )
 
 
 def _walk_images(folder: Path, root_real: str, allow_outside_root: bool, outside: List[str]) -> List[str]:
@@ -104,16 +125,18 @@ def _walk_images(folder: Path, root_real: str, allow_outside_root: bool, outside
                 if not e.is_symlink():
                     pending.append(e.path)
             elif os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES:
-                if not allow_outside_root and not (folder_inside and (not e.is_symlink()
-                                                                      or _within(os.path.realpath(e.path), root_real))):
+                if not allow_outside_root and not (
+                    folder_inside and (not e.is_symlink() or _within(os.path.realpath(e.path), root_real))
+                ):
                     outside.append(e.path)
                 else:
                     found.append(Path(e.path))
     return [str(p) for p in sorted(found)]
 
 
-def read_imagefolder(root: os.PathLike | str, class_names: Optional[Sequence[str]] = None, *,
-                     allow_outside_root: bool = False) -> Tuple[List[str], np.ndarray, List[str]]:
+def read_imagefolder(
+    root: os.PathLike | str, class_names: Optional[Sequence[str]] = None, *, allow_outside_root: bool = False
+) -> Tuple[List[str], np.ndarray, List[str]]:
     """``(image paths, int64 labels, class names)`` of ``root/<class>/*``. Without ``class_names`` the classes
     are the sorted sub-folders; with them, every sub-folder must be one of them. Images that resolve outside
     ``root`` (a symlinked class folder or file leading elsewhere) are left out with a warning unless
@@ -140,9 +163,14 @@ def read_imagefolder(root: os.PathLike | str, class_names: Optional[Sequence[str
     return paths, np.asarray(labels, dtype=np.int64), names
 
 
-def read_imagenet_val(image_root: os.PathLike | str, labels: os.PathLike | str, class_names: Sequence[str],
-                      synsets: Optional[os.PathLike | str] = None, *, allow_outside_root: bool = False
-                      ) -> Tuple[List[str], np.ndarray]:
+def read_imagenet_val(
+    image_root: os.PathLike | str,
+    labels: os.PathLike | str,
+    class_names: Sequence[str],
+    synsets: Optional[os.PathLike | str] = None,
+    *,
+    allow_outside_root: bool = False,
+) -> Tuple[List[str], np.ndarray]:
     """``(image paths, int64 labels)`` of the flat ImageNet validation folder.
 
     ``labels`` is Kaggle's ``LOC_val_solution.csv`` (``ImageId`` -> ``image_root/<ImageId>.JPEG``) or the
@@ -156,11 +184,15 @@ def read_imagenet_val(image_root: os.PathLike | str, labels: os.PathLike | str, 
         raise FileNotFoundError(f"{root}: validation image folder not found")
     if str(labels).lower().endswith(".csv"):
         known = Synsets(tuple(class_names), tuple(class_names), "classes")
-        entries = [(str(root / f"{im.name}.JPEG"), im.labels) for im in read_kaggle_solution(labels, known, split="val")]
+        entries = [
+            (str(root / f"{im.name}.JPEG"), im.labels) for im in read_kaggle_solution(labels, known, split="val")
+        ]
     else:
         if not synsets:
-            raise ConfigError(f"{labels}: the devkit ground truth holds devkit ids; set synsets: map_clsloc.txt in the "
-                              "data entry so that they can be turned into WNIDs")
+            raise ConfigError(
+                f"{labels}: the devkit ground truth holds devkit ids; set synsets: map_clsloc.txt in the "
+                "data entry so that they can be turned into WNIDs"
+            )
         files = sorted(str(p) for p in root.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
         gt = read_ground_truth_labels(labels, read_synsets(synsets), num_images=len(files))
         entries = list(zip(files, gt))
@@ -168,8 +200,10 @@ def read_imagenet_val(image_root: os.PathLike | str, labels: os.PathLike | str, 
     root_real = os.path.realpath(root)
     for path, wnids in entries:
         if len(set(wnids)) != 1:
-            raise DataError(f"{labels}: {Path(path).name} has {len(set(wnids))} classes ({', '.join(wnids)}); "
-                            "classification needs one per image")
+            raise DataError(
+                f"{labels}: {Path(path).name} has {len(set(wnids))} classes ({', '.join(wnids)}); "
+                "classification needs one per image"
+            )
         label = _class_index(wnids[0], class_names, f"{labels}: {Path(path).name}")
         if not allow_outside_root and not _within(os.path.realpath(path), root_real):
             outside.append(path)
@@ -192,8 +226,10 @@ def _load_cifar_pickle(path: Path, max_bytes: int) -> dict:
     the file before allocating it); anything else is a :class:`DataError` naming the file."""
     size = path.stat().st_size
     if size > max_bytes:
-        raise DataError(f"{path}: {size} bytes is more than a CIFAR-10 python file holds (at most {max_bytes}); "
-                        "image_root must be the extracted cifar-10-batches-py folder")
+        raise DataError(
+            f"{path}: {size} bytes is more than a CIFAR-10 python file holds (at most {max_bytes}); "
+            "image_root must be the extracted cifar-10-batches-py folder"
+        )
     try:
         obj = safe_load_pickle(path)
     except WeightsError as e:
@@ -209,8 +245,10 @@ def _cifar_classes(path: Path) -> List[str]:
     raw = _cifar_entry(_load_cifar_pickle(path, 1 << 20), "label_names", path)
     if not (isinstance(raw, (list, tuple)) and 2 <= len(raw) <= 1000 and all(isinstance(c, (str, bytes)) for c in raw)):
         shown = repr(raw)[:80]
-        raise DataError(f"{path}: 'label_names' must be a list of 2 or more class names (strings), got {shown}; "
-                        "is this the batches.meta of cifar-10-batches-py?")
+        raise DataError(
+            f"{path}: 'label_names' must be a list of 2 or more class names (strings), got {shown}; "
+            "is this the batches.meta of cifar-10-batches-py?"
+        )
     try:
         return [c.decode() if isinstance(c, bytes) else c for c in raw]
     except UnicodeDecodeError:
@@ -222,12 +260,20 @@ def _cifar_batch(path: Path, num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
     batch = _load_cifar_pickle(path, CIFAR_MAX_ROWS * (_CIFAR_ROW + 64) + (1 << 20))
     data = _cifar_entry(batch, "data", path)
     raw_labels = _cifar_entry(batch, "labels", path)
-    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
-            and data.shape[1] == _CIFAR_ROW and 0 < len(data) <= CIFAR_MAX_ROWS):
-        what = (f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray)
-                else f"a {type(data).__name__}")
-        raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, {_CIFAR_ROW}) with 1 <= N <= "
-                        f"{CIFAR_MAX_ROWS}, got {what}")
+    if not (
+        isinstance(data, np.ndarray)
+        and data.dtype == np.uint8
+        and data.ndim == 2
+        and data.shape[1] == _CIFAR_ROW
+        and 0 < len(data) <= CIFAR_MAX_ROWS
+    ):
+        what = (
+            f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else f"a {type(data).__name__}"
+        )
+        raise DataError(
+            f"{path}: 'data' must be a uint8 array of shape (N, {_CIFAR_ROW}) with 1 <= N <= "
+            f"{CIFAR_MAX_ROWS}, got {what}"
+        )
     if not (isinstance(raw_labels, (list, tuple, np.ndarray)) and len(raw_labels) == len(data)):
         what = f"{len(raw_labels)}" if hasattr(raw_labels, "__len__") else f"a {type(raw_labels).__name__}"
         raise DataError(f"{path}: 'labels' must hold one class index per image ({len(data)}), got {what}")
@@ -256,8 +302,10 @@ def read_cifar10(root: os.PathLike | str, split: str = "train") -> Tuple[np.ndar
     names = ["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)]
     missing = [n for n in names if not (root / n).is_file()]
     if missing:
-        raise FileNotFoundError(f"{root}: CIFAR-10 batch(es) {', '.join(missing)} not found; image_root must be the "
-                                "extracted cifar-10-batches-py folder")
+        raise FileNotFoundError(
+            f"{root}: CIFAR-10 batch(es) {', '.join(missing)} not found; image_root must be the "
+            "extracted cifar-10-batches-py folder"
+        )
     classes = list(CIFAR10_CLASSES)
     if (root / "batches.meta").is_file():
         classes = _cifar_classes(root / "batches.meta")
@@ -275,8 +323,18 @@ class TrainTransform:
     after normalization (CIFAR), a random ``crop`` x ``crop`` window, a horizontal flip, AlexNet's PCA
     colour noise of std ``lighting``, per-channel mean/std normalization. Returns (3, crop, crop) float32."""
 
-    def __init__(self, *, crop: int, scale_min: int = 0, scale_max: int = 0, pad: int = 0, hflip_prob: float = 0.5,
-                 lighting: float = 0.0, mean: Sequence[float] = (0, 0, 0), std: Sequence[float] = (1, 1, 1)) -> None:
+    def __init__(
+        self,
+        *,
+        crop: int,
+        scale_min: int = 0,
+        scale_max: int = 0,
+        pad: int = 0,
+        hflip_prob: float = 0.5,
+        lighting: float = 0.0,
+        mean: Sequence[float] = (0, 0, 0),
+        std: Sequence[float] = (1, 1, 1),
+    ) -> None:
         self.crop, self.scale_min, self.scale_max, self.pad = crop, scale_min, scale_max, pad
         self.hflip_prob, self.lighting, self.mean, self.std = hflip_prob, lighting, tuple(mean), tuple(std)
 
@@ -291,10 +349,12 @@ class TrainTransform:
             x = np.pad(x, ((self.pad, self.pad), (self.pad, self.pad), (0, 0)))
         h, w = x.shape[:2]
         if h < self.crop or w < self.crop:
-            raise ConfigError(f"image of {w}x{h} px is smaller than the {self.crop} px training crop; raise "
-                              "input.scale_min or lower input.crop")
+            raise ConfigError(
+                f"image of {w}x{h} px is smaller than the {self.crop} px training crop; raise "
+                "input.scale_min or lower input.crop"
+            )
         y0, x0 = int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
-        x = x[y0:y0 + self.crop, x0:x0 + self.crop]
+        x = x[y0 : y0 + self.crop, x0 : x0 + self.crop]
         if rng.random() < self.hflip_prob:
             x = x[:, ::-1]
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
@@ -311,9 +371,15 @@ class ClassificationDataset(Dataset):
     decoded (None: no limit). ``num_skipped`` counts the unreadable images over all processes.
     """
 
-    def __init__(self, images: Union[Sequence[str], np.ndarray], labels: np.ndarray, class_names: Sequence[str],
-                 transform: Optional[TrainTransform] = None, *,
-                 max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+    def __init__(
+        self,
+        images: Union[Sequence[str], np.ndarray],
+        labels: np.ndarray,
+        class_names: Sequence[str],
+        transform: Optional[TrainTransform] = None,
+        *,
+        max_image_pixels: Optional[int] = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> None:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images, self.labels = images, np.asarray(labels, dtype=np.int64)
@@ -365,9 +431,11 @@ class ClassificationDataset(Dataset):
                 img = self.read(i)
                 if img is not None:
                     return self.transform(img, np.random.default_rng(seed)), int(self.labels[i])
-            raise DataError(f"none of the {n} training images can be read (first: "
-                            f"{', '.join(map(str, self.skipped_names()))}; see the warnings above); check "
-                            "data.train's image_root")
+            raise DataError(
+                f"none of the {n} training images can be read (first: "
+                f"{', '.join(map(str, self.skipped_names()))}; see the warnings above); check "
+                "data.train's image_root"
+            )
         return self.image(key), int(self.labels[key])
 
     @staticmethod
@@ -375,18 +443,30 @@ class ClassificationDataset(Dataset):
         names = parts[0].class_names
         for p in parts[1:]:
             if p.class_names != names:
-                raise DataError(f"the data.train entries have different classes ({len(names)} vs "
-                                f"{len(p.class_names)}: {names[:3]} vs {p.class_names[:3]}); give one class list")
+                raise DataError(
+                    f"the data.train entries have different classes ({len(names)} vs "
+                    f"{len(p.class_names)}: {names[:3]} vs {p.class_names[:3]}); give one class list"
+                )
         if all(isinstance(p.images, np.ndarray) for p in parts):
             images: Union[list, np.ndarray] = np.concatenate([p.images for p in parts])
         else:
             images = [item for p in parts for item in p.images]
-        return ClassificationDataset(images, np.concatenate([p.labels for p in parts]), names, transform,
-                                     max_image_pixels=parts[0].max_image_pixels)
+        return ClassificationDataset(
+            images,
+            np.concatenate([p.labels for p in parts]),
+            names,
+            transform,
+            max_image_pixels=parts[0].max_image_pixels,
+        )
 
 
-def dataset_from_spec(spec, class_names: Optional[Sequence[str]] = None, *, allow_outside_root: bool = False,
-                      max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ClassificationDataset:
+def dataset_from_spec(
+    spec,
+    class_names: Optional[Sequence[str]] = None,
+    *,
+    allow_outside_root: bool = False,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> ClassificationDataset:
     """The dataset of one config entry (``image_root``, ``format``, ``labels``, ``synsets``, ``split``,
     ``generate``); ``class_names`` fixes the class list (the model's) where the layout does not carry it.
     ``allow_outside_root`` and ``max_image_pixels`` are ``data.allow_outside_root`` and ``data.max_image_pixels``."""
@@ -404,8 +484,11 @@ def dataset_from_spec(spec, class_names: Optional[Sequence[str]] = None, *, allo
             raise DataError(f"{root}: CIFAR-10 classes {names} differ from the model's {list(class_names)}")
         return ClassificationDataset(images, labels, names)
     if class_names is None:
-        raise ConfigError(f"{root}: format imagenet_val carries no class list; give a training set "
-                          "(train/<wnid>/ folders) or a checkpoint with class names")
-    paths, labels = read_imagenet_val(root, resolve_path(spec.labels), class_names, resolve_path(spec.synsets),
-                                      allow_outside_root=allow_outside_root)
+        raise ConfigError(
+            f"{root}: format imagenet_val carries no class list; give a training set "
+            "(train/<wnid>/ folders) or a checkpoint with class names"
+        )
+    paths, labels = read_imagenet_val(
+        root, resolve_path(spec.labels), class_names, resolve_path(spec.synsets), allow_outside_root=allow_outside_root
+    )
     return ClassificationDataset(paths, labels, class_names, max_image_pixels=max_pixels)

@@ -8,6 +8,7 @@ net per depth) into named runs; :func:`run_study` trains them one after the othe
 trained again), reads their ``log.jsonl`` curves and writes ``output/degradation.png``,
 ``output/curves.json`` and ``output/table.md`` (final training and test errors).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 from ..analysis.curves import read_run
 from ..analysis.figures import save_figure
@@ -39,8 +40,13 @@ def _run_name(residual: bool, depth: int) -> str:
     return f"{'resnet' if residual else 'plain'}-{depth}"
 
 
-def plan_runs(configs: Sequence[os.PathLike | str], output: os.PathLike | str, *, depths: Sequence[int] = (),
-              overrides: Sequence[str] = ()) -> List[StudyRun]:
+def plan_runs(
+    configs: Sequence[os.PathLike | str],
+    output: os.PathLike | str,
+    *,
+    depths: Sequence[int] = (),
+    overrides: Sequence[str] = (),
+) -> List[StudyRun]:
     """The runs of a study: every config as it is, or with ``depths`` every config at each depth as a plain
     and a residual net. ``overrides`` (``key=value``) apply to all. Names must differ (``plain-20``, ...)."""
     runs: List[StudyRun] = []
@@ -67,8 +73,12 @@ def read_curves(output_dir: os.PathLike | str) -> Dict[str, List[float]]:
         raise DataError(f"{Path(output_dir) / 'log.jsonl'}: no train_error records; was this written by train_cls?")
     train_its, _, train = series["train_error"]
     test_its, _, test = series.get("test/top1_error", ((), (), ()))
-    return {"iteration": [int(i) for i in train_its], "train_error": [float(v) for v in train],
-            "test_iteration": [int(i) for i in test_its], "test_error": [float(v) for v in test]}
+    return {
+        "iteration": [int(i) for i in train_its],
+        "train_error": [float(v) for v in train],
+        "test_iteration": [int(i) for i in test_its],
+        "test_error": [float(v) for v in test],
+    }
 
 
 def draw_figure(curves: Dict[str, Dict[str, List[float]]], path: os.PathLike | str, title: str = "") -> None:

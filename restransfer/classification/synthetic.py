@@ -5,6 +5,7 @@ each small image holds one shape (the class: filled or outlined circle, triangle
 size, rotation, position and colour on a noisy two-colour gradient, with a few distractor lines. Every
 image is a pure function of ``(seed, split, index)``.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,9 @@ def _outline(shape: str, angle: float, n: int = 40) -> np.ndarray:
         return np.stack([np.cos(t), np.sin(t)], 1)
     if shape == "cross":
         a, b = 1.0, 0.35
-        pts = np.array([[-b, -a], [b, -a], [b, -b], [a, -b], [a, b], [b, b], [b, a], [-b, a], [-b, b], [-a, b],
-                        [-a, -b], [-b, -b]])
+        pts = np.array(
+            [[-b, -a], [b, -a], [b, -b], [a, -b], [a, b], [b, b], [b, a], [-b, a], [-b, b], [-a, b], [-a, -b], [-b, -b]]
+        )
     else:
         k, radii = {"triangle": (3, [1.0]), "square": (4, [1.0]), "star": (5, [1.0, 0.45])}[shape]
         t = angle + np.arange(k * len(radii)) * 2 * np.pi / (k * len(radii))
@@ -65,8 +67,15 @@ def render_shape_class(rng: np.random.Generator, label: int, size: int = 32) -> 
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def generate_shape_classes(root: os.PathLike | str, *, num_train: int = 5000, num_test: int = 1000, size: int = 32,
-                           classes: Sequence[str] = SHAPE_CLASS_NAMES, seed: int = 0) -> Dict[str, Path]:
+def generate_shape_classes(
+    root: os.PathLike | str,
+    *,
+    num_train: int = 5000,
+    num_test: int = 1000,
+    size: int = 32,
+    classes: Sequence[str] = SHAPE_CLASS_NAMES,
+    seed: int = 0,
+) -> Dict[str, Path]:
     """Write the set (balanced classes, PNG) under ``root``; returns ``{"train": dir, "test": dir}``."""
     root = Path(root)
     out = {}

@@ -11,6 +11,7 @@ augmented training batches of the logging window, ``lr``, ...), a progress bar, 
 logged as ``test/top1_error`` and ``test/top5_error``; ``model_best.pth`` keeps the lowest top-1 error.
 The end of training writes ``metrics.json`` with the ``test.crops`` testing of the final weights.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,18 +23,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..data.samplers import TrainingBatchSampler
 from ..devices import resolve_device
-from ..models.compile import apply_compile_setting
 from ..distributed import barrier, get_rank, get_world_size, init_distributed, is_main_process
-from ..errors import ConfigError
+from ..engine.hooks import EvalHook
 from ..engine.lock import locked_output_dir
 from ..engine.logger import MetricsWriter
+from ..engine.loop import HookBase, TrainLoop
 from ..engine.preflight import check_classification_run
 from ..engine.solver import batch_layout, build_optimizer, build_scheduler
-from ..engine.hooks import EvalHook
-from ..engine.loop import HookBase, TrainLoop
 from ..engine.trainer import prepare_loop, standard_hooks, start_run, training_precision
-from ..data.samplers import TrainingBatchSampler
+from ..errors import ConfigError
+from ..models.compile import apply_compile_setting
 from ..yaml_config import dump_config
 from .checkpoint import network_meta
 from .config import build_classifier
@@ -60,20 +61,35 @@ def build_train_set(cfg) -> ClassificationDataset:
     """The concatenated ``data.train`` entries with the config's training augmentation."""
     if not cfg.data.train:
         raise ConfigError("data.train is empty; list at least one {image_root: DIR, format: ...} entry")
-    parts = [dataset_from_spec(spec, allow_outside_root=cfg.data.allow_outside_root,
-                               max_image_pixels=cfg.data.max_image_pixels) for spec in cfg.data.train]
+    parts = [
+        dataset_from_spec(
+            spec, allow_outside_root=cfg.data.allow_outside_root, max_image_pixels=cfg.data.max_image_pixels
+        )
+        for spec in cfg.data.train
+    ]
     i = cfg.input
-    transform = TrainTransform(crop=i.crop, scale_min=i.scale_min, scale_max=i.scale_max, pad=i.pad,
-                               hflip_prob=i.hflip_prob, lighting=i.lighting, mean=i.pixel_mean, std=i.pixel_std)
+    transform = TrainTransform(
+        crop=i.crop,
+        scale_min=i.scale_min,
+        scale_max=i.scale_max,
+        pad=i.pad,
+        hflip_prob=i.hflip_prob,
+        lighting=i.lighting,
+        mean=i.pixel_mean,
+        std=i.pixel_std,
+    )
     dataset = ClassificationDataset.concat(parts, transform)
     if len(dataset.class_names) != cfg.model.num_classes:
-        raise ConfigError(f"the training data has {len(dataset.class_names)} classes but model.num_classes is "
-                          f"{cfg.model.num_classes}; set model.num_classes={len(dataset.class_names)}")
+        raise ConfigError(
+            f"the training data has {len(dataset.class_names)} classes but model.num_classes is "
+            f"{cfg.model.num_classes}; set model.num_classes={len(dataset.class_names)}"
+        )
     return dataset
 
 
-def train_classifier(cfg, resume: bool = False, restart: bool = False,
-                     hooks: Sequence[HookBase] = ()) -> Optional[Dict[str, Any]]:
+def train_classifier(
+    cfg, resume: bool = False, restart: bool = False, hooks: Sequence[HookBase] = ()
+) -> Optional[Dict[str, Any]]:
     """Train the classifier of ``cfg`` (see the module docstring); returns the final test metrics on the main
     process (None elsewhere or without ``data.test``). ``resume``/``restart``/``hooks`` as for the detectors
     (:func:`restransfer.engine.trainer.train`)."""
@@ -92,8 +108,12 @@ def _classification_forward(device: torch.device):
         logits = model(images)
         loss = F.cross_entropy(logits.float(), labels)
         # counts, not a rate: averaged over a logging window their ratio is the window's training error
-        return loss, {"loss": float(loss.detach()), "wrong": float((logits.detach().argmax(1) != labels).sum()),
-                      "seen": float(len(labels))}
+        return loss, {
+            "loss": float(loss.detach()),
+            "wrong": float((logits.detach().argmax(1) != labels).sum()),
+            "seen": float(len(labels)),
+        }
+
     return forward
 
 
@@ -105,6 +125,7 @@ def _summarize(avg: Dict[str, float]) -> Tuple[Dict[str, float], str]:
 def _periodic_test(test_set, device: torch.device, scoring: Dict[str, Any]):
     """The center-crop test error every ``test.eval_period`` steps, computed by the main process
     (``scoring``: the :func:`~restransfer.inference.classifier.classifier_scores` keyword arguments)."""
+
     def evaluate(module: nn.Module) -> Optional[Dict[str, float]]:
         values = None
         if is_main_process():
@@ -113,16 +134,20 @@ def _periodic_test(test_set, device: torch.device, scoring: Dict[str, Any]):
         if get_world_size() > 1:
             barrier()
         return values
+
     return evaluate
 
 
 def _describe_test(n_images: int):
-    return lambda v: (f"test error (center crop, {n_images} images): top-1 {v['test/top1_error']:.2f}%, "
-                      f"top-5 {v['test/top5_error']:.2f}%")
+    return lambda v: (
+        f"test error (center crop, {n_images} images): top-1 {v['test/top1_error']:.2f}%, "
+        f"top-5 {v['test/top5_error']:.2f}%"
+    )
 
 
-def _train(cfg, device: torch.device, resume: bool, restart: bool,
-           hooks: Sequence[HookBase] = ()) -> Optional[Dict[str, Any]]:
+def _train(
+    cfg, device: torch.device, resume: bool, restart: bool, hooks: Sequence[HookBase] = ()
+) -> Optional[Dict[str, Any]]:
     rank, world = get_rank(), get_world_size()
     out = Path(cfg.output_dir)
     ckpt, found = start_run(cfg, resume, restart)
@@ -138,51 +163,107 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool,
     s = cfg.solver
     logits = Logits(net)
     apply_compile_setting(logits, cfg.solver.compile, device, key="solver.compile")  # the whole network
-    loop = TrainLoop(logits, optimizer, scheduler, loader=None, forward=_classification_forward(device),
-                     layout=layout, max_iter=s.max_iter, device=device, precision=precision, scaler=scaler,
-                     clip_grad_norm=s.clip_grad_norm, extra_state=lambda: {
-                         "config": dump_config(cfg), "class_names": list(dataset.class_names),
-                         "pixel_convention": net.pixel_convention.to_dict(), **network_meta(net, cfg.model.arch)},
-                     module=net)
+    loop = TrainLoop(
+        logits,
+        optimizer,
+        scheduler,
+        loader=None,
+        forward=_classification_forward(device),
+        layout=layout,
+        max_iter=s.max_iter,
+        device=device,
+        precision=precision,
+        scaler=scaler,
+        clip_grad_norm=s.clip_grad_norm,
+        extra_state=lambda: {
+            "config": dump_config(cfg),
+            "class_names": list(dataset.class_names),
+            "pixel_convention": net.pixel_convention.to_dict(),
+            **network_meta(net, cfg.model.arch),
+        },
+        module=net,
+    )
     prepare_loop(loop, found, s.ema.decay if s.ema.enabled else None, hooks)
-    checks = check_classification_run(cfg, net, dataset.class_names, found,  # every input, before iteration 1
-                                      lambda: dataset_from_spec(cfg.data.test, dataset.class_names,
-                                                                allow_outside_root=cfg.data.allow_outside_root,
-                                                                max_image_pixels=cfg.data.max_image_pixels))
+    checks = check_classification_run(
+        cfg,
+        net,
+        dataset.class_names,
+        found,  # every input, before iteration 1
+        lambda: dataset_from_spec(
+            cfg.data.test,
+            dataset.class_names,
+            allow_outside_root=cfg.data.allow_outside_root,
+            max_image_pixels=cfg.data.max_image_pixels,
+        ),
+    )
     test_set = checks.test_set  # built on the main process, which runs the evaluations
     if world > 1:
-        loop.model = nn.parallel.DistributedDataParallel(logits, **({"device_ids": [device.index]}
-                                                                   if device.type == "cuda" else {}))
+        loop.model = nn.parallel.DistributedDataParallel(
+            logits, **({"device_ids": [device.index]} if device.type == "cuda" else {})
+        )
     start_iter = loop.start_iter
     writer = MetricsWriter(str(out), s.max_iter, start_iter, enabled=is_main_process())
     checks.record(writer, start_iter)
     evaluation = None
     if cfg.data.test is not None and cfg.test.eval_period > 0:
-        evaluation = EvalHook(cfg.test.eval_period, _periodic_test(test_set, device, {**cfg_test_kwargs(cfg), "mode": "center"}), writer,
-                              metric="test/top1_error", higher_is_better=False, checkpointer=ckpt, at_end=True,
-                              describe=_describe_test(len(test_set) if test_set is not None else 0))
-    loop.register_hooks(standard_hooks(writer, ckpt, checkpoint_period=s.checkpoint_period, log_period=cfg.log_period,
-                                       summarize=_summarize, evaluation=evaluation))
+        evaluation = EvalHook(
+            cfg.test.eval_period,
+            _periodic_test(test_set, device, {**cfg_test_kwargs(cfg), "mode": "center"}),
+            writer,
+            metric="test/top1_error",
+            higher_is_better=False,
+            checkpointer=ckpt,
+            at_end=True,
+            describe=_describe_test(len(test_set) if test_set is not None else 0),
+        )
+    loop.register_hooks(
+        standard_hooks(
+            writer,
+            ckpt,
+            checkpoint_period=s.checkpoint_period,
+            log_period=cfg.log_period,
+            summarize=_summarize,
+            evaluation=evaluation,
+        )
+    )
     if start_iter < s.max_iter:
-        sampler = TrainingBatchSampler(len(dataset), layout.per_device, seed=cfg.seed, rank=rank, world_size=world,
-                                       start_iter=start_iter * layout.accumulation)
-        loop.loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                                 persistent_workers=cfg.data.num_workers > 0,
-                                 generator=torch.Generator().manual_seed(cfg.seed + rank))
+        sampler = TrainingBatchSampler(
+            len(dataset),
+            layout.per_device,
+            seed=cfg.seed,
+            rank=rank,
+            world_size=world,
+            start_iter=start_iter * layout.accumulation,
+        )
+        loop.loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=cfg.data.num_workers,
+            persistent_workers=cfg.data.num_workers > 0,
+            generator=torch.Generator().manual_seed(cfg.seed + rank),
+        )
     try:
         loop.train()
     finally:
         writer.close()
     if dataset.num_skipped:  # one summary; each image was named in a warning when it was first skipped
-        logger.warning("%d of the %d training images could not be read and were skipped (first: %s)",
-                       dataset.num_skipped, len(dataset), ", ".join(map(str, dataset.skipped_names())))
+        logger.warning(
+            "%d of the %d training images could not be read and were skipped (first: %s)",
+            dataset.num_skipped,
+            len(dataset),
+            ", ".join(map(str, dataset.skipped_names())),
+        )
     metrics = None
     if test_set is not None and is_main_process():
         metrics = evaluate_classifier(loop.eval_module(), test_set, device=device, **cfg_test_kwargs(cfg))
         metrics.update(crops=cfg.test.crops, num_images=len(test_set), iteration=s.max_iter)
         write_metrics(metrics, out / "metrics.json")
-        logger.info("final %s test error: top-1 %.2f%%, top-5 %.2f%%", cfg.test.crops, metrics["top1_error"],
-                    metrics["top5_error"])
+        logger.info(
+            "final %s test error: top-1 %.2f%%, top-5 %.2f%%",
+            cfg.test.crops,
+            metrics["top1_error"],
+            metrics["top5_error"],
+        )
     if world > 1:
         barrier()
     return metrics

@@ -16,6 +16,7 @@ Each command is a module here with ``main(argv) -> exit status``; ``tools/<name>
 script (``python tools/train_det.py configs/coco_faster_rcnn_r101.yaml``). A failure ends with ``error: ...`` and
 exit status 2; ``--debug`` shows the traceback (see :func:`restransfer.cli.run_tool`).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -47,8 +48,11 @@ COMMANDS: Dict[str, Command] = {
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"  {name:<{width}}  {c.summary}" for name, c in COMMANDS.items()]
-    return ("usage: restransfer [--debug] COMMAND [ARGS ...]\n\ncommands:\n" + "\n".join(lines) +
-            "\n\nrestransfer COMMAND --help shows a command's options; --debug shows the traceback of a failure.")
+    return (
+        "usage: restransfer [--debug] COMMAND [ARGS ...]\n\ncommands:\n"
+        + "\n".join(lines)
+        + "\n\nrestransfer COMMAND --help shows a command's options; --debug shows the traceback of a failure."
+    )
 
 
 def _version() -> str:
@@ -89,8 +93,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if name not in COMMANDS:
         close = difflib.get_close_matches(name, COMMANDS, n=1)
         hint = f"; did you mean {close[0]}?" if close else f"; choose one of {', '.join(COMMANDS)}"
-        print(f"usage: restransfer [--debug] COMMAND [ARGS ...]\nerror: unknown command {name!r}{hint}",
-              file=sys.stderr)
+        print(
+            f"usage: restransfer [--debug] COMMAND [ARGS ...]\nerror: unknown command {name!r}{hint}", file=sys.stderr
+        )
         return 2
     if argv is None:
         sys.argv[0] = f"restransfer {name}"  # argparse's usage lines then read "usage: restransfer train ..."

@@ -16,6 +16,7 @@ DIR receives analysis.json (each curve's area in percent: overall, per size, per
 A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the traceback).
 The installed command: ``restransfer analyze ...`` with the same arguments.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,8 +67,9 @@ def main(argv=None) -> int:
         parser.print_usage(sys.stderr)
         print("error: give CONFIG --weights CKPT, or --gt GT.json --results RES.json", file=sys.stderr)
         return 2
-    analysis = analyze_coco_errors(gt, results, args.iou_type, image_ids=image_ids, gt_name=gt_name,
-                                   results_name=results_name)
+    analysis = analyze_coco_errors(
+        gt, results, args.iou_type, image_ids=image_ids, gt_name=gt_name, results_name=results_name
+    )
     write_analysis(args.output, analysis, gt, results, image_ids)
     overall = analysis.areas()
     print(f"{args.iou_type} error analysis (area under each PR curve, %):")

@@ -5,6 +5,7 @@ it is (its ``description``, else the first sentence of its leading comment). Wit
 start a config of one's own from (``restransfer configs coco_mask_rcnn_r101_fpn > my.yaml``); ``--path`` prints
 the files' paths instead.
 """
+
 from __future__ import annotations
 
 import argparse

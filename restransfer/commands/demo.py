@@ -9,6 +9,7 @@ the image in DIR/images.json (a COCO ``images`` list: id, file_name, height, wid
 and exit status 2 (``--debug`` shows the traceback).
 The installed command: ``restransfer predict CONFIG --weights W --input IMG_OR_DIR --output DIR``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,9 @@ from ..cli import model_parser, note_output
 from ..inference.demo import find_images, run_demo
 from ..inference.predictor import Predictor
 
-MEMORY_HINT = ("lower --batch-size (default test.ims_per_batch) or the image size "
-               "(input.min_size_test, input.max_size_test)")
+MEMORY_HINT = (
+    "lower --batch-size (default test.ims_per_batch) or the image size (input.min_size_test, input.max_size_test)"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,8 +39,14 @@ def main(argv=None) -> int:
     args = _parser().parse_intermixed_args(argv)
     note_output("--output", args.output)
     images = find_images(args.input, exclude=args.output)
-    predictor = Predictor(args.config, weights=args.weights, device=args.device, threshold=args.threshold,
-                          batch_size=args.batch_size, overrides=args.opts)
+    predictor = Predictor(
+        args.config,
+        weights=args.weights,
+        device=args.device,
+        threshold=args.threshold,
+        batch_size=args.batch_size,
+        overrides=args.opts,
+    )
     summary = run_demo(predictor, images, args.output, root=Path(args.input) if Path(args.input).is_dir() else None)
     print(json.dumps(summary))
     return 0

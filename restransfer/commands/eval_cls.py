@@ -11,6 +11,7 @@ center and their flips (the paper's 10-crop testing); ``fcn``: the whole image a
 A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the traceback).
 ``restransfer eval CONFIG --weights W ...`` runs this for a classification config.
 """
+
 import argparse
 
 from ..classification.config import CROPS, load_cls_config
@@ -23,11 +24,15 @@ MEMORY_HINT = "lower test.ims_per_batch, or the fcn --scales"
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Classification error (top-1, top-5) of a checkpoint.")
     parser.add_argument("config", help="YAML config whose data.test is evaluated")
-    parser.add_argument("--weights", required=True,
-                        help="a train_cls checkpoint (or ResNet ImageNet weights: file, torchvision://, timm://)")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="a train_cls checkpoint (or ResNet ImageNet weights: file, torchvision://, timm://)",
+    )
     parser.add_argument("--crops", choices=CROPS, default=None, help="testing mode (default: test.crops)")
-    parser.add_argument("--scales", type=int, nargs="+", default=None,
-                        help="shorter sides of fcn testing (default: test.scales)")
+    parser.add_argument(
+        "--scales", type=int, nargs="+", default=None, help="shorter sides of fcn testing (default: test.scales)"
+    )
     parser.add_argument("--output", help="metrics json (default: OUTPUT_DIR/metrics.json)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_intermixed_args(argv)
@@ -39,6 +44,8 @@ def main(argv=None) -> int:
     note_output("--output" if args.output else "output_dir", args.output or cfg.output_dir)
 
     metrics = run_cls_evaluation(cfg, args.weights, mode=args.crops, scales=args.scales, output=args.output)
-    print(f"{metrics['crops']} testing, {metrics['num_images']} images: top-1 error {metrics['top1_error']:.2f}%  "
-          f"top-5 error {metrics['top5_error']:.2f}%")
+    print(
+        f"{metrics['crops']} testing, {metrics['num_images']} images: top-1 error {metrics['top1_error']:.2f}%  "
+        f"top-5 error {metrics['top5_error']:.2f}%"
+    )
     return 0

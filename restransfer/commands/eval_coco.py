@@ -18,6 +18,7 @@ ground truth is then 0, and the output says so; without it an empty file is an e
 A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the traceback).
 ``restransfer eval CONFIG --weights CKPT ...`` runs the CONFIG mode for a COCO test set.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,13 +44,25 @@ def _parser() -> argparse.ArgumentParser:
     add_weights_argument(p, "checkpoint to evaluate (CONFIG mode)")
     p.add_argument("--gt", help="COCO annotation json (results-file mode)")
     p.add_argument("--results", help="COCO results json (results-file mode)")
-    p.add_argument("--iou-type", nargs="+", choices=("bbox", "segm"), default=None,
-                   help="what to evaluate (default: bbox; in CONFIG mode bbox plus segm for mask models)")
+    p.add_argument(
+        "--iou-type",
+        nargs="+",
+        choices=("bbox", "segm"),
+        default=None,
+        help="what to evaluate (default: bbox; in CONFIG mode bbox plus segm for mask models)",
+    )
     p.add_argument("--output", help="metrics json (default in CONFIG mode: OUTPUT_DIR/metrics.json)")
-    p.add_argument("--allow-empty", action="store_true",
-                   help="results-file mode: score an empty results file (every metric with ground truth is 0)")
-    p.add_argument("--engine", choices=("auto",) + ENGINES, default="auto",
-                   help="COCOeval implementation (same numbers; auto picks the fastest installed)")
+    p.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="results-file mode: score an empty results file (every metric with ground truth is 0)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("auto",) + ENGINES,
+        default="auto",
+        help="COCOeval implementation (same numbers; auto picks the fastest installed)",
+    )
     p.add_argument("opts", nargs="*", metavar="key=value", help="config overrides (CONFIG mode)")
     return p
 
@@ -59,8 +72,14 @@ def _config_mode(args: argparse.Namespace) -> dict:
     note_output("--output" if args.output else "output_dir", args.output or cfg.output_dir)
     metrics_path = Path(args.output) if args.output else Path(cfg.output_dir) / "metrics.json"
     results_path = metrics_path.with_name("coco_instances_results.json")
-    metrics = run_coco_evaluation(cfg, args.weights, iou_types=args.iou_type, engine=args.engine,
-                                  metrics_path=metrics_path, results_path=results_path)
+    metrics = run_coco_evaluation(
+        cfg,
+        args.weights,
+        iou_types=args.iou_type,
+        engine=args.engine,
+        metrics_path=metrics_path,
+        results_path=results_path,
+    )
     print(f"metrics: {metrics_path}\nresults: {results_path}")
     return metrics
 
@@ -76,8 +95,14 @@ def main(argv=None) -> int:
             parser.error(f"overrides {args.opts} only apply with CONFIG")
         note_output("--output", args.output)
         results = load_results(args.results)
-        metrics = evaluate_coco(args.gt, results, args.iou_type or ("bbox",), engine=args.engine,
-                                allow_empty=args.allow_empty, results_name=args.results)
+        metrics = evaluate_coco(
+            args.gt,
+            results,
+            args.iou_type or ("bbox",),
+            engine=args.engine,
+            allow_empty=args.allow_empty,
+            results_name=args.results,
+        )
         if not results:
             print(f"{args.results} holds no detections: every metric with ground truth is 0 (--allow-empty)")
         if args.output:

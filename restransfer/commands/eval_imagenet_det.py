@@ -12,6 +12,7 @@ submission file and metrics.json go to output_dir:
 A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the traceback).
 ``restransfer eval CONFIG --weights CKPT ...`` runs the model mode for an ImageNet-DET test set.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,9 @@ def main(argv=None) -> int:
         return 0
     cfg = load_config(args.config, args.overrides)
     note_output("output_dir", cfg.output_dir)
-    run = run_imagenet_det_evaluation(cfg, args.weights, blacklist=args.blacklist, metrics_path=args.output,
-                                      with_coco=not args.no_coco)
+    run = run_imagenet_det_evaluation(
+        cfg, args.weights, blacklist=args.blacklist, metrics_path=args.output, with_coco=not args.no_coco
+    )
     print(f"submission file: {run.submission_path}")
     print(format_table(run.result, run.ground_truth, run.coco))
     print(f"metrics: {run.metrics_path}")

@@ -16,6 +16,7 @@ A detector checkpoint (runs inference on the config's test set, writes both subm
 A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the traceback).
 ``restransfer eval CONFIG --weights CKPT ...`` runs the detector mode for a CLS-LOC test set.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ def main(argv=None) -> int:
     p.add_argument("config", nargs="?", help="config file (detector mode); omit to evaluate --submission")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     p.add_argument("--submission", help="devkit text submission or Kaggle CSV (ImageId,PredictionString)")
-    p.add_argument("--gt-class-submission", help="submission made with the ground-truth class; "
-                   "reported as gt_class_loc_error")
+    p.add_argument(
+        "--gt-class-submission", help="submission made with the ground-truth class; reported as gt_class_loc_error"
+    )
     p.add_argument("--annotations", help="devkit validation XML folder (ILSVRC/Annotations/CLS-LOC/val)")
     p.add_argument("--ground-truth", help="ILSVRC2015_clsloc_validation_ground_truth.txt")
     p.add_argument("--solution", help="Kaggle LOC_val_solution.csv (instead of --annotations)")
@@ -47,17 +49,30 @@ def main(argv=None) -> int:
     p.add_argument("--output", help="write metrics.json here")
     p.add_argument("--max-guesses", type=int, default=5, help="guesses per image that count (default 5)")
     add_weights_argument(p, "detector checkpoint (config mode)")
-    p.add_argument("--mode", default="classifier", choices=("detector", "classifier", "gt_class"),
-                   help="how guesses are made from the detections (config mode)")
+    p.add_argument(
+        "--mode",
+        default="classifier",
+        choices=("detector", "classifier", "gt_class"),
+        help="how guesses are made from the detections (config mode)",
+    )
     p.add_argument("--classifier-scores", help="(N, C) classifier scores, .npy or text, rows in dataset order")
-    p.add_argument("--classifier-synsets", help="class list in the classifier's column order "
-                   "(default: sorted WNIDs, torchvision/timm order)")
-    p.add_argument("--classifier-weights", help="ResNet ImageNet weights (file, torchvision://..., timm://...) "
-                   "or a tools/train_cls.py checkpoint (its depth, style, classes and pixel convention are "
-                   "its own; trained on the train/<wnid> folders its columns are the sorted WNIDs) to compute "
-                   "classifier scores instead of --classifier-scores")
-    p.add_argument("--classifier-depth", type=int, default=101,
-                   help="ResNet depth of --classifier-weights (a train_cls checkpoint says its own)")
+    p.add_argument(
+        "--classifier-synsets",
+        help="class list in the classifier's column order (default: sorted WNIDs, torchvision/timm order)",
+    )
+    p.add_argument(
+        "--classifier-weights",
+        help="ResNet ImageNet weights (file, torchvision://..., timm://...) "
+        "or a tools/train_cls.py checkpoint (its depth, style, classes and pixel convention are "
+        "its own; trained on the train/<wnid> folders its columns are the sorted WNIDs) to compute "
+        "classifier scores instead of --classifier-scores",
+    )
+    p.add_argument(
+        "--classifier-depth",
+        type=int,
+        default=101,
+        help="ResNet depth of --classifier-weights (a train_cls checkpoint says its own)",
+    )
     p.add_argument("--classifier-style", default="pytorch", choices=("pytorch", "caffe"))
     # intermixed: the documented 'CONFIG --weights CKPT key=value ...' puts options between the positionals
     args = p.parse_intermixed_args(argv)
@@ -73,9 +88,17 @@ def main(argv=None) -> int:
         write_metrics(metrics, args.output)
         print(f"metrics: {args.output}")
         if args.config is None:
-            loc_files_report(args.output, metrics, args.submission, synsets=args.synsets, annotations=args.annotations,
-                             ground_truth=args.ground_truth, solution=args.solution, blacklist=args.blacklist,
-                             max_guesses=args.max_guesses)
+            loc_files_report(
+                args.output,
+                metrics,
+                args.submission,
+                synsets=args.synsets,
+                annotations=args.annotations,
+                ground_truth=args.ground_truth,
+                solution=args.solution,
+                blacklist=args.blacklist,
+                max_guesses=args.max_guesses,
+            )
     return 0
 
 
@@ -84,9 +107,16 @@ def _evaluate_submission(p: argparse.ArgumentParser, args) -> dict:
         p.error("give --submission and --synsets (or a config file)")
     if (args.annotations is None) == (args.solution is None):
         p.error("give either --annotations (with --ground-truth) or --solution")
-    return evaluate_files(args.submission, synsets=args.synsets, annotations=args.annotations,
-                          ground_truth=args.ground_truth, solution=args.solution, blacklist=args.blacklist,
-                          gt_class_submission=args.gt_class_submission, max_guesses=args.max_guesses)
+    return evaluate_files(
+        args.submission,
+        synsets=args.synsets,
+        annotations=args.annotations,
+        ground_truth=args.ground_truth,
+        solution=args.solution,
+        blacklist=args.blacklist,
+        gt_class_submission=args.gt_class_submission,
+        max_guesses=args.max_guesses,
+    )
 
 
 def _evaluate_config(p: argparse.ArgumentParser, args) -> dict:
@@ -98,9 +128,15 @@ def _evaluate_config(p: argparse.ArgumentParser, args) -> dict:
         if not args.classifier_weights:
             p.error("--mode classifier needs --classifier-scores or --classifier-weights")
         classifier = load_classifier(args.classifier_depth, args.classifier_weights, style=args.classifier_style)
-    return run_imagenet_loc_evaluation(cfg, args.weights, mode=args.mode, classifier_scores=scores,
-                                       classifier=classifier, classifier_synsets=args.classifier_synsets,
-                                       blacklist=args.blacklist)
+    return run_imagenet_loc_evaluation(
+        cfg,
+        args.weights,
+        mode=args.mode,
+        classifier_scores=scores,
+        classifier=classifier,
+        classifier_synsets=args.classifier_synsets,
+        blacklist=args.blacklist,
+    )
 
 
 def _print(metrics: dict) -> None:

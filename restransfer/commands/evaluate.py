@@ -17,6 +17,7 @@ The results-file modes of those tools (``--gt``/``--results``, ``--submission``)
 themselves (``tools/eval_coco.py``, ...). A failure ends with ``error: ...`` and exit status 2 (``--debug``
 shows the traceback).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,10 @@ _USAGE = "usage: restransfer eval CONFIG --weights CKPT [CKPT ...] [options] [ke
 def _evaluator_name(config: str, overrides: Sequence[str]) -> str:
     cfg = load_config(config, overrides)
     if cfg.data.test is None:
-        raise ConfigError(f"{config}: data.test is not set, so there is nothing to evaluate; give one, e.g. "
-                          "'data.test={json: val.json, image_root: images}'")
+        raise ConfigError(
+            f"{config}: data.test is not set, so there is nothing to evaluate; give one, e.g. "
+            "'data.test={json: val.json, image_root: images}'"
+        )
     name = cfg.test.evaluator
     return evaluator_for_format(cfg.data.test.format) if name == "auto" else name
 
@@ -78,8 +81,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def main_protocol(argv: Optional[Sequence[str]] = None) -> int:
     """The config's model on its test set through its evaluator (``test.evaluator``); for the protocols without
     a tool of their own."""
-    p = argparse.ArgumentParser(description="Evaluate a checkpoint on the config's test set with the evaluator "
-                                "registered for it (test.evaluator; auto: by data.test.format).")
+    p = argparse.ArgumentParser(
+        description="Evaluate a checkpoint on the config's test set with the evaluator "
+        "registered for it (test.evaluator; auto: by data.test.format)."
+    )
     p.add_argument("config", help="YAML config or packaged config name whose data.test set is evaluated")
     add_weights_argument(p, "checkpoint to evaluate (default: model.weights)")
     p.add_argument("--output", help="metrics.json path (default: output_dir/metrics.json)")

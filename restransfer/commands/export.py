@@ -12,6 +12,7 @@ disagreement is an error. restransfer/inference/export.py documents what is fixe
 A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the traceback).
 The installed command: ``restransfer export CONFIG --weights W --format onnx --output model.onnx``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,21 +36,36 @@ def _parser() -> argparse.ArgumentParser:
     p = model_parser(__doc__)
     p.add_argument("--format", required=True, choices=("torchscript", "onnx"))
     p.add_argument("--output", required=True, help="file to write (.pt for TorchScript, .onnx for ONNX)")
-    p.add_argument("--size", type=int, nargs=2, default=(800, 1067), metavar=("H", "W"),
-                   help="example image size the graph is recorded on; the one size accepted with --static "
-                        "(default 800 1067)")
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=(800, 1067),
+        metavar=("H", "W"),
+        help="example image size the graph is recorded on; the one size accepted with --static (default 800 1067)",
+    )
     shape = p.add_mutually_exclusive_group()
     shape.add_argument("--dynamic", action="store_true", help="any image size (the default; kept for old scripts)")
     shape.add_argument("--static", action="store_true", help="accept images of --size only")
-    p.add_argument("--exporter", choices=EXPORTERS, default="auto",
-                   help="ONNX exporter: torch.export where it can capture the model, else the TorchScript-based one "
-                        "(auto, the default), or only one of them")
+    p.add_argument(
+        "--exporter",
+        choices=EXPORTERS,
+        default="auto",
+        help="ONNX exporter: torch.export where it can capture the model, else the TorchScript-based one "
+        "(auto, the default), or only one of them",
+    )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17; at least 18 with torch.export)")
-    p.add_argument("--verify", action="store_true",
-                   help="compare the file's detections with the PyTorch model's at several image sizes")
-    p.add_argument("--verify-sizes", type=_sizes, metavar="HxW[,HxW...]",
-                   help="image sizes for --verify (implies it; default "
-                        + ",".join(f"{h}x{w}" for h, w in VERIFY_SIZES) + ")")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="compare the file's detections with the PyTorch model's at several image sizes",
+    )
+    p.add_argument(
+        "--verify-sizes",
+        type=_sizes,
+        metavar="HxW[,HxW...]",
+        help="image sizes for --verify (implies it; default " + ",".join(f"{h}x{w}" for h, w in VERIFY_SIZES) + ")",
+    )
     return p
 
 
@@ -71,8 +87,9 @@ def main(argv=None) -> int:
         print("warning: no --weights or model.weights: exporting an untrained model", file=sys.stderr)
     model = build_model(cfg).eval()
     size = tuple(args.size)
-    result = export_model(model, args.output, args.format, size=size, dynamic=not args.static, opset=args.opset,
-                          exporter=args.exporter)
+    result = export_model(
+        model, args.output, args.format, size=size, dynamic=not args.static, opset=args.opset, exporter=args.exporter
+    )
     print(result.describe())
     if args.verify or args.verify_sizes:
         reports = verify_export_sizes(model, result.path, [size] if args.static else args.verify_sizes or VERIFY_SIZES)

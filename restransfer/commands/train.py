@@ -5,6 +5,7 @@ A detection config (``model.arch``: faster_rcnn, mask_rcnn) trains through :mod:
 (``tools/train_cls.py``); every option, message and exit status is that tool's. CONFIG is a YAML file or a
 packaged config's name (``restransfer configs`` lists them).
 """
+
 from __future__ import annotations
 
 import os

@@ -10,19 +10,22 @@ A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the trac
 ``restransfer train CONFIG ...`` runs this for a classification config.
 """
 
-
 from .. import distributed
 from ..classification.config import load_cls_config
 from ..classification.train import train_classifier
 from ..cli import note_output, parse_training_args, training_parser
 
-MEMORY_HINT = ("lower the images per forward pass (solver.{batch_key}; gradient accumulation "
-               "keeps solver.ims_per_batch) or input.crop / input.scale_max")
+MEMORY_HINT = (
+    "lower the images per forward pass (solver.{batch_key}; gradient accumulation "
+    "keeps solver.ims_per_batch) or input.crop / input.scale_max"
+)
 
 
 def main(argv=None) -> int:
-    parser = training_parser("Train a ResNet classifier from a YAML config.",
-                             config_help="YAML config file (see configs/imagenet_cls_r101.yaml)")
+    parser = training_parser(
+        "Train a ResNet classifier from a YAML config.",
+        config_help="YAML config file (see configs/imagenet_cls_r101.yaml)",
+    )
     args = parse_training_args(parser, argv)
     cfg = load_cls_config(args.config, args.overrides)
     note_output("output_dir", cfg.output_dir)

@@ -19,8 +19,11 @@ MEMORY_HINT = TRAIN_MEMORY_HINT
 
 def main(argv=None) -> int:
     parser = training_parser("Train a Faster/Mask R-CNN from a YAML config.")
-    parser.add_argument("--eval-only", action="store_true",
-                        help="only evaluate model.weights (or the last checkpoint of output_dir) on data.test")
+    parser.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="only evaluate model.weights (or the last checkpoint of output_dir) on data.test",
+    )
     args = parse_training_args(parser, argv)
     if args.eval_only and (args.resume or args.restart):
         parser.error("--eval-only trains nothing: leave out --resume/--restart")

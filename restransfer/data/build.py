@@ -1,4 +1,5 @@
 """Datasets and DataLoaders from the config: the one place where ``cfg.data`` and ``cfg.input`` are read."""
+
 from __future__ import annotations
 
 import bisect
@@ -12,14 +13,15 @@ from omegaconf import DictConfig
 from torch.utils.data import ConcatDataset, DataLoader
 
 from restransfer.config import resolve_path
-from restransfer.devices import resolve_device
 from restransfer.data.coco import DATASETS_README, CocoDataset
 from restransfer.data.image_io import DEFAULT_MAX_IMAGE_PIXELS
 from restransfer.data.samplers import InferenceSampler, TrainingBatchSampler, aspect_ratio_groups, batch_layout
 from restransfer.data.shapes import ensure_shapes
 from restransfer.data.transforms import TrainAugmentation, build_transforms
 from restransfer.data.voc import VOC_CLASSES, VocDataset
-from restransfer.data.voc_shapes import DEFAULT_CLASSES as SHAPES_CLASSES, ensure_voc_shapes
+from restransfer.data.voc_shapes import DEFAULT_CLASSES as SHAPES_CLASSES
+from restransfer.data.voc_shapes import ensure_voc_shapes
+from restransfer.devices import resolve_device
 from restransfer.errors import ConfigError, DataError
 
 __all__ = [
@@ -95,7 +97,8 @@ def _generate_if_missing(spec: Any, json_path: Path, key: str) -> None:
     if json_path.parent.name != "annotations" or json_path.name not in ("train.json", "val.json"):
         raise ConfigError(
             f"{key}.json: {json_path}: the shapes generator writes ROOT/annotations/{{train,val}}.json; "
-            f"point json at such a path (see {DATASETS_README})")
+            f"point json at such a path (see {DATASETS_README})"
+        )
     logger.info("generating the synthetic shapes set under %s", root)
     ensure_shapes(root)
 
@@ -105,9 +108,11 @@ def _check_generated_layout(spec: Any, json_path: Path, image_root: Path, key: s
     if spec.generate is not None and image_root.absolute() != expected.absolute():
         entry = "{json: ..., image_root: ...}"
         whole = f"data.train=[{entry}]" if key.startswith("data.train") else f"{key}={entry}"
-        raise ConfigError(f"{key}.image_root: {image_root}: the shapes generator puts the images of {json_path.name} "
-                          f"in {expected}; set image_root to it, or for a dataset of your own give the whole entry "
-                          f"({whole}: a new entry keeps no generate from the base config) (see {DATASETS_README})")
+        raise ConfigError(
+            f"{key}.image_root: {image_root}: the shapes generator puts the images of {json_path.name} "
+            f"in {expected}; set image_root to it, or for a dataset of your own give the whole entry "
+            f"({whole}: a new entry keeps no generate from the base config) (see {DATASETS_README})"
+        )
 
 
 def dataset_from_spec(
@@ -132,22 +137,43 @@ def dataset_from_spec(
     ``uint8_images`` makes images uint8 (3, H, W) in 0..255 (the training loader's; see :class:`CocoDataset`).
     """
     if spec.format == "voc":
-        return _voc_dataset(spec, key, with_masks, use_difficult, transforms=transforms, is_train=is_train,
-                            filter_empty=filter_empty, allow_outside_root=allow_outside_root,
-                            max_image_pixels=max_image_pixels, uint8_images=uint8_images)
+        return _voc_dataset(
+            spec,
+            key,
+            with_masks,
+            use_difficult,
+            transforms=transforms,
+            is_train=is_train,
+            filter_empty=filter_empty,
+            allow_outside_root=allow_outside_root,
+            max_image_pixels=max_image_pixels,
+            uint8_images=uint8_images,
+        )
     if spec.format not in _COCO_JSON_FORMATS:
-        raise ConfigError(f"{key}.format: {spec.format!r} is not supported; use one of {', '.join(_COCO_JSON_FORMATS)}, "
-                          f"voc (ImageNet data is read through its converted COCO json, see {DATASETS_README})")
+        raise ConfigError(
+            f"{key}.format: {spec.format!r} is not supported; use one of {', '.join(_COCO_JSON_FORMATS)}, "
+            f"voc (ImageNet data is read through its converted COCO json, see {DATASETS_README})"
+        )
     if not spec.json or not spec.image_root:
-        raise ConfigError(f"{key}: needs both json and image_root, e.g. {{json: datasets/coco/annotations/"
-                          f"instances_val2017.json, image_root: datasets/coco/val2017}} (see {DATASETS_README})")
+        raise ConfigError(
+            f"{key}: needs both json and image_root, e.g. {{json: datasets/coco/annotations/"
+            f"instances_val2017.json, image_root: datasets/coco/val2017}} (see {DATASETS_README})"
+        )
     json_path, image_root = Path(resolve_path(spec.json)), Path(resolve_path(spec.image_root))
     _generate_if_missing(spec, json_path, key)
     _check_generated_layout(spec, json_path, image_root, key)
-    ds = CocoDataset(json_path, image_root, transforms=transforms, with_masks=with_masks,
-                     filter_empty=filter_empty, is_train=is_train, name=spec.name or None,
-                     allow_outside_root=allow_outside_root, max_image_pixels=max_image_pixels,
-                     uint8_images=uint8_images)
+    ds = CocoDataset(
+        json_path,
+        image_root,
+        transforms=transforms,
+        with_masks=with_masks,
+        filter_empty=filter_empty,
+        is_train=is_train,
+        name=spec.name or None,
+        allow_outside_root=allow_outside_root,
+        max_image_pixels=max_image_pixels,
+        uint8_images=uint8_images,
+    )
     logger.info("%s: %s: %d images, %d classes", key, ds.name, len(ds), len(ds.class_names))
     return ds
 
@@ -156,13 +182,16 @@ def _voc_dataset(spec: Any, key: str, with_masks: bool, use_difficult: bool, **o
     """A :class:`VocDataset` of one ``format: voc`` entry (``options``: CocoDataset's keyword arguments)."""
     missing = [k for k in ("root", "year", "split") if spec[k] is None]
     if missing or spec.json or spec.image_root:
-        raise ConfigError(f"{key}: a format voc entry names root, year and split (and optionally classes), e.g. "
-                          f"{{format: voc, root: datasets/VOCdevkit, year: 2007, split: trainval}}"
-                          + (f"; missing: {', '.join(missing)}" if missing else "; json/image_root are for COCO "
-                             "json entries") + f" (see {DATASETS_README})")
+        raise ConfigError(
+            f"{key}: a format voc entry names root, year and split (and optionally classes), e.g. "
+            f"{{format: voc, root: datasets/VOCdevkit, year: 2007, split: trainval}}"
+            + (f"; missing: {', '.join(missing)}" if missing else "; json/image_root are for COCO json entries")
+            + f" (see {DATASETS_README})"
+        )
     if with_masks:
-        raise ConfigError(f"{key}: PASCAL VOC entries have boxes only; use model.arch=faster_rcnn (or "
-                          "data.with_masks=false)")
+        raise ConfigError(
+            f"{key}: PASCAL VOC entries have boxes only; use model.arch=faster_rcnn (or data.with_masks=false)"
+        )
     if spec.generate not in (None, "voc_shapes"):
         raise ConfigError(f"{key}.generate: {spec.generate!r}; the generator of format voc entries is 'voc_shapes'")
     root = Path(resolve_path(spec.root))
@@ -170,8 +199,9 @@ def _voc_dataset(spec: Any, key: str, with_masks: bool, use_difficult: bool, **o
     if spec.generate is not None:
         logger.info("generating the VOC-layout shapes set under %s if missing", root)
         ensure_voc_shapes(root, year=spec.year, classes=classes)
-    ds = VocDataset(root, spec.year, spec.split, classes=classes, use_difficult=use_difficult,
-                    name=spec.name or None, **options)
+    ds = VocDataset(
+        root, spec.year, spec.split, classes=classes, use_difficult=use_difficult, name=spec.name or None, **options
+    )
     logger.info("%s: %s: %d images, %d classes", key, ds.name, len(ds), len(ds.class_names))
     return ds
 
@@ -191,42 +221,63 @@ def build_train_dataset(cfg: DictConfig, entries: Optional[Sequence[Any]] = None
     """
     entries = cfg.data.train if entries is None else entries
     if not entries:
-        raise ConfigError("data.train is empty: set it to a list like [{json: PATH, image_root: DIR}] "
-                          f"(see {DATASETS_README})")
-    transforms = build_transforms(list(cfg.input.min_size_train), cfg.input.max_size_train,
-                                  cfg.input.hflip_prob, cfg.input.color_jitter, is_train=True)
+        raise ConfigError(
+            f"data.train is empty: set it to a list like [{{json: PATH, image_root: DIR}}] (see {DATASETS_README})"
+        )
+    transforms = build_transforms(
+        list(cfg.input.min_size_train),
+        cfg.input.max_size_train,
+        cfg.input.hflip_prob,
+        cfg.input.color_jitter,
+        is_train=True,
+    )
     datasets = [
-        dataset_from_spec(spec, key=f"data.train[{i}]", is_train=True, transforms=transforms,
-                          with_masks=uses_masks(cfg), filter_empty=cfg.data.filter_empty,
-                          allow_outside_root=cfg.data.allow_outside_root,
-                          max_image_pixels=cfg.data.max_image_pixels, use_difficult=cfg.data.voc_use_difficult,
-                          uint8_images=True)  # the model converts: a quarter of the bytes to move
+        dataset_from_spec(
+            spec,
+            key=f"data.train[{i}]",
+            is_train=True,
+            transforms=transforms,
+            with_masks=uses_masks(cfg),
+            filter_empty=cfg.data.filter_empty,
+            allow_outside_root=cfg.data.allow_outside_root,
+            max_image_pixels=cfg.data.max_image_pixels,
+            use_difficult=cfg.data.voc_use_difficult,
+            uint8_images=True,
+        )  # the model converts: a quarter of the bytes to move
         for i, spec in enumerate(entries)
     ]
     reference = _categories(datasets[0])
     for ds in datasets[1:]:
         if _categories(ds) != reference:
-            raise DataError(f"data.train: {datasets[0].json_path} and {ds.json_path} have different categories "
-                            f"(ids and names must match to be trained together)")
+            raise DataError(
+                f"data.train: {datasets[0].json_path} and {ds.json_path} have different categories "
+                f"(ids and names must match to be trained together)"
+            )
     for ds in datasets:
         if len(ds) == 0:
             raise DataError(f"data.train: {ds.json_path} has no usable training images (under {ds.image_root})")
         if ds.num_targets == 0:
-            raise DataError(f"data.train: {ds.json_path} has no usable annotations on its {len(ds)} images "
-                            f"(see the warnings above); a training set needs objects to learn from")
+            raise DataError(
+                f"data.train: {ds.json_path} has no usable annotations on its {len(ds)} images "
+                f"(see the warnings above); a training set needs objects to learn from"
+            )
     return CocoConcatDataset(datasets)
 
 
 def build_test_dataset(cfg: DictConfig) -> CocoDataset:
     """The ``cfg.data.test`` dataset, unaugmented (the model resizes test images itself)."""
     if cfg.data.test is None:
-        raise ConfigError("data.test is not set: give {json: PATH, image_root: DIR} "
-                          f"(see {DATASETS_README})")
-    return dataset_from_spec(cfg.data.test, key="data.test", is_train=False,
-                             transforms=build_transforms([], 0, is_train=False),
-                             with_masks=uses_masks(cfg), filter_empty=False,
-                             allow_outside_root=cfg.data.allow_outside_root,
-                             max_image_pixels=cfg.data.max_image_pixels)
+        raise ConfigError(f"data.test is not set: give {{json: PATH, image_root: DIR}} (see {DATASETS_README})")
+    return dataset_from_spec(
+        cfg.data.test,
+        key="data.test",
+        is_train=False,
+        transforms=build_transforms([], 0, is_train=False),
+        with_masks=uses_masks(cfg),
+        filter_empty=False,
+        allow_outside_root=cfg.data.allow_outside_root,
+        max_image_pixels=cfg.data.max_image_pixels,
+    )
 
 
 def _pin_memory(device: str) -> bool:
@@ -247,9 +298,15 @@ def _private_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
-def build_train_loader(cfg: DictConfig, start_iter: int = 0, rank: int = 0, world_size: int = 1,
-                       dataset: Optional[CocoConcatDataset] = None, batch_size: Optional[int] = None,
-                       num_workers: Optional[int] = None) -> DataLoader:
+def build_train_loader(
+    cfg: DictConfig,
+    start_iter: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    dataset: Optional[CocoConcatDataset] = None,
+    batch_size: Optional[int] = None,
+    num_workers: Optional[int] = None,
+) -> DataLoader:
     """Endless DataLoader of training batches for this process.
 
     Each batch is ``(images, targets)``: tuples of ``batch_size`` (3, H, W) uint8 tensors (RGB, 0..255: the
@@ -264,18 +321,37 @@ def build_train_loader(cfg: DictConfig, start_iter: int = 0, rank: int = 0, worl
         batch_size = batch_layout(cfg.solver.ims_per_batch, cfg.solver.ims_per_device, world_size).per_device
     dataset = dataset if dataset is not None else build_train_dataset(cfg)
     groups = aspect_ratio_groups(dataset.aspect_ratios()) if cfg.data.aspect_ratio_grouping else None
-    sampler = TrainingBatchSampler(len(dataset), batch_size, group_ids=groups, seed=cfg.seed,
-                                   rank=rank, world_size=world_size, start_iter=start_iter)
+    sampler = TrainingBatchSampler(
+        len(dataset),
+        batch_size,
+        group_ids=groups,
+        seed=cfg.seed,
+        rank=rank,
+        world_size=world_size,
+        start_iter=start_iter,
+    )
     workers = int(cfg.data.num_workers if num_workers is None else num_workers)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=trivial_batch_collator,
-                      persistent_workers=workers > 0, pin_memory=_pin_memory(cfg.device),
-                      generator=_private_generator(cfg.seed + rank))
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        collate_fn=trivial_batch_collator,
+        persistent_workers=workers > 0,
+        pin_memory=_pin_memory(cfg.device),
+        generator=_private_generator(cfg.seed + rank),
+    )
 
 
 def build_test_loader(cfg: DictConfig, dataset: CocoDataset, rank: int = 0, world_size: int = 1) -> DataLoader:
     """DataLoader over this process's contiguous shard of ``dataset``, ``cfg.test.ims_per_batch`` per batch."""
     workers = int(cfg.data.num_workers)
-    return DataLoader(dataset, sampler=InferenceSampler(len(dataset), rank, world_size),
-                      batch_size=cfg.test.ims_per_batch, num_workers=workers, collate_fn=trivial_batch_collator,
-                      persistent_workers=workers > 0, pin_memory=_pin_memory(cfg.device),
-                      generator=_private_generator(cfg.seed + rank))
+    return DataLoader(
+        dataset,
+        sampler=InferenceSampler(len(dataset), rank, world_size),
+        batch_size=cfg.test.ims_per_batch,
+        num_workers=workers,
+        collate_fn=trivial_batch_collator,
+        persistent_workers=workers > 0,
+        pin_memory=_pin_memory(cfg.device),
+        generator=_private_generator(cfg.seed + rank),
+    )

@@ -11,6 +11,7 @@ Test views (``CROPS``) of one RGB image:
 Classification training (:mod:`restransfer.classification.data`), classification testing and the
 localization task's classifier scores (:mod:`restransfer.inference.classifier`) all prepare images here.
 """
+
 from __future__ import annotations
 
 from typing import List, Sequence
@@ -45,7 +46,7 @@ def center_crop(img: np.ndarray, crop: int) -> np.ndarray:
     """The central ``crop`` x ``crop`` window of (H, W, C) ``img``."""
     h, w = img.shape[:2]
     y, x = (h - crop) // 2, (w - crop) // 2
-    return img[y:y + crop, x:x + crop]
+    return img[y : y + crop, x : x + crop]
 
 
 def ten_crops(img: np.ndarray, crop: int) -> np.ndarray:
@@ -55,8 +56,9 @@ def ten_crops(img: np.ndarray, crop: int) -> np.ndarray:
     return torch.stack(TF.ten_crop(t, [crop, crop])).permute(0, 2, 3, 1).numpy()
 
 
-def image_views(img: np.ndarray, mode: str, *, crop: int, test_size: int,
-                scales: Sequence[int] = ()) -> List[np.ndarray]:
+def image_views(
+    img: np.ndarray, mode: str, *, crop: int, test_size: int, scales: Sequence[int] = ()
+) -> List[np.ndarray]:
     """The test views of one RGB image as groups of equally sized views ``(V, H, W, 3)``: one group for
     ``center`` (V=1) and ``10crop`` (V=10), one per scale for ``fcn`` (the image and its flip, V=2)."""
     if mode not in CROPS:

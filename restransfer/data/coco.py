@@ -31,6 +31,7 @@ Bad data never stops a run:
 The counters (``num_skipped``, ``num_dropped_boxes``) live in shared memory, so counts made inside
 DataLoader worker processes are visible in the main process.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,14 +47,25 @@ from torch.utils.data import Dataset
 
 from restransfer.boxes import xywh_to_xyxy
 from restransfer.data.coco_checks import (  # noqa: F401  (load_coco_json .. rle_counts re-exported)
-    box_problem, load_coco_json, rle_counts, segmentation_problem, segmentation_problems,
+    box_problem,
+    load_coco_json,
+    rle_counts,
+    segmentation_problem,
+    segmentation_problems,
 )
 from restransfer.data.image_io import DEFAULT_MAX_IMAGE_PIXELS, CorruptImageError, read_image
 from restransfer.data.transforms import TrainAugmentation
 from restransfer.errors import DataError
 
-__all__ = ["CocoDataset", "load_coco_json", "box_problem", "segmentation_problem", "segmentation_problems",
-           "rle_counts", "DATASETS_README"]
+__all__ = [
+    "CocoDataset",
+    "load_coco_json",
+    "box_problem",
+    "segmentation_problem",
+    "segmentation_problems",
+    "rle_counts",
+    "DATASETS_README",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +192,7 @@ class CocoDataset(Dataset):
         cats = sorted(self.coco.dataset["categories"], key=lambda c: c["id"])
         self.class_names: List[str] = [str(c["name"]) for c in cats]
         self.label_to_cat_id: Dict[int, int] = {i + 1: int(c["id"]) for i, c in enumerate(cats)}
-        self.cat_id_to_label: Dict[int, int] = {c: l for l, c in self.label_to_cat_id.items()}
+        self.cat_id_to_label: Dict[int, int] = {c: label for label, c in self.label_to_cat_id.items()}
 
         image_ids = sorted(self.coco.imgs)
         if not allow_outside_root:
@@ -207,7 +219,12 @@ class CocoDataset(Dataset):
             logger.warning(
                 "%s: %d of %d images have a file_name that is absolute or leaves the image folder %s with '..' and "
                 "are left out: %s (set data.allow_outside_root: true to read them)",
-                self.json_path, len(outside), len(image_ids), self.image_root, self._shown_names(outside))
+                self.json_path,
+                len(outside),
+                len(image_ids),
+                self.image_root,
+                self._shown_names(outside),
+            )
             refused = set(outside)
             image_ids = [i for i in image_ids if i not in refused]
         return image_ids
@@ -223,8 +240,15 @@ class CocoDataset(Dataset):
             logger.warning(
                 "%s: %d of %d images are larger than data.max_image_pixels (%g megapixels; first: %s, %dx%d) and are "
                 "left out without being decoded: %s (raise data.max_image_pixels to read them)",
-                self.json_path, len(large), len(image_ids), self.max_image_pixels / 1e6, first["file_name"],
-                first["width"], first["height"], self._shown_names(large))
+                self.json_path,
+                len(large),
+                len(image_ids),
+                self.max_image_pixels / 1e6,
+                first["file_name"],
+                first["width"],
+                first["height"],
+                self._shown_names(large),
+            )
             refused = set(large)
             image_ids = [i for i in image_ids if i not in refused]
         return image_ids
@@ -238,7 +262,13 @@ class CocoDataset(Dataset):
             n_anns = sum(len(self.coco.imgToAnns.get(i, ())) for i in missing)
             logger.warning(
                 "%s: %d of %d images (with %d annotations) have no file under %s and are left out: %s",
-                self.name, len(missing), len(image_ids), n_anns, self.image_root, self._shown_names(missing))
+                self.name,
+                len(missing),
+                len(image_ids),
+                n_anns,
+                self.image_root,
+                self._shown_names(missing),
+            )
             image_ids = [i for i in image_ids if i not in missing_set]
         return image_ids
 
@@ -272,19 +302,24 @@ class CocoDataset(Dataset):
         nothing_left = np.flatnonzero((broken > 0) & (counts == 0))
         self._report_broken(len(nothing_left))
         if unknown_cats:
-            logger.warning("%s: %d annotations use category ids missing from the categories list; ignored",
-                           self.name, unknown_cats)
+            logger.warning(
+                "%s: %d annotations use category ids missing from the categories list; ignored", self.name, unknown_cats
+            )
         boxes_xyxy = xywh_to_xyxy(np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
-        sizes = np.array([(self.coco.imgs[i]["width"], self.coco.imgs[i]["height"]) for i in image_ids],
-                         dtype=np.float64).reshape(-1, 2)
+        sizes = np.array(
+            [(self.coco.imgs[i]["width"], self.coco.imgs[i]["height"]) for i in image_ids], dtype=np.float64
+        ).reshape(-1, 2)
         per_box_size = np.repeat(sizes, counts, axis=0)
         np.clip(boxes_xyxy[:, 0::2], 0, per_box_size[:, :1], out=boxes_xyxy[:, 0::2])
         np.clip(boxes_xyxy[:, 1::2], 0, per_box_size[:, 1:], out=boxes_xyxy[:, 1::2])
         keep = (boxes_xyxy[:, 2] > boxes_xyxy[:, 0]) & (boxes_xyxy[:, 3] > boxes_xyxy[:, 1])
         self.num_dropped_at_load = int((~keep).sum())
         if self.num_dropped_at_load:
-            logger.warning("%s: %d boxes have zero area inside their image (after clipping) and are dropped",
-                           self.name, self.num_dropped_at_load)
+            logger.warning(
+                "%s: %d boxes have zero area inside their image (after clipping) and are dropped",
+                self.name,
+                self.num_dropped_at_load,
+            )
         owner = np.repeat(np.arange(len(image_ids)), counts)[keep]
         self._boxes = boxes_xyxy[keep].astype(np.float32)
         self._labels = np.asarray(labels, dtype=np.int64)[keep]
@@ -301,16 +336,23 @@ class CocoDataset(Dataset):
         problems = [None if (p := box_problem(a["bbox"])) is None else ("box", p) for a in anns]
         if self.with_masks:
             imgs = self.coco.imgs
-            segm = segmentation_problems([a.get("segmentation") for a in anns],
-                                         [(imgs[i]["height"], imgs[i]["width"]) for i in img_ids])
+            segm = segmentation_problems(
+                [a.get("segmentation") for a in anns], [(imgs[i]["height"], imgs[i]["width"]) for i in img_ids]
+            )
             problems = [p or q for p, q in zip(problems, segm)]
         return problems
 
     def _skip_broken(self, ann: Dict[str, Any], img: Dict[str, Any], kind: str, problem: str) -> None:
         """Count a broken annotation by kind; the first few are named in a warning each."""
         if sum(self.broken_annotations.values()) < _SHOW_BROKEN:
-            logger.warning("%s: annotation %s of image %s (%s): %s; the annotation is skipped",
-                           self.json_path, ann["id"], img["id"], img["file_name"], problem)
+            logger.warning(
+                "%s: annotation %s of image %s (%s): %s; the annotation is skipped",
+                self.json_path,
+                ann["id"],
+                img["id"],
+                img["file_name"],
+                problem,
+            )
         self.broken_annotations[kind] += 1
 
     def _report_broken(self, num_emptied: int) -> None:
@@ -321,11 +363,18 @@ class CocoDataset(Dataset):
         named = "" if total <= _SHOW_BROKEN else f"; the first {_SHOW_BROKEN} are named above"
         emptied = ""
         if num_emptied:
-            emptied = (f"; {num_emptied} images have no other annotation and are "
-                       + ("left out" if self.is_train else "kept without targets"))
-        logger.warning("%s: %d broken annotations skipped (%s)%s%s. Fix or remove them in the annotation file "
-                       "(COCO format: https://cocodataset.org/#format-data)",
-                       self.json_path, total, kinds, named, emptied)
+            emptied = f"; {num_emptied} images have no other annotation and are " + (
+                "left out" if self.is_train else "kept without targets"
+            )
+        logger.warning(
+            "%s: %d broken annotations skipped (%s)%s%s. Fix or remove them in the annotation file "
+            "(COCO format: https://cocodataset.org/#format-data)",
+            self.json_path,
+            total,
+            kinds,
+            named,
+            emptied,
+        )
 
     @property
     def num_targets(self) -> int:
@@ -345,8 +394,13 @@ class CocoDataset(Dataset):
         """Warn once about target annotations without a segmentation (their box becomes the mask)."""
         bad = [int(a) for a in self._ann_ids if not _has_segmentation(self.coco.anns[int(a)])]
         if bad:
-            logger.warning("%s: %d of %d annotations have no segmentation (first: id %d); their boxes are "
-                           "used as masks", self.name, len(bad), len(self._ann_ids), bad[0])
+            logger.warning(
+                "%s: %d of %d annotations have no segmentation (first: id %d); their boxes are used as masks",
+                self.name,
+                len(bad),
+                len(self._ann_ids),
+                bad[0],
+            )
 
     # ----------------------------------------------------------------------------------- queries
 
@@ -391,7 +445,8 @@ class CocoDataset(Dataset):
                 if image.shape[:2] != (h, w):
                     raise CorruptImageError(
                         f"{self.image_path(i)}: decoded size {image.shape[1]}x{image.shape[0]} differs from the "
-                        f"json's {w}x{h}; the annotations would not fit it")
+                        f"json's {w}x{h}; the annotations would not fit it"
+                    )
             except CorruptImageError as e:
                 self._count(_SKIPPED)
                 action = "using the next image" if self.is_train else "using a black image"
@@ -440,7 +495,7 @@ class CocoDataset(Dataset):
             if rle is None:
                 # No usable outline: the box is the best available mask.
                 x1, y1, x2, y2 = boxes[k]
-                masks[k, int(y1):int(np.ceil(y2)), int(x1):int(np.ceil(x2))] = 1
+                masks[k, int(y1) : int(np.ceil(y2)), int(x1) : int(np.ceil(x2))] = 1
             else:
                 rles.append(rle)
                 slots.append(k)

@@ -11,6 +11,7 @@
   list before either COCO engine runs, so that both refuse the same inputs with the same ``ValueError``
   naming the file, the entry index, the annotation id and the image.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,16 +29,26 @@ from pycocotools.coco import COCO
 from ..errors import DataError
 from .json_io import read_json
 
-__all__ = ["load_coco_json", "box_problem", "rle_counts", "segmentation_problem", "segmentation_problems",
-           "check_ground_truth", "check_results", "check_unique_ids", "duplicate_ids"]
+__all__ = [
+    "load_coco_json",
+    "box_problem",
+    "rle_counts",
+    "segmentation_problem",
+    "segmentation_problems",
+    "check_ground_truth",
+    "check_results",
+    "check_unique_ids",
+    "duplicate_ids",
+]
 
 logger = logging.getLogger(__name__)
 
 
 def _require(cond: bool, json_path: Path, where: str, what: str) -> None:
     if not cond:
-        raise DataError(f"{json_path}: {where}: {what}. Fix the annotation file (COCO format: "
-                         f"https://cocodataset.org/#format-data)")
+        raise DataError(
+            f"{json_path}: {where}: {what}. Fix the annotation file (COCO format: https://cocodataset.org/#format-data)"
+        )
 
 
 _NUMBER_TYPES = (int, float, np.integer, np.floating)
@@ -158,8 +169,9 @@ def _rle_size_problem(segm: Dict[str, Any], height: Optional[int], width: Option
 def _polygon_problem(segm: List[Any]) -> Optional[str]:
     for k, part in enumerate(segm):
         # Whole-list checks (types as a set, finiteness of the sum): COCO-sized files have millions of points.
-        if not isinstance(part, list) or not all(issubclass(t, _NUMBER_TYPES) and t is not bool
-                                                 for t in set(map(type, part))):
+        if not isinstance(part, list) or not all(
+            issubclass(t, _NUMBER_TYPES) and t is not bool for t in set(map(type, part))
+        ):
             return f"polygon part {k} is not a list of coordinates [x1, y1, x2, y2, ...]"
         if len(part) < 6 or len(part) % 2:
             return f"polygon part {k} has {len(part)} coordinates; it needs 3 or more (x, y) points"
@@ -182,8 +194,9 @@ def _chunks(items: List[int], sizes: List[int], budget: int = 1 << 22) -> Iterat
         yield chunk
 
 
-def segmentation_problems(segms: Sequence[Any],
-                          sizes: Sequence[Tuple[Optional[int], Optional[int]]]) -> List[Optional[Tuple[str, str]]]:
+def segmentation_problems(
+    segms: Sequence[Any], sizes: Sequence[Tuple[Optional[int], Optional[int]]]
+) -> List[Optional[Tuple[str, str]]]:
     """Why each COCO ``segmentation`` cannot be rasterised: ``(kind, description)``, or None when it can.
 
     ``kind`` is ``"polygon"`` (a part with fewer than 3 points, an odd or non-finite coordinate
@@ -225,13 +238,16 @@ def segmentation_problems(segms: Sequence[Any],
             elif smallest[j] < 0:
                 problems[i] = ("RLE", f"RLE counts string decodes to a negative run ({int(smallest[j])})")
             elif int(total[j]) != h * w:
-                problems[i] = ("RLE", f"RLE counts string decodes to runs summing to {int(total[j])}, "
-                                      f"not height * width = {h * w}")
+                problems[i] = (
+                    "RLE",
+                    f"RLE counts string decodes to runs summing to {int(total[j])}, not height * width = {h * w}",
+                )
     return problems
 
 
-def segmentation_problem(segm: Any, height: Optional[int] = None,
-                         width: Optional[int] = None) -> Optional[Tuple[str, str]]:
+def segmentation_problem(
+    segm: Any, height: Optional[int] = None, width: Optional[int] = None
+) -> Optional[Tuple[str, str]]:
     """:func:`segmentation_problems` of one segmentation."""
     return segmentation_problems([segm], [(height, width)])[0]
 
@@ -241,9 +257,11 @@ def _require_int_ids(entries: List[Any], key: str, json_path: Path, section: str
     if _all_of_types((e[key] for e in entries), int, np.integer):
         return
     i = next(i for i, e in enumerate(entries) if not _is_int(e[key]))
-    raise DataError(f"{json_path}: {section}[{i}].{key}: {entries[i][key]!r} is not an integer; COCO ids are "
-                    "integers (results files and annotations refer to images and categories by them). Fix the "
-                    "annotation file (COCO format: https://cocodataset.org/#format-data)")
+    raise DataError(
+        f"{json_path}: {section}[{i}].{key}: {entries[i][key]!r} is not an integer; COCO ids are "
+        "integers (results files and annotations refer to images and categories by them). Fix the "
+        "annotation file (COCO format: https://cocodataset.org/#format-data)"
+    )
 
 
 def duplicate_ids(entries: Sequence[Mapping[str, Any]], key: str = "id") -> Dict[Any, List[int]]:
@@ -260,8 +278,10 @@ def duplicate_ids(entries: Sequence[Mapping[str, Any]], key: str = "id") -> Dict
 
 
 def _describe_duplicates(dupes: Dict[Any, List[int]], section: str, what: str) -> str:
-    shown = "; ".join(f"{what} {v!r} at " + ", ".join(f"{section}[{i}]" for i in pos[:4]) + (" ..." if len(pos) > 4 else "")
-                      for v, pos in list(dupes.items())[:3])
+    shown = "; ".join(
+        f"{what} {v!r} at " + ", ".join(f"{section}[{i}]" for i in pos[:4]) + (" ..." if len(pos) > 4 else "")
+        for v, pos in list(dupes.items())[:3]
+    )
     more = f" and {len(dupes) - 3} more" if len(dupes) > 3 else ""
     return f"{len(dupes)} {what}s appear more than once ({shown}{more})"
 
@@ -303,30 +323,47 @@ def load_coco_json(json_path: Union[str, os.PathLike], duplicates: str = "error"
         _require(isinstance(data.get(key), list), json_path, key, "missing or not a list")
     # A file without the key is more likely an image-info file or a truncated export than a set
     # without objects; a set without objects says so with an empty list.
-    _require("annotations" in data, json_path, "annotations",
-             'missing (an image-info file?); a set whose images have no objects needs "annotations": []')
+    _require(
+        "annotations" in data,
+        json_path,
+        "annotations",
+        'missing (an image-info file?); a set whose images have no objects needs "annotations": []',
+    )
     _require(isinstance(data["annotations"], list), json_path, "annotations", "not a list")
     for i, img in enumerate(data["images"]):
         ok = isinstance(img, dict) and all(k in img for k in ("id", "file_name", "width", "height"))
         _require(ok, json_path, f"images[{i}]", "needs id, file_name, width and height")
-        _require(isinstance(img["file_name"], str) and img["file_name"] != "", json_path,
-                 f"images[{i}] (id {img['id']!r})", f"file_name must be a non-empty path, got {img['file_name']!r}")
-        _require(_is_finite_number(img["width"]) and _is_finite_number(img["height"])
-                 and img["width"] > 0 and img["height"] > 0,
-                 json_path, f"images[{i}] (id {img['id']!r})",
-                 f"width/height must be positive numbers, got {img['width']!r}x{img['height']!r}")
+        _require(
+            isinstance(img["file_name"], str) and img["file_name"] != "",
+            json_path,
+            f"images[{i}] (id {img['id']!r})",
+            f"file_name must be a non-empty path, got {img['file_name']!r}",
+        )
+        _require(
+            _is_finite_number(img["width"])
+            and _is_finite_number(img["height"])
+            and img["width"] > 0
+            and img["height"] > 0,
+            json_path,
+            f"images[{i}] (id {img['id']!r})",
+            f"width/height must be positive numbers, got {img['width']!r}x{img['height']!r}",
+        )
     _require_int_ids(data["images"], "id", json_path, "images")
     for i, cat in enumerate(data["categories"]):
-        _require(isinstance(cat, dict) and "id" in cat and "name" in cat, json_path, f"categories[{i}]",
-                 "needs id and name")
+        _require(
+            isinstance(cat, dict) and "id" in cat and "name" in cat, json_path, f"categories[{i}]", "needs id and name"
+        )
     _require_int_ids(data["categories"], "id", json_path, "categories")
     for i, ann in enumerate(data["annotations"]):
         ok = isinstance(ann, dict) and all(k in ann for k in ("image_id", "category_id", "bbox"))
         _require(ok, json_path, f"annotations[{i}]", "needs image_id, category_id and bbox")
         bbox = ann["bbox"]
-        _require(isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox)), json_path,
-                 f"annotations[{i}].bbox",
-                 f"expected [x, y, w, h], got {bbox!r}")
+        _require(
+            isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox)),
+            json_path,
+            f"annotations[{i}].bbox",
+            f"expected [x, y, w, h], got {bbox!r}",
+        )
     anns = data["annotations"]
     _require_int_ids(anns, "image_id", json_path, "annotations")
     _require_int_ids(anns, "category_id", json_path, "annotations")
@@ -344,8 +381,12 @@ def load_coco_json(json_path: Union[str, os.PathLike], duplicates: str = "error"
     image_ids = {img["id"] for img in data["images"]}
     orphans = [a for a in data["annotations"] if a["image_id"] not in image_ids]
     if orphans:
-        logger.warning("%s: %d annotations refer to image ids missing from images (first: %r); ignored",
-                       json_path, len(orphans), orphans[0]["image_id"])
+        logger.warning(
+            "%s: %d annotations refer to image ids missing from images (first: %r); ignored",
+            json_path,
+            len(orphans),
+            orphans[0]["image_id"],
+        )
         data["annotations"] = [a for a in data["annotations"] if a["image_id"] in image_ids]
     coco = COCO()
     coco.dataset = data
@@ -354,42 +395,54 @@ def load_coco_json(json_path: Union[str, os.PathLike], duplicates: str = "error"
     return coco
 
 
-def check_ground_truth(gt_data: Dict[str, Any], name: str, iou_types: Sequence[str],
-                        image_ids: Optional[Sequence[int]] = None) -> None:
+def check_ground_truth(
+    gt_data: Dict[str, Any], name: str, iou_types: Sequence[str], image_ids: Optional[Sequence[int]] = None
+) -> None:
     """Raise a DataError naming the first annotation that either engine would misread or crash on
     (among those of ``image_ids``, the images evaluated; None: all)."""
     for key in ("images", "categories", "annotations"):
         if not isinstance(gt_data.get(key), list):
             extra = ' ("annotations": [] when no image has objects)' if key == "annotations" else ""
-            raise DataError(f"{name}: the ground truth has no {key!r} list{extra}; evaluate against the "
-                            f"annotation file of the test set")
+            raise DataError(
+                f"{name}: the ground truth has no {key!r} list{extra}; evaluate against the "
+                f"annotation file of the test set"
+            )
     sizes = {img.get("id"): (img.get("height"), img.get("width")) for img in gt_data["images"]}
     if image_ids is not None:
         sizes = {i: sizes[i] for i in image_ids if i in sizes}
     for section in ("images", "categories"):
         for i, entry in enumerate(gt_data[section]):
             if not isinstance(entry, dict) or not _is_int(entry.get("id")):
-                raise DataError(f"{name}: {section}[{i}]: id {entry.get('id') if isinstance(entry, dict) else entry!r} "
-                                "is not an integer; COCO image and category ids are integers")
+                raise DataError(
+                    f"{name}: {section}[{i}]: id {entry.get('id') if isinstance(entry, dict) else entry!r} "
+                    "is not an integer; COCO image and category ids are integers"
+                )
     anns = gt_data["annotations"]
     for i, ann in enumerate(anns):
         if not isinstance(ann, dict) or not _is_int(ann.get("image_id")) or not _is_int(ann.get("id")):
-            raise DataError(f"{name}: annotations[{i}] is not an annotation with integer id and image_id (got id "
-                            f"{ann.get('id') if isinstance(ann, dict) else None!r}, image_id "
-                            f"{ann.get('image_id') if isinstance(ann, dict) else None!r})")
+            raise DataError(
+                f"{name}: annotations[{i}] is not an annotation with integer id and image_id (got id "
+                f"{ann.get('id') if isinstance(ann, dict) else None!r}, image_id "
+                f"{ann.get('image_id') if isinstance(ann, dict) else None!r})"
+            )
     check_unique_ids(gt_data, name, "error")
     evaluated = [i for i, a in enumerate(anns) if a["image_id"] in sizes]
-    segm_problems = (segmentation_problems([anns[i].get("segmentation") for i in evaluated],
-                                           [sizes[anns[i]["image_id"]] for i in evaluated])
-                     if "segm" in iou_types else [None] * len(evaluated))
+    segm_problems = (
+        segmentation_problems(
+            [anns[i].get("segmentation") for i in evaluated], [sizes[anns[i]["image_id"]] for i in evaluated]
+        )
+        if "segm" in iou_types
+        else [None] * len(evaluated)
+    )
     for i, segm_problem in zip(evaluated, segm_problems):
         ann = anns[i]
         where = f"{name}: annotations[{i}] (id {ann.get('id')}, image {ann['image_id']})"
         problem = box_problem(ann.get("bbox")) if "bbox" in iou_types or "bbox" in ann else None
         if problem is None and "segm" in iou_types:
             if not ann.get("segmentation"):
-                raise DataError(f"{where} has no segmentation; segm evaluation needs masks in the ground truth "
-                                f"(evaluate bbox only)")
+                raise DataError(
+                    f"{where} has no segmentation; segm evaluation needs masks in the ground truth (evaluate bbox only)"
+                )
             problem = segm_problem[1] if segm_problem else None
         if problem is not None:
             raise DataError(f"{where}: {problem}; fix or remove this annotation")
@@ -409,37 +462,44 @@ def _result_problem(r: Mapping[str, Any], iou_types: Sequence[str]) -> Optional[
     return None
 
 
-def check_results(results: List[Dict[str, Any]], name: str, iou_types: Sequence[str], gt_data: Dict[str, Any],
-                   allow_empty: bool) -> None:
+def check_results(
+    results: List[Dict[str, Any]], name: str, iou_types: Sequence[str], gt_data: Dict[str, Any], allow_empty: bool
+) -> None:
     """Raise a DataError naming the first result that either engine would misread or crash on.
 
     Results files hold up to millions of detections: the checks run over columns, and only on a
     failure does a per-result pass find the first bad one.
     """
     if not results and not allow_empty:
-        raise DataError(f"{name}: no detections to evaluate; check that these are the model's results (to score "
-                        "an empty set, where every metric with ground truth is 0, pass --allow-empty to "
-                        "tools/eval_coco.py, or allow_empty=True to evaluate_coco)")
+        raise DataError(
+            f"{name}: no detections to evaluate; check that these are the model's results (to score "
+            "an empty set, where every metric with ground truth is 0, pass --allow-empty to "
+            "tools/eval_coco.py, or allow_empty=True to evaluate_coco)"
+        )
     keys = ("image_id", "category_id", "score") + tuple({"bbox": "bbox", "segm": "segmentation"}[t] for t in iou_types)
     try:
         columns = {k: [r[k] for r in results] for k in keys}
     except (KeyError, TypeError, IndexError):
         i = next(i for i, r in enumerate(results) if not (isinstance(r, Mapping) and all(k in r for k in keys)))
-        raise DataError(f"{name}: results[{i}]: a {'/'.join(iou_types)} result needs "
-                        f"{', '.join(keys)}") from None
+        raise DataError(f"{name}: results[{i}]: a {'/'.join(iou_types)} result needs {', '.join(keys)}") from None
     id_types = (int, np.integer)
     if not (_all_of_types(columns["image_id"], *id_types) and _all_of_types(columns["category_id"], *id_types)):
         i = next(i for i, r in enumerate(results) if not (_is_int(r["image_id"]) and _is_int(r["category_id"])))
-        raise DataError(f"{name}: results[{i}]: image_id {results[i]['image_id']!r} and category_id "
-                        f"{results[i]['category_id']!r} must be integer ids of the ground truth's images and "
-                        "categories")
+        raise DataError(
+            f"{name}: results[{i}]: image_id {results[i]['image_id']!r} and category_id "
+            f"{results[i]['category_id']!r} must be integer ids of the ground truth's images and "
+            "categories"
+        )
     ok = _all_of_types(columns["score"], *_NUMBER_TYPES)
     ok = ok and bool(np.isfinite(np.asarray(columns["score"], dtype=np.float64)).all())
     if ok and "bbox" in iou_types:
         boxes = columns["bbox"]
-        ok = (_all_of_types(boxes, list, tuple) and set(map(len, boxes)) <= {4}
-              and _all_of_types(itertools.chain.from_iterable(boxes), *_NUMBER_TYPES)
-              and bool(np.isfinite(np.asarray(boxes, dtype=np.float64)).all()))
+        ok = (
+            _all_of_types(boxes, list, tuple)
+            and set(map(len, boxes)) <= {4}
+            and _all_of_types(itertools.chain.from_iterable(boxes), *_NUMBER_TYPES)
+            and bool(np.isfinite(np.asarray(boxes, dtype=np.float64)).all())
+        )
     if not ok:
         i, problem = next((i, p) for i, r in enumerate(results) if (p := _result_problem(r, iou_types)) is not None)
         raise DataError(f"{name}: results[{i}] (image {results[i]['image_id']}): {problem}")
@@ -450,21 +510,28 @@ def check_results(results: List[Dict[str, Any]], name: str, iou_types: Sequence[
         problems = segmentation_problems(segms, [sizes.get(i, (None, None)) for i in columns["image_id"]])
         for i, (is_compressed, problem) in enumerate(zip(compressed, problems)):
             if not is_compressed or problem is not None:
-                what = problem[1] if is_compressed else ("segmentation must be a compressed RLE {size, counts: str}, "
-                                                         "as masks_to_rle writes it")
+                what = (
+                    problem[1]
+                    if is_compressed
+                    else ("segmentation must be a compressed RLE {size, counts: str}, as masks_to_rle writes it")
+                )
                 raise DataError(f"{name}: results[{i}] (image {results[i]['image_id']}): {what}")
     unknown_images = set(columns["image_id"]) - sizes.keys()
     if unknown_images:
         ids = sorted(unknown_images, key=str)
         first = columns["image_id"].index(ids[0])
-        raise DataError(f"{name}: results refer to {len(ids)} image ids that the ground truth does not have "
-                        f"(first: {ids[:5]}, e.g. results[{first}]); evaluate against the "
-                        f"annotation file the predictions were made on")
+        raise DataError(
+            f"{name}: results refer to {len(ids)} image ids that the ground truth does not have "
+            f"(first: {ids[:5]}, e.g. results[{first}]); evaluate against the "
+            f"annotation file the predictions were made on"
+        )
     cat_ids = {c.get("id") for c in gt_data["categories"]}
     unknown_cats = set(columns["category_id"]) - cat_ids
     if unknown_cats:
         ids = sorted(unknown_cats, key=str)
         first = next(i for i, c in enumerate(columns["category_id"]) if c in unknown_cats)
-        raise DataError(f"{name}: results use category ids that the ground truth does not have: {ids} (first at "
-                        f"results[{first}]); its categories are {sorted(cat_ids, key=str)}; map the model's "
-                        f"labels to this annotation file's ids")
+        raise DataError(
+            f"{name}: results use category ids that the ground truth does not have: {ids} (first at "
+            f"results[{first}]); its categories are {sorted(cat_ids, key=str)}; map the model's "
+            f"labels to this annotation file's ids"
+        )

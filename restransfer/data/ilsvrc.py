@@ -12,6 +12,7 @@ whitespace-separated text files, and one error style ``file:line: what is wrong;
 
 Boxes read here stay in the devkit's inclusive convention; :mod:`restransfer.boxes` converts them.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,22 @@ from ..errors import DataError
 from .json_io import read_text
 
 __all__ = [
-    "IlsvrcFormatError", "where", "text_fields", "parse_int", "check_wnid",
-    "is_number", "Synsets", "read_id_map", "read_map_clsloc", "read_loc_synset_mapping", "read_synsets", "XmlElement", "parse_xml", "xml_number", "XmlAnnotation", "read_xml_annotation",
+    "IlsvrcFormatError",
+    "where",
+    "text_fields",
+    "parse_int",
+    "check_wnid",
+    "is_number",
+    "Synsets",
+    "read_id_map",
+    "read_map_clsloc",
+    "read_loc_synset_mapping",
+    "read_synsets",
+    "XmlElement",
+    "parse_xml",
+    "xml_number",
+    "XmlAnnotation",
+    "read_xml_annotation",
 ]
 
 _WNID = re.compile(r"^n\d{8}$")
@@ -82,7 +97,8 @@ def check_wnid(token: str, path: os.PathLike | str, lineno: int) -> str:
     """``token`` when it is a WNID (``n`` and 8 digits), else IlsvrcFormatError with file and line."""
     if not _WNID.match(token):
         raise IlsvrcFormatError(
-            f"{where(path, lineno)}: {token!r} is not a WNID (expected 'n' and 8 digits, e.g. n01440764)")
+            f"{where(path, lineno)}: {token!r} is not a WNID (expected 'n' and 8 digits, e.g. n01440764)"
+        )
     return token
 
 
@@ -146,8 +162,10 @@ def read_id_map(path: os.PathLike | str, *, id_name: str = "devkit id", source: 
         if wnid in seen:
             raise IlsvrcFormatError(f"{where(path, lineno)}: WNID {wnid} already listed on line {seen[wnid]}")
         if class_id in entries:
-            raise IlsvrcFormatError(f"{where(path, lineno)}: {id_name} {class_id} already listed on line "
-                                    f"{entries[class_id][2]} ({entries[class_id][0]})")
+            raise IlsvrcFormatError(
+                f"{where(path, lineno)}: {id_name} {class_id} already listed on line "
+                f"{entries[class_id][2]} ({entries[class_id][0]})"
+            )
         entries[class_id] = (wnid, fields[2].strip() if len(fields) > 2 else wnid, lineno)
         seen[wnid] = lineno
     if not entries:
@@ -369,5 +387,12 @@ def read_xml_annotation(path: os.PathLike | str, synsets: Optional[Synsets] = No
                     "use the class list that belongs to these annotations"
                 )
             labels[i] = lookup[w]
-    return XmlAnnotation(path=path, width=width, height=height, wnids=wnids,
-                         boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4), lines=lines, labels=labels)
+    return XmlAnnotation(
+        path=path,
+        width=width,
+        height=height,
+        wnids=wnids,
+        boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+        lines=lines,
+        labels=labels,
+    )

@@ -11,6 +11,7 @@ image above ``max_pixels`` (:data:`DEFAULT_MAX_IMAGE_PIXELS`, the ``data.max_ima
 key) with :class:`ImageTooLargeError` before anything is decoded. Other formats (TIFF, ...) are judged
 once decoded; OpenCV's own limit (2^30 pixels) bounds that decode.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,15 @@ from typing import Optional, Tuple
 import cv2
 import numpy as np
 
-__all__ = ["CorruptImageError", "ImageTooLargeError", "DEFAULT_MAX_IMAGE_PIXELS", "read_image", "image_size",
-           "read_image_size", "check_image_pixels"]
+__all__ = [
+    "CorruptImageError",
+    "ImageTooLargeError",
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "read_image",
+    "image_size",
+    "read_image_size",
+    "check_image_pixels",
+]
 
 # IMREAD_COLOR turns grayscale, CMYK and palette images into 3-channel BGR.
 _IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
@@ -58,11 +66,11 @@ def _jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
         if marker in _JPEG_SOF:
             if i + 9 > n:
                 return None
-            h, w = struct.unpack(">HH", data[i + 5:i + 9])
+            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
             return (w, h) if w and h else None  # height 0: given later by a DNL marker
         if marker == 0xDA:  # image data before any frame header
             return None
-        i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+        i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
     return None
 
 
@@ -117,7 +125,8 @@ def check_image_pixels(width: float, height: float, max_pixels: Optional[int], w
         raise ImageTooLargeError(
             f"{where}: {int(width)}x{int(height)} pixels ({width * height / 1e6:.1f} megapixels) is above the limit "
             f"of {max_pixels / 1e6:g} megapixels (data.max_image_pixels), so it is not decoded; raise "
-            "data.max_image_pixels to read it")
+            "data.max_image_pixels to read it"
+        )
 
 
 def _truncation(data: bytes) -> str | None:

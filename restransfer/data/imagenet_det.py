@@ -17,6 +17,7 @@ XML files, the class list and the text formats shared with CLS-LOC are read by :
 (untrusted XML is refused with DOCTYPE/entities; every error names the file and, where there is one, the
 line); this module holds what only DET has: image lists, splits, the blacklist and the COCO conversion.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,16 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 import numpy as np
 
 from restransfer.boxes import devkit_to_xyxy, xyxy_to_xywh
-from restransfer.data.ilsvrc import IlsvrcFormatError, Synsets, XmlAnnotation, parse_int, read_id_map
-from restransfer.data.ilsvrc import read_xml_annotation, text_fields, where
+from restransfer.data.ilsvrc import (
+    IlsvrcFormatError,
+    Synsets,
+    XmlAnnotation,
+    parse_int,
+    read_id_map,
+    read_xml_annotation,
+    text_fields,
+    where,
+)
 from restransfer.fileio import atomic_write_text
 
 __all__ = [

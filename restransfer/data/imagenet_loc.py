@@ -18,6 +18,7 @@ indices (``width = xmax - xmin + 1``) until :func:`to_coco` converts them at the
 :mod:`restransfer.boxes`. The class list, the id map, the XML reader and the error style are those of
 :mod:`restransfer.data.ilsvrc`, shared with ImageNet-DET; this module holds what only CLS-LOC has.
 """
+
 from __future__ import annotations
 
 import csv
@@ -31,16 +32,37 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..boxes import devkit_to_xyxy, xywh_to_xyxy, xyxy_to_devkit, xyxy_to_xywh
-from .ilsvrc import IlsvrcFormatError, Synsets, is_number, read_xml_annotation, where
+from .ilsvrc import (  # noqa: F401  (re-exported)
+    IlsvrcFormatError,
+    Synsets,
+    is_number,
+    read_loc_synset_mapping,
+    read_map_clsloc,
+    read_synsets,
+    read_xml_annotation,
+    where,
+)
 from .image_io import read_image_size
 from .json_io import read_json, read_text
-from .ilsvrc import read_loc_synset_mapping, read_map_clsloc, read_synsets  # noqa: F401  (re-exported)
 
 __all__ = [
-    "LocFormatError", "Synsets", "LocImage",
-    "read_synsets", "read_map_clsloc", "read_loc_synset_mapping",
-    "read_loc_xml", "read_devkit_annotations", "read_ground_truth_labels", "read_kaggle_solution", "iter_kaggle_rows",
-    "parse_box_groups", "read_blacklist", "list_images", "fill_image_sizes", "to_coco", "ground_truth_from_coco",
+    "LocFormatError",
+    "Synsets",
+    "LocImage",
+    "read_synsets",
+    "read_map_clsloc",
+    "read_loc_synset_mapping",
+    "read_loc_xml",
+    "read_devkit_annotations",
+    "read_ground_truth_labels",
+    "read_kaggle_solution",
+    "iter_kaggle_rows",
+    "parse_box_groups",
+    "read_blacklist",
+    "list_images",
+    "fill_image_sizes",
+    "to_coco",
+    "ground_truth_from_coco",
     "convert_split",
 ]
 
@@ -92,12 +114,19 @@ def read_loc_xml(path: os.PathLike | str, synsets: Synsets, *, file_name: Option
     ann = read_xml_annotation(path, synsets)
     stem = Path(path).stem
     return LocImage(
-        name=stem, file_name=file_name or stem + IMAGE_EXTENSION, labels=tuple(dict.fromkeys(ann.wnids)),
-        box_wnids=tuple(ann.wnids), boxes=ann.boxes, width=ann.width, height=ann.height)
+        name=stem,
+        file_name=file_name or stem + IMAGE_EXTENSION,
+        labels=tuple(dict.fromkeys(ann.wnids)),
+        box_wnids=tuple(ann.wnids),
+        boxes=ann.boxes,
+        width=ann.width,
+        height=ann.height,
+    )
 
 
-def read_ground_truth_labels(path: os.PathLike | str, synsets: Synsets,
-                             num_images: Optional[int] = None) -> List[Tuple[str, ...]]:
+def read_ground_truth_labels(
+    path: os.PathLike | str, synsets: Synsets, num_images: Optional[int] = None
+) -> List[Tuple[str, ...]]:
     """Read the devkit's validation ground truth: line ``i`` holds the devkit id(s) of image ``i``.
 
     Args:
@@ -126,20 +155,25 @@ def read_ground_truth_labels(path: os.PathLike | str, synsets: Synsets,
             try:
                 wnid = synsets.wnid(int(t))
             except KeyError:
-                raise IlsvrcFormatError(f"{where(path, lineno)}: class id {t} is not in {synsets.path or 'the class list'} "
-                                     f"(1..{len(synsets)})") from None
+                raise IlsvrcFormatError(
+                    f"{where(path, lineno)}: class id {t} is not in {synsets.path or 'the class list'} "
+                    f"(1..{len(synsets)})"
+                ) from None
             if wnid in wnids:
                 raise IlsvrcFormatError(f"{where(path, lineno)}: class id {t} is repeated")
             wnids.append(wnid)
         out.append(tuple(wnids))
     if num_images is not None and len(out) != num_images:
-        raise IlsvrcFormatError(f"{path}: {len(out)} lines, but there are {num_images} annotation files; "
-                             "the ground truth and the annotation folder must be the same split")
+        raise IlsvrcFormatError(
+            f"{path}: {len(out)} lines, but there are {num_images} annotation files; "
+            "the ground truth and the annotation folder must be the same split"
+        )
     return out
 
 
-def read_devkit_annotations(xml_dir: os.PathLike | str, synsets: Synsets, *,
-                            ground_truth: Optional[os.PathLike | str] = None) -> List[LocImage]:
+def read_devkit_annotations(
+    xml_dir: os.PathLike | str, synsets: Synsets, *, ground_truth: Optional[os.PathLike | str] = None
+) -> List[LocImage]:
     """Read a devkit annotation folder (``ILSVRC/Annotations/CLS-LOC/val`` or ``.../train``).
 
     Images come in the devkit's order: XML paths relative to ``xml_dir`` sorted by name (for ``val`` a flat
@@ -203,8 +237,12 @@ def read_kaggle_solution(path: os.PathLike | str, synsets: Synsets, *, split: Op
             raise IlsvrcFormatError(f"{where(path, lineno)}: ImageId {image_id} appears twice")
         sub = f"{split}/{image_id.split('_')[0]}" if split == "train" else split
         images[image_id] = LocImage(
-            name=image_id, file_name=f"{sub}/{image_id}{IMAGE_EXTENSION}", labels=tuple(dict.fromkeys(wnids)),
-            box_wnids=tuple(wnids), boxes=boxes)
+            name=image_id,
+            file_name=f"{sub}/{image_id}{IMAGE_EXTENSION}",
+            labels=tuple(dict.fromkeys(wnids)),
+            box_wnids=tuple(wnids),
+            boxes=boxes,
+        )
     if not images:
         raise IlsvrcFormatError(f"{path}: no images")
     return [images[k] for k in sorted(images)]
@@ -226,17 +264,20 @@ def iter_kaggle_rows(path: os.PathLike | str) -> Iterator[Tuple[int, str, List[s
             if not row or not any(c.strip() for c in row):
                 continue
             if len(row) != 2:
-                raise IlsvrcFormatError(f"{where(path, reader.line_num)}: expected 2 columns (ImageId,PredictionString), "
-                                     f"got {len(row)}")
+                raise IlsvrcFormatError(
+                    f"{where(path, reader.line_num)}: expected 2 columns (ImageId,PredictionString), got {len(row)}"
+                )
             yield reader.line_num, row[0].strip(), row[1].split()
 
 
-def parse_box_groups(tokens: Sequence[str], path, lineno: int, synsets: Synsets,
-                  what: str) -> Tuple[List[str], np.ndarray]:
+def parse_box_groups(
+    tokens: Sequence[str], path, lineno: int, synsets: Synsets, what: str
+) -> Tuple[List[str], np.ndarray]:
     """``WNID xmin ymin xmax ymax`` groups -> (WNIDs, (M, 4) float64 boxes), with errors at ``path:lineno``."""
     if len(tokens) % 5:
-        raise IlsvrcFormatError(f"{where(path, lineno)}: {len(tokens)} fields; each {what} needs 5 "
-                             "(WNID xmin ymin xmax ymax)")
+        raise IlsvrcFormatError(
+            f"{where(path, lineno)}: {len(tokens)} fields; each {what} needs 5 (WNID xmin ymin xmax ymax)"
+        )
     wnids = list(tokens[0::5])
     for w in wnids:
         if w not in synsets:
@@ -268,11 +309,15 @@ def read_blacklist(path: os.PathLike | str, num_images: int) -> np.ndarray:
         if not tokens:
             continue
         if len(tokens) != 1 or not tokens[0].isdigit():
-            raise IlsvrcFormatError(f"{where(path, lineno)}: expected one image index (1-based integer), got {raw.strip()!r}")
+            raise IlsvrcFormatError(
+                f"{where(path, lineno)}: expected one image index (1-based integer), got {raw.strip()!r}"
+            )
         idx = int(tokens[0])
         if not 1 <= idx <= num_images:
-            raise IlsvrcFormatError(f"{where(path, lineno)}: image index {idx} is outside 1..{num_images}; "
-                                 "is this the blacklist of another split?")
+            raise IlsvrcFormatError(
+                f"{where(path, lineno)}: image index {idx} is outside 1..{num_images}; "
+                "is this the blacklist of another split?"
+            )
         if idx in out:
             raise IlsvrcFormatError(f"{where(path, lineno)}: image index {idx} already listed on line {out[idx]}")
         out[idx] = lineno
@@ -317,8 +362,9 @@ def fill_image_sizes(images: Iterable[LocImage], image_root: os.PathLike | str) 
         try:
             size = read_image_size(path)
         except OSError as e:
-            raise IlsvrcFormatError(f"{path}: cannot read the image size ({e.strerror or e}); check --image-root")\
-                from None
+            raise IlsvrcFormatError(
+                f"{path}: cannot read the image size ({e.strerror or e}); check --image-root"
+            ) from None
         img.width, img.height = size if size is not None else _pillow_size(path)
 
 
@@ -358,9 +404,16 @@ def to_coco(images: Sequence[LocImage], synsets: Synsets, *, description: str = 
     for image_id, img in enumerate(images, 1):
         if img.width is None or img.height is None:
             raise ValueError(f"image {img.file_name}: width/height unknown; call fill_image_sizes first")
-        out_images.append({"id": image_id, "file_name": img.file_name, "width": int(img.width),
-                           "height": int(img.height), "name": img.name,
-                           "labels": [synsets.label(w) for w in img.labels]})
+        out_images.append(
+            {
+                "id": image_id,
+                "file_name": img.file_name,
+                "width": int(img.width),
+                "height": int(img.height),
+                "name": img.name,
+                "labels": [synsets.label(w) for w in img.labels],
+            }
+        )
         if not len(img.boxes):
             continue
         xyxy = devkit_to_xyxy(img.boxes)
@@ -372,10 +425,22 @@ def to_coco(images: Sequence[LocImage], synsets: Synsets, *, description: str = 
             if box[2] <= 0 or box[3] <= 0:
                 out_images[-1].setdefault("devkit_boxes_outside", []).append(entry)
                 continue
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, **entry,
-                                "bbox": [float(v) for v in box], "area": float(box[2] * box[3]), "iscrowd": 0})
-    return {"info": {"description": description, "category_ids": synsets.source},
-            "images": out_images, "annotations": annotations, "categories": categories}
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    **entry,
+                    "bbox": [float(v) for v in box],
+                    "area": float(box[2] * box[3]),
+                    "iscrowd": 0,
+                }
+            )
+    return {
+        "info": {"description": description, "category_ids": synsets.source},
+        "images": out_images,
+        "annotations": annotations,
+        "categories": categories,
+    }
 
 
 def ground_truth_from_coco(data: dict | os.PathLike | str) -> Tuple[List[LocImage], Synsets]:
@@ -396,8 +461,10 @@ def ground_truth_from_coco(data: dict | os.PathLike | str) -> Tuple[List[LocImag
             raise IlsvrcFormatError(f"{where}: expected a COCO object with images/annotations/categories")
     cats = sorted(data.get("categories", []), key=lambda c: c["id"])
     if [c["id"] for c in cats] != list(range(1, len(cats) + 1)) or any("wnid" not in c for c in cats):
-        raise IlsvrcFormatError(f"{where}: categories must have ids 1..K and a 'wnid' field; "
-                             "convert the annotations with datasets/prepare_imagenet_loc.py")
+        raise IlsvrcFormatError(
+            f"{where}: categories must have ids 1..K and a 'wnid' field; "
+            "convert the annotations with datasets/prepare_imagenet_loc.py"
+        )
     synsets = Synsets(tuple(c["wnid"] for c in cats), tuple(c.get("name", c["wnid"]) for c in cats), "coco", where)
     per_image: Dict[int, List[dict]] = {}
     for ann in data.get("annotations", []):
@@ -406,18 +473,36 @@ def ground_truth_from_coco(data: dict | os.PathLike | str) -> Tuple[List[LocImag
     for im in sorted(data["images"], key=lambda i: i["id"]):
         anns = per_image.get(im["id"], []) + list(im.get("devkit_boxes_outside", []))
         wnids = tuple(synsets.wnid(a["category_id"]) for a in anns)
-        boxes = np.array([a["devkit_bbox"] if "devkit_bbox" in a else xyxy_to_devkit(xywh_to_xyxy(a["bbox"]))[0]
-                          for a in anns], dtype=np.float64).reshape(-1, 4)
+        boxes = np.array(
+            [a["devkit_bbox"] if "devkit_bbox" in a else xyxy_to_devkit(xywh_to_xyxy(a["bbox"]))[0] for a in anns],
+            dtype=np.float64,
+        ).reshape(-1, 4)
         labels = tuple(synsets.wnid(k) for k in im["labels"]) if "labels" in im else tuple(dict.fromkeys(wnids))
         name = im.get("name") or Path(im["file_name"]).stem
-        images.append(LocImage(name=name, file_name=im["file_name"], labels=labels, box_wnids=wnids, boxes=boxes,
-                               width=im.get("width"), height=im.get("height")))
+        images.append(
+            LocImage(
+                name=name,
+                file_name=im["file_name"],
+                labels=labels,
+                box_wnids=wnids,
+                boxes=boxes,
+                width=im.get("width"),
+                height=im.get("height"),
+            )
+        )
     return images, synsets
 
 
-def convert_split(split: str, synsets: Synsets, image_root: os.PathLike | str, *,
-                  annotations: Optional[os.PathLike | str] = None, ground_truth: Optional[os.PathLike | str] = None,
-                  solution: Optional[os.PathLike | str] = None, keep_unboxed: bool = False) -> dict:
+def convert_split(
+    split: str,
+    synsets: Synsets,
+    image_root: os.PathLike | str,
+    *,
+    annotations: Optional[os.PathLike | str] = None,
+    ground_truth: Optional[os.PathLike | str] = None,
+    solution: Optional[os.PathLike | str] = None,
+    keep_unboxed: bool = False,
+) -> dict:
     """Read one split in either layout and return its COCO dict (:func:`to_coco`).
 
     Args:
@@ -441,7 +526,9 @@ def convert_split(split: str, synsets: Synsets, image_root: os.PathLike | str, *
         images = read_kaggle_solution(solution, synsets, split=split)
     if keep_unboxed and split != "test":
         boxed = {im.file_name for im in images}
-        images = sorted(images + [im for im in list_images(image_root, split, synsets) if im.file_name not in boxed],
-                        key=lambda im: im.file_name)
+        images = sorted(
+            images + [im for im in list_images(image_root, split, synsets) if im.file_name not in boxed],
+            key=lambda im: im.file_name,
+        )
     fill_image_sizes(images, image_root)
     return to_coco(images, synsets, description=f"ImageNet CLS-LOC {split}")

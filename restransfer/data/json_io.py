@@ -5,6 +5,7 @@ One loader for all of them, so that every way a file can be unusable is a :class
 naming the file (and the line where there is one): invalid JSON, bytes that are not UTF-8, and nesting so deep
 that Python's parser runs out of recursion (a few kilobytes of ``[[[[...`` raise ``RecursionError``).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,11 +28,14 @@ def parse_json(text: Union[str, bytes], path: Union[str, os.PathLike], line: Opt
         where = f"{path}: line {line if line is not None else e.lineno}"
         raise DataError(f"{where}: not valid JSON: {e.msg}") from None
     except UnicodeDecodeError as e:
-        raise DataError(f"{where}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); JSON "
-                        "files are UTF-8") from None
+        raise DataError(
+            f"{where}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); JSON files are UTF-8"
+        ) from None
     except RecursionError:
-        raise DataError(f"{where}: the JSON is nested too deeply to be read (arrays or objects inside one another "
-                        "about a thousand levels deep); this is not an annotation, results or log file") from None
+        raise DataError(
+            f"{where}: the JSON is nested too deeply to be read (arrays or objects inside one another "
+            "about a thousand levels deep); this is not an annotation, results or log file"
+        ) from None
 
 
 def read_json(path: Union[str, os.PathLike], what: str = "JSON file") -> Any:
@@ -55,6 +59,8 @@ def read_text(path: Union[str, os.PathLike], newline: Optional[str] = None) -> s
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         column = e.start - data.rfind(b"\n", 0, e.start)
-        raise DataError(f"{path}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {column}); "
-                        "give the text file itself, UTF-8 encoded") from None
+        raise DataError(
+            f"{path}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {column}); "
+            "give the text file itself, UTF-8 encoded"
+        ) from None
     return text.replace("\r\n", "\n").replace("\r", "\n") if newline is None else text

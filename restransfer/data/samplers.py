@@ -18,6 +18,7 @@ Every batch element is ``(dataset index, augmentation seed)``; the seed comes fr
 ``(seed, rank, world_size, iteration, slot)``, so augmentation is reproducible too, whatever the
 number of DataLoader workers.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
@@ -85,7 +86,7 @@ class TrainingBatchSampler(Sampler):
     def _epoch_batches(self, epoch: int, pending: Dict[int, np.ndarray]) -> List[np.ndarray]:
         """The batches completed during ``epoch``, in order; updates the carried-over ``pending`` buckets."""
         perm = np.random.default_rng(np.random.SeedSequence([self.seed, epoch])).permutation(self.num_samples)
-        stream = perm[self.rank::self.world_size]
+        stream = perm[self.rank :: self.world_size]
         groups = self.group_ids[stream]
         done: List[Tuple[int, np.ndarray]] = []  # (stream position that completed the batch, batch)
         for g in np.union1d(np.unique(groups), np.fromiter(pending, dtype=np.int64)):
@@ -97,8 +98,10 @@ class TrainingBatchSampler(Sampler):
             when = np.concatenate([np.full(len(carried), -1), positions])
             n_full = len(members) // self.batch_size
             for j in range(n_full):
-                done.append((int(when[(j + 1) * self.batch_size - 1]), members[j * self.batch_size:(j + 1) * self.batch_size]))
-            pending[int(g)] = members[n_full * self.batch_size:]
+                done.append(
+                    (int(when[(j + 1) * self.batch_size - 1]), members[j * self.batch_size : (j + 1) * self.batch_size])
+                )
+            pending[int(g)] = members[n_full * self.batch_size :]
         done.sort(key=lambda item: item[0])
         return [batch for _, batch in done]
 
@@ -112,7 +115,7 @@ class TrainingBatchSampler(Sampler):
             if seen + len(batches) <= start_iter:
                 seen += len(batches)
                 continue
-            for batch in batches[max(0, start_iter - seen):]:
+            for batch in batches[max(0, start_iter - seen) :]:
                 yield batch
             seen += len(batches)
             start_iter = seen
@@ -158,9 +161,11 @@ class BatchLayout(NamedTuple):
     accumulation: int
 
     def describe(self) -> str:
-        return (f"{self.total} images per step = {self.processes} process{'es' if self.processes > 1 else ''} x "
-                f"{self.per_device} image{'s' if self.per_device > 1 else ''} x {self.accumulation} accumulation "
-                f"step{'s' if self.accumulation > 1 else ''}")
+        return (
+            f"{self.total} images per step = {self.processes} process{'es' if self.processes > 1 else ''} x "
+            f"{self.per_device} image{'s' if self.per_device > 1 else ''} x {self.accumulation} accumulation "
+            f"step{'s' if self.accumulation > 1 else ''}"
+        )
 
 
 def batch_layout(ims_per_batch: int, ims_per_device: Optional[int], world_size: int) -> BatchLayout:
@@ -182,10 +187,14 @@ def batch_layout(ims_per_batch: int, ims_per_device: Optional[int], world_size: 
             hint = f"set solver.ims_per_device to one of {', '.join(map(str, divisors))}"
         else:
             valid = [n for n in range(1, ims_per_batch + 1) if ims_per_batch % n == 0]
-            hint = (f"run on a number of processes that divides it ({', '.join(map(str, valid))}) or set "
-                    f"solver.ims_per_batch to a multiple of {world_size}")
-        raise ConfigError(f"solver.ims_per_batch={ims_per_batch} images per step cannot be split into {world_size} "
-                          f"process(es) x solver.ims_per_device="
-                          f"{ims_per_device if ims_per_device is not None else 'auto'} images x whole accumulation "
-                          f"steps; {hint}")
+            hint = (
+                f"run on a number of processes that divides it ({', '.join(map(str, valid))}) or set "
+                f"solver.ims_per_batch to a multiple of {world_size}"
+            )
+        raise ConfigError(
+            f"solver.ims_per_batch={ims_per_batch} images per step cannot be split into {world_size} "
+            f"process(es) x solver.ims_per_device="
+            f"{ims_per_device if ims_per_device is not None else 'auto'} images x whole accumulation "
+            f"steps; {hint}"
+        )
     return BatchLayout(ims_per_batch, world_size, per_device, ims_per_batch // (world_size * per_device))

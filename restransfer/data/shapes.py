@@ -14,6 +14,7 @@ half of its pixels. Masks (compressed RLE), boxes and areas describe the visible
 Everything is a pure function of ``(seed, split, image index)``: the same arguments give the same
 bytes on every run.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,16 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..fileio import atomic_write_bytes, atomic_write_text, exclusive_lock
 
-__all__ = ["SHAPE_CLASSES", "DEFAULT_CLASSES", "DEFAULT_NUM_TRAIN", "DEFAULT_NUM_VAL", "generate_shapes",
-           "ensure_shapes", "render_shapes_image", "synthetic_batch"]
+__all__ = [
+    "SHAPE_CLASSES",
+    "DEFAULT_CLASSES",
+    "DEFAULT_NUM_TRAIN",
+    "DEFAULT_NUM_VAL",
+    "generate_shapes",
+    "ensure_shapes",
+    "render_shapes_image",
+    "synthetic_batch",
+]
 
 SHAPE_CLASSES = ("circle", "triangle", "square", "star")
 DEFAULT_CLASSES = ("circle", "triangle", "square")
@@ -63,7 +72,9 @@ def _unit_outline(shape: str, angle: float) -> np.ndarray:
     return np.stack([radii * np.cos(t), radii * np.sin(t)], axis=1)
 
 
-def _shape_mask(shape: str, size: float, angle: float, top_left: Tuple[float, float], hw: Tuple[int, int]) -> np.ndarray:
+def _shape_mask(
+    shape: str, size: float, angle: float, top_left: Tuple[float, float], hw: Tuple[int, int]
+) -> np.ndarray:
     """Binary mask (H, W) uint8 of a shape whose full box has longer side ``size`` at ``top_left`` (x, y)."""
     mask = np.zeros(hw, dtype=np.uint8)
     scale = 1 << _SUBPIXEL_SHIFT
@@ -85,7 +96,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     c0, c1 = rng.uniform(30, 225, size=(2, 3))
     theta = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    ramp = (np.cos(theta) * xx / w + np.sin(theta) * yy / h)
+    ramp = np.cos(theta) * xx / w + np.sin(theta) * yy / h
     ramp = (ramp - ramp.min()) / max(float(ramp.max() - ramp.min()), 1e-6)
     img = c0 + (c1 - c0) * ramp[..., None]
     # Low-frequency colour noise: a coarse random grid upsampled smoothly.
@@ -166,8 +177,9 @@ def render_shapes_image(
     return image, [(label, vis.astype(np.uint8)) for label, _, vis in objects if vis.any()]
 
 
-def _generate_split(root: Path, split: str, num_images: int, image_size: int, seed: int,
-                    classes: Sequence[str]) -> Dict[str, Any]:
+def _generate_split(
+    root: Path, split: str, num_images: int, image_size: int, seed: int, classes: Sequence[str]
+) -> Dict[str, Any]:
     image_dir = root / split
     image_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
@@ -183,15 +195,17 @@ def _generate_split(root: Path, split: str, num_images: int, image_size: int, se
         images.append({"id": image_id, "file_name": file_name, "height": image_size, "width": image_size})
         for label, mask in objects:
             rle = mask_util.encode(np.asfortranarray(mask))
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": image_id,
-                "category_id": label,
-                "bbox": [float(v) for v in mask_util.toBbox(rle)],
-                "area": float(mask_util.area(rle)),
-                "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
-                "iscrowd": 0,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": label,
+                    "bbox": [float(v) for v in mask_util.toBbox(rle)],
+                    "area": float(mask_util.area(rle)),
+                    "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                    "iscrowd": 0,
+                }
+            )
     return {
         "info": {"description": f"restransfer synthetic shapes, {split}, seed {seed}"},
         "images": images,
@@ -251,8 +265,9 @@ def ensure_shapes(root: Union[str, os.PathLike], **kwargs: Any) -> Dict[str, Pat
         return generate_shapes(root, **kwargs)
 
 
-def synthetic_batch(size: Tuple[int, int], batch: int = 1, seed: int = 0, num_classes: int = 3
-                    ) -> Tuple[List[Tensor], List[Dict[str, Tensor]]]:
+def synthetic_batch(
+    size: Tuple[int, int], batch: int = 1, seed: int = 0, num_classes: int = 3
+) -> Tuple[List[Tensor], List[Dict[str, Tensor]]]:
     """``batch`` synthetic-shapes images ``(3, H, W)`` float RGB in [0, 1] with their training targets
     (``boxes`` xyxy, ``labels`` in 1..min(3, num_classes), ``masks`` (N, H, W) uint8)."""
     h, w = size
@@ -271,9 +286,11 @@ def synthetic_batch(size: Tuple[int, int], batch: int = 1, seed: int = 0, num_cl
             labels.append(min(label, num_classes))
             masks.append(mask)
         images.append(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255))
-        targets.append({
-            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-            "labels": torch.tensor(labels, dtype=torch.int64),
-            "masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, h, w), dtype=torch.uint8),
-        })
+        targets.append(
+            {
+                "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                "labels": torch.tensor(labels, dtype=torch.int64),
+                "masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, h, w), dtype=torch.uint8),
+            }
+        )
     return images, targets

@@ -8,6 +8,7 @@ Every call takes a ``seed`` so that a sample's augmentation is a pure function o
 the training sampler derives the seed from (run seed, iteration, slot), which makes a resumed run
 see exactly the augmented batches of an uninterrupted one, whatever the worker count.
 """
+
 from __future__ import annotations
 
 import random
@@ -77,8 +78,9 @@ class TrainAugmentation:
             # "index" travels with each box so that labels and masks of dropped boxes can be dropped too.
             self.pipeline = A.Compose(
                 self.transforms,
-                bbox_params=A.BboxParams(format="pascal_voc", label_fields=["index"], clip=True,
-                                        filter_invalid_bboxes=True),
+                bbox_params=A.BboxParams(
+                    format="pascal_voc", label_fields=["index"], clip=True, filter_invalid_bboxes=True
+                ),
             )
 
     def __repr__(self) -> str:
@@ -94,16 +96,24 @@ class TrainAugmentation:
         seed: Optional[int] = None,
     ) -> Dict[str, Any]:
         if self.pipeline is None:
-            return {"image": image, "boxes": boxes.astype(np.float32, copy=False), "labels": labels,
-                    "masks": masks, "num_dropped": 0}
+            return {
+                "image": image,
+                "boxes": boxes.astype(np.float32, copy=False),
+                "labels": labels,
+                "masks": masks,
+                "num_dropped": 0,
+            }
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()).item())
         # One shared generator for all transforms: seeding each transform with the same seed
         # (Compose.set_random_seed) would correlate their decisions.
         self.pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
         n = len(boxes)
-        data: Dict[str, Any] = {"image": image, "bboxes": np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
-                                "index": np.arange(n)}
+        data: Dict[str, Any] = {
+            "image": image,
+            "bboxes": np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+            "index": np.arange(n),
+        }
         has_masks = masks is not None and n > 0
         if has_masks:
             data["masks"] = masks
@@ -117,8 +127,13 @@ class TrainAugmentation:
         if masks is not None:
             h, w = image_out.shape[:2]
             masks_out = np.asarray(out["masks"])[kept] if has_masks else np.zeros((0, h, w), dtype=np.uint8)
-        return {"image": image_out, "boxes": boxes_out, "labels": np.asarray(labels)[kept],
-                "masks": masks_out, "num_dropped": n - len(kept)}
+        return {
+            "image": image_out,
+            "boxes": boxes_out,
+            "labels": np.asarray(labels)[kept],
+            "masks": masks_out,
+            "num_dropped": n - len(kept),
+        }
 
 
 def build_transforms(
@@ -145,7 +160,7 @@ def build_transforms(
     if hflip_prob > 0:
         transforms.append(A.HorizontalFlip(p=hflip_prob))
     if color_jitter > 0:
-        transforms.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter,
-                                        saturation=color_jitter, hue=0.0, p=1.0))
+        transforms.append(
+            A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter, hue=0.0, p=1.0)
+        )
     return TrainAugmentation(transforms)
-

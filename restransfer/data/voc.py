@@ -23,6 +23,7 @@ on each annotation, and ``iscrowd = difficult``), which is what :class:`VocDatas
 ``datasets/prepare_voc.py`` writes: difficult objects are then ignored regions for every COCO-format
 tool, as the devkit ignores them in evaluation.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,15 +41,44 @@ from ..errors import DataError
 from .coco import CocoDataset
 from .ilsvrc import XmlElement, parse_xml, text_fields, where, xml_number
 
-__all__ = ["VOC_CLASSES", "VocFormatError", "VocAnnotation", "VocRecord", "read_voc_annotation",
-           "read_image_set", "year_dir", "image_set_path", "load_voc_split", "records_to_coco", "VocDataset"]
+__all__ = [
+    "VOC_CLASSES",
+    "VocFormatError",
+    "VocAnnotation",
+    "VocRecord",
+    "read_voc_annotation",
+    "read_image_set",
+    "year_dir",
+    "image_set_path",
+    "load_voc_split",
+    "records_to_coco",
+    "VocDataset",
+]
 
 PathLike = Union[str, os.PathLike]
 
 # The devkit's class order (VOCinit.m); label k is VOC_CLASSES[k - 1].
 VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 
 
@@ -87,14 +117,16 @@ def _flag(obj: XmlElement, tag: str, path: str) -> bool:
 def _size(root: XmlElement, path: str) -> tuple:
     size = root.find("size")
     if size is None:
-        raise VocFormatError(f"{where(path, root.line)}: missing <size> (width and height are needed to check "
-                             "the boxes)")
+        raise VocFormatError(
+            f"{where(path, root.line)}: missing <size> (width and height are needed to check the boxes)"
+        )
     out = []
     for tag in ("width", "height"):
         v = xml_number(size.find(tag), tag, path, size.line)
         if v <= 0 or v != int(v):
-            raise VocFormatError(f"{where(path, size.find(tag).line)}: <{tag}> is {v:g}; expected a positive "
-                                 "integer number of pixels")
+            raise VocFormatError(
+                f"{where(path, size.find(tag).line)}: <{tag}> is {v:g}; expected a positive integer number of pixels"
+            )
         out.append(int(v))
     return tuple(out)
 
@@ -121,9 +153,11 @@ def read_voc_annotation(path: PathLike, classes: Sequence[str] = VOC_CLASSES) ->
             raise VocFormatError(f"{where(path, obj.line)}: <object> without <name>")
         if name.value() not in lookup:
             shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
-            raise VocFormatError(f"{where(path, name.line)}: unknown class {name.value()!r}; the class list has "
-                                 f"{len(classes)} names ({shown}): give the dataset's class list ('classes' in a "
-                                 "format voc data entry, --classes in the tools) or fix the name")
+            raise VocFormatError(
+                f"{where(path, name.line)}: unknown class {name.value()!r}; the class list has "
+                f"{len(classes)} names ({shown}): give the dataset's class list ('classes' in a "
+                "format voc data entry, --classes in the tools) or fix the name"
+            )
         bb = obj.find("bndbox")
         if bb is None:
             raise VocFormatError(f"{where(path, obj.line)}: <object> without <bndbox>")
@@ -132,7 +166,8 @@ def read_voc_annotation(path: PathLike, classes: Sequence[str] = VOC_CLASSES) ->
             raise VocFormatError(
                 f"{where(path, bb.line)}: bndbox (xmin {box[0]:g}, ymin {box[1]:g}, xmax {box[2]:g}, ymax {box[3]:g}) "
                 f"is not inside the {width}x{height} image; VOC boxes are 1-based inclusive pixels with "
-                f"1 <= xmin <= xmax <= width and 1 <= ymin <= ymax <= height")
+                f"1 <= xmin <= xmax <= width and 1 <= ymin <= ymax <= height"
+            )
         names.append(name.value())
         labels.append(lookup[name.value()])
         boxes.append(box)
@@ -141,10 +176,17 @@ def read_voc_annotation(path: PathLike, classes: Sequence[str] = VOC_CLASSES) ->
         lines.append(obj.line)
     filename = root.find("filename")
     return VocAnnotation(
-        path=path, filename=filename.value() if filename is not None and filename.value() else None,
-        width=width, height=height, names=names, labels=np.asarray(labels, dtype=np.int64),
-        boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4), difficult=np.asarray(difficult, dtype=bool),
-        truncated=np.asarray(truncated, dtype=bool), lines=lines)
+        path=path,
+        filename=filename.value() if filename is not None and filename.value() else None,
+        width=width,
+        height=height,
+        names=names,
+        labels=np.asarray(labels, dtype=np.int64),
+        boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+        difficult=np.asarray(difficult, dtype=bool),
+        truncated=np.asarray(truncated, dtype=bool),
+        lines=lines,
+    )
 
 
 def read_image_set(path: PathLike) -> List[str]:
@@ -156,8 +198,10 @@ def read_image_set(path: PathLike) -> List[str]:
     """
     path = Path(path)
     if not path.is_file():
-        raise VocFormatError(f"{path}: image-set list not found; expected VOCdevkit/VOC<year>/ImageSets/Main/"
-                             "<split>.txt (see datasets/README.md, PASCAL VOC)")
+        raise VocFormatError(
+            f"{path}: image-set list not found; expected VOCdevkit/VOC<year>/ImageSets/Main/"
+            "<split>.txt (see datasets/README.md, PASCAL VOC)"
+        )
     ids: List[str] = []
     first: Dict[str, int] = {}
     try:
@@ -169,8 +213,10 @@ def read_image_set(path: PathLike) -> List[str]:
     except DataError as e:
         if isinstance(e, VocFormatError):
             raise
-        raise VocFormatError(f"{e}; a main image-set list has one image id per line (per-class lists such as "
-                             "aeroplane_test.txt are not image sets)") from None
+        raise VocFormatError(
+            f"{e}; a main image-set list has one image id per line (per-class lists such as "
+            "aeroplane_test.txt are not image sets)"
+        ) from None
     if not ids:
         raise VocFormatError(f"{path}: the image-set list is empty")
     return ids
@@ -180,8 +226,10 @@ def year_dir(root: PathLike, year: Union[int, str]) -> Path:
     """``root/VOC<year>`` (``root`` is the VOCdevkit folder); a VocFormatError when it is not a folder."""
     d = Path(root) / f"VOC{year}"
     if not d.is_dir():
-        raise VocFormatError(f"{d}: not found; root must be the VOCdevkit folder that holds VOC{year}/ "
-                             "(see datasets/README.md, PASCAL VOC)")
+        raise VocFormatError(
+            f"{d}: not found; root must be the VOCdevkit folder that holds VOC{year}/ "
+            "(see datasets/README.md, PASCAL VOC)"
+        )
     return d
 
 
@@ -210,8 +258,9 @@ def _image_file(ann: VocAnnotation, image_id: str) -> str:
     return f"{image_id}.jpg"
 
 
-def load_voc_split(root: PathLike, year: Union[int, str], split: str,
-                   classes: Sequence[str] = VOC_CLASSES) -> List[VocRecord]:
+def load_voc_split(
+    root: PathLike, year: Union[int, str], split: str, classes: Sequence[str] = VOC_CLASSES
+) -> List[VocRecord]:
     """Read the annotations of every image of ``ImageSets/Main/<split>.txt`` of ``root/VOC<year>``, in list order.
 
     Raises:
@@ -224,15 +273,22 @@ def load_voc_split(root: PathLike, year: Union[int, str], split: str,
     for image_id in ids:
         p = ann_dir / f"{image_id}.xml"
         if not p.is_file():
-            raise VocFormatError(f"{p}: annotation file missing for image {image_id!r} of "
-                                 f"{image_set_path(root, year, split)}; check root and the extracted archive")
+            raise VocFormatError(
+                f"{p}: annotation file missing for image {image_id!r} of "
+                f"{image_set_path(root, year, split)}; check root and the extracted archive"
+            )
         ann = read_voc_annotation(p, classes)
         records.append(VocRecord(str(year), image_id, f"VOC{year}/JPEGImages/{_image_file(ann, image_id)}", ann))
     return records
 
 
-def records_to_coco(records: Sequence[VocRecord], classes: Sequence[str] = VOC_CLASSES, *,
-                    use_difficult: bool = False, description: str = "") -> dict:
+def records_to_coco(
+    records: Sequence[VocRecord],
+    classes: Sequence[str] = VOC_CLASSES,
+    *,
+    use_difficult: bool = False,
+    description: str = "",
+) -> dict:
     """A COCO-format dict of ``records`` (paths relative to the VOCdevkit root).
 
     * ``images``: ``id`` 1..N in record order, ``file_name`` (``VOC2007/JPEGImages/000001.jpg``), ``width``,
@@ -245,16 +301,36 @@ def records_to_coco(records: Sequence[VocRecord], classes: Sequence[str] = VOC_C
     images, annotations = [], []
     for image_id, rec in enumerate(records, 1):
         ann = rec.annotation
-        images.append({"id": image_id, "file_name": rec.file_name, "width": ann.width, "height": ann.height,
-                       "voc_id": rec.image_id, "voc_year": rec.year})
+        images.append(
+            {
+                "id": image_id,
+                "file_name": rec.file_name,
+                "width": ann.width,
+                "height": ann.height,
+                "voc_id": rec.image_id,
+                "voc_year": rec.year,
+            }
+        )
         xywh = xyxy_to_xywh(voc_to_xyxy(ann.boxes)).tolist()
         for box, label, diff, trunc in zip(xywh, ann.labels.tolist(), ann.difficult.tolist(), ann.truncated.tolist()):
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label),
-                                "bbox": box, "area": box[2] * box[3], "iscrowd": int(diff and not use_difficult),
-                                "difficult": int(diff), "truncated": int(trunc)})
-    return {"info": {"description": description or "PASCAL VOC converted by restransfer"},
-            "images": images, "annotations": annotations,
-            "categories": [{"id": k + 1, "name": name} for k, name in enumerate(classes)]}
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(label),
+                    "bbox": box,
+                    "area": box[2] * box[3],
+                    "iscrowd": int(diff and not use_difficult),
+                    "difficult": int(diff),
+                    "truncated": int(trunc),
+                }
+            )
+    return {
+        "info": {"description": description or "PASCAL VOC converted by restransfer"},
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": k + 1, "name": name} for k, name in enumerate(classes)],
+    }
 
 
 class VocDataset(CocoDataset):
@@ -274,13 +350,23 @@ class VocDataset(CocoDataset):
     order; record ``i`` is image id ``i + 1``).
     """
 
-    def __init__(self, root: PathLike, year: Union[int, str], split: str, *, classes: Sequence[str] = VOC_CLASSES,
-                 use_difficult: bool = False, name: Optional[str] = None, **options: Any):
+    def __init__(
+        self,
+        root: PathLike,
+        year: Union[int, str],
+        split: str,
+        *,
+        classes: Sequence[str] = VOC_CLASSES,
+        use_difficult: bool = False,
+        name: Optional[str] = None,
+        **options: Any,
+    ):
         self.year, self.split = str(year), split
         self.records = load_voc_split(root, year, split, classes)
         source = image_set_path(root, year, split)
-        data = records_to_coco(self.records, classes, use_difficult=use_difficult,
-                               description=f"PASCAL VOC{year} {split}")
+        data = records_to_coco(
+            self.records, classes, use_difficult=use_difficult, description=f"PASCAL VOC{year} {split}"
+        )
         coco = COCO()
         coco.dataset = data
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines

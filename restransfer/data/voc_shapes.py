@@ -13,6 +13,7 @@ visible pixels to the border is ``truncated``; one that kept less than 40% of th
 than 10 px on its longer side, is ``difficult`` (as VOC marks objects hard to recognise); one that kept none
 is not annotated. Boxes bound the visible pixels. Everything is a pure function of the arguments.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,25 +44,28 @@ def _objects_xml(objects: Sequence[Tuple[str, Tuple[int, int, int, int], bool, b
             f"  <object>\n    <name>{escape(name)}</name>\n    <pose>Unspecified</pose>\n"
             f"    <truncated>{int(truncated)}</truncated>\n    <difficult>{int(difficult)}</difficult>\n"
             f"    <bndbox>\n      <xmin>{x1}</xmin>\n      <ymin>{y1}</ymin>\n      <xmax>{x2}</xmax>\n"
-            f"      <ymax>{y2}</ymax>\n    </bndbox>\n  </object>\n")
+            f"      <ymax>{y2}</ymax>\n    </bndbox>\n  </object>\n"
+        )
     return "".join(parts)
 
 
 def _annotation_xml(year: str, image_id: str, size: int, objects) -> str:
-    return (f"<annotation>\n  <folder>VOC{year}</folder>\n  <filename>{image_id}.jpg</filename>\n"
-            "  <source>\n    <database>restransfer synthetic shapes</database>\n  </source>\n"
-            f"  <size>\n    <width>{size}</width>\n    <height>{size}</height>\n    <depth>3</depth>\n  </size>\n"
-            f"  <segmented>0</segmented>\n{_objects_xml(objects)}</annotation>\n")
+    return (
+        f"<annotation>\n  <folder>VOC{year}</folder>\n  <filename>{image_id}.jpg</filename>\n"
+        "  <source>\n    <database>restransfer synthetic shapes</database>\n  </source>\n"
+        f"  <size>\n    <width>{size}</width>\n    <height>{size}</height>\n    <depth>3</depth>\n  </size>\n"
+        f"  <segmented>0</segmented>\n{_objects_xml(objects)}</annotation>\n"
+    )
 
 
 def _render(rng: np.random.Generator, size: int, classes: Sequence[str]):
     """One image (S, S, 3) RGB and its objects ``(name, VOC box, truncated, difficult)`` in drawing order."""
     canvas, objects = render_shapes_image(rng, size + 2 * _MARGIN, classes)
     ox, oy = (int(v) for v in rng.integers(0, 2 * _MARGIN + 1, 2))
-    image = canvas[oy:oy + size, ox:ox + size]
+    image = canvas[oy : oy + size, ox : ox + size]
     out = []
     for label, mask in objects:
-        inside = mask[oy:oy + size, ox:ox + size]
+        inside = mask[oy : oy + size, ox : ox + size]
         kept, total = int(inside.sum()), int(mask.sum())
         if kept == 0:
             continue
@@ -73,9 +77,15 @@ def _render(rng: np.random.Generator, size: int, classes: Sequence[str]):
     return image, out
 
 
-def generate_voc_shapes(root: Union[str, os.PathLike], num_trainval: int = DEFAULT_NUM_TRAINVAL,
-                        num_test: int = DEFAULT_NUM_TEST, image_size: int = 128, seed: int = 0,
-                        classes: Sequence[str] = DEFAULT_CLASSES, year: Union[int, str] = 2007) -> Dict[str, Path]:
+def generate_voc_shapes(
+    root: Union[str, os.PathLike],
+    num_trainval: int = DEFAULT_NUM_TRAINVAL,
+    num_test: int = DEFAULT_NUM_TEST,
+    image_size: int = 128,
+    seed: int = 0,
+    classes: Sequence[str] = DEFAULT_CLASSES,
+    year: Union[int, str] = 2007,
+) -> Dict[str, Path]:
     """Write the set under ``root`` (the VOCdevkit folder); existing files of the same names are replaced.
 
     Returns ``{"trainval": path, "test": path}`` of the image-set lists, each written after its images and
@@ -96,8 +106,9 @@ def generate_voc_shapes(root: Union[str, os.PathLike], num_trainval: int = DEFAU
             if not ok:
                 raise OSError(f"OpenCV could not encode {ydir / 'JPEGImages' / image_id}.jpg")
             atomic_write_bytes(ydir / "JPEGImages" / f"{image_id}.jpg", jpg.tobytes())
-            atomic_write_text(ydir / "Annotations" / f"{image_id}.xml",
-                              _annotation_xml(str(year), image_id, int(image_size), objects))
+            atomic_write_text(
+                ydir / "Annotations" / f"{image_id}.xml", _annotation_xml(str(year), image_id, int(image_size), objects)
+            )
             ids.append(image_id)
         first += n
         out[split] = ydir / "ImageSets" / "Main" / f"{split}.txt"

@@ -9,6 +9,7 @@ carries a SHA-256 of its whole payload (tensors, iteration, optimizer, scheduler
 on load after the zip's member sizes and CRCs (:func:`restransfer.serialization.load_torch_file`). Resuming
 takes the newest checkpoint that reads back intact and names any damaged one it passes over.
 """
+
 from __future__ import annotations
 
 import io
@@ -48,7 +49,13 @@ def rng_state() -> Dict[str, Any]:
     py_version, py_internal, py_gauss = random.getstate()
     state = {
         "python": [py_version, list(py_internal), py_gauss],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].copy()),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -92,20 +99,24 @@ class Checkpointer:
         if self.keep_last <= 0:
             return
         periodic = sorted(p for p in self.dir.iterdir() if _PERIODIC.match(p.name))
-        for old in periodic[:-self.keep_last]:
+        for old in periodic[: -self.keep_last]:
             old.unlink(missing_ok=True)
 
     def remove_temporaries(self) -> List[Path]:
         """Delete the temporary files of writes a killed run left behind; returns them."""
         if not self.dir.is_dir():
             return []
-        leftovers = [p for p in self.dir.iterdir()
-                     if p.is_file() and (TEMPORARY.match(p.name) or p.name in _OLD_TEMPORARIES)]
+        leftovers = [
+            p for p in self.dir.iterdir() if p.is_file() and (TEMPORARY.match(p.name) or p.name in _OLD_TEMPORARIES)
+        ]
         for p in leftovers:
             p.unlink(missing_ok=True)
         if leftovers:
-            logger.info("removed %d unfinished temporary file(s) of an earlier run: %s", len(leftovers),
-                        ", ".join(p.name for p in leftovers))
+            logger.info(
+                "removed %d unfinished temporary file(s) of an earlier run: %s",
+                len(leftovers),
+                ", ".join(p.name for p in leftovers),
+            )
         return leftovers
 
     def candidates(self) -> List[Path]:
@@ -128,8 +139,12 @@ class Checkpointer:
             logger.warning("%s cannot be read (%s); looking for the newest intact checkpoint instead", pointer, e)
             return
         if not _PERIODIC.match(name) or not (self.dir / name).is_file():
-            logger.warning("%s names %r, which is not a checkpoint in %s; looking for the newest intact "
-                           "checkpoint instead", pointer, name, self.dir)
+            logger.warning(
+                "%s names %r, which is not a checkpoint in %s; looking for the newest intact checkpoint instead",
+                pointer,
+                name,
+                self.dir,
+            )
 
     def newest_intact(self) -> Optional[Tuple[Path, Dict[str, Any]]]:
         """``(path, state)`` of the newest checkpoint that reads back intact (checksum included), or None
@@ -146,13 +161,16 @@ class Checkpointer:
                 damaged.append(str(e))
                 continue
             if damaged:
-                logger.warning("resuming from %s, the newest intact checkpoint (passed over %d damaged)", path,
-                               len(damaged))
+                logger.warning(
+                    "resuming from %s, the newest intact checkpoint (passed over %d damaged)", path, len(damaged)
+                )
             return path, state
         if damaged:
-            raise CheckpointError(f"{self.dir}: none of its {len(damaged)} checkpoints can be read: "
-                                  f"{'; '.join(damaged)}. Pass --restart to start over from iteration 0 (the "
-                                  "damaged files are set aside), or restore a checkpoint from a backup")
+            raise CheckpointError(
+                f"{self.dir}: none of its {len(damaged)} checkpoints can be read: "
+                f"{'; '.join(damaged)}. Pass --restart to start over from iteration 0 (the "
+                "damaged files are set aside), or restore a checkpoint from a backup"
+            )
         return None
 
     def last(self) -> Optional[Path]:

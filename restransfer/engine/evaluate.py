@@ -16,6 +16,7 @@ The per-protocol entries the tools call (:func:`run_coco_evaluation`, :func:`run
 :func:`run_imagenet_loc_evaluation`) build their protocol's evaluator with its options and run
 :func:`evaluate`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,7 +39,11 @@ from ..distributed import get_rank, get_world_size, is_main_process
 from ..errors import ConfigError
 from ..evaluation.coco_evaluator import COCOEvaluator
 from ..evaluation.evaluator import (
-    Evaluator, build_evaluator, evaluator_factory, evaluator_for_format, gather_predictions,
+    Evaluator,
+    build_evaluator,
+    evaluator_factory,
+    evaluator_for_format,
+    gather_predictions,
 )
 from ..evaluation.imagenet_det import DetEvalResult
 from ..evaluation.imagenet_det_evaluator import ImageNetDetEvaluator
@@ -50,9 +55,21 @@ from ..models.system import build_test_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Evaluation", "evaluate", "evaluate_model", "PeriodicEvaluation", "build_periodic_evaluation",
-           "writes_report", "evaluator_for_test_set", "run_on_test_set", "predict_dataset", "run_coco_evaluation",
-           "DetModelEvaluation", "run_imagenet_det_evaluation", "run_imagenet_loc_evaluation"]
+__all__ = [
+    "Evaluation",
+    "evaluate",
+    "evaluate_model",
+    "PeriodicEvaluation",
+    "build_periodic_evaluation",
+    "writes_report",
+    "evaluator_for_test_set",
+    "run_on_test_set",
+    "predict_dataset",
+    "run_coco_evaluation",
+    "DetModelEvaluation",
+    "run_imagenet_det_evaluation",
+    "run_imagenet_loc_evaluation",
+]
 
 PathLike = Union[str, os.PathLike]
 Weights = Union[None, str, Sequence[str]]
@@ -98,20 +115,38 @@ def writes_report(mode: str, periodic: bool) -> bool:
     return mode == "always" or (mode == "final" and not periodic)
 
 
-def evaluator_for_test_set(cfg, dataset, *, name: Optional[str] = None, output_dir: Optional[PathLike] = None,
-                           metrics_path: Optional[PathLike] = None) -> Evaluator:
+def evaluator_for_test_set(
+    cfg,
+    dataset,
+    *,
+    name: Optional[str] = None,
+    output_dir: Optional[PathLike] = None,
+    metrics_path: Optional[PathLike] = None,
+) -> Evaluator:
     """The evaluator ``name`` (default ``test.evaluator``; ``auto``: the one registered for
     ``data.test.format``) for ``dataset``, writing into ``output_dir`` (default ``cfg.output_dir``)."""
     fmt = cfg.data.test.format if cfg.data.test is not None else "coco"
     # protocol options from cfg.test, passed when set (a factory ignores the options of other protocols)
     options = {"voc_metric": cfg.test.voc_metric} if cfg.test.voc_metric is not None else {}
-    return build_evaluator(name or cfg.test.evaluator, fmt, dataset=dataset,
-                           output_dir=Path(output_dir if output_dir is not None else cfg.output_dir),
-                           metrics_path=metrics_path, **options)
+    return build_evaluator(
+        name or cfg.test.evaluator,
+        fmt,
+        dataset=dataset,
+        output_dir=Path(output_dir if output_dir is not None else cfg.output_dir),
+        metrics_path=metrics_path,
+        **options,
+    )
 
 
-def run_on_test_set(cfg, weights: Weights = None, *, dataset: Any = None, model: Optional[nn.Module] = None,
-                    evaluator: Optional[Evaluator] = None, progress: bool = True) -> Tuple[Any, List[Dict[str, Any]]]:
+def run_on_test_set(
+    cfg,
+    weights: Weights = None,
+    *,
+    dataset: Any = None,
+    model: Optional[nn.Module] = None,
+    evaluator: Optional[Evaluator] = None,
+    progress: bool = True,
+) -> Tuple[Any, List[Dict[str, Any]]]:
     """Run the config's model over its test set (``cfg.data.test``) on this process's share of the images.
 
     The model is :func:`~restransfer.models.system.build_test_model`'s (the plain detector, or the test-time
@@ -144,12 +179,15 @@ def run_on_test_set(cfg, weights: Weights = None, *, dataset: Any = None, model:
 def _check_test_classes(dataset: Any, num_classes: int) -> None:
     """The test set's classes against ``model.num_classes``."""
     if len(dataset.class_names) != num_classes:
-        raise ConfigError(f"the test set {getattr(dataset, 'name', '')} has {len(dataset.class_names)} classes but "
-                          f"model.num_classes is {num_classes}; set model.num_classes={len(dataset.class_names)}")
+        raise ConfigError(
+            f"the test set {getattr(dataset, 'name', '')} has {len(dataset.class_names)} classes but "
+            f"model.num_classes is {num_classes}; set model.num_classes={len(dataset.class_names)}"
+        )
 
 
-def predict_dataset(cfg, weights: Weights = None, dataset: Any = None, model: Optional[nn.Module] = None,
-                    progress: bool = True) -> Tuple[Any, Optional[List[Dict[str, Any]]]]:
+def predict_dataset(
+    cfg, weights: Weights = None, dataset: Any = None, model: Optional[nn.Module] = None, progress: bool = True
+) -> Tuple[Any, Optional[List[Dict[str, Any]]]]:
     """:func:`run_on_test_set`, every process's predictions gathered to the main process.
 
     Returns:
@@ -161,10 +199,20 @@ def predict_dataset(cfg, weights: Weights = None, dataset: Any = None, model: Op
     return dataset, gather_predictions(predictions, dataset.image_ids)
 
 
-def evaluate(cfg, weights: Weights = None, *, model: Optional[nn.Module] = None, dataset: Any = None,
-             evaluator: Union[None, str, Evaluator] = None, output_dir: Optional[PathLike] = None,
-             metrics_path: Optional[PathLike] = None, periodic: bool = False, report: Optional[bool] = None,
-             progress: bool = True, echo: bool = False) -> Optional[Evaluation]:
+def evaluate(
+    cfg,
+    weights: Weights = None,
+    *,
+    model: Optional[nn.Module] = None,
+    dataset: Any = None,
+    evaluator: Union[None, str, Evaluator] = None,
+    output_dir: Optional[PathLike] = None,
+    metrics_path: Optional[PathLike] = None,
+    periodic: bool = False,
+    report: Optional[bool] = None,
+    progress: bool = True,
+    echo: bool = False,
+) -> Optional[Evaluation]:
     """Run the config's model over its test set and evaluate it.
 
     Args:
@@ -186,7 +234,9 @@ def evaluate(cfg, weights: Weights = None, *, model: Optional[nn.Module] = None,
     start = time.perf_counter()
     dataset = dataset if dataset is not None else build_test_dataset(cfg)
     if not isinstance(evaluator, Evaluator):
-        evaluator = evaluator_for_test_set(cfg, dataset, name=evaluator, output_dir=output_dir, metrics_path=metrics_path)
+        evaluator = evaluator_for_test_set(
+            cfg, dataset, name=evaluator, output_dir=output_dir, metrics_path=metrics_path
+        )
     evaluator.reset()
     run_on_test_set(cfg, weights, dataset=dataset, model=model, evaluator=evaluator, progress=progress)
     seconds = time.perf_counter() - start
@@ -201,14 +251,30 @@ def evaluate(cfg, weights: Weights = None, *, model: Optional[nn.Module] = None,
     return run
 
 
-def evaluate_model(cfg, model: Optional[nn.Module] = None, weights: Weights = None, dataset: Any = None,
-                   output_dir: Optional[PathLike] = None, metrics_path: Optional[PathLike] = None,
-                   progress: bool = True, periodic: bool = False) -> Optional[Dict[str, Any]]:
+def evaluate_model(
+    cfg,
+    model: Optional[nn.Module] = None,
+    weights: Weights = None,
+    dataset: Any = None,
+    output_dir: Optional[PathLike] = None,
+    metrics_path: Optional[PathLike] = None,
+    progress: bool = True,
+    periodic: bool = False,
+) -> Optional[Dict[str, Any]]:
     """Training's final evaluation and ``--eval-only``: :func:`evaluate` with ``test.evaluator`` writing into
     ``output_dir`` (default ``cfg.output_dir``), then the printed table. Returns the metrics on the main
     process, None elsewhere."""
-    run = evaluate(cfg, weights, model=model, dataset=dataset, output_dir=output_dir, metrics_path=metrics_path,
-                   periodic=periodic, progress=progress, echo=True)
+    run = evaluate(
+        cfg,
+        weights,
+        model=model,
+        dataset=dataset,
+        output_dir=output_dir,
+        metrics_path=metrics_path,
+        periodic=periodic,
+        progress=progress,
+        echo=True,
+    )
     return run.metrics if run is not None else None
 
 
@@ -221,8 +287,14 @@ class PeriodicEvaluation:
     first scalar). The test set (``build_test_set()``) is read once, at the first evaluation.
     :func:`build_periodic_evaluation` makes the one a training config asks for."""
 
-    def __init__(self, run: Callable[[nn.Module, Any], Optional[Evaluation]], build_test_set: Callable[[], Any], *,
-                 metric: str = "", higher_is_better: bool = True) -> None:
+    def __init__(
+        self,
+        run: Callable[[nn.Module, Any], Optional[Evaluation]],
+        build_test_set: Callable[[], Any],
+        *,
+        metric: str = "",
+        higher_is_better: bool = True,
+    ) -> None:
         self._run, self._build_test_set = run, build_test_set
         self._dataset: Any = None
         self.metric = metric
@@ -251,18 +323,29 @@ def build_periodic_evaluation(cfg) -> PeriodicEvaluation:
     def run(module: nn.Module, dataset: Any) -> Optional[Evaluation]:
         return evaluate(cfg, model=module, dataset=dataset, periodic=True, progress=False, echo=True)
 
-    return PeriodicEvaluation(run, functools.partial(build_test_dataset, cfg),
-                              metric=getattr(factory, "main_metric", ""),
-                              higher_is_better=bool(getattr(factory, "higher_is_better", True)))
+    return PeriodicEvaluation(
+        run,
+        functools.partial(build_test_dataset, cfg),
+        metric=getattr(factory, "main_metric", ""),
+        higher_is_better=bool(getattr(factory, "higher_is_better", True)),
+    )
 
 
 # ----------------------------------------------------------------------------- the protocols' entries
 
 
-def run_coco_evaluation(cfg, weights: Weights = None, *, iou_types: Optional[Sequence[str]] = None,
-                        engine: str = "auto", metrics_path: Optional[PathLike] = None,
-                        results_path: Optional[PathLike] = None, model: Optional[Any] = None,
-                        dataset: Optional[Any] = None, progress: bool = True) -> Optional[Dict[str, Any]]:
+def run_coco_evaluation(
+    cfg,
+    weights: Weights = None,
+    *,
+    iou_types: Optional[Sequence[str]] = None,
+    engine: str = "auto",
+    metrics_path: Optional[PathLike] = None,
+    results_path: Optional[PathLike] = None,
+    model: Optional[Any] = None,
+    dataset: Optional[Any] = None,
+    progress: bool = True,
+) -> Optional[Dict[str, Any]]:
     """The COCO protocol on the config's test set.
 
     Args:
@@ -284,8 +367,9 @@ def run_coco_evaluation(cfg, weights: Weights = None, *, iou_types: Optional[Seq
     metrics_path = Path(metrics_path) if metrics_path else Path(cfg.output_dir) / "metrics.json"
     results_path = Path(results_path) if results_path else metrics_path.with_name("coco_instances_results.json")
     dataset = dataset if dataset is not None else build_test_dataset(cfg)
-    evaluator = COCOEvaluator(dataset, metrics_path=metrics_path, results_path=results_path, iou_types=iou_types,
-                              engine=engine)
+    evaluator = COCOEvaluator(
+        dataset, metrics_path=metrics_path, results_path=results_path, iou_types=iou_types, engine=engine
+    )
     run = evaluate(cfg, weights, model=model, dataset=dataset, evaluator=evaluator, progress=progress)
     return run.metrics if run is not None else None
 
@@ -303,9 +387,14 @@ class DetModelEvaluation:
     metrics_path: Path
 
 
-def run_imagenet_det_evaluation(cfg, weights: Weights = None, *, blacklist: Optional[PathLike] = None,
-                                metrics_path: Optional[PathLike] = None,
-                                with_coco: bool = True) -> Optional[DetModelEvaluation]:
+def run_imagenet_det_evaluation(
+    cfg,
+    weights: Weights = None,
+    *,
+    blacklist: Optional[PathLike] = None,
+    metrics_path: Optional[PathLike] = None,
+    with_coco: bool = True,
+) -> Optional[DetModelEvaluation]:
     """The ILSVRC devkit's DET protocol on the config's test set (a json of ``datasets/prepare_imagenet_det.py``).
 
     Writes ``imagenet_det_submission.txt`` into ``cfg.output_dir`` and the metrics
@@ -313,18 +402,27 @@ def run_imagenet_det_evaluation(cfg, weights: Weights = None, *, blacklist: Opti
     ``cfg.output_dir/metrics.json``). Returns None on processes other than the main one.
     """
     dataset = build_test_dataset(cfg)
-    evaluator = ImageNetDetEvaluator(dataset, Path(resolve_path(cfg.output_dir)), metrics_path=metrics_path,
-                                     blacklist=blacklist, with_coco=with_coco)
+    evaluator = ImageNetDetEvaluator(
+        dataset, Path(resolve_path(cfg.output_dir)), metrics_path=metrics_path, blacklist=blacklist, with_coco=with_coco
+    )
     if evaluate(cfg, weights, dataset=dataset, evaluator=evaluator) is None:
         return None
-    return DetModelEvaluation(evaluator.result, evaluator.ground_truth, evaluator.coco, evaluator.submission_path,
-                              evaluator.metrics_path)
+    return DetModelEvaluation(
+        evaluator.result, evaluator.ground_truth, evaluator.coco, evaluator.submission_path, evaluator.metrics_path
+    )
 
 
-def run_imagenet_loc_evaluation(cfg, weights: Weights = None, *, mode: str = "classifier",
-                                classifier_scores: Optional[np.ndarray] = None, classifier: Optional[nn.Module] = None,
-                                classifier_synsets: Optional[PathLike] = None, blacklist: Optional[PathLike] = None,
-                                output_dir: Optional[PathLike] = None) -> Optional[Dict[str, float]]:
+def run_imagenet_loc_evaluation(
+    cfg,
+    weights: Weights = None,
+    *,
+    mode: str = "classifier",
+    classifier_scores: Optional[np.ndarray] = None,
+    classifier: Optional[nn.Module] = None,
+    classifier_synsets: Optional[PathLike] = None,
+    blacklist: Optional[PathLike] = None,
+    output_dir: Optional[PathLike] = None,
+) -> Optional[Dict[str, float]]:
     """Run the detector on the config's test set, make guesses in ``mode``, write both submissions and evaluate
     (:class:`~restransfer.evaluation.imagenet_loc_evaluator.ImageNetLocEvaluator`).
 
@@ -348,21 +446,30 @@ def run_imagenet_loc_evaluation(cfg, weights: Weights = None, *, mode: str = "cl
     dataset = build_test_dataset(cfg)
     scores: Any = classifier_scores
     if mode == "classifier" and scores is None and classifier is not None:
-        scores = _classifier_scoring(dataset, classifier, image_root=cfg.data.test.image_root,
-                                     device=resolve_device(cfg.device))
-    evaluator = ImageNetLocEvaluator(dataset, Path(output_dir or cfg.output_dir), mode=mode, classifier_scores=scores,
-                                     classifier_synsets=classifier_synsets, blacklist=blacklist)
+        scores = _classifier_scoring(
+            dataset, classifier, image_root=cfg.data.test.image_root, device=resolve_device(cfg.device)
+        )
+    evaluator = ImageNetLocEvaluator(
+        dataset,
+        Path(output_dir or cfg.output_dir),
+        mode=mode,
+        classifier_scores=scores,
+        classifier_synsets=classifier_synsets,
+        blacklist=blacklist,
+    )
     run = evaluate(cfg, weights, dataset=dataset, evaluator=evaluator)
     return run.metrics if run is not None else None
 
 
-def _classifier_scoring(dataset: Any, classifier: nn.Module, *, image_root: str,
-                        device: Any) -> Callable[[], np.ndarray]:
+def _classifier_scoring(
+    dataset: Any, classifier: nn.Module, *, image_root: str, device: Any
+) -> Callable[[], np.ndarray]:
     """The center-crop scores of ``classifier`` over the test images under ``image_root`` (rows in
     ``dataset.image_ids`` order), as a function: the evaluator calls it on the main process only, when it makes
     the guesses."""
     root = resolve_path(image_root)
     paths = [os.path.join(root, dataset.coco.imgs[k]["file_name"]) for k in dataset.image_ids]
     conv = classifier.pixel_convention
-    return lambda: classifier_scores_from_model(classifier, paths, device=device, mean=conv.mean, std=conv.std,
-                                                bgr=conv.channel_order == "BGR")
+    return lambda: classifier_scores_from_model(
+        classifier, paths, device=device, mean=conv.mean, std=conv.std, bgr=conv.channel_order == "BGR"
+    )

@@ -12,6 +12,7 @@
 Order matters where one hook uses another's result: register EMA before evaluation and checkpoints (so
 they see the average of the step just taken), logging first.
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,14 +50,14 @@ class PeriodicCheckpointer(HookBase):
     def after_step(self) -> None:
         done = self.loop.done
         if self.period > 0 and done % self.period == 0 and done < self.loop.max_iter and is_main_process():
-            self.loop.last_checkpoint = self.checkpointer.save(f"model_{done:07d}.pth", self.loop.state_dict(),
-                                                               periodic=True)
+            self.loop.last_checkpoint = self.checkpointer.save(
+                f"model_{done:07d}.pth", self.loop.state_dict(), periodic=True
+            )
 
     def after_train(self) -> None:
         final = self.checkpointer.dir / "model_final.pth"
         if is_main_process() and (self.loop.start_iter < self.loop.max_iter or not final.exists()):
-            self.loop.last_checkpoint = self.checkpointer.save(final.name,
-                                                               self.loop.state_dict(self.loop.max_iter))
+            self.loop.last_checkpoint = self.checkpointer.save(final.name, self.loop.state_dict(self.loop.max_iter))
 
 
 class EvalHook(HookBase):
@@ -74,11 +75,17 @@ class EvalHook(HookBase):
         describe: the console line of a result (none: no console line).
     """
 
-    def __init__(self, period: int, evaluate: Callable[[nn.Module], Optional[Dict[str, float]]],
-                 writer: MetricsWriter, metric: Union[str, Callable[[], str], None] = None,
-                 higher_is_better: bool = True,
-                 checkpointer: Optional[Checkpointer] = None, at_end: bool = False,
-                 describe: Optional[Callable[[Dict[str, float]], str]] = None) -> None:
+    def __init__(
+        self,
+        period: int,
+        evaluate: Callable[[nn.Module], Optional[Dict[str, float]]],
+        writer: MetricsWriter,
+        metric: Union[str, Callable[[], str], None] = None,
+        higher_is_better: bool = True,
+        checkpointer: Optional[Checkpointer] = None,
+        at_end: bool = False,
+        describe: Optional[Callable[[Dict[str, float]], str]] = None,
+    ) -> None:
         self.period, self.evaluate, self.writer = period, evaluate, writer
         self.metric, self.higher_is_better = metric, higher_is_better
         self.checkpointer, self.at_end, self.describe = checkpointer, at_end, describe
@@ -118,8 +125,9 @@ class MetricsLogger(HookBase):
         summarize: ``summarize(averaged step values) -> (entries for log.jsonl, console text)``.
     """
 
-    def __init__(self, writer: MetricsWriter, period: int,
-                 summarize: Callable[[Dict[str, float]], Tuple[Dict[str, float], str]]) -> None:
+    def __init__(
+        self, writer: MetricsWriter, period: int, summarize: Callable[[Dict[str, float]], Tuple[Dict[str, float], str]]
+    ) -> None:
         self.writer, self.period, self.summarize = writer, max(1, period), summarize
         self._reset()
 
@@ -143,15 +151,18 @@ class MetricsLogger(HookBase):
             avg = {k: v / self._n for k, v in self._sum.items()}
             entries, text = self.summarize(avg)
             step_time, data_time = self._time / self._n, self._data / self._n
-            self.writer.write(done, {**entries, "lr": loop.lr, "images_seen": loop.images_seen,
-                                     "time": step_time, "data_time": data_time})
+            self.writer.write(
+                done,
+                {**entries, "lr": loop.lr, "images_seen": loop.images_seen, "time": step_time, "data_time": data_time},
+            )
             msg = f"{text} lr {loop.lr:.2e} {step_time:.2f}s/it data {data_time:.3f}s"
             if self.writer.interactive:
                 self.writer.progress(done, msg)
             else:
                 eta = (time.perf_counter() - self._start) / (done - loop.start_iter) * (loop.max_iter - done)
-                logger.info("iter %d/%d %s eta %s", done, loop.max_iter, msg, time.strftime("%H:%M:%S",
-                                                                                           time.gmtime(eta)))
+                logger.info(
+                    "iter %d/%d %s eta %s", done, loop.max_iter, msg, time.strftime("%H:%M:%S", time.gmtime(eta))
+                )
             self._reset()
         elif self.writer.interactive:
             self.writer.progress(done, "")
@@ -179,8 +190,9 @@ class ModelEMA(HookBase):
 
     def _ensure(self) -> AveragedModel:
         if self.average is None:
-            self.average = AveragedModel(self.loop.module, multi_avg_fn=get_ema_multi_avg_fn(self.decay),
-                                         use_buffers=False)
+            self.average = AveragedModel(
+                self.loop.module, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=False
+            )
             self.average.eval()
             self.loop.eval_module = lambda: self.average.module  # type: ignore[union-attr]
         return self.average
@@ -194,8 +206,7 @@ class ModelEMA(HookBase):
 
     def state_dict(self) -> Dict[str, Any]:
         average = self._ensure()
-        return {"raw_model": self.loop.module.state_dict(), "n_averaged": int(average.n_averaged),
-                "decay": self.decay}
+        return {"raw_model": self.loop.module.state_dict(), "n_averaged": int(average.n_averaged), "decay": self.decay}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         # the loop has just loaded the checkpoint's "model" entry (the average) into the model: it becomes the

@@ -1,6 +1,7 @@
 """Moved: the loop over a dataset is :mod:`restransfer.inference.loop`, the evaluation model builders are in
 :mod:`restransfer.models`, and a protocol run (training's evaluation) is :mod:`restransfer.engine.evaluate`.
 This name keeps old imports working."""
+
 from ..devices import autocast_context, precision_dtype, resolve_device, resolve_precision  # noqa: F401
 from ..inference.loop import inference_on_dataset
 from ..models.build import build_eval_model

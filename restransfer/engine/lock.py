@@ -19,6 +19,7 @@ holds it to the end.
   or hard-linked file at ``run.lock``. On a file system without ``flock`` (Lustre without ``-o flock``) a
   stale lock is not taken over: the error says to delete it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +44,7 @@ from ..fileio import unsafe_output_message
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OutputDirLock", "OutputDirLocked", "LOCK_NAME", "locked_output_dir", "process_start_ticks",
-           "boot_id"]
+__all__ = ["OutputDirLock", "OutputDirLocked", "LOCK_NAME", "locked_output_dir", "process_start_ticks", "boot_id"]
 
 LOCK_NAME = "run.lock"
 # how long a record that is being written (empty or partial, or the old owner's while a takeover is under
@@ -73,7 +73,7 @@ def process_start_ticks(pid: int) -> Optional[int]:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
         # field 2, the command name in parentheses, may itself hold spaces and parentheses; field 3 follows
-        return int(data[data.rindex(b")") + 2:].split()[22 - 3])
+        return int(data[data.rindex(b")") + 2 :].split()[22 - 3])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -111,8 +111,10 @@ def _owner_gone(owner: Dict[str, Any]) -> Optional[str]:
     if isinstance(recorded, int):
         now = process_start_ticks(pid)
         if now is not None and now != recorded:
-            return (f"process {pid} is alive but started at {_ticks_as_time(now)}, not the run that wrote the "
-                    f"lock (that one started at {_ticks_as_time(recorded)})")
+            return (
+                f"process {pid} is alive but started at {_ticks_as_time(now)}, not the run that wrote the "
+                f"lock (that one started at {_ticks_as_time(recorded)})"
+            )
     return None
 
 
@@ -211,8 +213,10 @@ class OutputDirLock:
             if take:
                 return self._take(fd)
             os.close(fd)
-        raise OutputDirLocked(f"{self.dir}: could not take {self.path} (it keeps changing); is another run "
-                              "starting in this folder? Choose another output_dir=...")
+        raise OutputDirLocked(
+            f"{self.dir}: could not take {self.path} (it keeps changing); is another run "
+            "starting in this folder? Choose another output_dir=..."
+        )
 
     def _open_existing(self) -> Tuple[Optional[int], bool]:
         """The existing lock file, opened without following a link: ``(fd, writable)``, fd None if gone."""
@@ -233,8 +237,10 @@ class OutputDirLock:
                 os.close(fd)
             raise OutputDirLocked(f"{self.dir} cannot be locked: {unsafe}")
         if fd is None:
-            raise OutputDirLocked(f"{self.dir}: {self.path} exists and cannot be opened; if no run uses this "
-                                  f"folder, delete {self.path}; otherwise choose another output_dir=...")
+            raise OutputDirLocked(
+                f"{self.dir}: {self.path} exists and cannot be opened; if no run uses this "
+                f"folder, delete {self.path}; otherwise choose another output_dir=..."
+            )
         return fd, writable
 
     def _judge(self, fd: int, writable: bool) -> bool:
@@ -247,36 +253,49 @@ class OutputDirLock:
         owner, deadline = _read_owner(fd), time.monotonic() + RECORD_WAIT_S
         # a held or lock-less file may be in the middle of being written (a new lock, or a takeover that will
         # replace a gone owner's record): wait a little for the record of the process that holds it
-        while kernel_lock is not True and time.monotonic() < deadline and (
-                owner is None or (kernel_lock is False and owner["host"] == here and _owner_gone(owner))):
+        while (
+            kernel_lock is not True
+            and time.monotonic() < deadline
+            and (owner is None or (kernel_lock is False and owner["host"] == here and _owner_gone(owner)))
+        ):
             time.sleep(0.02)
             owner = _read_owner(fd)
         if owner is None:
             if kernel_lock and writable:  # a starter died between creating and writing it, or junk
                 empty = os.fstat(fd).st_size == 0
-                logger.log(logging.INFO if empty else logging.WARNING, "%s: taking over %s, which %s and which "
-                           "no process holds", self.dir, self.path, "is empty" if empty else "holds no lock record")
+                logger.log(
+                    logging.INFO if empty else logging.WARNING,
+                    "%s: taking over %s, which %s and which no process holds",
+                    self.dir,
+                    self.path,
+                    "is empty" if empty else "holds no lock record",
+                )
                 return True
             raise OutputDirLocked(
                 f"{self.dir} is locked by {self.path}, which cannot be read"
                 f"{' (a live process holds it)' if kernel_lock is False else ''}. If no run uses this folder, "
-                f"delete {self.path}; otherwise choose another output_dir=...")
+                f"delete {self.path}; otherwise choose another output_dir=..."
+            )
         pid, host = owner["pid"], owner["host"]
         what = f"{owner.get('purpose', 'a run')} since {owner.get('started', '?')}"
         if host != here:
             raise OutputDirLocked(
                 f"{self.dir} is in use by process {pid} on host {host} ({what}), which cannot be checked from "
                 f"here: two runs in one output_dir would overwrite each other's checkpoints. Wait for it to "
-                f"finish or choose another output_dir=...; if that run is gone, delete {self.path}")
+                f"finish or choose another output_dir=...; if that run is gone, delete {self.path}"
+            )
         if kernel_lock is False:
             if pid == os.getpid():
-                raise OutputDirLocked(f"{self.dir} is already held by this process ({what}): a run cannot start "
-                                      "inside another one in the same folder; choose another output_dir=...")
+                raise OutputDirLocked(
+                    f"{self.dir} is already held by this process ({what}): a run cannot start "
+                    "inside another one in the same folder; choose another output_dir=..."
+                )
             gone = _owner_gone(owner)
             holder = f"a process that process {pid} started ({gone})" if gone else f"process {pid}"
             raise OutputDirLocked(
                 f"{self.dir} is in use by {holder} ({what}): two runs in one output_dir would overwrite each "
-                "other's checkpoints. Wait for it to finish, stop it, or choose another output_dir=...")
+                "other's checkpoints. Wait for it to finish, stop it, or choose another output_dir=..."
+            )
         gone = _owner_gone(owner)
         if gone is None and pid == os.getpid() and kernel_lock:
             gone = f"process {pid} is this process, which no longer holds it"
@@ -284,15 +303,18 @@ class OutputDirLock:
             raise OutputDirLocked(
                 f"{self.dir} is in use by process {pid} ({what}): two runs in one output_dir would overwrite "
                 f"each other's checkpoints. Wait for it to finish, stop it, or choose another output_dir=...; "
-                f"if that process is not a run of this toolkit, delete {self.path}")
+                f"if that process is not a run of this toolkit, delete {self.path}"
+            )
         if kernel_lock is None:
             raise OutputDirLocked(
                 f"{self.dir}: {self.path} is stale ({gone}; it was {what}), but this file system offers no "
-                f"file locks (flock) to take it over safely: delete {self.path} and start again")
+                f"file locks (flock) to take it over safely: delete {self.path} and start again"
+            )
         if not writable:
             raise OutputDirLocked(
                 f"{self.dir}: {self.path} is stale ({gone}; it was {what}) but belongs to another user, so it "
-                f"cannot be rewritten: delete {self.path} (or have its owner do so) and start again")
+                f"cannot be rewritten: delete {self.path} (or have its owner do so) and start again"
+            )
         logger.warning("%s: taking over the lock of process %d (%s): %s", self.dir, pid, what, gone)
         return True
 
@@ -300,15 +322,25 @@ class OutputDirLock:
         """Write this process's record into the lock file ``fd`` (created or taken over, flock held where
         the file system has one) and keep it open for the run's lifetime."""
         pid = os.getpid()
-        record = json.dumps({"pid": pid, "host": socket.gethostname(), "purpose": self.purpose,
-                             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "boot_id": boot_id(),
-                             "start_ticks": process_start_ticks(pid)}) + "\n"
+        record = (
+            json.dumps(
+                {
+                    "pid": pid,
+                    "host": socket.gethostname(),
+                    "purpose": self.purpose,
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "boot_id": boot_id(),
+                    "start_ticks": process_start_ticks(pid),
+                }
+            )
+            + "\n"
+        )
         try:
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
             data = memoryview(record.encode("utf-8"))
             while data:
-                data = data[os.write(fd, data):]
+                data = data[os.write(fd, data) :]
             os.fsync(fd)
         except OSError as e:  # a full disk: leave no lock behind (the flock is ours, so is the name)
             with contextlib.suppress(OSError):

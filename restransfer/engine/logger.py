@@ -5,6 +5,7 @@ when stderr is a terminal.
 The logs are opened for append without following a link (``fileio.open_for_append``): a log name in the
 output folder taken by a symbolic link is an error naming it, never a write into the file it points to. The
 event files get a random suffix, so that no link can be planted at their names beforehand."""
+
 from __future__ import annotations
 
 import json
@@ -69,11 +70,13 @@ class MetricsWriter:
         self._jsonl = open_for_append(out / "log.jsonl")
         try:
             from torch.utils.tensorboard import SummaryWriter
+
             self._tb = SummaryWriter(str(out), filename_suffix=f".{secrets.token_hex(8)}")
         except ImportError:  # tensorboard is optional
             self._tb = None
         if sys.stderr.isatty() and not os.environ.get("RESTRANSFER_NO_PROGRESS"):
             from tqdm import tqdm
+
             self._bar = tqdm(total=max_iter, initial=start_iter, desc="train", unit="it", dynamic_ncols=True)
 
     @property

@@ -22,6 +22,7 @@ iteration, the loss terms and the last good checkpoint; nothing is saved) and ru
 (:class:`TrainingOutOfMemory`, naming ``solver.ims_per_device``, which gradient accumulation lets one lower
 without changing the schedule).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -100,11 +101,23 @@ class TrainLoop:
         extra_state: entries every checkpoint carries besides the loop's own (config, class names, ...).
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, *, loader: Iterable,
-                 forward: ForwardFn, layout: BatchLayout, max_iter: int, device: torch.device,
-                 precision: str = "fp32", scaler: Optional[torch.amp.GradScaler] = None,
-                 clip_grad_norm: float = 0.0, extra_state: Optional[Callable[[], Dict[str, Any]]] = None,
-                 module: Optional[nn.Module] = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        *,
+        loader: Iterable,
+        forward: ForwardFn,
+        layout: BatchLayout,
+        max_iter: int,
+        device: torch.device,
+        precision: str = "fp32",
+        scaler: Optional[torch.amp.GradScaler] = None,
+        clip_grad_norm: float = 0.0,
+        extra_state: Optional[Callable[[], Dict[str, Any]]] = None,
+        module: Optional[nn.Module] = None,
+    ) -> None:
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.module = module if module is not None else unwrap(model)
         self.loader, self.forward, self.layout = loader, forward, layout
@@ -234,7 +247,8 @@ class TrainLoop:
                     f"iteration {self.iter}: out of memory on {self.device} computing {self.layout.per_device} "
                     f"image(s) per forward/backward ({self.layout.describe()}). Lower solver.ims_per_device "
                     "(gradient accumulation keeps solver.ims_per_batch and the schedule unchanged), or the "
-                    "training image size") from None
+                    "training image size"
+                ) from None
             for k, v in micro_values.items():
                 values[k] = values.get(k, 0.0) + float(v) / accumulation
         if self.scaler is not None and self.clip_grad_norm > 0:
@@ -259,4 +273,5 @@ class TrainLoop:
         raise NonFiniteLossError(
             f"iteration {self.iter}: the loss is not finite ({terms}); stopped without saving. The last good "
             f"checkpoint is {last or 'none (no checkpoint yet)'}. Lower solver.base_lr, raise "
-            "solver.warmup_iters, set solver.clip_grad_norm, or check the data.")
+            "solver.warmup_iters, set solver.clip_grad_norm, or check the data."
+        )

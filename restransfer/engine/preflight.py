@@ -29,6 +29,7 @@ the checkpoint's: the differing keys are logged (and recorded in ``log.jsonl`` b
 :meth:`PreflightReport.record`), ``config.yaml`` keeps the run's original config and
 ``config.resumed-<iteration>.yaml`` holds the new one.
 """
+
 from __future__ import annotations
 
 import functools
@@ -58,8 +59,16 @@ from ..yaml_config import dump_config
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PreflightReport", "check_detection_run", "check_classification_run", "log_dataset_entries",
-           "resume_config_changes", "write_run_config", "free_bytes", "SAMPLE_IMAGES"]
+__all__ = [
+    "PreflightReport",
+    "check_detection_run",
+    "check_classification_run",
+    "log_dataset_entries",
+    "resume_config_changes",
+    "write_run_config",
+    "free_bytes",
+    "SAMPLE_IMAGES",
+]
 
 SAMPLE_IMAGES = 8  # test images decoded by the check, spread over the set
 # A checkpoint holds the weights and SGD's momentum (one more copy); the atomic write needs the file's size
@@ -68,8 +77,13 @@ _CHECKPOINT_COPIES = 2
 _NEEDED_COPIES = 3
 _PROBE = ".preflight-probe"
 # settings that live in the optimizer's param groups and the scheduler's base_lrs, which a resume restores
-_RESTORED_WITH_OPTIMIZER = ("solver.base_lr", "solver.momentum", "solver.weight_decay", "solver.weight_decay_norm",
-                            "solver.weight_decay_bias")
+_RESTORED_WITH_OPTIMIZER = (
+    "solver.base_lr",
+    "solver.momentum",
+    "solver.weight_decay",
+    "solver.weight_decay_norm",
+    "solver.weight_decay_bias",
+)
 
 
 @dataclass
@@ -99,24 +113,36 @@ class PreflightReport:
         if self.test_name is None:
             test = "no test set (data.test is not set): nothing is evaluated"
         else:
-            test = (f"test set {self.test_name}: {self.num_test_images} images, {len(self.class_names)} classes "
-                    f"({_shown(self.class_names)}), evaluator {self.evaluator} {self.schedule} ({self.outputs})")
-        return (f"pre-flight: {test}; output_dir has {_size(self.free_bytes)} free (checkpoint "
-                f"~{_size(self.checkpoint_bytes)}); {self.weights}; {self.seconds:.1f} s")
+            test = (
+                f"test set {self.test_name}: {self.num_test_images} images, {len(self.class_names)} classes "
+                f"({_shown(self.class_names)}), evaluator {self.evaluator} {self.schedule} ({self.outputs})"
+            )
+        return (
+            f"pre-flight: {test}; output_dir has {_size(self.free_bytes)} free (checkpoint "
+            f"~{_size(self.checkpoint_bytes)}); {self.weights}; {self.seconds:.1f} s"
+        )
 
     def record(self, writer: Any, iteration: int) -> None:
         """Record a resume's config changes in ``log.jsonl`` through the run's ``MetricsWriter`` (nothing
         when the run is not resumed with changed settings)."""
         if self.config_changes:
-            writer.write(iteration, {"resumed_from": self.resumed_from, "config_changes": {
-                k: {"checkpoint": old, "now": new} for k, (old, new) in self.config_changes.items()}})
+            writer.write(
+                iteration,
+                {
+                    "resumed_from": self.resumed_from,
+                    "config_changes": {
+                        k: {"checkpoint": old, "now": new} for k, (old, new) in self.config_changes.items()
+                    },
+                },
+            )
 
 
 # ------------------------------------------------------------------------------------------- entry points
 
 
-def check_detection_run(cfg: DictConfig, model: nn.Module, class_names: Sequence[str],
-                        found: Optional[Tuple[Path, Dict[str, Any]]] = None) -> PreflightReport:
+def check_detection_run(
+    cfg: DictConfig, model: nn.Module, class_names: Sequence[str], found: Optional[Tuple[Path, Dict[str, Any]]] = None
+) -> PreflightReport:
     """Check a detection training run before its first iteration (see the module docstring).
 
     Args:
@@ -131,19 +157,35 @@ def check_detection_run(cfg: DictConfig, model: nn.Module, class_names: Sequence
     check_test_set = None
     if cfg.data.test is not None:
         check_test_set = functools.partial(
-            _detection_test_set, lambda: build_test_dataset(cfg), class_names,
+            _detection_test_set,
+            lambda: build_test_dataset(cfg),
+            class_names,
             iou_types=("bbox", "segm") if cfg.model.arch == "mask_rcnn" else ("bbox",),
-            data_format=cfg.data.test.format, evaluator=OmegaConf.select(cfg, "test.evaluator", default=None),
-            eval_period=cfg.test.eval_period, max_iter=cfg.solver.max_iter,
-            report_mode=OmegaConf.select(cfg, "test.report", default="final"))
-    return _run(model, class_names, found, check_test_set, output_dir=Path(cfg.output_dir),
-                weights=cfg.model.weights, backbone_weights=cfg.model.backbone.weights,
-                config_changes=functools.partial(resume_config_changes, cfg))
+            data_format=cfg.data.test.format,
+            evaluator=OmegaConf.select(cfg, "test.evaluator", default=None),
+            eval_period=cfg.test.eval_period,
+            max_iter=cfg.solver.max_iter,
+            report_mode=OmegaConf.select(cfg, "test.report", default="final"),
+        )
+    return _run(
+        model,
+        class_names,
+        found,
+        check_test_set,
+        output_dir=Path(cfg.output_dir),
+        weights=cfg.model.weights,
+        backbone_weights=cfg.model.backbone.weights,
+        config_changes=functools.partial(resume_config_changes, cfg),
+    )
 
 
-def check_classification_run(cfg: DictConfig, net: nn.Module, class_names: Sequence[str],
-                             found: Optional[Tuple[Path, Dict[str, Any]]],
-                             build_test_set: Callable[[], Any]) -> PreflightReport:
+def check_classification_run(
+    cfg: DictConfig,
+    net: nn.Module,
+    class_names: Sequence[str],
+    found: Optional[Tuple[Path, Dict[str, Any]]],
+    build_test_set: Callable[[], Any],
+) -> PreflightReport:
     """Check a classification training run before its first iteration; ``report.test_set`` is the built test
     set (main process; None elsewhere or without ``data.test``).
 
@@ -154,20 +196,41 @@ def check_classification_run(cfg: DictConfig, net: nn.Module, class_names: Seque
     check_test_set = None
     if test is not None:
         check_test_set = functools.partial(
-            _classification_test_set, build_test_set, image_root=test.image_root,
-            name=Path(str(test.labels or test.image_root)).name, crops=cfg.test.crops,
-            eval_period=cfg.test.eval_period, max_iter=cfg.solver.max_iter)
-    return _run(net, class_names, found, check_test_set, output_dir=Path(cfg.output_dir), weights=cfg.model.weights,
-                backbone_weights=None, config_changes=functools.partial(resume_config_changes, cfg))
+            _classification_test_set,
+            build_test_set,
+            image_root=test.image_root,
+            name=Path(str(test.labels or test.image_root)).name,
+            crops=cfg.test.crops,
+            eval_period=cfg.test.eval_period,
+            max_iter=cfg.solver.max_iter,
+        )
+    return _run(
+        net,
+        class_names,
+        found,
+        check_test_set,
+        output_dir=Path(cfg.output_dir),
+        weights=cfg.model.weights,
+        backbone_weights=None,
+        config_changes=functools.partial(resume_config_changes, cfg),
+    )
 
 
-def _run(model: nn.Module, class_names: Sequence[str], found: Optional[Tuple[Path, Dict[str, Any]]],
-         check_test_set: Optional[Callable[[PreflightReport], None]], *, output_dir: Path, weights: Optional[str],
-         backbone_weights: Optional[str],
-         config_changes: Callable[[Dict[str, Any]], Dict[str, Tuple[Any, Any]]]) -> PreflightReport:
+def _run(
+    model: nn.Module,
+    class_names: Sequence[str],
+    found: Optional[Tuple[Path, Dict[str, Any]]],
+    check_test_set: Optional[Callable[[PreflightReport], None]],
+    *,
+    output_dir: Path,
+    weights: Optional[str],
+    backbone_weights: Optional[str],
+    config_changes: Callable[[Dict[str, Any]], Dict[str, Tuple[Any, Any]]],
+) -> PreflightReport:
     """``check_test_set`` (None: no test set), the output folder and the resume (``config_changes(state)``:
     the settings that differ from the checkpoint's) on the main process; an error is raised on every process.
     ``weights``/``backbone_weights``: ``model.weights`` and ``model.backbone.weights``, for the summary."""
+
     def main() -> PreflightReport:
         start = time.perf_counter()
         report = PreflightReport(class_names=list(class_names))
@@ -229,9 +292,18 @@ def _as_data_error(key: str, e: Exception) -> Exception:
     return DataError(f"{key}: {e}")
 
 
-def _detection_test_set(build_test_set: Callable[[], Any], class_names: Sequence[str], report: PreflightReport, *,
-                        iou_types: Sequence[str], data_format: str, evaluator: Optional[str], eval_period: int,
-                        max_iter: int, report_mode: str) -> None:
+def _detection_test_set(
+    build_test_set: Callable[[], Any],
+    class_names: Sequence[str],
+    report: PreflightReport,
+    *,
+    iou_types: Sequence[str],
+    data_format: str,
+    evaluator: Optional[str],
+    eval_period: int,
+    max_iter: int,
+    report_mode: str,
+) -> None:
     """Build the test set (``build_test_set()``) and check it against the training ``class_names``; the
     summary names the ``evaluator`` (``test.evaluator``), when it runs and what it writes."""
     try:
@@ -245,11 +317,15 @@ def _detection_test_set(build_test_set: Callable[[], Any], class_names: Sequence
     root_key = "data.test.root" if data_format == "voc" else "data.test.image_root"
     if len(dataset) == 0:
         first = next(iter(dataset.coco.imgs.values()), {}).get("file_name", "")
-        raise DataError(f"{root_key}: {dataset.image_root} holds none of the {n_json} images of "
-                        f"{dataset.json_path}" + (f" (the first is {first!r})" if first else "")
-                        + f"; set {root_key} to the folder the annotations' file names are relative to")
-    _check_sample([(dataset.image_path(i), _json_size(dataset, i)) for i in _sample(len(dataset))],
-                  root_key, dataset.image_root)
+        raise DataError(
+            f"{root_key}: {dataset.image_root} holds none of the {n_json} images of "
+            f"{dataset.json_path}"
+            + (f" (the first is {first!r})" if first else "")
+            + f"; set {root_key} to the folder the annotations' file names are relative to"
+        )
+    _check_sample(
+        [(dataset.image_path(i), _json_size(dataset, i)) for i in _sample(len(dataset))], root_key, dataset.image_root
+    )
     _check_categories(list(dataset.class_names), list(class_names), str(dataset.json_path))
     report.test_name, report.num_test_images = dataset.name, len(dataset)
     report.evaluator = _detection_evaluator(evaluator, data_format, iou_types)
@@ -266,18 +342,22 @@ def _check_categories(test: List[str], train: List[str], test_file: str) -> None
     if test == train:
         return
     if sorted(test) == sorted(train):
-        problem = (f"has the training classes in another order ({_shown(test)} by category id, training: "
-                   f"{_shown(train)})")
+        problem = (
+            f"has the training classes in another order ({_shown(test)} by category id, training: {_shown(train)})"
+        )
     else:
         extra = [n for n in test if n not in train]
         missing = [n for n in train if n not in test]
-        parts = ([f"classes the training set lacks: {_shown(extra)}"] if extra else []) + \
-                ([f"no {_shown(missing)} of the training set"] if missing else [])
+        parts = ([f"classes the training set lacks: {_shown(extra)}"] if extra else []) + (
+            [f"no {_shown(missing)} of the training set"] if missing else []
+        )
         problem = f"has {len(test)} classes where the training set has {len(train)}: " + "; ".join(parts)
-    raise DataError(f"data.test: {test_file} {problem}. A predicted label is scored as the test json's category "
-                    "at the same position, so the test categories must be the training json's: the same names in "
-                    "the same id order (the ids themselves may differ). Fix the test json's categories or choose "
-                    "the test set that belongs to data.train")
+    raise DataError(
+        f"data.test: {test_file} {problem}. A predicted label is scored as the test json's category "
+        "at the same position, so the test categories must be the training json's: the same names in "
+        "the same id order (the ids themselves may differ). Fix the test json's categories or choose "
+        "the test set that belongs to data.train"
+    )
 
 
 def _detection_evaluator(name: Optional[str], data_format: str, iou_types: Sequence[str]) -> str:
@@ -296,8 +376,16 @@ def _detection_evaluator(name: Optional[str], data_format: str, iou_types: Seque
     return f"{name} ({', '.join(iou_types)})" if name == "coco" else str(name)
 
 
-def _classification_test_set(build_test_set: Callable[[], Any], report: PreflightReport, *, image_root: str,
-                             name: str, crops: str, eval_period: int, max_iter: int) -> None:
+def _classification_test_set(
+    build_test_set: Callable[[], Any],
+    report: PreflightReport,
+    *,
+    image_root: str,
+    name: str,
+    crops: str,
+    eval_period: int,
+    max_iter: int,
+) -> None:
     """Build the test set (``build_test_set()``) of ``image_root`` and check a sample of its images; the summary
     calls it ``name`` and says when the ``crops`` testing runs."""
     try:
@@ -307,8 +395,7 @@ def _classification_test_set(build_test_set: Callable[[], Any], report: Prefligh
     if len(dataset) == 0:
         raise DataError(f"data.test: {image_root}: no test images")
     if not isinstance(dataset.images, np.ndarray):  # CIFAR batches are decoded already
-        _check_sample([(dataset.images[i], None) for i in _sample(len(dataset))], "data.test.image_root",
-                      image_root)
+        _check_sample([(dataset.images[i], None) for i in _sample(len(dataset))], "data.test.image_root", image_root)
     report.test_name = name
     report.num_test_images = len(dataset)
     report.evaluator = "top-1/top-5 error"
@@ -335,11 +422,14 @@ def _check_sample(items: Sequence[Tuple[Any, Optional[Tuple[int, int]]]], key: s
             bad.append(str(e))
             continue
         if size is not None and tuple(image.shape[:2]) != size:
-            bad.append(f"{path}: decoded size {image.shape[1]}x{image.shape[0]} differs from the json's "
-                       f"{size[1]}x{size[0]}")
+            bad.append(
+                f"{path}: decoded size {image.shape[1]}x{image.shape[0]} differs from the json's {size[1]}x{size[0]}"
+            )
     if bad and len(bad) == len(items):
-        raise DataError(f"{key}: {root}: none of the {len(items)} test images sampled can be used ({bad[0]}); "
-                        "check that image_root is the folder of this test set's images")
+        raise DataError(
+            f"{key}: {root}: none of the {len(items)} test images sampled can be used ({bad[0]}); "
+            "check that image_root is the folder of this test set's images"
+        )
     for problem in bad:
         logger.warning("pre-flight: %s (a sampled test image; evaluation counts it as unreadable)", problem)
 
@@ -370,18 +460,19 @@ def _check_output_dir(out: Path, model: nn.Module, report: PreflightReport) -> N
         atomic_write_bytes(probe, b"restransfer pre-flight: this folder takes files\n")
         probe.unlink()
     except OSError as e:  # the message is the one line the tools print (no errno: no generic wording)
-        raise OSError(f"output_dir: {out} is not writable ({e.strerror or e}); choose another output_dir=...") \
-            from None
+        raise OSError(f"output_dir: {out} is not writable ({e.strerror or e}); choose another output_dir=...") from None
     model_bytes = _state_bytes(model)
     report.output_dir = str(out)
     report.checkpoint_bytes = _CHECKPOINT_COPIES * model_bytes
     report.free_bytes = free_bytes(out)
     needed = _NEEDED_COPIES * model_bytes
     if report.free_bytes < needed:
-        raise OSError(f"output_dir: {out} has {_size(report.free_bytes)} free but a checkpoint of this model needs "
-                        f"about {_size(needed)} (weights and optimizer state, {_size(report.checkpoint_bytes)}, plus "
-                        "room for the temporary file it is written to); free space there or choose another "
-                        "output_dir=...")
+        raise OSError(
+            f"output_dir: {out} has {_size(report.free_bytes)} free but a checkpoint of this model needs "
+            f"about {_size(needed)} (weights and optimizer state, {_size(report.checkpoint_bytes)}, plus "
+            "room for the temporary file it is written to); free space there or choose another "
+            "output_dir=..."
+        )
 
 
 def _weights(found, weights: Optional[str], backbone: Optional[str]) -> str:
@@ -409,7 +500,7 @@ def log_dataset_entries(cfg: DictConfig) -> None:
             logger.info("%s: not set (no evaluation)", key)
             continue
         values = {k: v for k, v in OmegaConf.to_container(spec, resolve=True).items() if v is not None}
-        logger.info("%s: %s", key, yaml.safe_dump(values, default_flow_style=True, width=10 ** 6).strip())
+        logger.info("%s: %s", key, yaml.safe_dump(values, default_flow_style=True, width=10**6).strip())
 
 
 def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
@@ -455,11 +546,21 @@ def write_run_config(cfg: DictConfig, out: Path, found: Optional[Tuple[Path, Dic
     dump_config(cfg, resumed)
     shown = ", ".join(f"{k}: {_value(old)} -> {_value(new)}" for k, (old, new) in changes.items())
     restored = [k for k in changes if k in _RESTORED_WITH_OPTIMIZER]
-    note = (f" The checkpoint's optimizer and scheduler state are restored, so {', '.join(restored)} keep the "
-            "checkpoint's values for the rest of the run." if restored else "")
-    logger.warning("--resume with %d setting(s) that differ from the checkpoint's config (%s): %s. config.yaml "
-                   "keeps the run's original config; %s holds this one.%s", len(changes), Path(found[0]).name, shown,
-                   resumed.name, note)
+    note = (
+        f" The checkpoint's optimizer and scheduler state are restored, so {', '.join(restored)} keep the "
+        "checkpoint's values for the rest of the run."
+        if restored
+        else ""
+    )
+    logger.warning(
+        "--resume with %d setting(s) that differ from the checkpoint's config (%s): %s. config.yaml "
+        "keeps the run's original config; %s holds this one.%s",
+        len(changes),
+        Path(found[0]).name,
+        shown,
+        resumed.name,
+        note,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ format

@@ -1,6 +1,7 @@
 """Optimizer and learning-rate schedule from ``cfg.solver``: SGD with momentum, weight decay (optionally
 different for norm and bias parameters), linear warmup, then step or cosine decay, in iterations. The batch
 layout (:func:`~restransfer.data.samplers.batch_layout`) lives with the samplers and is re-exported here."""
+
 from __future__ import annotations
 
 import math
@@ -37,12 +38,22 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.SGD:
             groups.setdefault(float(wd), []).append(p)
     param_groups = [{"params": ps, "weight_decay": wd} for wd, ps in sorted(groups.items())]
     if not param_groups:
-        raise ConfigError("the model has no trainable parameters (is everything frozen? check model.backbone.freeze_at)")
+        raise ConfigError(
+            "the model has no trainable parameters (is everything frozen? check model.backbone.freeze_at)"
+        )
     return torch.optim.SGD(param_groups, lr=s.base_lr, momentum=s.momentum)
 
 
-def lr_factor(iteration: int, *, max_iter: int, schedule: str = "step", steps: Sequence[int] = (), gamma: float = 0.1,
-              warmup_iters: int = 0, warmup_factor: float = 0.001) -> float:
+def lr_factor(
+    iteration: int,
+    *,
+    max_iter: int,
+    schedule: str = "step",
+    steps: Sequence[int] = (),
+    gamma: float = 0.1,
+    warmup_iters: int = 0,
+    warmup_factor: float = 0.001,
+) -> float:
     """Multiplier of the base learning rate at ``iteration`` (0-based)."""
     if schedule == "step":
         factor = gamma ** sum(1 for s in steps if iteration >= s)
@@ -59,6 +70,12 @@ def lr_factor(iteration: int, *, max_iter: int, schedule: str = "step", steps: S
 def build_scheduler(cfg, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
     s = cfg.solver
     steps = [int(x) for x in s.steps]
-    kwargs = dict(max_iter=s.max_iter, schedule=s.lr_schedule, steps=steps, gamma=s.gamma,
-                  warmup_iters=s.warmup_iters, warmup_factor=s.warmup_factor)
+    kwargs = dict(
+        max_iter=s.max_iter,
+        schedule=s.lr_schedule,
+        steps=steps,
+        gamma=s.gamma,
+        warmup_iters=s.warmup_iters,
+        warmup_factor=s.warmup_factor,
+    )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, **kwargs))

@@ -14,6 +14,7 @@ forward/backward (DistributedDataParallel; NCCL on GPUs, gloo on CPUs) and gradi
 ``ims_per_batch / (N * ims_per_device)`` micro-steps, so ``base_lr``, ``max_iter``, ``steps`` and warmup
 mean the same on 1 CPU or 64 GPUs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,26 +26,33 @@ from torch import nn
 
 from ..config import dump_config
 from ..data.build import build_train_dataset, build_train_loader
+from ..devices import check_autocast_precision, check_precision_support, resolve_device, resolve_precision
+from ..distributed import all_gather_object, get_rank, get_world_size, init_distributed, is_main_process
 from ..errors import ConfigError, NonFiniteLossError, TrainingOutOfMemory
 from ..models import build_model
 from ..models.compile import apply_compile_setting
 from .checkpoint import Checkpointer
-from ..devices import check_autocast_precision, check_precision_support, resolve_device, resolve_precision
-from ..distributed import all_gather_object, get_rank, get_world_size, init_distributed, is_main_process
-from .lock import locked_output_dir
 from .evaluate import build_periodic_evaluation, evaluate_model
-from .preflight import check_detection_run, log_dataset_entries, write_run_config
-from .logger import MetricsWriter, setup_logging
 from .hooks import EvalHook, MetricsLogger, ModelEMA, PeriodicCheckpointer
+from .lock import locked_output_dir
+from .logger import MetricsWriter, setup_logging
 from .loop import ForwardFn, HookBase, TrainLoop
+from .preflight import check_detection_run, log_dataset_entries, write_run_config
 from .solver import batch_layout, build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["train", "evaluate_only", "NonFiniteLossError", "TrainingOutOfMemory", "seed_everything", "start_run",
-           "training_precision", "prepare_loop", "standard_hooks"]
-
-
+__all__ = [
+    "train",
+    "evaluate_only",
+    "NonFiniteLossError",
+    "TrainingOutOfMemory",
+    "seed_everything",
+    "start_run",
+    "training_precision",
+    "prepare_loop",
+    "standard_hooks",
+]
 
 
 def seed_everything(seed: int) -> None:
@@ -52,8 +60,9 @@ def seed_everything(seed: int) -> None:
     import random
 
     import numpy as np
+
     random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
@@ -77,9 +86,11 @@ def start_run(cfg, resume: bool, restart: bool) -> Tuple[Checkpointer, Optional[
         if restart:
             ckpt.set_aside()
         elif not resume and ckpt.candidates():
-            error = (f"{out} already holds checkpoints of a run ({ckpt.candidates()[0].name}, ...): pass --resume "
-                     "to continue it, --restart to start over from iteration 0 (the old checkpoints are moved into "
-                     "a replaced-<time>/ subfolder), or choose another output_dir=...")
+            error = (
+                f"{out} already holds checkpoints of a run ({ckpt.candidates()[0].name}, ...): pass --resume "
+                "to continue it, --restart to start over from iteration 0 (the old checkpoints are moved into "
+                "a replaced-<time>/ subfolder), or choose another output_dir=..."
+            )
     error = all_gather_object(error)[0]
     if error:
         raise ConfigError(error)
@@ -97,19 +108,19 @@ def _to_device(targets, device: torch.device):
     return [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
 
 
-
 def _check_classes(class_names: Sequence[str], num_classes: int) -> None:
     """The training set's ``class_names`` against ``model.num_classes``."""
     k = len(class_names)
     if k != num_classes:
-        raise ConfigError(f"the training data has {k} classes ({', '.join(class_names[:5])}"
-                          f"{', ...' if k > 5 else ''}) but model.num_classes is {num_classes}; set "
-                          f"model.num_classes={k} (a checkpoint with another class count still loads: its "
-                          "class-dependent layers are re-initialized)")
+        raise ConfigError(
+            f"the training data has {k} classes ({', '.join(class_names[:5])}"
+            f"{', ...' if k > 5 else ''}) but model.num_classes is {num_classes}; set "
+            f"model.num_classes={k} (a checkpoint with another class count still loads: its "
+            "class-dependent layers are re-initialized)"
+        )
 
 
-def train(cfg, resume: bool = False, restart: bool = False,
-          hooks: Sequence[HookBase] = ()) -> Optional[Dict[str, Any]]:
+def train(cfg, resume: bool = False, restart: bool = False, hooks: Sequence[HookBase] = ()) -> Optional[Dict[str, Any]]:
     """Train the model of ``cfg``; returns the final metrics on the main process (None elsewhere or when
     there is no test set).
 
@@ -126,8 +137,10 @@ def train(cfg, resume: bool = False, restart: bool = False,
     The run holds ``output_dir/run.lock`` throughout: a second run on the same folder stops at once.
     """
     if resume and restart:
-        raise ConfigError("--resume and --restart exclude each other: resume continues the checkpoints in "
-                          "output_dir, restart sets them aside and starts from iteration 0")
+        raise ConfigError(
+            "--resume and --restart exclude each other: resume continues the checkpoints in "
+            "output_dir, restart sets them aside and starts from iteration 0"
+        )
     device = resolve_device(cfg.device)
     init_distributed(device)
     with locked_output_dir(cfg.output_dir, "training"):
@@ -147,8 +160,10 @@ def evaluate_only(cfg) -> Optional[Dict[str, Any]]:
         if not weights:
             found = Checkpointer(cfg.output_dir).last()
             if found is None:
-                raise ConfigError(f"nothing to evaluate: model.weights is not set and {cfg.output_dir} holds no "
-                                  "checkpoint; set model.weights=PATH or train first")
+                raise ConfigError(
+                    f"nothing to evaluate: model.weights is not set and {cfg.output_dir} holds no "
+                    "checkpoint; set model.weights=PATH or train first"
+                )
             weights = str(found)
         return evaluate_model(cfg, weights=weights)
 
@@ -164,8 +179,12 @@ def training_precision(setting: str, device: torch.device):
     return precision, (torch.amp.GradScaler("cuda") if precision == "fp16" else None)
 
 
-def prepare_loop(loop: TrainLoop, found: Optional[Tuple[Path, Dict[str, Any]]], ema_decay: Optional[float],
-                 hooks: Sequence[HookBase] = ()) -> None:
+def prepare_loop(
+    loop: TrainLoop,
+    found: Optional[Tuple[Path, Dict[str, Any]]],
+    ema_decay: Optional[float],
+    hooks: Sequence[HookBase] = (),
+) -> None:
     """Register the EMA hook with ``ema_decay`` (``solver.ema.decay`` when ``solver.ema.enabled``; None: no
     average) and the caller's ``hooks`` (before anything is
     restored, so that their state is), then restore ``found`` (``(path, state)`` of :func:`start_run`, or
@@ -174,8 +193,9 @@ def prepare_loop(loop: TrainLoop, found: Optional[Tuple[Path, Dict[str, Any]]], 
     average and whatever a user hook did."""
     if ema_decay is not None:
         loop.register_hooks([ModelEMA(ema_decay)])
-        logger.info("solver.ema: evaluating and saving an exponential moving average of the weights (decay %g)",
-                    ema_decay)
+        logger.info(
+            "solver.ema: evaluating and saving an exponential moving average of the weights (decay %g)", ema_decay
+        )
     loop.register_hooks(list(hooks))
     if found is not None:
         last, state = found
@@ -183,13 +203,22 @@ def prepare_loop(loop: TrainLoop, found: Optional[Tuple[Path, Dict[str, Any]]], 
         logger.info("resumed from %s at iteration %d", last, loop.start_iter)
 
 
-def standard_hooks(writer: MetricsWriter, checkpointer: Checkpointer, *, checkpoint_period: int, log_period: int,
-                   summarize: Callable[[Dict[str, float]], Tuple[Dict[str, float], str]],
-                   evaluation: Optional[EvalHook] = None) -> List[HookBase]:
+def standard_hooks(
+    writer: MetricsWriter,
+    checkpointer: Checkpointer,
+    *,
+    checkpoint_period: int,
+    log_period: int,
+    summarize: Callable[[Dict[str, float]], Tuple[Dict[str, float], str]],
+    evaluation: Optional[EvalHook] = None,
+) -> List[HookBase]:
     """What every training run does around its steps, in order: log the step values, evaluate (and keep
     ``model_best.pth``), save ``model_NNNNNNN.pth`` every ``checkpoint_period`` steps and ``model_final.pth``."""
-    return [MetricsLogger(writer, log_period, summarize), evaluation, PeriodicCheckpointer(checkpointer,
-                                                                                         checkpoint_period)]
+    return [
+        MetricsLogger(writer, log_period, summarize),
+        evaluation,
+        PeriodicCheckpointer(checkpointer, checkpoint_period),
+    ]
 
 
 def _detection_forward(device: torch.device) -> ForwardFn:
@@ -198,6 +227,7 @@ def _detection_forward(device: torch.device) -> ForwardFn:
         images = [img.to(device, non_blocking=True) for img in images]
         loss_dict = model(images, _to_device(targets, device))
         return sum(loss_dict.values()), {k: float(v.detach()) for k, v in loss_dict.items()}
+
     return forward
 
 
@@ -207,8 +237,9 @@ def _summarize_losses(avg: Dict[str, float]) -> Tuple[Dict[str, float], str]:
     return {"total_loss": total, **avg}, f"loss {total:.3f} ({parts})"
 
 
-def _train(cfg, device: torch.device, resume: bool, restart: bool,
-           hooks: Sequence[HookBase] = ()) -> Optional[Dict[str, Any]]:
+def _train(
+    cfg, device: torch.device, resume: bool, restart: bool, hooks: Sequence[HookBase] = ()
+) -> Optional[Dict[str, Any]]:
     distributed = get_world_size() > 1
     rank, world = get_rank(), get_world_size()
     out = Path(cfg.output_dir)
@@ -229,11 +260,24 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool,
     scheduler = build_scheduler(cfg, optimizer)
     precision, scaler = training_precision(cfg.solver.precision, device)
     s = cfg.solver
-    loop = TrainLoop(model, optimizer, scheduler, loader=None, forward=_detection_forward(device), layout=layout,
-                     max_iter=s.max_iter, device=device, precision=precision, scaler=scaler,
-                     clip_grad_norm=s.clip_grad_norm,
-                     extra_state=lambda: {"config": dump_config(cfg), "class_names": list(model.class_names),
-                                          "pixel_convention": model.pixel_convention.to_dict()})
+    loop = TrainLoop(
+        model,
+        optimizer,
+        scheduler,
+        loader=None,
+        forward=_detection_forward(device),
+        layout=layout,
+        max_iter=s.max_iter,
+        device=device,
+        precision=precision,
+        scaler=scaler,
+        clip_grad_norm=s.clip_grad_norm,
+        extra_state=lambda: {
+            "config": dump_config(cfg),
+            "class_names": list(model.class_names),
+            "pixel_convention": model.pixel_convention.to_dict(),
+        },
+    )
     prepare_loop(loop, found, s.ema.decay if s.ema.enabled else None, hooks)
     checks = check_detection_run(cfg, model, dataset.class_names, found)  # every input, before iteration 1
 
@@ -248,14 +292,33 @@ def _train(cfg, device: torch.device, resume: bool, restart: bool,
     if cfg.test.eval_period > 0 and cfg.data.test is not None:
         # any evaluator (test.evaluator): its scalars go to log.jsonl, its main metric ranks model_best.pth
         periodic = build_periodic_evaluation(cfg)
-        evaluation = EvalHook(cfg.test.eval_period, periodic, writer, metric=lambda: periodic.metric,
-                              higher_is_better=periodic.higher_is_better, checkpointer=ckpt)
-    loop.register_hooks(standard_hooks(writer, ckpt, checkpoint_period=s.checkpoint_period,
-                                       log_period=cfg.log_period, summarize=_summarize_losses,
-                                       evaluation=evaluation))
+        evaluation = EvalHook(
+            cfg.test.eval_period,
+            periodic,
+            writer,
+            metric=lambda: periodic.metric,
+            higher_is_better=periodic.higher_is_better,
+            checkpointer=ckpt,
+        )
+    loop.register_hooks(
+        standard_hooks(
+            writer,
+            ckpt,
+            checkpoint_period=s.checkpoint_period,
+            log_period=cfg.log_period,
+            summarize=_summarize_losses,
+            evaluation=evaluation,
+        )
+    )
     if start_iter < s.max_iter:
-        loop.loader = build_train_loader(cfg, start_iter=start_iter * layout.accumulation, rank=rank,
-                                         world_size=world, dataset=dataset, batch_size=layout.per_device)
+        loop.loader = build_train_loader(
+            cfg,
+            start_iter=start_iter * layout.accumulation,
+            rank=rank,
+            world_size=world,
+            dataset=dataset,
+            batch_size=layout.per_device,
+        )
     else:
         logger.info("training already finished (iteration %d of %d)", start_iter, s.max_iter)
     try:

@@ -1,4 +1,5 @@
 """How far two detectors' outputs for one image agree (one-to-one matching by label and IoU)."""
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,9 @@ from torchvision.ops import box_iou
 __all__ = ["detection_agreement", "match_detections"]
 
 
-def match_detections(pred: Dict[str, Tensor], ref: Dict[str, Tensor], iou_threshold: float = 0.9
-                     ) -> List[Tuple[int, int, float]]:
+def match_detections(
+    pred: Dict[str, Tensor], ref: Dict[str, Tensor], iou_threshold: float = 0.9
+) -> List[Tuple[int, int, float]]:
     """One-to-one matches ``(ref index, pred index, IoU)`` between two detection sets: same label and IoU
     above ``iou_threshold``, the highest-IoU pairs first (greedy).
 
@@ -34,8 +36,9 @@ def match_detections(pred: Dict[str, Tensor], ref: Dict[str, Tensor], iou_thresh
     return matches
 
 
-def detection_agreement(pred: Dict[str, Tensor], ref: Dict[str, Tensor], iou_threshold: float = 0.9
-                        ) -> Tuple[float, float]:
+def detection_agreement(
+    pred: Dict[str, Tensor], ref: Dict[str, Tensor], iou_threshold: float = 0.9
+) -> Tuple[float, float]:
     """Fraction of detections that match one-to-one (same label, IoU > ``iou_threshold``;
     :func:`match_detections`), over the larger of the two counts, and the largest box-coordinate difference
     among matched pairs (px).

@@ -27,6 +27,7 @@ keeps the first of duplicated ids, instead); results that are not
 compressed RLE masks, with a non-finite score, or whose image or category ids the ground truth lacks
 (:func:`~restransfer.data.coco_checks.check_ground_truth`, :func:`~restransfer.data.coco_checks.check_results`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -118,13 +119,19 @@ def _results_for(results: List[Dict[str, Any]], iou_type: str) -> List[Dict[str,
     return [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
 
 
-def _run_cocoeval(gt_data: Dict[str, Any], results: List[Dict[str, Any]], iou_type: str, engine: str,
-                  image_ids: Optional[Sequence[int]]):
+def _run_cocoeval(
+    gt_data: Dict[str, Any],
+    results: List[Dict[str, Any]],
+    iou_type: str,
+    engine: str,
+    image_ids: Optional[Sequence[int]],
+):
     """Evaluate and accumulate; returns ``(stats (12,), precision [T, R, K, A, M], cat_ids (K,))``."""
     if engine == "pycocotools":
         coco_cls, eval_cls = COCO, COCOeval
     elif engine == "faster_coco_eval":
-        from faster_coco_eval import COCO as FCOCO, COCOeval_faster  # noqa: N811
+        from faster_coco_eval import COCO as FCOCO  # noqa: N811
+        from faster_coco_eval import COCOeval_faster
 
         coco_cls, eval_cls = FCOCO, COCOeval_faster
     else:
@@ -141,8 +148,11 @@ def _run_cocoeval(gt_data: Dict[str, Any], results: List[Dict[str, Any]], iou_ty
             # loadRes cannot build an empty result set in pycocotools: make it by hand, so that
             # categories with ground truth score 0 as COCOeval defines it.
             dt = coco_cls()
-            dt.dataset = {"images": list(gt_data["images"]), "categories": copy.deepcopy(gt_data["categories"]),
-                          "annotations": []}
+            dt.dataset = {
+                "images": list(gt_data["images"]),
+                "categories": copy.deepcopy(gt_data["categories"]),
+                "annotations": [],
+            }
             dt.createIndex()
         ev = eval_cls(gt, dt, iou_type)
         if image_ids is not None:
@@ -206,8 +216,7 @@ def evaluate_coco(
     names = {c["id"]: str(c["name"]) for c in gt_data["categories"]}
     metrics: Dict[str, Dict[str, Any]] = {}
     for iou_type in iou_types:
-        stats, precision, cat_ids = _run_cocoeval(gt_data, _results_for(results, iou_type), iou_type, engine,
-                                                   image_ids)
+        stats, precision, cat_ids = _run_cocoeval(gt_data, _results_for(results, iou_type), iou_type, engine, image_ids)
         out: Dict[str, Any] = {key: _percent(stats[i]) for i, key in enumerate(SUMMARY_KEYS)}
         per_category = {}
         for k, cat_id in enumerate(cat_ids):
@@ -260,22 +269,28 @@ def predictions_to_coco_results(
         labels = np.asarray(pred["labels"]).reshape(-1).tolist()
         masks = pred.get("masks")
         if not len(boxes) == len(scores) == len(labels) or (masks is not None and len(masks) != len(boxes)):
-            raise ValueError(f"prediction for image {pred['image_id']}: boxes, scores, labels and masks "
-                             f"must have one entry per detection")
+            raise ValueError(
+                f"prediction for image {pred['image_id']}: boxes, scores, labels and masks "
+                f"must have one entry per detection"
+            )
         image_id = int(pred["image_id"])
         for k, (box, score, label) in enumerate(zip(boxes, scores, labels)):
             try:
                 cat_id = label_to_cat_id[int(label)]
             except KeyError:
-                raise DataError(f"prediction for image {image_id}: label {label} has no category id "
-                                f"(labels run 1..{len(label_to_cat_id)}); model.num_classes must match the "
-                                f"annotation file's categories") from None
+                raise DataError(
+                    f"prediction for image {image_id}: label {label} has no category id "
+                    f"(labels run 1..{len(label_to_cat_id)}); model.num_classes must match the "
+                    f"annotation file's categories"
+                ) from None
             r = {"image_id": image_id, "category_id": int(cat_id), "bbox": box, "score": score}
             if masks is not None:
                 rle = masks[k]
                 counts = rle["counts"]
-                r["segmentation"] = {"size": [int(s) for s in rle["size"]],
-                                     "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+                r["segmentation"] = {
+                    "size": [int(s) for s in rle["size"]],
+                    "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+                }
             out.append(r)
     return out
 
@@ -302,7 +317,7 @@ def format_metrics_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
             lines.append(f"per-category {iou_type} AP (%):")
             lines.append(("".join(f"{'category':<{width}}{'AP':>8}  " for _ in range(min(cols, len(items))))).rstrip())
             for row in range(0, len(items), cols):
-                cells = [f"{name:<{width}}{_fmt(ap, 8)}  " for name, ap in items[row:row + cols]]
+                cells = [f"{name:<{width}}{_fmt(ap, 8)}  " for name, ap in items[row : row + cols]]
                 lines.append("".join(cells).rstrip())
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
@@ -330,11 +345,20 @@ def evaluate_predictions(
     if results_path is not None:
         write_json_atomic(results, results_path)
     if not results:
-        logger.warning("the model detected nothing on the %d test images; every metric with ground truth is 0",
-                       len(dataset.image_ids))
+        logger.warning(
+            "the model detected nothing on the %d test images; every metric with ground truth is 0",
+            len(dataset.image_ids),
+        )
     json_path = getattr(dataset, "json_path", None)
-    metrics = evaluate_coco(dataset.coco, results, iou_types, engine=engine, image_ids=dataset.image_ids,
-                            allow_empty=True, gt_name=str(json_path) if json_path is not None else None)
+    metrics = evaluate_coco(
+        dataset.coco,
+        results,
+        iou_types,
+        engine=engine,
+        image_ids=dataset.image_ids,
+        allow_empty=True,
+        gt_name=str(json_path) if json_path is not None else None,
+    )
     if metrics_path is not None:
         write_metrics(metrics, metrics_path)
     return metrics

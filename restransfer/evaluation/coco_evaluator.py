@@ -3,6 +3,7 @@
 
 Registered as ``coco`` for test sets of format ``coco`` (and of the ImageNet formats too when named:
 ``test.evaluator=coco`` scores an ImageNet-DET json with COCO's AP)."""
+
 from __future__ import annotations
 
 import os
@@ -36,22 +37,41 @@ class COCOEvaluator(DatasetEvaluator):
     name = "coco"
     main_metric = "bbox/AP"
 
-    def __init__(self, dataset: Any, output_dir: Optional[PathLike] = None, *, metrics_path: Optional[PathLike] = None,
-                 results_path: Optional[PathLike] = None, iou_types: Optional[Sequence[str]] = None,
-                 engine: str = "auto", **options: Any) -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        output_dir: Optional[PathLike] = None,
+        *,
+        metrics_path: Optional[PathLike] = None,
+        results_path: Optional[PathLike] = None,
+        iou_types: Optional[Sequence[str]] = None,
+        engine: str = "auto",
+        **options: Any,
+    ) -> None:
         super().__init__(dataset.image_ids)
         self.dataset = dataset
         out = Path(output_dir) if output_dir is not None else None
         self.metrics_path = Path(metrics_path) if metrics_path else (out / "metrics.json" if out else None)
-        self.results_path = (Path(results_path) if results_path else
-                             self.metrics_path.with_name(RESULTS_NAME) if self.metrics_path else None)
+        self.results_path = (
+            Path(results_path)
+            if results_path
+            else self.metrics_path.with_name(RESULTS_NAME)
+            if self.metrics_path
+            else None
+        )
         self.iou_types = list(iou_types) if iou_types else None
         self.engine = engine
         self.metrics: Optional[Dict[str, Any]] = None
 
     def compute(self, predictions: List[Dict[str, Any]]) -> Dict[str, Any]:
-        self.metrics = evaluate_predictions(self.dataset, predictions, iou_types=self.iou_types, engine=self.engine,
-                                            metrics_path=self.metrics_path, results_path=self.results_path)
+        self.metrics = evaluate_predictions(
+            self.dataset,
+            predictions,
+            iou_types=self.iou_types,
+            engine=self.engine,
+            metrics_path=self.metrics_path,
+            results_path=self.results_path,
+        )
         return self.metrics
 
     def scalars(self, metrics: Mapping[str, Any]) -> Dict[str, float]:

@@ -24,6 +24,7 @@ ignore options it does not know (``**options``), since the caller does not know 
 Training logs :meth:`Evaluator.scalars` in ``log.jsonl`` and keeps ``model_best.pth`` by
 :attr:`Evaluator.main_metric` (higher is better unless :attr:`Evaluator.higher_is_better` is False).
 """
+
 from __future__ import annotations
 
 import abc
@@ -33,8 +34,16 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 from ..distributed import gather_object, is_main_process
 from ..errors import ConfigError
 
-__all__ = ["Evaluator", "DatasetEvaluator", "register_evaluator", "evaluator_names", "evaluator_for_format",
-           "evaluator_factory", "build_evaluator", "gather_predictions"]
+__all__ = [
+    "Evaluator",
+    "DatasetEvaluator",
+    "register_evaluator",
+    "evaluator_names",
+    "evaluator_for_format",
+    "evaluator_factory",
+    "build_evaluator",
+    "gather_predictions",
+]
 
 
 class Evaluator(abc.ABC):
@@ -62,8 +71,11 @@ class Evaluator(abc.ABC):
         number (a nested table such as per-class AP is left to metrics.json). NaN (undefined) stays NaN here;
         training leaves such entries out of ``log.jsonl``."""
         prefix = f"{self.name}/" if self.name else ""
-        return {f"{prefix}{k}": float(v) for k, v in metrics.items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return {
+            f"{prefix}{k}": float(v)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
 
     def main_value(self, metrics: Mapping[str, Any]) -> Optional[float]:
         """The value of :attr:`main_metric` in ``metrics`` (None when it is missing or NaN)."""
@@ -77,8 +89,9 @@ class Evaluator(abc.ABC):
         return "\n".join(f"{k}: {v:.2f}" for k, v in self.scalars(metrics).items())
 
 
-def gather_predictions(predictions: List[Dict[str, Any]],
-                       image_ids: Optional[Sequence[int]] = None) -> Optional[List[Dict[str, Any]]]:
+def gather_predictions(
+    predictions: List[Dict[str, Any]], image_ids: Optional[Sequence[int]] = None
+) -> Optional[List[Dict[str, Any]]]:
     """Every process's ``predictions`` on the main process (None elsewhere), in ``image_ids`` order (images
     without a prediction left out), or by image id without ``image_ids``. Only the main process receives
     them (``torch.distributed.gather_object``): a large test set's predictions are not copied to every rank."""
@@ -144,8 +157,9 @@ def evaluator_names() -> List[str]:
 
 def evaluator_factory(name: str) -> Callable[..., Evaluator]:
     if name not in _REGISTRY:
-        raise ConfigError(f"test.evaluator: unknown evaluator {name!r}; choose auto or one of "
-                          f"{', '.join(evaluator_names())}")
+        raise ConfigError(
+            f"test.evaluator: unknown evaluator {name!r}; choose auto or one of {', '.join(evaluator_names())}"
+        )
     return _REGISTRY[name][0]
 
 
@@ -154,8 +168,10 @@ def evaluator_for_format(fmt: str) -> str:
     for name, (_, formats) in _REGISTRY.items():
         if fmt in formats:
             return name
-    raise ConfigError(f"test.evaluator=auto: no evaluator is registered for test sets of format {fmt!r}; set "
-                      f"test.evaluator to one of {', '.join(evaluator_names())}")
+    raise ConfigError(
+        f"test.evaluator=auto: no evaluator is registered for test sets of format {fmt!r}; set "
+        f"test.evaluator to one of {', '.join(evaluator_names())}"
+    )
 
 
 def build_evaluator(name: str, fmt: str, **kwargs: Any) -> Evaluator:

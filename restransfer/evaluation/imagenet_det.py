@@ -29,6 +29,7 @@ Submission files, ground-truth readers and the prediction conversion are in
 :mod:`restransfer.evaluation.imagenet_det_io` (re-exported here); the IoU is
 :func:`restransfer.boxes.inclusive_iou`.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,7 +43,6 @@ from restransfer.data.ilsvrc import Synsets
 from restransfer.data.imagenet_det import read_blacklist, read_synsets
 from restransfer.errors import DataError
 from restransfer.evaluation.coco import evaluate_coco
-from restransfer.evaluation.voc import voc_ap  # VOC 2010+ AP (VOCap.m), which eval_detection.m uses too
 from restransfer.evaluation.imagenet_det_io import (
     DetGroundTruth,
     DetSubmission,
@@ -52,6 +52,7 @@ from restransfer.evaluation.imagenet_det_io import (
     read_submission,
     write_submission,
 )
+from restransfer.evaluation.voc import voc_ap  # VOC 2010+ AP (VOCap.m), which eval_detection.m uses too
 
 __all__ = [
     "DetGroundTruth",

@@ -4,6 +4,7 @@ over the gathered predictions on a json of ``datasets/prepare_imagenet_det.py``;
 submission file and ``metrics.json``.
 
 Registered as ``imagenet_det`` for test sets of format ``imagenet_det``."""
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,16 @@ class ImageNetDetEvaluator(DatasetEvaluator):
     name = "imagenet_det"
     main_metric = "imagenet_det/mAP"
 
-    def __init__(self, dataset: Any, output_dir: Optional[PathLike] = None, *, metrics_path: Optional[PathLike] = None,
-                 blacklist: Optional[PathLike] = None, with_coco: bool = True, **options: Any) -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        output_dir: Optional[PathLike] = None,
+        *,
+        metrics_path: Optional[PathLike] = None,
+        blacklist: Optional[PathLike] = None,
+        with_coco: bool = True,
+        **options: Any,
+    ) -> None:
         super().__init__(dataset.image_ids)
         self.dataset = dataset
         out = Path(output_dir) if output_dir is not None else None
@@ -54,8 +63,13 @@ class ImageNetDetEvaluator(DatasetEvaluator):
 
     def compute(self, predictions: List[Dict[str, Any]]) -> Dict[str, Any]:
         self.result, self.ground_truth, self.coco = evaluate_predictions(
-            predictions, self.dataset.coco.dataset, self.dataset.label_to_cat_id, blacklist=self.blacklist,
-            submission_path=self.submission_path, with_coco=self.with_coco)
+            predictions,
+            self.dataset.coco.dataset,
+            self.dataset.label_to_cat_id,
+            blacklist=self.blacklist,
+            submission_path=self.submission_path,
+            with_coco=self.with_coco,
+        )
         metrics = metrics_dict(self.result, self.ground_truth.wnids, self.coco)
         if self.metrics_path is not None:
             write_metrics(metrics, self.metrics_path)

@@ -6,6 +6,7 @@ A submission has one line per detection: ``<image_index> <DET_id> <confidence> <
 <ymax>``; ``image_index`` is the image list's index column (for ``val.txt`` its 1-based line number);
 boxes are the devkit's inclusive pixel indices, converted at this boundary with :mod:`restransfer.boxes`.
 """
+
 from __future__ import annotations
 
 import math
@@ -72,10 +73,7 @@ class DetSubmission:
 
 def _row_problem(fields: List[str], image_set: Optional[set], num_classes: int) -> Optional[str]:
     if len(fields) != 7:
-        return (
-            f"expected 7 fields '<image_index> <DET_id> <confidence> <xmin> <ymin> <xmax> <ymax>', "
-            f"got {len(fields)}"
-        )
+        return f"expected 7 fields '<image_index> <DET_id> <confidence> <xmin> <ymin> <xmax> <ymax>', got {len(fields)}"
     values = []
     for name, tok in zip(("image_index", "DET_id", "confidence", "xmin", "ymin", "xmax", "ymax"), fields):
         try:

@@ -17,6 +17,7 @@ Everything is vectorized over images, guesses and boxes: 50,000 images take well
 by :mod:`restransfer.evaluation.imagenet_loc_io` into the arrays :func:`evaluate_localization` takes; the IoU is
 :func:`restransfer.boxes.inclusive_iou`.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,9 +33,16 @@ from ..errors import ConfigError, DataError
 from .imagenet_loc_io import MAX_GUESSES, LocSubmission, read_devkit_submission, read_kaggle_submission, read_submission
 
 __all__ = [
-    "LocSubmission", "LocGroundTruth", "pack_ground_truth", "first_correct_guess",
-    "evaluate_localization", "read_devkit_submission", "read_kaggle_submission", "evaluate_files",
-    "MAX_GUESSES", "IOU_THRESHOLD",
+    "LocSubmission",
+    "LocGroundTruth",
+    "pack_ground_truth",
+    "first_correct_guess",
+    "evaluate_localization",
+    "read_devkit_submission",
+    "read_kaggle_submission",
+    "evaluate_files",
+    "MAX_GUESSES",
+    "IOU_THRESHOLD",
 ]
 
 IOU_THRESHOLD = 0.5
@@ -72,16 +80,24 @@ def pack_ground_truth(images: Sequence[LocImage], synsets: Synsets) -> LocGround
     counts = np.array([len(im.boxes) for im in images], dtype=np.int64)
     for i, im in enumerate(images):
         if not im.labels:
-            raise IlsvrcFormatError(f"image {i + 1} ({im.name}): no ground-truth class; every evaluated image needs one")
-        labels[i, :len(im.labels)] = [synsets.label(w) for w in im.labels]
+            raise IlsvrcFormatError(
+                f"image {i + 1} ({im.name}): no ground-truth class; every evaluated image needs one"
+            )
+        labels[i, : len(im.labels)] = [synsets.label(w) for w in im.labels]
     box_label = np.array([synsets.label(w) for im in images for w in im.box_wnids], dtype=np.int64)
     boxes = np.concatenate([im.boxes for im in images]) if counts.sum() else np.zeros((0, 4))
-    return LocGroundTruth(labels=labels, box_image=np.repeat(np.arange(n), counts), box_label=box_label,
-                          boxes=boxes.astype(np.float64), names=[im.name for im in images])
+    return LocGroundTruth(
+        labels=labels,
+        box_image=np.repeat(np.arange(n), counts),
+        box_label=box_label,
+        boxes=boxes.astype(np.float64),
+        names=[im.name for im in images],
+    )
 
 
-def first_correct_guess(gt: LocGroundTruth, sub: LocSubmission,
-                        max_guesses: int = MAX_GUESSES) -> Tuple[np.ndarray, np.ndarray]:
+def first_correct_guess(
+    gt: LocGroundTruth, sub: LocSubmission, max_guesses: int = MAX_GUESSES
+) -> Tuple[np.ndarray, np.ndarray]:
     """For every (image, ground-truth class) the 0-based index of the first guess that names it and the first
     that localizes it.
 
@@ -111,8 +127,9 @@ def first_correct_guess(gt: LocGroundTruth, sub: LocSubmission,
     return cls_rank, loc_rank
 
 
-def evaluate_localization(gt: LocGroundTruth, sub: LocSubmission, *, blacklist: Optional[np.ndarray] = None,
-                          max_guesses: int = MAX_GUESSES) -> Dict[str, float]:
+def evaluate_localization(
+    gt: LocGroundTruth, sub: LocSubmission, *, blacklist: Optional[np.ndarray] = None, max_guesses: int = MAX_GUESSES
+) -> Dict[str, float]:
     """Top-1 and top-5 localization and classification error, in percent, as ``eval_clsloc.m`` computes them.
 
     Args:
@@ -149,11 +166,17 @@ def evaluate_localization(gt: LocGroundTruth, sub: LocSubmission, *, blacklist: 
     }
 
 
-def evaluate_files(submission: os.PathLike | str, *, synsets: os.PathLike | str,
-                   annotations: Optional[os.PathLike | str] = None, ground_truth: Optional[os.PathLike | str] = None,
-                   solution: Optional[os.PathLike | str] = None, blacklist: Optional[os.PathLike | str] = None,
-                   gt_class_submission: Optional[os.PathLike | str] = None,
-                   max_guesses: int = MAX_GUESSES) -> Dict[str, float]:
+def evaluate_files(
+    submission: os.PathLike | str,
+    *,
+    synsets: os.PathLike | str,
+    annotations: Optional[os.PathLike | str] = None,
+    ground_truth: Optional[os.PathLike | str] = None,
+    solution: Optional[os.PathLike | str] = None,
+    blacklist: Optional[os.PathLike | str] = None,
+    gt_class_submission: Optional[os.PathLike | str] = None,
+    max_guesses: int = MAX_GUESSES,
+) -> Dict[str, float]:
     """Evaluate submission files against the devkit layout (``annotations`` XML folder + ``ground_truth``) or
     Kaggle's (``solution`` CSV).
 
@@ -180,10 +203,12 @@ def evaluate_files(submission: os.PathLike | str, *, synsets: os.PathLike | str,
         images = read_kaggle_solution(solution, classes, split="val")
     gt = pack_ground_truth(images, classes)
     black = read_blacklist(blacklist, len(images)) if blacklist is not None else None
-    metrics = evaluate_localization(gt, read_submission(submission, classes, gt.names, max_guesses),
-                                    blacklist=black, max_guesses=max_guesses)
+    metrics = evaluate_localization(
+        gt, read_submission(submission, classes, gt.names, max_guesses), blacklist=black, max_guesses=max_guesses
+    )
     if gt_class_submission is not None:
         gt_sub = read_submission(gt_class_submission, classes, gt.names, max_guesses)
-        metrics["gt_class_loc_error"] = evaluate_localization(gt, gt_sub, blacklist=black,
-                                                              max_guesses=max_guesses)["top5_loc_error"]
+        metrics["gt_class_loc_error"] = evaluate_localization(gt, gt_sub, blacklist=black, max_guesses=max_guesses)[
+            "top5_loc_error"
+        ]
     return metrics

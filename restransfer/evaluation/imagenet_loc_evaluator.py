@@ -5,6 +5,7 @@ from the gathered detections (:mod:`restransfer.evaluation.imagenet_loc_guesses`
 ``metrics.json``.
 
 Registered as ``imagenet_loc`` for test sets of format ``imagenet_loc``."""
+
 from __future__ import annotations
 
 import os
@@ -53,11 +54,18 @@ class ImageNetLocEvaluator(DatasetEvaluator):
     main_metric = "imagenet_loc/top5_loc_error"
     higher_is_better = False
 
-    def __init__(self, dataset: Any, output_dir: Optional[PathLike] = None, *, metrics_path: Optional[PathLike] = None,
-                 mode: Optional[str] = None,
-                 classifier_scores: Union[None, np.ndarray, Callable[[], np.ndarray]] = None,
-                 classifier_synsets: Optional[PathLike] = None, blacklist: Optional[PathLike] = None,
-                 **options: Any) -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        output_dir: Optional[PathLike] = None,
+        *,
+        metrics_path: Optional[PathLike] = None,
+        mode: Optional[str] = None,
+        classifier_scores: Union[None, np.ndarray, Callable[[], np.ndarray]] = None,
+        classifier_synsets: Optional[PathLike] = None,
+        blacklist: Optional[PathLike] = None,
+        **options: Any,
+    ) -> None:
         super().__init__(dataset.image_ids)
         mode = mode or ("classifier" if classifier_scores is not None else "detector")
         if mode not in MODES:
@@ -66,9 +74,14 @@ class ImageNetLocEvaluator(DatasetEvaluator):
             raise ConfigError("mode 'classifier' needs classifier scores (a saved .npy / text file) or a classifier")
         self.dataset, self.mode = dataset, mode
         self.output_dir = Path(output_dir) if output_dir is not None else None
-        self.metrics_path = (Path(metrics_path) if metrics_path else
-                             self.output_dir / "metrics.json" if self.output_dir else None)
-        self.classifier_scores, self.classifier_synsets, self.blacklist = classifier_scores, classifier_synsets, blacklist
+        self.metrics_path = (
+            Path(metrics_path) if metrics_path else self.output_dir / "metrics.json" if self.output_dir else None
+        )
+        self.classifier_scores, self.classifier_synsets, self.blacklist = (
+            classifier_scores,
+            classifier_synsets,
+            blacklist,
+        )
         self.metrics: Optional[Dict[str, Any]] = None
         self.ground_truth: Optional[LocGroundTruth] = None
         self.submission: Optional[LocSubmission] = None

@@ -20,6 +20,7 @@ submission writers (devkit text, Kaggle CSV) live with their readers in
 :mod:`restransfer.evaluation.imagenet_loc_io`; the protocol's evaluator is
 :class:`restransfer.evaluation.evaluators.ImageNetLocEvaluator`.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,15 @@ import numpy as np
 from ..errors import DataError
 from .imagenet_loc_io import MAX_GUESSES, LocGuesses
 
-__all__ = ["MODES", "label_wnids", "detector_guesses", "classifier_guesses", "gt_class_guesses",
-           "top_columns", "load_classifier_scores"]
+__all__ = [
+    "MODES",
+    "label_wnids",
+    "detector_guesses",
+    "classifier_guesses",
+    "gt_class_guesses",
+    "top_columns",
+    "load_classifier_scores",
+]
 
 MODES = ("detector", "classifier", "gt_class")
 
@@ -51,8 +59,10 @@ def label_wnids(dataset) -> Dict[int, str]:
     for label, cat_id in dataset.label_to_cat_id.items():
         cat = dataset.coco.cats[cat_id]
         if "wnid" not in cat:
-            raise _MissingWnid(f"category {cat_id} ({cat.get('name')}) has no 'wnid' field; convert the "
-                               "annotations with datasets/prepare_imagenet_loc.py")
+            raise _MissingWnid(
+                f"category {cat_id} ({cat.get('name')}) has no 'wnid' field; convert the "
+                "annotations with datasets/prepare_imagenet_loc.py"
+            )
         out[int(label)] = cat["wnid"]
     return out
 
@@ -80,8 +90,10 @@ class _Ranked:
         unknown = (labels < 1) | (labels >= len(lut))
         unknown[~unknown] = lut[labels[~unknown]] == ""
         if unknown.any():
-            raise DataError(f"prediction {image_index} (image_id {pred.get('image_id')}): label "
-                            f"{int(labels[unknown][0])} has no WNID; labels must be the dataset's 1..{len(lut) - 1}")
+            raise DataError(
+                f"prediction {image_index} (image_id {pred.get('image_id')}): label "
+                f"{int(labels[unknown][0])} has no WNID; labels must be the dataset's 1..{len(lut) - 1}"
+            )
         order = np.argsort(-scores, kind="stable")
         self.scores, self.labels = scores[order], labels[order]
         self.boxes = np.asarray(pred["boxes"], dtype=np.float64).reshape(-1, 4)[order]
@@ -95,8 +107,9 @@ class _Ranked:
         return np.where(self.classes[pos] == wanted, self.best[pos], -1)
 
 
-def detector_guesses(predictions: Sequence[dict], label_to_wnid: Mapping[int, str],
-                     top_k: int = MAX_GUESSES) -> LocGuesses:
+def detector_guesses(
+    predictions: Sequence[dict], label_to_wnid: Mapping[int, str], top_k: int = MAX_GUESSES
+) -> LocGuesses:
     """Mode ``detector``: per image the ``top_k`` classes with the highest detection score, each with that
     detection's box and score.
 
@@ -116,8 +129,15 @@ def detector_guesses(predictions: Sequence[dict], label_to_wnid: Mapping[int, st
     return out
 
 
-def _fill_classes(out: LocGuesses, i: int, r: _Ranked, wanted: np.ndarray, lut: np.ndarray,
-                  scores: Optional[np.ndarray], size: Tuple[float, float]) -> None:
+def _fill_classes(
+    out: LocGuesses,
+    i: int,
+    r: _Ranked,
+    wanted: np.ndarray,
+    lut: np.ndarray,
+    scores: Optional[np.ndarray],
+    size: Tuple[float, float],
+) -> None:
     """Fill row ``i`` with the ``wanted`` labels, each with its best detection, else the best detection of any
     class, else the whole image ``(0, 0, width, height)``. Scores are ``scores``, or when that is None the
     class's best detection score (NaN for a fallback box)."""
@@ -139,7 +159,9 @@ def _labels_of(wnids: Sequence[str], label_of: Mapping[str, int], what: str) -> 
     return np.array([label_of[w] for w in wnids], dtype=np.int64)
 
 
-def _image_sizes(predictions: Sequence[dict], image_sizes: Mapping[int, Tuple[float, float]]) -> List[Tuple[float, float]]:
+def _image_sizes(
+    predictions: Sequence[dict], image_sizes: Mapping[int, Tuple[float, float]]
+) -> List[Tuple[float, float]]:
     try:
         return [image_sizes[int(p["image_id"])] for p in predictions]
     except KeyError as e:
@@ -153,8 +175,8 @@ def top_columns(scores: np.ndarray, k: int, chunk: int = 4096) -> np.ndarray:
     k = min(k, c)
     out = np.empty((n, k), dtype=np.int64)
     for start in range(0, n, chunk):
-        s = scores[start:start + chunk]
-        kth = np.partition(s, c - k, axis=1)[:, c - k:c - k + 1]  # the k-th highest score of each row
+        s = scores[start : start + chunk]
+        kth = np.partition(s, c - k, axis=1)[:, c - k : c - k + 1]  # the k-th highest score of each row
         above = s > kth
         ties = s == kth
         # of the columns tied with the k-th score, the lowest ones fill the remaining places
@@ -163,13 +185,19 @@ def top_columns(scores: np.ndarray, k: int, chunk: int = 4096) -> np.ndarray:
         cols = np.nonzero(chosen)[1].reshape(len(s), k)  # row-major: ascending columns per row
         vals = np.take_along_axis(s, cols, 1)
         order = np.lexsort((cols, -vals), axis=1)
-        out[start:start + chunk] = np.take_along_axis(cols, order, 1)
+        out[start : start + chunk] = np.take_along_axis(cols, order, 1)
     return out
 
 
-def classifier_guesses(predictions: Sequence[dict], class_scores: np.ndarray, label_to_wnid: Mapping[int, str],
-                       image_sizes: Mapping[int, Tuple[float, float]], *,
-                       classifier_wnids: Optional[Sequence[str]] = None, top_k: int = MAX_GUESSES) -> LocGuesses:
+def classifier_guesses(
+    predictions: Sequence[dict],
+    class_scores: np.ndarray,
+    label_to_wnid: Mapping[int, str],
+    image_sizes: Mapping[int, Tuple[float, float]],
+    *,
+    classifier_wnids: Optional[Sequence[str]] = None,
+    top_k: int = MAX_GUESSES,
+) -> LocGuesses:
     """Mode ``classifier`` (the ResNet paper's): the classifier's top-k classes, each with its best detection.
 
     Args:
@@ -184,8 +212,10 @@ def classifier_guesses(predictions: Sequence[dict], class_scores: np.ndarray, la
     class_scores = np.asarray(class_scores)  # float32 stays float32: 50,000 x 1000 scores are 200 MB already
     wnid_of_column = np.asarray(sorted(label_to_wnid.values()) if classifier_wnids is None else list(classifier_wnids))
     if class_scores.ndim != 2 or class_scores.shape != (len(predictions), len(wnid_of_column)):
-        raise DataError(f"class_scores must be (num_images={len(predictions)}, num_classes={len(wnid_of_column)}), "
-                        f"got {class_scores.shape}")
+        raise DataError(
+            f"class_scores must be (num_images={len(predictions)}, num_classes={len(wnid_of_column)}), "
+            f"got {class_scores.shape}"
+        )
     label_of_column = _labels_of(list(wnid_of_column), {w: k for k, w in label_to_wnid.items()}, "classifier classes")
     top = top_columns(class_scores, top_k)
     out = LocGuesses.empty([p["image_id"] for p in predictions], top_k)
@@ -195,9 +225,13 @@ def classifier_guesses(predictions: Sequence[dict], class_scores: np.ndarray, la
     return out
 
 
-def gt_class_guesses(predictions: Sequence[dict], gt_wnids: Mapping[int, Sequence[str]],
-                     label_to_wnid: Mapping[int, str], image_sizes: Mapping[int, Tuple[float, float]],
-                     top_k: int = MAX_GUESSES) -> LocGuesses:
+def gt_class_guesses(
+    predictions: Sequence[dict],
+    gt_wnids: Mapping[int, Sequence[str]],
+    label_to_wnid: Mapping[int, str],
+    image_sizes: Mapping[int, Tuple[float, float]],
+    top_k: int = MAX_GUESSES,
+) -> LocGuesses:
     """Mode ``gt_class``: each ground-truth class of the image (image_id -> WNIDs in ``gt_wnids``) with its best
     detection (fallbacks as in :func:`classifier_guesses`); the score is that detection's score, NaN for a
     fallback box."""
@@ -220,11 +254,14 @@ def load_classifier_scores(path: os.PathLike | str, num_images: Optional[int] = 
         else:
             scores = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except (ValueError, EOFError) as e:  # numpy's words for a file that is not a number matrix
-        raise DataError(f"{path}: not a matrix of classifier scores ({e}); give a .npy array or a text file of "
-                        "numbers, one row per image") from None
+        raise DataError(
+            f"{path}: not a matrix of classifier scores ({e}); give a .npy array or a text file of "
+            "numbers, one row per image"
+        ) from None
     if not isinstance(scores, np.ndarray):  # an .npz archive under a .npy name
-        raise DataError(f"{path}: holds several arrays (an .npz archive); save the (images, classes) scores with "
-                        "numpy.save")
+        raise DataError(
+            f"{path}: holds several arrays (an .npz archive); save the (images, classes) scores with numpy.save"
+        )
     if scores.ndim != 2:
         raise DataError(f"{path}: classifier scores must be a 2-D (images, classes) array, got shape {scores.shape}")
     if num_images is not None and len(scores) != num_images:

@@ -7,6 +7,7 @@
   Kaggle's CSV (``ImageId,PredictionString`` with ``WNID xmin ymin xmax ymax`` guesses, the row format of
   its solution files, read by :func:`restransfer.data.imagenet_loc.iter_kaggle_rows`).
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,14 @@ from ..data.json_io import read_text
 from ..fileio import atomic_write_text
 
 __all__ = [
-    "MAX_GUESSES", "LocSubmission", "LocGuesses", "read_devkit_submission", "read_kaggle_submission",
-    "read_submission", "write_devkit_submission", "write_kaggle_submission",
+    "MAX_GUESSES",
+    "LocSubmission",
+    "LocGuesses",
+    "read_devkit_submission",
+    "read_kaggle_submission",
+    "read_submission",
+    "write_devkit_submission",
+    "write_kaggle_submission",
 ]
 
 MAX_GUESSES = 5
@@ -61,8 +68,12 @@ class LocGuesses:
     @classmethod
     def empty(cls, image_ids: Sequence[int], g: int = MAX_GUESSES) -> "LocGuesses":
         n = len(image_ids)
-        return cls(np.asarray(image_ids, dtype=np.int64), np.full((n, g), "", dtype="<U32"),
-                   np.zeros((n, g, 4)), np.full((n, g), np.nan))
+        return cls(
+            np.asarray(image_ids, dtype=np.int64),
+            np.full((n, g), "", dtype="<U32"),
+            np.zeros((n, g, 4)),
+            np.full((n, g), np.nan),
+        )
 
     def reorder(self, image_ids: Sequence[int]) -> "LocGuesses":
         """The rows for ``image_ids`` in that order; an id without a row gets no guesses."""
@@ -87,8 +98,9 @@ def _empty_submission(n: int, g: int) -> LocSubmission:
     return LocSubmission(np.zeros((n, g), dtype=np.int64), np.zeros((n, g, 4), dtype=np.float64))
 
 
-def read_devkit_submission(path: os.PathLike | str, synsets: Synsets, num_images: int, *,
-                           max_guesses: int = MAX_GUESSES) -> LocSubmission:
+def read_devkit_submission(
+    path: os.PathLike | str, synsets: Synsets, num_images: int, *, max_guesses: int = MAX_GUESSES
+) -> LocSubmission:
     """Read a devkit submission: line ``i`` holds image ``i``'s guesses ``label xmin ymin xmax ymax ...``.
 
     Labels are the class list's labels (devkit ids with ``map_clsloc.txt``); an empty line is an image without
@@ -102,8 +114,10 @@ def read_devkit_submission(path: os.PathLike | str, synsets: Synsets, num_images
     if lines and lines[-1] == "":
         lines.pop()
     if len(lines) != num_images:
-        raise IlsvrcFormatError(f"{path}: {len(lines)} lines, but the ground truth has {num_images} images; write one "
-                             "line per image in ground-truth order (empty for an image without guesses)")
+        raise IlsvrcFormatError(
+            f"{path}: {len(lines)} lines, but the ground truth has {num_images} images; write one "
+            "line per image in ground-truth order (empty for an image without guesses)"
+        )
     width = 5 * max_guesses
     fields = np.zeros((num_images, width), dtype=object)
     fields[:] = "0"
@@ -111,10 +125,11 @@ def read_devkit_submission(path: os.PathLike | str, synsets: Synsets, num_images
     for i, raw in enumerate(lines):
         tokens = raw.split()
         if len(tokens) % 5:
-            raise IlsvrcFormatError(f"{where(path, i + 1)}: {len(tokens)} fields; each guess needs 5 "
-                                 "(label xmin ymin xmax ymax)")
+            raise IlsvrcFormatError(
+                f"{where(path, i + 1)}: {len(tokens)} fields; each guess needs 5 (label xmin ymin xmax ymax)"
+            )
         tokens = tokens[:width]
-        fields[i, :len(tokens)] = tokens
+        fields[i, : len(tokens)] = tokens
         num_guesses[i] = len(tokens) // 5
     try:
         values = fields.astype(np.float64)
@@ -130,13 +145,16 @@ def read_devkit_submission(path: os.PathLike | str, synsets: Synsets, num_images
     bad = present & ((raw_labels != np.round(raw_labels)) | (raw_labels < 1) | (raw_labels > len(synsets)))
     if bad.any():
         i, j = np.argwhere(bad)[0]
-        raise IlsvrcFormatError(f"{where(path, i + 1)}: guess {j + 1} has label {raw_labels[i, j]:g}, which is not a class "
-                             f"id of {synsets.path or 'the class list'} (1..{len(synsets)})")
+        raise IlsvrcFormatError(
+            f"{where(path, i + 1)}: guess {j + 1} has label {raw_labels[i, j]:g}, which is not a class "
+            f"id of {synsets.path or 'the class list'} (1..{len(synsets)})"
+        )
     return LocSubmission(np.where(present, raw_labels, 0).astype(np.int64), values[:, :, 1:].copy())
 
 
-def read_kaggle_submission(path: os.PathLike | str, synsets: Synsets, names: Sequence[str], *,
-                           max_guesses: int = MAX_GUESSES) -> LocSubmission:
+def read_kaggle_submission(
+    path: os.PathLike | str, synsets: Synsets, names: Sequence[str], *, max_guesses: int = MAX_GUESSES
+) -> LocSubmission:
     """Read a Kaggle CSV submission (``ImageId,PredictionString`` with ``WNID xmin ymin xmax ymax`` guesses),
     matched to ``names`` (the ground-truth order) by ImageId.
 
@@ -160,8 +178,10 @@ def read_kaggle_submission(path: os.PathLike | str, synsets: Synsets, names: Seq
         sub.boxes[i, :g] = boxes[:g]
     if not seen.all():
         missing = [names[i] for i in np.flatnonzero(~seen)[:3]]
-        raise IlsvrcFormatError(f"{path}: {int((~seen).sum())} ground-truth images have no row (e.g. {', '.join(missing)}); "
-                             "write a row for every image, with an empty PredictionString if needed")
+        raise IlsvrcFormatError(
+            f"{path}: {int((~seen).sum())} ground-truth images have no row (e.g. {', '.join(missing)}); "
+            "write a row for every image, with an empty PredictionString if needed"
+        )
     return sub
 
 

@@ -6,6 +6,7 @@ files do not), and a value that is undefined (NaN: no ground truth to measure ag
 JSON ``null``, so every file parses with any JSON reader. numpy numbers and arrays become plain JSON numbers
 and lists.
 """
+
 from __future__ import annotations
 
 import json

@@ -41,6 +41,7 @@ when it is the earliest-ranked non-ignored hit on its object.
 
 Files (the devkit's results files and XML ground truth) are in :mod:`restransfer.evaluation.voc_io`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -55,9 +56,22 @@ from .evaluator import DatasetEvaluator, register_evaluator
 from .metrics_file import write_metrics
 from .voc_io import VocDetections, VocGroundTruth, ground_truth_from_coco, predictions_to_detections, write_results
 
-__all__ = ["METRICS", "ELEVEN_POINTS", "IOU_THRESHOLDS", "VocGroundTruth", "VocDetections", "VocEvalResult",
-           "default_metric", "matlab_colon", "voc_ap", "best_overlaps", "evaluate_voc", "metrics_dict",
-           "format_table", "VOCEvaluator"]
+__all__ = [
+    "METRICS",
+    "ELEVEN_POINTS",
+    "IOU_THRESHOLDS",
+    "VocGroundTruth",
+    "VocDetections",
+    "VocEvalResult",
+    "default_metric",
+    "matlab_colon",
+    "voc_ap",
+    "best_overlaps",
+    "evaluate_voc",
+    "metrics_dict",
+    "format_table",
+    "VOCEvaluator",
+]
 
 METRICS = ("voc2007", "area")
 MIN_OVERLAP = 0.5
@@ -197,8 +211,12 @@ def _ranking(dets: VocDetections) -> np.ndarray:
     return np.lexsort((-dets.scores, dets.labels))
 
 
-def evaluate_voc(gt: VocGroundTruth, dets: VocDetections, metric: str = "area",
-                 iou_thresholds: Optional[Sequence[float]] = IOU_THRESHOLDS) -> VocEvalResult:
+def evaluate_voc(
+    gt: VocGroundTruth,
+    dets: VocDetections,
+    metric: str = "area",
+    iou_thresholds: Optional[Sequence[float]] = IOU_THRESHOLDS,
+) -> VocEvalResult:
     """Evaluate ``dets`` against ``gt`` as ``VOCevaldet.m`` does, at IoU 0.5 and at each of ``iou_thresholds``
     (None or empty: 0.5 only; ``ap_50_95`` is then the AP at 0.5).
 
@@ -247,10 +265,22 @@ def evaluate_voc(gt: VocGroundTruth, dets: VocDetections, metric: str = "area",
 
     ap, recall, precision, tp, fp = at(MIN_OVERLAP, True)
     thresholds = np.asarray([] if iou_thresholds is None else iou_thresholds, dtype=np.float64)
-    by_t = np.stack([ap if t == MIN_OVERLAP else at(float(t), False)[0] for t in thresholds]) if len(thresholds) \
+    by_t = (
+        np.stack([ap if t == MIN_OVERLAP else at(float(t), False)[0] for t in thresholds])
+        if len(thresholds)
         else np.zeros((0, k))
-    return VocEvalResult(ap=ap, ap_by_threshold=by_t, iou_thresholds=thresholds, num_pos=num_pos, recall=recall,
-                         precision=precision, tp=tp, fp=fp, metric=metric)
+    )
+    return VocEvalResult(
+        ap=ap,
+        ap_by_threshold=by_t,
+        iou_thresholds=thresholds,
+        num_pos=num_pos,
+        recall=recall,
+        precision=precision,
+        tp=tp,
+        fp=fp,
+        metric=metric,
+    )
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -285,8 +315,10 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     lines = [f"{'class':<16} {'positives':>9} {'AP@.5':>7} {'AP@.5:.95':>9}"]
     for c, ap in metrics["AP"].items():
         ap2 = metrics["AP_50_95"].get(c)
-        lines.append(f"{c[:16]:<16} {metrics['num_positives'].get(c, 0):>9} "
-                     f"{'n/a' if ap is None else f'{ap:.2f}':>7} {'n/a' if ap2 is None else f'{ap2:.2f}':>9}")
+        lines.append(
+            f"{c[:16]:<16} {metrics['num_positives'].get(c, 0):>9} "
+            f"{'n/a' if ap is None else f'{ap:.2f}':>7} {'n/a' if ap2 is None else f'{ap2:.2f}':>9}"
+        )
     lines.append("-" * 44)
     rule = "11-point, VOC2007" if metrics["metric"] == "voc2007" else "area, VOC2010+"
     for key, label in (("mAP", f"mAP@.5 ({rule})"), ("mAP_50_95", "mAP@.5:.95")):
@@ -326,9 +358,16 @@ class VOCEvaluator(DatasetEvaluator):
     name = "voc"
     main_metric = "voc/mAP"
 
-    def __init__(self, dataset: Any, output_dir: Optional[Union[str, Path]] = None, *,
-                 metrics_path: Optional[Union[str, Path]] = None, voc_metric: Optional[str] = None,
-                 iou_thresholds: Optional[Sequence[float]] = IOU_THRESHOLDS, **options: Any) -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        output_dir: Optional[Union[str, Path]] = None,
+        *,
+        metrics_path: Optional[Union[str, Path]] = None,
+        voc_metric: Optional[str] = None,
+        iou_thresholds: Optional[Sequence[float]] = IOU_THRESHOLDS,
+        **options: Any,
+    ) -> None:
         super().__init__(dataset.image_ids)
         data = dataset.coco.dataset
         year = getattr(dataset, "year", None)

@@ -7,6 +7,7 @@ inclusive pixels, as the evaluation server takes them. Boxes convert at this bou
 :func:`restransfer.boxes.xyxy_to_voc` (``x1 + 1, y1 + 1, x2, y2``) and numbers are written with Python's
 shortest round-trip form, so a written file reads back to the very same numbers.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,16 @@ from ..data.voc import VOC_CLASSES, VocFormatError, read_image_set, read_voc_ann
 from ..errors import DataError
 from ..fileio import atomic_open
 
-__all__ = ["VocGroundTruth", "VocDetections", "results_file_name", "write_results", "read_results",
-           "load_ground_truth", "ground_truth_from_coco", "predictions_to_detections"]
+__all__ = [
+    "VocGroundTruth",
+    "VocDetections",
+    "results_file_name",
+    "write_results",
+    "read_results",
+    "load_ground_truth",
+    "ground_truth_from_coco",
+    "predictions_to_detections",
+]
 
 PathLike = Union[str, os.PathLike]
 
@@ -81,20 +90,24 @@ class VocDetections:
         """ValueError naming the first detection (0-based) of an unknown image or class, or with a score or
         box that is not a finite number."""
         n = len(self)
-        for what, bad in (("an image outside the image set", (self.image < 0) | (self.image >= gt.num_images)),
-                          (f"a label outside 1..{gt.num_classes}", (self.labels < 1) | (self.labels > gt.num_classes)),
-                          ("a score or box that is not a finite number",
-                           ~(np.isfinite(self.scores) & np.isfinite(self.boxes).all(axis=1)))):
+        for what, bad in (
+            ("an image outside the image set", (self.image < 0) | (self.image >= gt.num_images)),
+            (f"a label outside 1..{gt.num_classes}", (self.labels < 1) | (self.labels > gt.num_classes)),
+            (
+                "a score or box that is not a finite number",
+                ~(np.isfinite(self.scores) & np.isfinite(self.boxes).all(axis=1)),
+            ),
+        ):
             if n and bad.any():
                 raise DataError(f"detection {int(np.flatnonzero(bad)[0])} (0-based) has {what}")
-
 
 
 # ------------------------------------------------------------------------------------ ground truth
 
 
-def load_ground_truth(annotations_dir: PathLike, image_set: PathLike,
-                      classes: Sequence[str] = VOC_CLASSES) -> VocGroundTruth:
+def load_ground_truth(
+    annotations_dir: PathLike, image_set: PathLike, classes: Sequence[str] = VOC_CLASSES
+) -> VocGroundTruth:
     """The ground truth of the images listed in ``image_set`` (``ImageSets/Main/test.txt``) from their XML
     files in ``annotations_dir``, read as :func:`restransfer.data.voc.read_voc_annotation` does."""
     names = read_image_set(image_set)
@@ -103,17 +116,20 @@ def load_ground_truth(annotations_dir: PathLike, image_set: PathLike,
     for i, name in enumerate(names):
         p = annotations_dir / f"{name}.xml"
         if not p.is_file():
-            raise VocFormatError(f"{p}: annotation file missing for image {name!r} of {image_set}; check "
-                                 "--annotations")
+            raise VocFormatError(f"{p}: annotation file missing for image {name!r} of {image_set}; check --annotations")
         ann = read_voc_annotation(p, classes)
         obj_image.append(np.full(len(ann.labels), i, dtype=np.int64))
         labels.append(ann.labels)
         boxes.append(ann.boxes)
         difficult.append(ann.difficult)
-    return VocGroundTruth(tuple(names), np.concatenate(obj_image) if names else np.zeros(0, np.int64),
-                          np.concatenate(labels) if names else np.zeros(0, np.int64),
-                          np.concatenate(boxes) if names else np.zeros((0, 4)),
-                          np.concatenate(difficult) if names else np.zeros(0, bool), tuple(classes))
+    return VocGroundTruth(
+        tuple(names),
+        np.concatenate(obj_image) if names else np.zeros(0, np.int64),
+        np.concatenate(labels) if names else np.zeros(0, np.int64),
+        np.concatenate(boxes) if names else np.zeros((0, 4)),
+        np.concatenate(difficult) if names else np.zeros(0, bool),
+        tuple(classes),
+    )
 
 
 def ground_truth_from_coco(data: Mapping[str, Any], image_ids: Optional[Sequence[int]] = None) -> VocGroundTruth:
@@ -141,7 +157,8 @@ def ground_truth_from_coco(data: Mapping[str, Any], image_ids: Optional[Sequence
         boxes=boxes,
         difficult=np.asarray([bool(a.get("difficult", a.get("iscrowd", 0))) for a in anns], dtype=bool),
         class_names=tuple(str(c["name"]) for c in cats),
-        image_ids=np.asarray(ids, dtype=np.int64))
+        image_ids=np.asarray(ids, dtype=np.int64),
+    )
 
 
 def predictions_to_detections(predictions: Sequence[Mapping[str, Any]], gt: VocGroundTruth) -> VocDetections:
@@ -166,8 +183,10 @@ def predictions_to_detections(predictions: Sequence[Mapping[str, Any]], gt: VocG
         image=np.repeat(np.asarray([p for p, _ in parts], dtype=np.int64), counts),
         labels=np.concatenate([np.asarray(pred["labels"], dtype=np.int64).reshape(-1) for _, pred in parts]),
         scores=np.concatenate([np.asarray(pred["scores"], dtype=np.float64).reshape(-1) for _, pred in parts]),
-        boxes=xyxy_to_voc(np.concatenate([np.asarray(pred["boxes"], dtype=np.float64).reshape(-1, 4)
-                                          for _, pred in parts])))
+        boxes=xyxy_to_voc(
+            np.concatenate([np.asarray(pred["boxes"], dtype=np.float64).reshape(-1, 4) for _, pred in parts])
+        ),
+    )
 
 
 # ---------------------------------------------------------------------------------------- results files
@@ -178,8 +197,9 @@ def results_file_name(class_name: str, image_set: str = "test", comp: str = "com
     return f"{comp}_det_{image_set}_{class_name}.txt"
 
 
-def write_results(out_dir: PathLike, gt: VocGroundTruth, dets: VocDetections, *, image_set: str = "test",
-                  comp: str = "comp4") -> List[Path]:
+def write_results(
+    out_dir: PathLike, gt: VocGroundTruth, dets: VocDetections, *, image_set: str = "test", comp: str = "comp4"
+) -> List[Path]:
     """Write one results file per class (an empty file for a class without detections) into ``out_dir``;
     lines in detection order. Returns the paths."""
     dets.check(gt)
@@ -212,11 +232,15 @@ def _results_files(results_dir: Path, classes: Sequence[str]) -> Dict[str, Path]
         if m:
             found.setdefault(m.group(1), {})[cls] = p
     if not found:
-        raise VocFormatError(f"{results_dir}: no results files; expected {results_file_name(classes[0])}, ... (one "
-                             "per class, 'comp<N>_det_<image set>_<class>.txt')")
+        raise VocFormatError(
+            f"{results_dir}: no results files; expected {results_file_name(classes[0])}, ... (one "
+            "per class, 'comp<N>_det_<image set>_<class>.txt')"
+        )
     if len(found) > 1:
-        raise VocFormatError(f"{results_dir}: results files of several runs ({', '.join(sorted(found))}); keep one "
-                             "set of comp<N>_det_<image set>_<class>.txt files per folder")
+        raise VocFormatError(
+            f"{results_dir}: results files of several runs ({', '.join(sorted(found))}); keep one "
+            "set of comp<N>_det_<image set>_<class>.txt files per folder"
+        )
     return next(iter(found.values()))
 
 
@@ -252,8 +276,10 @@ def _read_file(path: Path, position: Mapping[str, int]):
     image = np.fromiter((position.get(n, -1) for n in tokens[0::6]), dtype=np.int64, count=len(rows))
     if (image < 0).any():
         i = int(np.flatnonzero(image < 0)[0])
-        raise VocFormatError(f"{where(path, rows[i] + 1)}: unrecognized image {tokens[6 * i]!r}: it is not in the "
-                             "image set being evaluated")
+        raise VocFormatError(
+            f"{where(path, rows[i] + 1)}: unrecognized image {tokens[6 * i]!r}: it is not in the "
+            "image set being evaluated"
+        )
     del tokens[0::6]
     numbers = _parse_numbers(tokens)
     if numbers is None:  # find the token, or read what numpy's parser refused but Python's accepts

@@ -5,6 +5,7 @@ The test views and the normalisation come from :mod:`restransfer.data.classifier
 image's views go through ``model.classify`` in batches of up to ``batch_size`` images, and the view scores
 of an image are averaged (softmax probabilities, or raw logits with ``softmax=False``).
 """
+
 from __future__ import annotations
 
 import os
@@ -35,10 +36,21 @@ def _rgb(item: ImageItem) -> np.ndarray:
 
 
 @torch.no_grad()
-def classifier_scores(model: nn.Module, images: Union[Sequence[ImageItem], Any], *, mode: str = "center", crop: int = 224,
-                      test_size: int = 256, scales: Sequence[int] = (), mean: Sequence[float] = (0, 0, 0),
-                      std: Sequence[float] = (1, 1, 1), batch_size: int = 32, device: torch.device | str = "cpu",
-                      bgr: bool = False, softmax: bool = True) -> np.ndarray:
+def classifier_scores(
+    model: nn.Module,
+    images: Union[Sequence[ImageItem], Any],
+    *,
+    mode: str = "center",
+    crop: int = 224,
+    test_size: int = 256,
+    scales: Sequence[int] = (),
+    mean: Sequence[float] = (0, 0, 0),
+    std: Sequence[float] = (1, 1, 1),
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    bgr: bool = False,
+    softmax: bool = True,
+) -> np.ndarray:
     """(N, C) scores of ``model.classify`` for N ``images``, averaged over each image's test views (``mode``,
     ``crop``, ``test_size``, ``scales``: see :func:`~restransfer.data.classifier_transforms.image_views`).
 
@@ -49,8 +61,7 @@ def classifier_scores(model: nn.Module, images: Union[Sequence[ImageItem], Any],
     view's logits are returned as they are).
     """
     n = len(images)
-    read: Callable[[int], Optional[np.ndarray]] = (images.read if hasattr(images, "read")
-                                                   else lambda i: _rgb(images[i]))
+    read: Callable[[int], Optional[np.ndarray]] = images.read if hasattr(images, "read") else lambda i: _rgb(images[i])
     model.eval()
     acc: Dict[int, torch.Tensor] = {}
     counts: Dict[int, int] = {}
@@ -83,21 +94,41 @@ def classifier_scores(model: nn.Module, images: Union[Sequence[ImageItem], Any],
     if not acc:
         return np.full((n, 0), np.nan, np.float32)
     num_classes = len(next(iter(acc.values())))
-    return np.stack([(acc[i] / counts[i]).numpy() if i in acc else np.full(num_classes, np.nan, np.float32)
-                     for i in range(n)])
+    return np.stack(
+        [(acc[i] / counts[i]).numpy() if i in acc else np.full(num_classes, np.nan, np.float32) for i in range(n)]
+    )
 
 
-def classifier_scores_from_model(model: nn.Module, image_paths: Sequence[ImageItem], *, device: str = "cpu",
-                                 batch_size: int = 32, resize: int = 256, crop: int = 224,
-                                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                                 bgr: bool = False) -> np.ndarray:
+def classifier_scores_from_model(
+    model: nn.Module,
+    image_paths: Sequence[ImageItem],
+    *,
+    device: str = "cpu",
+    batch_size: int = 32,
+    resize: int = 256,
+    crop: int = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    bgr: bool = False,
+) -> np.ndarray:
     """Classifier logits (N, C) of ``model.classify`` (e.g. ``restransfer.backbone.ResNet(101, num_classes=1000)``)
     over images, with the standard single-crop test transform: shorter side to ``resize``, center ``crop``,
     per-channel ``(x - mean) / std`` in 0..255 units (``bgr``: channels in BGR order, for MSRA weights).
     The localization task's classifier mode; the same loop as classification's ``center`` testing."""
     model.eval().to(device)
-    return classifier_scores(model, list(image_paths), mode="center", crop=crop, test_size=resize, mean=mean,
-                             std=std, batch_size=batch_size, device=device, bgr=bgr, softmax=False)
+    return classifier_scores(
+        model,
+        list(image_paths),
+        mode="center",
+        crop=crop,
+        test_size=resize,
+        mean=mean,
+        std=std,
+        batch_size=batch_size,
+        device=device,
+        bgr=bgr,
+        softmax=False,
+    )
 
 
 def load_classifier(depth: int, weights: str, *, style: str = "pytorch") -> ResNet:
@@ -109,11 +140,18 @@ def load_classifier(depth: int, weights: str, *, style: str = "pytorch") -> ResN
     meta = read_weights(os.path.expanduser(weights))[2] if os.path.isfile(os.path.expanduser(weights)) else {}
     if meta.get("task") == "classification":
         if meta.get("arch") != "imagenet":
-            raise ConfigError(f"{weights}: a {meta.get('arch')}-arch classifier; localization needs an imagenet-arch "
-                              "ResNet (model.arch: imagenet)")
+            raise ConfigError(
+                f"{weights}: a {meta.get('arch')}-arch classifier; localization needs an imagenet-arch "
+                "ResNet (model.arch: imagenet)"
+            )
         depth, style = int(meta["depth"]), str(meta.get("style", style))
     pretrained = read_pretrained(weights)  # the network is built with the convention its weights carry
-    model = ResNet(depth, style=style, num_classes=int(meta.get("num_classes", 1000)),
-                   pixel_convention=pretrained.convention, class_names=list(meta.get("class_names") or []))
+    model = ResNet(
+        depth,
+        style=style,
+        num_classes=int(meta.get("num_classes", 1000)),
+        pixel_convention=pretrained.convention,
+        class_names=list(meta.get("class_names") or []),
+    )
     load_pretrained_state(model, pretrained, strict_classifier=True)
     return model

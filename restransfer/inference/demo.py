@@ -2,6 +2,7 @@
 
 ``tools/demo.py`` is the command line; :func:`run_demo` is the same from Python.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,11 +38,18 @@ def find_images(path: Union[str, os.PathLike], exclude: Optional[Union[str, os.P
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder")
     skip = Path(exclude).resolve() if exclude is not None else None
-    found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                   and not (skip is not None and skip in p.resolve().parents))
+    found = sorted(
+        p
+        for p in path.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and p.is_file()
+        and not (skip is not None and skip in p.resolve().parents)
+    )
     if not found:
-        raise DataError(f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder or below; give an image "
-                        "file or a folder that contains some")
+        raise DataError(
+            f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder or below; give an image "
+            "file or a folder that contains some"
+        )
     return found
 
 
@@ -60,8 +68,13 @@ def _output_names(images: Sequence[Path], root: Optional[Path]) -> List[str]:
     return names
 
 
-def run_demo(predictor, images: Sequence[Union[str, os.PathLike]], output_dir: Union[str, os.PathLike],
-             root: Optional[Union[str, os.PathLike]] = None, progress: bool = True) -> Dict[str, Any]:
+def run_demo(
+    predictor,
+    images: Sequence[Union[str, os.PathLike]],
+    output_dir: Union[str, os.PathLike],
+    root: Optional[Union[str, os.PathLike]] = None,
+    progress: bool = True,
+) -> Dict[str, Any]:
     """Predict, draw and save.
 
     Args:
@@ -102,8 +115,15 @@ def run_demo(predictor, images: Sequence[Union[str, os.PathLike]], output_dir: U
                 raise OSError(f"{out / names[i]}: OpenCV could not encode the image")
             atomic_write_bytes(out / names[i], png.tobytes())
             image_id = len(image_entries)
-            image_entries.append({"id": image_id, "file_name": str(images[i]), "height": int(rgb.shape[0]),
-                                  "width": int(rgb.shape[1]), "drawn": names[i]})
+            image_entries.append(
+                {
+                    "id": image_id,
+                    "file_name": str(images[i]),
+                    "height": int(rgb.shape[0]),
+                    "width": int(rgb.shape[1]),
+                    "drawn": names[i],
+                }
+            )
             entry = {"image_id": image_id, "boxes": pred["boxes"], "scores": pred["scores"], "labels": pred["labels"]}
             if "masks" in pred:
                 entry["masks"] = masks_to_rle(pred["masks"])

@@ -430,7 +430,9 @@ def export_outputs(exported: Union[str, os.PathLike], image: Tensor) -> List[Ten
         try:
             import onnxruntime as ort
         except ImportError:
-            raise MissingDependency("running an ONNX file needs onnxruntime: pip install onnxruntime (or restransfer[onnx])") from None
+            raise MissingDependency(
+                "running an ONNX file needs onnxruntime: pip install onnxruntime (or restransfer[onnx])"
+            ) from None
         options = ort.SessionOptions()
         options.log_severity_level = 3  # torchvision's mask-pasting loop makes ORT warn about shapes per mask
         session = ort.InferenceSession(exported, options, providers=["CPUExecutionProvider"])

@@ -7,6 +7,7 @@ everything that runs a config's model over its test set (evaluation, training's 
 evaluations, the tools) builds both there and here through :func:`restransfer.engine.evaluate.run_on_test_set`,
 so ``test.aug``, ``test.box_refinement`` and ensembles apply everywhere.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +30,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["to_prediction", "inference_on_dataset"]
 
 
-def to_prediction(output: Dict[str, torch.Tensor], image_id: int, image_size: Tuple[int, int],
-                  mask_threshold: float = 0.5) -> Dict[str, Any]:
+def to_prediction(
+    output: Dict[str, torch.Tensor], image_id: int, image_size: Tuple[int, int], mask_threshold: float = 0.5
+) -> Dict[str, Any]:
     """One image's model output -> the toolkit's prediction dict of numpy arrays (masks as COCO RLE)."""
     pred: Dict[str, Any] = {
         "image_id": int(image_id),
@@ -43,8 +45,14 @@ def to_prediction(output: Dict[str, torch.Tensor], image_id: int, image_size: Tu
     return pred
 
 
-def inference_on_dataset(model: nn.Module, loader, device: torch.device, precision: str = "fp32",
-                         progress: bool = True, evaluator: Optional[Evaluator] = None) -> List[Dict[str, Any]]:
+def inference_on_dataset(
+    model: nn.Module,
+    loader,
+    device: torch.device,
+    precision: str = "fp32",
+    progress: bool = True,
+    evaluator: Optional[Evaluator] = None,
+) -> List[Dict[str, Any]]:
     """Predictions (the per-image dicts used across the toolkit) for every image ``loader`` yields (this
     process's share); with an ``evaluator``, each batch also goes to ``evaluator.process`` as it comes.
 
@@ -62,8 +70,9 @@ def inference_on_dataset(model: nn.Module, loader, device: torch.device, precisi
         for images, targets in loader:
             images = [img.to(device, non_blocking=True) for img in images]
             outputs = model(images)
-            batch = [to_prediction(out, tgt["image_id"], img.shape[-2:])
-                     for out, img, tgt in zip(outputs, images, targets)]
+            batch = [
+                to_prediction(out, tgt["image_id"], img.shape[-2:]) for out, img, tgt in zip(outputs, images, targets)
+            ]
             if evaluator is not None:
                 evaluator.process(targets, batch)
             predictions.extend(batch)
@@ -72,6 +81,7 @@ def inference_on_dataset(model: nn.Module, loader, device: torch.device, precisi
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - start
-    logger.info("inference on %d images: %.2f s (%.3f s/image)", len(predictions), elapsed,
-                elapsed / max(1, len(predictions)))
+    logger.info(
+        "inference on %d images: %.2f s (%.3f s/image)", len(predictions), elapsed, elapsed / max(1, len(predictions))
+    )
     return predictions

@@ -12,6 +12,7 @@ channel is dropped), numpy arrays ``(H, W, 3)`` (RGB unless ``channel_order="BGR
 grayscale, ``(H, W, 4)`` with alpha, or float tensors ``(3, H, W)`` in [0, 1] (RGB). Integer arrays
 hold 0..255 (uint8) or 0..65535 (uint16); float arrays 0..1.
 """
+
 from __future__ import annotations
 
 import copy
@@ -67,8 +68,10 @@ def to_rgb_uint8(image: np.ndarray, channel_order: str = "RGB", where: str = "im
     elif np.issubdtype(image.dtype, np.floating):
         lo, hi = float(np.nanmin(image)), float(np.nanmax(image))
         if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0.0 or hi > 1.0:
-            raise ValueError(f"{where}: float images must hold values in [0, 1], found {lo:g}..{hi:g}; divide "
-                             "0..255 data by 255 or pass it as uint8")
+            raise ValueError(
+                f"{where}: float images must hold values in [0, 1], found {lo:g}..{hi:g}; divide "
+                "0..255 data by 255 or pass it as uint8"
+            )
         out = (image * 255.0 + 0.5).astype(np.uint8)
     else:
         raise TypeError(f"{where}: unsupported dtype {image.dtype}; use uint8, uint16, bool or float in [0, 1]")
@@ -107,12 +110,21 @@ class Predictor:
     sorted by decreasing score.
     """
 
-    def __init__(self, config_or_path: Union[str, os.PathLike, DictConfig],
-                 weights: Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike]]] = None,
-                 device: str = "cpu", threshold: float = 0.5, channel_order: str = "RGB",
-                 batch_size: Optional[int] = None, class_names: Optional[Sequence[str]] = None,
-                 precision: Optional[str] = None, optimize: Optional[bool] = None, mask_threshold: float = 0.5,
-                 mask_format: str = "bool", overrides: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        config_or_path: Union[str, os.PathLike, DictConfig],
+        weights: Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike]]] = None,
+        device: str = "cpu",
+        threshold: float = 0.5,
+        channel_order: str = "RGB",
+        batch_size: Optional[int] = None,
+        class_names: Optional[Sequence[str]] = None,
+        precision: Optional[str] = None,
+        optimize: Optional[bool] = None,
+        mask_threshold: float = 0.5,
+        mask_format: str = "bool",
+        overrides: Iterable[str] = (),
+    ) -> None:
         if isinstance(config_or_path, DictConfig):
             cfg = copy.deepcopy(config_or_path)
             if overrides:
@@ -137,8 +149,10 @@ class Predictor:
         if class_names is None and first:
             class_names = checkpoint_class_names(first)
         if class_names is not None and len(class_names) != cfg.model.num_classes:
-            raise ConfigError(f"{len(class_names)} class names for model.num_classes = {cfg.model.num_classes}; "
-                              "model.num_classes must match the weights' classes")
+            raise ConfigError(
+                f"{len(class_names)} class names for model.num_classes = {cfg.model.num_classes}; "
+                "model.num_classes must match the weights' classes"
+            )
         model = build_test_model(cfg, members, class_names, self.device, optimize=optimize, precision=precision)
         # scores at or below the threshold are dropped anyway; dropping them before NMS and the mask head
         # saves work without changing what is kept (NMS only lets a box suppress lower-scoring ones)
@@ -156,8 +170,9 @@ class Predictor:
             return torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float().div_(255.0)
         if isinstance(item, Tensor):
             if item.dim() != 3 or item.shape[0] != 3 or not item.is_floating_point():
-                raise ValueError(f"{where}: tensors must be float RGB (3, H, W) in [0, 1], got {item.dtype} "
-                                 f"{tuple(item.shape)}")
+                raise ValueError(
+                    f"{where}: tensors must be float RGB (3, H, W) in [0, 1], got {item.dtype} {tuple(item.shape)}"
+                )
             return item.to(self.device, torch.float32)
         if isinstance(item, np.ndarray):
             rgb = to_rgb_uint8(item, self.channel_order, where)
@@ -186,7 +201,7 @@ class Predictor:
         batch at a time, so a long list does not sit in memory)."""
         results: List[Dict[str, Any]] = []
         for start in range(0, len(inputs), self.batch_size):
-            images = [self._load(x, start + i) for i, x in enumerate(inputs[start:start + self.batch_size])]
+            images = [self._load(x, start + i) for i, x in enumerate(inputs[start : start + self.batch_size])]
             with deferred_mask_paste(self.model):
                 outputs = self.model(images)
             results.extend(self._result(o, im.shape[-2:]) for o, im in zip(outputs, images))

@@ -6,6 +6,7 @@ This is the one place that reads ``cfg.model`` (and the input sizes and ``cfg.te
 ``FasterRCNN.__init__`` does, around our backbone, heads (the C4 ones come from
 :mod:`restransfer.models.c4`) and transform.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,9 +25,9 @@ from ..backbone.wrappers import BackboneC4, BackboneWithFPN
 from ..devices import precision_dtype
 from ..errors import ConfigError
 from .c4 import C4BoxHead, Res5Head
-from .context import ContextBoxHead, GlobalContextPool
 from .checkpoint import apply_detector_state, read_detector_checkpoint
 from .compile import apply_compile_setting
+from .context import ContextBoxHead, GlobalContextPool
 from .detector import Detector
 from .roi_align import ParallelMultiScaleRoIAlign
 from .rpn_head import RPNHead
@@ -34,8 +35,15 @@ from .transform import DetectionTransform
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_model", "build_eval_model", "ClassAgnosticPredictor", "pixel_convention", "detector_kwargs",
-           "inference_kwargs", "system_kwargs"]
+__all__ = [
+    "build_model",
+    "build_eval_model",
+    "ClassAgnosticPredictor",
+    "pixel_convention",
+    "detector_kwargs",
+    "inference_kwargs",
+    "system_kwargs",
+]
 
 
 class ClassAgnosticPredictor(nn.Module):
@@ -64,8 +72,9 @@ def pixel_convention(cfg_model, backbone_convention: Optional[PixelConvention]) 
     )
 
 
-def _backbone(head: str, depth: int, *, weights: Optional[str], fpn_out_channels: int, fpn_extra_block: bool,
-              **resnet_kwargs: Any) -> Tuple[nn.Module, Optional[Res5Head]]:
+def _backbone(
+    head: str, depth: int, *, weights: Optional[str], fpn_out_channels: int, fpn_extra_block: bool, **resnet_kwargs: Any
+) -> Tuple[nn.Module, Optional[Res5Head]]:
     """The ``head``'s backbone (``fpn``: ResNet + FPN; ``c4``: the trunk to res4, and res5 for the RoI head)
     with ImageNet ``weights``; ``resnet_kwargs``: the ResNet's style, norm, freeze_at and residual."""
     if head == "fpn":
@@ -83,8 +92,10 @@ def _anchors(head: str, sizes: Sequence[int], aspect_ratios: Sequence[float], nu
     if head == "c4":
         return AnchorGenerator((sizes,), (ratios,))
     if len(sizes) != num_levels:
-        raise ConfigError(f"model.anchor.sizes: FPN uses one anchor size per level; got {len(sizes)} sizes for "
-                          f"{num_levels} levels (P2..P{num_levels + 1})")
+        raise ConfigError(
+            f"model.anchor.sizes: FPN uses one anchor size per level; got {len(sizes)} sizes for "
+            f"{num_levels} levels (P2..P{num_levels + 1})"
+        )
     return AnchorGenerator(tuple((s,) for s in sizes), (ratios,) * num_levels)
 
 
@@ -94,16 +105,26 @@ def detector_kwargs(cfg_model, num_levels: int) -> Dict[str, Any]:
     proposal/detection counts."""
     r, h = cfg_model.rpn, cfg_model.roi_heads
     return dict(
-        rpn_anchor_generator=_anchors(cfg_model.head, cfg_model.anchor.sizes, cfg_model.anchor.aspect_ratios,
-                                      num_levels),
-        rpn_pre_nms_top_n_train=r.pre_nms_top_n_train, rpn_pre_nms_top_n_test=r.pre_nms_top_n_test,
-        rpn_post_nms_top_n_train=r.post_nms_top_n_train, rpn_post_nms_top_n_test=r.post_nms_top_n_test,
-        rpn_nms_thresh=r.nms_thresh, rpn_fg_iou_thresh=r.fg_iou_thresh, rpn_bg_iou_thresh=r.bg_iou_thresh,
-        rpn_batch_size_per_image=r.batch_size_per_image, rpn_positive_fraction=r.positive_fraction,
+        rpn_anchor_generator=_anchors(
+            cfg_model.head, cfg_model.anchor.sizes, cfg_model.anchor.aspect_ratios, num_levels
+        ),
+        rpn_pre_nms_top_n_train=r.pre_nms_top_n_train,
+        rpn_pre_nms_top_n_test=r.pre_nms_top_n_test,
+        rpn_post_nms_top_n_train=r.post_nms_top_n_train,
+        rpn_post_nms_top_n_test=r.post_nms_top_n_test,
+        rpn_nms_thresh=r.nms_thresh,
+        rpn_fg_iou_thresh=r.fg_iou_thresh,
+        rpn_bg_iou_thresh=r.bg_iou_thresh,
+        rpn_batch_size_per_image=r.batch_size_per_image,
+        rpn_positive_fraction=r.positive_fraction,
         rpn_score_thresh=r.score_thresh,
-        box_score_thresh=h.score_thresh, box_nms_thresh=h.nms_thresh, box_detections_per_img=h.detections_per_img,
-        box_fg_iou_thresh=h.fg_iou_thresh, box_bg_iou_thresh=h.bg_iou_thresh,
-        box_batch_size_per_image=h.batch_size_per_image, box_positive_fraction=h.positive_fraction,
+        box_score_thresh=h.score_thresh,
+        box_nms_thresh=h.nms_thresh,
+        box_detections_per_img=h.detections_per_img,
+        box_fg_iou_thresh=h.fg_iou_thresh,
+        box_bg_iou_thresh=h.bg_iou_thresh,
+        box_batch_size_per_image=h.batch_size_per_image,
+        box_positive_fraction=h.positive_fraction,
     )
 
 
@@ -111,27 +132,43 @@ def _rpn(kw: Dict[str, Any], in_channels: int) -> RegionProposalNetwork:
     """The RPN that ``FasterRCNN.__init__`` builds from :func:`detector_kwargs` ``kw``."""
     anchors = kw["rpn_anchor_generator"]
     return RegionProposalNetwork(
-        anchors, RPNHead(in_channels, anchors.num_anchors_per_location()[0],
-                         sampled_per_image=kw["rpn_batch_size_per_image"]),
-        kw["rpn_fg_iou_thresh"], kw["rpn_bg_iou_thresh"], kw["rpn_batch_size_per_image"], kw["rpn_positive_fraction"],
+        anchors,
+        RPNHead(in_channels, anchors.num_anchors_per_location()[0], sampled_per_image=kw["rpn_batch_size_per_image"]),
+        kw["rpn_fg_iou_thresh"],
+        kw["rpn_bg_iou_thresh"],
+        kw["rpn_batch_size_per_image"],
+        kw["rpn_positive_fraction"],
         dict(training=kw["rpn_pre_nms_top_n_train"], testing=kw["rpn_pre_nms_top_n_test"]),
         dict(training=kw["rpn_post_nms_top_n_train"], testing=kw["rpn_post_nms_top_n_test"]),
-        kw["rpn_nms_thresh"], score_thresh=kw["rpn_score_thresh"])
+        kw["rpn_nms_thresh"],
+        score_thresh=kw["rpn_score_thresh"],
+    )
 
 
 def _roi_heads(kw: Dict[str, Any], modules: Dict[str, nn.Module]) -> RoIHeads:
     """The RoI heads that ``FasterRCNN``/``MaskRCNN.__init__`` build from :func:`detector_kwargs` ``kw`` and the
     pooler, head and predictor ``modules`` (``box_roi_pool``, ``box_head``, ``box_predictor`` [, ``mask_*``])."""
     return RoIHeads(
-        modules["box_roi_pool"], modules["box_head"], modules["box_predictor"],
-        kw["box_fg_iou_thresh"], kw["box_bg_iou_thresh"], kw["box_batch_size_per_image"], kw["box_positive_fraction"],
-        None, kw["box_score_thresh"], kw["box_nms_thresh"], kw["box_detections_per_img"],
-        mask_roi_pool=modules.get("mask_roi_pool"), mask_head=modules.get("mask_head"),
-        mask_predictor=modules.get("mask_predictor"))
+        modules["box_roi_pool"],
+        modules["box_head"],
+        modules["box_predictor"],
+        kw["box_fg_iou_thresh"],
+        kw["box_bg_iou_thresh"],
+        kw["box_batch_size_per_image"],
+        kw["box_positive_fraction"],
+        None,
+        kw["box_score_thresh"],
+        kw["box_nms_thresh"],
+        kw["box_detections_per_img"],
+        mask_roi_pool=modules.get("mask_roi_pool"),
+        mask_head=modules.get("mask_head"),
+        mask_predictor=modules.get("mask_predictor"),
+    )
 
 
-def build_model(cfg, class_names: Optional[List[str]] = None, load_weights: bool = True,
-                weights: Optional[str] = None) -> Detector:
+def build_model(
+    cfg, class_names: Optional[List[str]] = None, load_weights: bool = True, weights: Optional[str] = None
+) -> Detector:
     """Build the detector described by ``cfg.model`` (and ``cfg.input`` for the image sizes).
 
     Args:
@@ -156,9 +193,17 @@ def build_model(cfg, class_names: Optional[List[str]] = None, load_weights: bool
     if detector_weights and m.backbone.weights:
         logger.info("model.weights is set: skipping model.backbone.weights (%s)", m.backbone.weights)
     bb, h = m.backbone, m.roi_heads
-    backbone, res5 = _backbone(m.head, bb.depth, weights=backbone_weights, style=bb.style, norm=bb.norm,
-                               freeze_at=bb.freeze_at, residual=bb.residual, fpn_out_channels=m.fpn_out_channels,
-                               fpn_extra_block=m.fpn_extra_block)
+    backbone, res5 = _backbone(
+        m.head,
+        bb.depth,
+        weights=backbone_weights,
+        style=bb.style,
+        norm=bb.norm,
+        freeze_at=bb.freeze_at,
+        residual=bb.residual,
+        fpn_out_channels=m.fpn_out_channels,
+        fpn_extra_block=m.fpn_extra_block,
+    )
     conv = pixel_convention(m, backbone.pixel_convention)
     checkpoint = read_detector_checkpoint(detector_weights) if detector_weights else None
     saved = checkpoint[1].get("pixel_convention") if checkpoint is not None else None
@@ -167,25 +212,60 @@ def build_model(cfg, class_names: Optional[List[str]] = None, load_weights: bool
         conv = PixelConvention.from_dict(saved, style=conv.style)
     kwargs = detector_kwargs(m, len(backbone.strides))
     heads = _roi_head_modules(  # created before the RPN head, in FasterRCNN's order
-        backbone, res5, arch=m.arch, head=m.head, num_classes=m.num_classes, pooler_resolution=h.pooler_resolution,
-        c4_pooler_resolution=h.c4_pooler_resolution, sampling_ratio=h.sampling_ratio,
-        fpn_representation_size=h.fpn_representation_size, mask_pooler_resolution=h.mask_pooler_resolution,
-        mask_conv_dim=h.mask_conv_dim, global_context=h.global_context,
-        class_agnostic_box_reg=h.class_agnostic_box_reg)
-    transform = DetectionTransform(cfg.input.min_size_test, cfg.input.max_size_test, conv.mean, conv.std,
-                                   channel_order=conv.channel_order, size_divisible=cfg.input.size_divisibility)
-    model = Detector(backbone, _rpn(kwargs, backbone.out_channels), _roi_heads(kwargs, heads), transform,
-                     num_classes=m.num_classes, arch=m.arch, head=m.head, class_names=class_names,
-                     pixel_convention=conv)
+        backbone,
+        res5,
+        arch=m.arch,
+        head=m.head,
+        num_classes=m.num_classes,
+        pooler_resolution=h.pooler_resolution,
+        c4_pooler_resolution=h.c4_pooler_resolution,
+        sampling_ratio=h.sampling_ratio,
+        fpn_representation_size=h.fpn_representation_size,
+        mask_pooler_resolution=h.mask_pooler_resolution,
+        mask_conv_dim=h.mask_conv_dim,
+        global_context=h.global_context,
+        class_agnostic_box_reg=h.class_agnostic_box_reg,
+    )
+    transform = DetectionTransform(
+        cfg.input.min_size_test,
+        cfg.input.max_size_test,
+        conv.mean,
+        conv.std,
+        channel_order=conv.channel_order,
+        size_divisible=cfg.input.size_divisibility,
+    )
+    model = Detector(
+        backbone,
+        _rpn(kwargs, backbone.out_channels),
+        _roi_heads(kwargs, heads),
+        transform,
+        num_classes=m.num_classes,
+        arch=m.arch,
+        head=m.head,
+        class_names=class_names,
+        pixel_convention=conv,
+    )
     if checkpoint is not None:
         apply_detector_state(model, checkpoint[0], detector_weights, checkpoint[1])
     return model
 
 
-def _roi_head_modules(backbone: nn.Module, res5: Optional[Res5Head], *, arch: str, head: str, num_classes: int,
-                      pooler_resolution: int, c4_pooler_resolution: int, sampling_ratio: int,
-                      fpn_representation_size: int, mask_pooler_resolution: int, mask_conv_dim: int,
-                      global_context: bool, class_agnostic_box_reg: bool) -> Dict[str, nn.Module]:
+def _roi_head_modules(
+    backbone: nn.Module,
+    res5: Optional[Res5Head],
+    *,
+    arch: str,
+    head: str,
+    num_classes: int,
+    pooler_resolution: int,
+    c4_pooler_resolution: int,
+    sampling_ratio: int,
+    fpn_representation_size: int,
+    mask_pooler_resolution: int,
+    mask_conv_dim: int,
+    global_context: bool,
+    class_agnostic_box_reg: bool,
+) -> Dict[str, nn.Module]:
     """RoI poolers, box head and predictor (and mask ones for Mask R-CNN) for ``num_classes`` foreground
     classes on ``backbone`` (``res5``: the C4 head's stage); the sizes are ``model.roi_heads``'."""
     num_classes = num_classes + 1  # + background
@@ -193,7 +273,7 @@ def _roi_head_modules(backbone: nn.Module, res5: Optional[Res5Head], *, arch: st
     if head == "fpn":
         names = [str(i) for i in range(len(backbone.body.out_features))]
         heads["box_roi_pool"] = ParallelMultiScaleRoIAlign(names, pooler_resolution, sampling_ratio)
-        heads["box_head"] = TwoMLPHead(backbone.out_channels * pooler_resolution ** 2, fpn_representation_size)
+        heads["box_head"] = TwoMLPHead(backbone.out_channels * pooler_resolution**2, fpn_representation_size)
         box_dim = fpn_representation_size
         if arch == "mask_rcnn":
             heads["mask_roi_pool"] = ParallelMultiScaleRoIAlign(names, mask_pooler_resolution, sampling_ratio)
@@ -212,8 +292,11 @@ def _roi_head_modules(backbone: nn.Module, res5: Optional[Res5Head], *, arch: st
         heads["box_roi_pool"] = GlobalContextPool(heads["box_roi_pool"])
         heads["box_head"] = ContextBoxHead(heads["box_head"], box_dim)
         box_dim = heads["box_head"].out_channels
-    heads["box_predictor"] = (ClassAgnosticPredictor(box_dim, num_classes) if class_agnostic_box_reg
-                              else FastRCNNPredictor(box_dim, num_classes))
+    heads["box_predictor"] = (
+        ClassAgnosticPredictor(box_dim, num_classes)
+        if class_agnostic_box_reg
+        else FastRCNNPredictor(box_dim, num_classes)
+    )
     return heads
 
 
@@ -233,17 +316,32 @@ def system_kwargs(cfg) -> Optional[Dict[str, Any]]:
     refinement, box voting, test scales, flip, merge), or ``None`` when every test-time extra is off (the
     plain detector then runs unchanged)."""
     t, aug = cfg.test, cfg.test.aug
-    plain_sizes = (list(aug.min_sizes) in ([], [cfg.input.min_size_test])
-                   and aug.max_size in (None, cfg.input.max_size_test))
+    plain_sizes = list(aug.min_sizes) in ([], [cfg.input.min_size_test]) and aug.max_size in (
+        None,
+        cfg.input.max_size_test,
+    )
     if not t.box_refinement and plain_sizes and not aug.flip and aug.merge == "union":
         return None
-    return dict(box_refinement=bool(t.box_refinement), refinement_nms=float(t.refinement_nms),
-                box_voting_iou=float(t.box_voting_iou), min_sizes=[int(s) for s in aug.min_sizes],
-                max_size=int(aug.max_size or cfg.input.max_size_test), flip=bool(aug.flip), merge=str(aug.merge))
+    return dict(
+        box_refinement=bool(t.box_refinement),
+        refinement_nms=float(t.refinement_nms),
+        box_voting_iou=float(t.box_voting_iou),
+        min_sizes=[int(s) for s in aug.min_sizes],
+        max_size=int(aug.max_size or cfg.input.max_size_test),
+        flip=bool(aug.flip),
+        merge=str(aug.merge),
+    )
 
 
-def build_eval_model(cfg, weights: Optional[str], class_names: Optional[List[str]], device: torch.device, *,
-                     optimize: Optional[bool] = None, precision: Optional[str] = None) -> Detector:
+def build_eval_model(
+    cfg,
+    weights: Optional[str],
+    class_names: Optional[List[str]],
+    device: torch.device,
+    *,
+    optimize: Optional[bool] = None,
+    precision: Optional[str] = None,
+) -> Detector:
     """The model of ``cfg`` with ``weights`` (a checkpoint; default ``model.weights``) loaded and prepared for
     inference: the fast paths when ``optimize`` (default ``cfg.test.optimize``), and ``precision`` (default
     ``cfg.test.precision``) for the feature layers (scores and box arithmetic stay fp32; see

@@ -6,11 +6,11 @@ sibling classification and class-specific box regression (torchvision's ``FastRC
 Mask branch (Mask R-CNN C4): the *same* res5 module on the positive RoIs -> 2x deconvolution to 256
 channels -> 1x1 per-class mask predictor (14x14 masks; torchvision's ``MaskRCNNPredictor``).
 """
+
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-
 
 __all__ = ["Res5Head", "C4BoxHead"]
 

@@ -4,6 +4,7 @@ Transfer learning normally starts from a checkpoint trained on another label set
 classes, say) and a model with the user's K classes. Only the class-dependent layers differ; they are
 re-initialized and named in the log, and everything else must load, or it is an error that names the keys.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,15 @@ from .context import has_global_context
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_detector_weights", "read_detector_checkpoint", "apply_detector_state", "CLASS_DEPENDENT",
-           "DetectorLoadReport", "check_global_context", "checkpoint_class_names"]
+__all__ = [
+    "load_detector_weights",
+    "read_detector_checkpoint",
+    "apply_detector_state",
+    "CLASS_DEPENDENT",
+    "DetectorLoadReport",
+    "check_global_context",
+    "checkpoint_class_names",
+]
 
 # layers whose shape depends on the number of classes
 CLASS_DEPENDENT = (
@@ -71,13 +79,14 @@ def load_detector_weights(model: nn.Module, source: str) -> DetectorLoadReport:
     return apply_detector_state(model, sd, source, meta)
 
 
-def apply_detector_state(model: nn.Module, sd: Dict[str, Tensor], source: str,
-                         meta: Optional[Dict[str, Any]] = None) -> DetectorLoadReport:
+def apply_detector_state(
+    model: nn.Module, sd: Dict[str, Tensor], source: str, meta: Optional[Dict[str, Any]] = None
+) -> DetectorLoadReport:
     """Load a state dict read by :func:`read_detector_checkpoint` from ``source`` into ``model``, with the
     rules of :func:`load_detector_weights`; ``meta`` goes into the report."""
     for prefix in ("module.", "model."):
         if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
     own = model.state_dict()
     check_global_context(has_global_context(own), has_global_context(sd), source)
     reinit: List[str] = []
@@ -89,17 +98,22 @@ def apply_detector_state(model: nn.Module, sd: Dict[str, Tensor], source: str,
             else:
                 mismatched.append(f"{k} (file {tuple(sd[k].shape)}, model {tuple(v.shape)})")
     if mismatched:
-        raise WeightsError(f"{source}: shape mismatch for {len(mismatched)} keys outside the class-dependent layers: "
-                           f"{'; '.join(mismatched[:5])}. Is this checkpoint for another architecture or depth?")
+        raise WeightsError(
+            f"{source}: shape mismatch for {len(mismatched)} keys outside the class-dependent layers: "
+            f"{'; '.join(mismatched[:5])}. Is this checkpoint for another architecture or depth?"
+        )
     missing = sorted(k for k in own if k not in sd and not k.endswith("num_batches_tracked"))
     if missing:
-        raise WeightsError(f"{source}: {len(missing)} weights of the model are missing from the checkpoint, e.g. "
-                           f"{', '.join(missing[:6])}. Check model.arch/model.head/model.backbone against the "
-                           "checkpoint's, or load backbone-only weights through model.backbone.weights.")
+        raise WeightsError(
+            f"{source}: {len(missing)} weights of the model are missing from the checkpoint, e.g. "
+            f"{', '.join(missing[:6])}. Check model.arch/model.head/model.backbone against the "
+            "checkpoint's, or load backbone-only weights through model.backbone.weights."
+        )
     unexpected = sorted(k for k in sd if k not in own and not k.endswith("num_batches_tracked"))
     if unexpected:
-        logger.warning("%s: ignoring %d keys the model does not have: %s", source, len(unexpected),
-                       ", ".join(unexpected[:8]))
+        logger.warning(
+            "%s: ignoring %d keys the model does not have: %s", source, len(unexpected), ", ".join(unexpected[:8])
+        )
     to_load: Dict[str, Tensor] = {k: sd[k].to(own[k].dtype) for k in own if k in sd and k not in reinit}
     model.load_state_dict(to_load, strict=False)
     if reinit:
@@ -107,19 +121,29 @@ def apply_detector_state(model: nn.Module, sd: Dict[str, Tensor], source: str,
         for name in layers:
             mod = model.get_submodule(name)
             _init_predictor_layer(mod)
-        logger.warning("%s: the checkpoint has another number of classes; re-initialized the class-dependent "
-                       "layers %s (everything else loaded)", source, ", ".join(layers))
-    return DetectorLoadReport(source=str(source), reinitialized=sorted({k.rsplit(".", 1)[0] for k in reinit}),
-                              unexpected=unexpected, meta=dict(meta or {}))
+        logger.warning(
+            "%s: the checkpoint has another number of classes; re-initialized the class-dependent "
+            "layers %s (everything else loaded)",
+            source,
+            ", ".join(layers),
+        )
+    return DetectorLoadReport(
+        source=str(source),
+        reinitialized=sorted({k.rsplit(".", 1)[0] for k in reinit}),
+        unexpected=unexpected,
+        meta=dict(meta or {}),
+    )
 
 
 def check_global_context(model_has: bool, checkpoint_has: bool, source: str) -> None:
     """Raise :class:`WeightsError` naming ``model.roi_heads.global_context`` when a checkpoint and a model
     differ in it (the box predictor's input width depends on it, so nothing could load silently)."""
     if model_has != checkpoint_has:
-        raise WeightsError(f"{source}: the checkpoint was trained with model.roi_heads.global_context="
-                           f"{str(checkpoint_has).lower()} but the model has global_context={str(model_has).lower()}; "
-                           f"set model.roi_heads.global_context={str(checkpoint_has).lower()}")
+        raise WeightsError(
+            f"{source}: the checkpoint was trained with model.roi_heads.global_context="
+            f"{str(checkpoint_has).lower()} but the model has global_context={str(model_has).lower()}; "
+            f"set model.roi_heads.global_context={str(checkpoint_has).lower()}"
+        )
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ at RoIAlign's thread pool and about five times the backbone's compile time, for 
   set's aspect ratios) run one graph; the padding to ``input.size_divisibility`` does not need to bound them.
   :func:`compile_events` counts what was compiled, for the benchmark and the tests to check that.
 """
+
 from __future__ import annotations
 
 import logging
@@ -66,8 +67,12 @@ def apply_compile_setting(model: nn.Module, setting: object, device: torch.devic
     given = compile_setting(setting, key)
     if on:
         names = compile_model(model)
-        logger.info("%s=%s: torch.compile on %s (dynamic shapes; compiled at the first call)", key, given,
-                    ", ".join(n or type(model).__name__ for n in names))
+        logger.info(
+            "%s=%s: torch.compile on %s (dynamic shapes; compiled at the first call)",
+            key,
+            given,
+            ", ".join(n or type(model).__name__ for n in names),
+        )
     elif given == "auto":
         logger.info("%s=auto: eager on %s (%s)", key, device.type, AUTO_RULE)
     return on
@@ -81,5 +86,8 @@ def compiled_modules(model: nn.Module) -> List[str]:
 def compile_events() -> Dict[str, int]:
     """torch.compile's process-wide counts so far: ``frames`` (Python frames compiled, a recompilation
     included), ``graphs`` (graphs compiled), ``graph_breaks``. Differences over a run say what it compiled."""
-    return {"frames": int(counters["frames"].get("ok", 0)), "graphs": int(counters["stats"].get("unique_graphs", 0)),
-            "graph_breaks": int(sum(counters["graph_break"].values()))}
+    return {
+        "frames": int(counters["frames"].get("ok", 0)),
+        "graphs": int(counters["stats"].get("unique_graphs", 0)),
+        "graph_breaks": int(sum(counters["graph_break"].values())),
+    }

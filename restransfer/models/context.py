@@ -9,6 +9,7 @@ classification and box-regression layers, whose input is therefore twice as wide
 torchvision's ``RoIHeads`` passes the pooler's output to the head unchanged, so the pair needs no other
 change (the mask branch keeps its own pooler and sees only the regions).
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, NamedTuple, Tuple
@@ -49,11 +50,15 @@ class GlobalContextPool(nn.Module):
         super().__init__()
         self.pooler = pooler
 
-    def forward(self, features: Dict[str, Tensor], boxes: List[Tensor],
-                image_shapes: List[Tuple[int, int]]) -> RegionsWithContext:
+    def forward(
+        self, features: Dict[str, Tensor], boxes: List[Tensor], image_shapes: List[Tuple[int, int]]
+    ) -> RegionsWithContext:
         whole = [b.new_tensor([[0.0, 0.0, float(w), float(h)]]) for b, (h, w) in zip(boxes, image_shapes)]
-        return RegionsWithContext(self.pooler(features, boxes, image_shapes),
-                                  self.pooler(features, whole, image_shapes), [len(b) for b in boxes])
+        return RegionsWithContext(
+            self.pooler(features, boxes, image_shapes),
+            self.pooler(features, whole, image_shapes),
+            [len(b) for b in boxes],
+        )
 
 
 class ContextBoxHead(nn.Module):
@@ -67,8 +72,9 @@ class ContextBoxHead(nn.Module):
 
     def forward(self, x: RegionsWithContext) -> Tensor:
         if not isinstance(x, RegionsWithContext):
-            raise TypeError("ContextBoxHead takes the RegionsWithContext of a GlobalContextPool; got "
-                            f"{type(x).__name__}")
+            raise TypeError(
+                f"ContextBoxHead takes the RegionsWithContext of a GlobalContextPool; got {type(x).__name__}"
+            )
         dtype = next(self.regions.parameters()).dtype
         num = x.regions.shape[0]
         both = torch.cat([x.regions, x.context.to(x.regions.dtype)]).to(dtype)

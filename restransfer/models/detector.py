@@ -5,6 +5,7 @@ Interface (torchvision's): ``model(images, targets)`` in train mode returns a di
 input image), ``labels`` (1..num_classes), ``scores`` and, for Mask R-CNN, ``masks`` (N x 1 x H x W
 probabilities at input resolution). Images are float RGB ``(3, H, W)`` in ``[0, 1]``.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
@@ -41,15 +42,19 @@ def validate_targets(targets: Sequence[Dict[str, Tensor]], num_classes: int, wit
             bad = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
             if bad.any():
                 j = int(bad.nonzero()[0])
-                raise ValueError(f"targets[{i}]: box {j} {boxes[j].tolist()} has zero or negative width or height "
-                                 "(boxes are x1, y1, x2, y2 with x2 > x1 and y2 > y1); drop or fix it")
+                raise ValueError(
+                    f"targets[{i}]: box {j} {boxes[j].tolist()} has zero or negative width or height "
+                    "(boxes are x1, y1, x2, y2 with x2 > x1 and y2 > y1); drop or fix it"
+                )
             if not torch.isfinite(boxes).all():
                 raise ValueError(f"targets[{i}]: boxes contain NaN or infinite values")
             out = (labels < 1) | (labels > num_classes)
             if out.any():
                 j = int(out.nonzero()[0])
-                raise ValueError(f"targets[{i}]: label {int(labels[j])} of box {j} is outside 1..{num_classes} "
-                                 f"(0 is background; model.num_classes = {num_classes})")
+                raise ValueError(
+                    f"targets[{i}]: label {int(labels[j])} of box {j} is outside 1..{num_classes} "
+                    f"(0 is background; model.num_classes = {num_classes})"
+                )
         if with_masks:
             if "masks" not in t:
                 raise ValueError(f"targets[{i}]: Mask R-CNN training needs 'masks' (N, H, W)")
@@ -65,9 +70,19 @@ class Detector(GeneralizedRCNN):
     training checkpoints record).
     """
 
-    def __init__(self, backbone: nn.Module, rpn: nn.Module, roi_heads: nn.Module, transform: nn.Module, *,
-                 num_classes: int, arch: str, head: str, class_names: Optional[List[str]] = None,
-                 pixel_convention: Optional[PixelConvention] = None) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        rpn: nn.Module,
+        roi_heads: nn.Module,
+        transform: nn.Module,
+        *,
+        num_classes: int,
+        arch: str,
+        head: str,
+        class_names: Optional[List[str]] = None,
+        pixel_convention: Optional[PixelConvention] = None,
+    ) -> None:
         super().__init__(backbone, rpn, roi_heads, transform)
         self.pixel_convention = pixel_convention
         self.num_classes = num_classes
@@ -90,8 +105,9 @@ class Detector(GeneralizedRCNN):
         return super().forward(images, targets)
 
     @torch.no_grad()
-    def optimize_for_inference(self, *, fold_bn: bool = True, fuse: bool = True, channels_last: bool = True,
-                               precision: str = "fp32") -> "Detector":
+    def optimize_for_inference(
+        self, *, fold_bn: bool = True, fuse: bool = True, channels_last: bool = True, precision: str = "fp32"
+    ) -> "Detector":
         """Make this model a faster inference-only model, in place.
 
         Irreversible: the model goes to eval mode with frozen parameters; use it on a model that will only
@@ -113,8 +129,10 @@ class Detector(GeneralizedRCNN):
         precision_dtype(precision)  # validate before changing anything
         if self._optimized:
             if self._optimized != options:
-                raise RuntimeError(f"this model was already optimized with {self._optimized}; build a new model "
-                                   f"to optimize it with {options}")
+                raise RuntimeError(
+                    f"this model was already optimized with {self._optimized}; build a new model "
+                    f"to optimize it with {options}"
+                )
             return self
         self.eval().requires_grad_(False)
         if fold_bn:

@@ -10,6 +10,7 @@ or CPUs the kernels refuse) the same modules run the plain PyTorch ops, so fp32 
 unfused model's up to float noise. The kernels are internal to PyTorch, so they are probed once per
 process (and per dtype) instead of assumed.
 """
+
 from __future__ import annotations
 
 import logging
@@ -93,13 +94,17 @@ def _fusion_works_in(dtype: torch.dtype) -> bool:
         x, w = torch.randn(1, 4, 5, 6, generator=g), torch.randn(8, 4, 3, 3, generator=g)
         try:
             with torch.no_grad():
-                out = torch.ops.mkldnn._convolution_pointwise(x.to(dtype), w.to(dtype), None, [1, 1], [1, 1],
-                                                              [1, 1], 1, "none", [], "")
+                out = torch.ops.mkldnn._convolution_pointwise(
+                    x.to(dtype), w.to(dtype), None, [1, 1], [1, 1], [1, 1], 1, "none", [], ""
+                )
             tol = 1e-4 if dtype == torch.float32 else 5e-2
             _dtype_ok[dtype] = bool(torch.allclose(out.float(), F.conv2d(x, w, None, 1, 1), rtol=tol, atol=tol))
         except RuntimeError as e:
-            logger.info("fused oneDNN convolutions do not run in %s here (%s); using plain PyTorch ops", dtype,
-                        str(e).splitlines()[0])
+            logger.info(
+                "fused oneDNN convolutions do not run in %s here (%s); using plain PyTorch ops",
+                dtype,
+                str(e).splitlines()[0],
+            )
             _dtype_ok[dtype] = False
     return _dtype_ok[dtype]
 
@@ -120,8 +125,9 @@ def _residual_fusion_works(dtype: torch.dtype, channels_last: bool) -> bool:
         r = torch.randn(1, 8, 5, 6, generator=g).to(dtype).contiguous(memory_format=fmt)
         try:
             with torch.no_grad():
-                out = torch.ops.mkldnn._convolution_pointwise(x, r, w, b, [1, 1], [1, 1], [1, 1], 1, "add", None,
-                                                              "relu", [], "")
+                out = torch.ops.mkldnn._convolution_pointwise(
+                    x, r, w, b, [1, 1], [1, 1], [1, 1], 1, "add", None, "relu", [], ""
+                )
                 ref = F.relu(F.conv2d(x.float(), w.float(), b.float(), 1, 1) + r.float())
             tol = 1e-4 if dtype == torch.float32 else 5e-2
             _residual_ok[key] = bool(torch.allclose(out.float(), ref, rtol=tol, atol=tol))
@@ -196,14 +202,28 @@ class FusedConv2d(nn.Module):
         if _plain_inputs(*tensors):
             unary = "relu" if self.relu else "none"
             if residual is None:
-                return torch.ops.mkldnn._convolution_pointwise(x, w, b, self.padding, self.stride, self.dilation,
-                                                              self.groups, unary, [], "")
+                return torch.ops.mkldnn._convolution_pointwise(
+                    x, w, b, self.padding, self.stride, self.dilation, self.groups, unary, [], ""
+                )
             if _residual_fusion_works(x.dtype, x.is_contiguous(memory_format=torch.channels_last)):
-                return torch.ops.mkldnn._convolution_pointwise(x, residual, w, b, self.padding, self.stride,
-                                                              self.dilation, self.groups, "add", None,
-                                                              unary if self.relu else None, [], "")
-            y = torch.ops.mkldnn._convolution_pointwise(x, w, b, self.padding, self.stride, self.dilation,
-                                                       self.groups, "none", [], "")
+                return torch.ops.mkldnn._convolution_pointwise(
+                    x,
+                    residual,
+                    w,
+                    b,
+                    self.padding,
+                    self.stride,
+                    self.dilation,
+                    self.groups,
+                    "add",
+                    None,
+                    unary if self.relu else None,
+                    [],
+                    "",
+                )
+            y = torch.ops.mkldnn._convolution_pointwise(
+                x, w, b, self.padding, self.stride, self.dilation, self.groups, "none", [], ""
+            )
             y.add_(residual)  # y is fresh: in place costs no allocation
             return F.relu_(y) if self.relu else y
         y = F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
@@ -212,8 +232,10 @@ class FusedConv2d(nn.Module):
         return F.relu_(y) if self.relu else y
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={tuple(self.kernel_size)}, "
-                f"stride={tuple(self.stride)}, padding={tuple(self.padding)}, relu={self.relu}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={tuple(self.kernel_size)}, "
+            f"stride={tuple(self.stride)}, padding={tuple(self.padding)}, relu={self.relu}"
+        )
 
 
 class FusedResidualBlock(nn.Module):
@@ -258,7 +280,8 @@ class FusedTwoMLPHead(nn.Module):
 
 def _folded(block: nn.Module) -> bool:
     return all(isinstance(getattr(block, bn), nn.Identity) for _, bn in block.conv_bn_pairs) and (
-        block.downsample is None or isinstance(block.downsample[1], nn.Identity))
+        block.downsample is None or isinstance(block.downsample[1], nn.Identity)
+    )
 
 
 def _fusable_conv(m: nn.Module) -> bool:

@@ -7,6 +7,7 @@ further (:func:`deferred_mask_paste`, :func:`detection_masks`): they take the lo
 probabilities and paste binary masks one box at a time, as bool arrays or straight to COCO RLE
 (:func:`paste_masks_binary`), so no full-image float mask exists.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,8 +22,16 @@ from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 from ..rle import encode_masks, encode_patch
 from .transform import DetectionTransform
 
-__all__ = ["MASK_FORMATS", "check_mask_format", "paste_masks", "paste_masks_binary", "detection_masks",
-           "FastDetectionTransform", "use_fast_postprocess", "deferred_mask_paste"]
+__all__ = [
+    "MASK_FORMATS",
+    "check_mask_format",
+    "paste_masks",
+    "paste_masks_binary",
+    "detection_masks",
+    "FastDetectionTransform",
+    "use_fast_postprocess",
+    "deferred_mask_paste",
+]
 
 MASK_FORMATS = ("bool", "rle")
 
@@ -34,8 +43,9 @@ def check_mask_format(format: str) -> str:
     return format
 
 
-def _box_patches(masks: Tensor, boxes: Tensor, image_shape: Tuple[int, int], padding: int,
-                 threshold: Optional[float] = None) -> Iterator[Tuple[int, int, int, Tensor]]:
+def _box_patches(
+    masks: Tensor, boxes: Tensor, image_shape: Tuple[int, int], padding: int, threshold: Optional[float] = None
+) -> Iterator[Tuple[int, int, int, Tensor]]:
     """For each detection whose pasted mask meets the image: ``(index, top, left, patch)``, where ``patch``
     is the part inside the image of its mask resized to the integer box exactly as torchvision's
     ``paste_masks_in_image`` computes it (1-pixel padding, box expansion, bilinear resize), as float
@@ -49,8 +59,8 @@ def _box_patches(masks: Tensor, boxes: Tensor, image_shape: Tuple[int, int], pad
         xa, xb, ya, yb = max(x0, 0), min(x1 + 1, im_w), max(y0, 0), min(y1 + 1, im_h)
         if xb <= xa or yb <= ya:
             continue
-        resized = F.interpolate(padded[i:i + 1], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-        patch = resized[ya - y0:yb - y0, xa - x0:xb - x0]
+        resized = F.interpolate(padded[i : i + 1], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        patch = resized[ya - y0 : yb - y0, xa - x0 : xb - x0]
         del resized
         if threshold is not None:
             patch = patch > threshold  # the box-sized float result is freed here
@@ -74,12 +84,18 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_shape: Tuple[int, int], padd
     """
     out = masks.new_zeros((masks.shape[0], 1, int(image_shape[0]), int(image_shape[1])))
     for i, top, left, patch in _box_patches(masks, boxes, image_shape, padding):
-        out[i, 0, top:top + patch.shape[0], left:left + patch.shape[1]] = patch
+        out[i, 0, top : top + patch.shape[0], left : left + patch.shape[1]] = patch
     return out
 
 
-def paste_masks_binary(masks: Tensor, boxes: Tensor, image_shape: Tuple[int, int], threshold: float = 0.5,
-                       format: str = "bool", padding: int = 1) -> Union[np.ndarray, List[Dict[str, Any]]]:
+def paste_masks_binary(
+    masks: Tensor,
+    boxes: Tensor,
+    image_shape: Tuple[int, int],
+    threshold: float = 0.5,
+    format: str = "bool",
+    padding: int = 1,
+) -> Union[np.ndarray, List[Dict[str, Any]]]:
     """``paste_masks(masks, boxes, image_shape) > threshold``, without the float images.
 
     Each detection's mask is resized and thresholded inside its box only, then written into the
@@ -100,7 +116,7 @@ def paste_masks_binary(masks: Tensor, boxes: Tensor, image_shape: Tuple[int, int
     if format == "bool":
         dense = np.zeros((n, im_h, im_w), dtype=bool)
         for i, top, left, patch in _box_patches(masks, boxes, image_shape, padding, threshold):
-            dense[i, top:top + patch.shape[0], left:left + patch.shape[1]] = patch.cpu().numpy()
+            dense[i, top : top + patch.shape[0], left : left + patch.shape[1]] = patch.cpu().numpy()
         return dense
     empty = encode_patch(np.zeros((0, 0), dtype=bool), 0, 0, (im_h, im_w))["counts"]
     rles = [{"size": [im_h, im_w], "counts": empty} for _ in range(n)]  # for boxes that miss the image
@@ -109,8 +125,13 @@ def paste_masks_binary(masks: Tensor, boxes: Tensor, image_shape: Tuple[int, int
     return rles
 
 
-def detection_masks(output: Dict[str, Tensor], image_shape: Tuple[int, int], threshold: float = 0.5,
-                    format: str = "bool", keep: Optional[Tensor] = None) -> Union[np.ndarray, List[Dict[str, Any]]]:
+def detection_masks(
+    output: Dict[str, Tensor],
+    image_shape: Tuple[int, int],
+    threshold: float = 0.5,
+    format: str = "bool",
+    keep: Optional[Tensor] = None,
+) -> Union[np.ndarray, List[Dict[str, Any]]]:
     """Binary masks of one image's detector output, in ``format`` (see :func:`paste_masks_binary`).
 
     ``output`` holds either ``"mask_probs"`` (N, 1, M, M) with ``"boxes"`` in image pixels, as a model

@@ -10,6 +10,7 @@ the fused kernels (:mod:`restransfer.models.fused`) honour an enclosing CPU auto
 :func:`prepare_roi_features` hands RoIAlign float32 NCHW maps, converted once per image batch rather
 than once per pooler (RoIAlign copies channels_last maps and needs float32 like its boxes).
 """
+
 from __future__ import annotations
 
 from typing import Any, Tuple
@@ -26,6 +27,7 @@ def _cast_inputs(dtype: torch.dtype):
     def hook(module: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
         x = args[0]
         return (x.to(dtype),) + tuple(args[1:]) if x.is_floating_point() else args
+
     return hook
 
 
@@ -34,16 +36,18 @@ def _cast_outputs(dtype: torch.dtype):
         if isinstance(out, Tensor):
             return out.to(dtype)
         return type(out)(o.to(dtype) for o in out)
+
     return hook
 
 
 def _roi_features(dtype: torch.dtype):
     """Pre-hook for ``RoIHeads``: float32, NCHW-contiguous feature maps, converted once for both the
     box and the mask pooler (RoIAlign copies channels_last maps and needs float32 like its boxes)."""
+
     def hook(module: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
-        feats = type(args[0])((k, v.to(dtype=dtype, memory_format=torch.contiguous_format))
-                              for k, v in args[0].items())
+        feats = type(args[0])((k, v.to(dtype=dtype, memory_format=torch.contiguous_format)) for k, v in args[0].items())
         return (feats,) + tuple(args[1:])
+
     return hook
 
 

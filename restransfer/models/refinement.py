@@ -7,6 +7,7 @@ each kept box by its :func:`box_voting` average. Iterative box refinement (score
 again and take the union with the first predictions) is in :class:`restransfer.models.system.DetectionSystem`,
 which feeds these functions the union.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -30,8 +31,9 @@ def class_candidates(probs: Tensor, boxes: Tensor, score_thresh: float) -> Tuple
     return flat_boxes[keep], scores[keep], labels[keep]
 
 
-def box_voting(kept_boxes: Tensor, kept_labels: Tensor, boxes: Tensor, scores: Tensor, labels: Tensor,
-               iou_thresh: float = 0.5) -> Tensor:
+def box_voting(
+    kept_boxes: Tensor, kept_labels: Tensor, boxes: Tensor, scores: Tensor, labels: Tensor, iou_thresh: float = 0.5
+) -> Tensor:
     """Each kept box ``(k, 4)`` becomes the score-weighted mean of the candidate ``boxes (n, 4)`` of its class
     that overlap it at IoU >= ``iou_thresh`` (the kept box is one of the candidates, so the set is never
     empty). Returns the new ``(k, 4)`` boxes."""
@@ -42,8 +44,14 @@ def box_voting(kept_boxes: Tensor, kept_labels: Tensor, boxes: Tensor, scores: T
     return (weights @ boxes) / weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(scores.dtype).tiny)
 
 
-def select_detections(boxes: Tensor, scores: Tensor, labels: Tensor, nms_thresh: float, max_detections: int,
-                      voting_iou: Optional[float] = None) -> Tuple[Tensor, Tensor, Tensor]:
+def select_detections(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    nms_thresh: float,
+    max_detections: int,
+    voting_iou: Optional[float] = None,
+) -> Tuple[Tensor, Tensor, Tensor]:
     """Per-class NMS at ``nms_thresh``, the ``max_detections`` best kept, then (with ``voting_iou``) box
     voting over all the candidates. Returns ``(boxes, scores, labels)`` sorted by decreasing score."""
     keep = batched_nms(boxes, scores, labels, nms_thresh)[:max_detections]

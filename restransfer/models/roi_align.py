@@ -32,6 +32,7 @@ rounding (tested).
 
 On other devices, under TorchScript or tracing, :func:`roi_align` is torchvision's op.
 """
+
 from __future__ import annotations
 
 import math
@@ -99,8 +100,11 @@ def _axis_samples(start: Tensor, extent: Tensor, pooled: int, length: int, sampl
     bin_size = extent / pooled
     i = torch.arange(g, dtype=dtype, device=start.device)
     p = torch.arange(pooled, dtype=dtype, device=start.device)
-    coord = (start[:, None, None] + p[None, :, None] * bin_size[:, None, None]
-             + (i[None, None, :] + 0.5) * bin_size[:, None, None] / grid_f[:, None, None])
+    coord = (
+        start[:, None, None]
+        + p[None, :, None] * bin_size[:, None, None]
+        + (i[None, None, :] + 0.5) * bin_size[:, None, None] / grid_f[:, None, None]
+    )
     used = (i[None, None, :] < grid[:, None, None]) & (coord >= -1.0) & (coord <= length)
     c = coord.clamp(min=0)
     low = c.floor().long().clamp(max=length - 1)
@@ -152,8 +156,9 @@ def _memory_order(out: Tensor, channels_last: bool) -> Tensor:
     return out.permute(0, 2, 3, 1) if channels_last else out.permute(0, 2, 1, 3)
 
 
-def _whole_map_backward(grad: Tensor, batch_index: Tensor, ys: _AxisSamples, xs: _AxisSamples, out: Tensor,
-                        channels_last: bool) -> None:
+def _whole_map_backward(
+    grad: Tensor, batch_index: Tensor, ys: _AxisSamples, xs: _AxisSamples, out: Tensor, channels_last: bool
+) -> None:
     """Write into ``out`` (N, C, H, W): per image two products on the whole map, the second summing over
     its RoIs. ``grad``: (R, C, Ph, Pw)."""
     n, c, h, w = out.shape
@@ -177,8 +182,9 @@ def _whole_map_backward(grad: Tensor, batch_index: Tensor, ys: _AxisSamples, xs:
         rows[b].copy_(product.view(rows[b].shape))
 
 
-def _windowed_backward(grad: Tensor, batch_index: Tensor, ys: _AxisSamples, xs: _AxisSamples, out: Tensor,
-                       channels_last: bool) -> None:
+def _windowed_backward(
+    grad: Tensor, batch_index: Tensor, ys: _AxisSamples, xs: _AxisSamples, out: Tensor, channels_last: bool
+) -> None:
     """Add into ``out`` (N, C, H, W) each RoI's gradient on its window (see the module docstring).
     ``grad``: (R, C, Ph, Pw)."""
     n, c, h, w = out.shape
@@ -216,11 +222,11 @@ def _windowed_backward(grad: Tensor, batch_index: Tensor, ys: _AxisSamples, xs: 
         v = torch.bmm(wy.transpose(1, 2), u.reshape(r, ph, ww * c)).view((r, wh) + u.shape[2:])
         for t, k in enumerate(chunk):
             y, x, kh, kw = y0s[k], x0s[k], hs[k], ws[k]
-            src = v[t, y - oy[t]:y - oy[t] + kh].narrow(col_dim, x - ox[t], kw)
-            dst = rows[images[k], y:y + kh].narrow(col_dim, x, kw)
+            src = v[t, y - oy[t] : y - oy[t] + kh].narrow(col_dim, x - ox[t], kw)
+            dst = rows[images[k], y : y + kh].narrow(col_dim, x, kw)
             step = max(1, _SERIAL_ELEMENTS // (kw * c))
             for a in range(0, kh, step):
-                dst[a:a + step] += src[a:a + step]
+                dst[a : a + step] += src[a : a + step]
         i = j
 
 
@@ -228,19 +234,36 @@ def _split(n: int, workers: int) -> List[Tensor]:
     return [part for part in torch.arange(n).tensor_split(max(1, min(workers, n))) if len(part)]
 
 
-def _forward(feat: Tensor, rois: Tensor, output_size: Tuple[int, int], spatial_scale: float,
-             sampling_ratio: int, aligned: bool, workers: int) -> Tensor:
+def _forward(
+    feat: Tensor,
+    rois: Tensor,
+    output_size: Tuple[int, int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    workers: int,
+) -> Tensor:
     parts = _split(len(rois), workers)
     if len(parts) < 2:
         return tv_roi_align(feat, rois, output_size, spatial_scale, sampling_ratio, aligned)
     feat = feat.detach()  # grad mode is per thread: the pool's threads must not record torchvision's backward
-    futures = [_executor(workers).submit(tv_roi_align, feat, rois[p], output_size, spatial_scale, sampling_ratio,
-                                         aligned) for p in parts]
+    futures = [
+        _executor(workers).submit(tv_roi_align, feat, rois[p], output_size, spatial_scale, sampling_ratio, aligned)
+        for p in parts
+    ]
     return torch.cat([f.result() for f in futures])
 
 
-def roi_align_grad(grad: Tensor, rois: Tensor, shape: torch.Size, output_size: Tuple[int, int], spatial_scale: float,
-                   sampling_ratio: int = -1, aligned: bool = False, channels_last: bool = False) -> Tensor:
+def roi_align_grad(
+    grad: Tensor,
+    rois: Tensor,
+    shape: torch.Size,
+    output_size: Tuple[int, int],
+    spatial_scale: float,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    channels_last: bool = False,
+) -> Tensor:
     """The gradient of RoIAlign's (N, C, H, W) input ``shape`` given ``grad`` (R, C, Ph, Pw) of its output,
     contiguous or, with ``channels_last``, in that memory format."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -260,8 +283,16 @@ def roi_align_grad(grad: Tensor, rois: Tensor, shape: torch.Size, output_size: T
 
 class _RoIAlign(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, feat: Tensor, rois: Tensor, output_size: Tuple[int, int], spatial_scale: float,
-                sampling_ratio: int, aligned: bool, workers: int) -> Tensor:
+    def forward(
+        ctx,
+        feat: Tensor,
+        rois: Tensor,
+        output_size: Tuple[int, int],
+        spatial_scale: float,
+        sampling_ratio: int,
+        aligned: bool,
+        workers: int,
+    ) -> Tensor:
         ctx.save_for_backward(rois)
         ctx.args = (feat.shape, output_size, spatial_scale, sampling_ratio, aligned)
         ctx.channels_last = feat.dim() == 4 and feat.is_contiguous(memory_format=torch.channels_last)
@@ -274,20 +305,32 @@ class _RoIAlign(torch.autograd.Function):
         return grad_feat, None, None, None, None, None, None
 
 
-def roi_align(feat: Tensor, rois: Tensor, output_size: Tuple[int, int], spatial_scale: float = 1.0,
-              sampling_ratio: int = -1, aligned: bool = False) -> Tensor:
+def roi_align(
+    feat: Tensor,
+    rois: Tensor,
+    output_size: Tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> Tensor:
     """``torchvision.ops.roi_align`` for ``rois`` in (K, 5) format, with the CPU speed-ups described above.
 
     Like torchvision's autocast rule, low-precision maps are pooled in float32 and the result is cast back.
     """
-    if (feat.device.type != "cpu" or torch.jit.is_scripting() or torch.jit.is_tracing()
-            or not isinstance(rois, Tensor)):
+    if feat.device.type != "cpu" or torch.jit.is_scripting() or torch.jit.is_tracing() or not isinstance(rois, Tensor):
         return tv_roi_align(feat, rois, output_size, spatial_scale, sampling_ratio, aligned)
     dtype = feat.dtype
     if dtype != torch.float32 or rois.dtype != torch.float32:
         feat, rois = feat.float(), rois.float()
-    out = _RoIAlign.apply(feat, rois.detach(), (output_size, output_size) if isinstance(output_size, int) else tuple(output_size), float(spatial_scale),
-                          int(sampling_ratio), bool(aligned), _num_workers(feat))
+    out = _RoIAlign.apply(
+        feat,
+        rois.detach(),
+        (output_size, output_size) if isinstance(output_size, int) else tuple(output_size),
+        float(spatial_scale),
+        int(sampling_ratio),
+        bool(aligned),
+        _num_workers(feat),
+    )
     return out.to(dtype)
 
 
@@ -299,8 +342,13 @@ class ParallelMultiScaleRoIAlign(MultiScaleRoIAlign):
 
     @classmethod
     def from_module(cls, m: MultiScaleRoIAlign) -> "ParallelMultiScaleRoIAlign":
-        new = cls(m.featmap_names, m.output_size, m.sampling_ratio, canonical_scale=m.canonical_scale,
-                  canonical_level=m.canonical_level)
+        new = cls(
+            m.featmap_names,
+            m.output_size,
+            m.sampling_ratio,
+            canonical_scale=m.canonical_scale,
+            canonical_level=m.canonical_level,
+        )
         new.scales, new.map_levels = m.scales, m.map_levels
         return new
 
@@ -309,8 +357,7 @@ class ParallelMultiScaleRoIAlign(MultiScaleRoIAlign):
         if feats[0].device.type != "cpu" or torch.jit.is_scripting() or torch.jit.is_tracing():
             return super().forward(x, boxes, image_shapes)
         if self.scales is None or self.map_levels is None:
-            self.scales, self.map_levels = level_scales(feats, image_shapes, self.canonical_scale,
-                                                        self.canonical_level)
+            self.scales, self.map_levels = level_scales(feats, image_shapes, self.canonical_scale, self.canonical_level)
         rois = rois_from_boxes(boxes)
         if len(feats) == 1:
             return roi_align(feats[0], rois, self.output_size, self.scales[0], self.sampling_ratio)
@@ -329,14 +376,19 @@ def rois_from_boxes(boxes: List[Tensor]) -> Tensor:
     return torch.cat([torch.cat(ids), torch.cat(boxes)], dim=1)
 
 
-def level_scales(feats: List[Tensor], image_shapes: List[Tuple[int, int]], canonical_scale: int = 224,
-                 canonical_level: int = 4) -> Tuple[List[float], LevelMapper]:
+def level_scales(
+    feats: List[Tensor], image_shapes: List[Tuple[int, int]], canonical_scale: int = 224, canonical_level: int = 4
+) -> Tuple[List[float], LevelMapper]:
     """The feature maps' scales (powers of 2, from the largest padded image) and the FPN level mapper, as
     torchvision's ``MultiScaleRoIAlign`` infers them on its first call."""
     if not image_shapes:
         raise ValueError("image_shapes is empty: no image to infer the feature maps' scales from")
     height = max(s[0] for s in image_shapes)
     scales = [2.0 ** round(math.log2(f.shape[-2] / height)) for f in feats]
-    mapper = initLevelMapper(int(-math.log2(scales[0])), int(-math.log2(scales[-1])),
-                             canonical_scale=canonical_scale, canonical_level=canonical_level)
+    mapper = initLevelMapper(
+        int(-math.log2(scales[0])),
+        int(-math.log2(scales[-1])),
+        canonical_scale=canonical_scale,
+        canonical_level=canonical_level,
+    )
     return scales, mapper

@@ -15,6 +15,7 @@ recomputes the head densely. It also keeps only the input of each level for back
 ``C x H x W`` ReLU output. Levels too small for this to pay (fewer than 9 positions per sampled anchor)
 keep torchvision's backward pass.
 """
+
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
@@ -30,8 +31,9 @@ __all__ = ["RPNHead"]
 _MAX_GATHERED = 1 << 23
 
 
-def _dense_grads(x: Tensor, params: Tuple[Tensor, ...], grads: Tuple[Optional[Tensor], Optional[Tensor]],
-                 needs: Tuple[bool, ...]) -> List[Optional[Tensor]]:
+def _dense_grads(
+    x: Tensor, params: Tuple[Tensor, ...], grads: Tuple[Optional[Tensor], Optional[Tensor]], needs: Tuple[bool, ...]
+) -> List[Optional[Tensor]]:
     """All gradients by recomputing the head with autograd (for gradients that are not sparse)."""
     inputs = [x.detach().requires_grad_(needs[0])] + [p.detach().requires_grad_(n) for p, n in zip(params, needs[1:])]
     with torch.enable_grad():
@@ -47,8 +49,9 @@ def _head(x: Tensor, w: Tensor, b: Tensor, wc: Tensor, bc: Tensor, wd: Tensor, b
     return F.conv2d(t, wc, bc), F.conv2d(t, wd, bd)
 
 
-def _sparse_grads(x: Tensor, params: Tuple[Tensor, ...], grads: Tuple[Optional[Tensor], Optional[Tensor]],
-                  positions: Tensor) -> List[Optional[Tensor]]:
+def _sparse_grads(
+    x: Tensor, params: Tuple[Tensor, ...], grads: Tuple[Optional[Tensor], Optional[Tensor]], positions: Tensor
+) -> List[Optional[Tensor]]:
     """Gradients of the head when ``grads`` are zero outside ``positions`` (K, 3) = (image, y, x)."""
     w, b, wc, bc, wd, bd = (p.float() for p in params)
     n, c, h, wd_ = x.shape
@@ -123,13 +126,27 @@ class RPNHead(TorchvisionRPNHead):
         if len(self.conv) != 1 or len(self.conv[0]) != 2 or type(self.conv[0][1]) is not nn.ReLU:
             return False
         conv = self.conv[0][0]
-        return (type(conv) is nn.Conv2d and conv.bias is not None and conv.kernel_size == (3, 3)
-                and conv.stride == (1, 1) and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
-                and conv.padding_mode == "zeros" and all(m.bias is not None for m in (self.cls_logits, self.bbox_pred)))
+        return (
+            type(conv) is nn.Conv2d
+            and conv.bias is not None
+            and conv.kernel_size == (3, 3)
+            and conv.stride == (1, 1)
+            and conv.padding == (1, 1)
+            and conv.dilation == (1, 1)
+            and conv.groups == 1
+            and conv.padding_mode == "zeros"
+            and all(m.bias is not None for m in (self.cls_logits, self.bbox_pred))
+        )
 
     def forward(self, x: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
-        if (torch.jit.is_scripting() or torch.jit.is_tracing() or not torch.is_grad_enabled() or not x
-                or x[0].device.type != "cpu" or not self._standard()):
+        if (
+            torch.jit.is_scripting()
+            or torch.jit.is_tracing()
+            or not torch.is_grad_enabled()
+            or not x
+            or x[0].device.type != "cpu"
+            or not self._standard()
+        ):
             return super().forward(x)
         params = [p for m in (self.conv[0][0], self.cls_logits, self.bbox_pred) for p in (m.weight, m.bias)]
         if not any(t.requires_grad for t in params + list(x)):

@@ -20,6 +20,7 @@ With one model, one view at the model's own test size and no refinement it gives
 detections. It has the detector's inference interface (``system(images)`` -> one dict per image) and
 uses each model's inference fast paths (build the models with ``optimize_for_inference`` first).
 """
+
 from __future__ import annotations
 
 import os
@@ -65,9 +66,18 @@ class DetectionSystem(nn.Module):
         merge: ``"union"`` or ``"maxout"`` (C4 detectors only).
     """
 
-    def __init__(self, detectors: Sequence[nn.Module], *, box_refinement: bool = False, refinement_nms: float = 0.3,
-                 box_voting_iou: float = 0.5, min_sizes: Sequence[int] = (), max_size: Optional[int] = None,
-                 flip: bool = False, merge: str = "union") -> None:
+    def __init__(
+        self,
+        detectors: Sequence[nn.Module],
+        *,
+        box_refinement: bool = False,
+        refinement_nms: float = 0.3,
+        box_voting_iou: float = 0.5,
+        min_sizes: Sequence[int] = (),
+        max_size: Optional[int] = None,
+        flip: bool = False,
+        merge: str = "union",
+    ) -> None:
         super().__init__()
         if not detectors:
             raise ValueError("DetectionSystem needs at least one detector")
@@ -76,14 +86,19 @@ class DetectionSystem(nn.Module):
         first = detectors[0]
         for i, d in enumerate(detectors[1:], 1):
             if d.class_names != first.class_names or d.num_classes != first.num_classes:
-                raise ValueError(f"ensemble model {i} has classes {d.class_names}, model 0 {first.class_names}; "
-                                 "an ensemble needs models trained on the same classes")
+                raise ValueError(
+                    f"ensemble model {i} has classes {d.class_names}, model 0 {first.class_names}; "
+                    "an ensemble needs models trained on the same classes"
+                )
             if d.pixel_convention != first.pixel_convention:
-                raise ValueError(f"ensemble model {i} expects input {d.pixel_convention}, model 0 "
-                                 f"{first.pixel_convention}; an ensemble needs one input convention")
+                raise ValueError(
+                    f"ensemble model {i} expects input {d.pixel_convention}, model 0 "
+                    f"{first.pixel_convention}; an ensemble needs one input convention"
+                )
         if merge == "maxout" and any(d.head != "c4" for d in detectors):
-            raise ValueError("merge 'maxout' pools res4 features at several scales for the C4 head; use "
-                             "'union' with FPN")
+            raise ValueError(
+                "merge 'maxout' pools res4 features at several scales for the C4 head; use 'union' with FPN"
+            )
         self.detectors = nn.ModuleList(detectors)
         self.transform = first.transform  # the output convention (deferred mask pasting) follows the first model
         self.num_classes, self.class_names = first.num_classes, first.class_names
@@ -117,7 +132,9 @@ class DetectionSystem(nn.Module):
             return own
         key = id(detector) * 100003 + min_size
         if key not in self._transforms:
-            self._transforms[key] = type(own)(**{**own.options(), "min_size": min_size, "max_size": self.max_size}).eval()
+            self._transforms[key] = type(own)(
+                **{**own.options(), "min_size": min_size, "max_size": self.max_size}
+            ).eval()
         return self._transforms[key]
 
     def _view(self, detector: nn.Module, image: Tensor, min_size: int, flip: bool, proposals: bool = True) -> _View:
@@ -127,8 +144,9 @@ class DetectionSystem(nn.Module):
             features = OrderedDict([("0", features)])
         props = detector.rpn(image_list, features)[0][0] if proposals else None
         # RoIAlign reads float32 NCHW maps (what the RoI heads' input hook gives the plain model)
-        features = OrderedDict((k, v.to(dtype=torch.float32, memory_format=torch.contiguous_format))
-                               for k, v in features.items())
+        features = OrderedDict(
+            (k, v.to(dtype=torch.float32, memory_format=torch.contiguous_format)) for k, v in features.items()
+        )
         return _View(features, props, tuple(image_list.image_sizes[0]), flip)
 
     # ------------------------------------------------------------------------------------- scoring
@@ -147,8 +165,13 @@ class DetectionSystem(nn.Module):
         size = views[0].size
         return torch.stack(probs).mean(0), box_ops.clip_boxes_to_image(torch.stack(decoded).mean(0), size)
 
-    def _maxout_pooled(self, pyramids: Sequence[Sequence[_View]], boxes: Tensor, image_size: Tuple[int, int],
-                       test_size: Tuple[int, int]) -> List[Tensor]:
+    def _maxout_pooled(
+        self,
+        pyramids: Sequence[Sequence[_View]],
+        boxes: Tensor,
+        image_size: Tuple[int, int],
+        test_size: Tuple[int, int],
+    ) -> List[Tensor]:
         """Per model: RoI features of ``boxes`` (test-view coordinates) pooled at their two maxout scales of
         the model's pyramid views and merged by element-wise max."""
         orig = resize_boxes(boxes, test_size, image_size)
@@ -209,7 +232,8 @@ class DetectionSystem(nn.Module):
             views = [self._view(d, image, own, False) for d in self.detectors]
             pyramids = [self._pyramid(d, image) for d in self.detectors]
             boxes, scores, labels = self._detect_view(
-                views, lambda b: self._maxout_pooled(pyramids, b, image_size, views[0].size))
+                views, lambda b: self._maxout_pooled(pyramids, b, image_size, views[0].size)
+            )
             all_views = [views]
         else:
             all_views, found = [], []
@@ -222,12 +246,13 @@ class DetectionSystem(nn.Module):
             else:
                 union = [torch.cat([self._to_image(f[0], v[0], image_size) for f, v in zip(found, all_views)])]
                 union += [torch.cat([f[k] for f in found]) for k in (1, 2)]
-                boxes, scores, labels = select_detections(*union, self.roi_heads.nms_thresh,
-                                                          self.roi_heads.detections_per_img,
-                                                          voting_iou=self.box_voting_iou)
+                boxes, scores, labels = select_detections(
+                    *union, self.roi_heads.nms_thresh, self.roi_heads.detections_per_img, voting_iou=self.box_voting_iou
+                )
                 if self.with_masks:
-                    masks = torch.stack([self._view_masks(v, self._to_view(boxes, v[0], image_size), labels)
-                                         for v in all_views]).mean(0)
+                    masks = torch.stack(
+                        [self._view_masks(v, self._to_view(boxes, v[0], image_size), labels) for v in all_views]
+                    ).mean(0)
                 return self._output(boxes, scores, labels, masks, image_size)
         if self.with_masks:
             masks = self._masks(all_views[0], boxes, labels)
@@ -247,8 +272,9 @@ class DetectionSystem(nn.Module):
         probs = self._masks(views, boxes, labels)
         return probs.flip(-1) if views[0].flip else probs
 
-    def _output(self, boxes: Tensor, scores: Tensor, labels: Tensor, masks: Optional[Tensor],
-                image_size: Tuple[int, int]) -> Dict[str, Tensor]:
+    def _output(
+        self, boxes: Tensor, scores: Tensor, labels: Tensor, masks: Optional[Tensor], image_size: Tuple[int, int]
+    ) -> Dict[str, Tensor]:
         out = {"boxes": boxes, "labels": labels, "scores": scores}
         if masks is not None:
             if self.transform.defer_mask_paste:
@@ -272,8 +298,15 @@ def weights_list(weights: Union[None, str, os.PathLike, Sequence[Union[str, os.P
     return [str(w) for w in weights]
 
 
-def build_test_model(cfg, weights, class_names: Optional[List[str]], device: torch.device, *,
-                     optimize: Optional[bool] = None, precision: Optional[str] = None) -> nn.Module:
+def build_test_model(
+    cfg,
+    weights,
+    class_names: Optional[List[str]],
+    device: torch.device,
+    *,
+    optimize: Optional[bool] = None,
+    precision: Optional[str] = None,
+) -> nn.Module:
     """The model evaluation and the Predictor run for ``cfg`` and ``weights`` (one checkpoint, several for an
     ensemble, or ``None`` for ``model.weights``): the plain inference-optimized detector when ``cfg.test``
     asks for no extra and one model is given, else a :class:`DetectionSystem` over one such detector per
@@ -290,12 +323,15 @@ def build_test_model(cfg, weights, class_names: Optional[List[str]], device: tor
     saved = [checkpoint_class_names(p) for p in paths]
     for p, names in zip(paths[1:], saved[1:]):
         if saved[0] is not None and names is not None and list(names) != list(saved[0]):
-            raise ConfigError(f"ensemble: {p} was trained on classes {list(names)} but {paths[0]} on "
-                              f"{list(saved[0])}; ensemble models must share their classes")
+            raise ConfigError(
+                f"ensemble: {p} was trained on classes {list(names)} but {paths[0]} on "
+                f"{list(saved[0])}; ensemble models must share their classes"
+            )
     detectors = [build_eval_model(cfg, p, class_names, device, **options) for p in (paths or [None])]
     for p, d in zip(paths[1:], detectors[1:]):
         if d.pixel_convention != detectors[0].pixel_convention:
-            raise ConfigError(f"ensemble: {p} expects input {d.pixel_convention} but {paths[0]} "
-                              f"{detectors[0].pixel_convention}; ensemble models must share their input convention")
+            raise ConfigError(
+                f"ensemble: {p} expects input {d.pixel_convention} but {paths[0]} "
+                f"{detectors[0].pixel_convention}; ensemble models must share their input convention"
+            )
     return DetectionSystem(detectors, **(kwargs or {}))
-

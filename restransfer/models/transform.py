@@ -11,6 +11,7 @@ torchvision's :class:`GeneralizedRCNNTransform`.
 In training the data pipeline already resized each image to one of the train sizes (albumentations,
 box- and mask-aware), so the transform does not resize again unless ``train_resize=True``.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Sequence, Tuple
@@ -42,15 +43,28 @@ class DetectionTransform(GeneralizedRCNNTransform):
 
     defer_mask_paste = False
 
-    def __init__(self, min_size: int | Sequence[int], max_size: int, pixel_mean: Sequence[float],
-                 pixel_std: Sequence[float], channel_order: str = "RGB", size_divisible: int = 32,
-                 train_resize: bool = False) -> None:
+    def __init__(
+        self,
+        min_size: int | Sequence[int],
+        max_size: int,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        channel_order: str = "RGB",
+        size_divisible: int = 32,
+        train_resize: bool = False,
+    ) -> None:
         # statistics in [0, 1] units, computed in float64 so that torchvision's 0.485/0.229/... come out
         # bit-identical for its own weights
         mean01 = [float(m) / 255.0 for m in pixel_mean]
         std01 = [float(s) / 255.0 for s in pixel_std]
-        super().__init__(min_size if isinstance(min_size, int) else tuple(min_size), max_size, mean01, std01,
-                         size_divisible=size_divisible, _skip_resize=not train_resize)
+        super().__init__(
+            min_size if isinstance(min_size, int) else tuple(min_size),
+            max_size,
+            mean01,
+            std01,
+            size_divisible=size_divisible,
+            _skip_resize=not train_resize,
+        )
         if channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
         self.channel_order = channel_order
@@ -59,9 +73,15 @@ class DetectionTransform(GeneralizedRCNNTransform):
 
     def options(self) -> Dict[str, Any]:
         """The keyword arguments that build an identical transform (of this class or a subclass)."""
-        return dict(min_size=self.min_size, max_size=self.max_size, pixel_mean=self.pixel_mean,
-                    pixel_std=self.pixel_std, channel_order=self.channel_order, size_divisible=self.size_divisible,
-                    train_resize=self.train_resize)
+        return dict(
+            min_size=self.min_size,
+            max_size=self.max_size,
+            pixel_mean=self.pixel_mean,
+            pixel_std=self.pixel_std,
+            channel_order=self.channel_order,
+            size_divisible=self.size_divisible,
+            train_resize=self.train_resize,
+        )
 
     def normalize(self, image: Tensor) -> Tensor:
         if image.dtype == torch.uint8:
@@ -69,8 +89,7 @@ class DetectionTransform(GeneralizedRCNNTransform):
             # In place on the new float copy: a second image-sized buffer costs more than the division
             image = image.float().div_(255)
         if not image.is_floating_point():
-            raise TypeError(f"images must be float tensors in [0, 1] or uint8 in 0..255 (RGB), got dtype "
-                            f"{image.dtype}")
+            raise TypeError(f"images must be float tensors in [0, 1] or uint8 in 0..255 (RGB), got dtype {image.dtype}")
         if image.shape[0] != 3:
             raise ValueError(f"images must have 3 channels (RGB), got shape {tuple(image.shape)}")
         if self.channel_order == "BGR":
@@ -81,8 +100,12 @@ class DetectionTransform(GeneralizedRCNNTransform):
         """(N, 1, M, M) probabilities -> (N, 1, H, W) pasted into boxes (N, 4) of an ``image_shape`` image."""
         return paste_masks_in_image(masks, boxes, image_shape)
 
-    def postprocess(self, result: List[Dict[str, Tensor]], image_shapes: List[Tuple[int, int]],
-                    original_image_sizes: List[Tuple[int, int]]) -> List[Dict[str, Tensor]]:
+    def postprocess(
+        self,
+        result: List[Dict[str, Tensor]],
+        image_shapes: List[Tuple[int, int]],
+        original_image_sizes: List[Tuple[int, int]],
+    ) -> List[Dict[str, Tensor]]:
         if self.training:
             return result
         for pred, im_s, o_im_s in zip(result, image_shapes, original_image_sizes):

@@ -7,6 +7,7 @@ single test scale and pools each region from two adjacent scales of a feature py
 :func:`maxout_scale_pair`, merged by element-wise max before the res5 head. Both run in
 :class:`restransfer.models.system.DetectionSystem`.
 """
+
 from __future__ import annotations
 
 from typing import Sequence, Tuple
@@ -29,8 +30,9 @@ def flip_boxes(boxes: Tensor, width: float) -> Tensor:
     return out
 
 
-def maxout_scale_pair(widths: Tensor, heights: Tensor, factors: Sequence[float],
-                      train_size: float = MAXOUT_TRAIN_SIZE) -> Tuple[Tensor, Tensor]:
+def maxout_scale_pair(
+    widths: Tensor, heights: Tensor, factors: Sequence[float], train_size: float = MAXOUT_TRAIN_SIZE
+) -> Tuple[Tensor, Tensor]:
     """The two adjacent pyramid scales each region is pooled from in maxout testing.
 
     Args:
@@ -47,7 +49,7 @@ def maxout_scale_pair(widths: Tensor, heights: Tensor, factors: Sequence[float],
     if f.numel() == 0 or bool((f[1:] <= f[:-1]).any()):
         raise ValueError(f"factors must be a non-empty increasing sequence, got {list(factors)}")
     area = (widths.double() * heights.double())[:, None]
-    dist = (area * f[None, :] ** 2 - train_size ** 2).abs()
+    dist = (area * f[None, :] ** 2 - train_size**2).abs()
     best = dist.argmin(dim=1)
     last = f.numel() - 1
     lower, upper = (best - 1).clamp(min=0), (best + 1).clamp(max=last)

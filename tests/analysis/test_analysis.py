@@ -1,5 +1,6 @@
 """The COCO error breakdown (cocoapi analyze()), the confusion matrix, the detection plots and the training
 curves: invariants on a fixture whose errors are known, and the tools' files and errors."""
+
 from __future__ import annotations
 
 import copy
@@ -18,8 +19,11 @@ from restransfer.cli import run_tool
 from restransfer.evaluation.coco import evaluate_coco
 
 REPO = Path(__file__).resolve().parents[2]
-CATS = [{"id": 1, "name": "cat", "supercategory": "animal"}, {"id": 2, "name": "dog", "supercategory": "animal"},
-        {"id": 3, "name": "car", "supercategory": "vehicle"}]
+CATS = [
+    {"id": 1, "name": "cat", "supercategory": "animal"},
+    {"id": 2, "name": "dog", "supercategory": "animal"},
+    {"id": 3, "name": "car", "supercategory": "vehicle"},
+]
 
 
 def _tool(name: str):
@@ -38,14 +42,24 @@ def gt():
     for i in range(6):
         boxes = [[20, 20, 40, 40]] + ([[60, 60, 30, 30]] if i < 3 else [])
         for b in boxes:
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": i % 3 + 1, "bbox": b,
-                         "area": b[2] * b[3], "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": i % 3 + 1,
+                    "bbox": b,
+                    "area": b[2] * b[3],
+                    "iscrowd": 0,
+                }
+            )
     return {"images": images, "annotations": anns, "categories": copy.deepcopy(CATS)}
 
 
 def _perfect(gt, score: float = 0.8):
-    return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": list(a["bbox"]), "score": score}
-            for a in gt["annotations"]]
+    return [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": list(a["bbox"]), "score": score}
+        for a in gt["annotations"]
+    ]
 
 
 def _areas(gt, results, **kwargs):
@@ -127,11 +141,23 @@ def test_c75_and_c50_equal_coco_ap75_ap50_and_curves_never_decrease(gt):
         x, y, w, h = a["bbox"]
         jitter = rng.normal(0, 6, 4)
         cat = a["category_id"] if rng.random() > 0.25 else int(rng.integers(1, 4))
-        results.append({"image_id": a["image_id"], "category_id": cat, "score": float(rng.random()),
-                        "bbox": [x + jitter[0], y + jitter[1], max(4.0, w + jitter[2]), max(4.0, h + jitter[3])]})
-    results += [{"image_id": int(rng.integers(1, 7)), "category_id": int(rng.integers(1, 4)),
-                 "score": float(rng.random()), "bbox": [float(rng.integers(0, 80)), float(rng.integers(0, 80)), 15, 15]}
-                for _ in range(10)]
+        results.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": cat,
+                "score": float(rng.random()),
+                "bbox": [x + jitter[0], y + jitter[1], max(4.0, w + jitter[2]), max(4.0, h + jitter[3])],
+            }
+        )
+    results += [
+        {
+            "image_id": int(rng.integers(1, 7)),
+            "category_id": int(rng.integers(1, 4)),
+            "score": float(rng.random()),
+            "bbox": [float(rng.integers(0, 80)), float(rng.integers(0, 80)), 15, 15],
+        }
+        for _ in range(10)
+    ]
     analysis = analyze_coco_errors(gt, results, "bbox")
     coco = evaluate_coco(gt, results, ["bbox"], engine="pycocotools")["bbox"]
     out = analysis.to_json()
@@ -178,8 +204,22 @@ def test_analyze_coco_tool_writes_json_and_pngs(gt, tmp_path, capsys):
     (tmp_path / "res.json").write_text(json.dumps(results))
     out = tmp_path / "analysis"
     tool = _tool("analyze_coco")
-    assert run_tool(tool.main, ["--gt", str(tmp_path / "gt.json"), "--results", str(tmp_path / "res.json"),
-                                "--iou-type", "bbox", "--output", str(out)]) == 0
+    assert (
+        run_tool(
+            tool.main,
+            [
+                "--gt",
+                str(tmp_path / "gt.json"),
+                "--results",
+                str(tmp_path / "res.json"),
+                "--iou-type",
+                "bbox",
+                "--output",
+                str(out),
+            ],
+        )
+        == 0
+    )
     data = json.loads((out / "analysis.json").read_text())
     assert set(data) >= {"overall", "per_category"}
     assert set(data["overall"]) == set(CURVES)
@@ -189,8 +229,20 @@ def test_analyze_coco_tool_writes_json_and_pngs(gt, tmp_path, capsys):
         assert image is not None and image.shape[0] > 100 and image.std() > 10, name
     assert len(list(out.iterdir())) == 7  # analysis.json, 4 breakdowns, PR curves, confusion matrix
     (tmp_path / "empty.json").write_text("[]")
-    assert run_tool(tool.main, ["--gt", str(tmp_path / "gt.json"), "--results", str(tmp_path / "empty.json"),
-                                "--output", str(tmp_path / "x")]) == 2
+    assert (
+        run_tool(
+            tool.main,
+            [
+                "--gt",
+                str(tmp_path / "gt.json"),
+                "--results",
+                str(tmp_path / "empty.json"),
+                "--output",
+                str(tmp_path / "x"),
+            ],
+        )
+        == 2
+    )
     assert "empty.json: no detections" in capsys.readouterr().err
     assert not (tmp_path / "x" / "analysis.json").exists()
 
@@ -202,8 +254,17 @@ def _write_run(folder: Path, losses, lr0: float, eval_at=None, final_ap=None) ->
     folder.mkdir(parents=True)
     lines = []
     for i, loss in enumerate(losses, 1):
-        lines.append({"iteration": 10 * i, "total_loss": loss, "loss_classifier": loss / 2, "lr": lr0 * i,
-                      "images_seen": 40 * i, "time": 0.1, "data_time": 0.01})
+        lines.append(
+            {
+                "iteration": 10 * i,
+                "total_loss": loss,
+                "loss_classifier": loss / 2,
+                "lr": lr0 * i,
+                "images_seen": 40 * i,
+                "time": 0.1,
+                "data_time": 0.01,
+            }
+        )
         if eval_at == 10 * i:
             lines.append({"iteration": 10 * i, "bbox/AP": 12.5, "bbox/AP50": 30.0, "images_seen": 40 * i})
     (folder / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
@@ -275,16 +336,24 @@ def test_analyze_coco_tool_config_mode_analyses_the_models_detections(shapes, tm
         label = {c: k for k, c in dataset.label_to_cat_id.items()}
         preds = []
         for n, i in enumerate(dataset.image_ids):
-            anns = by_image.get(i, [])[1 if n == 0 else 0:]  # the first object of the first image is missed
+            anns = by_image.get(i, [])[1 if n == 0 else 0 :]  # the first object of the first image is missed
             boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]).reshape(-1, 4)
-            preds.append({"image_id": i, "boxes": boxes, "scores": np.full(len(anns), 0.9),
-                          "labels": np.array([label[a["category_id"]] for a in anns], dtype=np.int64)})
+            preds.append(
+                {
+                    "image_id": i,
+                    "boxes": boxes,
+                    "scores": np.full(len(anns), 0.9),
+                    "labels": np.array([label[a["category_id"]] for a in anns], dtype=np.int64),
+                }
+            )
         return dataset, preds
 
     monkeypatch.setattr(protocol_run, "predict_dataset", predict)
     config = tmp_path / "cfg.yaml"
-    config.write_text(f"data:\n  test: {{json: {shapes / 'annotations' / 'val.json'}, image_root: {shapes / 'val'}}}\n"
-                      f"model: {{num_classes: 3}}\noutput_dir: {tmp_path / 'out'}\n")
+    config.write_text(
+        f"data:\n  test: {{json: {shapes / 'annotations' / 'val.json'}, image_root: {shapes / 'val'}}}\n"
+        f"model: {{num_classes: 3}}\noutput_dir: {tmp_path / 'out'}\n"
+    )
     out = tmp_path / "analysis"
     assert run_tool(_tool("analyze_coco").main, [str(config), "--weights", "model.pth", "--output", str(out)]) == 0
     data = json.loads((out / "analysis.json").read_text())
@@ -327,8 +396,14 @@ def test_sim_and_oth_equal_the_reference_computation(gt):
     for a in gt["annotations"] * 2:
         x, y, w, h = a["bbox"]
         cat = a["category_id"] if rng.random() > 0.4 else int(rng.integers(1, 4))
-        results.append({"image_id": a["image_id"], "category_id": cat, "score": float(rng.random()),
-                        "bbox": [x + rng.normal(0, 5), y + rng.normal(0, 5), w, h]})
+        results.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": cat,
+                "score": float(rng.random()),
+                "bbox": [x + rng.normal(0, 5), y + rng.normal(0, 5), w, h],
+            }
+        )
     analysis = analyze_coco_errors(gt, results, "bbox")
     sim_cats = {1: {2}, 2: {1}, 3: set()}
     for k, cat_id in enumerate(analysis.cat_ids):

@@ -1,6 +1,7 @@
 """report.html: written beside metrics.json by every evaluation (COCO, ImageNet-DET, ImageNet localization, and
 training's final evaluation), self-contained (every image embedded and decodable), with the per-category table
 and a gallery of at most ~24 drawn test images."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,9 @@ import numpy as np
 import pytest
 
 from restransfer.analysis.report import (
-    localization_error_split, report_images, write_coco_report,
+    localization_error_split,
+    report_images,
+    write_coco_report,
 )
 from restransfer.config import load_config
 from restransfer.engine import evaluate as run_module
@@ -49,8 +52,14 @@ def _predictions(gt: dict, image_ids, cat_to_label, rng_seed: int = 0):
         boxes.append([1.0, 1.0, 12.0, 12.0])
         scores.append(0.95)
         labels.append(1)
-        preds.append({"image_id": int(image_id), "boxes": np.array(boxes, dtype=np.float32),
-                      "scores": np.array(scores, dtype=np.float32), "labels": np.array(labels, dtype=np.int64)})
+        preds.append(
+            {
+                "image_id": int(image_id),
+                "boxes": np.array(boxes, dtype=np.float32),
+                "scores": np.array(scores, dtype=np.float32),
+                "labels": np.array(labels, dtype=np.int64),
+            }
+        )
     return preds
 
 
@@ -71,8 +80,15 @@ def fake_inference(monkeypatch):
 
 
 def _config(json_path, image_root, out, tiny_overrides):
-    return load_config(None, tiny_overrides("inference", f"data.test={{json: {json_path}, image_root: {image_root}}}",
-                                            f"output_dir={out}", "model.arch=faster_rcnn"))
+    return load_config(
+        None,
+        tiny_overrides(
+            "inference",
+            f"data.test={{json: {json_path}, image_root: {image_root}}}",
+            f"output_dir={out}",
+            "model.arch=faster_rcnn",
+        ),
+    )
 
 
 def test_coco_report_is_self_contained_with_table_plots_and_gallery(shapes, tmp_path):
@@ -158,8 +174,10 @@ def test_localization_error_split_adds_up_to_the_top5_error():
 
     syn = Synsets(("n1", "n2", "n3"), ("a", "b", "c"), "test", "test")
     box = np.array([[10.0, 10.0, 49.0, 49.0]])
-    images = [LocImage(name=f"im{i}", file_name=f"im{i}.JPEG", labels=(w,), box_wnids=(w,), boxes=box)
-              for i, w in enumerate(["n1", "n2", "n3", "n1"])]
+    images = [
+        LocImage(name=f"im{i}", file_name=f"im{i}.JPEG", labels=(w,), box_wnids=(w,), boxes=box)
+        for i, w in enumerate(["n1", "n2", "n3", "n1"])
+    ]
     gt = pack_ground_truth(images, syn)
     labels = np.array([[1, 2, 3, 0, 0], [1, 3, 0, 0, 0], [3, 0, 0, 0, 0], [2, 3, 0, 0, 0]])
     boxes = np.zeros((4, 5, 4))
@@ -180,10 +198,17 @@ def test_training_final_evaluation_writes_report(shapes, tmp_path, tiny_override
     from restransfer.engine.trainer import train
 
     out = tmp_path / "run"
-    cfg = load_config(None, tiny_overrides(
-        "training", f"data.train=[{{json: {shapes / 'annotations' / 'train.json'}, image_root: {shapes / 'train'}}}]",
-        f"data.test={{json: {shapes / 'annotations' / 'val.json'}, image_root: {shapes / 'val'}}}",
-        f"output_dir={out}", "model.arch=faster_rcnn", "model.roi_heads.score_thresh=0.0"))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            "training",
+            f"data.train=[{{json: {shapes / 'annotations' / 'train.json'}, image_root: {shapes / 'train'}}}]",
+            f"data.test={{json: {shapes / 'annotations' / 'val.json'}, image_root: {shapes / 'val'}}}",
+            f"output_dir={out}",
+            "model.arch=faster_rcnn",
+            "model.roi_heads.score_thresh=0.0",
+        ),
+    )
     metrics = train(cfg)
     assert (out / "metrics.json").is_file()
     text = (out / "report.html").read_text()
@@ -208,13 +233,29 @@ def test_eval_coco_results_file_mode_writes_report(shapes, tmp_path):
 
     gt_path = shapes / "annotations" / "val.json"
     gt = json.loads(gt_path.read_text())
-    results = predictions_to_coco_results(_predictions(gt, [im["id"] for im in gt["images"]], {1: 1, 2: 2, 3: 3}),
-                                          {1: 1, 2: 2, 3: 3})
+    results = predictions_to_coco_results(
+        _predictions(gt, [im["id"] for im in gt["images"]], {1: 1, 2: 2, 3: 3}), {1: 1, 2: 2, 3: 3}
+    )
     (tmp_path / "res.json").write_text(json.dumps(results))
     out = tmp_path / "eval" / "metrics.json"
-    assert run_tool(_tool("eval_coco").main, ["--gt", str(gt_path), "--results", str(tmp_path / "res.json"),
-                                              "--iou-type", "bbox", "--output", str(out), "--engine",
-                                              "pycocotools"]) == 0
+    assert (
+        run_tool(
+            _tool("eval_coco").main,
+            [
+                "--gt",
+                str(gt_path),
+                "--results",
+                str(tmp_path / "res.json"),
+                "--iou-type",
+                "bbox",
+                "--output",
+                str(out),
+                "--engine",
+                "pycocotools",
+            ],
+        )
+        == 0
+    )
     pngs, jpegs = _decoded(out.with_name("report.html"))
     assert len(pngs) == 3 and not jpegs  # no gallery: the images are not known in this mode
     metrics = json.loads(out.read_text())
@@ -223,20 +264,39 @@ def test_eval_coco_results_file_mode_writes_report(shapes, tmp_path):
 
 def test_eval_imagenet_det_file_mode_writes_report(tmp_path):
     import imagenet_det_fixtures as det_files
+
     from restransfer.cli import run_tool
 
     w = det_files.WNIDS
-    ann_dir, image_list = det_files.write_val(tmp_path / "ILSVRC", {
-        "val_1": (100, 100, [(w[0], 10, 10, 49, 49), (w[1], 60, 60, 89, 89)]),
-        "val_2": (100, 100, [(w[2], 20, 20, 59, 59)]),
-    })
+    ann_dir, image_list = det_files.write_val(
+        tmp_path / "ILSVRC",
+        {
+            "val_1": (100, 100, [(w[0], 10, 10, 49, 49), (w[1], 60, 60, 89, 89)]),
+            "val_2": (100, 100, [(w[2], 20, 20, 59, 59)]),
+        },
+    )
     synsets = det_files.write_synsets(tmp_path / "map_det.txt", 3)
     # image 1: class 1 found, class 2 missed with a false positive; image 2: class 3 found
     (tmp_path / "sub.txt").write_text("1 1 0.9 10 10 49 49\n1 2 0.8 0 0 9 9\n2 3 0.7 20 20 59 59\n")
     out = tmp_path / "metrics.json"
-    assert run_tool(_tool("eval_imagenet_det").main, [
-        "--submission", str(tmp_path / "sub.txt"), "--annotations", str(ann_dir), "--image-list", str(image_list),
-        "--synsets", str(synsets), "--output", str(out)]) == 0
+    assert (
+        run_tool(
+            _tool("eval_imagenet_det").main,
+            [
+                "--submission",
+                str(tmp_path / "sub.txt"),
+                "--annotations",
+                str(ann_dir),
+                "--image-list",
+                str(image_list),
+                "--synsets",
+                str(synsets),
+                "--output",
+                str(out),
+            ],
+        )
+        == 0
+    )
     text = (tmp_path / "report.html").read_text()
     pngs, jpegs = _decoded(tmp_path / "report.html")
     assert len(pngs) == 2 and not jpegs  # AP bars and the devkit PR curves
@@ -245,25 +305,47 @@ def test_eval_imagenet_det_file_mode_writes_report(tmp_path):
 
 def test_eval_imagenet_loc_file_mode_writes_report_with_the_error_split(tmp_path):
     import imagenet_loc_files as loc_files
+
     from restransfer.cli import run_tool
 
     wnids, names, order = loc_files.make_classes(3)
     box = (10, 10, 49, 49)
-    images = [{"name": f"ILSVRC2012_val_{i:08d}", "labels": [w], "objects": [(w, box)], "width": 64, "height": 64}
-              for i, w in enumerate([wnids[0], wnids[1], wnids[2], wnids[0]], 1)]
+    images = [
+        {"name": f"ILSVRC2012_val_{i:08d}", "labels": [w], "objects": [(w, box)], "width": 64, "height": 64}
+        for i, w in enumerate([wnids[0], wnids[1], wnids[2], wnids[0]], 1)
+    ]
     xml_dir, gt_file = loc_files.write_devkit(tmp_path, images, order)
     synsets = loc_files.write_map_clsloc(tmp_path / "map_clsloc.txt", order, dict(zip(wnids, names)))
     far = (0, 0, 5, 5)
-    sub = loc_files.write_devkit_submission(tmp_path / "sub.txt", [
-        [(wnids[0], box)],  # correct
-        [(wnids[0], box), (wnids[2], box)],  # wrong class
-        [(wnids[2], far)],  # right class, bad box
-        [(wnids[0], far), (wnids[1], box)],  # right class, bad box
-    ], order)
+    sub = loc_files.write_devkit_submission(
+        tmp_path / "sub.txt",
+        [
+            [(wnids[0], box)],  # correct
+            [(wnids[0], box), (wnids[2], box)],  # wrong class
+            [(wnids[2], far)],  # right class, bad box
+            [(wnids[0], far), (wnids[1], box)],  # right class, bad box
+        ],
+        order,
+    )
     out = tmp_path / "metrics.json"
-    assert run_tool(_tool("eval_imagenet_loc").main, [
-        "--submission", str(sub), "--annotations", str(xml_dir), "--ground-truth", str(gt_file),
-        "--synsets", str(synsets), "--output", str(out)]) == 0
+    assert (
+        run_tool(
+            _tool("eval_imagenet_loc").main,
+            [
+                "--submission",
+                str(sub),
+                "--annotations",
+                str(xml_dir),
+                "--ground-truth",
+                str(gt_file),
+                "--synsets",
+                str(synsets),
+                "--output",
+                str(out),
+            ],
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["top5_loc_error"] == pytest.approx(75.0)
     text = (tmp_path / "report.html").read_text()
     pngs, jpegs = _decoded(tmp_path / "report.html")
@@ -321,8 +403,7 @@ def test_eval_tools_follow_test_report(shapes, tmp_path, tiny_overrides, fake_in
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode, reports", [("final", 1), ("always", 2), ("never", 0)])
-def test_periodic_evaluations_write_no_report_under_final(shapes, tmp_path, tiny_overrides, monkeypatch, mode,
-                                                          reports):
+def test_periodic_evaluations_write_no_report_under_final(shapes, tmp_path, tiny_overrides, monkeypatch, mode, reports):
     """Two iterations with test.eval_period=1: one periodic evaluation (iteration 1) and the final one. Only
     test.report=always makes the periodic one write report.html; never writes none at all."""
     from restransfer.engine.trainer import train
@@ -336,10 +417,18 @@ def test_periodic_evaluations_write_no_report_under_final(shapes, tmp_path, tiny
     report_of = run_module.evaluation_report
     monkeypatch.setattr(run_module, "evaluation_report", counted)
     out = tmp_path / "run"
-    cfg = load_config(None, tiny_overrides(
-        "training", f"data.train=[{{json: {shapes / 'annotations' / 'train.json'}, image_root: {shapes / 'train'}}}]",
-        f"data.test={{json: {shapes / 'annotations' / 'val.json'}, image_root: {shapes / 'val'}}}",
-        f"output_dir={out}", "model.arch=faster_rcnn", "test.eval_period=1", f"test.report={mode}"))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            "training",
+            f"data.train=[{{json: {shapes / 'annotations' / 'train.json'}, image_root: {shapes / 'train'}}}]",
+            f"data.test={{json: {shapes / 'annotations' / 'val.json'}, image_root: {shapes / 'val'}}}",
+            f"output_dir={out}",
+            "model.arch=faster_rcnn",
+            "test.eval_period=1",
+            f"test.report={mode}",
+        ),
+    )
     train(cfg)
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records if "bbox/AP" in r] == [1]  # the periodic evaluation ran

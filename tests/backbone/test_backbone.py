@@ -3,14 +3,15 @@ import torch
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
-from restransfer.backbone import ResNet, FrozenBatchNorm2d, resnet_c4, resnet_fpn
+from restransfer.backbone import FrozenBatchNorm2d, ResNet, resnet_c4, resnet_fpn
 
 # multiply-adds at 224x224 from Table 1 of the ResNet paper (billions)
 PAPER_GMACS = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}
 
 
-@pytest.mark.parametrize("depth", [18, 34, 50, pytest.param(101, marks=pytest.mark.slow),
-                                   pytest.param(152, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "depth", [18, 34, 50, pytest.param(101, marks=pytest.mark.slow), pytest.param(152, marks=pytest.mark.slow)]
+)
 def test_caffe_style_multiply_adds_match_paper(depth):
     model = ResNet(depth, style="caffe", num_classes=1000).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -30,7 +31,12 @@ def test_architecture_follows_table_1():
     m = ResNet(50, out_features=("stem", "res2", "res3", "res4", "res5"))
     feats = m(torch.zeros(1, 3, 224, 224))
     assert [tuple(f.shape[1:]) for f in feats.values()] == [
-        (64, 56, 56), (256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]
+        (64, 56, 56),
+        (256, 56, 56),
+        (512, 28, 28),
+        (1024, 14, 14),
+        (2048, 7, 7),
+    ]
     assert m.strides == {"stem": 4, "res2": 4, "res3": 8, "res4": 16, "res5": 32}
     assert [len(getattr(m, f"layer{i}")) for i in range(1, 5)] == [3, 4, 6, 3]
     assert [len(getattr(ResNet(152), f"layer{i}")) for i in range(1, 5)] == [3, 8, 36, 3]
@@ -123,8 +129,10 @@ def test_resnet_fpn_in_torchvision_faster_rcnn_trains_and_infers():
     model = FasterRCNN(backbone, num_classes=3, min_size=128, max_size=128)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
     images = [torch.rand(3, 128, 128), torch.rand(3, 100, 128)]
-    targets = [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([1])},
-               {"boxes": torch.tensor([[5.0, 20.0, 90.0, 80.0]]), "labels": torch.tensor([2])}]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[5.0, 20.0, 90.0, 80.0]]), "labels": torch.tensor([2])},
+    ]
     model.train()
     losses = model(images, targets)
     total = sum(losses.values())
@@ -145,8 +153,13 @@ def test_resnet_c4_in_torchvision_faster_rcnn():
 
     backbone = resnet_c4(18)
     assert backbone.out_channels == 256
-    model = FasterRCNN(backbone, num_classes=2, min_size=96, max_size=96,
-                       rpn_anchor_generator=AnchorGenerator(((32, 64),), ((0.5, 1.0, 2.0),)))
+    model = FasterRCNN(
+        backbone,
+        num_classes=2,
+        min_size=96,
+        max_size=96,
+        rpn_anchor_generator=AnchorGenerator(((32, 64),), ((0.5, 1.0, 2.0),)),
+    )
     model.eval()
     with torch.no_grad():
         out = model([torch.rand(3, 96, 96)])

@@ -1,5 +1,6 @@
 """Frozen BatchNorm applied through the convolution in training: same outputs and gradients as the plain
 ``bn(conv(x))``, activations left in the convolution's dtype."""
+
 import gc
 
 import pytest
@@ -26,9 +27,15 @@ def _randomize_frozen_bns(model: nn.Module, seed: int) -> None:
             m.load_state_dict(_frozen_bn(m.weight.numel(), g).state_dict())
 
 
-@pytest.mark.parametrize("kwargs", [dict(kernel_size=3, padding=1), dict(kernel_size=1, stride=2),
-                                    dict(kernel_size=3, padding=2, dilation=2, bias=True),
-                                    dict(kernel_size=3, padding=1, groups=2)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(kernel_size=3, padding=1),
+        dict(kernel_size=1, stride=2),
+        dict(kernel_size=3, padding=2, dilation=2, bias=True),
+        dict(kernel_size=3, padding=1, groups=2),
+    ],
+)
 def test_folded_conv_equals_plain_in_value_and_gradients(kwargs):
     g = torch.Generator().manual_seed(0)
     conv = nn.Conv2d(6, 8, **{"bias": False, **kwargs})
@@ -112,8 +119,9 @@ def test_backward_refolds_the_weight_instead_of_keeping_a_copy():
     # and no Python object holds the folded copy (autograd keeps the saved-tensor hooks until backward)
     y = conv_norm(conv, bn, x)
     gc.collect()
-    copies = [t for t in gc.get_objects() if type(t) is torch.Tensor and t.shape == conv.weight.shape
-              and t is not conv.weight]
+    copies = [
+        t for t in gc.get_objects() if type(t) is torch.Tensor and t.shape == conv.weight.shape and t is not conv.weight
+    ]
     assert copies == []
     y.sum().backward()
     assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0

@@ -36,6 +36,7 @@ def test_timm_state_dict_gives_same_logits(tmp_path):
     ref = timm.create_model("resnet50", pretrained=False).eval()
     path = tmp_path / "timm_resnet50.safetensors"
     from safetensors.torch import save_file
+
     save_file(ref.state_dict(), str(path))
     model = ResNet(50, num_classes=1000).eval()
     load_pretrained(model, str(path))
@@ -61,7 +62,10 @@ def _msra_blobs(depth=50, num_classes=1000, seed=0):
             for i, letter in enumerate("abc"):
                 conv = getattr(block, f"conv{i + 1}")
                 add(p + f"branch2{letter}_w", tuple(conv.weight.shape))
-                add(p + f"branch2{letter}_bn_s", (conv.out_channels,)), add(p + f"branch2{letter}_bn_b", (conv.out_channels,))
+                (
+                    add(p + f"branch2{letter}_bn_s", (conv.out_channels,)),
+                    add(p + f"branch2{letter}_bn_b", (conv.out_channels,)),
+                )
             if block.downsample is not None:
                 add(p + "branch1_w", tuple(block.downsample[0].weight.shape))
                 c = block.downsample[0].out_channels
@@ -85,7 +89,8 @@ def test_msra_pickle_loads_every_parameter(tmp_path):
     # caffe BN is exactly scale and bias
     x = torch.randn(1, 64, 4, 4)
     expected = x * torch.from_numpy(blobs["res_conv1_bn_s"]).view(1, -1, 1, 1) + torch.from_numpy(
-        blobs["res_conv1_bn_b"]).view(1, -1, 1, 1)
+        blobs["res_conv1_bn_b"]
+    ).view(1, -1, 1, 1)
     torch.testing.assert_close(model.bn1(x), expected, rtol=1e-6, atol=1e-6)
 
 
@@ -100,8 +105,7 @@ def test_build_resnet_constructs_with_the_weights_convention(tmp_path):
         pickle.dump(_msra_blobs(), f)
     model = build_resnet(50, weights=str(path), style="caffe", num_classes=1000)
     assert model.pixel_convention == MSRA_BGR
-    torch.testing.assert_close(model.layer3[5].conv2.weight,
-                               torch.from_numpy(_msra_blobs()["res4_5_branch2b_w"]))
+    torch.testing.assert_close(model.layer3[5].conv2.weight, torch.from_numpy(_msra_blobs()["res4_5_branch2b_w"]))
     pretrained = read_pretrained(str(path))
     assert pretrained.format == "msra" and pretrained.convention == MSRA_BGR
     built = ResNet(50, style="caffe", num_classes=1000, pixel_convention=TORCHVISION_RGB)

@@ -1,5 +1,6 @@
 """The data-loader benchmark: its generated COCO folder is valid COCO, it counts exactly what the training
 loader yields and its arithmetic holds, and ``tools/benchmark.py --data`` reports it. Not timing."""
+
 import importlib.util
 import json
 import statistics
@@ -12,8 +13,12 @@ import pytest
 from omegaconf import OmegaConf
 
 import restransfer.benchmark.data as benchmark_data
-from restransfer.benchmark import (format_loader_report, generate_coco_folder, missing_training_data,
-                                   run_loader_benchmark)
+from restransfer.benchmark import (
+    format_loader_report,
+    generate_coco_folder,
+    missing_training_data,
+    run_loader_benchmark,
+)
 from restransfer.config import load_config
 from restransfer.data.coco import CocoDataset
 
@@ -69,8 +74,13 @@ def test_missing_training_data_names_the_missing_piece(folder, tmp_path):
     gone = load_config(None, [f"data.train=[{{json: {folder.json}, image_root: {tmp_path}/nowhere}}]"])
     assert missing_training_data(gone) == f"data.train[0].image_root: {tmp_path}/nowhere not found"
     # a dataset its spec generates counts as present: the loader builder creates it
-    shapes = load_config(None, [f"data.train=[{{json: {tmp_path}/s/annotations/train.json, image_root: "
-                                f"{tmp_path}/s/train, generate: shapes}}]"])
+    shapes = load_config(
+        None,
+        [
+            f"data.train=[{{json: {tmp_path}/s/annotations/train.json, image_root: "
+            f"{tmp_path}/s/train, generate: shapes}}]"
+        ],
+    )
     assert missing_training_data(shapes) is None
 
 
@@ -117,11 +127,13 @@ def test_counts_what_the_loader_yields(folder, monkeypatch):
 
 
 def test_missing_data_is_replaced_by_a_generated_folder(tmp_path):
-    cfg = load_config(None, INPUT + ["model.arch=mask_rcnn",
-                                     f"data.train=[{{json: {tmp_path}/none.json, image_root: {tmp_path}}}]"])
+    cfg = load_config(
+        None, INPUT + ["model.arch=mask_rcnn", f"data.train=[{{json: {tmp_path}/none.json, image_root: {tmp_path}}}]"]
+    )
     OmegaConf.set_readonly(cfg, True)  # the generated folder and the worker counts go to the builders as arguments
-    result = run_loader_benchmark(cfg, workers=[0], images_per_round=2, rounds=1, warmup=0, work_dir=tmp_path / "gen",
-                                  num_generated=3)
+    result = run_loader_benchmark(
+        cfg, workers=[0], images_per_round=2, rounds=1, warmup=0, work_dir=tmp_path / "gen", num_generated=3
+    )
     data = result["data"]
     assert data["source"] == "generated" and data["num_images"] == data["images"] == 3
     assert data["reason"] == f"data.train[0].json: {tmp_path}/none.json not found"
@@ -148,16 +160,34 @@ def test_bad_arguments_are_clear_errors(folder):
 def test_tool_reports_the_loader(folder, tmp_path, capsys):
     tool = _tool()
     out = tmp_path / "loader.json"
-    code = tool.main(["--data", str(REPO / "configs" / "coco_faster_rcnn_r101_fpn.yaml"), "--workers", "1",
-                      "--images", "2", "--iters", "2", "--warmup", "0", "--json", str(out), *INPUT,
-                      f"data.train=[{{json: {folder.json}, image_root: {folder.image_root}}}]"])
+    code = tool.main(
+        [
+            "--data",
+            str(REPO / "configs" / "coco_faster_rcnn_r101_fpn.yaml"),
+            "--workers",
+            "1",
+            "--images",
+            "2",
+            "--iters",
+            "2",
+            "--warmup",
+            "0",
+            "--json",
+            str(out),
+            *INPUT,
+            f"data.train=[{{json: {folder.json}, image_root: {folder.image_root}}}]",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0
     assert "the config's data.train" in printed and "short side 64, long side <= 96" in printed
     saved = json.loads(out.read_text())
     assert [m["workers"] for m in saved["measurements"]] == [0, 1]
     assert all(m["round_images"] == [2, 2] for m in saved["measurements"])
-    for flags, message in ((["--data", "--train"], "drop --train"), (["--data", "--workers", "x"], "--workers 'x'"),
-                           (["--workers", "2"], "options of --data")):
+    for flags, message in (
+        (["--data", "--train"], "drop --train"),
+        (["--data", "--workers", "x"], "--workers 'x'"),
+        (["--workers", "2"], "options of --data"),
+    ):
         assert tool.main([str(REPO / "configs" / "coco_faster_rcnn_r101_fpn.yaml"), *flags]) == 2
         assert message in capsys.readouterr().err

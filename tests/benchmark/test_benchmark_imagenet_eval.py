@@ -1,5 +1,6 @@
 """The ImageNet evaluation benchmarks (restransfer.benchmark.imagenet_eval): the generated sets' statistics,
 the figures the benchmark functions report, and the two tools that print them."""
+
 import json
 import subprocess
 import sys
@@ -24,8 +25,9 @@ IMAGES, CLASSES, DETECTIONS = 200, 20, 5000
 
 
 def _tool(name, *args):
-    return subprocess.run([sys.executable, str(REPO / "tools" / name), *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, str(REPO / "tools" / name), *map(str, args)], cwd=REPO, capture_output=True, text=True
+    )
 
 
 # ------------------------------------------------------------------------------------ ImageNet-DET
@@ -83,15 +85,31 @@ def test_det_benchmark_reports_the_evaluation_of_its_set(coco):
 
 def test_det_tool_prints_the_benchmark_figures():
     """Runs the tool as a user does; its mAP line must carry the package's figure."""
-    proc = _tool("benchmark_imagenet_det_eval.py", "--images", IMAGES, "--classes", CLASSES,
-                 "--detections", DETECTIONS, "--seed", 2, "--coco")
+    proc = _tool(
+        "benchmark_imagenet_det_eval.py",
+        "--images",
+        IMAGES,
+        "--classes",
+        CLASSES,
+        "--detections",
+        DETECTIONS,
+        "--seed",
+        2,
+        "--coco",
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     out = run_det_eval_benchmark(IMAGES, CLASSES, DETECTIONS, seed=2)
-    assert lines[0].startswith(f"generated {out.num_objects} objects in {IMAGES} images, {DETECTIONS} detections, "
-                               f"{CLASSES} classes (")
+    assert lines[0].startswith(
+        f"generated {out.num_objects} objects in {IMAGES} images, {DETECTIONS} detections, {CLASSES} classes ("
+    )
     assert [line[:26].strip() for line in lines[1:]] == [
-        "write submission file", "read submission file", "devkit evaluation", "read + evaluate", "COCO protocol"]
+        "write submission file",
+        "read submission file",
+        "devkit evaluation",
+        "read + evaluate",
+        "COCO protocol",
+    ]
     assert f"mAP@.5 {out.mean_ap * 100:.2f}  ({out.true_positives} true positives)" in lines[3]
     assert " AP " in lines[5] and " AP50 " in lines[5]
 
@@ -143,9 +161,16 @@ def test_loc_benchmark_reports_the_evaluation_of_its_set():
         assert abs(m[key] - plain[key]) <= bound
     assert 0 < m["top5_loc_error"] <= m["top1_loc_error"] <= 100
     assert list(out.seconds) == [
-        "read Kaggle solution csv", "pack ground truth", "read devkit submission txt", "read Kaggle submission csv",
-        LOC_EVALUATE_STEP, "read devkit XML folder", "localize: detector mode", "localize: classifier mode",
-        "localize: gt_class mode"]
+        "read Kaggle solution csv",
+        "pack ground truth",
+        "read devkit submission txt",
+        "read Kaggle submission csv",
+        LOC_EVALUATE_STEP,
+        "read devkit XML folder",
+        "localize: detector mode",
+        "localize: classifier mode",
+        "localize: gt_class mode",
+    ]
     assert all(s >= 0 for s in out.seconds.values())
     assert out.as_json() == {**out.seconds, "machine": out.machine}
     assert "read devkit XML folder" not in run_loc_eval_benchmark(20, CLASSES, 2, seed=3).seconds
@@ -154,15 +179,27 @@ def test_loc_benchmark_reports_the_evaluation_of_its_set():
 def test_loc_tool_prints_and_writes_the_timings(tmp_path):
     """Runs the tool as a user does: one line per step, the metrics after the evaluation, and the json."""
     out_json = tmp_path / "timings.json"
-    proc = _tool("benchmark_imagenet_loc_eval.py", "--images", IMAGES, "--classes", CLASSES, "--detections", 10,
-                 "--seed", 3, "--output", out_json)
+    proc = _tool(
+        "benchmark_imagenet_loc_eval.py",
+        "--images",
+        IMAGES,
+        "--classes",
+        CLASSES,
+        "--detections",
+        10,
+        "--seed",
+        3,
+        "--output",
+        out_json,
+    )
     assert proc.returncode == 0, proc.stderr
     timings = json.loads(out_json.read_text())
     steps = [k for k in timings if k != "machine"]
     assert "read devkit XML folder" not in steps and len(steps) == 8 and timings["machine"]
     lines = proc.stdout.splitlines()
-    assert [line.split(":")[0].strip() for line in lines if not line.startswith("  metrics:")] == \
-        [s.split(":")[0] for s in steps]
+    assert [line.split(":")[0].strip() for line in lines if not line.startswith("  metrics:")] == [
+        s.split(":")[0] for s in steps
+    ]
     metrics_at = lines.index(next(line for line in lines if line.startswith("  metrics:")))
     assert lines[metrics_at - 1].strip().startswith(LOC_EVALUATE_STEP)
     m = run_loc_eval_benchmark(IMAGES, CLASSES, 10, seed=3).metrics

@@ -1,4 +1,5 @@
 """What a benchmark records about its machine: the CPU's vector features parsed from /proc/cpuinfo text."""
+
 import torch
 
 from restransfer.benchmark.machine import cpu_info, machine_description, machine_info

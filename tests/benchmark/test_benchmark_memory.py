@@ -1,11 +1,12 @@
 """Peak memory measured in a fresh process: VmHWM above the RSS once the setup exists. The steps of the
 children below allocate known amounts; what the setup holds or held must not count."""
+
 import pytest
 import torch
 
 from restransfer.benchmark.memory import in_fresh_process, measure_peak, status_bytes
 
-MB = 2 ** 20
+MB = 2**20
 
 
 def _touch(megabytes: int) -> torch.Tensor:

@@ -1,19 +1,32 @@
 """tools/benchmark.py's model benchmark: the measurements it names in --json (ours, torchvision eager,
 torchvision + torch.compile), the compile-time and memory fields, and the machine record. Not timing."""
+
 import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
 from helpers.tiny_detectors import write_config
 
 REPO = Path(__file__).resolve().parents[2]
 # torchvision's FPN has 256 channels: the tiny config otherwise has no torchvision counterpart
 REFERENCE_COMPATIBLE = ["model.fpn_out_channels=256"]
-MEASUREMENT_FIELDS = {"name", "model", "precision", "images_per_s", "latency_median", "flops_per_image",
-                      "peak_memory_mb", "steady_peak_memory_mb", "memory_baseline_mb", "compile_s", "compile_calls",
-                      "amortized_latency", "compile_cache_hits", "runs"}
+MEASUREMENT_FIELDS = {
+    "name",
+    "model",
+    "precision",
+    "images_per_s",
+    "latency_median",
+    "flops_per_image",
+    "peak_memory_mb",
+    "steady_peak_memory_mb",
+    "memory_baseline_mb",
+    "compile_s",
+    "compile_calls",
+    "amortized_latency",
+    "compile_cache_hits",
+    "runs",
+}
 
 
 def _tool():
@@ -38,8 +51,22 @@ def _check_environment(result):
 
 
 def test_inference_json_names_ours_and_torchvision(tmp_path):
-    result = _run(tmp_path, "--size", 96, 128, "--iters", 1, "--warmup", 0, "--dtype", "fp32,bf16",
-                  "--reference", "eager", "--memory", "off")
+    result = _run(
+        tmp_path,
+        "--size",
+        96,
+        128,
+        "--iters",
+        1,
+        "--warmup",
+        0,
+        "--dtype",
+        "fp32,bf16",
+        "--reference",
+        "eager",
+        "--memory",
+        "off",
+    )
     meas = result["measurements"]
     assert list(meas) == ["restransfer fp32", "restransfer bf16", "torchvision fp32"]
     for name, m in meas.items():
@@ -54,7 +81,7 @@ def test_inference_json_names_ours_and_torchvision(tmp_path):
 
 def test_training_memory_is_measured_in_a_fresh_process(tmp_path):
     result = _run(tmp_path, "--train", "--size", 64, 64, "--iters", 1, "--warmup", 0, "--no-reference")
-    (name, m), = result["measurements"].items()
+    ((name, m),) = result["measurements"].items()
     assert name == "restransfer fp32" and result["reference"] == "none (disabled)"
     # a training step's activations and gradients: more than nothing, above what setup already held
     assert 0 < m["steady_peak_memory_mb"] <= m["peak_memory_mb"] and m["memory_baseline_mb"] > 50
@@ -77,8 +104,21 @@ def test_compile_reference_json_fields(tmp_path):
     """--reference eager,compile: the compiled reference is timed beside the eager one, with its compile
     time, the amortized figure and (inference) its memory in a fresh process; also for a training step."""
     infer = _run(tmp_path, "--size", 128, 128, "--iters", 1, "--warmup", 1, "--reference", "eager,compile")
-    train = _run(tmp_path, "--train", "--size", 128, 128, "--iters", 1, "--warmup", 1, "--reference", "eager,compile",
-                 "--memory", "off")
+    train = _run(
+        tmp_path,
+        "--train",
+        "--size",
+        128,
+        128,
+        "--iters",
+        1,
+        "--warmup",
+        1,
+        "--reference",
+        "eager,compile",
+        "--memory",
+        "off",
+    )
     for result in (infer, train):
         meas = result["measurements"]
         assert list(meas) == ["restransfer fp32", "torchvision fp32", "torchvision+compile fp32"]

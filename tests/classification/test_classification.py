@@ -1,6 +1,7 @@
 """Classification pretraining: readers (imagefolder, ImageNet val, CIFAR-10 batches), the CIFAR networks, the
 test views and top-k error arithmetic, training with exact resume, checkpoints as detector backbone and as
 localization classifier, and the degradation study's outputs."""
+
 import json
 import os
 import pickle
@@ -16,8 +17,7 @@ from torch import nn
 
 from restransfer.classification.cifar import CifarResNet
 from restransfer.classification.config import load_cls_config
-from restransfer.classification.data import (ClassificationDataset, read_cifar10, read_imagefolder,
-                                             read_imagenet_val)
+from restransfer.classification.data import ClassificationDataset, read_cifar10, read_imagefolder, read_imagenet_val
 from restransfer.classification.evaluate import evaluate_classifier, image_views, ten_crops, topk_errors
 from restransfer.errors import DataError, WeightsError
 from restransfer.yaml_config import ConfigError
@@ -127,8 +127,12 @@ def test_train_transform_pads_crops_flips_reproducibly():
     ref = torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1)
     padded = torch.nn.functional.pad(ref, (4, 4, 4, 4))
     for o in outs:  # every output is a 32x32 window of the zero-padded image, flipped or not
-        assert any(torch.equal(o, w) for y in range(9) for x in range(9)
-                   for w in (padded[:, y:y + 32, x:x + 32], padded[:, y:y + 32, x:x + 32].flip(-1)))
+        assert any(
+            torch.equal(o, w)
+            for y in range(9)
+            for x in range(9)
+            for w in (padded[:, y : y + 32, x : x + 32], padded[:, y : y + 32, x : x + 32].flip(-1))
+        )
     assert len({o.sum().item() for o in outs}) > 1
     scaled = TrainTransform(crop=24, scale_min=28, scale_max=40, lighting=0.1)
     assert scaled(img, np.random.default_rng(0)).shape == (3, 24, 24)
@@ -140,11 +144,22 @@ def test_cifar10_config_trains_on_the_batches(tmp_path):
     for i in range(1, 6):
         _cifar_batch(tmp_path / f"data_batch_{i}", 8, i)
     _cifar_batch(tmp_path / "test_batch", 10, 9)
-    cfg = load_cls_config(ROOT / "configs" / "cifar10_resnet20.yaml", [
-        "model.depth=8", f"data.train=[{{image_root: {tmp_path}, format: cifar10}}]",
-        f"data.test={{image_root: {tmp_path}, format: cifar10, split: test}}", "data.num_workers=0",
-        "solver.ims_per_batch=8", "solver.ims_per_device=4", "solver.max_iter=2", "solver.steps=[1]",
-        "solver.checkpoint_period=0", f"output_dir={tmp_path / 'out'}", "log_period=1"])
+    cfg = load_cls_config(
+        ROOT / "configs" / "cifar10_resnet20.yaml",
+        [
+            "model.depth=8",
+            f"data.train=[{{image_root: {tmp_path}, format: cifar10}}]",
+            f"data.test={{image_root: {tmp_path}, format: cifar10, split: test}}",
+            "data.num_workers=0",
+            "solver.ims_per_batch=8",
+            "solver.ims_per_device=4",
+            "solver.max_iter=2",
+            "solver.steps=[1]",
+            "solver.checkpoint_period=0",
+            f"output_dir={tmp_path / 'out'}",
+            "log_period=1",
+        ],
+    )
     metrics = train_classifier(cfg)
     assert metrics["num_images"] == 10 and metrics["top1_error"] in {10.0 * k for k in range(11)}
     log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
@@ -157,8 +172,9 @@ def test_cifar10_config_trains_on_the_batches(tmp_path):
 # ------------------------------------------------------------------------------------ networks, views
 
 
-@pytest.mark.parametrize("depth,millions,digits", [(20, 0.27, 2), (32, 0.46, 2), (44, 0.66, 2), (56, 0.85, 2),
-                                                   (110, 1.7, 1)])
+@pytest.mark.parametrize(
+    "depth,millions,digits", [(20, 0.27, 2), (32, 0.46, 2), (44, 0.66, 2), (56, 0.85, 2), (110, 1.7, 1)]
+)
 def test_cifar_parameter_counts_match_the_paper(depth, millions, digits):
     residual = CifarResNet(depth)
     plain = CifarResNet(depth, residual=False)
@@ -191,9 +207,15 @@ def test_ten_crops_are_the_corners_the_center_and_their_flips():
     assert crops.shape == (10, 4, 4, 3)
     for i, e in enumerate(expected):
         assert np.array_equal(crops[i], e), i
-        assert np.array_equal(crops[5 + i], e[:, ::-1] if i == 4 else img[:, ::-1][
-            [slice(0, 4), slice(0, 4), slice(2, 6), slice(2, 6)][i], [slice(0, 4), slice(4, 8), slice(0, 4),
-                                                                       slice(4, 8)][i]]), i
+        assert np.array_equal(
+            crops[5 + i],
+            e[:, ::-1]
+            if i == 4
+            else img[:, ::-1][
+                [slice(0, 4), slice(0, 4), slice(2, 6), slice(2, 6)][i],
+                [slice(0, 4), slice(4, 8), slice(0, 4), slice(4, 8)][i],
+            ],
+        ), i
 
 
 def test_views_of_each_mode():
@@ -207,10 +229,14 @@ def test_views_of_each_mode():
 
 
 def test_topk_error_arithmetic():
-    scores = np.array([[0.1, 0.5, 0.2, 0.0, 0.0, 0.0, 0.2],   # label 1: top-1 hit
-                       [0.6, 0.1, 0.05, 0.05, 0.05, 0.05, 0.1],  # label 6: rank 2, top-5 hit
-                       [0.3, 0.25, 0.2, 0.15, 0.05, 0.04, 0.01],  # label 5: rank 6, miss
-                       [0.2, 0.1, 0.3, 0.25, 0.0, 0.15, 0.0]])  # label 5: rank 4, top-5 hit
+    scores = np.array(
+        [
+            [0.1, 0.5, 0.2, 0.0, 0.0, 0.0, 0.2],  # label 1: top-1 hit
+            [0.6, 0.1, 0.05, 0.05, 0.05, 0.05, 0.1],  # label 6: rank 2, top-5 hit
+            [0.3, 0.25, 0.2, 0.15, 0.05, 0.04, 0.01],  # label 5: rank 6, miss
+            [0.2, 0.1, 0.3, 0.25, 0.0, 0.15, 0.0],
+        ]
+    )  # label 5: rank 4, top-5 hit
     errors = topk_errors(scores, [1, 6, 5, 5])
     assert errors == {"top1_error": 75.0, "top5_error": 25.0}
     # fewer classes than k: every image is a top-5 hit
@@ -248,15 +274,34 @@ def test_known_scores_give_known_errors_in_every_mode(imagenet_layout, mode):
 def _cfg_file(tmp_path: Path, root: Path, **extra) -> Path:
     cfg = {
         "model": {"arch": "imagenet", "depth": 18, "num_classes": 3},
-        "data": {"train": [{"image_root": str(root / "train"), "format": "imagefolder"}],
-                 "test": {"image_root": str(root / "val"), "format": "imagenet_val",
-                          "labels": str(root / "LOC_val_solution.csv")}, "num_workers": 0},
-        "input": {"scale_min": 36, "scale_max": 44, "crop": 32, "test_size": 36,
-                  "pixel_mean": [100.0, 110.0, 120.0], "pixel_std": [50.0, 51.0, 52.0]},
-        "solver": {"base_lr": 0.05, "ims_per_batch": 4, "max_iter": 4, "steps": [3], "warmup_iters": 0,
-                   "checkpoint_period": 2},
+        "data": {
+            "train": [{"image_root": str(root / "train"), "format": "imagefolder"}],
+            "test": {
+                "image_root": str(root / "val"),
+                "format": "imagenet_val",
+                "labels": str(root / "LOC_val_solution.csv"),
+            },
+            "num_workers": 0,
+        },
+        "input": {
+            "scale_min": 36,
+            "scale_max": 44,
+            "crop": 32,
+            "test_size": 36,
+            "pixel_mean": [100.0, 110.0, 120.0],
+            "pixel_std": [50.0, 51.0, 52.0],
+        },
+        "solver": {
+            "base_lr": 0.05,
+            "ims_per_batch": 4,
+            "max_iter": 4,
+            "steps": [3],
+            "warmup_iters": 0,
+            "checkpoint_period": 2,
+        },
         "test": {"crops": "center", "scales": [32, 40], "ims_per_batch": 4},
-        "output_dir": str(tmp_path / "out"), "log_period": 1,
+        "output_dir": str(tmp_path / "out"),
+        "log_period": 1,
     }
     for key, value in extra.items():
         node = cfg
@@ -280,13 +325,24 @@ def test_config_errors_name_the_key(tmp_path, imagenet_layout):
         load_cls_config(path, ["data.test.labels=null"])
     with pytest.raises(ConfigError, match="unknown key"):
         load_cls_config(path, ["model.dept=18"])
-    for name in ("imagenet_cls_r101", "cifar10_resnet20", "cifar10_resnet56", "cifar10_resnet110",
-                 "cifar10_plain20", "cifar10_plain56", "demo_degradation"):
+    for name in (
+        "imagenet_cls_r101",
+        "cifar10_resnet20",
+        "cifar10_resnet56",
+        "cifar10_resnet110",
+        "cifar10_plain20",
+        "cifar10_plain56",
+        "demo_degradation",
+    ):
         cfg = load_cls_config(ROOT / "configs" / f"{name}.yaml")
         assert cfg.solver.base_lr == 0.1 and cfg.solver.weight_decay == 1e-4
     r110 = load_cls_config(ROOT / "configs" / "cifar10_resnet110.yaml")
-    assert (r110.model.depth, r110.solver.steps, r110.solver.max_iter, r110.input.pad) == (110, [32000, 48000],
-                                                                                         64000, 4)
+    assert (r110.model.depth, r110.solver.steps, r110.solver.max_iter, r110.input.pad) == (
+        110,
+        [32000, 48000],
+        64000,
+        4,
+    )
     assert load_cls_config(ROOT / "configs" / "cifar10_plain56.yaml").model.residual is False
 
 
@@ -374,16 +430,14 @@ def test_checkpoint_is_detector_backbone_and_localization_classifier(tmp_path, i
     from restransfer.models import build_model
 
     root, _ = imagenet_layout
-    train_classifier(load_cls_config(_cfg_file(tmp_path, root, solver__max_iter=1, solver__steps=[],
-                                               data__test=None)))
+    train_classifier(load_cls_config(_cfg_file(tmp_path, root, solver__max_iter=1, solver__steps=[], data__test=None)))
     path = tmp_path / "out" / "model_final.pth"
     state = Checkpointer.load(path)["model"]
 
     cfg = load_config(None, tiny_overrides("inference", f"model.backbone.weights={path}"))
     detector = build_model(cfg)
     conv = detector.pixel_convention
-    assert (conv.channel_order, tuple(conv.mean), tuple(conv.std)) == ("RGB", (100.0, 110.0, 120.0),
-                                                                        (50.0, 51.0, 52.0))
+    assert (conv.channel_order, tuple(conv.mean), tuple(conv.std)) == ("RGB", (100.0, 110.0, 120.0), (50.0, 51.0, 52.0))
     body = dict(detector.named_parameters())
     conv1 = next(v for k, v in body.items() if k.endswith("conv1.weight") and "layer" not in k)
     assert torch.equal(conv1.detach(), state["conv1.weight"])
@@ -399,9 +453,13 @@ def test_checkpoint_is_detector_backbone_and_localization_classifier(tmp_path, i
 
 def _fake_run(folder: Path, train_errors, test_errors) -> None:
     folder.mkdir(parents=True)
-    lines = [{"iteration": 10 * (i + 1), "loss": 1.0, "train_error": e, "images_seen": 320 * (i + 1)}
-             for i, e in enumerate(train_errors)]
-    lines += [{"iteration": 20 * (i + 1), "test/top1_error": e, "test/top5_error": 0.0} for i, e in enumerate(test_errors)]
+    lines = [
+        {"iteration": 10 * (i + 1), "loss": 1.0, "train_error": e, "images_seen": 320 * (i + 1)}
+        for i, e in enumerate(train_errors)
+    ]
+    lines += [
+        {"iteration": 20 * (i + 1), "test/top1_error": e, "test/top5_error": 0.0} for i, e in enumerate(test_errors)
+    ]
     (folder / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     (folder / "model_final.pth").write_bytes(b"finished")  # run_study does not train a finished run again
 
@@ -438,13 +496,25 @@ def test_tools_train_eval_and_degradation_end_to_end(tmp_path, imagenet_layout):
     cfg = _cfg_file(tmp_path, root, solver__max_iter=2, solver__steps=[])
 
     def tool(*args):
-        return subprocess.run([sys.executable, str(ROOT / "tools" / args[0]), *map(str, args[1:])],
-                              capture_output=True, text=True, env=env)
+        return subprocess.run(
+            [sys.executable, str(ROOT / "tools" / args[0]), *map(str, args[1:])],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
 
     r = tool("train_cls.py", cfg)
     assert r.returncode == 0, r.stderr
-    r = tool("eval_cls.py", cfg, "--weights", tmp_path / "out" / "model_final.pth", "--crops", "10crop",
-             "--output", tmp_path / "m.json")
+    r = tool(
+        "eval_cls.py",
+        cfg,
+        "--weights",
+        tmp_path / "out" / "model_final.pth",
+        "--crops",
+        "10crop",
+        "--output",
+        tmp_path / "m.json",
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "m.json").read_text())["crops"] == "10crop" and "top-5 error" in r.stdout
     r = tool("eval_cls.py", cfg, "--weights", tmp_path / "missing.pth")
@@ -456,10 +526,20 @@ def test_tools_train_eval_and_degradation_end_to_end(tmp_path, imagenet_layout):
     from restransfer.classification.synthetic import generate_shape_classes
 
     generate_shape_classes(shapes, num_train=40, num_test=20)
-    r = tool("degradation.py", ROOT / "configs" / "demo_degradation.yaml", "--depths", 8, "--output", tmp_path / "deg",
-             f"data.train=[{{image_root: {shapes / 'train'}, format: imagefolder}}]",
-             f"data.test={{image_root: {shapes / 'test'}, format: imagefolder}}",
-             "solver.max_iter=4", "solver.steps=[]", "test.eval_period=2", "log_period=1")
+    r = tool(
+        "degradation.py",
+        ROOT / "configs" / "demo_degradation.yaml",
+        "--depths",
+        8,
+        "--output",
+        tmp_path / "deg",
+        f"data.train=[{{image_root: {shapes / 'train'}, format: imagefolder}}]",
+        f"data.test={{image_root: {shapes / 'test'}, format: imagefolder}}",
+        "solver.max_iter=4",
+        "solver.steps=[]",
+        "test.eval_period=2",
+        "log_period=1",
+    )
     assert r.returncode == 0, r.stderr
     curves = json.loads((tmp_path / "deg" / "curves.json").read_text())
     assert sorted(curves) == ["plain-8", "resnet-8"] and curves["resnet-8"]["test_iteration"] == [2, 4]

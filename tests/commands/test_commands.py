@@ -1,5 +1,6 @@
 """The ``restransfer`` command: its subcommands, the tool each config picks, and the scripts in tools/ as thin
 entry points over the same code."""
+
 import importlib.util
 import json
 from pathlib import Path
@@ -56,11 +57,17 @@ def test_usage_unknown_command_and_version(capsys):
     assert capsys.readouterr().out.startswith("restransfer ")
 
 
-@pytest.mark.parametrize("config, tool", [
-    ("coco_faster_rcnn_r101", train_det), ("demo_shapes_mask_rcnn_r18", train_det),
-    ("torchvision/faster_rcnn_r50_fpn", train_det), ("cifar10_plain20", train_cls),
-    ("demo_transfer_cls_r18", train_cls), ("imagenet_cls_r101", train_cls),
-])
+@pytest.mark.parametrize(
+    "config, tool",
+    [
+        ("coco_faster_rcnn_r101", train_det),
+        ("demo_shapes_mask_rcnn_r18", train_det),
+        ("torchvision/faster_rcnn_r50_fpn", train_det),
+        ("cifar10_plain20", train_cls),
+        ("demo_transfer_cls_r18", train_cls),
+        ("imagenet_cls_r101", train_cls),
+    ],
+)
 def test_train_picks_the_tool_by_the_config(config, tool):
     assert train.select(["--resume", config, "solver.max_iter=5"]) is tool
     assert train.select([str(REPO / "configs" / f"{config}.yaml")]) is tool
@@ -73,14 +80,17 @@ def test_a_model_arch_override_or_a_user_file_decides_too(tmp_path):
     assert train.config_kind("coco_faster_rcnn_r101", ["model.arch=mask_rcnn"]) == "detection"
 
 
-@pytest.mark.parametrize("config, overrides, tool", [
-    ("coco_mask_rcnn_r101_fpn", [], eval_coco),
-    ("imagenet_det_faster_rcnn_r101", [], eval_imagenet_det),
-    ("imagenet_loc_faster_rcnn_r101", [], eval_imagenet_loc),
-    ("cifar10_resnet56", [], eval_cls),
-    ("demo_voc_shapes", [], evaluate),  # PASCAL VOC: the registered evaluator through engine/evaluate
-    ("coco_faster_rcnn_r101", ["test.evaluator=voc"], evaluate),  # the config's evaluator, not its format
-])
+@pytest.mark.parametrize(
+    "config, overrides, tool",
+    [
+        ("coco_mask_rcnn_r101_fpn", [], eval_coco),
+        ("imagenet_det_faster_rcnn_r101", [], eval_imagenet_det),
+        ("imagenet_loc_faster_rcnn_r101", [], eval_imagenet_loc),
+        ("cifar10_resnet56", [], eval_cls),
+        ("demo_voc_shapes", [], evaluate),  # PASCAL VOC: the registered evaluator through engine/evaluate
+        ("coco_faster_rcnn_r101", ["test.evaluator=voc"], evaluate),  # the config's evaluator, not its format
+    ],
+)
 def test_eval_picks_the_protocol_of_the_test_set(config, overrides, tool):
     assert evaluate.select([config, "--weights", "w.pth", *overrides]) is tool
 
@@ -102,16 +112,27 @@ def test_the_command_runs_the_chosen_tool_with_the_same_arguments(monkeypatch):
     assert commands.main(["train", "cifar10_resnet20", "--restart", "solver.max_iter=1"]) == 0
     assert commands.main(["eval", "imagenet_loc_faster_rcnn_r101", "--weights", "w.pth", "--mode", "gt_class"]) == 0
     assert commands.main(["--debug", "export", "coco_faster_rcnn_r101", "--format", "onnx"]) == 0
-    assert calls == [("train_cls", ["cifar10_resnet20", "--restart", "solver.max_iter=1"]),
-                     ("eval_loc", ["imagenet_loc_faster_rcnn_r101", "--weights", "w.pth", "--mode", "gt_class"]),
-                     ("export", ["coco_faster_rcnn_r101", "--format", "onnx"])]  # run_tool took --debug
+    assert calls == [
+        ("train_cls", ["cifar10_resnet20", "--restart", "solver.max_iter=1"]),
+        ("eval_loc", ["imagenet_loc_faster_rcnn_r101", "--weights", "w.pth", "--mode", "gt_class"]),
+        ("export", ["coco_faster_rcnn_r101", "--format", "onnx"]),
+    ]  # run_tool took --debug
 
 
-@pytest.mark.parametrize("tool, module", [
-    ("train_det", train_det), ("train_cls", train_cls), ("eval_coco", eval_coco),
-    ("eval_imagenet_det", eval_imagenet_det), ("eval_imagenet_loc", eval_imagenet_loc), ("eval_cls", eval_cls),
-    ("demo", demo), ("export", export), ("analyze_coco", analyze_coco),
-])
+@pytest.mark.parametrize(
+    "tool, module",
+    [
+        ("train_det", train_det),
+        ("train_cls", train_cls),
+        ("eval_coco", eval_coco),
+        ("eval_imagenet_det", eval_imagenet_det),
+        ("eval_imagenet_loc", eval_imagenet_loc),
+        ("eval_cls", eval_cls),
+        ("demo", demo),
+        ("export", export),
+        ("analyze_coco", analyze_coco),
+    ],
+)
 def test_each_tool_script_runs_the_package_code(tool, module):
     spec = importlib.util.spec_from_file_location(f"{tool}_script", REPO / "tools" / f"{tool}.py")
     script = importlib.util.module_from_spec(spec)
@@ -124,20 +145,30 @@ def test_each_tool_script_runs_the_package_code(tool, module):
 def test_train_then_eval_through_the_command(shapes, tiny_overrides, tmp_path, capsys):
     """A packaged config by name on a small set: train, then ``restransfer eval`` (COCO's tool) and the generic
     protocol run agree on the checkpoint's AP."""
-    data = [f"data.train=[{{json: {shapes / 'annotations' / 'train.json'}, image_root: {shapes / 'train'}}}]",
-            f"data.test={{json: {shapes / 'annotations' / 'val.json'}, image_root: {shapes / 'val'}}}"]
+    data = [
+        f"data.train=[{{json: {shapes / 'annotations' / 'train.json'}, image_root: {shapes / 'train'}}}]",
+        f"data.test={{json: {shapes / 'annotations' / 'val.json'}, image_root: {shapes / 'val'}}}",
+    ]
     tiny = tiny_overrides("training", *KEEP_ALL) + data
     out = tmp_path / "train"
     assert commands.main(["train", "demo_shapes_mask_rcnn_r18", *tiny, f"output_dir={out}"]) == 0
     trained = json.loads((out / "metrics.json").read_text())
     capsys.readouterr()
     weights = str(out / "model_final.pth")
-    assert commands.main(["eval", "demo_shapes_mask_rcnn_r18", "--weights", weights, *tiny,
-                          f"output_dir={tmp_path / 'eval'}"]) == 0
+    assert (
+        commands.main(
+            ["eval", "demo_shapes_mask_rcnn_r18", "--weights", weights, *tiny, f"output_dir={tmp_path / 'eval'}"]
+        )
+        == 0
+    )
     assert "bbox AP" in capsys.readouterr().out
     again = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert evaluate.main_protocol(["demo_shapes_mask_rcnn_r18", "--weights", weights, *tiny,
-                                   f"output_dir={tmp_path / 'protocol'}"]) == 0
+    assert (
+        evaluate.main_protocol(
+            ["demo_shapes_mask_rcnn_r18", "--weights", weights, *tiny, f"output_dir={tmp_path / 'protocol'}"]
+        )
+        == 0
+    )
     generic = json.loads((tmp_path / "protocol" / "metrics.json").read_text())
     for metrics in (again, generic):
         for kind in ("bbox", "segm"):

@@ -4,6 +4,7 @@ user's errors, 1 for internal errors, 130 when interrupted, no traceback unless 
 The subprocess cases run each tool as a user does, one cheap failure each; the in-process cases check
 ``restransfer.cli`` itself (status codes, messages for errors that are hard to provoke for real, such as a
 full disk)."""
+
 import argparse
 import errno
 import json
@@ -20,10 +21,13 @@ REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / "tools"
 MASK_CONFIG = REPO / "configs" / "torchvision" / "mask_rcnn_r50_fpn.yaml"
 TRAIN_CONFIG = REPO / "configs" / "coco_faster_rcnn_r101.yaml"
+
+
 def _run(tool, *args, env_extra=None):
     env = {**os.environ, "RESTRANSFER_NO_PROGRESS": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, str(TOOLS / tool), *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, str(TOOLS / tool), *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True
+    )
 
 
 def _assert_user_error(proc, *names):
@@ -34,7 +38,7 @@ def _assert_user_error(proc, *names):
     lines = proc.stderr.splitlines()
     starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
     assert starts, proc.stderr[-3000:]
-    report = "\n".join(lines[starts[-1]:])
+    report = "\n".join(lines[starts[-1] :])
     for name in names:
         assert str(name) in report, (name, report)
 
@@ -56,10 +60,11 @@ def files(tmp_path_factory):
     rng = np.random.default_rng(0)
     (root / "random.pth").write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
     (root / "a_file").write_text("not a folder\n")
-    gt = {"images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}],
-          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 20], "area": 400,
-                           "iscrowd": 0}],
-          "categories": [{"id": 1, "name": "square"}]}
+    gt = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 64}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 20], "area": 400, "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "square"}],
+    }
     (root / "gt.json").write_text(json.dumps(gt))
     (root / "results.json").write_text('[{"image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 20],\n "score": }]')
     (root / "good_results.json").write_text('[{"image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 20], "score": 1}]')
@@ -68,6 +73,7 @@ def files(tmp_path_factory):
 
 
 # --- eval_coco ---------------------------------------------------------------------------------------
+
 
 def test_eval_coco_invalid_results_json_names_file_and_line_and_debug_shows_traceback(files):
     args = ["--gt", files / "gt.json", "--results", files / "results.json"]
@@ -85,12 +91,21 @@ def test_eval_coco_output_below_a_file_names_the_path(files):
 
 @pytest.mark.slow  # a tool process that imports torch (~7 s)
 def test_eval_coco_damaged_checkpoint_names_it(files, tiny):
-    proc = _run("eval_coco.py", MASK_CONFIG, "--weights", files / "random.pth", *tiny, "model.num_classes=1",
-                f"data.test={{json: {files / 'gt.json'}, image_root: {files}}}", f"output_dir={files / 'eval'}")
+    proc = _run(
+        "eval_coco.py",
+        MASK_CONFIG,
+        "--weights",
+        files / "random.pth",
+        *tiny,
+        "model.num_classes=1",
+        f"data.test={{json: {files / 'gt.json'}, image_root: {files}}}",
+        f"output_dir={files / 'eval'}",
+    )
     _assert_user_error(proc, files / "random.pth")
 
 
 # --- train_det ---------------------------------------------------------------------------------------
+
 
 def test_train_det_missing_config(tmp_path):
     _assert_user_error(_run("train_det.py", tmp_path / "nope.yaml"), tmp_path / "nope.yaml")
@@ -104,23 +119,36 @@ def test_train_det_bad_override_names_the_key():
 @pytest.mark.slow  # a tool process that imports torch (~7 s)
 def test_train_det_output_dir_that_cannot_be_created(files, coco_root, tiny):
     out = files / "a_file" / "run"
-    proc = _run("train_det.py", TRAIN_CONFIG, *tiny, f"output_dir={out}",
-                env_extra={"RESTRANSFER_DATASETS": str(coco_root)})
+    proc = _run(
+        "train_det.py", TRAIN_CONFIG, *tiny, f"output_dir={out}", env_extra={"RESTRANSFER_DATASETS": str(coco_root)}
+    )
     _assert_user_error(proc, files / "a_file", "output_dir=")
 
 
 @pytest.mark.slow  # a tool process that imports torch (~7 s)
 def test_train_det_missing_dataset_names_the_path_and_the_docs(tmp_path, tiny):
-    proc = _run("train_det.py", TRAIN_CONFIG, *tiny, f"output_dir={tmp_path / 'o'}",
-                env_extra={"RESTRANSFER_DATASETS": str(tmp_path / "nowhere")})
-    _assert_user_error(proc, tmp_path / "nowhere" / "coco" / "annotations" / "instances_train2017.json",
-                       "datasets/README.md")
+    proc = _run(
+        "train_det.py",
+        TRAIN_CONFIG,
+        *tiny,
+        f"output_dir={tmp_path / 'o'}",
+        env_extra={"RESTRANSFER_DATASETS": str(tmp_path / "nowhere")},
+    )
+    _assert_user_error(
+        proc, tmp_path / "nowhere" / "coco" / "annotations" / "instances_train2017.json", "datasets/README.md"
+    )
 
 
 @pytest.mark.slow  # a tool process that imports torch (~7 s)
 def test_train_det_missing_weights_file(tmp_path, coco_root, tiny):
-    proc = _run("train_det.py", TRAIN_CONFIG, *tiny, f"model.weights={tmp_path / 'missing.pth'}",
-                f"output_dir={tmp_path / 'o'}", env_extra={"RESTRANSFER_DATASETS": str(coco_root)})
+    proc = _run(
+        "train_det.py",
+        TRAIN_CONFIG,
+        *tiny,
+        f"model.weights={tmp_path / 'missing.pth'}",
+        f"output_dir={tmp_path / 'o'}",
+        env_extra={"RESTRANSFER_DATASETS": str(coco_root)},
+    )
     _assert_user_error(proc, tmp_path / "missing.pth")
 
 
@@ -134,17 +162,33 @@ def test_train_det_resume_from_a_damaged_checkpoint_names_it(files, tmp_path, ti
     out = tmp_path / "run"
     out.mkdir()
     (out / "model_final.pth").write_bytes((files / "random.pth").read_bytes())
-    proc = _run("train_det.py", TRAIN_CONFIG, "--resume", *tiny, f"output_dir={out}",
-                env_extra={"RESTRANSFER_DATASETS": str(tmp_path / "nowhere")})
+    proc = _run(
+        "train_det.py",
+        TRAIN_CONFIG,
+        "--resume",
+        *tiny,
+        f"output_dir={out}",
+        env_extra={"RESTRANSFER_DATASETS": str(tmp_path / "nowhere")},
+    )
     _assert_user_error(proc, out / "model_final.pth")
 
 
 # --- demo, export, benchmark -------------------------------------------------------------------------
 
+
 @pytest.mark.slow  # a tool process that imports torch (~7 s)
 def test_demo_missing_weights_and_missing_input(files, tmp_path, tiny):
-    proc = _run("demo.py", MASK_CONFIG, "--weights", tmp_path / "missing.pth", "--input", files / "a.png",
-                "--output", tmp_path / "out", *tiny)
+    proc = _run(
+        "demo.py",
+        MASK_CONFIG,
+        "--weights",
+        tmp_path / "missing.pth",
+        "--input",
+        files / "a.png",
+        "--output",
+        tmp_path / "out",
+        *tiny,
+    )
     _assert_user_error(proc, tmp_path / "missing.pth")
     proc = _run("demo.py", MASK_CONFIG, "--input", tmp_path / "no_images", "--output", tmp_path / "out", *tiny)
     _assert_user_error(proc, tmp_path / "no_images")
@@ -158,8 +202,20 @@ def test_demo_output_below_a_file(files, tiny):
 
 @pytest.mark.slow  # a tool process that imports torch (~7 s)
 def test_export_damaged_checkpoint(files, tmp_path, tiny):
-    proc = _run("export.py", MASK_CONFIG, "--weights", files / "random.pth", "--format", "onnx", "--output",
-                tmp_path / "m.onnx", "--size", 64, 64, *tiny)
+    proc = _run(
+        "export.py",
+        MASK_CONFIG,
+        "--weights",
+        files / "random.pth",
+        "--format",
+        "onnx",
+        "--output",
+        tmp_path / "m.onnx",
+        "--size",
+        64,
+        64,
+        *tiny,
+    )
     _assert_user_error(proc, files / "random.pth")
 
 
@@ -171,25 +227,44 @@ def test_benchmark_bad_override():
 
 # --- ImageNet tools ----------------------------------------------------------------------------------
 
+
 def test_imagenet_tools_missing_files(tmp_path):
     missing = tmp_path / "map_det.txt"
     (tmp_path / "sub.txt").write_text("1 1 0.9 0 0 9 9\n")
     (tmp_path / "val.txt").write_text("a 1\n")
     (tmp_path / "ann").mkdir()
-    proc = _run("eval_imagenet_det.py", "--submission", tmp_path / "sub.txt", "--annotations", tmp_path / "ann",
-                "--image-list", tmp_path / "val.txt", "--synsets", missing)
+    proc = _run(
+        "eval_imagenet_det.py",
+        "--submission",
+        tmp_path / "sub.txt",
+        "--annotations",
+        tmp_path / "ann",
+        "--image-list",
+        tmp_path / "val.txt",
+        "--synsets",
+        missing,
+    )
     _assert_user_error(proc, missing)
-    proc = _run("eval_imagenet_loc.py", "--submission", tmp_path / "sub.txt", "--solution", tmp_path / "sol.csv",
-                "--synsets", tmp_path / "LOC_synset_mapping.txt")
+    proc = _run(
+        "eval_imagenet_loc.py",
+        "--submission",
+        tmp_path / "sub.txt",
+        "--solution",
+        tmp_path / "sol.csv",
+        "--synsets",
+        tmp_path / "LOC_synset_mapping.txt",
+    )
     _assert_user_error(proc)
     assert str(tmp_path / "sol.csv") in proc.stderr or str(tmp_path / "LOC_synset_mapping.txt") in proc.stderr
 
 
 # --- restransfer.cli in process ----------------------------------------------------------------------
 
+
 def _raiser(exc):
     def main(argv):
         raise exc
+
     return main
 
 
@@ -241,8 +316,9 @@ def test_eval_coco_disk_full_while_writing_metrics(files, tmp_path, monkeypatch,
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr("restransfer.commands.eval_coco.write_metrics", full_disk)  # the code the tool runs
-    code = cli.run_tool(tool.main, ["--gt", str(files / "gt.json"), "--results", str(files / "good_results.json"),
-                                    "--output", str(out)])
+    code = cli.run_tool(
+        tool.main, ["--gt", str(files / "gt.json"), "--results", str(files / "good_results.json"), "--output", str(out)]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: while writing to " + str(out)) and "free space" in err
@@ -254,8 +330,10 @@ def test_out_of_memory_names_the_setting(capsys):
     oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     assert cli.run_tool(_raiser(oom), [], memory_hint=cli.EVAL_MEMORY_HINT) == 2
     assert "test.ims_per_batch" in capsys.readouterr().err
-    cpu_oom = RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you "
-                           "tried to allocate 400000000000000 bytes")
+    cpu_oom = RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you "
+        "tried to allocate 400000000000000 bytes"
+    )
     assert cli.run_tool(_raiser(cpu_oom), [], memory_hint=cli.TRAIN_MEMORY_HINT) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: out of memory") and "solver.ims_per_" in err and "input.min_size_train" in err
@@ -263,8 +341,9 @@ def test_out_of_memory_names_the_setting(capsys):
 
 def test_internal_error_exit_1_and_debug_reraises(capsys):
     assert cli.run_tool(_raiser(KeyError("boxes")), []) == 1
-    assert capsys.readouterr().err == ("error: internal error (KeyError: 'boxes'); "
-                                       "rerun with --debug for the traceback\n")
+    assert capsys.readouterr().err == (
+        "error: internal error (KeyError: 'boxes'); rerun with --debug for the traceback\n"
+    )
     with pytest.raises(KeyError):
         cli.run_tool(_raiser(KeyError("boxes")), ["--debug"])
     with pytest.raises(ValueError):
@@ -281,18 +360,21 @@ def test_closed_output_pipe_ends_quietly_with_141(args):
     """``tool --help | head -1``: the reader of stdout is gone before the tool writes (here from the start,
     so every write fails): exit status 141, nothing on stderr, no traceback; an unrelated broken pipe is
     still reported as an error."""
-    code = ("import sys\nfrom restransfer.cli import run_tool, training_parser\n"
-            "def main(argv):\n"
-            "    if argv == ['--lines']:\n"
-            "        for i in range(100000):\n"
-            "            print('line', i)\n"
-            "    training_parser('t').parse_args(argv)\n"
-            "sys.exit(run_tool(main))\n")
+    code = (
+        "import sys\nfrom restransfer.cli import run_tool, training_parser\n"
+        "def main(argv):\n"
+        "    if argv == ['--lines']:\n"
+        "        for i in range(100000):\n"
+        "            print('line', i)\n"
+        "    training_parser('t').parse_args(argv)\n"
+        "sys.exit(run_tool(main))\n"
+    )
     read, write = os.pipe()
     os.close(read)
     try:
-        proc = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, stdout=write, stderr=subprocess.PIPE,
-                              text=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *args], cwd=REPO, stdout=write, stderr=subprocess.PIPE, text=True
+        )
     finally:
         os.close(write)
     assert (proc.returncode, proc.stderr) == (141, "")
@@ -342,13 +424,22 @@ def test_every_user_error_name_resolves_to_an_exception_class():
 
 # --- input errors exit 2, anything else is an internal error (exit 1) --------------------------------
 
+
 def _input_errors():
     """One instance of each of the toolkit's input-error types, as the toolkit raises them."""
     from restransfer.data.ilsvrc import IlsvrcFormatError
     from restransfer.data.image_io import CorruptImageError
     from restransfer.data.voc import VocFormatError
-    from restransfer.errors import (CheckpointError, ConfigError, DataError, DeviceError, NonFiniteLossError,
-                                    OutputDirLocked, TrainingOutOfMemory, WeightsError)
+    from restransfer.errors import (
+        CheckpointError,
+        ConfigError,
+        DataError,
+        DeviceError,
+        NonFiniteLossError,
+        OutputDirLocked,
+        TrainingOutOfMemory,
+        WeightsError,
+    )
 
     return [
         ConfigError("a.yaml:3: solver.lr: unknown key; did you mean solver.base_lr?"),
@@ -359,8 +450,9 @@ def _input_errors():
         CheckpointError("run/model_final.pth: checksum mismatch"),
         OutputDirLocked("run: another run (pid 4242) uses this output_dir; wait for it or choose another"),
         NonFiniteLossError("iteration 12: the loss is nan (loss_rpn_box_reg=nan); last good checkpoint: none"),
-        TrainingOutOfMemory("iteration 3: out of memory on cpu computing 2 image(s) per forward/backward. "
-                            "Lower solver.ims_per_device"),
+        TrainingOutOfMemory(
+            "iteration 3: out of memory on cpu computing 2 image(s) per forward/backward. Lower solver.ims_per_device"
+        ),
         DeviceError("device=cuda: CUDA was requested but PyTorch sees no CUDA GPU here; set device=cpu"),
         CorruptImageError("images/a.png: not a decodable image (truncated PNG)"),
     ]
@@ -372,10 +464,18 @@ def test_each_input_error_type_exits_2_with_its_message(error, capsys):
     assert capsys.readouterr().err == f"error: {error}\n"
 
 
-@pytest.mark.parametrize("error", [ValueError("boom"), KeyError("boxes"), TypeError("'NoneType' object is not "
-                                   "subscriptable"), RuntimeError("expected scalar type Float but found Half"),
-                                   IndexError("list index out of range"), AssertionError()],
-                         ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("boom"),
+        KeyError("boxes"),
+        TypeError("'NoneType' object is not subscriptable"),
+        RuntimeError("expected scalar type Float but found Half"),
+        IndexError("list index out of range"),
+        AssertionError(),
+    ],
+    ids=lambda e: type(e).__name__,
+)
 def test_any_other_exception_is_an_internal_error(error, capsys):
     """A bare builtin exception is a bug whatever its type: the toolkit raises its own types for input."""
     assert cli.run_tool(_raiser(error), []) == 1
@@ -419,22 +519,35 @@ def test_a_bug_inside_a_tool_is_an_internal_error(files, monkeypatch, capsys):
 
 def test_a_bug_inside_a_tool_process_exits_1_without_traceback(files):
     """The same as a user sees it: a tool process whose evaluation hits a KeyError."""
-    code = ("import runpy, sys\n"
-            "import restransfer.evaluation.coco as coco\n"
-            "def bug(*args, **kwargs):\n"
-            "    return {}['boxes']\n"
-            "coco.check_results = bug\n"
-            f"sys.argv = [{str(TOOLS / 'eval_coco.py')!r}] + sys.argv[1:]\n"
-            "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    code = (
+        "import runpy, sys\n"
+        "import restransfer.evaluation.coco as coco\n"
+        "def bug(*args, **kwargs):\n"
+        "    return {}['boxes']\n"
+        "coco.check_results = bug\n"
+        f"sys.argv = [{str(TOOLS / 'eval_coco.py')!r}] + sys.argv[1:]\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    )
     args = ["--gt", files / "gt.json", "--results", files / "good_results.json"]
-    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "RESTRANSFER_NO_PROGRESS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RESTRANSFER_NO_PROGRESS": "1"},
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
-    assert proc.stderr.splitlines()[-1] == ("error: internal error (KeyError: 'boxes'); rerun with --debug for the "
-                                            "traceback"), proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[-1] == (
+        "error: internal error (KeyError: 'boxes'); rerun with --debug for the traceback"
+    ), proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    proc = subprocess.run([sys.executable, "-c", code, *map(str, args), "--debug"], cwd=REPO, capture_output=True,
-                          text=True, env={**os.environ, "RESTRANSFER_NO_PROGRESS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args), "--debug"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RESTRANSFER_NO_PROGRESS": "1"},
+    )
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "KeyError: 'boxes'" in proc.stderr
 
 
@@ -447,18 +560,26 @@ def test_multi_line_messages_print_one_error_line(capsys):
     assert capsys.readouterr().err == "error: gt.json: 2 problems:\n  annotations[1]: no bbox\n"
     assert cli.run_tool(_raiser(DataError("\n")), []) == 2
     assert capsys.readouterr().err == "error: DataError\n"
-    dump = ("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
-            '  File "/site-packages/torch/utils/data/_utils/worker.py", line 349, in _worker_loop\n'
-            "    data = fetcher.fetch(index)\n"
-            "restransfer.errors.DataError: shapes: none of the 3 images under /data can be decoded\n")
+    dump = (
+        "Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "/site-packages/torch/utils/data/_utils/worker.py", line 349, in _worker_loop\n'
+        "    data = fetcher.fetch(index)\n"
+        "restransfer.errors.DataError: shapes: none of the 3 images under /data can be decoded\n"
+    )
     assert cli.run_tool(_raiser(DataError(dump)), []) == 2
-    assert capsys.readouterr().err == ("error: Caught DataError in DataLoader worker process 0: DataError: shapes: "
-                                       "none of the 3 images under /data can be decoded\n")
-    spawned = ('\n\n-- Process 0 terminated with the following error:\nTraceback (most recent call last):\n'
-               '  File "train.py", line 3, in run\n    step()\nValueError: boom\n')
+    assert capsys.readouterr().err == (
+        "error: Caught DataError in DataLoader worker process 0: DataError: shapes: "
+        "none of the 3 images under /data can be decoded\n"
+    )
+    spawned = (
+        "\n\n-- Process 0 terminated with the following error:\nTraceback (most recent call last):\n"
+        '  File "train.py", line 3, in run\n    step()\nValueError: boom\n'
+    )
     assert cli.run_tool(_raiser(RuntimeError(spawned)), []) == 1
-    assert capsys.readouterr().err == ("error: internal error (RuntimeError: -- Process 0 terminated with the "
-                                       "following error: ValueError: boom); rerun with --debug for the traceback\n")
+    assert capsys.readouterr().err == (
+        "error: internal error (RuntimeError: -- Process 0 terminated with the "
+        "following error: ValueError: boom); rerun with --debug for the traceback\n"
+    )
 
 
 class _UnreadableImages:
@@ -480,8 +601,9 @@ def test_input_error_in_a_data_loader_worker_is_one_line_exit_2(capsys):
         next(iter(DataLoader(_UnreadableImages(), num_workers=1)))
 
     assert cli.run_tool(main, []) == 2
-    assert capsys.readouterr().err == ("error: Caught DataError in DataLoader worker process 0: DataError: shapes: "
-                                       "image 0 cannot be decoded\n")
+    assert capsys.readouterr().err == (
+        "error: Caught DataError in DataLoader worker process 0: DataError: shapes: image 0 cannot be decoded\n"
+    )
 
 
 def _read_config(path):
@@ -508,13 +630,17 @@ def _read_scores(path):
     load_classifier_scores(path)
 
 
-@pytest.mark.parametrize("reader, name, content", [
-    (_read_config, "c.yaml", b"model:\n  arch: mask_rcnn  # r\xe9sum\xe9\n"),
-    (_read_class_list, "map_clsloc.txt", b"n01440764 1 tench\nn01443537 2 goldfish\xff\n"),
-    (_read_image_list, "val.txt", b"ILSVRC2013_val_00000001 1\n\x89PNG\r\n"),
-    (_read_scores, "scores.txt", b"0.1 0.9\nnot numbers\n"),
-    (_read_scores, "scores.npy", b"\x93NUMPY but damaged"),
-], ids=["config", "class list", "image list", "text scores", "npy scores"])
+@pytest.mark.parametrize(
+    "reader, name, content",
+    [
+        (_read_config, "c.yaml", b"model:\n  arch: mask_rcnn  # r\xe9sum\xe9\n"),
+        (_read_class_list, "map_clsloc.txt", b"n01440764 1 tench\nn01443537 2 goldfish\xff\n"),
+        (_read_image_list, "val.txt", b"ILSVRC2013_val_00000001 1\n\x89PNG\r\n"),
+        (_read_scores, "scores.txt", b"0.1 0.9\nnot numbers\n"),
+        (_read_scores, "scores.npy", b"\x93NUMPY but damaged"),
+    ],
+    ids=["config", "class list", "image list", "text scores", "npy scores"],
+)
 def test_unreadable_input_files_are_input_errors(tmp_path, reader, name, content, capsys):
     """Bytes that are not UTF-8, or a score file that is not a number matrix: Python and numpy raise a bare
     ValueError for these (UnicodeDecodeError, ...); the readers turn them into input errors naming the file."""

@@ -1,4 +1,5 @@
 """The command-line tools as a user runs them, on a tiny COCO-layout folder built here."""
+
 import json
 import os
 import subprocess
@@ -24,8 +25,11 @@ def _run(args, cwd, env_extra=None):
 def test_coco_configs_train_and_evaluate_on_a_coco_layout(coco_root, tiny_overrides, tmp_path, config):
     out = tmp_path / "out"
     tiny = tiny_overrides("training", *KEEP_ALL)
-    proc = _run([REPO / "tools" / "train_det.py", REPO / "configs" / config, *tiny, f"output_dir={out}"], tmp_path,
-                {"RESTRANSFER_DATASETS": str(coco_root)})
+    proc = _run(
+        [REPO / "tools" / "train_det.py", REPO / "configs" / config, *tiny, f"output_dir={out}"],
+        tmp_path,
+        {"RESTRANSFER_DATASETS": str(coco_root)},
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "bbox AP" in proc.stdout and "per-category" in proc.stdout
     metrics = json.loads((out / "metrics.json").read_text())
@@ -36,16 +40,39 @@ def test_coco_configs_train_and_evaluate_on_a_coco_layout(coco_root, tiny_overri
 
     # evaluating the checkpoint again gives the same numbers ...
     again = tmp_path / "again.json"
-    proc = _run([REPO / "tools" / "eval_coco.py", REPO / "configs" / config, "--weights", out / "model_final.pth",
-                 "--output", again, *tiny, f"output_dir={tmp_path / 'eval'}"], tmp_path,
-                {"RESTRANSFER_DATASETS": str(coco_root)})
+    proc = _run(
+        [
+            REPO / "tools" / "eval_coco.py",
+            REPO / "configs" / config,
+            "--weights",
+            out / "model_final.pth",
+            "--output",
+            again,
+            *tiny,
+            f"output_dir={tmp_path / 'eval'}",
+        ],
+        tmp_path,
+        {"RESTRANSFER_DATASETS": str(coco_root)},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(again.read_text())["bbox"]["AP"] == pytest.approx(metrics["bbox"]["AP"], nan_ok=True)
     # ... and so does the results file through the --gt/--results mode
     from_file = tmp_path / "from_file.json"
     iou = ["bbox", "segm"] if "mask" in config else ["bbox"]
-    proc = _run([REPO / "tools" / "eval_coco.py", "--gt", coco_root / "coco" / "annotations" / "instances_val2017.json",
-                 "--results", out / "coco_results.json", "--iou-type", *iou, "--output", from_file], tmp_path)
+    proc = _run(
+        [
+            REPO / "tools" / "eval_coco.py",
+            "--gt",
+            coco_root / "coco" / "annotations" / "instances_val2017.json",
+            "--results",
+            out / "coco_results.json",
+            "--iou-type",
+            *iou,
+            "--output",
+            from_file,
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     for t in iou:
         assert json.loads(from_file.read_text())[t]["AP"] == pytest.approx(metrics[t]["AP"], nan_ok=True)
@@ -57,8 +84,14 @@ def test_eval_only_uses_the_last_checkpoint(coco_root, tiny_overrides, tmp_path)
     tiny = tiny_overrides("training", *KEEP_ALL)
     env = {"RESTRANSFER_DATASETS": str(coco_root)}
     cfg = REPO / "configs" / "coco_faster_rcnn_r101_fpn.yaml"
-    assert _run([REPO / "tools" / "train_det.py", cfg, *tiny, f"output_dir={out}", "solver.checkpoint_period=1"],
-                tmp_path, env).returncode == 0
+    assert (
+        _run(
+            [REPO / "tools" / "train_det.py", cfg, *tiny, f"output_dir={out}", "solver.checkpoint_period=1"],
+            tmp_path,
+            env,
+        ).returncode
+        == 0
+    )
     (out / "metrics.json").unlink()
     proc = _run([REPO / "tools" / "train_det.py", cfg, "--eval-only", *tiny, f"output_dir={out}"], tmp_path, env)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -5,6 +5,7 @@ The new environment reaches torch and the other dependencies through a ``.pth`` 
 site-packages (an installed copy of each would take minutes and the network); a folder named by a ``.pth`` line is
 not scanned for ``.pth`` files of its own, so the editable install of this checkout stays out, and the wheel's
 files, in the new environment's own site-packages, come first on the path."""
+
 import importlib.util
 import json
 import os
@@ -64,8 +65,12 @@ def _env():
 
 def test_the_wheel_holds_the_configs_and_the_command(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    for config in ("demo_shapes_mask_rcnn_r18", "coco_faster_rcnn_r101", "cifar10_resnet20",
-                   "torchvision/faster_rcnn_r50_fpn"):
+    for config in (
+        "demo_shapes_mask_rcnn_r18",
+        "coco_faster_rcnn_r101",
+        "cifar10_resnet20",
+        "torchvision/faster_rcnn_r50_fpn",
+    ):
         assert f"restransfer/configs/{config}.yaml" in names
     assert len([n for n in names if n.startswith("restransfer/configs/")]) == len(list(REPO.glob("configs/**/*.yaml")))
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
@@ -75,8 +80,16 @@ def test_the_wheel_holds_the_configs_and_the_command(wheel):
 def test_the_installed_command_lists_configs_and_trains_the_demo(venv, tmp_path, tiny_overrides):
     work = tmp_path / "work"  # no configs/ and no package here: everything comes from the wheel
     work.mkdir()
-    where = _run([venv / "python", "-c", "import restransfer.commands, restransfer.model_zoo as z; "
-                  "print(restransfer.commands.__file__); print(z.CONFIG_DIR)"], work, _env()).stdout.split()
+    where = _run(
+        [
+            venv / "python",
+            "-c",
+            "import restransfer.commands, restransfer.model_zoo as z; "
+            "print(restransfer.commands.__file__); print(z.CONFIG_DIR)",
+        ],
+        work,
+        _env(),
+    ).stdout.split()
     for path in where:
         assert Path(path).resolve().is_relative_to(venv.parent.resolve()), where
 
@@ -87,11 +100,29 @@ def test_the_installed_command_lists_configs_and_trains_the_demo(venv, tmp_path,
 
     # the demo config reads datasets/shapes under the working folder; a small set there saves generating 2200
     # images (the same generator, from the wheel)
-    _run([venv / "python", "-c", "from restransfer.data.shapes import generate_shapes; "
-          "generate_shapes('datasets/shapes', num_train=8, num_val=4, image_size=64, seed=3)"], work, _env())
+    _run(
+        [
+            venv / "python",
+            "-c",
+            "from restransfer.data.shapes import generate_shapes; "
+            "generate_shapes('datasets/shapes', num_train=8, num_val=4, image_size=64, seed=3)",
+        ],
+        work,
+        _env(),
+    )
     out = work / "out"
-    proc = _run([venv / "restransfer", "train", "demo_shapes_mask_rcnn_r18", "solver.max_iter=2",
-                 *tiny_overrides("training", "model.roi_heads.score_thresh=0.0"), f"output_dir={out}"], work, _env())
+    proc = _run(
+        [
+            venv / "restransfer",
+            "train",
+            "demo_shapes_mask_rcnn_r18",
+            "solver.max_iter=2",
+            *tiny_overrides("training", "model.roi_heads.score_thresh=0.0"),
+            f"output_dir={out}",
+        ],
+        work,
+        _env(),
+    )
     assert "bbox AP" in proc.stdout and "segm AP" in proc.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"bbox", "segm"} <= set(metrics) and "AP50" in metrics["bbox"]

@@ -1,4 +1,5 @@
 """Packaged configs: addressed by name or by path, ``_base_`` across both, and the errors for unknown names."""
+
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,13 @@ def test_the_configs_live_in_the_package_and_the_clone_folder_links_there():
     assert CONFIG_DIR == REPO / "restransfer" / "configs"
     assert (REPO / "configs").resolve() == CONFIG_DIR
     names = config_names()
-    for name in ("coco_faster_rcnn_r101", "demo_shapes_mask_rcnn_r18", "cifar10_resnet20",
-                 "torchvision/faster_rcnn_r50_fpn", "torchvision/mask_rcnn_r50_fpn"):
+    for name in (
+        "coco_faster_rcnn_r101",
+        "demo_shapes_mask_rcnn_r18",
+        "cifar10_resnet20",
+        "torchvision/faster_rcnn_r50_fpn",
+        "torchvision/mask_rcnn_r50_fpn",
+    ):
         assert name in names
     # every file of the folder is listed once, the sub-folder's after the top level's
     assert len(names) == len(set(names)) == len(list(CONFIG_DIR.rglob("*.yaml")))
@@ -43,8 +49,9 @@ def test_an_existing_file_wins_over_a_packaged_name(tmp_path, monkeypatch):
     assert load_config("coco_faster_rcnn_r101").model.arch == "faster_rcnn"  # no file of that name here
 
 
-@pytest.mark.parametrize("base", ["coco_mask_rcnn_r101_fpn", "coco_mask_rcnn_r101_fpn.yaml",
-                                  "configs/coco_mask_rcnn_r101_fpn.yaml"])
+@pytest.mark.parametrize(
+    "base", ["coco_mask_rcnn_r101_fpn", "coco_mask_rcnn_r101_fpn.yaml", "configs/coco_mask_rcnn_r101_fpn.yaml"]
+)
 def test_a_user_file_outside_the_clone_bases_on_a_packaged_config(tmp_path, base):
     mine = tmp_path / "elsewhere" / "my_parts.yaml"
     mine.parent.mkdir()

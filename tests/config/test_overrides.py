@@ -1,5 +1,6 @@
 """How config values combine: mappings merge, lists replace, a dataset entry is replaced whole, in
 ``key=value`` overrides and ``_base_`` files alike; and the datasets README's example on the demo config."""
+
 import json
 import shutil
 from pathlib import Path
@@ -35,8 +36,9 @@ def test_a_mapping_above_an_entry_merges_down_to_the_entry_and_replaces_it():
 
 
 def test_lists_replace_and_mappings_merge():
-    cfg = load_config(DEMO, ["data.train=[{json: t.json, image_root: i}]", "solver={base_lr: 0.01}",
-                             "input.min_size_train=[96]"])
+    cfg = load_config(
+        DEMO, ["data.train=[{json: t.json, image_root: i}]", "solver={base_lr: 0.01}", "input.min_size_train=[96]"]
+    )
     assert len(cfg.data.train) == 1 and cfg.data.train[0].json == "t.json" and cfg.data.train[0].generate is None
     assert cfg.solver.base_lr == 0.01 and cfg.solver.max_iter == 1150  # solver's other keys kept
     assert list(cfg.input.min_size_train) == [96]
@@ -48,7 +50,8 @@ def test_a_child_file_replaces_dataset_entries_and_merges_the_rest(tmp_path):
     (tmp_path / "child.yaml").write_text(
         f"_base_: {DEMO}\n"
         "data:\n  test: {json: mine/val.json, image_root: mine/images}\n  num_workers: 0\n"
-        "solver: {base_lr: 0.01}\n")
+        "solver: {base_lr: 0.01}\n"
+    )
     cfg = load_config(tmp_path / "child.yaml")
     assert cfg.data.test.json == "mine/val.json" and cfg.data.test.generate is None
     assert cfg.data.train[0].generate == "shapes" and cfg.data.num_workers == 0
@@ -85,15 +88,28 @@ def test_the_datasets_readme_example_trains_and_evaluates_on_the_demo_config(sha
         for image in data["images"]:
             shutil.copy(shapes / split / image["file_name"], tmp_path / "JPEGImages" / f"{split}_{image['file_name']}")
             image["file_name"] = f"{split}_{image['file_name']}"
-        data["categories"] += [{"id": 4, "name": "star", "supercategory": "shape"},
-                               {"id": 5, "name": "ring", "supercategory": "shape"}]
+        data["categories"] += [
+            {"id": 4, "name": "star", "supercategory": "shape"},
+            {"id": 5, "name": "ring", "supercategory": "shape"},
+        ]
         (tmp_path / f"{split}.json").write_text(json.dumps(data))
-    as_written = ["model.arch=faster_rcnn", "model.num_classes=5",
-                  "data.train=[{json: train.json, image_root: JPEGImages}]",
-                  "data.test={json: val.json, image_root: JPEGImages}"]
-    short = ["solver.max_iter=2", "solver.warmup_iters=1", "solver.precision=fp32", "data.num_workers=0",
-             "input.min_size_train=[64]", "input.max_size_train=64", "input.min_size_test=64", "input.max_size_test=64",
-             f"output_dir={tmp_path / 'out'}"]
+    as_written = [
+        "model.arch=faster_rcnn",
+        "model.num_classes=5",
+        "data.train=[{json: train.json, image_root: JPEGImages}]",
+        "data.test={json: val.json, image_root: JPEGImages}",
+    ]
+    short = [
+        "solver.max_iter=2",
+        "solver.warmup_iters=1",
+        "solver.precision=fp32",
+        "data.num_workers=0",
+        "input.min_size_train=[64]",
+        "input.max_size_train=64",
+        "input.min_size_test=64",
+        "input.max_size_test=64",
+        f"output_dir={tmp_path / 'out'}",
+    ]
     metrics = train(load_config(DEMO, as_written + short))
     assert set(metrics["bbox"]["per_category"]) == {"circle", "triangle", "square", "star", "ring"}
     assert (tmp_path / "out" / "metrics.json").is_file()

@@ -1,5 +1,6 @@
 """Partly broken annotation data: training skips it with warnings, evaluation refuses it by name,
 ILSVRC XML readers reject non-finite coordinates, and image paths stay inside the image folder."""
+
 from __future__ import annotations
 
 import json
@@ -11,11 +12,11 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
-
 from helpers.imagenet_det_fixtures import WNIDS as DET_WNIDS
 from helpers.imagenet_det_fixtures import xml_text as det_xml_text
 from helpers.imagenet_loc_files import make_classes, write_kaggle_solution, write_map_clsloc
 from helpers.imagenet_loc_files import xml_text as loc_xml_text
+
 from restransfer.config import load_config
 from restransfer.data.build import build_test_dataset, build_train_dataset
 from restransfer.data.coco import CocoDataset, rle_counts, segmentation_problem
@@ -54,8 +55,10 @@ BROKEN = {
     "garbage RLE string": ("RLE", {"segmentation": {"size": [H, W], "counts": "zz~~garbage"}}),
     "negative RLE counts": ("RLE", {"segmentation": {"size": [H, W], "counts": [100, -40, H * W - 60]}}),
     "RLE counts not summing to h*w": ("RLE", {"segmentation": {"size": [H, W], "counts": [100, 40, 60]}}),
-    "compressed RLE of another size": ("RLE", {"segmentation": {"size": [H, W],
-                                                               "counts": _rle(_square(1, 3, 1, 3, 20, 20))["counts"]}}),
+    "compressed RLE of another size": (
+        "RLE",
+        {"segmentation": {"size": [H, W], "counts": _rle(_square(1, 3, 1, 3, 20, 20))["counts"]}},
+    ),
     "RLE without size": ("RLE", {"segmentation": {"counts": _good_rle["counts"]}}),
     "NaN box": ("box", {"bbox": [float("nan"), 2, 10, 10]}),
     "Infinity box": ("box", {"bbox": [2, 2, float("inf"), float("inf")]}),
@@ -86,15 +89,43 @@ def broken_dir(tmp_path):
         img_id = 100 + i
         images.append({"id": img_id, "file_name": file_name, "width": W, "height": H})
         x0 = 10 + 3 * i
-        anns.append({"id": 2 * i + 1, "image_id": img_id, "category_id": 1, "bbox": [x0, 20, 10, 8], "iscrowd": 0,
-                     "area": 80, "segmentation": _poly(x0, 20, x0 + 10, 28)})
+        anns.append(
+            {
+                "id": 2 * i + 1,
+                "image_id": img_id,
+                "category_id": 1,
+                "bbox": [x0, 20, 10, 8],
+                "iscrowd": 0,
+                "area": 80,
+                "segmentation": _poly(x0, 20, x0 + 10, 28),
+            }
+        )
         good[img_id] = [x0, 20, x0 + 10, 28]
-        anns.append({"id": 2 * i + 2, "image_id": img_id, "category_id": 1, "bbox": [4, 4, 16, 8], "iscrowd": 0,
-                     "area": 128, "segmentation": _good_rle, **fields})
+        anns.append(
+            {
+                "id": 2 * i + 2,
+                "image_id": img_id,
+                "category_id": 1,
+                "bbox": [4, 4, 16, 8],
+                "iscrowd": 0,
+                "area": 128,
+                "segmentation": _good_rle,
+                **fields,
+            }
+        )
     _png(root / "only_broken.png")
     images.append({"id": 999, "file_name": "only_broken.png", "width": W, "height": H})
-    anns.append({"id": 999, "image_id": 999, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": 0, "area": 25,
-                 "segmentation": [[1, 1, 6, 6]]})
+    anns.append(
+        {
+            "id": 999,
+            "image_id": 999,
+            "category_id": 1,
+            "bbox": [1, 1, 5, 5],
+            "iscrowd": 0,
+            "area": 25,
+            "segmentation": [[1, 1, 6, 6]],
+        }
+    )
     data = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}
     return {"json": _write_json(tmp_path / "broken.json", data), "images": root, "good": good, "data": data}
 
@@ -175,8 +206,9 @@ def test_json_without_annotations_is_an_error_and_an_empty_list_is_a_test_set(tm
     test_set = build_test_dataset(_cfg(f"data.test={{json: {empty}, image_root: {broken_dir['images']}}}"))
     assert len(test_set) == len(data["images"])
     with pytest.raises(ValueError, match=r"empty\.json has no usable (training images|annotations)"):
-        build_train_dataset(_cfg(f"data.train=[{{json: {empty}, image_root: {broken_dir['images']}}}]",
-                                 "data.filter_empty=false"))
+        build_train_dataset(
+            _cfg(f"data.train=[{{json: {empty}, image_root: {broken_dir['images']}}}]", "data.filter_empty=false")
+        )
 
 
 def test_training_with_only_broken_annotations_is_an_error(tmp_path, broken_dir):
@@ -184,8 +216,13 @@ def test_training_with_only_broken_annotations_is_an_error(tmp_path, broken_dir)
     data["annotations"] = [a for a in data["annotations"] if a["id"] % 2 == 0 or a["id"] == 999]
     path = _write_json(tmp_path / "all_broken.json", data)
     with pytest.raises(ValueError, match=r"all_broken\.json has no usable"):
-        build_train_dataset(_cfg(f"data.train=[{{json: {path}, image_root: {broken_dir['images']}}}]",
-                                 "model.arch=mask_rcnn", "data.filter_empty=false"))
+        build_train_dataset(
+            _cfg(
+                f"data.train=[{{json: {path}, image_root: {broken_dir['images']}}}]",
+                "model.arch=mask_rcnn",
+                "data.filter_empty=false",
+            )
+        )
 
 
 # ---------------------------------------------------------------------------------------------- paths
@@ -199,10 +236,13 @@ def escaping_dir(tmp_path):
     _png(tmp_path / "data" / "outside.png")
     _png(tmp_path / "absolute.png")
     names = {1: "inside.png", 2: "../outside.png", 3: str(tmp_path / "absolute.png"), 4: "sub/../inside.png"}
-    data = {"images": [{"id": i, "file_name": n, "width": W, "height": H} for i, n in names.items()],
-            "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [2, 2, 10, 10], "iscrowd": 0}
-                            for i in names],
-            "categories": [{"id": 1, "name": "thing"}]}
+    data = {
+        "images": [{"id": i, "file_name": n, "width": W, "height": H} for i, n in names.items()],
+        "annotations": [
+            {"id": i, "image_id": i, "category_id": 1, "bbox": [2, 2, 10, 10], "iscrowd": 0} for i in names
+        ],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
     return {"json": _write_json(tmp_path / "paths.json", data), "images": root}
 
 
@@ -230,23 +270,60 @@ def test_allow_outside_root_reads_them(escaping_dir):
 
 
 def _eval_gt(extra_ann=None):
-    gt = {"images": [{"id": 1, "width": W, "height": H, "file_name": "a.png"},
-                     {"id": 2, "width": W, "height": H, "file_name": "b.png"}],
-          "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [4, 4, 16, 8], "area": 128,
-                           "iscrowd": 0, "segmentation": _good_rle},
-                          {"id": 2, "image_id": 2, "category_id": 5, "bbox": [10, 20, 10, 8], "area": 80,
-                           "iscrowd": 0, "segmentation": _poly(10, 20, 20, 28)}],
-          "categories": [{"id": 5, "name": "thing"}, {"id": 6, "name": "other"}]}
+    gt = {
+        "images": [
+            {"id": 1, "width": W, "height": H, "file_name": "a.png"},
+            {"id": 2, "width": W, "height": H, "file_name": "b.png"},
+        ],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 5,
+                "bbox": [4, 4, 16, 8],
+                "area": 128,
+                "iscrowd": 0,
+                "segmentation": _good_rle,
+            },
+            {
+                "id": 2,
+                "image_id": 2,
+                "category_id": 5,
+                "bbox": [10, 20, 10, 8],
+                "area": 80,
+                "iscrowd": 0,
+                "segmentation": _poly(10, 20, 20, 28),
+            },
+        ],
+        "categories": [{"id": 5, "name": "thing"}, {"id": 6, "name": "other"}],
+    }
     if extra_ann is not None:
-        gt["annotations"].append({"id": 7, "image_id": 2, "category_id": 5, "bbox": [30, 30, 8, 8], "area": 64,
-                                  "iscrowd": 0, "segmentation": _poly(30, 30, 38, 38), **extra_ann})
+        gt["annotations"].append(
+            {
+                "id": 7,
+                "image_id": 2,
+                "category_id": 5,
+                "bbox": [30, 30, 8, 8],
+                "area": 64,
+                "iscrowd": 0,
+                "segmentation": _poly(30, 30, 38, 38),
+                **extra_ann,
+            }
+        )
     return gt
 
 
 def _good_results():
-    return [{"image_id": 1, "category_id": 5, "bbox": [4, 4, 16, 8], "score": 0.9, "segmentation": _good_rle},
-            {"image_id": 2, "category_id": 5, "bbox": [10, 20, 10, 8], "score": 0.8,
-             "segmentation": masks_to_rle(_square(20, 28, 10, 20)[None])[0]}]
+    return [
+        {"image_id": 1, "category_id": 5, "bbox": [4, 4, 16, 8], "score": 0.9, "segmentation": _good_rle},
+        {
+            "image_id": 2,
+            "category_id": 5,
+            "bbox": [10, 20, 10, 8],
+            "score": 0.8,
+            "segmentation": masks_to_rle(_square(20, 28, 10, 20)[None])[0],
+        },
+    ]
 
 
 def _errors(gt, results, iou_types):
@@ -283,13 +360,21 @@ RESULT_BREAKS = {
     "NaN score": ("bbox", {"score": float("nan")}, "score nan is not a finite number"),
     "garbage RLE string": ("segm", {"segmentation": {"size": [H, W], "counts": "zz~~garbage"}}, "malformed"),
     "RLE without size": ("segm", {"segmentation": {"counts": _good_rle["counts"]}}, "size"),
-    "RLE of another size": ("segm", {"segmentation": _rle(_square(1, 3, 1, 3, 20, 20))},
-                            r"differs from the image's [48, 64]"),
-    "RLE size lying": ("segm", {"segmentation": {"size": [H, W],
-                                                 "counts": _rle(_square(1, 3, 1, 3, 20, 20))["counts"]}},
-                       "summing to 400"),
-    "uncompressed RLE": ("segm", {"segmentation": {"size": [H, W], "counts": _runs(_square(4, 12, 4, 20))}},
-                         "compressed RLE"),
+    "RLE of another size": (
+        "segm",
+        {"segmentation": _rle(_square(1, 3, 1, 3, 20, 20))},
+        r"differs from the image's [48, 64]",
+    ),
+    "RLE size lying": (
+        "segm",
+        {"segmentation": {"size": [H, W], "counts": _rle(_square(1, 3, 1, 3, 20, 20))["counts"]}},
+        "summing to 400",
+    ),
+    "uncompressed RLE": (
+        "segm",
+        {"segmentation": {"size": [H, W], "counts": _runs(_square(4, 12, 4, 20))}},
+        "compressed RLE",
+    ),
     "polygon": ("segm", {"segmentation": _poly(4, 4, 20, 12)}, "compressed RLE"),
 }
 
@@ -370,25 +455,35 @@ def test_det_xml_non_finite_coordinate_names_file_and_line(tmp_path, value):
 def test_clsloc_xml_and_csv_non_finite_coordinates_are_errors(tmp_path, value):
     wnids, names, order = make_classes(3)
     synsets = read_synsets(write_map_clsloc(tmp_path / "map_clsloc.txt", order, dict(zip(wnids, names))))
-    img = {"name": "ILSVRC2012_val_00000001", "labels": [order[0]], "objects": [(order[0], (5, 6, 40, 30))],
-           "width": 64, "height": 48}
+    img = {
+        "name": "ILSVRC2012_val_00000001",
+        "labels": [order[0]],
+        "objects": [(order[0], (5, 6, 40, 30))],
+        "width": 64,
+        "height": 48,
+    }
     text = loc_xml_text(img)
     path = tmp_path / "x.xml"
     path.write_text(text.replace("<xmin>5</xmin>", f"<xmin>{value}</xmin>"))
     line = text.splitlines().index("\t\t\t<xmin>5</xmin>") + 1
     with pytest.raises(LocFormatError, match=rf"x\.xml:{line}: <xmin> is '{value}', not a finite number"):
         read_loc_xml(path, synsets)
-    csv_path = write_kaggle_solution(tmp_path / "LOC_val_solution.csv",
-                                     [{**img, "objects": [(order[0], (value, 6, 40, 30))]}])
+    csv_path = write_kaggle_solution(
+        tmp_path / "LOC_val_solution.csv", [{**img, "objects": [(order[0], (value, 6, 40, 30))]}]
+    )
     with pytest.raises(LocFormatError, match=rf"LOC_val_solution\.csv:2: coordinate '{value}' is not a finite"):
         read_kaggle_solution(csv_path, synsets)
 
 
-BILLION_LAUGHS = ('<?xml version="1.0"?>\n<!DOCTYPE annotation [\n<!ENTITY a "ha">\n'
-                  '<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">\n<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">\n]>\n'
-                  '<annotation><filename>&c;</filename></annotation>\n')
-EXTERNAL_ENTITY = ('<?xml version="1.0"?>\n<!DOCTYPE annotation [<!ENTITY secret SYSTEM "file:///etc/passwd">]>\n'
-                   '<annotation><filename>&secret;</filename></annotation>\n')
+BILLION_LAUGHS = (
+    '<?xml version="1.0"?>\n<!DOCTYPE annotation [\n<!ENTITY a "ha">\n'
+    '<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">\n<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">\n]>\n'
+    "<annotation><filename>&c;</filename></annotation>\n"
+)
+EXTERNAL_ENTITY = (
+    '<?xml version="1.0"?>\n<!DOCTYPE annotation [<!ENTITY secret SYSTEM "file:///etc/passwd">]>\n'
+    "<annotation><filename>&secret;</filename></annotation>\n"
+)
 
 
 @pytest.mark.parametrize("text", [BILLION_LAUGHS, EXTERNAL_ENTITY], ids=["billion-laughs", "external-entity"])

@@ -1,4 +1,5 @@
 """CocoDataset and the data builders on a small hand-made COCO folder with every kind of awkward entry."""
+
 from __future__ import annotations
 
 import functools
@@ -76,25 +77,73 @@ def coco_dir(tmp_path):
     ]
     anns = [
         # two-part polygon: squares [2,6)x[2,6) and [20,26)x[10,14) (x ranges, y ranges)
-        {"id": 1, "image_id": 10, "category_id": 7, "bbox": [2, 2, 24, 12], "iscrowd": 0,
-         "segmentation": [[2, 2, 6, 2, 6, 6, 2, 6], [20, 10, 26, 10, 26, 14, 20, 14]]},
-        {"id": 2, "image_id": 10, "category_id": 3, "bbox": [5, 30, 10, 10], "iscrowd": 0,
-         "segmentation": _compressed_rle(rle_c)},
-        {"id": 3, "image_id": 10, "category_id": 7, "bbox": [40, 2, 20, 4], "iscrowd": 0,
-         "segmentation": _uncompressed_rle(rle_u)},
-        {"id": 4, "image_id": 10, "category_id": 3, "bbox": [30, 20, 20, 10], "iscrowd": 1,
-         "segmentation": _uncompressed_rle(crowd)},
+        {
+            "id": 1,
+            "image_id": 10,
+            "category_id": 7,
+            "bbox": [2, 2, 24, 12],
+            "iscrowd": 0,
+            "segmentation": [[2, 2, 6, 2, 6, 6, 2, 6], [20, 10, 26, 10, 26, 14, 20, 14]],
+        },
+        {
+            "id": 2,
+            "image_id": 10,
+            "category_id": 3,
+            "bbox": [5, 30, 10, 10],
+            "iscrowd": 0,
+            "segmentation": _compressed_rle(rle_c),
+        },
+        {
+            "id": 3,
+            "image_id": 10,
+            "category_id": 7,
+            "bbox": [40, 2, 20, 4],
+            "iscrowd": 0,
+            "segmentation": _uncompressed_rle(rle_u),
+        },
+        {
+            "id": 4,
+            "image_id": 10,
+            "category_id": 3,
+            "bbox": [30, 20, 20, 10],
+            "iscrowd": 1,
+            "segmentation": _uncompressed_rle(crowd),
+        },
         # partly outside (clipped to [50, 40, 64, 48]) and entirely outside (zero area once clipped)
-        {"id": 5, "image_id": 20, "category_id": 3, "bbox": [50, 40, 30, 30], "iscrowd": 0,
-         "segmentation": [[50, 40, 63, 40, 63, 47, 50, 47]]},
+        {
+            "id": 5,
+            "image_id": 20,
+            "category_id": 3,
+            "bbox": [50, 40, 30, 30],
+            "iscrowd": 0,
+            "segmentation": [[50, 40, 63, 40, 63, 47, 50, 47]],
+        },
         {"id": 6, "image_id": 20, "category_id": 7, "bbox": [70, 10, 5, 5], "iscrowd": 0, "segmentation": []},
-        {"id": 7, "image_id": 30, "category_id": 7, "bbox": [1, 1, 10, 10], "iscrowd": 0,
-         "segmentation": [[1, 1, 11, 1, 11, 11, 1, 11]]},
+        {
+            "id": 7,
+            "image_id": 30,
+            "category_id": 7,
+            "bbox": [1, 1, 10, 10],
+            "iscrowd": 0,
+            "segmentation": [[1, 1, 11, 1, 11, 11, 1, 11]],
+        },
         {"id": 8, "image_id": 50, "category_id": 7, "bbox": [1, 1, 10, 10], "iscrowd": 0},
-        {"id": 9, "image_id": 60, "category_id": 3, "bbox": [1, 1, 10, 10], "iscrowd": 0,
-         "segmentation": [[1, 1, 11, 1, 11, 11, 1, 11]]},
-        {"id": 10, "image_id": 70, "category_id": 3, "bbox": [30, 20, 20, 10], "iscrowd": 1,
-         "segmentation": _uncompressed_rle(crowd)},
+        {
+            "id": 9,
+            "image_id": 60,
+            "category_id": 3,
+            "bbox": [1, 1, 10, 10],
+            "iscrowd": 0,
+            "segmentation": [[1, 1, 11, 1, 11, 11, 1, 11]],
+        },
+        {
+            "id": 10,
+            "image_id": 70,
+            "category_id": 3,
+            "bbox": [30, 20, 20, 10],
+            "iscrowd": 1,
+            "segmentation": _uncompressed_rle(crowd),
+        },
     ]
     # categories deliberately unsorted and with gaps
     cats = [{"id": 7, "name": "seven"}, {"id": 3, "name": "three"}]
@@ -266,8 +315,12 @@ def test_train_datasets_with_different_categories_are_rejected(tmp_path, coco_di
     other["categories"][0]["name"] = "renamed"
     other_path = tmp_path / "other.json"
     other_path.write_text(json.dumps(other))
-    cfg = _cfg([f"data.train=[{{json: {coco_dir['json']}, image_root: {coco_dir['images']}}}, "
-                f"{{json: {other_path}, image_root: {coco_dir['images']}}}]"])
+    cfg = _cfg(
+        [
+            f"data.train=[{{json: {coco_dir['json']}, image_root: {coco_dir['images']}}}, "
+            f"{{json: {other_path}, image_root: {coco_dir['images']}}}]"
+        ]
+    )
     with pytest.raises(ValueError, match=r"ann\.json and .*other\.json have different categories"):
         build_train_dataset(cfg)
 
@@ -292,12 +345,19 @@ def test_datasets_root_env_and_concatenation(tmp_path, coco_dir, monkeypatch):
 def test_shapes_are_generated_when_missing_and_loaders_are_resumable(tmp_path, monkeypatch):
     monkeypatch.setattr(data_build, "ensure_shapes", functools.partial(ensure_shapes, num_train=12, num_val=5))
     root = tmp_path / "shapes"
-    cfg = _cfg([
-        f"data.train=[{{json: {root}/annotations/train.json, image_root: {root}/train, generate: shapes}}]",
-        f"data.test={{json: {root}/annotations/val.json, image_root: {root}/val, generate: shapes}}",
-        "model.arch=mask_rcnn", "input.min_size_train=[96,128,160]", "input.max_size_train=200",
-        "input.color_jitter=0.2", "solver.ims_per_batch=2", "data.num_workers=0", "seed=3",
-    ])
+    cfg = _cfg(
+        [
+            f"data.train=[{{json: {root}/annotations/train.json, image_root: {root}/train, generate: shapes}}]",
+            f"data.test={{json: {root}/annotations/val.json, image_root: {root}/val, generate: shapes}}",
+            "model.arch=mask_rcnn",
+            "input.min_size_train=[96,128,160]",
+            "input.max_size_train=200",
+            "input.color_jitter=0.2",
+            "solver.ims_per_batch=2",
+            "data.num_workers=0",
+            "seed=3",
+        ]
+    )
     full = build_train_loader(cfg)
     rng_state = torch.get_rng_state()
     it = iter(full)

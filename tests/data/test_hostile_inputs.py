@@ -3,6 +3,7 @@ duplicated and non-integer COCO ids, deeply nested JSON, undecodable logs, ``$``
 in plots, empty results files and a CUDA device without CUDA. Each is skipped with a warning or refused with
 an error naming the file (tools: ``error: ...``, exit status 2), and none takes memory in proportion to what
 it claims."""
+
 import importlib.util
 import json
 import logging
@@ -71,14 +72,19 @@ def restransfer_logs(monkeypatch, caplog):
 def _bomb_png(path: Path, side: int = BOMB_SIDE) -> Path:
     """A valid 1-bit greyscale PNG of side x side pixels whose rows are zeros: about 0.5 MB on disk, 2.7 GB
     once decoded to RGB. Written from its chunks (IHDR, one IDAT compressed in blocks of rows, IEND)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     rows = (b"\0" * (1 + (side + 7) // 8)) * 1000  # filter byte 0 + the packed row
     z = zlib.compressobj(1)
     idat = b"".join(z.compress(rows) for _ in range(side // 1000)) + z.flush()
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
-                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -146,12 +152,16 @@ def _coco_with_bomb(tmp_path: Path) -> Path:
         cv2.imwrite(str(root / name), np.full((64, 64, 3), 90, np.uint8))
     _bomb_png(root / "bomb.png")
     _bomb_png(root / "liar.png")
-    images = [{"id": 1, "file_name": "a.png", "width": 64, "height": 64},
-              {"id": 2, "file_name": "bomb.png", "width": BOMB_SIDE, "height": BOMB_SIDE},
-              {"id": 3, "file_name": "liar.png", "width": 64, "height": 64},
-              {"id": 4, "file_name": "d.png", "width": 64, "height": 64}]
-    anns = [{"id": i, "image_id": i, "category_id": 1, "bbox": [4, 4, 20, 20], "area": 400, "iscrowd": 0}
-            for i in range(1, 5)]
+    images = [
+        {"id": 1, "file_name": "a.png", "width": 64, "height": 64},
+        {"id": 2, "file_name": "bomb.png", "width": BOMB_SIDE, "height": BOMB_SIDE},
+        {"id": 3, "file_name": "liar.png", "width": 64, "height": 64},
+        {"id": 4, "file_name": "d.png", "width": 64, "height": 64},
+    ]
+    anns = [
+        {"id": i, "image_id": i, "category_id": 1, "bbox": [4, 4, 20, 20], "area": 400, "iscrowd": 0}
+        for i in range(1, 5)
+    ]
     path = tmp_path / "train.json"
     path.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "x"}]}))
     return path
@@ -210,9 +220,12 @@ def _hostile_cifar_batch(path: Path, rows: int = 2**19) -> Path:
     path.write_bytes(
         b"\x80\x02}(X\x04\x00\x00\x00data"
         b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
-        + b"J" + struct.pack("<i", rows) + b"M\x00\x0c\x86"  # shape (rows, 3072)
+        + b"J"
+        + struct.pack("<i", rows)
+        + b"M\x00\x0c\x86"  # shape (rows, 3072)
         + b"C\x01B\x87R"  # dtype code 'B' (uint8); _reconstruct(ndarray, shape, dtype)
-        b"X\x06\x00\x00\x00labels]u.")
+        b"X\x06\x00\x00\x00labels]u."
+    )
     return path
 
 
@@ -231,14 +244,20 @@ def test_cifar_batch_claiming_2_19_rows_is_refused_before_allocating(tmp_path):
     path = _hostile_cifar_batch(root / "test_batch")
     assert path.stat().st_size < 240
     before = _max_rss_bytes()
-    with pytest.raises(DataError, match=r"test_batch: not a CIFAR-10 python batch: .*declares an array of shape "
-                                        r"\(524288, 3072\)"):
+    with pytest.raises(
+        DataError,
+        match=r"test_batch: not a CIFAR-10 python batch: .*declares an array of shape "
+        r"\(524288, 3072\)",
+    ):
         read_cifar10(root, "test")
     assert _max_rss_bytes() - before < 500 * 2**20
 
 
-@pytest.mark.parametrize("meta", [[1, 2], {"label_names": None}, {"label_names": [3, 4]}, {"other": 1}, b"junk"],
-                         ids=["list", "none", "ints", "no-key", "not-a-pickle"])
+@pytest.mark.parametrize(
+    "meta",
+    [[1, 2], {"label_names": None}, {"label_names": [3, 4]}, {"other": 1}, b"junk"],
+    ids=["list", "none", "ints", "no-key", "not-a-pickle"],
+)
 def test_malformed_batches_meta_is_a_data_error(tmp_path, meta):
     root = _cifar_folder(tmp_path)
     (root / "batches.meta").write_bytes(meta if isinstance(meta, bytes) else pickle.dumps(meta, protocol=2))
@@ -248,12 +267,17 @@ def test_malformed_batches_meta_is_a_data_error(tmp_path, meta):
 
 def _cifar_cfg(tmp_path: Path, root: Path) -> Path:
     path = tmp_path / "cifar.yaml"
-    path.write_text(json.dumps({
-        "model": {"arch": "cifar", "depth": 8, "num_classes": 10},
-        "data": {"train": [{"image_root": str(root), "format": "cifar10"}], "num_workers": 0},
-        "input": {"scale_min": 0, "crop": 32, "test_size": 32, "pad": 4},
-        "solver": {"ims_per_batch": 2, "max_iter": 1, "steps": [], "warmup_iters": 0},
-        "output_dir": str(tmp_path / "out")}))
+    path.write_text(
+        json.dumps(
+            {
+                "model": {"arch": "cifar", "depth": 8, "num_classes": 10},
+                "data": {"train": [{"image_root": str(root), "format": "cifar10"}], "num_workers": 0},
+                "input": {"scale_min": 0, "crop": 32, "test_size": 32, "pad": 4},
+                "solver": {"ims_per_batch": 2, "max_iter": 1, "steps": [], "warmup_iters": 0},
+                "output_dir": str(tmp_path / "out"),
+            }
+        )
+    )
     return path
 
 
@@ -310,12 +334,24 @@ def test_images_and_class_folders_outside_the_root_are_left_out(tmp_path, restra
 
 
 def _gt(images=None, anns=None, cats=None) -> dict:
-    images = images if images is not None else [{"id": i, "file_name": f"{i}.png", "width": 64, "height": 64}
-                                                for i in (1, 2)]
-    anns = anns if anns is not None else [{"id": i, "image_id": i, "category_id": 1, "bbox": [4, 4, 20, 20],
-                                           "area": 400, "iscrowd": 0} for i in (1, 2)]
-    return {"images": images, "annotations": anns,
-            "categories": cats if cats is not None else [{"id": 1, "name": "x"}, {"id": 2, "name": "y"}]}
+    images = (
+        images
+        if images is not None
+        else [{"id": i, "file_name": f"{i}.png", "width": 64, "height": 64} for i in (1, 2)]
+    )
+    anns = (
+        anns
+        if anns is not None
+        else [
+            {"id": i, "image_id": i, "category_id": 1, "bbox": [4, 4, 20, 20], "area": 400, "iscrowd": 0}
+            for i in (1, 2)
+        ]
+    )
+    return {
+        "images": images,
+        "annotations": anns,
+        "categories": cats if cats is not None else [{"id": 1, "name": "x"}, {"id": 2, "name": "y"}],
+    }
 
 
 def _results() -> list:
@@ -402,8 +438,11 @@ def test_eval_coco_tool_string_image_ids_and_deep_json_exit_2(tmp_path, capsys):
 
 
 def test_json_reader_names_the_file_for_every_kind_of_damage(tmp_path):
-    cases = {"deep.json": b"{\"a\":" * 50_000 + b"1" + b"}" * 50_000, "latin1.json": b'{"name": "caf\xe9"}',
-             "cut.json": b'{"images": [\n1,\n'}
+    cases = {
+        "deep.json": b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+        "latin1.json": b'{"name": "caf\xe9"}',
+        "cut.json": b'{"images": [\n1,\n',
+    }
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
         with pytest.raises(DataError, match=rf"{name}"):
@@ -440,14 +479,18 @@ def test_file_stems_are_distinct_and_safe():
 def _named_gt(names) -> dict:
     cats = [{"id": k + 1, "name": n, "supercategory": "s"} for k, n in enumerate(names)]
     images = [{"id": i + 1, "file_name": f"{i}.png", "width": 100, "height": 100} for i in range(len(names))]
-    anns = [{"id": i + 1, "image_id": i + 1, "category_id": i + 1, "bbox": [20, 20, 40, 40], "area": 1600,
-             "iscrowd": 0} for i in range(len(names))]
+    anns = [
+        {"id": i + 1, "image_id": i + 1, "category_id": i + 1, "bbox": [20, 20, 40, 40], "area": 1600, "iscrowd": 0}
+        for i in range(len(names))
+    ]
     return {"images": images, "annotations": anns, "categories": cats}
 
 
 def _named_results(gt) -> list:
-    res = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
-           for a in gt["annotations"]]
+    res = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+        for a in gt["annotations"]
+    ]
     res.append({"image_id": 1, "category_id": 2, "bbox": [60, 60, 20, 20], "score": 0.5})
     return res
 
@@ -470,8 +513,13 @@ def test_analyze_coco_tool_draws_dollar_names_and_keeps_colliding_names_apart(tm
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "res.json").write_text(json.dumps(_named_results(gt)))
     out = tmp_path / "analysis"
-    assert run_tool(_tool("analyze_coco").main, ["--gt", str(tmp_path / "gt.json"), "--results",
-                                                 str(tmp_path / "res.json"), "--output", str(out)]) == 0
+    assert (
+        run_tool(
+            _tool("analyze_coco").main,
+            ["--gt", str(tmp_path / "gt.json"), "--results", str(tmp_path / "res.json"), "--output", str(out)],
+        )
+        == 0
+    )
     assert "error" not in capsys.readouterr().err
     pngs = sorted(p.name for p in out.glob("*-bbox.png"))
     # overall, pr_curves and one per category, none overwriting another (also on case-insensitive disks)

@@ -1,5 +1,6 @@
 """ImageNet-DET readers, val1/val2 split, COCO conversion, and the round trip
 XML -> COCO json -> predictions -> submission -> devkit evaluation."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers.imagenet_det_fixtures import NAMES, WNIDS, write_synsets, write_train, write_val, xml_text
+
 from restransfer.boxes import xywh_to_xyxy
 from restransfer.data.imagenet_det import (
     DetFormatError,
@@ -256,9 +257,19 @@ def test_xml_to_json_to_predictions_to_submission_gives_map_100(tmp_path):
     root, syn = _layout(tmp_path)
     out = tmp_path / "ann" / "val2.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "datasets" / "prepare_imagenet_det.py"),
-         "--split", "val2", "--root", str(root), "--output", str(out)],
-        capture_output=True, text=True, cwd=REPO,
+        [
+            sys.executable,
+            str(REPO / "datasets" / "prepare_imagenet_det.py"),
+            "--split",
+            "val2",
+            "--root",
+            str(root),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr
     coco = json.loads(out.read_text())
@@ -326,4 +337,10 @@ def test_config_has_valid_keys_and_paper_settings(tmp_path):
     assert [d.format for d in cfg.data.train] == ["imagenet_det", "imagenet_det"]
     assert cfg.data.train[1].json.endswith("val1.json") and cfg.data.test.json.endswith("val2.json")
     assert cfg.input.min_size_train == [600] and cfg.input.min_size_test == 600
-    assert cfg.solver.base_lr == 0.008 and cfg.solver.ims_per_batch == 8 and cfg.solver.ims_per_device == 1 and cfg.solver.steps == [240000] and cfg.solver.max_iter == 320000
+    assert (
+        cfg.solver.base_lr == 0.008
+        and cfg.solver.ims_per_batch == 8
+        and cfg.solver.ims_per_device == 1
+        and cfg.solver.steps == [240000]
+        and cfg.solver.max_iter == 320000
+    )

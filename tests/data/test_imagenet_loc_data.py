@@ -1,4 +1,5 @@
 """ImageNet CLS-LOC readers (devkit and Kaggle layouts) and the COCO conversion, on files made here."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -8,13 +9,26 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from helpers.imagenet_loc_files import (
-    make_classes, write_devkit, write_kaggle_solution, write_loc_synset_mapping, write_map_clsloc, xml_text,
+    make_classes,
+    write_devkit,
+    write_kaggle_solution,
+    write_loc_synset_mapping,
+    write_map_clsloc,
+    xml_text,
 )
+
 from restransfer.data.imagenet_loc import (
-    LocFormatError, convert_split, ground_truth_from_coco, read_blacklist, read_devkit_annotations,
-    read_ground_truth_labels, read_kaggle_solution, read_loc_xml, read_synsets, to_coco,
+    LocFormatError,
+    convert_split,
+    ground_truth_from_coco,
+    read_blacklist,
+    read_devkit_annotations,
+    read_ground_truth_labels,
+    read_kaggle_solution,
+    read_loc_xml,
+    read_synsets,
+    to_coco,
 )
 
 WNIDS, NAMES, DEVKIT_ORDER = make_classes(6)
@@ -23,18 +37,36 @@ BY_WNID = dict(zip(WNIDS, NAMES))
 
 @pytest.fixture
 def class_files(tmp_path):
-    return (write_map_clsloc(tmp_path / "map_clsloc.txt", DEVKIT_ORDER, BY_WNID),
-            write_loc_synset_mapping(tmp_path / "LOC_synset_mapping.txt", WNIDS, BY_WNID))
+    return (
+        write_map_clsloc(tmp_path / "map_clsloc.txt", DEVKIT_ORDER, BY_WNID),
+        write_loc_synset_mapping(tmp_path / "LOC_synset_mapping.txt", WNIDS, BY_WNID),
+    )
 
 
 def _images():
     a, b = DEVKIT_ORDER[0], DEVKIT_ORDER[3]
     return [
-        {"name": "ILSVRC2012_val_00000002", "labels": [b], "objects": [(b, (5, 6, 40, 30)), (b, (0, 0, 199, 99))],
-         "width": 200, "height": 100},
-        {"name": "ILSVRC2012_val_00000001", "labels": [a], "objects": [(a, (10, 20, 49, 79))], "width": 64, "height": 80},
-        {"name": "ILSVRC2012_val_00000003", "labels": [a, b], "objects": [(a, (1, 1, 8, 8)), (b, (2, 2, 9, 9))],
-         "width": 32, "height": 32},
+        {
+            "name": "ILSVRC2012_val_00000002",
+            "labels": [b],
+            "objects": [(b, (5, 6, 40, 30)), (b, (0, 0, 199, 99))],
+            "width": 200,
+            "height": 100,
+        },
+        {
+            "name": "ILSVRC2012_val_00000001",
+            "labels": [a],
+            "objects": [(a, (10, 20, 49, 79))],
+            "width": 64,
+            "height": 80,
+        },
+        {
+            "name": "ILSVRC2012_val_00000003",
+            "labels": [a, b],
+            "objects": [(a, (1, 1, 8, 8)), (b, (2, 2, 9, 9))],
+            "width": 32,
+            "height": 32,
+        },
     ]
 
 
@@ -48,12 +80,15 @@ def test_class_lists_are_matched_by_wnid_not_position(class_files):
     assert kaggle.names[0] == f"{BY_WNID[WNIDS[0]]}, alt name"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("n00000001 1 a\nn00000002 x b\n", r":2: devkit id 'x' is not an integer"),
-    ("n00000001 1 a\nn0000002 2 b\n", r":2: 'n0000002' is not a WNID"),
-    ("n00000001 1 a\nn00000001 2 b\n", r":2: WNID n00000001 already listed on line 1"),
-    ("n00000001 1 a\nn00000002 3 b\n", r"ids must be 1..2 without gaps, but \[2\] are missing"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("n00000001 1 a\nn00000002 x b\n", r":2: devkit id 'x' is not an integer"),
+        ("n00000001 1 a\nn0000002 2 b\n", r":2: 'n0000002' is not a WNID"),
+        ("n00000001 1 a\nn00000001 2 b\n", r":2: WNID n00000001 already listed on line 1"),
+        ("n00000001 1 a\nn00000002 3 b\n", r"ids must be 1..2 without gaps, but \[2\] are missing"),
+    ],
+)
 def test_malformed_map_clsloc_names_file_and_line(tmp_path, text, message):
     path = tmp_path / "map_clsloc.txt"
     path.write_text(text)
@@ -113,17 +148,22 @@ def test_ground_truth_file_errors(tmp_path, class_files):
         read_ground_truth_labels(path, synsets, 3)
 
 
-@pytest.mark.parametrize("row, message", [
-    ("ILSVRC2012_val_00000002,{w} 1 2 3", r"3: 4 fields; each box needs 5"),
-    ("ILSVRC2012_val_00000002,n99999999 1 2 3 4", r"3: WNID 'n99999999' is not in"),
-    ("ILSVRC2012_val_00000002,{w} 1 2 3 z", r"3: coordinate 'z' is not a number"),
-    ("ILSVRC2012_val_00000001,{w} 1 2 3 4", r"3: ImageId ILSVRC2012_val_00000001 appears twice"),
-    ("ILSVRC2012_val_00000002,", r"3: image ILSVRC2012_val_00000002 has no box"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("ILSVRC2012_val_00000002,{w} 1 2 3", r"3: 4 fields; each box needs 5"),
+        ("ILSVRC2012_val_00000002,n99999999 1 2 3 4", r"3: WNID 'n99999999' is not in"),
+        ("ILSVRC2012_val_00000002,{w} 1 2 3 z", r"3: coordinate 'z' is not a number"),
+        ("ILSVRC2012_val_00000001,{w} 1 2 3 4", r"3: ImageId ILSVRC2012_val_00000001 appears twice"),
+        ("ILSVRC2012_val_00000002,", r"3: image ILSVRC2012_val_00000002 has no box"),
+    ],
+)
 def test_malformed_kaggle_solution_names_file_and_line(tmp_path, class_files, row, message):
     synsets = read_synsets(class_files[1])
     path = tmp_path / "LOC_val_solution.csv"
-    path.write_text(f"ImageId,PredictionString\nILSVRC2012_val_00000001,{WNIDS[0]} 1 2 3 4 \n{row.format(w=WNIDS[1])}\n")
+    path.write_text(
+        f"ImageId,PredictionString\nILSVRC2012_val_00000001,{WNIDS[0]} 1 2 3 4 \n{row.format(w=WNIDS[1])}\n"
+    )
     with pytest.raises(LocFormatError, match=rf"LOC_val_solution.csv:{message}"):
         read_kaggle_solution(path, synsets)
 
@@ -150,8 +190,12 @@ def test_coco_conversion_boxes_categories_and_round_trip(tmp_path, class_files):
     assert [c["wnid"] for c in data["categories"]] == DEVKIT_ORDER  # ids are devkit ids
     assert [im["id"] for im in data["images"]] == [1, 2, 3]
     first = data["images"][0]
-    assert (first["name"], first["file_name"], first["width"], first["height"]) == \
-        ("ILSVRC2012_val_00000001", "val/ILSVRC2012_val_00000001.JPEG", 64, 80)
+    assert (first["name"], first["file_name"], first["width"], first["height"]) == (
+        "ILSVRC2012_val_00000001",
+        "val/ILSVRC2012_val_00000001.JPEG",
+        64,
+        80,
+    )
     anns = data["annotations"]
     # devkit (10, 20, 49, 79) inclusive = 40 x 60 pixels at (10, 20)
     assert anns[0]["bbox"] == [10, 20, 40, 60] and anns[0]["area"] == 2400 and anns[0]["category_id"] == 1
@@ -196,8 +240,11 @@ def _kaggle_train(tmp_path, class_files):
         folder = root / "train" / name.split("_")[0]
         folder.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(folder / f"{name}.JPEG"), np.zeros((h, w, 3), np.uint8))
-    boxed = [{"name": f"{a}_2", "objects": [(a, (0, 0, 9, 9))]}, {"name": f"{b}_1", "objects": [(b, (1, 2, 23, 47))]},
-             {"name": f"{a}_1", "objects": [(a, (3, 4, 5, 6)), (a, (0, 0, 39, 29))]}]
+    boxed = [
+        {"name": f"{a}_2", "objects": [(a, (0, 0, 9, 9))]},
+        {"name": f"{b}_1", "objects": [(b, (1, 2, 23, 47))]},
+        {"name": f"{a}_1", "objects": [(a, (3, 4, 5, 6)), (a, (0, 0, 39, 29))]},
+    ]
     return root, write_kaggle_solution(tmp_path / "LOC_train_solution.csv", boxed), sizes
 
 
@@ -206,7 +253,10 @@ def test_kaggle_train_conversion_drops_or_keeps_unboxed_images(tmp_path, class_f
     root, solution, sizes = _kaggle_train(tmp_path, class_files)
     data = convert_split("train", synsets, root, solution=solution)
     assert [im["file_name"] for im in data["images"]] == [
-        f"train/{WNIDS[0]}/{WNIDS[0]}_1.JPEG", f"train/{WNIDS[0]}/{WNIDS[0]}_2.JPEG", f"train/{WNIDS[1]}/{WNIDS[1]}_1.JPEG"]
+        f"train/{WNIDS[0]}/{WNIDS[0]}_1.JPEG",
+        f"train/{WNIDS[0]}/{WNIDS[0]}_2.JPEG",
+        f"train/{WNIDS[1]}/{WNIDS[1]}_1.JPEG",
+    ]
     assert [(im["width"], im["height"]) for im in data["images"]] == [sizes[im["name"]] for im in data["images"]]
     assert len(data["annotations"]) == 4
     kept = convert_split("train", synsets, root, solution=solution, keep_unboxed=True)
@@ -218,8 +268,9 @@ def test_kaggle_train_conversion_drops_or_keeps_unboxed_images(tmp_path, class_f
 
 def test_missing_image_for_its_size_is_reported(tmp_path, class_files):
     synsets = read_synsets(class_files[1])
-    solution = write_kaggle_solution(tmp_path / "LOC_val_solution.csv",
-                                     [{"name": "ILSVRC2012_val_00000001", "objects": [(WNIDS[0], (0, 0, 9, 9))]}])
+    solution = write_kaggle_solution(
+        tmp_path / "LOC_val_solution.csv", [{"name": "ILSVRC2012_val_00000001", "objects": [(WNIDS[0], (0, 0, 9, 9))]}]
+    )
     with pytest.raises(LocFormatError, match=r"ILSVRC2012_val_00000001.JPEG: cannot read the image size"):
         convert_split("val", synsets, tmp_path, solution=solution)
 
@@ -227,15 +278,46 @@ def test_missing_image_for_its_size_is_reported(tmp_path, class_files):
 def test_prepare_script_writes_the_json(tmp_path, class_files):
     root, solution, _ = _kaggle_train(tmp_path, class_files)
     spec = importlib.util.spec_from_file_location(
-        "prepare", Path(__file__).parents[2] / "datasets" / "prepare_imagenet_loc.py")
+        "prepare", Path(__file__).parents[2] / "datasets" / "prepare_imagenet_loc.py"
+    )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     out = tmp_path / "ann" / "train.json"
-    assert tool.main(["--split", "train", "--synsets", str(class_files[1]), "--solution", str(solution),
-                      "--image-root", str(root), "--output", str(out)]) == 0
+    assert (
+        tool.main(
+            [
+                "--split",
+                "train",
+                "--synsets",
+                str(class_files[1]),
+                "--solution",
+                str(solution),
+                "--image-root",
+                str(root),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     data = json.loads(out.read_text())
     assert len(data["images"]) == 3 and len(data["categories"]) == 6
     assert data["info"]["category_ids"] == "loc_synset_mapping"
     (tmp_path / "bad.csv").write_text("ImageId,PredictionString\nx,n99999999 1 2 3 4\n")
-    assert tool.main(["--split", "val", "--synsets", str(class_files[1]), "--solution", str(tmp_path / "bad.csv"),
-                      "--image-root", str(root), "--output", str(out)]) == 2
+    assert (
+        tool.main(
+            [
+                "--split",
+                "val",
+                "--synsets",
+                str(class_files[1]),
+                "--solution",
+                str(tmp_path / "bad.csv"),
+                "--image-root",
+                str(root),
+                "--output",
+                str(out),
+            ]
+        )
+        == 2
+    )

@@ -1,4 +1,5 @@
 """Training batch sampler (determinism, resume, grouping, ranks) and the inference sampler."""
+
 from __future__ import annotations
 
 import itertools
@@ -57,15 +58,17 @@ def test_resuming_at_an_iteration_continues_the_same_sequence(grouped, start):
 def test_ranks_see_disjoint_images_within_an_epoch():
     n, ws, bs = 48, 4, 3
     per_rank = n // ws // bs  # batches per rank and epoch
-    shards = [{i for b in _take(TrainingBatchSampler(n, bs, seed=0, rank=r, world_size=ws), per_rank) for i, _ in b}
-              for r in range(ws)]
+    shards = [
+        {i for b in _take(TrainingBatchSampler(n, bs, seed=0, rank=r, world_size=ws), per_rank) for i, _ in b}
+        for r in range(ws)
+    ]
     assert all(len(s) == n // ws for s in shards)
     assert set().union(*shards) == set(range(n))
 
 
 def test_each_epoch_is_a_permutation_without_grouping():
     batches = _take(TrainingBatchSampler(20, 5, seed=3), 8)
-    first, second = [[i for b in batches[k:k + 4] for i, _ in b] for k in (0, 4)]
+    first, second = [[i for b in batches[k : k + 4] for i, _ in b] for k in (0, 4)]
     assert sorted(first) == list(range(20)) and sorted(second) == list(range(20)) and first != second
 
 

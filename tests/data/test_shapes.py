@@ -1,4 +1,5 @@
 """The synthetic shapes set: determinism, valid COCO, masks that match boxes, learnable images."""
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,10 @@ def test_layout_and_determinism(shapes, tmp_path):
     assert (tmp_path / "again/train/000007.png").read_bytes() == (root / "train/000007.png").read_bytes()
     other = generate_shapes(tmp_path / "other", num_train=3, num_val=1, image_size=128, seed=1)
     assert (tmp_path / "other/train/000001.png").read_bytes() != (root / "train/000001.png").read_bytes()
-    assert json.loads(other["train"].read_text())["annotations"] != json.loads(paths["train"].read_text())["annotations"][:3]
+    assert (
+        json.loads(other["train"].read_text())["annotations"]
+        != json.loads(paths["train"].read_text())["annotations"][:3]
+    )
 
 
 def test_annotations_are_consistent_visible_parts(shapes):

@@ -1,4 +1,5 @@
 """Training/test augmentation: sizes, box and mask geometry, degenerate boxes, seeding."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -71,12 +72,16 @@ def test_degenerate_boxes_are_dropped_with_their_labels_and_masks():
     out = build_transforms([50], 1000, hflip_prob=0.0)(image, boxes, labels, masks, seed=0)
     assert out["num_dropped"] == 1
     assert out["labels"].tolist() == [4, 7]
-    assert out["masks"].shape == (2, 50, 100) and out["masks"][1].all() and _mask_box(out["masks"][0]) == [10, 5, 30, 25]
+    assert (
+        out["masks"].shape == (2, 50, 100) and out["masks"][1].all() and _mask_box(out["masks"][0]) == [10, 5, 30, 25]
+    )
 
 
 def test_no_boxes_and_test_pipeline_identity():
     image, _, _, _ = _sample()
-    out = build_transforms([80], 1000)(image, np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros((0, 50, 100), np.uint8), seed=0)
+    out = build_transforms([80], 1000)(
+        image, np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros((0, 50, 100), np.uint8), seed=0
+    )
     assert out["image"].shape == (80, 160, 3) and out["boxes"].shape == (0, 4) and out["masks"].shape == (0, 80, 160)
     test_tf = build_transforms([80], 1000, is_train=False)
     image, boxes, labels, masks = _sample()

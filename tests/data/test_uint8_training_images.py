@@ -1,16 +1,16 @@
 """The training loader hands uint8 images (a quarter of the bytes) and the detector converts them: the
 numbers the model computes on must be the very ones the float path gave, so training is unchanged."""
+
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_overrides
 
 from restransfer.config import load_config
 from restransfer.data.build import build_train_loader
 from restransfer.data.coco import CocoDataset
 from restransfer.data.transforms import build_transforms
 from restransfer.models import build_model
-
-from helpers import tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -23,10 +23,18 @@ def _float_as_before(image: torch.Tensor) -> torch.Tensor:
 
 
 def _train_config(shapes, *extra):
-    return load_config(None, tiny_overrides(
-        "training", "model.arch=mask_rcnn", "input.min_size_train=[80,96]", "input.max_size_train=128",
-        "input.color_jitter=0.2",
-        f"data.train=[{{json: {shapes}/annotations/train.json, image_root: {shapes}/train}}]", *extra))
+    return load_config(
+        None,
+        tiny_overrides(
+            "training",
+            "model.arch=mask_rcnn",
+            "input.min_size_train=[80,96]",
+            "input.max_size_train=128",
+            "input.color_jitter=0.2",
+            f"data.train=[{{json: {shapes}/annotations/train.json, image_root: {shapes}/train}}]",
+            *extra,
+        ),
+    )
 
 
 def test_every_byte_value_converts_as_numpy_did():

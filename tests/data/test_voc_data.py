@@ -1,5 +1,6 @@
 """PASCAL VOC data: the box convention at the file boundary, the XML reader and its errors, image sets, the
 dataset and its config entries, the generated VOC-layout set and the COCO conversion."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,13 @@ from torchvision.ops import box_iou
 from restransfer.boxes import inclusive_iou, voc_to_xyxy, xywh_to_xyxy, xyxy_to_voc, xyxy_to_xywh
 from restransfer.data.coco import CocoDataset
 from restransfer.data.voc import (
-    VOC_CLASSES, VocDataset, VocFormatError, load_voc_split, read_image_set, read_voc_annotation, records_to_coco,
+    VOC_CLASSES,
+    VocDataset,
+    VocFormatError,
+    load_voc_split,
+    read_image_set,
+    read_voc_annotation,
+    records_to_coco,
 )
 from restransfer.data.voc_shapes import generate_voc_shapes
 from restransfer.errors import DataError
@@ -58,21 +65,31 @@ def test_voc_boxes_round_trip_exactly():
 # -------------------------------------------------------------------------------------------- XML
 
 
-def xml(objects: str, size: str = "<size>\n<width>500</width>\n<height>375</height>\n<depth>3</depth>\n</size>\n",
-        head: str = "") -> str:
+def xml(
+    objects: str,
+    size: str = "<size>\n<width>500</width>\n<height>375</height>\n<depth>3</depth>\n</size>\n",
+    head: str = "",
+) -> str:
     return f"{head}<annotation>\n<filename>000001.jpg</filename>\n{size}{objects}</annotation>\n"
 
 
 def obj(name="dog", box=(48, 240, 195, 371), difficult="0", truncated="1", extra="") -> str:
-    flags = "".join(f"<{t}>{v}</{t}>\n" for t, v in (("truncated", truncated), ("difficult", difficult)) if v is not None)
+    flags = "".join(
+        f"<{t}>{v}</{t}>\n" for t, v in (("truncated", truncated), ("difficult", difficult)) if v is not None
+    )
     coords = "".join(f"<{k}>{v}</{k}>\n" for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box) if v is not None)
     return f"<object>\n<name>{name}</name>\n<pose>Left</pose>\n{flags}{extra}<bndbox>\n{coords}</bndbox>\n</object>\n"
 
 
 def test_reads_devkit_xml_with_flags(tmp_path):
     p = tmp_path / "000001.xml"
-    p.write_text(xml(obj() + obj("person", (8, 12, 352, 498 - 123), difficult="1", truncated=None)
-                     + obj("cat", (1, 1, 500, 375), difficult=None, truncated="0")))
+    p.write_text(
+        xml(
+            obj()
+            + obj("person", (8, 12, 352, 498 - 123), difficult="1", truncated=None)
+            + obj("cat", (1, 1, 500, 375), difficult=None, truncated="0")
+        )
+    )
     a = read_voc_annotation(p)
     assert (a.width, a.height, a.filename) == (500, 375, "000001.jpg")
     assert a.names == ["dog", "person", "cat"] and a.labels.tolist() == [12, 15, 8]
@@ -83,27 +100,51 @@ def test_reads_devkit_xml_with_flags(tmp_path):
 
 
 def test_class_names_are_the_devkits_order():
-    assert VOC_CLASSES == ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-                           "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-                           "train", "tvmonitor")
+    assert VOC_CLASSES == (
+        "aeroplane",
+        "bicycle",
+        "bird",
+        "boat",
+        "bottle",
+        "bus",
+        "car",
+        "cat",
+        "chair",
+        "cow",
+        "diningtable",
+        "dog",
+        "horse",
+        "motorbike",
+        "person",
+        "pottedplant",
+        "sheep",
+        "sofa",
+        "train",
+        "tvmonitor",
+    )
 
 
-@pytest.mark.parametrize("text, message", [
-    (xml(obj(box=(48, "nan", 195, 371))), r"000001.xml:15: <ymin> is 'nan', not a finite number"),
-    (xml(obj(box=(48, 240, "inf", 371))), r"000001.xml:16: <xmax> is 'inf', not a finite number"),
-    (xml(obj(box=(48, 240, 195, None))), r"000001.xml:13: missing <ymax>"),
-    (xml(obj(box=(48, 240, 501, 371))), r"000001.xml:13: bndbox .* not inside the 500x375 image"),
-    (xml(obj(box=(0, 240, 195, 371))), r"000001.xml:13: bndbox .* not inside"),
-    (xml(obj(box=(195, 240, 48, 371))), r"000001.xml:13: bndbox .* not inside"),
-    (xml(obj(), size=""), r"000001.xml:1: missing <size>"),
-    (xml(obj(), size="<size>\n<width>500</width>\n</size>\n"), r"000001.xml:3: missing <height>"),
-    (xml(obj("unicorn")), r"000001.xml:9: unknown class 'unicorn'"),
-    (xml(obj().replace("<name>dog</name>\n", "")), r"000001.xml:8: <object> without <name>"),
-    (xml(obj(difficult="2")), r"000001.xml:12: <difficult> is '2'; expected 0 or 1"),
-    (xml(obj()).replace("</bndbox>", "</bnd>"), r"000001.xml:18: malformed XML"),
-    (xml(obj(), head='<?xml version="1.0"?>\n<!DOCTYPE annotation [<!ENTITY x "y">]>\n'),
-     r"000001.xml:2: DOCTYPE/entity declarations are not allowed"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (xml(obj(box=(48, "nan", 195, 371))), r"000001.xml:15: <ymin> is 'nan', not a finite number"),
+        (xml(obj(box=(48, 240, "inf", 371))), r"000001.xml:16: <xmax> is 'inf', not a finite number"),
+        (xml(obj(box=(48, 240, 195, None))), r"000001.xml:13: missing <ymax>"),
+        (xml(obj(box=(48, 240, 501, 371))), r"000001.xml:13: bndbox .* not inside the 500x375 image"),
+        (xml(obj(box=(0, 240, 195, 371))), r"000001.xml:13: bndbox .* not inside"),
+        (xml(obj(box=(195, 240, 48, 371))), r"000001.xml:13: bndbox .* not inside"),
+        (xml(obj(), size=""), r"000001.xml:1: missing <size>"),
+        (xml(obj(), size="<size>\n<width>500</width>\n</size>\n"), r"000001.xml:3: missing <height>"),
+        (xml(obj("unicorn")), r"000001.xml:9: unknown class 'unicorn'"),
+        (xml(obj().replace("<name>dog</name>\n", "")), r"000001.xml:8: <object> without <name>"),
+        (xml(obj(difficult="2")), r"000001.xml:12: <difficult> is '2'; expected 0 or 1"),
+        (xml(obj()).replace("</bndbox>", "</bnd>"), r"000001.xml:18: malformed XML"),
+        (
+            xml(obj(), head='<?xml version="1.0"?>\n<!DOCTYPE annotation [<!ENTITY x "y">]>\n'),
+            r"000001.xml:2: DOCTYPE/entity declarations are not allowed",
+        ),
+    ],
+)
 def test_xml_errors_name_file_and_line(tmp_path, text, message):
     p = tmp_path / "000001.xml"
     p.write_text(text)
@@ -178,8 +219,14 @@ def test_config_entries_build_several_year_split_pairs(voc_root):
     from restransfer.data.build import build_test_dataset, build_train_dataset
 
     entry = f"format: voc, root: {voc_root}, year: 2007, classes: [circle, triangle, square]"
-    cfg = load_config(None, [f"data.train=[{{{entry}, split: trainval}}, {{{entry}, split: test}}]",
-                             f"data.test={{{entry}, split: test}}", "model.num_classes=3"])
+    cfg = load_config(
+        None,
+        [
+            f"data.train=[{{{entry}, split: trainval}}, {{{entry}, split: test}}]",
+            f"data.test={{{entry}, split: test}}",
+            "model.num_classes=3",
+        ],
+    )
     train = build_train_dataset(cfg)
     test = build_test_dataset(cfg)
     assert len(train) == len(train.datasets[0]) + len(train.datasets[1]) and len(train.datasets[1]) <= 12
@@ -196,9 +243,13 @@ def test_generate_voc_shapes_from_a_config_entry(tmp_path):
     from restransfer.data.build import build_test_dataset
 
     root = tmp_path / "VOCdevkit"
-    cfg = load_config(REPO / "configs" / "demo_voc_shapes.yaml",
-                      [f"data.test={{format: voc, root: {root}, year: 2007, split: test, generate: voc_shapes, "
-                       "classes: [circle, triangle, square]}"])
+    cfg = load_config(
+        REPO / "configs" / "demo_voc_shapes.yaml",
+        [
+            f"data.test={{format: voc, root: {root}, year: 2007, split: test, generate: voc_shapes, "
+            "classes: [circle, triangle, square]}"
+        ],
+    )
     assert build_test_dataset(cfg).class_names == list(SHAPES)
     assert (root / "VOC2007" / "ImageSets" / "Main" / "trainval.txt").is_file()
 
@@ -208,9 +259,22 @@ def test_generate_voc_shapes_from_a_config_entry(tmp_path):
 
 def test_prepare_voc_writes_coco_json_that_keeps_the_devkit_ground_truth(voc_root, tmp_path):
     out = tmp_path / "ann"
-    proc = subprocess.run([sys.executable, str(REPO / "datasets" / "prepare_voc.py"), "--root", str(voc_root),
-                           "--sets", "2007:test", "--classes", *SHAPES, "--output-dir", str(out)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "datasets" / "prepare_voc.py"),
+            "--root",
+            str(voc_root),
+            "--sets",
+            "2007:test",
+            "--classes",
+            *SHAPES,
+            "--output-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     path = out / "voc2007_test.json"
     assert "VOC2007 test: 12 images" in proc.stdout
@@ -221,21 +285,43 @@ def test_prepare_voc_writes_coco_json_that_keeps_the_devkit_ground_truth(voc_roo
     assert len(ds) == 12
     # the ground truth read back from the json is the XML's, exactly
     from_json = ground_truth_from_coco(data)
-    from_xml = load_ground_truth(voc_root / "VOC2007" / "Annotations",
-                                 voc_root / "VOC2007" / "ImageSets" / "Main" / "test.txt", SHAPES)
+    from_xml = load_ground_truth(
+        voc_root / "VOC2007" / "Annotations", voc_root / "VOC2007" / "ImageSets" / "Main" / "test.txt", SHAPES
+    )
     assert from_json.image_names == from_xml.image_names
     for field in ("obj_image", "labels", "boxes", "difficult"):
         assert np.array_equal(getattr(from_json, field), getattr(from_xml, field)), field
-    bad = subprocess.run([sys.executable, str(REPO / "datasets" / "prepare_voc.py"), "--root", str(voc_root),
-                          "--sets", "2007:test", "--check-only"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "datasets" / "prepare_voc.py"),
+            "--root",
+            str(voc_root),
+            "--sets",
+            "2007:test",
+            "--check-only",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "unknown class '" in bad.stderr  # the default is the 20 PASCAL classes
 
 
 def test_records_to_coco_boxes():
     from restransfer.data.voc import VocAnnotation, VocRecord
 
-    ann = VocAnnotation("x.xml", None, 100, 50, ["dog"], np.array([12]), np.array([[1.0, 2, 10, 50]]),
-                        np.array([True]), np.array([False]), [3])
+    ann = VocAnnotation(
+        "x.xml",
+        None,
+        100,
+        50,
+        ["dog"],
+        np.array([12]),
+        np.array([[1.0, 2, 10, 50]]),
+        np.array([True]),
+        np.array([False]),
+        [3],
+    )
     data = records_to_coco([VocRecord("2012", "2008_000001", "VOC2012/JPEGImages/2008_000001.jpg", ann)])
     a = data["annotations"][0]
     assert a["bbox"] == [0.0, 1.0, 10.0, 49.0] and a["area"] == 490.0 and a["iscrowd"] == 1 and a["difficult"] == 1

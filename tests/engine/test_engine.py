@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from restransfer.config import dump_config, load_config
+from restransfer.devices import native_bf16, resolve_precision
 from restransfer.engine import Checkpointer, NonFiniteLossError, train
 from restransfer.engine.checkpoint import atomic_torch_save
-from restransfer.devices import native_bf16, resolve_precision
 from restransfer.engine.solver import lr_factor
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,19 +20,30 @@ REPO = Path(__file__).resolve().parents[2]
 # what the engine runs differ in from the suite's tiny training recipe: an FPN detector with trainable BN
 # in every stage, every anchor's proposal kept in training (the default), 6 iterations with warmup, a step
 # at 4 and checkpoints every 3, evaluated on the shapes val set
-ENGINE = dict(model__head="fpn", model__backbone__norm="bn", model__backbone__freeze_at=0,
-              model__rpn__pre_nms_top_n_train=2000, solver__max_iter=6, solver__warmup_iters=2, solver__steps="[4]",
-              solver__checkpoint_period=3)
+ENGINE = dict(
+    model__head="fpn",
+    model__backbone__norm="bn",
+    model__backbone__freeze_at=0,
+    model__rpn__pre_nms_top_n_train=2000,
+    solver__max_iter=6,
+    solver__warmup_iters=2,
+    solver__steps="[4]",
+    solver__checkpoint_period=3,
+)
 
 
 @pytest.fixture(scope="module")
 def overrides(tiny_overrides, shapes):
     """``overrides(out, arch="faster_rcnn", **extra)``: the engine runs' overrides (of the defaults) writing to
     ``out``. A shorter ``solver__max_iter`` drops the step at 4."""
+
     def make(out, arch="faster_rcnn", **extra):
-        data = dict(data__train=f"[{{json: {shapes}/annotations/train.json, image_root: {shapes}/train}}]",
-                    data__test=f"{{json: {shapes}/annotations/val.json, image_root: {shapes}/val}}")
+        data = dict(
+            data__train=f"[{{json: {shapes}/annotations/train.json, image_root: {shapes}/train}}]",
+            data__test=f"{{json: {shapes}/annotations/val.json, image_root: {shapes}/val}}",
+        )
         return tiny_overrides("training", **{**ENGINE, "model__arch": arch, **data, "output_dir": out, **extra})
+
     return make
 
 
@@ -61,8 +72,19 @@ def test_auto_precision(monkeypatch):
 @pytest.mark.slow
 def test_bf16_channels_last_training_on_cpu(overrides, tmp_path):
     out = tmp_path / "bf16"
-    train(load_config(None, overrides(out, arch="mask_rcnn", solver__max_iter=2, solver__precision="auto",
-                                       solver__channels_last=True, data__test="null")))
+    train(
+        load_config(
+            None,
+            overrides(
+                out,
+                arch="mask_rcnn",
+                solver__max_iter=2,
+                solver__precision="auto",
+                solver__channels_last=True,
+                data__test="null",
+            ),
+        )
+    )
     expected = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
     assert f"solver.precision=auto: training in {expected}" in (out / "log.txt").read_text()
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -74,13 +96,21 @@ def test_bf16_channels_last_training_on_cpu(overrides, tmp_path):
 @pytest.mark.slow
 def test_train_writes_everything_and_evaluates(overrides, tmp_path):
     out = tmp_path / "run"
-    metrics = train(load_config(None, overrides(out, arch="mask_rcnn", solver__max_iter=4,
-                                                 test__eval_period=2)))
-    for name in ("config.yaml", "log.jsonl", "model_final.pth", "metrics.json", "coco_results.json", "last_checkpoint",
-                 "model_best.pth"):
+    metrics = train(load_config(None, overrides(out, arch="mask_rcnn", solver__max_iter=4, test__eval_period=2)))
+    for name in (
+        "config.yaml",
+        "log.jsonl",
+        "model_final.pth",
+        "metrics.json",
+        "coco_results.json",
+        "last_checkpoint",
+        "model_best.pth",
+    ):
         assert (out / name).is_file(), name
     assert set(metrics) == {"bbox", "segm"} and set(metrics["bbox"]["per_category"]) == {"circle", "triangle", "square"}
-    assert json.loads((out / "metrics.json").read_text())["bbox"]["AP"] == pytest.approx(metrics["bbox"]["AP"], nan_ok=True)
+    assert json.loads((out / "metrics.json").read_text())["bbox"]["AP"] == pytest.approx(
+        metrics["bbox"]["AP"], nan_ok=True
+    )
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     losses = [r for r in records if "total_loss" in r]
     assert [r["iteration"] for r in losses] == [1, 2, 3, 4]
@@ -89,8 +119,9 @@ def test_train_writes_everything_and_evaluates(overrides, tmp_path):
     assert [r["iteration"] for r in records if "bbox/AP" in r] == [2]
     assert Checkpointer.load(out / "model_best.pth")["iteration"] == 2
     # the resolved config loads back identically
-    assert load_config(out / "config.yaml") == load_config(None, overrides(out, arch="mask_rcnn", solver__max_iter=4,
-                                                                            test__eval_period=2))
+    assert load_config(out / "config.yaml") == load_config(
+        None, overrides(out, arch="mask_rcnn", solver__max_iter=4, test__eval_period=2)
+    )
     # the final checkpoint is a model.weights file for evaluation and fine-tuning
     state = Checkpointer.load(out / "model_final.pth")
     assert state["iteration"] == 4 and state["class_names"] == ["circle", "triangle", "square"]
@@ -100,8 +131,9 @@ def test_train_writes_everything_and_evaluates(overrides, tmp_path):
 @pytest.mark.parametrize("ema", [False, True], ids=["plain", "ema"])
 def test_resume_gives_the_same_weights(overrides, tmp_path, monkeypatch, ema):
     if ema:  # solver.ema: the saved "model" is the average; the raw weights ride along for resume
-        overrides = (lambda make: lambda out, **kw: make(out, solver__ema__enabled="true", solver__ema__decay=0.5,
-                                                         **kw))(overrides)
+        overrides = (
+            lambda make: lambda out, **kw: make(out, solver__ema__enabled="true", solver__ema__decay=0.5, **kw)
+        )(overrides)
     full = tmp_path / "full"
     train(load_config(None, overrides(full, data__test="null")))
 
@@ -154,8 +186,10 @@ def test_a_user_hook_is_called_by_training_and_its_state_is_checkpointed(overrid
 
     hook = CountSteps()
     out = tmp_path / "run"
-    train(load_config(None, overrides(out, data__test="null", solver__max_iter=2, solver__checkpoint_period=0)),
-          hooks=[hook])
+    train(
+        load_config(None, overrides(out, data__test="null", solver__max_iter=2, solver__checkpoint_period=0)),
+        hooks=[hook],
+    )
     assert [d for d, _, _ in hook.seen] == [1, 2]
     assert "loss_classifier" in hook.seen[0][2] and "loss_objectness" in hook.seen[0][2]
     assert Checkpointer.load(out / "model_final.pth")["count_steps"] == {"steps": 2}
@@ -220,8 +254,16 @@ def test_two_process_gloo_run_keeps_the_schedule_of_one_process(overrides, tmp_p
     common = dict(solver__max_iter=3, solver__ims_per_batch=4, solver__steps="[2]", solver__warmup_iters=2)
     config = tmp_path / "tiny.yaml"
     dump_config(load_config(None, overrides(out, **common)), config)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "tools" / "train_det.py"), str(config), "solver.checkpoint_period=0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(REPO / "tools" / "train_det.py"),
+        str(config),
+        "solver.checkpoint_period=0",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = (out / "log.txt").read_text()
@@ -234,8 +276,11 @@ def test_two_process_gloo_run_keeps_the_schedule_of_one_process(overrides, tmp_p
     assert state["iteration"] == 3
 
     single = tmp_path / "single"
-    train(load_config(None, overrides(single, solver__ims_per_device=1, data__test="null",
-                                       solver__checkpoint_period=0, **common)))
+    train(
+        load_config(
+            None, overrides(single, solver__ims_per_device=1, data__test="null", solver__checkpoint_period=0, **common)
+        )
+    )
     assert "4 images per step = 1 process x 1 image x 4 accumulation steps" in (single / "log.txt").read_text()
     schedule = [[(r["iteration"], r["lr"]) for r in _log_records(d) if "lr" in r] for d in (out, single)]
     assert schedule[0] == schedule[1] and [it for it, _ in schedule[0]] == [1, 2, 3]
@@ -262,10 +307,20 @@ def test_one_step_of_four_images_equals_four_accumulated_micro_steps(overrides, 
         return pos, neg
 
     monkeypatch.setattr(det_utils.BalancedPositiveNegativeSampler, "__call__", first_k)
-    common = dict(solver__max_iter=1, solver__ims_per_batch=4, model__backbone__norm="frozen_bn",
-                  model__backbone__freeze_at=0, data__aspect_ratio_grouping=False, input__hflip_prob=0.0,
-                  data__test="null", solver__warmup_iters=0, solver__base_lr=0.1, solver__checkpoint_period=0,
-                  model__rpn__post_nms_top_n_train=200, model__roi_heads__batch_size_per_image=16)
+    common = dict(
+        solver__max_iter=1,
+        solver__ims_per_batch=4,
+        model__backbone__norm="frozen_bn",
+        model__backbone__freeze_at=0,
+        data__aspect_ratio_grouping=False,
+        input__hflip_prob=0.0,
+        data__test="null",
+        solver__warmup_iters=0,
+        solver__base_lr=0.1,
+        solver__checkpoint_period=0,
+        model__rpn__post_nms_top_n_train=200,
+        model__roi_heads__batch_size_per_image=16,
+    )
     train(load_config(None, overrides(tmp_path / "batch", **common)))
     train(load_config(None, overrides(tmp_path / "accum", solver__ims_per_device=1, **common)))
     assert "1 process x 1 image x 4 accumulation steps" in (tmp_path / "accum" / "log.txt").read_text()
@@ -287,6 +342,7 @@ def build_model_like(out: Path):
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     import random
+
     random.seed(cfg.seed)
     return build_model(cfg, class_names=["circle", "triangle", "square"]).state_dict()
 
@@ -297,17 +353,22 @@ def test_batch_layouts():
 
     assert batch_layout(8, 1, 1) == (8, 1, 1, 8) and batch_layout(8, 1, 8) == (8, 8, 1, 1)
     assert batch_layout(8, None, 2) == (8, 2, 4, 1) and batch_layout(16, 2, 2) == (16, 2, 2, 4)
-    with pytest.raises(ValueError, match=r"ims_per_batch=8 .* 3 process\(es\) x solver.ims_per_device=1 .*"
-                                         r"run on a number of processes that divides it \(1, 2, 4, 8\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"ims_per_batch=8 .* 3 process\(es\) x solver.ims_per_device=1 .*"
+        r"run on a number of processes that divides it \(1, 2, 4, 8\)",
+    ):
         batch_layout(8, 1, 3)
     # more processes than the reference had: each computes its share of the step
     assert batch_layout(16, 2, 16) == (16, 16, 1, 1) and batch_layout(8, 4, 4) == (8, 4, 2, 1)
     with pytest.raises(ValueError, match=r"ims_per_device=3 .*set solver.ims_per_device to one of 1, 2, 4, 8"):
         batch_layout(8, 3, 1)
-    for bad, key in (("solver.ims_per_batch=0", "solver.ims_per_batch: 0 must be greater than 0"),
-                     ("solver.ims_per_device=-1", "solver.ims_per_device: -1 must be greater than 0"),
-                     ("solver.max_iter=-5", "solver.max_iter: -5 must be greater than 0"),
-                     ("solver.ims_per_device=3", "solver.ims_per_device: 3 does not divide solver.ims_per_batch=16")):
+    for bad, key in (
+        ("solver.ims_per_batch=0", "solver.ims_per_batch: 0 must be greater than 0"),
+        ("solver.ims_per_device=-1", "solver.ims_per_device: -1 must be greater than 0"),
+        ("solver.max_iter=-5", "solver.max_iter: -5 must be greater than 0"),
+        ("solver.ims_per_device=3", "solver.ims_per_device: 3 does not divide solver.ims_per_batch=16"),
+    ):
         with pytest.raises(ConfigError, match=key):
             load_config(None, [bad])
     with pytest.raises(ConfigError, match=r"solver.steps: 60000 is outside 1..solver.max_iter \(100\)"):
@@ -315,6 +376,7 @@ def test_batch_layouts():
 
 
 # --------------------------------------------------------------------------------- run safety
+
 
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -324,9 +386,11 @@ def _dead_pid() -> int:
 
 def _write_lock(out: Path, pid: int, host: str = None) -> None:
     import socket
+
     out.mkdir(parents=True, exist_ok=True)
-    (out / "run.lock").write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(),
-                                              "purpose": "training", "started": "earlier"}))
+    (out / "run.lock").write_text(
+        json.dumps({"pid": pid, "host": host or socket.gethostname(), "purpose": "training", "started": "earlier"})
+    )
 
 
 def test_a_second_run_on_a_live_output_dir_is_refused(overrides, tmp_path):
@@ -338,8 +402,11 @@ def test_a_second_run_on_a_live_output_dir_is_refused(overrides, tmp_path):
     try:
         _write_lock(out, owner.pid)
         cfg = load_config(None, overrides(out, solver__max_iter=1, data__test="null"))
-        for run in (lambda: train(cfg), lambda: train(cfg, resume=True),
-                    lambda: evaluate_only(load_config(None, overrides(out)))):
+        for run in (
+            lambda: train(cfg),
+            lambda: train(cfg, resume=True),
+            lambda: evaluate_only(load_config(None, overrides(out))),
+        ):
             with pytest.raises(OutputDirLocked, match=rf"{out} is in use by process {owner.pid}"):
                 run()
         assert json.loads((out / "run.lock").read_text())["pid"] == owner.pid  # the owner keeps its lock
@@ -359,8 +426,10 @@ def test_a_stale_lock_is_taken_over_and_released(overrides, tmp_path, caplog):
     pid = _dead_pid()
     _write_lock(out, pid)
     train(load_config(None, overrides(out, solver__max_iter=1, data__test="null")))
-    assert f"taking over the lock of process {pid}" in (out / "log.txt").read_text() or \
-        f"taking over the lock of process {pid}" in caplog.text
+    assert (
+        f"taking over the lock of process {pid}" in (out / "log.txt").read_text()
+        or f"taking over the lock of process {pid}" in caplog.text
+    )
     assert (out / "model_final.pth").is_file() and not (out / "run.lock").exists()
 
 
@@ -372,8 +441,10 @@ def test_existing_checkpoints_need_resume_or_restart(overrides, tmp_path):
     final = Checkpointer.load(out / "model_final.pth")
     with pytest.raises(ValueError, match=r"already holds checkpoints.*--resume.*--restart"):
         train(cfg)
-    assert torch.equal(Checkpointer.load(out / "model_final.pth")["model"]["roi_heads.box_predictor.cls_score.weight"],
-                       final["model"]["roi_heads.box_predictor.cls_score.weight"])
+    assert torch.equal(
+        Checkpointer.load(out / "model_final.pth")["model"]["roi_heads.box_predictor.cls_score.weight"],
+        final["model"]["roi_heads.box_predictor.cls_score.weight"],
+    )
     with pytest.raises(ValueError, match="exclude each other"):
         train(cfg, resume=True, restart=True)
     train(cfg, restart=True)
@@ -384,11 +455,14 @@ def test_existing_checkpoints_need_resume_or_restart(overrides, tmp_path):
 
 def _flip_byte_in_largest_tensor(path: Path) -> None:
     import zipfile
+
     with zipfile.ZipFile(path) as z:
         info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
     raw = bytearray(path.read_bytes())
-    name_len, extra_len = int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little"), \
-        int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+    name_len, extra_len = (
+        int.from_bytes(raw[info.header_offset + 26 : info.header_offset + 28], "little"),
+        int.from_bytes(raw[info.header_offset + 28 : info.header_offset + 30], "little"),
+    )
     start = info.header_offset + 30 + name_len + extra_len
     raw[start + info.file_size // 2] ^= 0x10
     path.write_bytes(bytes(raw))
@@ -408,8 +482,11 @@ def test_damaged_checkpoints_are_named_never_trained_on(tmp_path):
         with pytest.raises(CheckpointError, match=rf"{path}: checksum mismatch"):
             read(str(path))
 
-    for name, content in (("empty.pth", b""), ("random.pth", os.urandom(4096)),
-                          ("truncated.pth", (tmp_path / "c" / "model_0000001.pth").read_bytes()[:3000])):
+    for name, content in (
+        ("empty.pth", b""),
+        ("random.pth", os.urandom(4096)),
+        ("truncated.pth", (tmp_path / "c" / "model_0000001.pth").read_bytes()[:3000]),
+    ):
         bad = tmp_path / name
         bad.write_bytes(content)
         for read in (Checkpointer.load, read_detector_checkpoint):

@@ -1,5 +1,6 @@
 """restransfer.engine.lock: one run per output folder, a stale lock taken over by exactly one starter, a lock
 record that survives pid reuse."""
+
 import json
 import logging
 import multiprocessing as mp
@@ -16,8 +17,9 @@ import pytest
 from restransfer.engine import lock as lock_module
 from restransfer.engine.lock import LOCK_NAME, OutputDirLock, OutputDirLocked, boot_id, process_start_ticks
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or lock_module.fcntl is None,
-                                reason="needs fork and flock (Linux, macOS)")
+pytestmark = pytest.mark.skipif(
+    not hasattr(os, "fork") or lock_module.fcntl is None, reason="needs fork and flock (Linux, macOS)"
+)
 
 _FORK = mp.get_context("fork")
 # a guard against a hang when a worker dies (a barrier nobody reaches again), not a time limit
@@ -83,8 +85,9 @@ def test_exactly_one_of_several_starters_takes_a_stale_lock(tmp_path):
     barrier = _FORK.Barrier(workers + 1)
     outcome = _FORK.Array("i", workers)
     errors = _FORK.SimpleQueue()
-    procs = [_FORK.Process(target=_worker, args=(i, rounds, barrier, outcome, errors), daemon=True)
-             for i in range(workers)]
+    procs = [
+        _FORK.Process(target=_worker, args=(i, rounds, barrier, outcome, errors), daemon=True) for i in range(workers)
+    ]
     for p in procs:
         p.start()
     try:
@@ -142,8 +145,9 @@ def test_no_two_holders_while_starters_take_and_release_it_in_turn(tmp_path):
     holders at once."""
     inside, violations = _FORK.Value("i", 0), _FORK.Value("i", 0)
     errors = _FORK.SimpleQueue()
-    procs = [_FORK.Process(target=_churn, args=(tmp_path, 60, inside, violations, errors), daemon=True)
-             for _ in range(4)]
+    procs = [
+        _FORK.Process(target=_churn, args=(tmp_path, 60, inside, violations, errors), daemon=True) for _ in range(4)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -157,8 +161,9 @@ def test_a_lock_file_released_while_a_starter_opens_it_is_not_taken(tmp_path, mo
     """The one step a churn rarely hits: a starter opens a stale-looking file, its owner deletes it (a
     release) and a second starter creates the next lock, then the first starter's flock succeeds on the
     deleted file. It must notice the file is no longer ``run.lock`` and find the second starter's lock."""
-    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(),
-                                                  "started": "earlier"}))
+    (tmp_path / LOCK_NAME).write_text(
+        json.dumps({"pid": _dead_pid(), "host": socket.gethostname(), "started": "earlier"})
+    )
     real_flock, other = lock_module._try_flock, []
 
     def released_meanwhile(fd):
@@ -225,9 +230,18 @@ def test_a_live_process_reusing_the_owners_pid_is_told_apart(tmp_path, caplog):
     ticks = process_start_ticks(live)
     if ticks is None:
         pytest.skip("no /proc here")
-    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": live, "host": socket.gethostname(), "purpose": "training",
-                                                  "started": "2020-01-01 00:00:00", "boot_id": boot_id(),
-                                                  "start_ticks": ticks + 100}))
+    (tmp_path / LOCK_NAME).write_text(
+        json.dumps(
+            {
+                "pid": live,
+                "host": socket.gethostname(),
+                "purpose": "training",
+                "started": "2020-01-01 00:00:00",
+                "boot_id": boot_id(),
+                "start_ticks": ticks + 100,
+            }
+        )
+    )
     with caplog.at_level(logging.WARNING, logger="restransfer.engine.lock"):
         with OutputDirLock(tmp_path):
             pass
@@ -235,8 +249,14 @@ def test_a_live_process_reusing_the_owners_pid_is_told_apart(tmp_path, caplog):
     assert f"process {live} is alive but started at " in caplog.text
     assert "not the run that wrote the lock (that one started at " in caplog.text
     # the same record with the right start time names a live run: refused, the record left alone
-    record = {"pid": live, "host": socket.gethostname(), "purpose": "training", "started": "earlier",
-              "boot_id": boot_id(), "start_ticks": ticks}
+    record = {
+        "pid": live,
+        "host": socket.gethostname(),
+        "purpose": "training",
+        "started": "earlier",
+        "boot_id": boot_id(),
+        "start_ticks": ticks,
+    }
     (tmp_path / LOCK_NAME).write_text(json.dumps(record))
     with pytest.raises(OutputDirLocked, match=rf"is in use by process {live} \(training since earlier\)"):
         OutputDirLock(tmp_path).acquire()
@@ -295,6 +315,7 @@ def test_processes_forked_by_the_owner_do_not_keep_its_lock(tmp_path):
 def test_a_file_system_without_flock(tmp_path, monkeypatch):
     """Creation still excludes (O_EXCL), a live owner is still refused, a stale lock is not taken over (that
     cannot be done atomically without flock): the message says to delete it."""
+
     class NoFlock:
         LOCK_EX, LOCK_NB = 2, 4
 
@@ -308,8 +329,11 @@ def test_a_file_system_without_flock(tmp_path, monkeypatch):
             OutputDirLock(tmp_path).acquire()
     dead = _dead_pid()
     (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": dead, "host": socket.gethostname(), "started": "x"}))
-    with pytest.raises(OutputDirLocked, match=rf"stale \(process {dead} is no longer running.*no file locks \(flock\)"
-                                              rf".*delete {tmp_path / LOCK_NAME}"):
+    with pytest.raises(
+        OutputDirLocked,
+        match=rf"stale \(process {dead} is no longer running.*no file locks \(flock\)"
+        rf".*delete {tmp_path / LOCK_NAME}",
+    ):
         OutputDirLock(tmp_path).acquire()
 
 

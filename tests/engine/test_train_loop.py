@@ -1,4 +1,5 @@
 """The one training loop and its hooks, on a model small enough to follow by hand."""
+
 from __future__ import annotations
 
 import copy
@@ -37,8 +38,16 @@ def _loop(max_iter: int, accumulation: int = 1, start_micro: int = 0, seed: int 
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
     layout = BatchLayout(total=4 * accumulation, processes=1, per_device=4, accumulation=accumulation)
-    return TrainLoop(model, opt, sched, loader=_batches(start_micro), forward=_forward, layout=layout,
-                     max_iter=max_iter, device=torch.device("cpu"))
+    return TrainLoop(
+        model,
+        opt,
+        sched,
+        loader=_batches(start_micro),
+        forward=_forward,
+        layout=layout,
+        max_iter=max_iter,
+        device=torch.device("cpu"),
+    )
 
 
 class _Recorder(HookBase):
@@ -63,10 +72,18 @@ def test_a_user_hook_is_called_around_every_step():
     rec = _Recorder()
     loop.register_hooks([rec])
     loop.train()
-    assert rec.calls == ["before_train",
-                         "before_step 0", "after_step 1 lr=0.1", "before_step 1", "after_step 2 lr=0.1",
-                         "before_step 2", "after_step 3 lr=0.1", "before_step 3", "after_step 4 lr=0.05",
-                         "after_train"]
+    assert rec.calls == [
+        "before_train",
+        "before_step 0",
+        "after_step 1 lr=0.1",
+        "before_step 1",
+        "after_step 2 lr=0.1",
+        "before_step 2",
+        "after_step 3 lr=0.1",
+        "before_step 3",
+        "after_step 4 lr=0.05",
+        "after_train",
+    ]
     assert set(loop.values) == {"mse"}
 
 
@@ -116,6 +133,7 @@ def test_ema_weights_equal_the_hand_computed_average():
 def test_resume_is_exact(tmp_path, ema):
     """Stopped after 3 steps and resumed from the checkpoint: the weights (and the EMA) of an uninterrupted
     run, to the bit."""
+
     def hooks(folder):
         return ([ModelEMA(0.8)] if ema else []) + [PeriodicCheckpointer(Checkpointer(folder), period=3)]
 
@@ -164,8 +182,18 @@ def test_eval_hook_tracks_the_best_and_saves_it(tmp_path):
             written.append((it, values))
 
     loop = _loop(max_iter=6)
-    loop.register_hooks([EvalHook(2, lambda m: {"score": next(scores)}, Writer(), metric="score",
-                                  checkpointer=Checkpointer(tmp_path), at_end=True)])
+    loop.register_hooks(
+        [
+            EvalHook(
+                2,
+                lambda m: {"score": next(scores)},
+                Writer(),
+                metric="score",
+                checkpointer=Checkpointer(tmp_path),
+                at_end=True,
+            )
+        ]
+    )
     loop.train()
     assert [(it, v["score"]) for it, v in written] == [(2, 3.0), (4, 5.0), (6, 4.0)]
     assert loop.best == 5.0

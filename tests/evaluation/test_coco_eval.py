@@ -1,4 +1,5 @@
 """COCO evaluation: both engines equal pycocotools, result conversion, metric files, the command line."""
+
 from __future__ import annotations
 
 import contextlib
@@ -22,9 +23,9 @@ from restransfer.evaluation.coco import (
     ENGINES,
     evaluate_coco,
     evaluate_predictions,
+    format_metrics_table,
     masks_to_rle,
     predictions_to_coco_results,
-    format_metrics_table,
     write_metrics,
 )
 
@@ -85,8 +86,10 @@ def test_inputs_are_not_modified(eval_set):
 
 def _tiny_gt():
     return {
-        "images": [{"id": 1, "width": 200, "height": 200, "file_name": "a.jpg"},
-                   {"id": 2, "width": 200, "height": 200, "file_name": "b.jpg"}],
+        "images": [
+            {"id": 1, "width": 200, "height": 200, "file_name": "a.jpg"},
+            {"id": 2, "width": 200, "height": 200, "file_name": "b.jpg"},
+        ],
         "annotations": [
             {"id": 1, "image_id": 1, "category_id": 5, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0},
             {"id": 2, "image_id": 2, "category_id": 5, "bbox": [0, 0, 150, 150], "area": 22500, "iscrowd": 0},
@@ -100,8 +103,10 @@ def _tiny_gt():
 def test_hand_checked_values_and_empty_results(engine):
     gt = _tiny_gt()
     # perfect small box, the large one missed; a detection on the crowd region is ignored
-    results = [{"image_id": 1, "category_id": 5, "bbox": [10, 10, 20, 20], "score": 0.9},
-               {"image_id": 2, "category_id": 5, "bbox": [161, 161, 28, 28], "score": 0.8}]
+    results = [
+        {"image_id": 1, "category_id": 5, "bbox": [10, 10, 20, 20], "score": 0.9},
+        {"image_id": 2, "category_id": 5, "bbox": [161, 161, 28, 28], "score": 0.8},
+    ]
     m = evaluate_coco(gt, results, engine=engine)["bbox"]
     assert m["APs"] == pytest.approx(100.0) and m["APl"] == pytest.approx(0.0)
     assert math.isnan(m["APm"])  # no medium ground truth: pycocotools' -1
@@ -114,17 +119,30 @@ def test_hand_checked_values_and_empty_results(engine):
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_mask_results_use_the_mask_area_not_the_box_area(engine):
-    gt = {"images": [{"id": 1, "width": 100, "height": 100, "file_name": "a.png"}],
-          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 10, 10], "area": 100,
-                           "iscrowd": 0, "segmentation": [[10, 10, 20, 10, 20, 20, 10, 20]]}],
-          "categories": [{"id": 1, "name": "a"}]}
+    gt = {
+        "images": [{"id": 1, "width": 100, "height": 100, "file_name": "a.png"}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [10, 10, 10, 10],
+                "area": 100,
+                "iscrowd": 0,
+                "segmentation": [[10, 10, 20, 10, 20, 20, 10, 20]],
+            }
+        ],
+        "categories": [{"id": 1, "name": "a"}],
+    }
     masks = np.zeros((2, 100, 100), np.uint8)
     masks[0, 10:20, 10:20] = 1
     masks[1, 60:70, 60:70] = 1
     rles = masks_to_rle(masks)
     # the false positive has a small mask but a huge box: as a small detection it halves APs
-    results = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 10, 10], "score": 0.5, "segmentation": rles[0]},
-               {"image_id": 1, "category_id": 1, "bbox": [0, 0, 100, 100], "score": 0.9, "segmentation": rles[1]}]
+    results = [
+        {"image_id": 1, "category_id": 1, "bbox": [10, 10, 10, 10], "score": 0.5, "segmentation": rles[0]},
+        {"image_id": 1, "category_id": 1, "bbox": [0, 0, 100, 100], "score": 0.9, "segmentation": rles[1]},
+    ]
     assert evaluate_coco(gt, results, ("segm",), engine=engine)["segm"]["APs"] == pytest.approx(50.0)
 
 
@@ -160,10 +178,22 @@ def test_predictions_round_trip_through_pycocotools_loadres():
     mask = np.zeros((2, 200, 200), np.float32)
     mask[0, 10:30, 12:40] = 1.0
     mask[1, 50:60, 50:55] = 0.9
-    preds = [{"image_id": 1, "boxes": np.array([[12, 10, 40, 30], [50, 50, 55, 60]], np.float32),
-              "scores": np.array([0.9, 0.3], np.float32), "labels": np.array([1, 2]), "masks": masks_to_rle(mask)},
-             {"image_id": 2, "boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32),
-              "labels": np.zeros(0, np.int64), "masks": []}]
+    preds = [
+        {
+            "image_id": 1,
+            "boxes": np.array([[12, 10, 40, 30], [50, 50, 55, 60]], np.float32),
+            "scores": np.array([0.9, 0.3], np.float32),
+            "labels": np.array([1, 2]),
+            "masks": masks_to_rle(mask),
+        },
+        {
+            "image_id": 2,
+            "boxes": np.zeros((0, 4), np.float32),
+            "scores": np.zeros(0, np.float32),
+            "labels": np.zeros(0, np.int64),
+            "masks": [],
+        },
+    ]
     results = predictions_to_coco_results(preds, {1: 5, 2: 9})
     assert [r["category_id"] for r in results] == [5, 9]
     assert results[0]["bbox"] == [12.0, 10.0, 28.0, 20.0]
@@ -198,8 +228,14 @@ def test_evaluate_predictions_writes_results_and_metrics(tmp_path):
     with contextlib.redirect_stdout(io.StringIO()):
         Dataset.coco.dataset = _tiny_gt()
         Dataset.coco.createIndex()
-    preds = [{"image_id": 2, "boxes": np.array([[0, 0, 150, 150]], np.float32),
-              "scores": np.array([0.5], np.float32), "labels": np.array([1])}]
+    preds = [
+        {
+            "image_id": 2,
+            "boxes": np.array([[0, 0, 150, 150]], np.float32),
+            "scores": np.array([0.5], np.float32),
+            "labels": np.array([1]),
+        }
+    ]
     m = evaluate_predictions(Dataset, preds, metrics_path=tmp_path / "m.json", results_path=tmp_path / "r.json")
     assert set(m) == {"bbox"} and m["bbox"]["APl"] == pytest.approx(100.0)
     assert json.loads((tmp_path / "r.json").read_text())[0]["category_id"] == 5
@@ -211,9 +247,24 @@ def test_command_line_results_mode(tmp_path, eval_set):
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "res.json").write_text(json.dumps(results))
     out = tmp_path / "metrics.json"
-    proc = subprocess.run([sys.executable, "tools/eval_coco.py", "--gt", str(tmp_path / "gt.json"), "--results",
-                           str(tmp_path / "res.json"), "--iou-type", "bbox", "segm", "--output", str(out)],
-                          cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "tools/eval_coco.py",
+            "--gt",
+            str(tmp_path / "gt.json"),
+            "--results",
+            str(tmp_path / "res.json"),
+            "--iou-type",
+            "bbox",
+            "segm",
+            "--output",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     written = json.loads(out.read_text())
     assert written["segm"]["AP"] == pytest.approx(_reference(gt, results, "segm")["AP"], abs=1e-9)

@@ -1,6 +1,7 @@
 """The evaluator interface: the registry behind test.evaluator (auto by the test set's format), a protocol of
 one's own run through the protocol run (engine/evaluate.py) and training's periodic evaluation, and the one
 metrics.json writer every protocol and the classifier use."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,11 @@ class DetectionCounter(DatasetEvaluator):
         self.expected = len(dataset.image_ids)
 
     def compute(self, predictions):
-        return {"images": len(predictions), "expected": self.expected,
-                "detections_per_image": float(np.mean([len(p["scores"]) for p in predictions]))}
+        return {
+            "images": len(predictions),
+            "expected": self.expected,
+            "detections_per_image": float(np.mean([len(p["scores"]) for p in predictions])),
+        }
 
 
 register_evaluator("counting", DetectionCounter)
@@ -62,10 +66,18 @@ def test_localization_evaluator_checks_its_mode_before_any_inference():
 def test_an_evaluator_of_ones_own_runs_through_the_protocol_run(shapes, tmp_path, tiny_overrides):
     """test.evaluator=counting: the inference loop hands every image's prediction to the registered evaluator,
     training's periodic evaluation logs its scalars and ranks checkpoints by its main metric; it has no report."""
-    cfg = load_config(None, tiny_overrides(
-        "inference", f"data.test={{json: {shapes / 'annotations' / 'val.json'}, image_root: {shapes / 'val'}}}",
-        f"output_dir={tmp_path}", "model.arch=faster_rcnn", "model.roi_heads.score_thresh=0.0", "data.num_workers=0",
-        "test.evaluator=counting"))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            "inference",
+            f"data.test={{json: {shapes / 'annotations' / 'val.json'}, image_root: {shapes / 'val'}}}",
+            f"output_dir={tmp_path}",
+            "model.arch=faster_rcnn",
+            "model.roi_heads.score_thresh=0.0",
+            "data.num_workers=0",
+            "test.evaluator=counting",
+        ),
+    )
     run = protocol_run.evaluate(cfg, progress=False)
     assert isinstance(run.evaluator, DetectionCounter)
     assert run.metrics["images"] == run.metrics["expected"] == 4
@@ -81,16 +93,28 @@ def test_metrics_file_is_strict_json_with_undefined_values_as_null_at_full_preci
     from restransfer.classification import evaluate as classification_evaluate
     from restransfer.evaluation import coco
 
-    metrics = {"AP": 100.0 / 3.0, "APs": math.nan, "curve": [1.0, math.inf, -math.inf], "top1": np.float32(12.5),
-               "per_class": {"circle": np.float64(2.0 / 3.0), "star": float("nan")}, "counts": np.arange(3)}
+    metrics = {
+        "AP": 100.0 / 3.0,
+        "APs": math.nan,
+        "curve": [1.0, math.inf, -math.inf],
+        "top1": np.float32(12.5),
+        "per_class": {"circle": np.float64(2.0 / 3.0), "star": float("nan")},
+        "counts": np.arange(3),
+    }
     path = write_metrics(metrics, tmp_path / "a" / "metrics.json")
 
     def refuse(constant):
         raise AssertionError(f"{constant} is not JSON")
 
     loaded = json.loads(path.read_text(), parse_constant=refuse)
-    assert loaded == {"AP": 100.0 / 3.0, "APs": None, "curve": [1.0, None, None], "top1": 12.5,
-                      "per_class": {"circle": 2.0 / 3.0, "star": None}, "counts": [0, 1, 2]}
+    assert loaded == {
+        "AP": 100.0 / 3.0,
+        "APs": None,
+        "curve": [1.0, None, None],
+        "top1": 12.5,
+        "per_class": {"circle": 2.0 / 3.0, "star": None},
+        "counts": [0, 1, 2],
+    }
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]  # no temporary left behind
     # one writer: the COCO protocol's and the classifier's metrics.json are written by this same function
     assert coco.write_metrics is write_metrics and classification_evaluate.write_metrics is write_metrics

@@ -1,5 +1,6 @@
 """ImageNet-DET evaluation: the devkit's rules one by one, file readers, and equality with a
 straightforward loop implementation of eval_detection.m on random data."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers.imagenet_det_fixtures import WNIDS, write_synsets, write_val
+
 from restransfer.data.imagenet_det import DetFormatError, read_synsets
 from restransfer.evaluation.imagenet_det import (
     DetGroundTruth,
@@ -383,8 +384,20 @@ def test_eval_tool_file_mode_writes_metrics(tmp_path):
     blacklist = tmp_path / "bl.txt"
     blacklist.write_text(f"2 {WNIDS[0]}\n")
     out = tmp_path / "metrics.json"
-    cmd = [sys.executable, str(REPO / "tools" / "eval_imagenet_det.py"), "--submission", str(sub),
-           "--annotations", str(ann_dir), "--image-list", str(val), "--synsets", str(syn_path), "--output", str(out)]
+    cmd = [
+        sys.executable,
+        str(REPO / "tools" / "eval_imagenet_det.py"),
+        "--submission",
+        str(sub),
+        "--annotations",
+        str(ann_dir),
+        "--image-list",
+        str(val),
+        "--synsets",
+        str(syn_path),
+        "--output",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     m = json.loads(out.read_text())

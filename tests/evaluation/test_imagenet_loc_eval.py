@@ -1,4 +1,5 @@
 """ImageNet CLS-LOC evaluation: the eval_clsloc.m protocol on devkit and Kaggle files made here."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -7,15 +8,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers.imagenet_loc_files import (
-    make_classes, write_devkit, write_devkit_submission, write_kaggle_solution, write_kaggle_submission,
-    write_loc_synset_mapping, write_map_clsloc,
+    make_classes,
+    write_devkit,
+    write_devkit_submission,
+    write_kaggle_solution,
+    write_kaggle_submission,
+    write_loc_synset_mapping,
+    write_map_clsloc,
 )
+
 from restransfer.boxes import inclusive_iou
 from restransfer.data.imagenet_loc import LocFormatError, LocImage, Synsets
 from restransfer.evaluation.imagenet_loc import (
-    LocSubmission, evaluate_files, evaluate_localization, pack_ground_truth, read_devkit_submission,
+    LocSubmission,
+    evaluate_files,
+    evaluate_localization,
+    pack_ground_truth,
+    read_devkit_submission,
 )
 
 WNIDS, NAMES, DEVKIT_ORDER = make_classes(8)
@@ -24,7 +34,13 @@ GT_BOX = (0, 0, 99, 99)  # 100 x 100 pixels inclusive
 
 
 def _image(i, labels, objects, w=200, h=150):
-    return {"name": f"ILSVRC2012_val_{i:08d}", "labels": list(labels), "objects": list(objects), "width": w, "height": h}
+    return {
+        "name": f"ILSVRC2012_val_{i:08d}",
+        "labels": list(labels),
+        "objects": list(objects),
+        "width": w,
+        "height": h,
+    }
 
 
 class Layout:
@@ -41,12 +57,20 @@ class Layout:
 
     def devkit(self, guesses, blacklist=None, **kw):
         sub = write_devkit_submission(self.root / "sub.txt", guesses, DEVKIT_ORDER)
-        return evaluate_files(sub, synsets=self.map_clsloc, annotations=self.xml_dir, ground_truth=self.gt,
-                              blacklist=self._blacklist(blacklist), **kw)
+        return evaluate_files(
+            sub,
+            synsets=self.map_clsloc,
+            annotations=self.xml_dir,
+            ground_truth=self.gt,
+            blacklist=self._blacklist(blacklist),
+            **kw,
+        )
 
     def kaggle(self, guesses, blacklist=None, **kw):
         sub = write_kaggle_submission(self.root / "sub.csv", self.names, guesses)
-        return evaluate_files(sub, synsets=self.mapping, solution=self.solution, blacklist=self._blacklist(blacklist), **kw)
+        return evaluate_files(
+            sub, synsets=self.mapping, solution=self.solution, blacklist=self._blacklist(blacklist), **kw
+        )
 
     def _blacklist(self, indices):
         if indices is None:
@@ -114,8 +138,12 @@ def test_perfect_submission_scores_zero_in_both_layouts(tmp_path):
     ordered = sorted(images, key=lambda im: im["name"])
     perfect = [[im["objects"][0]] for im in ordered]
     for m in (lay.devkit(perfect), lay.kaggle(perfect)):
-        assert {k: m[k] for k in ("top1_loc_error", "top5_loc_error", "top1_cls_error", "top5_cls_error")} == \
-            {"top1_loc_error": 0.0, "top5_loc_error": 0.0, "top1_cls_error": 0.0, "top5_cls_error": 0.0}
+        assert {k: m[k] for k in ("top1_loc_error", "top5_loc_error", "top1_cls_error", "top5_cls_error")} == {
+            "top1_loc_error": 0.0,
+            "top5_loc_error": 0.0,
+            "top1_cls_error": 0.0,
+            "top5_cls_error": 0.0,
+        }
 
 
 def test_devkit_and_kaggle_layouts_give_the_same_numbers(tmp_path):
@@ -127,16 +155,19 @@ def test_devkit_and_kaggle_layouts_give_the_same_numbers(tmp_path):
         box = (int(x), int(y), int(x + rng.integers(20, 90)), int(y + rng.integers(20, 80)))
         images.append(_image(i, [w], [(w, box)]))
         jitter = rng.integers(-15, 16, 4)
-        guesses.append([(WNIDS[rng.integers(8)] if rng.random() < 0.4 else w, tuple(int(v) for v in np.add(box, jitter)))]
-                       + [(WNIDS[rng.integers(8)], box) for _ in range(rng.integers(0, 5))])
+        guesses.append(
+            [(WNIDS[rng.integers(8)] if rng.random() < 0.4 else w, tuple(int(v) for v in np.add(box, jitter)))]
+            + [(WNIDS[rng.integers(8)], box) for _ in range(rng.integers(0, 5))]
+        )
     lay = Layout(tmp_path, images)
     devkit, kaggle = lay.devkit(guesses, blacklist=[2, 7]), lay.kaggle(guesses, blacklist=[2, 7])
     assert devkit == kaggle
     assert 0 < devkit["top5_loc_error"] < 100 and devkit["top1_loc_error"] > devkit["top5_loc_error"]
     # a devkit text submission against the Kaggle ground truth (labels are map_clsloc ids) agrees too
     sub = write_devkit_submission(tmp_path / "sub2.txt", guesses, DEVKIT_ORDER)
-    assert evaluate_files(sub, synsets=lay.map_clsloc, solution=lay.solution,
-                          blacklist=lay._blacklist([2, 7])) == devkit
+    assert (
+        evaluate_files(sub, synsets=lay.map_clsloc, solution=lay.solution, blacklist=lay._blacklist([2, 7])) == devkit
+    )
 
 
 def test_gt_class_submission_is_reported(tmp_path):
@@ -146,12 +177,15 @@ def test_gt_class_submission_is_reported(tmp_path):
     assert m["gt_class_loc_error"] == 50.0 and m["top5_loc_error"] == 100.0
 
 
-@pytest.mark.parametrize("line, message", [
-    ("3 0 0 10", "4 fields"),
-    ("3 0 0 10 x", "'x' is not a number"),
-    ("9 0 0 10 10", "label 9"),
-    ("2.5 0 0 10 10", "label 2.5"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("3 0 0 10", "4 fields"),
+        ("3 0 0 10 x", "'x' is not a number"),
+        ("9 0 0 10 10", "label 9"),
+        ("2.5 0 0 10 10", "label 2.5"),
+    ],
+)
 def test_malformed_submission_lines_name_file_and_line(tmp_path, line, message):
     lay = Layout(tmp_path, [_image(i, [A], [(A, GT_BOX)]) for i in (1, 2, 3)])
     sub = tmp_path / "bad.txt"
@@ -205,8 +239,10 @@ def _reference(images, guesses, blacklist, max_guesses):
             e = 0
             for gl in im["labels"]:
                 # a class without boxes cannot be localized (the devkit has no such images)
-                d = [min(((lab != gl) or overlap(box, ob) < 0.5 for ow, ob in im["objects"] if ow == gl), default=1)
-                     for lab, box in g]
+                d = [
+                    min(((lab != gl) or overlap(box, ob) < 0.5 for ow, ob in im["objects"] if ow == gl), default=1)
+                    for lab, box in g
+                ]
                 e += min(d) if d else 1
             loc_sum += e / len(im["labels"])
         out[f"top{k}_cls_error"] = 100 * cls_sum / len(images)
@@ -234,9 +270,19 @@ def test_vectorized_matches_loop_reference_on_random_data():
         guesses.append(g)
     blacklist = set(rng.choice(400, 25, replace=False).tolist())
 
-    gt = pack_ground_truth([LocImage(f"im{i}", "", tuple(im["labels"]), tuple(w for w, _ in im["objects"]),
-                                     np.array([b for _, b in im["objects"]], dtype=float)) for i, im in enumerate(images)],
-                           synsets)
+    gt = pack_ground_truth(
+        [
+            LocImage(
+                f"im{i}",
+                "",
+                tuple(im["labels"]),
+                tuple(w for w, _ in im["objects"]),
+                np.array([b for _, b in im["objects"]], dtype=float),
+            )
+            for i, im in enumerate(images)
+        ],
+        synsets,
+    )
     sub = LocSubmission(np.zeros((400, 7), dtype=np.int64), np.zeros((400, 7, 4)))
     for i, g in enumerate(guesses):
         for j, (w, b) in enumerate(g):
@@ -260,17 +306,41 @@ def test_read_devkit_submission_pads_and_truncates(tmp_path):
 def test_tool_writes_metrics_json(tmp_path):
     lay = Layout(tmp_path, [_image(1, [A], [(A, GT_BOX)]), _image(2, [B], [(B, GT_BOX)])])
     sub = write_devkit_submission(tmp_path / "s.txt", [[(A, GT_BOX)], [(A, GT_BOX), (B, (0, 0, 99, 48))]], DEVKIT_ORDER)
-    spec = importlib.util.spec_from_file_location("eval_tool", Path(__file__).parents[2] / "tools" / "eval_imagenet_loc.py")
+    spec = importlib.util.spec_from_file_location(
+        "eval_tool", Path(__file__).parents[2] / "tools" / "eval_imagenet_loc.py"
+    )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     out = tmp_path / "m" / "metrics.json"
-    assert tool.main(["--submission", str(sub), "--annotations", str(lay.xml_dir), "--ground-truth", str(lay.gt),
-                      "--synsets", str(lay.map_clsloc), "--output", str(out)]) == 0
+    assert (
+        tool.main(
+            [
+                "--submission",
+                str(sub),
+                "--annotations",
+                str(lay.xml_dir),
+                "--ground-truth",
+                str(lay.gt),
+                "--synsets",
+                str(lay.map_clsloc),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     m = json.loads(out.read_text())
-    assert (m["top5_loc_error"], m["top1_loc_error"], m["top5_cls_error"], m["top1_cls_error"]) == (50.0, 50.0, 0.0, 50.0)
+    assert (m["top5_loc_error"], m["top1_loc_error"], m["top5_cls_error"], m["top1_cls_error"]) == (
+        50.0,
+        50.0,
+        0.0,
+        50.0,
+    )
     bad = tmp_path / "bad.txt"
     bad.write_text("1 0 0\n\n")
     from restransfer.cli import run_tool
 
-    assert run_tool(tool.main, ["--submission", str(bad), "--solution", str(lay.solution), "--synsets",
-                                str(lay.mapping)]) == 2
+    assert (
+        run_tool(tool.main, ["--submission", str(bad), "--solution", str(lay.solution), "--synsets", str(lay.mapping)])
+        == 2
+    )

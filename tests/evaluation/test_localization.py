@@ -1,4 +1,5 @@
 """Top-5 localization guesses from detector outputs: the detector, classifier and ground-truth-class modes."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,14 +7,20 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from helpers.imagenet_loc_files import make_classes, write_devkit, write_kaggle_solution, write_map_clsloc
+
 from restransfer.boxes import devkit_to_xyxy
 from restransfer.data.imagenet_loc import convert_split, ground_truth_from_coco, read_synsets
 from restransfer.evaluation.imagenet_loc import evaluate_files
 from restransfer.localization import (
-    LocGuesses, classifier_guesses, detector_guesses, gt_class_guesses, label_wnids, load_classifier_scores,
-    write_devkit_submission, write_kaggle_submission,
+    LocGuesses,
+    classifier_guesses,
+    detector_guesses,
+    gt_class_guesses,
+    label_wnids,
+    load_classifier_scores,
+    write_devkit_submission,
+    write_kaggle_submission,
 )
 
 WNIDS, NAMES, DEVKIT_ORDER = make_classes(8)
@@ -24,8 +31,12 @@ SIZES = {1: (200, 100), 2: (64, 48), 3: (30, 40)}
 
 def _pred(image_id, dets):
     """dets: [(label, score, box)]"""
-    return {"image_id": image_id, "boxes": np.array([d[2] for d in dets], np.float32).reshape(-1, 4),
-            "scores": np.array([d[1] for d in dets], np.float32), "labels": np.array([d[0] for d in dets], np.int64)}
+    return {
+        "image_id": image_id,
+        "boxes": np.array([d[2] for d in dets], np.float32).reshape(-1, 4),
+        "scores": np.array([d[1] for d in dets], np.float32),
+        "labels": np.array([d[0] for d in dets], np.int64),
+    }
 
 
 def _box(k):
@@ -34,8 +45,19 @@ def _box(k):
 
 PREDS = [
     # image 1: seven classes; label 3 has two detections, its best box is the 0.9 one
-    _pred(1, [(3, 0.5, _box(1)), (1, 0.8, _box(2)), (3, 0.9, _box(3)), (2, 0.7, _box(4)), (4, 0.3, _box(5)),
-              (5, 0.2, _box(6)), (6, 0.1, _box(7)), (7, 0.05, _box(8))]),
+    _pred(
+        1,
+        [
+            (3, 0.5, _box(1)),
+            (1, 0.8, _box(2)),
+            (3, 0.9, _box(3)),
+            (2, 0.7, _box(4)),
+            (4, 0.3, _box(5)),
+            (5, 0.2, _box(6)),
+            (6, 0.1, _box(7)),
+            (7, 0.05, _box(8)),
+        ],
+    ),
     _pred(2, [(8, 0.4, _box(9)), (8, 0.6, _box(10))]),
     _pred(3, []),
 ]
@@ -94,7 +116,9 @@ def test_unknown_detector_label_is_reported():
 
 
 def test_label_wnids_from_dataset_categories():
-    coco = SimpleNamespace(cats={10: {"id": 10, "name": "a", "wnid": WNIDS[0]}, 20: {"id": 20, "name": "b", "wnid": WNIDS[1]}})
+    coco = SimpleNamespace(
+        cats={10: {"id": 10, "name": "a", "wnid": WNIDS[0]}, 20: {"id": 20, "name": "b", "wnid": WNIDS[1]}}
+    )
     ds = SimpleNamespace(coco=coco, label_to_cat_id={1: 10, 2: 20})
     assert label_wnids(ds) == {1: WNIDS[0], 2: WNIDS[1]}
     coco.cats[20] = {"id": 20, "name": "b"}
@@ -116,16 +140,28 @@ def test_ground_truth_as_detections_round_trips_to_zero_error(tmp_path):
     for i in range(1, 13):
         w = WNIDS[i % 8]
         x, y = (int(v) for v in rng.integers(0, 40, 2))
-        images.append({"name": f"ILSVRC2012_val_{i:08d}", "labels": [w], "width": 120, "height": 90,
-                       "objects": [(w, (x, y, x + int(rng.integers(5, 70)), y + int(rng.integers(5, 45))))]})
+        images.append(
+            {
+                "name": f"ILSVRC2012_val_{i:08d}",
+                "labels": [w],
+                "width": 120,
+                "height": 90,
+                "objects": [(w, (x, y, x + int(rng.integers(5, 70)), y + int(rng.integers(5, 45))))],
+            }
+        )
     images[3]["objects"].append((images[3]["labels"][0], (0, 0, 119, 89)))
     xml_dir, gt = write_devkit(tmp_path, images, DEVKIT_ORDER)
     data = convert_split("val", synsets, tmp_path, annotations=xml_dir, ground_truth=gt)
     records, syn = ground_truth_from_coco(data)
     preds = []
     for im, rec in zip(data["images"], records):
-        dets = [(syn.label(w), 0.9 - 0.1 * j, tuple(devkit_to_xyxy(b)[0])) for j, (w, b) in enumerate(zip(rec.box_wnids, rec.boxes))]
-        dets.append((syn.label(WNIDS[(WNIDS.index(rec.labels[0]) + 1) % 8]), 0.95, (1.0, 1.0, 3.0, 3.0)))  # a wrong top class
+        dets = [
+            (syn.label(w), 0.9 - 0.1 * j, tuple(devkit_to_xyxy(b)[0]))
+            for j, (w, b) in enumerate(zip(rec.box_wnids, rec.boxes))
+        ]
+        dets.append(
+            (syn.label(WNIDS[(WNIDS.index(rec.labels[0]) + 1) % 8]), 0.95, (1.0, 1.0, 3.0, 3.0))
+        )  # a wrong top class
         preds.append(_pred(im["id"], dets))
     lut = {k: syn.wnid(k) for k in range(1, len(syn) + 1)}
     guesses = detector_guesses(preds[::-1], lut).reorder([im["id"] for im in data["images"]])
@@ -134,8 +170,10 @@ def test_ground_truth_as_detections_round_trips_to_zero_error(tmp_path):
     write_kaggle_submission(tmp_path / "loc.csv", guesses, names)
     solution = write_kaggle_solution(tmp_path / "LOC_val_solution.csv", images)
     kw = dict(synsets=tmp_path / "map_clsloc.txt")
-    for m in (evaluate_files(tmp_path / "loc.txt", annotations=xml_dir, ground_truth=gt, **kw),
-              evaluate_files(tmp_path / "loc.csv", solution=solution, **kw)):
+    for m in (
+        evaluate_files(tmp_path / "loc.txt", annotations=xml_dir, ground_truth=gt, **kw),
+        evaluate_files(tmp_path / "loc.csv", solution=solution, **kw),
+    ):
         assert m["top5_loc_error"] == 0.0 and m["top5_cls_error"] == 0.0
         assert m["top1_cls_error"] == 100.0  # the wrong class scored highest everywhere
     first = (tmp_path / "loc.txt").read_text().splitlines()[0].split()
@@ -157,8 +195,9 @@ def test_load_classifier_scores(tmp_path):
 
 def test_empty_guesses_write_empty_lines(tmp_path):
     g = LocGuesses.empty([1, 2])
-    write_devkit_submission(tmp_path / "e.txt", g, read_synsets(
-        write_map_clsloc(tmp_path / "m.txt", DEVKIT_ORDER, dict(zip(WNIDS, NAMES)))))
+    write_devkit_submission(
+        tmp_path / "e.txt", g, read_synsets(write_map_clsloc(tmp_path / "m.txt", DEVKIT_ORDER, dict(zip(WNIDS, NAMES))))
+    )
     assert (tmp_path / "e.txt").read_text() == "\n\n"
 
 
@@ -203,5 +242,6 @@ def test_classifier_top_k_equals_stable_sort_with_ties():
     rng = np.random.default_rng(0)
     for shape in ((500, 40), (50, 3)):
         scores = rng.integers(0, 6, shape).astype(np.float32)  # many ties
-        np.testing.assert_array_equal(top_columns(scores, 5, chunk=64),
-                                      np.argsort(-scores, axis=1, kind="stable")[:, :5])
+        np.testing.assert_array_equal(
+            top_columns(scores, 5, chunk=64), np.argsort(-scores, axis=1, kind="stable")[:, :5]
+        )

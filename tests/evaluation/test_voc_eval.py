@@ -1,5 +1,6 @@
 """PASCAL VOC evaluation: the devkit's rules on hand-computed cases, the results files, and equality with a
 straightforward loop re-implementation of VOCevaldet.m / VOCap.m on generated devkit-format files."""
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,22 @@ import pytest
 from restransfer.benchmark.voc_eval import synthetic_voc_eval_set
 from restransfer.data.voc import VocFormatError
 from restransfer.evaluation.voc import (
-    ELEVEN_POINTS, IOU_THRESHOLDS, best_overlaps, evaluate_voc, format_table, matlab_colon, metrics_dict, voc_ap,
+    ELEVEN_POINTS,
+    IOU_THRESHOLDS,
+    best_overlaps,
+    evaluate_voc,
+    format_table,
+    matlab_colon,
+    metrics_dict,
+    voc_ap,
 )
 from restransfer.evaluation.voc_io import (
-    VocDetections, VocGroundTruth, load_ground_truth, predictions_to_detections, read_results, results_file_name,
+    VocDetections,
+    VocGroundTruth,
+    load_ground_truth,
+    predictions_to_detections,
+    read_results,
+    results_file_name,
     write_results,
 )
 
@@ -27,9 +40,15 @@ CLASSES = ("a", "b", "c")
 def make_gt(objects, num_images, classes=CLASSES):
     """objects: (image, label, xmin, ymin, xmax, ymax, difficult) in image/XML order."""
     arr = np.asarray(objects, dtype=np.float64).reshape(-1, 7)
-    return VocGroundTruth(tuple(f"{i:06d}" for i in range(1, num_images + 1)), arr[:, 0].astype(np.int64),
-                          arr[:, 1].astype(np.int64), arr[:, 2:6], arr[:, 6].astype(bool), tuple(classes),
-                          image_ids=np.arange(1, num_images + 1))
+    return VocGroundTruth(
+        tuple(f"{i:06d}" for i in range(1, num_images + 1)),
+        arr[:, 0].astype(np.int64),
+        arr[:, 1].astype(np.int64),
+        arr[:, 2:6],
+        arr[:, 6].astype(bool),
+        tuple(classes),
+        image_ids=np.arange(1, num_images + 1),
+    )
 
 
 def make_dets(rows):
@@ -91,8 +110,7 @@ def test_eleven_point_and_area_ap_on_a_known_curve():
     # rec = .25 .25 .5 .75 .75, prec = 1 .5 .667 .75 .6
     gt = make_gt([(i, 1, 1, 1, 10, 10, 0) for i in range(4)], 4)
     hit, miss = (1, 1, 10, 10), (50, 50, 60, 60)
-    dets = make_dets([(0, 1, 0.9, *hit), (0, 1, 0.8, *miss), (1, 1, 0.7, *hit), (2, 1, 0.6, *hit),
-                      (3, 1, 0.5, *miss)])
+    dets = make_dets([(0, 1, 0.9, *hit), (0, 1, 0.8, *miss), (1, 1, 0.7, *hit), (2, 1, 0.6, *hit), (3, 1, 0.5, *miss)])
     # area: .25 * 1 + .25 * .75 + .25 * .75 + .25 * 0
     assert evaluate_voc(gt, dets, "area").ap[0] == pytest.approx(0.625, abs=1e-15)
     # 11-point: t = 0, .1, .2 -> 1; t = .3 .. .7 -> .75; t = .8, .9, 1 -> 0
@@ -122,8 +140,9 @@ def test_image_without_objects_and_score_ties_in_file_order():
 
 def test_class_without_detections_is_zero_and_class_without_positives_is_left_out():
     # a: found; b: two objects (one difficult), no detections; c: only a difficult object, one detection
-    gt = make_gt([(0, 1, 1, 1, 10, 10, 0), (0, 2, 20, 20, 30, 30, 0), (0, 2, 40, 40, 50, 50, 1),
-                  (1, 3, 1, 1, 10, 10, 1)], 2)
+    gt = make_gt(
+        [(0, 1, 1, 1, 10, 10, 0), (0, 2, 20, 20, 30, 30, 0), (0, 2, 40, 40, 50, 50, 1), (1, 3, 1, 1, 10, 10, 1)], 2
+    )
     dets = make_dets([(0, 1, 0.9, 1, 1, 10, 10), (1, 3, 0.9, 60, 60, 70, 70)])
     res = evaluate_voc(gt, dets)
     assert res.num_pos.tolist() == [1, 1, 0]
@@ -164,13 +183,27 @@ def test_bad_detections_are_refused():
 
 def test_predictions_convert_to_voc_pixels_in_image_set_order():
     gt = make_gt([(0, 1, 1, 1, 10, 10, 0)], 2)
-    preds = [{"image_id": 2, "boxes": np.array([[0, 0, 10, 10]], np.float32), "scores": np.array([0.5]),
-              "labels": np.array([1])},
-             {"image_id": 1, "boxes": np.array([[0, 0, 10, 10], [4.5, 0, 9, 9]], np.float32),
-              "scores": np.array([0.9, 0.3]), "labels": np.array([1, 2])}]
+    preds = [
+        {
+            "image_id": 2,
+            "boxes": np.array([[0, 0, 10, 10]], np.float32),
+            "scores": np.array([0.5]),
+            "labels": np.array([1]),
+        },
+        {
+            "image_id": 1,
+            "boxes": np.array([[0, 0, 10, 10], [4.5, 0, 9, 9]], np.float32),
+            "scores": np.array([0.9, 0.3]),
+            "labels": np.array([1, 2]),
+        },
+    ]
     dets = predictions_to_detections(preds, gt)
     assert dets.image.tolist() == [0, 0, 1]
-    assert dets.boxes.tolist() == [[1, 1, 10, 10], [5.5, 1, 9, 9], [1, 1, 10, 10]]  # internal (0,0,10,10) = VOC (1,1,10,10)
+    assert dets.boxes.tolist() == [
+        [1, 1, 10, 10],
+        [5.5, 1, 9, 9],
+        [1, 1, 10, 10],
+    ]  # internal (0,0,10,10) = VOC (1,1,10,10)
     assert evaluate_voc(gt, dets).tp.tolist() == [True, False, False]
 
 
@@ -182,8 +215,11 @@ def test_results_files_round_trip(tmp_path):
     dets = make_dets([(2, 1, 0.5, 1.25, 2, 10, 10), (0, 3, 1 / 3, 1, 1, 7.1, 9), (1, 1, 0.5, 3, 3, 8, 8)])
     dets.boxes[0, 2] = np.float32(10.1)  # a float32 value, as a model's boxes are
     paths = write_results(tmp_path, gt, dets)
-    assert [p.name for p in paths] == [results_file_name(c) for c in CLASSES] == [
-        "comp4_det_test_a.txt", "comp4_det_test_b.txt", "comp4_det_test_c.txt"]
+    assert (
+        [p.name for p in paths]
+        == [results_file_name(c) for c in CLASSES]
+        == ["comp4_det_test_a.txt", "comp4_det_test_b.txt", "comp4_det_test_c.txt"]
+    )
     assert (tmp_path / "comp4_det_test_b.txt").read_text() == ""
     assert (tmp_path / "comp4_det_test_a.txt").read_text().splitlines()[1] == "000002 0.5 3.0 3.0 8.0 8.0"
     back = read_results(tmp_path, gt)
@@ -194,12 +230,15 @@ def test_results_files_round_trip(tmp_path):
     assert read_results(tmp_path, gt).labels.tolist() == [1, 1]
 
 
-@pytest.mark.parametrize("line, message", [
-    ("000001 0.9 1 1 10", r"comp4_det_test_a.txt:2: expected .* got 5 fields"),
-    ("000009 0.9 1 1 10 10", r"comp4_det_test_a.txt:2: unrecognized image '000009'"),
-    ("000001 0.9 1 one 10 10", r"comp4_det_test_a.txt:2: 'one' is not a number"),
-    ("000001 nan 1 1 10 10", r"comp4_det_test_a.txt:2: confidence and box must be finite"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("000001 0.9 1 1 10", r"comp4_det_test_a.txt:2: expected .* got 5 fields"),
+        ("000009 0.9 1 1 10 10", r"comp4_det_test_a.txt:2: unrecognized image '000009'"),
+        ("000001 0.9 1 one 10 10", r"comp4_det_test_a.txt:2: 'one' is not a number"),
+        ("000001 nan 1 1 10 10", r"comp4_det_test_a.txt:2: confidence and box must be finite"),
+    ],
+)
 def test_malformed_results_files_name_file_and_line(tmp_path, line, message):
     gt = make_gt([(0, 1, 1, 1, 10, 10, 0)], 1)
     (tmp_path / "comp4_det_test_a.txt").write_text(f"000001 0.5 1 1 10 10\n{line}\n")
@@ -229,8 +268,10 @@ def _devkit_reference(gt_objects, dets_in_file_order, num_classes, metric, minov
     """
     aps = []
     for cls in range(1, num_classes + 1):
-        gt = [{"BB": [b for c, b, _ in objs if c == cls], "diff": [d for c, _, d in objs if c == cls]}
-              for objs in gt_objects]
+        gt = [
+            {"BB": [b for c, b, _ in objs if c == cls], "diff": [d for c, _, d in objs if c == cls]}
+            for objs in gt_objects
+        ]
         for g in gt:
             g["det"] = [False] * len(g["BB"])
         npos = sum(sum(1 for d in g["diff"] if not d) for g in gt)
@@ -246,8 +287,11 @@ def _devkit_reference(gt_objects, dets_in_file_order, num_classes, metric, minov
                 iw = bi[2] - bi[0] + 1
                 ih = bi[3] - bi[1] + 1
                 if iw > 0 and ih > 0:
-                    ua = ((bb[2] - bb[0] + 1) * (bb[3] - bb[1] + 1) + (bbgt[2] - bbgt[0] + 1) * (bbgt[3] - bbgt[1] + 1)
-                          - iw * ih)
+                    ua = (
+                        (bb[2] - bb[0] + 1) * (bb[3] - bb[1] + 1)
+                        + (bbgt[2] - bbgt[0] + 1) * (bbgt[3] - bbgt[1] + 1)
+                        - iw * ih
+                    )
                     ov = iw * ih / ua
                     if ov > ovmax:
                         ovmax, jmax = ov, j
@@ -286,9 +330,12 @@ def _write_xml(path: Path, name: str, objects, classes):
     objs = "".join(
         f"<object><name>{classes[c - 1]}</name><difficult>{int(d)}</difficult><bndbox><xmin>{b[0]:g}</xmin>"
         f"<ymin>{b[1]:g}</ymin><xmax>{b[2]:g}</xmax><ymax>{b[3]:g}</ymax></bndbox></object>\n"
-        for c, b, d in objects)
-    path.write_text(f"<annotation>\n<filename>{name}.jpg</filename>\n<size><width>500</width><height>500</height>"
-                    f"<depth>3</depth></size>\n{objs}</annotation>\n")
+        for c, b, d in objects
+    )
+    path.write_text(
+        f"<annotation>\n<filename>{name}.jpg</filename>\n<size><width>500</width><height>500</height>"
+        f"<depth>3</depth></size>\n{objs}</annotation>\n"
+    )
 
 
 @pytest.mark.parametrize("metric", ["voc2007", "area"])
@@ -333,8 +380,9 @@ def test_equals_a_loop_reimplementation_of_the_devkit_on_devkit_files(tmp_path, 
 
 
 def test_eval_voc_tool_on_results_files(tmp_path):
-    gt = make_gt([(0, 1, 1, 1, 10, 10, 0), (1, 1, 1, 1, 10, 10, 0), (1, 2, 5, 5, 20, 20, 1)], 2,
-                 classes=("cat", "dog", "cow"))
+    gt = make_gt(
+        [(0, 1, 1, 1, 10, 10, 0), (1, 1, 1, 1, 10, 10, 0), (1, 2, 5, 5, 20, 20, 1)], 2, classes=("cat", "dog", "cow")
+    )
     voc = tmp_path / "VOCdevkit" / "VOC2007"
     (voc / "Annotations").mkdir(parents=True)
     (voc / "ImageSets" / "Main").mkdir(parents=True)
@@ -344,9 +392,22 @@ def test_eval_voc_tool_on_results_files(tmp_path):
     (voc / "ImageSets" / "Main" / "test.txt").write_text("000001\n000002\n")
     write_results(tmp_path / "res", gt, make_dets([(0, 1, 0.9, 1, 1, 10, 10), (1, 1, 0.8, 30, 30, 40, 40)]))
     out = tmp_path / "m" / "metrics.json"
-    cmd = [sys.executable, str(REPO / "tools" / "eval_voc.py"), "--results", str(tmp_path / "res"),
-           "--annotations", str(voc / "Annotations"), "--image-set", str(voc / "ImageSets" / "Main" / "test.txt"),
-           "--classes", "cat", "dog", "cow", "--output", str(out)]
+    cmd = [
+        sys.executable,
+        str(REPO / "tools" / "eval_voc.py"),
+        "--results",
+        str(tmp_path / "res"),
+        "--annotations",
+        str(voc / "Annotations"),
+        "--image-set",
+        str(voc / "ImageSets" / "Main" / "test.txt"),
+        "--classes",
+        "cat",
+        "dog",
+        "cow",
+        "--output",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     m = json.loads(out.read_text())
@@ -375,9 +436,18 @@ def test_training_on_the_generated_voc_set_evaluates_with_the_devkit_protocol(tm
     generate_voc_shapes(root, num_trainval=8, num_test=4, image_size=64, seed=2)
     entry = f"format: voc, root: {root}, year: 2007, classes: [circle, triangle, square]"
     out = tmp_path / "run"
-    cfg = load_config(REPO / "configs" / "demo_voc_shapes.yaml", tiny_overrides(
-        "training", f"data.train=[{{{entry}, split: trainval}}]", f"data.test={{{entry}, split: test}}",
-        f"output_dir={out}", "test.eval_period=1", "model.roi_heads.score_thresh=0.0", "solver.checkpoint_period=1"))
+    cfg = load_config(
+        REPO / "configs" / "demo_voc_shapes.yaml",
+        tiny_overrides(
+            "training",
+            f"data.train=[{{{entry}, split: trainval}}]",
+            f"data.test={{{entry}, split: test}}",
+            f"output_dir={out}",
+            "test.eval_period=1",
+            "model.roi_heads.score_thresh=0.0",
+            "solver.checkpoint_period=1",
+        ),
+    )
     train(cfg)
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     evaluations = [r for r in records if "voc/mAP" in r]
@@ -389,15 +459,29 @@ def test_training_on_the_generated_voc_set_evaluates_with_the_devkit_protocol(tm
     assert sum(metrics["num_positives"].values()) > 0
     assert (out / "report.html").is_file()
     lines = (out / "results" / "VOC2007" / "Main" / "comp4_det_test_circle.txt").read_text().splitlines()
-    assert all(len(line.split()) == 6 and line.split()[0] in {"000009", "000010", "000011", "000012"}
-               for line in lines)
+    assert all(len(line.split()) == 6 and line.split()[0] in {"000009", "000010", "000011", "000012"} for line in lines)
     assert Checkpointer.load(out / "model_best.pth")["best"] == pytest.approx(evaluations[0]["voc/mAP"])
     # the results files the evaluation wrote give the same numbers through the devkit-files path
     voc = root / "VOC2007"
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "eval_voc.py"), "--results",
-                           str(out / "results" / "VOC2007" / "Main"), "--annotations", str(voc / "Annotations"),
-                           "--image-set", str(voc / "ImageSets" / "Main" / "test.txt"), "--classes", "circle",
-                           "triangle", "square", "--output", str(tmp_path / "files" / "metrics.json")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "eval_voc.py"),
+            "--results",
+            str(out / "results" / "VOC2007" / "Main"),
+            "--annotations",
+            str(voc / "Annotations"),
+            "--image-set",
+            str(voc / "ImageSets" / "Main" / "test.txt"),
+            "--classes",
+            "circle",
+            "triangle",
+            "square",
+            "--output",
+            str(tmp_path / "files" / "metrics.json"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "files" / "metrics.json").read_text()) == metrics

@@ -6,6 +6,7 @@ too. Hostile files are built by hand here (zipfile, pickle opcodes): a list shar
 (2^60 paths), a list containing itself, 5000 nested dicts (deeper than Python's recursion limit), a
 DEFLATE-compressed record of 128 MiB in a file of ~130 KB, members whose headers disagree or overlap.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.tiny_detectors import REPO, tiny_config, write_config
 
 from restransfer import Predictor
 from restransfer.backbone import ResNet
@@ -30,9 +32,13 @@ from restransfer.errors import CheckpointError
 from restransfer.models import build_model
 from restransfer.models.checkpoint import read_detector_checkpoint
 from restransfer.predictor import checkpoint_class_names
-from restransfer.serialization import (CHECKSUM_KEY, check_torch_archive, load_torch_file, payload_checksum,
-                                       tensors_checksum)
-from helpers.tiny_detectors import REPO, tiny_config, write_config
+from restransfer.serialization import (
+    CHECKSUM_KEY,
+    check_torch_archive,
+    load_torch_file,
+    payload_checksum,
+    tensors_checksum,
+)
 
 
 def _state(iteration: int) -> dict:
@@ -44,10 +50,18 @@ def _state(iteration: int) -> dict:
     net(torch.ones(1, 3)).sum().backward()
     opt.step()
     sched = torch.optim.lr_scheduler.StepLR(opt, 10)
-    return {"model": {"w": w, "w_t": w.t(), **net.state_dict()}, "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "scaler": None, "iteration": iteration, "rng": rng_state(),
-            "config": {"solver": {"base_lr": 0.02, "steps": [3, 4]}, "model": {"arch": "faster_rcnn"}},
-            "class_names": ["circle", "square"], "pixel_convention": {"channel_order": "RGB"}, "best": None}
+    return {
+        "model": {"w": w, "w_t": w.t(), **net.state_dict()},
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "scaler": None,
+        "iteration": iteration,
+        "rng": rng_state(),
+        "config": {"solver": {"base_lr": 0.02, "steps": [3, 4]}, "model": {"arch": "faster_rcnn"}},
+        "class_names": ["circle", "square"],
+        "pixel_convention": {"channel_order": "RGB"},
+        "best": None,
+    }
 
 
 def _members(path: Path) -> dict:
@@ -81,16 +95,20 @@ def _flip(path: Path, offset: int, new: int) -> None:
 def _flip_iteration(path: Path, old: int = 15, new: int = 3) -> None:
     """Change the pickled ``iteration`` in data.pkl (BININT1 after the key), one byte."""
     start, size = _data_span(path, "data.pkl")
-    found = re.search(rb"X\t\0\0\0iteration(q.|r....)?K" + bytes([old]), path.read_bytes()[start:start + size], re.S)
+    found = re.search(rb"X\t\0\0\0iteration(q.|r....)?K" + bytes([old]), path.read_bytes()[start : start + size], re.S)
     assert found
     _flip(path, start + found.end() - 1, new)
 
 
 def _readers():
     """Every way a checkpoint is read: --resume / Checkpointer, model.weights, backbone weights, classifiers."""
-    return {"Checkpointer.load": Checkpointer.load, "read_detector_checkpoint": read_detector_checkpoint,
-            "read_state_dict": read_state_dict, "read_weights": read_weights,
-            "load_pretrained": lambda p: load_pretrained(ResNet(18), str(p))}
+    return {
+        "Checkpointer.load": Checkpointer.load,
+        "read_detector_checkpoint": read_detector_checkpoint,
+        "read_state_dict": read_state_dict,
+        "read_weights": read_weights,
+        "load_pretrained": lambda p: load_pretrained(ResNet(18), str(p)),
+    }
 
 
 def _refused_by_every_reader(path: Path, match: str) -> None:
@@ -119,12 +137,14 @@ def test_the_checksum_covers_every_entry():
     changes = [("iteration", 3), ("scaler", {}), ("class_names", ["circle", "squarE"]), ("best", 0.0)]
     for key, value in changes:
         assert payload_checksum({**base, key: value}) != ref, key
-    for mutate in (lambda s: s["optimizer"]["param_groups"][0].update(lr=0.2),
-                   lambda s: s["optimizer"]["state"][0]["momentum_buffer"].add_(1e-3),
-                   lambda s: s["scheduler"].update(last_epoch=7),
-                   lambda s: s["rng"]["python"][1].__setitem__(5, 0),
-                   lambda s: s["config"]["solver"]["steps"].append(5),
-                   lambda s: s["model"].__setitem__("w_t", s["model"]["w"].t().contiguous())):  # untied
+    for mutate in (
+        lambda s: s["optimizer"]["param_groups"][0].update(lr=0.2),
+        lambda s: s["optimizer"]["state"][0]["momentum_buffer"].add_(1e-3),
+        lambda s: s["scheduler"].update(last_epoch=7),
+        lambda s: s["rng"]["python"][1].__setitem__(5, 0),
+        lambda s: s["config"]["solver"]["steps"].append(5),
+        lambda s: s["model"].__setitem__("w_t", s["model"]["w"].t().contiguous()),
+    ):  # untied
         state = _state(15)
         mutate(state)
         assert payload_checksum(state) != ref
@@ -145,8 +165,12 @@ def test_a_flipped_byte_in_a_tensor_record_is_detected(tmp_path):
 
 def test_a_change_with_valid_crcs_is_caught_by_the_payload_checksum(tmp_path):
     """Rewritten with fresh CRCs, the zip is valid and torch loads it: the checksum still tells."""
-    for i, edit in enumerate((lambda b: re.sub(rb"(iteration(q.)?K)\x0f", lambda m: m[1] + b"\x03", b, flags=re.S),
-                              lambda b: b.replace(b"faster_rcnn", b"faster_rcnX"))):
+    for i, edit in enumerate(
+        (
+            lambda b: re.sub(rb"(iteration(q.)?K)\x0f", lambda m: m[1] + b"\x03", b, flags=re.S),
+            lambda b: b.replace(b"faster_rcnn", b"faster_rcnX"),
+        )
+    ):
         path = Checkpointer(tmp_path / str(i)).save("model_0000015.pth", _state(15))
         members = _members(path)
         pkl = next(n for n in members if n.endswith("data.pkl"))
@@ -228,9 +252,11 @@ def _nested_dicts(levels: int) -> bytes:
     return (b"}" + _unicode("a")) * (levels - 1) + b"}" + b"s" * (levels - 1)
 
 
-HOSTILE = {"shared-60": (_shared_list(60), r"more than 1000000 values outside its tensors, counting every place"),
-           "self-list": (SELF_LIST, r"contains itself"),
-           "dicts-5000": (_nested_dicts(5000), r"more than 32 levels deep")}
+HOSTILE = {
+    "shared-60": (_shared_list(60), r"more than 1000000 values outside its tensors, counting every place"),
+    "self-list": (SELF_LIST, r"contains itself"),
+    "dicts-5000": (_nested_dicts(5000), r"more than 32 levels deep"),
+}
 
 
 @pytest.mark.parametrize("kind", sorted(HOSTILE))
@@ -275,12 +301,18 @@ def test_the_node_limit(tmp_path):
 
 @pytest.mark.slow
 def test_eval_coco_tool_exits_2_on_a_hostile_checkpoint(shapes, tmp_path):
-    config = write_config(tmp_path, [f"data.test={{json: {shapes}/annotations/val.json, "
-                                     f"image_root: {shapes}/val}}", f"output_dir={tmp_path}/out"])
+    config = write_config(
+        tmp_path,
+        [f"data.test={{json: {shapes}/annotations/val.json, image_root: {shapes}/val}}", f"output_dir={tmp_path}/out"],
+    )
     path = _checkpoint_with(tmp_path, [("x", SELF_LIST)])
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "eval_coco.py"), str(config), "--weights", str(path)],
-                          cwd=tmp_path, capture_output=True, text=True,
-                          env={**os.environ, "RESTRANSFER_NO_PROGRESS": "1"})
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "eval_coco.py"), str(config), "--weights", str(path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RESTRANSFER_NO_PROGRESS": "1"},
+    )
     assert proc.returncode == 2, proc.stderr
     assert f"error: {path}: refused: it holds a container that contains itself" in proc.stderr
     assert "Traceback" not in proc.stderr and "RecursionError" not in proc.stderr
@@ -321,8 +353,11 @@ def test_a_compressed_bomb_is_refused_before_decompressing(bomb, monkeypatch):
     monkeypatch.setattr(torch, "load", no_load)
     tracemalloc.start()
     try:
-        _refused_by_every_reader(bomb, r"zip member '[^']*/data/0' is compressed and declares 134217728 bytes "
-                                       r"uncompressed.*refused before decompressing")
+        _refused_by_every_reader(
+            bomb,
+            r"zip member '[^']*/data/0' is compressed and declares 134217728 bytes "
+            r"uncompressed.*refused before decompressing",
+        )
         assert checkpoint_class_names(bomb) is None  # the Predictor's look at the class names
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -341,7 +376,7 @@ def test_a_data_descriptor_that_disagrees_with_the_central_directory(tmp_path):
     path = Checkpointer(tmp_path).save("model_0000001.pth", _state(1))
     start, size = _data_span(path, "/data/0")
     raw = path.read_bytes()
-    assert raw[start + size:start + size + 4] == b"PK\x07\x08"  # torch writes sizes after the data
+    assert raw[start + size : start + size + 4] == b"PK\x07\x08"  # torch writes sizes after the data
     _flip(path, start + size + 12, raw[start + size + 12] ^ 0x01)  # the uncompressed size
     _refused_by_every_reader(path, r"zip member '[^']*/data/0' is malformed: its data descriptor disagrees")
 
@@ -364,7 +399,7 @@ def test_overlapping_members_are_refused(tmp_path):
     entry = raw.find(b"PK\x01\x02")
     while entry >= 0:  # point the central directory's "payload" at the copy inside "outer"
         name_len = struct.unpack_from("<H", raw, entry + 28)[0]
-        if raw[entry + 46:entry + 46 + name_len] == b"payload":
+        if raw[entry + 46 : entry + 46 + name_len] == b"payload":
             struct.pack_into("<I", raw, entry + 42, outer_data)
         entry = raw.find(b"PK\x01\x02", entry + 4)
     path.write_bytes(bytes(raw))
@@ -414,8 +449,9 @@ def test_a_checkpoint_without_checksum_loads_with_one_warning(tmp_path, caplog):
 
 def test_a_tensor_without_data_under_a_payload_checksum_is_an_error(tmp_path):
     path = tmp_path / "meta.pth"
-    torch.save({"iteration": 1, "w": torch.empty(3, device="meta"), CHECKSUM_KEY: "payload-sha256-v2:" + "0" * 64},
-               path)
+    torch.save(
+        {"iteration": 1, "w": torch.empty(3, device="meta"), CHECKSUM_KEY: "payload-sha256-v2:" + "0" * 64}, path
+    )
     with pytest.raises(CheckpointError, match=r"holds a tensor at /w whose data cannot be read"):
         Checkpointer.load(path)
 

@@ -1,4 +1,5 @@
 """restransfer.fileio: every output is written all or nothing."""
+
 import errno
 import json
 import os

@@ -1,6 +1,7 @@
 """No write of the toolkit leaves its output folder: symbolic links planted at every name it writes there
 (temporaries, metrics, results, report, checkpoints, config, lock, logs) leave the files they point to as
 they were, and a link where a log or the lock goes stops the run with an error naming it."""
+
 import errno
 import os
 import secrets
@@ -96,8 +97,11 @@ def test_a_log_is_appended_but_never_through_a_link(tmp_path):
     outside = Outside(tmp_path / "elsewhere")
     for name, dangling in (("log.jsonl", False), ("log.rank1.txt", True)):
         outside.plant(tmp_path / name, dangling=dangling)
-        with pytest.raises(OSError, match=rf"{tmp_path / name} is a symbolic link \(to .*target.*\): the toolkit "
-                                          rf"does not write through it.*remove it \(rm {tmp_path / name}\)"):
+        with pytest.raises(
+            OSError,
+            match=rf"{tmp_path / name} is a symbolic link \(to .*target.*\): the toolkit "
+            rf"does not write through it.*remove it \(rm {tmp_path / name}\)",
+        ):
             open_for_append(tmp_path / name)
     outside.assert_unchanged()
 
@@ -144,14 +148,18 @@ def _refusal(path: Path) -> str:
 
 # --------------------------------------------------------------------------------- a whole run
 
+
 @pytest.fixture
 def run_config(tiny_overrides, shapes):
     from restransfer.config import load_config
 
     def make(out, **extra):
-        data = dict(data__train=f"[{{json: {shapes}/annotations/train.json, image_root: {shapes}/train}}]",
-                    data__test=f"{{json: {shapes}/annotations/val.json, image_root: {shapes}/val}}")
+        data = dict(
+            data__train=f"[{{json: {shapes}/annotations/train.json, image_root: {shapes}/train}}]",
+            data__test=f"{{json: {shapes}/annotations/val.json, image_root: {shapes}/val}}",
+        )
         return load_config(None, tiny_overrides("training", **{**data, "output_dir": out, **extra}))
+
     return make
 
 
@@ -179,8 +187,15 @@ def test_a_training_run_writes_nothing_outside_its_folder(run_config, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     outside = Outside(tmp_path / "elsewhere")
-    written = ["config.yaml", "model_0000001.pth", "last_checkpoint", "model_final.pth",
-               "metrics.json", "coco_results.json", "report.html"]
+    written = [
+        "config.yaml",
+        "model_0000001.pth",
+        "last_checkpoint",
+        "model_final.pth",
+        "metrics.json",
+        "coco_results.json",
+        "report.html",
+    ]
     for i, name in enumerate(written + ["model_best.pth"]):
         # a link to a file at a checkpoint's name would be an earlier run's checkpoint, which a run refuses to
         # overwrite: model_final.pth is a dangling link (a create through it would make its target), the

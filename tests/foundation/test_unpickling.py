@@ -4,6 +4,7 @@ Each payload resolves a dotted name from a module the unpickler admits (pickle p
 ``module`` + ``a.b.c`` attribute by attribute) and, if that resolution were allowed, calls
 ``<module>.__builtins__.get("exec")`` on code that creates a marker file. The marker must never appear.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,16 +17,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.tiny_detectors import REPO, tiny_config, write_config
 
 from restransfer import Predictor
 from restransfer.backbone import ResNet
 from restransfer.backbone.weights import WeightsError, load_pretrained, safe_load_pickle
 from restransfer.models import build_model
-from helpers.tiny_detectors import REPO, tiny_config, write_config
 
 # every module the unpickler admits a name from, and the module of the original exploit
-MODULES = ["numpy.dtypes", "numpy", "collections", "numpy.core.multiarray", "numpy._core.multiarray",
-           "numpy._core.numeric", "builtins", "__builtin__", "_codecs"]
+MODULES = [
+    "numpy.dtypes",
+    "numpy",
+    "collections",
+    "numpy.core.multiarray",
+    "numpy._core.multiarray",
+    "numpy._core.numeric",
+    "builtins",
+    "__builtin__",
+    "_codecs",
+]
 
 
 def _unicode(s: str) -> bytes:
@@ -41,10 +51,17 @@ def crafted_pickle(module: str, marker: Path, opcode: str) -> bytes:
     else:
         resolve = _unicode(module) + _unicode(name) + b"\x93"  # STACK_GLOBAL
     code = f"open({str(marker)!r}, 'w').write('ran')"
-    return (b"\x80\x04" + resolve
-            + _unicode("exec") + b"\x85" + b"R"  # get("exec")
-            + _unicode(code) + b"\x85" + b"R"  # exec(code)
-            + b".")
+    return (
+        b"\x80\x04"
+        + resolve
+        + _unicode("exec")
+        + b"\x85"
+        + b"R"  # get("exec")
+        + _unicode(code)
+        + b"\x85"
+        + b"R"  # exec(code)
+        + b"."
+    )
 
 
 def _payloads(tmp_path: Path, modules=MODULES):
@@ -100,15 +117,21 @@ def test_predictor_refuses_payloads(tmp_path):
 
 @pytest.mark.slow
 def test_eval_coco_tool_refuses_a_payload(shapes, tmp_path):
-    config = write_config(tmp_path, [f"data.test={{json: {shapes}/annotations/val.json, "
-                                     f"image_root: {shapes}/val}}", f"output_dir={tmp_path}/out"])
+    config = write_config(
+        tmp_path,
+        [f"data.test={{json: {shapes}/annotations/val.json, image_root: {shapes}/val}}", f"output_dir={tmp_path}/out"],
+    )
     marker = tmp_path / "marker"
     for module, opcode, suffix in (("numpy.dtypes", "STACK_GLOBAL", ".pth"), ("numpy", "GLOBAL", ".pkl")):
         path = tmp_path / f"evil{suffix}"
         path.write_bytes(crafted_pickle(module, marker, opcode))
-        proc = subprocess.run([sys.executable, str(REPO / "tools" / "eval_coco.py"), str(config), "--weights", str(path)],
-                              cwd=tmp_path, capture_output=True, text=True,
-                              env={**os.environ, "RESTRANSFER_NO_PROGRESS": "1"})
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "tools" / "eval_coco.py"), str(config), "--weights", str(path)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "RESTRANSFER_NO_PROGRESS": "1"},
+        )
         assert proc.returncode != 0
         assert "not allowed" in proc.stderr and str(path) in proc.stderr
         assert not marker.exists()
@@ -117,8 +140,14 @@ def test_eval_coco_tool_refuses_a_payload(shapes, tmp_path):
 def test_msra_style_pickles_still_load(tmp_path):
     """What real weight pickles hold still loads, at every protocol: arrays, numpy scalars, sets, slices,
     and python-2 style byte strings (``_codecs.encode(str, 'latin1')``)."""
-    blobs = {"conv1_w": np.arange(6, dtype=np.float32).reshape(1, 6), "n": np.int64(3), "s": {1, 2},
-             "f": frozenset([3]), "sl": slice(1, 2), "b": b"\x00\xffbytes"}
+    blobs = {
+        "conv1_w": np.arange(6, dtype=np.float32).reshape(1, 6),
+        "n": np.int64(3),
+        "s": {1, 2},
+        "f": frozenset([3]),
+        "sl": slice(1, 2),
+        "b": b"\x00\xffbytes",
+    }
     for protocol in (2, 3, 4, 5):
         path = tmp_path / f"p{protocol}.pkl"
         path.write_bytes(pickle.dumps(blobs, protocol=protocol))
@@ -149,6 +178,7 @@ def test_checkpoint_payload_with_torch_zip_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"x": torch.zeros(1)}, path)
     import zipfile
+
     with zipfile.ZipFile(path) as z:
         names = z.namelist()
         contents = {n: z.read(n) for n in names}

@@ -1,4 +1,5 @@
 """Writers of tiny ILSVRC DET layouts (devkit-format files) for the ImageNet-DET tests."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@
 A ground truth is a list of image dicts ``{"name", "labels": [wnid...], "objects": [(wnid, (xmin, ymin, xmax,
 ymax))...], "width", "height"}`` with devkit (inclusive) boxes; both layouts are written from the same list.
 """
+
 from __future__ import annotations
 
 import csv
@@ -35,11 +36,14 @@ def xml_text(img: dict, folder: str = "val") -> str:
         f"\t<object>\n\t\t<name>{w}</name>\n\t\t<pose>Unspecified</pose>\n\t\t<truncated>0</truncated>\n"
         f"\t\t<difficult>0</difficult>\n\t\t<bndbox>\n\t\t\t<xmin>{b[0]}</xmin>\n\t\t\t<ymin>{b[1]}</ymin>\n"
         f"\t\t\t<xmax>{b[2]}</xmax>\n\t\t\t<ymax>{b[3]}</ymax>\n\t\t</bndbox>\n\t</object>\n"
-        for w, b in img["objects"])
-    return (f"<annotation>\n\t<folder>{folder}</folder>\n\t<filename>{img['name']}</filename>\n"
-            f"\t<source>\n\t\t<database>ILSVRC_2012</database>\n\t</source>\n"
-            f"\t<size>\n\t\t<width>{img['width']}</width>\n\t\t<height>{img['height']}</height>\n"
-            f"\t\t<depth>3</depth>\n\t</size>\n\t<segmented>0</segmented>\n{objects}</annotation>\n")
+        for w, b in img["objects"]
+    )
+    return (
+        f"<annotation>\n\t<folder>{folder}</folder>\n\t<filename>{img['name']}</filename>\n"
+        f"\t<source>\n\t\t<database>ILSVRC_2012</database>\n\t</source>\n"
+        f"\t<size>\n\t\t<width>{img['width']}</width>\n\t\t<height>{img['height']}</height>\n"
+        f"\t\t<depth>3</depth>\n\t</size>\n\t<segmented>0</segmented>\n{objects}</annotation>\n"
+    )
 
 
 def write_devkit(root: Path, images: Sequence[dict], devkit_order: Sequence[str]) -> Tuple[Path, Path]:

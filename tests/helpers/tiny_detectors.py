@@ -1,15 +1,16 @@
 """Small detectors with calibrated random weights for the predictor, export and speed-path tests."""
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
 import torch
+
+from helpers import tiny_overrides
 from restransfer.benchmark import randomize_weights, synthetic_batch
 from restransfer.config import dump_config, load_config
 from restransfer.models import build_model
-
-from helpers import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHVISION_MASK = REPO / "configs" / "torchvision" / "mask_rcnn_r50_fpn.yaml"

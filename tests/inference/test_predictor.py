@@ -1,4 +1,5 @@
 """Predictor (inputs of every kind, batching, thresholds, class names), drawing, and the demo tool."""
+
 import json
 import sys
 from pathlib import Path
@@ -7,13 +8,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers.tiny_detectors import tiny_model, write_checkpoint, write_config
 from pycocotools.coco import COCO
 
 from restransfer.data.image_io import CorruptImageError
 from restransfer.predictor import Predictor, checkpoint_class_names, to_rgb_uint8
 from restransfer.visualize import color_for_label, draw_detections
-
-from helpers.tiny_detectors import tiny_model, write_checkpoint, write_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import demo as demo_tool  # noqa: E402
@@ -152,16 +152,22 @@ def test_weights_reach_the_model_without_changing_the_config(setup):
     model = build_eval_model(cfg, str(setup["ckpt"]), None, torch.device("cpu"))
     assert OmegaConf.to_yaml(cfg) == before and cfg.model.weights is None
     assert p.class_names == NAMES and model.pixel_convention == setup["model"].pixel_convention
-    torch.testing.assert_close(model.roi_heads.box_predictor.cls_score.weight,
-                               setup["model"].roi_heads.box_predictor.cls_score.weight)
+    torch.testing.assert_close(
+        model.roi_heads.box_predictor.cls_score.weight, setup["model"].roi_heads.box_predictor.cls_score.weight
+    )
 
 
 def test_draw_detections(setup):
     rgb = np.full((60, 80, 3), 100, np.uint8)
     mask = np.zeros((1, 60, 80), bool)
     mask[0, 20:40, 30:60] = True
-    pred = {"boxes": np.array([[30, 20, 60, 40]], np.float32), "scores": np.array([0.9], np.float32),
-            "labels": np.array([2]), "class_names": ["triangle"], "masks": mask}
+    pred = {
+        "boxes": np.array([[30, 20, 60, 40]], np.float32),
+        "scores": np.array([0.9], np.float32),
+        "labels": np.array([2]),
+        "class_names": ["triangle"],
+        "masks": mask,
+    }
     out = draw_detections(rgb, pred)
     assert out.shape == rgb.shape and out.dtype == np.uint8
     assert (rgb == 100).all()  # the input is not modified
@@ -182,8 +188,17 @@ def test_demo_tool_writes_pngs_and_coco_results(setup, tmp_path):
     cv2.imwrite(str(src / "sub" / "a.png"), rgba)  # RGBA file, same stem in a sub-folder
     (src / "notes.txt").write_text("not an image")
     out = src / "out"  # inside the input: must not be read back on a second run
-    args = [str(setup["config"]), "--weights", str(setup["ckpt"]), "--input", str(src), "--output", str(out),
-            "--threshold", "0.3"]
+    args = [
+        str(setup["config"]),
+        "--weights",
+        str(setup["ckpt"]),
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--threshold",
+        "0.3",
+    ]
     for _ in range(2):
         assert demo_tool.main(args) == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "sub__a.png"]
@@ -193,8 +208,7 @@ def test_demo_tool_writes_pngs_and_coco_results(setup, tmp_path):
     assert results and {"image_id", "category_id", "bbox", "score", "segmentation"} <= set(results[0])
     # loadable as COCO results against a ground truth with these images and categories
     gt = COCO()
-    gt.dataset = {"images": images, "categories": json.loads((out / "categories.json").read_text()),
-                  "annotations": []}
+    gt.dataset = {"images": images, "categories": json.loads((out / "categories.json").read_text()), "annotations": []}
     gt.createIndex()
     assert len(gt.loadRes(str(out / "predictions.json")).getAnnIds()) == len(results)
 
@@ -203,8 +217,9 @@ def test_demo_tool_empty_folder_is_a_clear_error(setup, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     from restransfer.cli import run_tool
 
-    code = run_tool(demo_tool.main, [str(setup["config"]), "--input", str(tmp_path / "empty"), "--output",
-                                     str(tmp_path / "o")])
+    code = run_tool(
+        demo_tool.main, [str(setup["config"]), "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o")]
+    )
     assert code == 2
     assert "no images" in capsys.readouterr().err
     assert run_tool(demo_tool.main, [str(setup["config"]), "--input", str(tmp_path / "nope"), "--output", "o"]) == 2

@@ -1,6 +1,7 @@
 """torch.compile: the solver.compile / test.compile settings, what compile_model compiles, one graph for every
 image size, and a tiny Mask R-CNN trained and evaluated compiled with our sparse RPN backward and RoIAlign in
 the step. The CUDA cases are in test_cuda.py."""
+
 import copy
 import pickle
 
@@ -43,8 +44,10 @@ def _fresh_dynamo():
 # ------------------------------------------------------------------------------------------- settings
 
 
-@pytest.mark.parametrize("given,expected", [("auto", "auto"), ("true", "true"), ("false", "false"), ("True", "true"),
-                                            ("yes", "true"), ("off", "false")])
+@pytest.mark.parametrize(
+    "given,expected",
+    [("auto", "auto"), ("true", "true"), ("false", "false"), ("True", "true"), ("yes", "true"), ("off", "false")],
+)
 def test_compile_keys_accept_auto_true_false(given, expected):
     # "yes" / "off" are YAML booleans: the schema's string field receives "True" / "False"
     cfg = load_config(None, [f"solver.compile={given}", f"test.compile={given}"])
@@ -139,13 +142,23 @@ def eager_backend_compiles(monkeypatch):
     return compiled
 
 
-def test_detection_training_applies_solver_compile(tiny_overrides, shapes, tmp_path, eager_backend_compiles,
-                                                   our_backward_passes):
+def test_detection_training_applies_solver_compile(
+    tiny_overrides, shapes, tmp_path, eager_backend_compiles, our_backward_passes
+):
     out = tmp_path / "run"
-    cfg = load_config(None, tiny_overrides(
-        "training", "model.head=fpn", "model.rpn.pre_nms_top_n_train=2000", SPARSE_RPN, solver__compile="true",
-        data__train=f"[{{json: {shapes}/annotations/train.json, image_root: {shapes}/train}}]", data__test=None,
-        output_dir=out))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            "training",
+            "model.head=fpn",
+            "model.rpn.pre_nms_top_n_train=2000",
+            SPARSE_RPN,
+            solver__compile="true",
+            data__train=f"[{{json: {shapes}/annotations/train.json, image_root: {shapes}/train}}]",
+            data__test=None,
+            output_dir=out,
+        ),
+    )
     before = compile_events()
     train(cfg)
     assert eager_backend_compiles == [["backbone"]]
@@ -154,9 +167,18 @@ def test_detection_training_applies_solver_compile(tiny_overrides, shapes, tmp_p
     assert "solver.compile=true: torch.compile on backbone" in (out / "log.txt").read_text()
 
     eager_backend_compiles.clear()
-    train(load_config(None, tiny_overrides("training", solver__compile="auto", data__test=None,
-                                           data__train=f"[{{json: {shapes}/annotations/train.json, "
-                                                       f"image_root: {shapes}/train}}]", output_dir=tmp_path / "b")))
+    train(
+        load_config(
+            None,
+            tiny_overrides(
+                "training",
+                solver__compile="auto",
+                data__test=None,
+                data__train=f"[{{json: {shapes}/annotations/train.json, image_root: {shapes}/train}}]",
+                output_dir=tmp_path / "b",
+            ),
+        )
+    )
     assert eager_backend_compiles == []  # auto: eager on this CPU
     assert "solver.compile=auto: eager on cpu" in (tmp_path / "b" / "log.txt").read_text()
 
@@ -168,10 +190,22 @@ def test_classification_training_applies_solver_compile(tmp_path, eager_backend_
     for name in [f"data_batch_{i}" for i in range(1, 6)]:
         batch = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": list(range(4)), "batch_label": "b"}
         (tmp_path / name).write_bytes(pickle.dumps(batch, protocol=2))
-    cfg = load_cls_config(REPO / "configs" / "cifar10_resnet20.yaml", [
-        "model.depth=8", f"data.train=[{{image_root: {tmp_path}, format: cifar10}}]", "data.test=null",
-        "data.num_workers=0", "solver.ims_per_batch=4", "solver.max_iter=2", "solver.steps=[1]",
-        "solver.checkpoint_period=0", "solver.compile=true", f"output_dir={tmp_path / 'out'}", "log_period=1"])
+    cfg = load_cls_config(
+        REPO / "configs" / "cifar10_resnet20.yaml",
+        [
+            "model.depth=8",
+            f"data.train=[{{image_root: {tmp_path}, format: cifar10}}]",
+            "data.test=null",
+            "data.num_workers=0",
+            "solver.ims_per_batch=4",
+            "solver.max_iter=2",
+            "solver.steps=[1]",
+            "solver.checkpoint_period=0",
+            "solver.compile=true",
+            f"output_dir={tmp_path / 'out'}",
+            "log_period=1",
+        ],
+    )
     before = compile_events()
     train_classifier(cfg)
     assert eager_backend_compiles == [[""]]  # the network as a whole
@@ -219,11 +253,23 @@ def test_training_and_evaluation_compiled(tiny_overrides, shapes, tmp_path, our_
     out = tmp_path / "run"
 
     def config(**extra):
-        return load_config(None, tiny_overrides(
-            "training", "model.head=fpn", "model.arch=mask_rcnn", "model.rpn.pre_nms_top_n_train=2000", SPARSE_RPN,
-            "model.backbone.norm=bn", "model.backbone.freeze_at=0", solver__compile="true", test__compile="true",
-            data__train=f"[{{json: {shapes}/annotations/train.json, image_root: {shapes}/train}}]",
-            output_dir=out, **extra))
+        return load_config(
+            None,
+            tiny_overrides(
+                "training",
+                "model.head=fpn",
+                "model.arch=mask_rcnn",
+                "model.rpn.pre_nms_top_n_train=2000",
+                SPARSE_RPN,
+                "model.backbone.norm=bn",
+                "model.backbone.freeze_at=0",
+                solver__compile="true",
+                test__compile="true",
+                data__train=f"[{{json: {shapes}/annotations/train.json, image_root: {shapes}/train}}]",
+                output_dir=out,
+                **extra,
+            ),
+        )
 
     cfg = config(data__test=None)  # training only: the evaluation below builds its own test model
     torch.manual_seed(0)

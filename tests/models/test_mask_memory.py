@@ -1,5 +1,6 @@
 """Binary mask pasting one box at a time (dense bool and COCO RLE), its equality with torchvision's float
 pasting, the deferred-paste path of the Predictor and evaluation, and its peak memory on a large image."""
+
 import copy
 import json
 import subprocess
@@ -11,17 +12,21 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from helpers.tiny_detectors import tiny_model, write_checkpoint, write_config
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from restransfer.engine.inference import inference_on_dataset
 from restransfer.evaluation.coco import masks_to_rle
-from restransfer.models.postprocess import (FastDetectionTransform, deferred_mask_paste, detection_masks, paste_masks,
-                                            paste_masks_binary)
+from restransfer.models.postprocess import (
+    FastDetectionTransform,
+    deferred_mask_paste,
+    detection_masks,
+    paste_masks,
+    paste_masks_binary,
+)
 from restransfer.models.transform import DetectionTransform
 from restransfer.predictor import Predictor
 from restransfer.rle import encode_masks, encode_patch
-
-from helpers.tiny_detectors import tiny_model, write_checkpoint, write_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # small models: one intra-op thread (conftest.py)
 REPO = Path(__file__).resolve().parents[2]
@@ -36,14 +41,18 @@ def _reference_rle(binary: np.ndarray):
 def _random_boxes(n: int, h: int, w: int, g: torch.Generator) -> torch.Tensor:
     """Boxes of every kind: inside, partly outside, beyond the far edges, smaller than a pixel, the whole image and
     taller than it (so pasted masks run down whole columns)."""
-    fixed = torch.tensor([[10.0, 12.0, 50.0, 40.0],
-                          [-15.0, -8.0, 20.0, 30.0],
-                          [w - 10.0, h - 14.0, w + 40.0, h + 26.0],
-                          [30.5, 20.2, 30.9, 20.7],
-                          [w + 100.0, h + 100.0, w + 130.0, h + 140.0],
-                          [0.0, 0.0, w - 1.0, h - 1.0],
-                          [5.0, -30.0, 25.0, h + 30.0],
-                          [-50.0, -50.0, w + 50.0, h + 50.0]])
+    fixed = torch.tensor(
+        [
+            [10.0, 12.0, 50.0, 40.0],
+            [-15.0, -8.0, 20.0, 30.0],
+            [w - 10.0, h - 14.0, w + 40.0, h + 26.0],
+            [30.5, 20.2, 30.9, 20.7],
+            [w + 100.0, h + 100.0, w + 130.0, h + 140.0],
+            [0.0, 0.0, w - 1.0, h - 1.0],
+            [5.0, -30.0, 25.0, h + 30.0],
+            [-50.0, -50.0, w + 50.0, h + 50.0],
+        ]
+    )
     x0y0 = torch.rand(n, 2, generator=g) * torch.tensor([w * 1.1, h * 1.1]) - torch.tensor([w * 0.1, h * 0.1])
     wh = torch.rand(n, 2, generator=g) ** 2 * torch.tensor([w, h]) + 0.3
     # torchvision's pasting mis-slices most boxes that end before the image or start after it
@@ -91,7 +100,7 @@ def test_encode_patch_equals_pycocotools_on_random_patches():
         top, left = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
         patch = rng.random((ph, pw)) < rng.choice([0.2, 0.6, 1.0])
         full = np.zeros((1, h, w), dtype=bool)
-        full[0, top:top + ph, left:left + pw] = patch
+        full[0, top : top + ph, left : left + pw] = patch
         assert encode_patch(patch, top, left, (h, w)) == _reference_rle(full)[0], (h, w, top, left, patch)
     with pytest.raises(ValueError, match="3x3 patch at row 2, column 0 does not fit in a 4x5 image"):
         encode_patch(np.ones((3, 3), bool), 2, 0, (4, 5))

@@ -2,22 +2,32 @@ import logging
 
 import pytest
 import torch
+from helpers import tiny_overrides
 from torchvision.ops import box_iou
 
 from restransfer.config import load_config
 from restransfer.models import CLASS_DEPENDENT, build_model
 
-from helpers import tiny_overrides
-
 
 def _cfg(arch, head, depth=18, style="pytorch", extra=()):
     """The suite's tiny training recipe as ``arch``/``head``/``depth``/``style``, with fewer RoIs and detections
     still: every combination stays fast on 2 CPU cores."""
-    return load_config(None, tiny_overrides(
-        "training", f"model.arch={arch}", f"model.head={head}", f"model.backbone.depth={depth}",
-        f"model.backbone.style={style}", "input.max_size_test=96", "model.rpn.post_nms_top_n_train=16",
-        "model.rpn.post_nms_top_n_test=8", "model.roi_heads.batch_size_per_image=8",
-        "model.roi_heads.detections_per_img=5", *extra))
+    return load_config(
+        None,
+        tiny_overrides(
+            "training",
+            f"model.arch={arch}",
+            f"model.head={head}",
+            f"model.backbone.depth={depth}",
+            f"model.backbone.style={style}",
+            "input.max_size_test=96",
+            "model.rpn.post_nms_top_n_train=16",
+            "model.rpn.post_nms_top_n_test=8",
+            "model.roi_heads.batch_size_per_image=8",
+            "model.roi_heads.detections_per_img=5",
+            *extra,
+        ),
+    )
 
 
 def _targets(sizes, with_masks, empty_second=True):
@@ -29,7 +39,7 @@ def _targets(sizes, with_masks, empty_second=True):
         if with_masks:
             masks = torch.zeros(n, h, w, dtype=torch.uint8)
             for j, b in enumerate(boxes.int().tolist()):
-                masks[j, b[1]:b[3], b[0]:b[2]] = 1
+                masks[j, b[1] : b[3], b[0] : b[2]] = 1
             t["masks"] = masks
         targets.append(t)
     return targets
@@ -94,16 +104,22 @@ def test_c4_layout():
 def _overfit_data():
     g = torch.Generator().manual_seed(1)
     colors = {1: (1.0, 0.2, 0.2), 2: (0.2, 1.0, 0.2), 3: (0.2, 0.2, 1.0)}
-    specs = [[(10, 12, 50, 60, 1), (70, 20, 120, 70, 2), (30, 80, 90, 120, 3)],
-             [(20, 20, 80, 60, 2), (60, 70, 110, 118, 1)]]
+    specs = [
+        [(10, 12, 50, 60, 1), (70, 20, 120, 70, 2), (30, 80, 90, 120, 3)],
+        [(20, 20, 80, 60, 2), (60, 70, 110, 118, 1)],
+    ]
     images, targets = [], []
     for spec in specs:
         img = torch.rand(3, 128, 128, generator=g) * 0.3
         for x1, y1, x2, y2, c in spec:
             img[:, y1:y2, x1:x2] = torch.tensor(colors[c])[:, None, None]
         images.append(img)
-        targets.append({"boxes": torch.tensor([s[:4] for s in spec], dtype=torch.float32),
-                        "labels": torch.tensor([s[4] for s in spec])})
+        targets.append(
+            {
+                "boxes": torch.tensor([s[:4] for s in spec], dtype=torch.float32),
+                "labels": torch.tensor([s[4] for s in spec]),
+            }
+        )
     return images, targets
 
 
@@ -115,15 +131,35 @@ def test_overfit_two_images(head, iterations, lr):
     for the C4 head's per-region res5, a 64-channel FPN with a 256-wide box head. Checked over seeds 0-3: loss
     ratios 0.12-0.24, the worst box IoU 0.64 (C4) and 0.77 (FPN), with 1 and 2 threads."""
     torch.manual_seed(0)
-    head_options = (["model.roi_heads.batch_size_per_image=16", "model.anchor.sizes=[32,64]"] if head == "c4" else
-                    ["model.roi_heads.batch_size_per_image=32", "model.anchor.sizes=[16,32,64,128,256]",
-                     "model.fpn_out_channels=64", "model.roi_heads.fpn_representation_size=256",
-                     "model.rpn.pre_nms_top_n_train=300"])
-    cfg = load_config(None, [
-        "model.arch=faster_rcnn", f"model.head={head}", "model.backbone.depth=18", "model.backbone.norm=bn",
-        "model.backbone.freeze_at=0", "model.num_classes=3", "input.min_size_test=128", "input.max_size_test=128",
-        "model.rpn.post_nms_top_n_train=200", "model.rpn.pre_nms_top_n_test=200", "model.rpn.post_nms_top_n_test=100",
-        "model.roi_heads.c4_pooler_resolution=6", *head_options])
+    head_options = (
+        ["model.roi_heads.batch_size_per_image=16", "model.anchor.sizes=[32,64]"]
+        if head == "c4"
+        else [
+            "model.roi_heads.batch_size_per_image=32",
+            "model.anchor.sizes=[16,32,64,128,256]",
+            "model.fpn_out_channels=64",
+            "model.roi_heads.fpn_representation_size=256",
+            "model.rpn.pre_nms_top_n_train=300",
+        ]
+    )
+    cfg = load_config(
+        None,
+        [
+            "model.arch=faster_rcnn",
+            f"model.head={head}",
+            "model.backbone.depth=18",
+            "model.backbone.norm=bn",
+            "model.backbone.freeze_at=0",
+            "model.num_classes=3",
+            "input.min_size_test=128",
+            "input.max_size_test=128",
+            "model.rpn.post_nms_top_n_train=200",
+            "model.rpn.pre_nms_top_n_test=200",
+            "model.rpn.post_nms_top_n_test=100",
+            "model.roi_heads.c4_pooler_resolution=6",
+            *head_options,
+        ],
+    )
     model = build_model(cfg).train()
     images, targets = _overfit_data()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9, weight_decay=1e-4)
@@ -149,12 +185,21 @@ def test_overfit_two_images(head, iterations, lr):
 
 @pytest.mark.parametrize("arch", ["faster_rcnn", "mask_rcnn"])
 def test_checkpoint_with_other_class_count_reinitializes_only_class_layers(tmp_path, caplog, arch):
-    src = build_model(load_config(None, [f"model.arch={arch}", "model.head=fpn", "model.backbone.depth=18",
-                                         "model.num_classes=90"]))
+    src = build_model(
+        load_config(None, [f"model.arch={arch}", "model.head=fpn", "model.backbone.depth=18", "model.num_classes=90"])
+    )
     path = tmp_path / "coco.pth"
     torch.save({"model": src.state_dict()}, path)
-    cfg = load_config(None, [f"model.arch={arch}", "model.head=fpn", "model.backbone.depth=18", "model.num_classes=3",
-                             f"model.weights={path}"])
+    cfg = load_config(
+        None,
+        [
+            f"model.arch={arch}",
+            "model.head=fpn",
+            "model.backbone.depth=18",
+            "model.num_classes=3",
+            f"model.weights={path}",
+        ],
+    )
     with caplog.at_level(logging.WARNING, logger="restransfer"):
         model = build_model(cfg)
     expected = {"roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred"}
@@ -179,18 +224,36 @@ def test_checkpoint_of_other_architecture_is_an_error(tmp_path):
     with pytest.raises(WeightsError, match="shape mismatch.*backbone.body"):
         build_model(load_config(None, ["model.head=fpn", "model.backbone.depth=50", f"model.weights={path}"]))
     with pytest.raises(WeightsError, match="missing.*roi_heads.mask_head"):
-        build_model(load_config(None, ["model.arch=mask_rcnn", "model.head=fpn", "model.backbone.depth=18",
-                                       f"model.weights={path}"]))
+        build_model(
+            load_config(
+                None, ["model.arch=mask_rcnn", "model.head=fpn", "model.backbone.depth=18", f"model.weights={path}"]
+            )
+        )
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"boxes": torch.tensor([[10.0, 10.0, 10.0, 20.0]]), "labels": torch.tensor([1])}, r"targets\[1\]: box 0 .*zero or negative"),
-    ({"boxes": torch.tensor([[10.0, 10.0, 5.0, 20.0]]), "labels": torch.tensor([1])}, r"targets\[1\]: box 0"),
-    ({"boxes": torch.tensor([[1.0, 1.0, 5.0, 5.0]]), "labels": torch.tensor([4])}, r"targets\[1\]: label 4 .*outside 1..3"),
-    ({"boxes": torch.tensor([[1.0, 1.0, 5.0, 5.0]]), "labels": torch.tensor([0])}, r"targets\[1\]: label 0"),
-    ({"boxes": torch.tensor([[1.0, 1.0, 5.0, 5.0]]), "labels": torch.tensor([1]),
-      "masks": torch.zeros(2, 64, 64, dtype=torch.uint8)}, r"targets\[1\]: 2 masks for 1 boxes"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (
+            {"boxes": torch.tensor([[10.0, 10.0, 10.0, 20.0]]), "labels": torch.tensor([1])},
+            r"targets\[1\]: box 0 .*zero or negative",
+        ),
+        ({"boxes": torch.tensor([[10.0, 10.0, 5.0, 20.0]]), "labels": torch.tensor([1])}, r"targets\[1\]: box 0"),
+        (
+            {"boxes": torch.tensor([[1.0, 1.0, 5.0, 5.0]]), "labels": torch.tensor([4])},
+            r"targets\[1\]: label 4 .*outside 1..3",
+        ),
+        ({"boxes": torch.tensor([[1.0, 1.0, 5.0, 5.0]]), "labels": torch.tensor([0])}, r"targets\[1\]: label 0"),
+        (
+            {
+                "boxes": torch.tensor([[1.0, 1.0, 5.0, 5.0]]),
+                "labels": torch.tensor([1]),
+                "masks": torch.zeros(2, 64, 64, dtype=torch.uint8),
+            },
+            r"targets\[1\]: 2 masks for 1 boxes",
+        ),
+    ],
+)
 def test_bad_targets_name_the_image(bad, match):
     model = build_model(_cfg("mask_rcnn", "fpn")).train()
     good = _targets([(64, 64)], with_masks=True, empty_second=False)[0]
@@ -202,8 +265,11 @@ def test_bad_targets_name_the_image(bad, match):
 
 def test_empty_target_trains():
     model = build_model(_cfg("mask_rcnn", "fpn")).train()
-    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-             "masks": torch.zeros(0, 64, 64, dtype=torch.uint8)}
+    empty = {
+        "boxes": torch.zeros(0, 4),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "masks": torch.zeros(0, 64, 64, dtype=torch.uint8),
+    }
     losses = model([torch.rand(3, 64, 64)], [empty])
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()

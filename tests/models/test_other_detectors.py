@@ -1,5 +1,6 @@
 """The ResNet-FPN backbone in torchvision's one-stage detectors: ``resnet_fpn(..., extra_blocks="p6p7")`` gives
 P3..P7 as RetinaNet and FCOS expect, and a training step of each runs and moves the weights."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,9 +14,10 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def _batch():
     images = [torch.rand(3, 128, 128), torch.rand(3, 96, 128)]
-    targets = [{"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0], [70.0, 20.0, 120.0, 90.0]]),
-                "labels": torch.tensor([1, 2])},
-               {"boxes": torch.tensor([[30.0, 30.0, 90.0, 80.0]]), "labels": torch.tensor([3])}]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0], [70.0, 20.0, 120.0, 90.0]]), "labels": torch.tensor([1, 2])},
+        {"boxes": torch.tensor([[30.0, 30.0, 90.0, 80.0]]), "labels": torch.tensor([3])},
+    ]
     return images, targets
 
 

@@ -1,7 +1,10 @@
 """The ResNet paper's full detection system (appendix B): global context, box refinement and voting,
 multi-scale / flipped testing (union and maxout), ensembles."""
+
 import pytest
 import torch
+from helpers import tiny_overrides
+from helpers.tiny_detectors import tiny_model
 
 from restransfer.backbone import WeightsError
 from restransfer.config import ConfigError, load_config
@@ -10,24 +13,30 @@ from restransfer.models.checkpoint import apply_detector_state
 from restransfer.models.context import RegionsWithContext
 from restransfer.models.postprocess import deferred_mask_paste
 
-from helpers import tiny_overrides
-from helpers.tiny_detectors import tiny_model
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _train_cfg(head, *extra):
-    return load_config(None, tiny_overrides(
-        "training", "model.arch=mask_rcnn", f"model.head={head}", "model.rpn.post_nms_top_n_train=16",
-        "model.rpn.post_nms_top_n_test=8", "model.roi_heads.batch_size_per_image=8",
-        "model.roi_heads.detections_per_img=5", *extra))
+    return load_config(
+        None,
+        tiny_overrides(
+            "training",
+            "model.arch=mask_rcnn",
+            f"model.head={head}",
+            "model.rpn.post_nms_top_n_train=16",
+            "model.rpn.post_nms_top_n_test=8",
+            "model.roi_heads.batch_size_per_image=8",
+            "model.roi_heads.detections_per_img=5",
+            *extra,
+        ),
+    )
 
 
 def _targets():
     boxes = torch.tensor([[4.0, 6.0, 40.0, 50.0], [20.0, 10.0, 60.0, 44.0]])
     masks = torch.zeros(2, 64, 64, dtype=torch.uint8)
     for j, b in enumerate(boxes.int().tolist()):
-        masks[j, b[1]:b[3], b[0]:b[2]] = 1
+        masks[j, b[1] : b[3], b[0] : b[2]] = 1
     return [{"boxes": boxes, "labels": torch.tensor([1, 3]), "masks": masks}] * 2
 
 
@@ -72,9 +81,9 @@ def test_global_context_feature_is_the_whole_image_through_the_same_layers():
         own, glob = head.regions(regions), head.regions(context)
         other = head(RegionsWithContext(regions, torch.randn(2, 32, 7, 7), [3, 2]))
     assert out.shape == (5, 2 * own.shape[1])
-    torch.testing.assert_close(out[:, :own.shape[1]], own)
-    torch.testing.assert_close(out[:3, own.shape[1]:], glob[0].expand(3, -1))
-    torch.testing.assert_close(out[3:, own.shape[1]:], glob[1].expand(2, -1))
+    torch.testing.assert_close(out[:, : own.shape[1]], own)
+    torch.testing.assert_close(out[:3, own.shape[1] :], glob[0].expand(3, -1))
+    torch.testing.assert_close(out[3:, own.shape[1] :], glob[1].expand(2, -1))
     # another image around the same regions gives other logits
     logits, _ = model.roi_heads.box_predictor(out)
     other_logits, _ = model.roi_heads.box_predictor(other)
@@ -153,8 +162,9 @@ def test_refinement_with_zero_regressor_keeps_the_boxes():
 def test_box_voting_is_the_score_weighted_mean_of_overlapping_boxes_of_the_class():
     from restransfer.models.refinement import box_voting, select_detections
 
-    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 0.0, 11.0, 10.0], [0.0, 0.0, 10.0, 10.0],
-                          [30.0, 30.0, 40.0, 40.0]])
+    boxes = torch.tensor(
+        [[0.0, 0.0, 10.0, 10.0], [1.0, 0.0, 11.0, 10.0], [0.0, 0.0, 10.0, 10.0], [30.0, 30.0, 40.0, 40.0]]
+    )
     scores = torch.tensor([0.9, 0.3, 0.5, 0.8])
     labels = torch.tensor([1, 1, 2, 1])  # box 2 has another class; box 3 does not overlap
     kept, kept_scores, kept_labels = select_detections(boxes, scores, labels, 0.3, 10, voting_iou=0.5)
@@ -252,16 +262,24 @@ def test_maxout_with_global_context_runs_on_c4():
     assert len(pyramid["boxes"]) > 0
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (["model.head=fpn", "test.aug.merge=maxout", "test.aug.min_sizes=[64,96]"], "test.aug.merge: maxout .*head is fpn"),
-    (["model.head=c4", "test.aug.merge=maxout"], "test.aug.merge: maxout needs a pyramid"),
-    (["model.head=c4", "test.aug.merge=maxout", "test.aug.min_sizes=[64,96]", "test.aug.flip=true"],
-     "test.aug.flip=false"),
-    (["test.aug.merge=mean"], "test.aug.merge: 'mean' is not one of union, maxout"),
-    (["test.refinement_nms=0"], "test.refinement_nms"),
-    (["test.box_voting_iou=1.5"], "test.box_voting_iou"),
-    (["test.aug.min_sizes=[0]"], "test.aug"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (
+            ["model.head=fpn", "test.aug.merge=maxout", "test.aug.min_sizes=[64,96]"],
+            "test.aug.merge: maxout .*head is fpn",
+        ),
+        (["model.head=c4", "test.aug.merge=maxout"], "test.aug.merge: maxout needs a pyramid"),
+        (
+            ["model.head=c4", "test.aug.merge=maxout", "test.aug.min_sizes=[64,96]", "test.aug.flip=true"],
+            "test.aug.flip=false",
+        ),
+        (["test.aug.merge=mean"], "test.aug.merge: 'mean' is not one of union, maxout"),
+        (["test.refinement_nms=0"], "test.refinement_nms"),
+        (["test.box_voting_iou=1.5"], "test.box_voting_iou"),
+        (["test.aug.min_sizes=[0]"], "test.aug"),
+    ],
+)
 def test_bad_combinations_are_config_errors(overrides, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, overrides)
@@ -276,15 +294,25 @@ def test_system_switches_come_from_the_config():
     assert system_kwargs(same) is None  # the model's own test size: the plain path
     capped = load_config(None, tiny_overrides("inference", "test.aug.max_size=128"))
     assert system_kwargs(capped)["min_sizes"] == [] and system_kwargs(capped)["max_size"] == 128
-    on = load_config(None, tiny_overrides("inference", "test.box_refinement=true", "test.aug.min_sizes=[64,96]",
-                                          "test.aug.flip=true"))
-    assert system_kwargs(on) == dict(box_refinement=True, refinement_nms=0.3, box_voting_iou=0.5,
-                                     min_sizes=[64, 96], max_size=160, flip=True, merge="union")
+    on = load_config(
+        None,
+        tiny_overrides("inference", "test.box_refinement=true", "test.aug.min_sizes=[64,96]", "test.aug.flip=true"),
+    )
+    assert system_kwargs(on) == dict(
+        box_refinement=True,
+        refinement_nms=0.3,
+        box_voting_iou=0.5,
+        min_sizes=[64, 96],
+        max_size=160,
+        flip=True,
+        merge="union",
+    )
 
 
 def test_predictor_ensemble_of_one_checkpoint_twice_equals_it(tmp_path):
-    from restransfer import Predictor
     from helpers.tiny_detectors import write_checkpoint, write_config
+
+    from restransfer import Predictor
 
     _, model, images = tiny_model()
     path = write_checkpoint(tmp_path, model, ["a", "b", "c"])
@@ -306,7 +334,9 @@ def test_weights_option_takes_several_checkpoints_and_leaves_overrides():
     from restransfer.cli import split_weights
 
     assert split_weights(["a.pth", "b.pth", "test.box_refinement=true"], ["x=1"]) == (
-        ["a.pth", "b.pth"], ["test.box_refinement=true", "x=1"])
+        ["a.pth", "b.pth"],
+        ["test.box_refinement=true", "x=1"],
+    )
     assert split_weights(None, ["x=1"]) == (None, ["x=1"])
 
 
@@ -318,9 +348,10 @@ def test_ablation_tool_prints_the_table_rows(shapes, tmp_path):
     import json
     from pathlib import Path
 
+    from helpers.tiny_detectors import tiny_config, write_checkpoint
+
     from restransfer.config import dump_config
     from restransfer.engine.evaluate import run_coco_evaluation
-    from helpers.tiny_detectors import tiny_config, write_checkpoint
 
     _, model, _ = tiny_model()
     weights = write_checkpoint(tmp_path, model, ["circle", "triangle", "square"])
@@ -353,8 +384,9 @@ def test_eval_coco_ensemble_of_one_checkpoint_twice_gives_its_metrics(shapes, tm
     import json
     from pathlib import Path
 
-    from restransfer.config import dump_config
     from helpers.tiny_detectors import tiny_config, write_checkpoint
+
+    from restransfer.config import dump_config
 
     _, model, _ = tiny_model()
     weights = str(write_checkpoint(tmp_path, model, ["circle", "triangle", "square"]))
@@ -383,11 +415,12 @@ def test_analyze_coco_analyses_the_refined_detections(shapes, tmp_path):
     import json
     from pathlib import Path
 
+    from helpers.tiny_detectors import tiny_config, write_checkpoint
+
     from restransfer.analysis.coco_errors import analyze_coco_errors
     from restransfer.config import dump_config
     from restransfer.engine.evaluate import predict_dataset
     from restransfer.evaluation.coco import predictions_to_coco_results
-    from helpers.tiny_detectors import tiny_config, write_checkpoint
 
     _, model, _ = tiny_model()
     weights = str(write_checkpoint(tmp_path, model, ["circle", "triangle", "square"]))

@@ -1,4 +1,5 @@
 """RoIAlign: same outputs and gradients as torchvision, through both backward paths and any chunking."""
+
 import pytest
 import torch
 from torchvision.ops import MultiScaleRoIAlign
@@ -109,7 +110,7 @@ def test_multiscale_module_matches_torchvision(monkeypatch, threads):
     g = torch.Generator().manual_seed(0)
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     shapes = [(256, 384), (200, 300)]
-    feats = {str(i): torch.randn(2, 8, 64 // 2 ** i, 96 // 2 ** i, generator=g) for i in range(4)}
+    feats = {str(i): torch.randn(2, 8, 64 // 2**i, 96 // 2**i, generator=g) for i in range(4)}
     boxes = []
     for h, w in shapes:
         xy = torch.rand(150, 2, generator=g) * torch.tensor([w, h])

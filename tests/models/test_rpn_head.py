@@ -1,4 +1,5 @@
 """The RPN head's sparse backward pass: same outputs and gradients as torchvision's head."""
+
 import pytest
 import torch
 from torchvision.models.detection.rpn import RPNHead as TorchvisionRPNHead
@@ -137,17 +138,22 @@ def test_bf16_autocast_gradients_match_in_dtype_and_value():
 def test_detector_training_gradients_equal_torchvision_head(head, sparse_calls):
     """A whole training step (same seed, so the same sampled anchors and RoIs): the losses and every
     parameter's gradient equal those of the same detector with torchvision's RPN head."""
+    from helpers.tiny_detectors import C4, tiny_config
+
     from restransfer.benchmark import randomize_weights, synthetic_batch
     from restransfer.models import build_model
-    from helpers.tiny_detectors import C4, tiny_config
 
     # few sampled anchors per image, so that one map takes the sparse pass: P2 (24 x 32 > 9 x 32 positions)
     # of the FPN, the C4 head's single stride-16 map (6 x 8 > 9 x 4)
     sampled, sparse_map = (4, (6, 8)) if head == "c4" else (32, (24, 32))
     # and few sampled RoIs on small windows: the RPN head is under test, not the per-region res5
-    cfg = tiny_config(*(C4 if head == "c4" else ()), f"model.rpn.batch_size_per_image={sampled}",
-                      "model.roi_heads.batch_size_per_image=32", "model.roi_heads.c4_pooler_resolution=6",
-                      arch="faster_rcnn")
+    cfg = tiny_config(
+        *(C4 if head == "c4" else ()),
+        f"model.rpn.batch_size_per_image={sampled}",
+        "model.roi_heads.batch_size_per_image=32",
+        "model.roi_heads.c4_pooler_resolution=6",
+        arch="faster_rcnn",
+    )
     torch.manual_seed(0)
     model = build_model(cfg)
     images, targets = synthetic_batch((96, 128), 2, seed=0, num_classes=cfg.model.num_classes)
@@ -163,8 +169,12 @@ def test_detector_training_gradients_equal_torchvision_head(head, sparse_calls):
         torch.manual_seed(1)
         losses = model(images, targets)
         sum(losses.values()).backward()
-        results.append(({k: v.detach() for k, v in losses.items()},
-                        {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}))
+        results.append(
+            (
+                {k: v.detach() for k, v in losses.items()},
+                {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None},
+            )
+        )
     (loss_a, grad_a), (loss_b, grad_b) = results
     assert sparse_calls == [sparse_map]
     assert loss_a.keys() == loss_b.keys() and grad_a.keys() == grad_b.keys()

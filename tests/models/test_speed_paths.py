@@ -1,19 +1,19 @@
 """The inference fast paths give the plain model's answers: BN folding, fused oneDNN kernels,
 channels_last, parallel RoIAlign and single-allocation mask pasting (fp32, float noise only), and bf16
 feature layers (agreement on a small calibrated model; fp32 outputs). Correctness, not timing."""
+
 import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.tiny_detectors import C4, tiny_config, tiny_model
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from restransfer.benchmark import detection_agreement, randomize_weights, synthetic_batch
 from restransfer.models import build_model, inference_kwargs
 from restransfer.models.fused import FusedConv2d, FusedResidualBlock, onednn_fusion_available
 from restransfer.models.postprocess import FastDetectionTransform, paste_masks
-
-from helpers.tiny_detectors import C4, tiny_config, tiny_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # small models: one intra-op thread (conftest.py)
 
@@ -36,18 +36,22 @@ def _assert_same_detections(a, b, box_tol=1e-3):
         torch.testing.assert_close(a["masks"], b["masks"], rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("extra", [
-    [],  # FPN Mask R-CNN, frozen BN
-    C4 + ["model.backbone.style=caffe", "model.backbone.norm=bn"],  # C4, trainable BN in eval mode
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],  # FPN Mask R-CNN, frozen BN
+        C4 + ["model.backbone.style=caffe", "model.backbone.norm=bn"],  # C4, trainable BN in eval mode
+    ],
+)
 def test_fp32_fast_path_matches_plain_model(extra):
     _, model, images = tiny_model(*extra)
     plain = _run(model, images)
     fast = copy.deepcopy(model).optimize_for_inference()
     assert fast._optimized == {"fold_bn": True, "fuse": True, "channels_last": True, "precision": "fp32"}
     # every BatchNorm is gone and the ResNet blocks run fused
-    assert not any(isinstance(m, (torch.nn.BatchNorm2d,)) or type(m).__name__ == "FrozenBatchNorm2d"
-                   for m in fast.modules())
+    assert not any(
+        isinstance(m, (torch.nn.BatchNorm2d,)) or type(m).__name__ == "FrozenBatchNorm2d" for m in fast.modules()
+    )
     assert any(isinstance(m, FusedResidualBlock) for m in fast.modules())
     assert isinstance(fast.transform, FastDetectionTransform)
     _assert_same_detections(_run(fast, images), plain)
@@ -56,8 +60,11 @@ def test_fp32_fast_path_matches_plain_model(extra):
 def test_each_lever_alone_matches_plain_model():
     _, model, images = tiny_model()
     plain = _run(model, images)
-    for kwargs in (dict(fuse=False, channels_last=False), dict(fuse=True, channels_last=False),
-                   dict(fold_bn=False, fuse=False, channels_last=True)):
+    for kwargs in (
+        dict(fuse=False, channels_last=False),
+        dict(fuse=True, channels_last=False),
+        dict(fold_bn=False, fuse=False, channels_last=True),
+    ):
         _assert_same_detections(_run(copy.deepcopy(model).optimize_for_inference(**kwargs), images), plain)
 
 
@@ -67,7 +74,9 @@ def test_fast_path_is_no_further_from_float64_than_plain_fp32():
     _, model, images = tiny_model(arch="faster_rcnn")
     exact = copy.deepcopy(model).double()
     with torch.inference_mode():
-        ref = {k: v.float() if v.is_floating_point() else v for k, v in exact([im.double() for im in images])[0].items()}
+        ref = {
+            k: v.float() if v.is_floating_point() else v for k, v in exact([im.double() for im in images])[0].items()
+        }
     _, plain_diff = detection_agreement(_run(model, images), ref)
     agreement, fast_diff = detection_agreement(_run(copy.deepcopy(model).optimize_for_inference(), images), ref)
     assert agreement == 1.0
@@ -166,8 +175,9 @@ def test_onednn_probe_says_whether_the_fused_kernels_run_and_are_used(monkeypatc
         with torch.no_grad():
             conv = torch.ops.mkldnn._convolution_pointwise(x, w, b, [1, 1], [2, 2], [1, 1], 1, "relu", [], "")
             linear = torch.ops.mkldnn._linear_pointwise(xl, wl, bl, "relu", [], "")
-        runs = torch.allclose(conv, ref, rtol=1e-4, atol=1e-4) and \
-            torch.allclose(linear, F.relu(F.linear(xl, wl, bl)), rtol=1e-4, atol=1e-4)
+        runs = torch.allclose(conv, ref, rtol=1e-4, atol=1e-4) and torch.allclose(
+            linear, F.relu(F.linear(xl, wl, bl)), rtol=1e-4, atol=1e-4
+        )
     except (AttributeError, RuntimeError, TypeError):
         runs = False
     assert onednn_fusion_available() is runs
@@ -188,12 +198,16 @@ def test_onednn_probe_says_whether_the_fused_kernels_run_and_are_used(monkeypatc
 def test_paste_masks_equals_torchvision():
     g = torch.Generator().manual_seed(0)
     masks = torch.rand(6, 1, 28, 28, generator=g)
-    boxes = torch.tensor([[10.0, 12.0, 50.0, 40.0],     # inside
-                          [-15.0, -8.0, 20.0, 30.0],    # partly outside, top-left
-                          [90.0, 50.0, 140.0, 90.0],    # partly outside, bottom-right
-                          [30.5, 20.2, 30.9, 20.7],     # smaller than a pixel
-                          [200.0, 200.0, 230.0, 240.0],  # entirely outside
-                          [0.0, 0.0, 99.0, 63.0]])      # the whole image
+    boxes = torch.tensor(
+        [
+            [10.0, 12.0, 50.0, 40.0],  # inside
+            [-15.0, -8.0, 20.0, 30.0],  # partly outside, top-left
+            [90.0, 50.0, 140.0, 90.0],  # partly outside, bottom-right
+            [30.5, 20.2, 30.9, 20.7],  # smaller than a pixel
+            [200.0, 200.0, 230.0, 240.0],  # entirely outside
+            [0.0, 0.0, 99.0, 63.0],
+        ]
+    )  # the whole image
     ours = paste_masks(masks, boxes, (64, 100))
     theirs = paste_masks_in_image(masks, boxes, (64, 100))
     assert ours.shape == (6, 1, 64, 100)
