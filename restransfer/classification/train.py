@@ -29,13 +29,12 @@ from ..distributed import barrier, get_rank, get_world_size, init_distributed, i
 from ..engine.hooks import EvalHook
 from ..engine.lock import locked_output_dir
 from ..engine.logger import MetricsWriter
-from ..engine.loop import HookBase, TrainLoop
+from ..engine.loop import HookBase
 from ..engine.preflight import check_classification_run
-from ..engine.solver import batch_layout, build_optimizer, build_scheduler
-from ..engine.trainer import prepare_loop, standard_hooks, start_run, training_precision
+from ..engine.solver import batch_layout
+from ..engine.trainer import build_train_loop, prepare_loop, standard_hooks, start_run
 from ..errors import ConfigError
 from ..models.compile import apply_compile_setting
-from ..yaml_config import dump_config
 from .checkpoint import network_meta
 from .config import build_classifier
 from .data import ClassificationDataset, TrainTransform, dataset_from_spec
@@ -157,30 +156,16 @@ def _train(
     # model.weights initialize a new run; a resumed one gets its weights from the checkpoint
     net = build_classifier(cfg, weights=cfg.model.weights if found is None else None)
     net.to(device).train()
-    optimizer = build_optimizer(cfg, net)
-    scheduler = build_scheduler(cfg, optimizer)
-    precision, scaler = training_precision(cfg.solver.precision, device)
     s = cfg.solver
     logits = Logits(net)
     apply_compile_setting(logits, cfg.solver.compile, device, key="solver.compile")  # the whole network
-    loop = TrainLoop(
+    loop = build_train_loop(
+        cfg,
         logits,
-        optimizer,
-        scheduler,
-        loader=None,
-        forward=_classification_forward(device),
-        layout=layout,
-        max_iter=s.max_iter,
-        device=device,
-        precision=precision,
-        scaler=scaler,
-        clip_grad_norm=s.clip_grad_norm,
-        extra_state=lambda: {
-            "config": dump_config(cfg),
-            "class_names": list(dataset.class_names),
-            "pixel_convention": net.pixel_convention.to_dict(),
-            **network_meta(net, cfg.model.arch),
-        },
+        _classification_forward(device),
+        layout,
+        device,
+        extra_state=lambda: {"class_names": list(dataset.class_names), **network_meta(net, cfg.model.arch)},
         module=net,
     )
     prepare_loop(loop, found, s.ema.decay if s.ema.enabled else None, hooks)

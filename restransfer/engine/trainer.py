@@ -50,6 +50,7 @@ __all__ = [
     "seed_everything",
     "start_run",
     "training_precision",
+    "build_train_loop",
     "prepare_loop",
     "standard_hooks",
 ]
@@ -179,6 +180,44 @@ def training_precision(setting: str, device: torch.device):
     return precision, (torch.amp.GradScaler("cuda") if precision == "fp16" else None)
 
 
+def build_train_loop(
+    cfg: Any,
+    model: nn.Module,
+    forward: ForwardFn,
+    layout: Any,
+    device: torch.device,
+    extra_state: Callable[[], Dict[str, Any]],
+    module: Optional[nn.Module] = None,
+) -> TrainLoop:
+    """The loop of a run (a builder: the reader of ``cfg.solver`` for both tasks): SGD and the learning-rate
+    schedule of ``solver``, its precision (and loss scaler), clipping, ``max_iter``. Checkpoints carry the
+    config, the trained module's pixel convention and ``extra_state()``; ``module`` is what is trained and
+    saved when ``model`` wraps it (see :class:`TrainLoop`)."""
+    trained = module if module is not None else model
+    optimizer = build_optimizer(cfg, trained)
+    scheduler = build_scheduler(cfg, optimizer)
+    precision, scaler = training_precision(cfg.solver.precision, device)
+    return TrainLoop(
+        model,
+        optimizer,
+        scheduler,
+        loader=None,
+        forward=forward,
+        layout=layout,
+        max_iter=cfg.solver.max_iter,
+        device=device,
+        precision=precision,
+        scaler=scaler,
+        clip_grad_norm=cfg.solver.clip_grad_norm,
+        extra_state=lambda: {
+            "config": dump_config(cfg),
+            "pixel_convention": trained.pixel_convention.to_dict(),
+            **extra_state(),
+        },
+        module=module,
+    )
+
+
 def prepare_loop(
     loop: TrainLoop,
     found: Optional[Tuple[Path, Dict[str, Any]]],
@@ -256,27 +295,14 @@ def _train(
         logger.info("model.backbone.norm=syncbn without torch.distributed behaves as plain BatchNorm")
     model.train()
     apply_compile_setting(model, cfg.solver.compile, device, key="solver.compile")  # the backbone, at step 1
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer)
-    precision, scaler = training_precision(cfg.solver.precision, device)
     s = cfg.solver
-    loop = TrainLoop(
+    loop = build_train_loop(
+        cfg,
         model,
-        optimizer,
-        scheduler,
-        loader=None,
-        forward=_detection_forward(device),
-        layout=layout,
-        max_iter=s.max_iter,
-        device=device,
-        precision=precision,
-        scaler=scaler,
-        clip_grad_norm=s.clip_grad_norm,
-        extra_state=lambda: {
-            "config": dump_config(cfg),
-            "class_names": list(model.class_names),
-            "pixel_convention": model.pixel_convention.to_dict(),
-        },
+        _detection_forward(device),
+        layout,
+        device,
+        extra_state=lambda: {"class_names": list(model.class_names)},
     )
     prepare_loop(loop, found, s.ema.decay if s.ema.enabled else None, hooks)
     checks = check_detection_run(cfg, model, dataset.class_names, found)  # every input, before iteration 1
