@@ -23,6 +23,7 @@ depends on.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = [
     "xywh_to_xyxy",
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 
-def _as_array(boxes) -> np.ndarray:
+def _as_array(boxes: ArrayLike) -> np.ndarray:
     arr = np.asarray(boxes, dtype=np.float64)
     if arr.ndim == 1:
         arr = arr.reshape(-1, 4) if arr.size else arr.reshape(0, 4)
@@ -44,35 +45,35 @@ def _as_array(boxes) -> np.ndarray:
     return arr
 
 
-def xywh_to_xyxy(boxes) -> np.ndarray:
+def xywh_to_xyxy(boxes: ArrayLike) -> np.ndarray:
     """COCO ``[x, y, w, h]`` (N, 4) -> internal ``xyxy`` (N, 4) float64."""
     b = _as_array(boxes).copy()
     b[:, 2:] += b[:, :2]
     return b
 
 
-def xyxy_to_xywh(boxes) -> np.ndarray:
+def xyxy_to_xywh(boxes: ArrayLike) -> np.ndarray:
     """Internal ``xyxy`` (N, 4) -> COCO ``[x, y, w, h]`` (N, 4) float64."""
     b = _as_array(boxes).copy()
     b[:, 2:] -= b[:, :2]
     return b
 
 
-def devkit_to_xyxy(boxes) -> np.ndarray:
+def devkit_to_xyxy(boxes: ArrayLike) -> np.ndarray:
     """ILSVRC devkit inclusive ``xmin, ymin, xmax, ymax`` (N, 4) -> internal ``xyxy`` (N, 4)."""
     b = _as_array(boxes).copy()
     b[:, 2:] += 1.0
     return b
 
 
-def xyxy_to_devkit(boxes) -> np.ndarray:
+def xyxy_to_devkit(boxes: ArrayLike) -> np.ndarray:
     """Internal ``xyxy`` (N, 4) -> ILSVRC devkit inclusive ``xmin, ymin, xmax, ymax`` (N, 4)."""
     b = _as_array(boxes).copy()
     b[:, 2:] -= 1.0
     return b
 
 
-def voc_to_xyxy(boxes) -> np.ndarray:
+def voc_to_xyxy(boxes: ArrayLike) -> np.ndarray:
     """PASCAL VOC 1-based inclusive ``xmin, ymin, xmax, ymax`` (N, 4) -> internal ``xyxy`` (N, 4):
     ``(xmin - 1, ymin - 1, xmax, ymax)``."""
     b = _as_array(boxes).copy()
@@ -80,7 +81,7 @@ def voc_to_xyxy(boxes) -> np.ndarray:
     return b
 
 
-def xyxy_to_voc(boxes) -> np.ndarray:
+def xyxy_to_voc(boxes: ArrayLike) -> np.ndarray:
     """Internal ``xyxy`` (N, 4) -> PASCAL VOC 1-based inclusive ``xmin, ymin, xmax, ymax`` (N, 4):
     ``(x1 + 1, y1 + 1, x2, y2)``."""
     b = _as_array(boxes).copy()
@@ -88,7 +89,7 @@ def xyxy_to_voc(boxes) -> np.ndarray:
     return b
 
 
-def inclusive_iou(a, b) -> np.ndarray:
+def inclusive_iou(a: ArrayLike, b: ArrayLike) -> np.ndarray:
     """IoU of devkit boxes ``a`` and ``b`` (broadcastable ``(..., 4)``) with inclusive pixel indices.
 
     As in the ILSVRC devkits (``eval_detection.m``, ``eval_clsloc.m``) and PASCAL VOC's ``VOCevaldet.m``

@@ -29,7 +29,9 @@ import errno
 import os
 import re
 import sys
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+from omegaconf import DictConfig
 
 from .config import SolverConfig, load_config
 from .errors import InputError, is_out_of_memory
@@ -77,7 +79,7 @@ _DEBUG_HELP = "  --debug               on a failure, show the Python traceback i
 _outputs: List[Tuple[str, str]] = []
 
 
-def note_output(option: str, path) -> None:
+def note_output(option: str, path: Union[str, os.PathLike, None]) -> None:
     """Record where the running tool writes, as the option that moves it (``"output_dir"`` for a config
     key, ``"--output"`` for a flag) and its value. A write that fails without naming its file (a disk that
     fills up during a write) is then reported with this path, and write errors suggest the option."""
@@ -306,7 +308,7 @@ def model_parser(
     return p
 
 
-def config_from_args(args: argparse.Namespace, weights: Optional[str] = None):
+def config_from_args(args: argparse.Namespace, weights: Optional[str] = None) -> DictConfig:
     """``load_config(args.config, args.opts)`` with ``--weights`` as ``model.weights``."""
     weights = weights if weights is not None else args.weights
     return load_config(args.config, list(args.opts) + ([f"model.weights={weights}"] if weights else []))

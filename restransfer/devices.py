@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from typing import ContextManager
 
 import torch
 
@@ -114,7 +115,7 @@ def check_autocast_precision(precision: str, device: torch.device) -> None:
         raise ConfigError("fp16 runs on CUDA only; on CPUs use bf16 (test.precision / solver.precision)")
 
 
-def autocast_context(device: torch.device, precision: str):
+def autocast_context(device: torch.device, precision: str) -> ContextManager[None]:
     """Mixed precision for ``precision`` in {fp32, bf16, fp16} on ``device`` (fp16 needs CUDA)."""
     check_autocast_precision(precision, device)
     if precision == "fp32":

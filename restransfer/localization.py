@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Dict, Optional
 
+from omegaconf import DictConfig
+
 from .engine.evaluate import run_imagenet_loc_evaluation
 from .evaluation.imagenet_loc_guesses import (
     MODES,
@@ -36,6 +38,6 @@ __all__ = [
 ]
 
 
-def localize_and_evaluate(cfg, weights: Optional[str] = None, **kwargs) -> Optional[Dict[str, float]]:
+def localize_and_evaluate(cfg: DictConfig, weights: Optional[str] = None, **kwargs) -> Optional[Dict[str, float]]:
     """Deprecated name of :func:`restransfer.engine.evaluate.run_imagenet_loc_evaluation` (same arguments)."""
     return run_imagenet_loc_evaluation(cfg, weights, **kwargs)

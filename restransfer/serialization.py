@@ -26,7 +26,7 @@ import re
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
+from typing import Any, BinaryIO, Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
 import numpy as np
 import torch
@@ -110,7 +110,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         }
     )
 
-    def __init__(self, file, path: str, max_array_bytes: int) -> None:
+    def __init__(self, file: BinaryIO, path: str, max_array_bytes: int) -> None:
         super().__init__(file, encoding="latin1")
         self._path = path
         self._max_array_bytes = max_array_bytes
@@ -206,7 +206,7 @@ def _zip64_sizes(extra: bytes) -> Optional[Tuple[int, int]]:
     return None
 
 
-def _check_member(f, info: zipfile.ZipInfo) -> int:
+def _check_member(f: BinaryIO, info: zipfile.ZipInfo) -> int:
     """Compare a member's local header (and data descriptor) with its central directory entry; returns the
     offset where its data ends. Raises ``ValueError`` saying what disagrees."""
     f.seek(info.header_offset)

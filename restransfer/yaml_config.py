@@ -73,7 +73,7 @@ def _load_yaml_with_lines(path: Path) -> Tuple[Dict[str, Any], Dict[str, int]]:
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
     lines: Dict[str, int] = {}
 
-    def walk(n, prefix: str) -> None:
+    def walk(n: yaml.Node, prefix: str) -> None:
         if isinstance(n, yaml.MappingNode):
             for k, v in n.value:
                 key = f"{prefix}{k.value}"

@@ -20,6 +20,7 @@ from ..fileio import atomic_write_bytes
 
 matplotlib.use("Agg")  # no display: the plots are files
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 __all__ = ["plt", "figure_png", "save_figure", "literal_text", "LITERAL_TEXT"]
 
@@ -41,7 +42,7 @@ def literal_text(fn: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-def figure_png(fig, dpi: int = 80) -> bytes:
+def figure_png(fig: Figure, dpi: int = 80) -> bytes:
     """The figure as PNG bytes; the figure is closed."""
     buf = io.BytesIO()
     try:
@@ -51,7 +52,7 @@ def figure_png(fig, dpi: int = 80) -> bytes:
     return buf.getvalue()
 
 
-def save_figure(fig, path: Optional[Union[str, os.PathLike]], dpi: int = 80) -> bytes:
+def save_figure(fig: Figure, path: Optional[Union[str, os.PathLike]], dpi: int = 80) -> bytes:
     """Write the figure as a PNG to ``path`` (folders made as needed; None: do not write) and return the
     bytes; the figure is closed."""
     data = figure_png(fig, dpi)

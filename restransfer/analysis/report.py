@@ -22,7 +22,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -147,7 +147,9 @@ def _subtitle(metrics_path: Path) -> str:
     return f"{metrics_path.parent} - {time.strftime('%Y-%m-%d %H:%M:%S')}"
 
 
-def _counts(gt_data: Mapping[str, Any], results: Sequence[Mapping[str, Any]], image_ids) -> Tuple[Dict, Dict]:
+def _counts(
+    gt_data: Mapping[str, Any], results: Sequence[Mapping[str, Any]], image_ids: Optional[Iterable[int]]
+) -> Tuple[Dict, Dict]:
     wanted = set(int(i) for i in image_ids) if image_ids is not None else None
     n_gt: Dict[int, int] = {}
     n_dt: Dict[int, int] = {}
@@ -159,7 +161,9 @@ def _counts(gt_data: Mapping[str, Any], results: Sequence[Mapping[str, Any]], im
     return n_gt, n_dt
 
 
-def _sample(gt_data, results, image_ids) -> Tuple[List[int], List[Mapping[str, Any]], str]:
+def _sample(
+    gt_data: Mapping[str, Any], results: Sequence[Mapping[str, Any]], image_ids: Optional[Iterable[int]]
+) -> Tuple[List[int], List[Mapping[str, Any]], str]:
     """At most :data:`MAX_ANALYSED_IMAGES` evenly spaced images of the set, their detections and a note saying
     so (empty when the set is small enough to analyse whole)."""
     ids = sorted(int(i) for i in (image_ids if image_ids is not None else [im["id"] for im in gt_data["images"]]))
@@ -177,7 +181,12 @@ def _sample(gt_data, results, image_ids) -> Tuple[List[int], List[Mapping[str, A
 
 
 def _detection_sections(
-    gt_data, results, image_ids, image_root, iou_types: Sequence[str], breakdown: bool
+    gt_data: Mapping[str, Any],
+    results: Sequence[Mapping[str, Any]],
+    image_ids: Optional[Iterable[int]],
+    image_root: Optional[PathLike],
+    iou_types: Sequence[str],
+    breakdown: bool,
 ) -> Tuple[List[Tuple[str, str]], Dict[str, ErrorAnalysis], str]:
     """Error breakdown, PR curves, confusion matrix and gallery; the analyses by iou type; the sampling note."""
     sampled_ids, sampled, note = _sample(gt_data, results, image_ids)

@@ -16,7 +16,7 @@ same gradients (they reach ``conv.weight`` through the product) up to float roun
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,7 @@ def _refolded(folded: Tensor, refold: Callable[[], Tensor], source: Tensor) -> I
             return _REFOLD, t.shape, t.stride(), t.storage_offset()
         return t
 
-    def unpack(saved):
+    def unpack(saved: Any):
         if not (isinstance(saved, tuple) and saved[0] is _REFOLD):
             return saved
         if source._version != version:

@@ -31,7 +31,7 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Collection, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -167,7 +167,7 @@ def tensors_of(obj: Any, path: os.PathLike | str) -> Dict[str, Tensor]:
 _MSRA_BLOCK = re.compile(r"^res(\d)_(\d+)_branch(1|2[abc])_(w|b|bn_s|bn_b)$")
 
 
-def _is_msra(keys) -> bool:
+def _is_msra(keys: Collection[str]) -> bool:
     return "conv1_w" in keys or "res_conv1_bn_s" in keys or any(_MSRA_BLOCK.match(k) for k in keys)
 
 

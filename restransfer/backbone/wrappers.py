@@ -28,7 +28,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from .resnet import STAGE_NAMES, ResNet
-from .weights import load_pretrained_state, read_pretrained
+from .weights import PixelConvention, load_pretrained_state, read_pretrained
 
 __all__ = ["build_resnet", "resnet_fpn", "resnet_c4", "BackboneWithFPN", "BackboneC4"]
 
@@ -86,7 +86,7 @@ class BackboneWithFPN(nn.Module):
         }[extra_blocks]
 
     @property
-    def pixel_convention(self):
+    def pixel_convention(self) -> PixelConvention:
         return self.body.pixel_convention
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
@@ -106,7 +106,7 @@ class BackboneC4(nn.Module):
         self.strides = [16]
 
     @property
-    def pixel_convention(self):
+    def pixel_convention(self) -> PixelConvention:
         return self.body.pixel_convention
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -159,7 +159,9 @@ def max_metric_difference(a: Dict[str, Dict[str, Any]], b: Dict[str, Dict[str, A
     return worst
 
 
-def compare_engines(gt: Dict[str, Any], results: List[Dict[str, Any]], iou_types=("bbox",)) -> Dict[str, Any]:
+def compare_engines(
+    gt: Dict[str, Any], results: List[Dict[str, Any]], iou_types: Sequence[str] = ("bbox",)
+) -> Dict[str, Any]:
     """Evaluate with each engine.
 
     Returns ``{"seconds": {engine: wall s}, "cpu_seconds": {engine: process CPU s, all threads},

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from ..devices import resolve_device
@@ -76,7 +77,7 @@ def coco_like_sizes(
 
 
 def run_compile_training(
-    cfg,
+    cfg: DictConfig,
     *,
     device: str = "cpu",
     precision: str = "fp32",
@@ -182,7 +183,7 @@ def _image(size: Tuple[int, int], seed: int) -> Tensor:
 
 
 def run_compile_inference(
-    cfg,
+    cfg: DictConfig,
     *,
     num_images: int = 200,
     variants: Sequence[str] = ("optimized", "optimized+compile"),

@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from ..config import DatasetSpec, resolve_path
 from ..data.build import build_train_dataset, build_train_loader, uses_masks
@@ -69,7 +69,7 @@ class LoaderMeasurement:
     cpu_ms_per_image: Optional[float] = None
 
 
-def missing_training_data(cfg) -> Optional[str]:
+def missing_training_data(cfg: DictConfig) -> Optional[str]:
     """Why ``cfg.data.train`` cannot be read as it stands (the first missing piece), or ``None`` when
     every dataset's json and image folder exist or its ``generate`` option will create them."""
     if not cfg.data.train:
@@ -143,7 +143,7 @@ def _cpu_seconds() -> Optional[float]:
 
 
 def run_loader_benchmark(
-    cfg,
+    cfg: DictConfig,
     workers: Sequence[int] = (2,),
     images_per_round: int = 64,
     rounds: int = 5,

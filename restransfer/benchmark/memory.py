@@ -27,6 +27,7 @@ import gc
 import multiprocessing
 import traceback
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any, Callable, Optional
 
 import torch
@@ -147,7 +148,7 @@ def measure_peak(step: Callable[[], Any], device: torch.device, warmup: int = 1,
     )
 
 
-def _child(conn, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+def _child(conn: Connection, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
     try:
         result = fn(*args, **kwargs)
     except BaseException as e:  # noqa: BLE001 - every failure goes back to the parent, which raises it

@@ -41,6 +41,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -295,7 +296,7 @@ def _inputs(
 
 
 def _memory_of(
-    cfg,
+    cfg: DictConfig,
     weights_path: str,
     name: str,
     *,
@@ -392,7 +393,7 @@ def _ratios(meas: Dict[str, Measurement], kind: str, of: Sequence[str], first_pr
 
 
 def run_benchmark(
-    cfg,
+    cfg: DictConfig,
     *,
     device: str = "cpu",
     precision: Union[str, Sequence[str]] = "fp32",

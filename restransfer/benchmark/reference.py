@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Optional, Sequence, Tuple
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -28,7 +29,7 @@ from ..models.build import detector_kwargs, pixel_convention
 __all__ = ["reference_incompatibility", "torchvision_reference", "randomize_weights"]
 
 
-def reference_incompatibility(cfg) -> Optional[str]:
+def reference_incompatibility(cfg: DictConfig) -> Optional[str]:
     """Why torchvision has no identical network for ``cfg`` (``None`` when it has one)."""
     m = cfg.model
     conv = pixel_convention(m, None)
@@ -50,7 +51,7 @@ def reference_incompatibility(cfg) -> Optional[str]:
     return None
 
 
-def torchvision_reference(cfg) -> nn.Module:
+def torchvision_reference(cfg: DictConfig) -> nn.Module:
     """torchvision's ``FasterRCNN``/``MaskRCNN`` with ``resnet_fpn_backbone`` and the config's sizes and
     thresholds; load the config model's state dict into it (the keys are the same)."""
     from torchvision.models.detection import FasterRCNN, MaskRCNN

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, List, Optional
+from typing import Any, Collection, Iterable, List, Optional
 
 from omegaconf import DictConfig
 from torch import nn
@@ -105,7 +105,7 @@ def load_cls_config(path: Optional[os.PathLike | str] = None, overrides: Iterabl
     return cfg
 
 
-def _choice(key: str, value, choices) -> None:
+def _choice(key: str, value: Any, choices: Collection[Any]) -> None:
     if value not in choices:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
 

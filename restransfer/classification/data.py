@@ -34,6 +34,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
 from ..data.classifier_transforms import normalize, resize_shorter
@@ -422,7 +423,7 @@ class ClassificationDataset(Dataset):
             logger.warning("skipping an unreadable image: %s", e)
             return None
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: Union[int, Tuple[int, Optional[int]]]):
         if isinstance(key, tuple):
             index, seed = key
             n = len(self)
@@ -439,7 +440,9 @@ class ClassificationDataset(Dataset):
         return self.image(key), int(self.labels[key])
 
     @staticmethod
-    def concat(parts: Sequence["ClassificationDataset"], transform=None) -> "ClassificationDataset":
+    def concat(
+        parts: Sequence["ClassificationDataset"], transform: Optional[TrainTransform] = None
+    ) -> "ClassificationDataset":
         names = parts[0].class_names
         for p in parts[1:]:
             if p.class_names != names:
@@ -461,7 +464,7 @@ class ClassificationDataset(Dataset):
 
 
 def dataset_from_spec(
-    spec,
+    spec: DictConfig,
     class_names: Optional[Sequence[str]] = None,
     *,
     allow_outside_root: bool = False,

@@ -23,6 +23,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from ..data.classifier_transforms import center_crop, image_views, ten_crops
@@ -91,7 +92,7 @@ def evaluate_classifier(model: nn.Module, dataset: ClassificationDataset, **kwar
     return metrics
 
 
-def cfg_test_kwargs(cfg, mode: Optional[str] = None, scales: Optional[Sequence[int]] = None) -> dict:
+def cfg_test_kwargs(cfg: DictConfig, mode: Optional[str] = None, scales: Optional[Sequence[int]] = None) -> dict:
     """The :func:`classifier_scores` keyword arguments of a classification config (``mode``/``scales``
     override ``test.crops``/``test.scales``)."""
     return dict(
@@ -106,7 +107,7 @@ def cfg_test_kwargs(cfg, mode: Optional[str] = None, scales: Optional[Sequence[i
 
 
 def run_cls_evaluation(
-    cfg,
+    cfg: DictConfig,
     weights: os.PathLike | str,
     *,
     mode: Optional[str] = None,

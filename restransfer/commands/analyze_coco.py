@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Optional, Sequence
 
 from ..analysis.coco_errors import analyze_coco_errors, read_ground_truth, read_results
 from ..analysis.detection_plots import write_analysis
@@ -46,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
     args = parser.parse_intermixed_args(argv)
     args.weights, args.opts = split_weights(args.weights, args.opts)

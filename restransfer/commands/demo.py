@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Optional, Sequence
 
 from ..cli import model_parser, note_output
 from ..inference.demo import find_images, run_demo
@@ -35,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_intermixed_args(argv)
     note_output("--output", args.output)
     images = find_images(args.input, exclude=args.output)

@@ -13,6 +13,7 @@ A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the trac
 """
 
 import argparse
+from typing import Optional, Sequence
 
 from ..classification.config import CROPS, load_cls_config
 from ..classification.evaluate import run_cls_evaluation
@@ -21,7 +22,7 @@ from ..cli import note_output
 MEMORY_HINT = "lower test.ims_per_batch, or the fcn --scales"
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Classification error (top-1, top-5) of a checkpoint.")
     parser.add_argument("config", help="YAML config whose data.test is evaluated")
     parser.add_argument(

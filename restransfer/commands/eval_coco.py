@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Optional, Sequence
 
 from ..analysis.run_reports import coco_files_report
 from ..cli import EVAL_MEMORY_HINT, add_weights_argument, note_output, split_weights
@@ -84,7 +85,7 @@ def _config_mode(args: argparse.Namespace) -> dict:
     return metrics
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
     args = parser.parse_intermixed_args(argv)
     args.weights, args.opts = split_weights(args.weights, args.opts)

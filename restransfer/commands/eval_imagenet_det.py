@@ -16,6 +16,7 @@ A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the trac
 from __future__ import annotations
 
 import argparse
+from typing import Optional, Sequence
 
 from ..analysis.run_reports import det_run_report
 from ..cli import EVAL_MEMORY_HINT, add_weights_argument, note_output, split_weights
@@ -27,7 +28,7 @@ from ..evaluation.imagenet_det import evaluate_files, format_table, metrics_dict
 MEMORY_HINT = EVAL_MEMORY_HINT
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", help="YAML config (model mode)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (model mode)")
@@ -51,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     note_output("--output", args.output)
     if args.config is None:

@@ -20,6 +20,7 @@ A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the trac
 from __future__ import annotations
 
 import argparse
+from typing import Optional, Sequence
 
 from ..analysis.run_reports import loc_files_report
 from ..cli import EVAL_MEMORY_HINT, add_weights_argument, note_output, split_weights
@@ -33,7 +34,7 @@ from ..inference.classifier import load_classifier
 MEMORY_HINT = EVAL_MEMORY_HINT
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", help="config file (detector mode); omit to evaluate --submission")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _evaluate_submission(p: argparse.ArgumentParser, args) -> dict:
+def _evaluate_submission(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
     if not args.submission or not args.synsets:
         p.error("give --submission and --synsets (or a config file)")
     if (args.annotations is None) == (args.solution is None):
@@ -119,7 +120,7 @@ def _evaluate_submission(p: argparse.ArgumentParser, args) -> dict:
     )
 
 
-def _evaluate_config(p: argparse.ArgumentParser, args) -> dict:
+def _evaluate_config(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
     cfg = load_config(args.config, args.overrides)
     note_output("output_dir", cfg.output_dir)
     scores = load_classifier_scores(args.classifier_scores) if args.classifier_scores else None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Optional, Sequence
 
 from ..cli import config_from_args, model_parser, note_output
 from ..inference.export import (
@@ -79,7 +80,7 @@ def _sizes(text: str):
     return sizes
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_intermixed_args(argv)
     note_output("--output", args.output)
     cfg = config_from_args(args)

@@ -10,6 +10,8 @@ A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the trac
 ``restransfer train CONFIG ...`` runs this for a classification config.
 """
 
+from typing import Optional, Sequence
+
 from .. import distributed
 from ..classification.config import load_cls_config
 from ..classification.train import train_classifier
@@ -21,7 +23,7 @@ MEMORY_HINT = (
 )
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = training_parser(
         "Train a ResNet classifier from a YAML config.",
         config_help="YAML config file (see configs/imagenet_cls_r101.yaml)",

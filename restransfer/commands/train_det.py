@@ -9,6 +9,8 @@ A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the trac
 ``restransfer train CONFIG ...`` runs this for a detection config.
 """
 
+from typing import Optional, Sequence
+
 from .. import distributed
 from ..cli import TRAIN_MEMORY_HINT, note_output, parse_training_args, training_parser
 from ..config import load_config
@@ -17,7 +19,7 @@ from ..engine.trainer import evaluate_only, train
 MEMORY_HINT = TRAIN_MEMORY_HINT
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = training_parser("Train a Faster/Mask R-CNN from a YAML config.")
     parser.add_argument(
         "--eval-only",

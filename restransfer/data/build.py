@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import logging
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ class CocoConcatDataset(ConcatDataset):
         self.label_to_cat_id = first.label_to_cat_id
         self.cat_id_to_label = first.cat_id_to_label
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: Union[int, Tuple[int, Optional[int]]]):
         index, seed = key if isinstance(key, tuple) else (key, None)
         if index < 0:
             index += len(self)

@@ -262,15 +262,15 @@ def parse_xml(path: os.PathLike | str) -> XmlElement:
     root = XmlElement("", 0)
     stack = [root]
 
-    def start(tag, _attrs):
+    def start(tag: str, _attrs: Dict[str, str]):
         node = XmlElement(tag, parser.CurrentLineNumber)
         stack[-1].children.append(node)
         stack.append(node)
 
-    def end(_tag):
+    def end(_tag: str):
         stack.pop()
 
-    def chars(text):
+    def chars(text: str):
         stack[-1].text.append(text)
 
     def refuse(*_args):

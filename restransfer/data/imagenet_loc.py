@@ -27,7 +27,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -271,7 +271,7 @@ def iter_kaggle_rows(path: os.PathLike | str) -> Iterator[Tuple[int, str, List[s
 
 
 def parse_box_groups(
-    tokens: Sequence[str], path, lineno: int, synsets: Synsets, what: str
+    tokens: Sequence[str], path: Union[str, os.PathLike], lineno: int, synsets: Synsets, what: str
 ) -> Tuple[List[str], np.ndarray]:
     """``WNID xmin ymin xmax ymax`` groups -> (WNIDs, (M, 4) float64 boxes), with errors at ``path:lineno``."""
     if len(tokens) % 5:

@@ -49,7 +49,9 @@ def _objects_xml(objects: Sequence[Tuple[str, Tuple[int, int, int, int], bool, b
     return "".join(parts)
 
 
-def _annotation_xml(year: str, image_id: str, size: int, objects) -> str:
+def _annotation_xml(
+    year: str, image_id: str, size: int, objects: Sequence[Tuple[str, Tuple[int, int, int, int], bool, bool]]
+) -> str:
     return (
         f"<annotation>\n  <folder>VOC{year}</folder>\n  <filename>{image_id}.jpg</filename>\n"
         "  <source>\n    <database>restransfer synthetic shapes</database>\n  </source>\n"

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from omegaconf import DictConfig
 from torch import nn
 
 from ..analysis.run_reports import evaluation_report
@@ -116,8 +117,8 @@ def writes_report(mode: str, periodic: bool) -> bool:
 
 
 def evaluator_for_test_set(
-    cfg,
-    dataset,
+    cfg: DictConfig,
+    dataset: Any,
     *,
     name: Optional[str] = None,
     output_dir: Optional[PathLike] = None,
@@ -139,7 +140,7 @@ def evaluator_for_test_set(
 
 
 def run_on_test_set(
-    cfg,
+    cfg: DictConfig,
     weights: Weights = None,
     *,
     dataset: Any = None,
@@ -186,7 +187,11 @@ def _check_test_classes(dataset: Any, num_classes: int) -> None:
 
 
 def predict_dataset(
-    cfg, weights: Weights = None, dataset: Any = None, model: Optional[nn.Module] = None, progress: bool = True
+    cfg: DictConfig,
+    weights: Weights = None,
+    dataset: Any = None,
+    model: Optional[nn.Module] = None,
+    progress: bool = True,
 ) -> Tuple[Any, Optional[List[Dict[str, Any]]]]:
     """:func:`run_on_test_set`, every process's predictions gathered to the main process.
 
@@ -200,7 +205,7 @@ def predict_dataset(
 
 
 def evaluate(
-    cfg,
+    cfg: DictConfig,
     weights: Weights = None,
     *,
     model: Optional[nn.Module] = None,
@@ -252,7 +257,7 @@ def evaluate(
 
 
 def evaluate_model(
-    cfg,
+    cfg: DictConfig,
     model: Optional[nn.Module] = None,
     weights: Weights = None,
     dataset: Any = None,
@@ -313,7 +318,7 @@ class PeriodicEvaluation:
         return run.scalars
 
 
-def build_periodic_evaluation(cfg) -> PeriodicEvaluation:
+def build_periodic_evaluation(cfg: DictConfig) -> PeriodicEvaluation:
     """The :class:`PeriodicEvaluation` of a training config: :func:`evaluate` on ``data.test`` with
     ``test.evaluator`` (no ``report.html`` unless ``test.report: always``), ranked by the evaluator's main
     metric (a registered class says it; a plain factory function ranks by its first scalar)."""
@@ -335,7 +340,7 @@ def build_periodic_evaluation(cfg) -> PeriodicEvaluation:
 
 
 def run_coco_evaluation(
-    cfg,
+    cfg: DictConfig,
     weights: Weights = None,
     *,
     iou_types: Optional[Sequence[str]] = None,
@@ -388,7 +393,7 @@ class DetModelEvaluation:
 
 
 def run_imagenet_det_evaluation(
-    cfg,
+    cfg: DictConfig,
     weights: Weights = None,
     *,
     blacklist: Optional[PathLike] = None,
@@ -413,7 +418,7 @@ def run_imagenet_det_evaluation(
 
 
 def run_imagenet_loc_evaluation(
-    cfg,
+    cfg: DictConfig,
     weights: Weights = None,
     *,
     mode: str = "classifier",

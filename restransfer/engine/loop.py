@@ -105,7 +105,7 @@ class TrainLoop:
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        scheduler,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
         *,
         loader: Iterable,
         forward: ForwardFn,

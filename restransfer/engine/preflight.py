@@ -475,7 +475,7 @@ def _check_output_dir(out: Path, model: nn.Module, report: PreflightReport) -> N
         )
 
 
-def _weights(found, weights: Optional[str], backbone: Optional[str]) -> str:
+def _weights(found: Optional[Tuple[Path, Dict[str, Any]]], weights: Optional[str], backbone: Optional[str]) -> str:
     """Which weights the built model holds (read and fitted by the model build, before the pre-flight):
     the resumed checkpoint's, ``model.weights``, ``model.backbone.weights``, or none."""
     if found is not None:

@@ -8,6 +8,7 @@ import math
 from typing import Dict, List, Sequence
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from ..data.samplers import BatchLayout, batch_layout  # noqa: F401 (re-exported: training sizes its steps by it)
@@ -18,7 +19,7 @@ __all__ = ["build_optimizer", "build_scheduler", "lr_factor", "BatchLayout", "ba
 _NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
-def build_optimizer(cfg, model: nn.Module) -> torch.optim.SGD:
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.SGD:
     """SGD over the trainable parameters, in groups by weight decay (norm layers, biases, the rest)."""
     s = cfg.solver
     wd_bias = s.weight_decay if s.weight_decay_bias is None else s.weight_decay_bias
@@ -67,7 +68,7 @@ def lr_factor(
     return factor
 
 
-def build_scheduler(cfg, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
     s = cfg.solver
     steps = [int(x) for x in s.steps]
     kwargs = dict(

@@ -14,7 +14,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -94,7 +94,7 @@ def _row_problem(fields: List[str], image_set: Optional[set], num_classes: int) 
     return None
 
 
-def _first_bad_line(path, image_ids: Optional[np.ndarray], num_classes: int) -> str:
+def _first_bad_line(path: Union[str, os.PathLike], image_ids: Optional[np.ndarray], num_classes: int) -> str:
     image_set = None if image_ids is None else set(image_ids.tolist())
     with open(path, encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):

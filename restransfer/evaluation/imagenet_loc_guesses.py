@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class _MissingWnid(DataError, KeyError):
     __str__ = BaseException.__str__  # the message as written, not quoted as a KeyError's key is
 
 
-def label_wnids(dataset) -> Dict[int, str]:
+def label_wnids(dataset: Any) -> Dict[int, str]:
     """Contiguous detector label (1..K) -> WNID, from a COCO dataset whose categories carry ``wnid``
     (``dataset.label_to_cat_id`` and ``dataset.coco.cats``); a category without one is a DataError (also a
     KeyError) naming it."""

@@ -18,6 +18,7 @@ from ..errors import DataError
 from ..evaluation.coco import masks_to_rle, predictions_to_coco_results, write_json_atomic
 from ..fileio import atomic_write_bytes
 from ..visualize import draw_detections
+from .predictor import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def _output_names(images: Sequence[Path], root: Optional[Path]) -> List[str]:
 
 
 def run_demo(
-    predictor,
+    predictor: Predictor,
     images: Sequence[Union[str, os.PathLike]],
     output_dir: Union[str, os.PathLike],
     root: Optional[Union[str, os.PathLike]] = None,

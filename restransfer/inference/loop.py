@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ def to_prediction(
 
 def inference_on_dataset(
     model: nn.Module,
-    loader,
+    loader: Iterable[Any],
     device: torch.device,
     precision: str = "fp32",
     progress: bool = True,

@@ -13,7 +13,8 @@ import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
+from omegaconf import DictConfig
+from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
@@ -56,12 +57,12 @@ class ClassAgnosticPredictor(nn.Module):
         self.cls_score = nn.Linear(in_channels, num_classes)
         self.bbox_pred = nn.Linear(in_channels, 4)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         x = x.flatten(start_dim=1)
         return self.cls_score(x), self.bbox_pred(x).repeat(1, self.num_classes)
 
 
-def pixel_convention(cfg_model, backbone_convention: Optional[PixelConvention]) -> PixelConvention:
+def pixel_convention(cfg_model: DictConfig, backbone_convention: Optional[PixelConvention]) -> PixelConvention:
     """Config values win; otherwise the backbone weights' convention; otherwise the style's usual one."""
     base = backbone_convention or (MSRA_BGR if cfg_model.backbone.style == "caffe" else TORCHVISION_RGB)
     return PixelConvention(
@@ -99,7 +100,7 @@ def _anchors(head: str, sizes: Sequence[int], aspect_ratios: Sequence[float], nu
     return AnchorGenerator(tuple((s,) for s in sizes), (ratios,) * num_levels)
 
 
-def detector_kwargs(cfg_model, num_levels: int) -> Dict[str, Any]:
+def detector_kwargs(cfg_model: DictConfig, num_levels: int) -> Dict[str, Any]:
     """The keyword arguments of torchvision's ``FasterRCNN``/``MaskRCNN`` that ``cfg.model`` sets: the anchor
     generator for ``num_levels`` feature maps, and the RPN's and RoI heads' sampling, thresholds and
     proposal/detection counts."""
@@ -167,7 +168,7 @@ def _roi_heads(kw: Dict[str, Any], modules: Dict[str, nn.Module]) -> RoIHeads:
 
 
 def build_model(
-    cfg, class_names: Optional[List[str]] = None, load_weights: bool = True, weights: Optional[str] = None
+    cfg: DictConfig, class_names: Optional[List[str]] = None, load_weights: bool = True, weights: Optional[str] = None
 ) -> Detector:
     """Build the detector described by ``cfg.model`` (and ``cfg.input`` for the image sizes).
 
@@ -300,7 +301,7 @@ def _roi_head_modules(
     return heads
 
 
-def inference_kwargs(cfg) -> Dict[str, Any]:
+def inference_kwargs(cfg: DictConfig) -> Dict[str, Any]:
     """Keyword arguments of :meth:`Detector.optimize_for_inference` from ``cfg.test``.
 
     ``test.optimize: false`` turns off BN folding, fusion and channels_last (the model then runs the
@@ -311,7 +312,7 @@ def inference_kwargs(cfg) -> Dict[str, Any]:
     return dict(fold_bn=opt, fuse=opt, channels_last=opt, precision=str(t.precision))
 
 
-def system_kwargs(cfg) -> Optional[Dict[str, Any]]:
+def system_kwargs(cfg: DictConfig) -> Optional[Dict[str, Any]]:
     """Keyword arguments of :class:`restransfer.models.system.DetectionSystem` from ``cfg.test`` (box
     refinement, box voting, test scales, flip, merge), or ``None`` when every test-time extra is off (the
     plain detector then runs unchanged)."""
@@ -334,7 +335,7 @@ def system_kwargs(cfg) -> Optional[Dict[str, Any]]:
 
 
 def build_eval_model(
-    cfg,
+    cfg: DictConfig,
     weights: Optional[str],
     class_names: Optional[List[str]],
     device: torch.device,

@@ -12,7 +12,7 @@ change (the mask branch keeps its own pooler and sees only the regions).
 
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +24,7 @@ __all__ = ["GlobalContextPool", "ContextBoxHead", "RegionsWithContext", "CONTEXT
 CONTEXT_HEAD_PREFIX = "roi_heads.box_head.regions."
 
 
-def has_global_context(state_dict_keys) -> bool:
+def has_global_context(state_dict_keys: Iterable[str]) -> bool:
     """Whether a detector state dict (its keys) comes from a model with global context."""
     return any(k.startswith(CONTEXT_HEAD_PREFIX) for k in state_dict_keys)
 

@@ -8,7 +8,7 @@ probabilities at input resolution). Images are float RGB ``(3, H, W)`` in ``[0, 
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -95,7 +95,9 @@ class Detector(GeneralizedRCNN):
     def with_masks(self) -> bool:
         return self.roi_heads.has_mask()
 
-    def forward(self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None):
+    def forward(
+        self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None
+    ) -> Union[Dict[str, Tensor], List[Dict[str, Tensor]]]:
         if self.training:
             if targets is None:
                 raise ValueError("training mode needs targets; call model.eval() for inference")

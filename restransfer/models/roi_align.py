@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -284,7 +284,7 @@ def roi_align_grad(
 class _RoIAlign(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx,
+        ctx: Any,
         feat: Tensor,
         rois: Tensor,
         output_size: Tuple[int, int],
@@ -299,7 +299,7 @@ class _RoIAlign(torch.autograd.Function):
         return _forward(feat.contiguous(), rois, output_size, spatial_scale, sampling_ratio, aligned, workers)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
+    def backward(ctx: Any, grad: Tensor):
         (rois,) = ctx.saved_tensors
         grad_feat = roi_align_grad(grad, rois, *ctx.args, channels_last=ctx.channels_last)
         return grad_feat, None, None, None, None, None, None

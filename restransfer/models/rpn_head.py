@@ -18,7 +18,7 @@ keep torchvision's backward pass.
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -84,14 +84,14 @@ def _sparse_grads(
 
 class _SparseBackwardHead(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, *params: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(ctx: Any, x: Tensor, *params: Tensor) -> Tuple[Tensor, Tensor]:
         ctx.set_materialize_grads(False)
         ctx.autocast = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
         ctx.save_for_backward(x, *params)
         return _head(x, *params)
 
     @staticmethod
-    def backward(ctx, g_cls: Optional[Tensor], g_box: Optional[Tensor]):
+    def backward(ctx: Any, g_cls: Optional[Tensor], g_box: Optional[Tensor]):
         x, *params = ctx.saved_tensors
         grads = (g_cls, g_box)
         nonzero = [(g != 0).any(1) for g in grads if g is not None]

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import maskrcnn_inference
 from torchvision.models.detection.transform import resize_boxes
@@ -190,7 +191,9 @@ class DetectionSystem(nn.Module):
             pooled.append(at_scale[nearest]._replace(regions=merged) if with_context else merged)
         return pooled
 
-    def _detect_view(self, views: Sequence[_View], pooled_fn=None) -> Tuple[Tensor, Tensor, Tensor]:
+    def _detect_view(
+        self, views: Sequence[_View], pooled_fn: Optional[Callable[[Tensor], Tensor]] = None
+    ) -> Tuple[Tensor, Tensor, Tensor]:
         """Detections (boxes in the views' coordinates, scores, labels) of one view of every model."""
         rh = self.roi_heads
         proposals = torch.cat([v.proposals for v in views])  # an ensemble scores the union of its proposals
@@ -283,7 +286,9 @@ class DetectionSystem(nn.Module):
                 out["masks"] = self.transform.paste_masks(masks, boxes, image_size)
         return out
 
-    def forward(self, images: List[Tensor], targets=None) -> List[Dict[str, Tensor]]:
+    def forward(
+        self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None
+    ) -> List[Dict[str, Tensor]]:
         if self.training or targets is not None:
             raise RuntimeError("DetectionSystem is for inference: train the detectors themselves")
         return [self._detect(image) for image in images]
@@ -299,8 +304,8 @@ def weights_list(weights: Union[None, str, os.PathLike, Sequence[Union[str, os.P
 
 
 def build_test_model(
-    cfg,
-    weights,
+    cfg: DictConfig,
+    weights: Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike]]],
     class_names: Optional[List[str]],
     device: torch.device,
     *,
