@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -56,7 +57,7 @@ class Logits(nn.Module):
         return self.net.classify(x)
 
 
-def build_train_set(cfg) -> ClassificationDataset:
+def build_train_set(cfg: DictConfig) -> ClassificationDataset:
     """The concatenated ``data.train`` entries with the config's training augmentation."""
     if not cfg.data.train:
         raise ConfigError("data.train is empty; list at least one {image_root: DIR, format: ...} entry")
@@ -87,7 +88,7 @@ def build_train_set(cfg) -> ClassificationDataset:
 
 
 def train_classifier(
-    cfg, resume: bool = False, restart: bool = False, hooks: Sequence[HookBase] = ()
+    cfg: DictConfig, resume: bool = False, restart: bool = False, hooks: Sequence[HookBase] = ()
 ) -> Optional[Dict[str, Any]]:
     """Train the classifier of ``cfg`` (see the module docstring); returns the final test metrics on the main
     process (None elsewhere or without ``data.test``). ``resume``/``restart``/``hooks`` as for the detectors
@@ -101,7 +102,7 @@ def train_classifier(
 
 
 def _classification_forward(device: torch.device):
-    def forward(model: nn.Module, batch) -> Tuple[torch.Tensor, Dict[str, float]]:
+    def forward(model: nn.Module, batch: Tuple[torch.Tensor, torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, float]]:
         images, labels = batch
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         logits = model(images)
@@ -121,7 +122,7 @@ def _summarize(avg: Dict[str, float]) -> Tuple[Dict[str, float], str]:
     return values, f"loss {values['loss']:.3f} train error {values['train_error']:.1f}%"
 
 
-def _periodic_test(test_set, device: torch.device, scoring: Dict[str, Any]):
+def _periodic_test(test_set: ClassificationDataset, device: torch.device, scoring: Dict[str, Any]):
     """The center-crop test error every ``test.eval_period`` steps, computed by the main process
     (``scoring``: the :func:`~restransfer.inference.classifier.classifier_scores` keyword arguments)."""
 
@@ -145,7 +146,7 @@ def _describe_test(n_images: int):
 
 
 def _train(
-    cfg, device: torch.device, resume: bool, restart: bool, hooks: Sequence[HookBase] = ()
+    cfg: DictConfig, device: torch.device, resume: bool, restart: bool, hooks: Sequence[HookBase] = ()
 ) -> Optional[Dict[str, Any]]:
     rank, world = get_rank(), get_world_size()
     out = Path(cfg.output_dir)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from ..config import dump_config
@@ -67,7 +68,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def start_run(cfg, resume: bool, restart: bool) -> Tuple[Checkpointer, Optional[Tuple[Path, Dict[str, Any]]]]:
+def start_run(
+    cfg: DictConfig, resume: bool, restart: bool
+) -> Tuple[Checkpointer, Optional[Tuple[Path, Dict[str, Any]]]]:
     """What every training loop does before building anything: log into ``cfg.output_dir``, remove a killed
     run's temporaries, set old checkpoints aside (``restart``) or refuse to overwrite them, find the checkpoint
     to resume from, log the dataset entries, write ``config.yaml`` (a resume with other settings than the
@@ -105,7 +108,7 @@ def start_run(cfg, resume: bool, restart: bool) -> Tuple[Checkpointer, Optional[
     return ckpt, found
 
 
-def _to_device(targets, device: torch.device):
+def _to_device(targets: Sequence[Dict[str, Any]], device: torch.device):
     return [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
 
 
@@ -121,7 +124,9 @@ def _check_classes(class_names: Sequence[str], num_classes: int) -> None:
         )
 
 
-def train(cfg, resume: bool = False, restart: bool = False, hooks: Sequence[HookBase] = ()) -> Optional[Dict[str, Any]]:
+def train(
+    cfg: DictConfig, resume: bool = False, restart: bool = False, hooks: Sequence[HookBase] = ()
+) -> Optional[Dict[str, Any]]:
     """Train the model of ``cfg``; returns the final metrics on the main process (None elsewhere or when
     there is no test set).
 
@@ -148,7 +153,7 @@ def train(cfg, resume: bool = False, restart: bool = False, hooks: Sequence[Hook
         return _train(cfg, device, resume, restart, hooks)
 
 
-def evaluate_only(cfg) -> Optional[Dict[str, Any]]:
+def evaluate_only(cfg: DictConfig) -> Optional[Dict[str, Any]]:
     """Evaluate ``model.weights`` (or the newest intact checkpoint of ``output_dir``) on ``data.test`` and
     write ``metrics.json`` into ``output_dir``, holding the folder's lock."""
     if cfg.data.test is None:
@@ -169,7 +174,7 @@ def evaluate_only(cfg) -> Optional[Dict[str, Any]]:
         return evaluate_model(cfg, weights=weights)
 
 
-def training_precision(setting: str, device: torch.device):
+def training_precision(setting: str, device: torch.device) -> Tuple[str, Optional[torch.amp.GradScaler]]:
     """``(precision, GradScaler or None)`` of ``solver.precision`` on ``device`` (checked, with a note for auto)."""
     precision = resolve_precision(setting, device)
     if setting == "auto":
@@ -181,7 +186,7 @@ def training_precision(setting: str, device: torch.device):
 
 
 def build_train_loop(
-    cfg: Any,
+    cfg: DictConfig,
     model: nn.Module,
     forward: ForwardFn,
     layout: Any,
@@ -261,7 +266,9 @@ def standard_hooks(
 
 
 def _detection_forward(device: torch.device) -> ForwardFn:
-    def forward(model: nn.Module, batch) -> Tuple[torch.Tensor, Dict[str, float]]:
+    def forward(
+        model: nn.Module, batch: Tuple[Sequence[torch.Tensor], Sequence[Dict[str, Any]]]
+    ) -> Tuple[torch.Tensor, Dict[str, float]]:
         images, targets = batch
         images = [img.to(device, non_blocking=True) for img in images]
         loss_dict = model(images, _to_device(targets, device))
@@ -277,7 +284,7 @@ def _summarize_losses(avg: Dict[str, float]) -> Tuple[Dict[str, float], str]:
 
 
 def _train(
-    cfg, device: torch.device, resume: bool, restart: bool, hooks: Sequence[HookBase] = ()
+    cfg: DictConfig, device: torch.device, resume: bool, restart: bool, hooks: Sequence[HookBase] = ()
 ) -> Optional[Dict[str, Any]]:
     distributed = get_world_size() > 1
     rank, world = get_rank(), get_world_size()
