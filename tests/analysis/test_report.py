@@ -263,7 +263,7 @@ def test_eval_coco_results_file_mode_writes_report(shapes, tmp_path):
 
 
 def test_eval_imagenet_det_file_mode_writes_report(tmp_path):
-    import imagenet_det_fixtures as det_files
+    from helpers import imagenet_det_fixtures as det_files
 
     from restransfer.cli import run_tool
 
@@ -304,7 +304,7 @@ def test_eval_imagenet_det_file_mode_writes_report(tmp_path):
 
 
 def test_eval_imagenet_loc_file_mode_writes_report_with_the_error_split(tmp_path):
-    import imagenet_loc_files as loc_files
+    from helpers import imagenet_loc_files as loc_files
 
     from restransfer.cli import run_tool
 
