@@ -111,7 +111,8 @@ def _inference_report(out) -> str:
     for name, r in out["runs"].items():
         lines.append(
             f"  {name:18s} {r.images_per_s:6.2f} images/s over the run ({r.total_s:.1f} s), "
-            f"steady {r.latency_median * 1000:.0f} ms/image, compile {r.compile_s:.1f} s, "
+            f"steady {r.latency_median * 1000:.0f} ms/image (backbone {r.backbone_median * 1000:.0f} ms), "
+            f"compile {r.compile_s:.1f} s, "
             f"{r.compiling_calls} compiling call(s) ({r.recompiles} recompile(s)), {r.graphs} graph(s), "
             f"{r.graph_breaks} graph break(s)"
         )

@@ -5,16 +5,19 @@
 #   - tools/benchmark.py --device cuda: the R101-FPN Faster R-CNN training step and inference against
 #     torchvision's identical network, eager and with its backbone + FPN under torch.compile (compile time
 #     reported apart), ours in fp32, fp16 and bf16 against torchvision under the same AMP precision, each model's
-#     peak memory in a fresh process.
+#     peak memory in a fresh process;
+#   - tools/benchmark_compile.py --device cuda: our model eager and with its backbone compiled (solver.compile /
+#     test.compile), a training step and 200 images of COCO's sizes (compile time, recompilations).
 #
 #   bash tools/gpu_check.sh --fetch-wheels [PYTHON_VERSION]   # where pip reaches PyPI: the dependencies a plain
 #                                                            # PyTorch image lacks, as wheels into .whl/ (default 3.12)
 #   bash tools/gpu_check.sh OUT_DIR                           # on the GPU machine, from the repository root
 #
 # On the GPU machine the wheels in .whl/ (if any) are installed into a temporary folder (nothing is fetched) and
-# the repository is put on PYTHONPATH. OUT_DIR receives at most 7 files: environment.txt, test_cuda.log,
-# benchmark.log and four JSON results (train_vs_tv_fp32.json, train_vs_tv_fp16.json, train_vs_tv_bf16.json and
-# infer_vs_tv.json; see tools/benchmark.py --json). The exit status is 0 when the tests passed and every
+# the repository is put on PYTHONPATH. OUT_DIR receives at most 9 files: environment.txt, test_cuda.log,
+# benchmark.log and six JSON results (train_vs_tv_fp32.json, train_vs_tv_fp16.json, train_vs_tv_bf16.json and
+# infer_vs_tv.json, see tools/benchmark.py --json; compile_train_fp16.json and compile_infer_fp16.json, see
+# tools/benchmark_compile.py --json). The exit status is 0 when the tests passed and every
 # benchmark ran.
 set -uo pipefail
 out=""
@@ -96,4 +99,14 @@ for dtype in fp32 fp16 bf16; do
 done
 bench --dtype fp32,fp16,bf16 --reference eager,compile --reference-dtype fp32,fp16,bf16 --iters 20 --warmup 3 \
     --json "$out/infer_vs_tv.json"
+# our own model eager and with solver.compile / test.compile (its backbone compiled, dynamic shapes): the
+# compile time, the steady step, the break-even step count and, over 200 images of COCO's sizes, the
+# recompilations; what compile=auto's rule on CUDA is to rest on (restransfer.devices.resolve_compile)
+compile_bench() {
+    echo "== benchmark_compile.py $*" | tee -a "$out/benchmark.log"
+    python3 tools/benchmark_compile.py configs/torchvision/faster_rcnn_r50_fpn.yaml model.backbone.depth=101 \
+        model.backbone.weights=null --device cuda "$@" 2>&1 | tee -a "$out/benchmark.log" || status=1
+}
+compile_bench --train --dtype fp16 --size 800 1067 --batch 2 --iters 20 --warmup 3 --json "$out/compile_train_fp16.json"
+compile_bench --images 200 --variants optimized,optimized+compile test.precision=fp16 --json "$out/compile_infer_fp16.json"
 exit $status

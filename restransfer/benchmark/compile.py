@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from ..devices import resolve_device
 from ..models import build_model, inference_kwargs
 from ..models.compile import compile_events, compile_model
+from ..models.postprocess import deferred_mask_paste
 from .machine import load_average, machine_description, machine_info
 from .model import (
     COMPILE_TIME_DEFINITION,
@@ -170,12 +171,18 @@ class InferenceRun:
     frames_compiled: int  # Python frames compiled (a recompilation counts again)
     graphs: int
     graph_breaks: int
+    backbone_median: float  # per image: the backbone (+ FPN) alone on the resized image, what compile changes
     times: List[float] = field(default_factory=list)
 
     @property
     def recompiles(self) -> int:
         """Calls after the first one that compiled."""
         return max(self.compiling_calls - 1, 0)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _image(size: Tuple[int, int], seed: int) -> Tensor:
@@ -205,7 +212,9 @@ def run_compile_inference(
     Returns:
         ``{"runs": {variant: InferenceRun}, "input_shapes": distinct padded (H, W) the backbone saw,
         "image_sizes": the (H, W) of the images, "config": {...}, "environment": {...}}``. Each image goes
-        through every variant before the next image, so that machine noise falls on each alike.
+        through every variant before the next image, so that machine noise falls on each alike. Masks stay
+        the head's low-resolution probabilities, as evaluation and the Predictor have them before they paste
+        each box's mask (the same work for every variant); each variant's backbone is also timed alone.
     """
     unknown = [v for v in variants if v not in INFERENCE_VARIANTS]
     if unknown:
@@ -228,6 +237,7 @@ def run_compile_inference(
         models[name] = m
     times: Dict[str, List[float]] = {v: [] for v in variants}
     compiling: Dict[str, List[bool]] = {v: [] for v in variants}
+    backbone: Dict[str, List[float]] = {v: [] for v in variants}
     events = {v: {"frames": 0, "graphs": 0, "graph_breaks": 0} for v in variants}
     shapes = set()
     with torch.inference_mode():
@@ -238,15 +248,20 @@ def run_compile_inference(
             shapes.add(tuple(base.transform([image])[0].tensors.shape[-2:]))
             for name, m in models.items():
                 before = compile_events()
-                t0 = time.perf_counter()
-                m([image])
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
-                times[name].append(time.perf_counter() - t0)
+                with deferred_mask_paste(m):  # as evaluation and the Predictor run it
+                    t0 = time.perf_counter()
+                    m([image])
+                    _sync(dev)
+                    times[name].append(time.perf_counter() - t0)
                 after = compile_events()
                 compiling[name].append(after["frames"] != before["frames"])
                 for k in after:
                     events[name][k] += after[k] - before[k]
+                resized = m.transform([image])[0].tensors
+                t0 = time.perf_counter()
+                m.backbone(resized)
+                _sync(dev)
+                backbone[name].append(time.perf_counter() - t0)
     runs = {}
     for name in variants:
         steady = [t for t, c in zip(times[name], compiling[name]) if not c] or times[name]
@@ -263,6 +278,9 @@ def run_compile_inference(
             frames_compiled=events[name]["frames"],
             graphs=events[name]["graphs"],
             graph_breaks=events[name]["graph_breaks"],
+            backbone_median=statistics.median(
+                [t for t, c in zip(backbone[name], compiling[name]) if not c] or backbone[name]
+            ),
             times=times[name],
         )
     return {
