@@ -245,7 +245,6 @@ def run_compile_inference(
             if i % 25 == 0:
                 logger.info("image %d of %d", i + 1, len(sizes))
             image = _image(size, seed + i).to(dev)
-            shapes.add(tuple(base.transform([image])[0].tensors.shape[-2:]))
             for name, m in models.items():
                 before = compile_events()
                 with deferred_mask_paste(m):  # as evaluation and the Predictor run it
@@ -258,6 +257,7 @@ def run_compile_inference(
                 for k in after:
                     events[name][k] += after[k] - before[k]
                 resized = m.transform([image])[0].tensors
+                shapes.add(tuple(resized.shape[-2:]))
                 t0 = time.perf_counter()
                 m.backbone(resized)
                 _sync(dev)
