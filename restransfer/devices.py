@@ -125,7 +125,7 @@ def autocast_context(device: torch.device, precision: str) -> ContextManager[Non
 
 COMPILE_SETTINGS = ("auto", "true", "false")
 # What compile=auto does, and why: auto compiles only where tools/benchmark_compile.py has measured the compile
-# time paid back over a run of that length (README, "torch.compile"). On CPUs no run did: a compiled training step
+# time paid back over a run of that length (docs/benchmarks.md, "torch.compile in the toolkit"). On CPUs no run did: a compiled training step
 # took 1.02x (the demo's bf16 step, within the spread; 134 s to compile, paid back after 5,100 steps, the demo
 # runs 1,150) and 0.93x (R18-FPN fp32 at 256 px, 86 s to compile) of the eager one, and compiled inference was
 # slower than test.optimize's fused layers (R50-FPN at 512 px: 5.2 s against 4.4 s per image, 44 s to compile)
