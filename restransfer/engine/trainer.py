@@ -230,11 +230,10 @@ def prepare_loop(
     hooks: Sequence[HookBase] = (),
 ) -> None:
     """Register the EMA hook with ``ema_decay`` (``solver.ema.decay`` when ``solver.ema.enabled``; None: no
-    average) and the caller's ``hooks`` (before anything is
-    restored, so that their state is), then restore ``found`` (``(path, state)`` of :func:`start_run`, or
-    None) into the loop: model, optimizer, schedule, scaler, RNGs, best metric and the hooks' state. The
-    standard hooks (logging, evaluation, checkpoints) are registered after these, so they see the step's
-    average and whatever a user hook did."""
+    average) and the caller's ``hooks`` before anything is restored, so that their state is; then restore
+    ``found`` (``(path, state)`` of :func:`start_run`, or None) into the loop: model, optimizer, schedule,
+    scaler, RNGs, best metric and the hooks' state. The standard hooks (logging, evaluation, checkpoints) are
+    registered after these, so they see the step's average and whatever a user hook did."""
     if ema_decay is not None:
         loop.register_hooks([ModelEMA(ema_decay)])
         logger.info(
