@@ -125,9 +125,10 @@ def autocast_context(device: torch.device, precision: str) -> ContextManager[Non
 
 COMPILE_SETTINGS = ("auto", "true", "false")
 # What compile=auto does, and why: auto compiles only where tools/benchmark_compile.py has measured the compile
-# time paid back over a run of that length (docs/benchmarks.md, "torch.compile in the toolkit"). On CPUs no run did: a compiled training step
-# took 1.02x (the demo's bf16 step, within the spread; 134 s to compile, paid back after 5,100 steps, the demo
-# runs 1,150) and 0.93x (R18-FPN fp32 at 256 px, 86 s to compile) of the eager one, and compiled inference was
+# time paid back over a run of that length (docs/benchmarks.md, "torch.compile in the toolkit"). On CPUs no run
+# did: a compiled training step ran at 1.02x the eager step's speed (the demo's bf16 step, 1.34 s against 1.36 s,
+# within the spread; 134 s to compile, paid back after 5,100 steps, the demo runs 1,150) and at 0.93x (R18-FPN
+# fp32 at 256 px, 5.64 s against 5.26 s; 86 s to compile), and compiled inference was
 # slower than test.optimize's fused layers (R50-FPN at 512 px: 5.2 s against 4.4 s per image, 44 s to compile)
 # but at the demo's 128 px, where 75 ms against 83 ms per image pays back 20-53 s of compiling after several
 # thousand images. CUDA is not measured yet: tools/gpu_check.sh runs the benchmark there.
