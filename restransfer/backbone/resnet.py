@@ -51,15 +51,35 @@ class _Block(nn.Module):
     conv_bn_pairs: Tuple[Tuple[str, str], ...] = ()
     downsample: Optional[nn.Sequential]
 
-    def _make_shortcut(self, cin: int, cout: int, stride: int, norm: str, residual: bool) -> None:
+    def __init__(
+        self,
+        cin: int,
+        width: int,
+        stride: int = 1,
+        *,
+        norm: str = "frozen_bn",
+        style: str = "pytorch",
+        residual: bool = True,
+        dilation: int = 1,
+    ) -> None:
+        super().__init__()
+        cout = width * self.expansion
+        self._layers(cin, width, cout, stride, norm, style, dilation)
         if residual and (stride != 1 or cin != cout):
             self.downsample = nn.Sequential(_conv(cin, cout, 1, stride), get_norm(norm, cout))
         else:
             self.downsample = None
         self.residual = residual
 
-    def _shortcut(self, x: Tensor) -> Tensor:
-        return x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x, self.training)
+    def _layers(self, cin: int, width: int, cout: int, stride: int, norm: str, style: str, dilation: int) -> None:
+        """Create the block's convolutions and norms (in parameter order: torchvision's state dict names)."""
+        raise NotImplementedError
+
+    def _add_shortcut(self, out: Tensor, x: Tensor) -> Tensor:
+        if self.residual:
+            # in place: no layer keeps its output for backward
+            out += x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x, self.training)
+        return F.relu_(out)
 
     @torch.no_grad()
     def fuse_frozen_bn(self) -> None:
@@ -80,32 +100,16 @@ class BasicBlock(_Block):
     expansion = 1
     conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
 
-    def __init__(
-        self,
-        cin: int,
-        width: int,
-        stride: int = 1,
-        *,
-        norm: str = "frozen_bn",
-        style: str = "pytorch",
-        residual: bool = True,
-        dilation: int = 1,
-    ) -> None:
-        super().__init__()
-        cout = width * self.expansion
+    def _layers(self, cin: int, width: int, cout: int, stride: int, norm: str, style: str, dilation: int) -> None:
         self.conv1 = _conv(cin, width, 3, stride, dilation)
         self.bn1 = get_norm(norm, width)
         self.conv2 = _conv(width, cout, 3, 1, dilation)
         self.bn2 = get_norm(norm, cout)
-        self._make_shortcut(cin, cout, stride, norm, residual)
 
     def forward(self, x: Tensor) -> Tensor:
         # in training, frozen BatchNorms ride on the convolutions (see backbone.folded)
         out = F.relu_(conv_norm(self.conv1, self.bn1, x, self.training))
-        out = conv_norm(self.conv2, self.bn2, out, self.training)
-        if self.residual:
-            out += self._shortcut(x)  # in place: no layer keeps its output for backward
-        return F.relu_(out)
+        return self._add_shortcut(conv_norm(self.conv2, self.bn2, out, self.training), x)
 
 
 class Bottleneck(_Block):
@@ -114,19 +118,7 @@ class Bottleneck(_Block):
     expansion = 4
     conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
-    def __init__(
-        self,
-        cin: int,
-        width: int,
-        stride: int = 1,
-        *,
-        norm: str = "frozen_bn",
-        style: str = "pytorch",
-        residual: bool = True,
-        dilation: int = 1,
-    ) -> None:
-        super().__init__()
-        cout = width * self.expansion
+    def _layers(self, cin: int, width: int, cout: int, stride: int, norm: str, style: str, dilation: int) -> None:
         s1, s3 = (stride, 1) if style == "caffe" else (1, stride)
         self.conv1 = _conv(cin, width, 1, s1)
         self.bn1 = get_norm(norm, width)
@@ -134,16 +126,12 @@ class Bottleneck(_Block):
         self.bn2 = get_norm(norm, width)
         self.conv3 = _conv(width, cout, 1)
         self.bn3 = get_norm(norm, cout)
-        self._make_shortcut(cin, cout, stride, norm, residual)
 
     def forward(self, x: Tensor) -> Tensor:
         # in training, frozen BatchNorms ride on the convolutions (see backbone.folded)
         out = F.relu_(conv_norm(self.conv1, self.bn1, x, self.training))
         out = F.relu_(conv_norm(self.conv2, self.bn2, out, self.training))
-        out = conv_norm(self.conv3, self.bn3, out, self.training)
-        if self.residual:
-            out += self._shortcut(x)  # in place: no layer keeps its output for backward
-        return F.relu_(out)
+        return self._add_shortcut(conv_norm(self.conv3, self.bn3, out, self.training), x)
 
 
 BLOCKS: Dict[str, Type[_Block]] = {"basic": BasicBlock, "bottleneck": Bottleneck}

@@ -5,17 +5,10 @@ throughput (:mod:`.data`), the COCO evaluation engines (:mod:`.coco_eval`), the 
 evaluations (:mod:`.imagenet_eval`), the synthetic inputs they run on (:mod:`.synthetic`) and their reports
 (:mod:`.report`)."""
 
+from . import imagenet_eval
 from .agreement import detection_agreement
 from .data import LoaderMeasurement, missing_training_data, run_loader_benchmark, time_loader
-from .imagenet_eval import (
-    LOC_EVALUATE_STEP,
-    DetEvalTimings,
-    LocEvalTimings,
-    run_det_eval_benchmark,
-    run_loc_eval_benchmark,
-    synthetic_det_eval_set,
-    synthetic_loc_eval_set,
-)
+from .imagenet_eval import *  # noqa: F403 - its __all__ is part of this package's
 from .machine import cpu_info, load_average, machine_description, machine_info
 from .memory import MemoryPeak, in_fresh_process, measure_peak
 from .model import COMPILE_TIME_DEFINITION, Measurement, run_benchmark
@@ -42,13 +35,7 @@ __all__ = [
     "run_loader_benchmark",
     "format_loader_report",
     "loader_report_json",
-    "synthetic_det_eval_set",
-    "DetEvalTimings",
-    "run_det_eval_benchmark",
-    "synthetic_loc_eval_set",
-    "LocEvalTimings",
-    "run_loc_eval_benchmark",
-    "LOC_EVALUATE_STEP",
+    *imagenet_eval.__all__,
     "cpu_info",
     "load_average",
     "machine_info",

@@ -136,19 +136,15 @@ def run_compile_training(
         "speedup": eager.latency_median / comp.latency_median,
         "break_even_steps": math.ceil(comp.compile_s / saved) if saved > 0 else None,
         "compile_events": events,
-        "config": dict(
-            arch=cfg.model.arch,
-            head=cfg.model.head,
-            depth=cfg.model.backbone.depth,
-            mode="train",
-            device=str(dev),
-            precision=precision,
+        "config": _run_config(
+            cfg,
+            "train",
+            dev,
+            precision,
             image_size=list(size),
             batch=batch,
             channels_last=cl,
-            threads=torch.get_num_threads(),
             compile_cache=cache,
-            machine=machine_description(dev),
         ),
         "environment": {**machine_info(dev), "load_average_before": load_before, "load_average_after": load_average()},
         "definitions": {"compile_time": COMPILE_TIME_DEFINITION},
@@ -178,6 +174,21 @@ class InferenceRun:
     def recompiles(self) -> int:
         """Calls after the first one that compiled."""
         return max(self.compiling_calls - 1, 0)
+
+
+def _run_config(cfg: DictConfig, mode: str, dev: torch.device, precision: str, **more: Any) -> Dict[str, Any]:
+    """The ``config`` record of a compile benchmark's result: the model, the mode, where and how it ran."""
+    return dict(
+        arch=cfg.model.arch,
+        head=cfg.model.head,
+        depth=cfg.model.backbone.depth,
+        mode=mode,
+        device=str(dev),
+        precision=precision,
+        **more,
+        threads=torch.get_num_threads(),
+        machine=machine_description(dev),
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -287,20 +298,16 @@ def run_compile_inference(
         "runs": runs,
         "input_shapes": sorted(shapes),
         "image_sizes": sizes,
-        "config": dict(
-            arch=cfg.model.arch,
-            head=cfg.model.head,
-            depth=cfg.model.backbone.depth,
-            mode="inference",
-            device=str(dev),
-            precision=str(cfg.test.precision),
+        "config": _run_config(
+            cfg,
+            "inference",
+            dev,
+            str(cfg.test.precision),
             num_images=len(sizes),
             min_size_test=cfg.input.min_size_test,
             max_size_test=cfg.input.max_size_test,
             size_divisibility=cfg.input.size_divisibility,
-            threads=torch.get_num_threads(),
             compile_cache=cache,
-            machine=machine_description(dev),
         ),
         "environment": {**machine_info(dev), "load_average_before": load_before, "load_average_after": load_average()},
     }

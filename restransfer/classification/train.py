@@ -202,16 +202,7 @@ def _train(
             at_end=True,
             describe=_describe_test(len(test_set) if test_set is not None else 0),
         )
-    loop.register_hooks(
-        standard_hooks(
-            writer,
-            ckpt,
-            checkpoint_period=s.checkpoint_period,
-            log_period=cfg.log_period,
-            summarize=_summarize,
-            evaluation=evaluation,
-        )
-    )
+    loop.register_hooks(standard_hooks(cfg, writer, ckpt, _summarize, evaluation))
     if start_iter < s.max_iter:
         sampler = TrainingBatchSampler(
             len(dataset),

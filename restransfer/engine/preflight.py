@@ -167,16 +167,7 @@ def check_detection_run(
             max_iter=cfg.solver.max_iter,
             report_mode=OmegaConf.select(cfg, "test.report", default="final"),
         )
-    return _run(
-        model,
-        class_names,
-        found,
-        check_test_set,
-        output_dir=Path(cfg.output_dir),
-        weights=cfg.model.weights,
-        backbone_weights=cfg.model.backbone.weights,
-        config_changes=functools.partial(resume_config_changes, cfg),
-    )
+    return _run(model, class_names, found, check_test_set, cfg, cfg.model.backbone.weights)
 
 
 def check_classification_run(
@@ -204,16 +195,7 @@ def check_classification_run(
             eval_period=cfg.test.eval_period,
             max_iter=cfg.solver.max_iter,
         )
-    return _run(
-        net,
-        class_names,
-        found,
-        check_test_set,
-        output_dir=Path(cfg.output_dir),
-        weights=cfg.model.weights,
-        backbone_weights=None,
-        config_changes=functools.partial(resume_config_changes, cfg),
-    )
+    return _run(net, class_names, found, check_test_set, cfg, None)
 
 
 def _run(
@@ -221,15 +203,13 @@ def _run(
     class_names: Sequence[str],
     found: Optional[Tuple[Path, Dict[str, Any]]],
     check_test_set: Optional[Callable[[PreflightReport], None]],
-    *,
-    output_dir: Path,
-    weights: Optional[str],
+    cfg: DictConfig,
     backbone_weights: Optional[str],
-    config_changes: Callable[[Dict[str, Any]], Dict[str, Tuple[Any, Any]]],
 ) -> PreflightReport:
-    """``check_test_set`` (None: no test set), the output folder and the resume (``config_changes(state)``:
-    the settings that differ from the checkpoint's) on the main process; an error is raised on every process.
-    ``weights``/``backbone_weights``: ``model.weights`` and ``model.backbone.weights``, for the summary."""
+    """``check_test_set`` (None: no test set), the output folder and the resume (the settings of ``cfg``
+    that differ from the checkpoint's) on the main process; an error is raised on every process.
+    ``model.weights`` and ``backbone_weights`` (``model.backbone.weights``) are named in the summary."""
+    output_dir, weights = Path(cfg.output_dir), cfg.model.weights
 
     def main() -> PreflightReport:
         start = time.perf_counter()
@@ -240,7 +220,7 @@ def _run(
         report.weights = _weights(found, weights, backbone_weights)
         if found is not None:
             report.resumed_from = Path(found[0]).name
-            report.config_changes = config_changes(found[1])
+            report.config_changes = resume_config_changes(cfg, found[1])
         report.seconds = time.perf_counter() - start
         logger.info("%s", report.summary())
         return report

@@ -247,20 +247,19 @@ def prepare_loop(
 
 
 def standard_hooks(
+    cfg: DictConfig,
     writer: MetricsWriter,
     checkpointer: Checkpointer,
-    *,
-    checkpoint_period: int,
-    log_period: int,
     summarize: Callable[[Dict[str, float]], Tuple[Dict[str, float], str]],
     evaluation: Optional[EvalHook] = None,
 ) -> List[HookBase]:
-    """What every training run does around its steps, in order: log the step values, evaluate (and keep
-    ``model_best.pth``), save ``model_NNNNNNN.pth`` every ``checkpoint_period`` steps and ``model_final.pth``."""
+    """What every training run does around its steps, in order: log the step values every ``log_period``
+    steps, evaluate (and keep ``model_best.pth``), save ``model_NNNNNNN.pth`` every
+    ``solver.checkpoint_period`` steps and ``model_final.pth``."""
     return [
-        MetricsLogger(writer, log_period, summarize),
+        MetricsLogger(writer, cfg.log_period, summarize),
         evaluation,
-        PeriodicCheckpointer(checkpointer, checkpoint_period),
+        PeriodicCheckpointer(checkpointer, cfg.solver.checkpoint_period),
     ]
 
 
@@ -332,16 +331,7 @@ def _train(
             higher_is_better=periodic.higher_is_better,
             checkpointer=ckpt,
         )
-    loop.register_hooks(
-        standard_hooks(
-            writer,
-            ckpt,
-            checkpoint_period=s.checkpoint_period,
-            log_period=cfg.log_period,
-            summarize=_summarize_losses,
-            evaluation=evaluation,
-        )
-    )
+    loop.register_hooks(standard_hooks(cfg, writer, ckpt, _summarize_losses, evaluation))
     if start_iter < s.max_iter:
         loop.loader = build_train_loader(
             cfg,

@@ -234,23 +234,16 @@ def _split(n: int, workers: int) -> List[Tensor]:
     return [part for part in torch.arange(n).tensor_split(max(1, min(workers, n))) if len(part)]
 
 
-def _forward(
-    feat: Tensor,
-    rois: Tensor,
-    output_size: Tuple[int, int],
-    spatial_scale: float,
-    sampling_ratio: int,
-    aligned: bool,
-    workers: int,
-) -> Tensor:
+# (output_size, spatial_scale, sampling_ratio, aligned): torchvision's roi_align arguments after the boxes
+PoolArgs = Tuple[Tuple[int, int], float, int, bool]
+
+
+def _forward(feat: Tensor, rois: Tensor, args: PoolArgs, workers: int) -> Tensor:
     parts = _split(len(rois), workers)
     if len(parts) < 2:
-        return tv_roi_align(feat, rois, output_size, spatial_scale, sampling_ratio, aligned)
+        return tv_roi_align(feat, rois, *args)
     feat = feat.detach()  # grad mode is per thread: the pool's threads must not record torchvision's backward
-    futures = [
-        _executor(workers).submit(tv_roi_align, feat, rois[p], output_size, spatial_scale, sampling_ratio, aligned)
-        for p in parts
-    ]
+    futures = [_executor(workers).submit(tv_roi_align, feat, rois[p], *args) for p in parts]
     return torch.cat([f.result() for f in futures])
 
 
@@ -283,26 +276,17 @@ def roi_align_grad(
 
 class _RoIAlign(torch.autograd.Function):
     @staticmethod
-    def forward(
-        ctx: Any,
-        feat: Tensor,
-        rois: Tensor,
-        output_size: Tuple[int, int],
-        spatial_scale: float,
-        sampling_ratio: int,
-        aligned: bool,
-        workers: int,
-    ) -> Tensor:
+    def forward(ctx: Any, feat: Tensor, rois: Tensor, args: PoolArgs, workers: int) -> Tensor:
         ctx.save_for_backward(rois)
-        ctx.args = (feat.shape, output_size, spatial_scale, sampling_ratio, aligned)
+        ctx.args = (feat.shape, *args)
         ctx.channels_last = feat.dim() == 4 and feat.is_contiguous(memory_format=torch.channels_last)
-        return _forward(feat.contiguous(), rois, output_size, spatial_scale, sampling_ratio, aligned, workers)
+        return _forward(feat.contiguous(), rois, args, workers)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor):
         (rois,) = ctx.saved_tensors
         grad_feat = roi_align_grad(grad, rois, *ctx.args, channels_last=ctx.channels_last)
-        return grad_feat, None, None, None, None, None, None
+        return grad_feat, None, None, None
 
 
 def roi_align(
@@ -325,10 +309,12 @@ def roi_align(
     out = _RoIAlign.apply(
         feat,
         rois.detach(),
-        (output_size, output_size) if isinstance(output_size, int) else tuple(output_size),
-        float(spatial_scale),
-        int(sampling_ratio),
-        bool(aligned),
+        (
+            (output_size, output_size) if isinstance(output_size, int) else tuple(output_size),
+            float(spatial_scale),
+            int(sampling_ratio),
+            bool(aligned),
+        ),
         _num_workers(feat),
     )
     return out.to(dtype)
