@@ -28,6 +28,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 import numpy as np
 
 from restransfer.boxes import devkit_to_xyxy, xyxy_to_xywh
+from restransfer.data.coco_convert import box_annotations
 from restransfer.data.ilsvrc import (
     IlsvrcFormatError,
     Synsets,
@@ -326,17 +327,7 @@ def records_to_coco(records: Sequence[DetRecord], synsets: Synsets, description:
             img["ilsvrc_index"] = rec.index
         images.append(img)
         xywh = xyxy_to_xywh(devkit_to_xyxy(ann.boxes))
-        for box, label in zip(xywh.tolist(), ann.labels.tolist()):
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": int(label),
-                    "bbox": box,
-                    "area": box[2] * box[3],
-                    "iscrowd": 0,
-                }
-            )
+        annotations += box_annotations(image_id, xywh, ann.labels, first_id=len(annotations) + 1)
     categories = [{"id": i + 1, "name": n, "wnid": w} for i, (w, n) in enumerate(zip(synsets.wnids, synsets.names))]
     return {
         "info": {"description": description or "ImageNet-DET converted by restransfer"},

@@ -39,6 +39,7 @@ from pycocotools.coco import COCO
 from ..boxes import voc_to_xyxy, xyxy_to_xywh
 from ..errors import DataError
 from .coco import CocoDataset
+from .coco_convert import box_annotations
 from .ilsvrc import XmlElement, parse_xml, text_fields, where, xml_number
 
 __all__ = [
@@ -311,20 +312,15 @@ def records_to_coco(
                 "voc_year": rec.year,
             }
         )
-        xywh = xyxy_to_xywh(voc_to_xyxy(ann.boxes)).tolist()
-        for box, label, diff, trunc in zip(xywh, ann.labels.tolist(), ann.difficult.tolist(), ann.truncated.tolist()):
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": int(label),
-                    "bbox": box,
-                    "area": box[2] * box[3],
-                    "iscrowd": int(diff and not use_difficult),
-                    "difficult": int(diff),
-                    "truncated": int(trunc),
-                }
-            )
+        annotations += box_annotations(
+            image_id,
+            xyxy_to_xywh(voc_to_xyxy(ann.boxes)),
+            ann.labels,
+            first_id=len(annotations) + 1,
+            iscrowd=ann.difficult & (not use_difficult),
+            difficult=ann.difficult,
+            truncated=ann.truncated,
+        )
     return {
         "info": {"description": description or "PASCAL VOC converted by restransfer"},
         "images": images,
