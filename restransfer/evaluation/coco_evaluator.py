@@ -6,16 +6,14 @@ Registered as ``coco`` for test sets of format ``coco`` (and of the ImageNet for
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from .coco import evaluate_predictions, format_metrics_table
-from .evaluator import DatasetEvaluator, register_evaluator
+from .evaluator import DatasetEvaluator, PathLike, register_evaluator
 
 __all__ = ["COCOEvaluator", "RESULTS_NAME"]
 
-PathLike = Union[str, os.PathLike]
 RESULTS_NAME = "coco_results.json"  # beside metrics.json unless a results path is given
 
 
@@ -37,21 +35,14 @@ class COCOEvaluator(DatasetEvaluator):
     name = "coco"
     main_metric = "bbox/AP"
 
-    def __init__(
+    def configure(
         self,
-        dataset: Any,
-        output_dir: Optional[PathLike] = None,
         *,
-        metrics_path: Optional[PathLike] = None,
         results_path: Optional[PathLike] = None,
         iou_types: Optional[Sequence[str]] = None,
         engine: str = "auto",
         **options: Any,
     ) -> None:
-        super().__init__(dataset.image_ids)
-        self.dataset = dataset
-        out = Path(output_dir) if output_dir is not None else None
-        self.metrics_path = Path(metrics_path) if metrics_path else (out / "metrics.json" if out else None)
         self.results_path = (
             Path(results_path)
             if results_path
@@ -61,7 +52,6 @@ class COCOEvaluator(DatasetEvaluator):
         )
         self.iou_types = list(iou_types) if iou_types else None
         self.engine = engine
-        self.metrics: Optional[Dict[str, Any]] = None
 
     def compute(self, predictions: List[Dict[str, Any]]) -> Dict[str, Any]:
         self.metrics = evaluate_predictions(

@@ -18,8 +18,11 @@ protocol implements over whole arrays (and where it writes its files: only the m
 Protocols are registered by name (:func:`register_evaluator`) and by the dataset format they evaluate, so
 ``test.evaluator: auto`` finds one for any test set. A factory is called with keyword arguments: ``dataset``
 (the test dataset: ``image_ids`` in order, ``class_names``, the protocol's ground truth), ``output_dir``
-(where it writes its files; None: nowhere) and the options its protocol documents; it must accept and may
-ignore options it does not know (``**options``), since the caller does not know which protocol it gets.
+(where it writes its files; None: nowhere), ``metrics_path`` (None: the protocol's default) and the options
+its protocol documents; it must accept and may ignore options it does not know (``**options``), since the
+caller does not know which protocol it gets. A :class:`DatasetEvaluator` subclass is such a factory as it
+stands: the constructor keeps those arguments, and the protocol takes its own options in
+:meth:`DatasetEvaluator.configure`.
 
 Training logs :meth:`Evaluator.scalars` in ``log.jsonl`` and keeps ``model_best.pth`` by
 :attr:`Evaluator.main_metric` (higher is better unless :attr:`Evaluator.higher_is_better` is False).
@@ -29,7 +32,9 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from ..distributed import gather_object, is_main_process
 from ..errors import ConfigError
@@ -44,6 +49,8 @@ __all__ = [
     "build_evaluator",
     "gather_predictions",
 ]
+
+PathLike = Union[str, os.PathLike]
 
 
 class Evaluator(abc.ABC):
@@ -107,12 +114,52 @@ def gather_predictions(
 class DatasetEvaluator(Evaluator):
     """An evaluator over a dataset's whole prediction list: ``process`` keeps each image's prediction,
     ``evaluate`` gathers them to the main process in ``image_ids`` order and calls :meth:`compute`; the
-    gathered list stays available as ``predictions`` (main process) for reports."""
+    gathered list stays available as ``predictions`` (main process) for reports.
 
-    def __init__(self, image_ids: Optional[Sequence[int]] = None) -> None:
+    The constructor takes what the registry hands every protocol and keeps it; a protocol takes its own
+    options in :meth:`configure`, which the constructor calls last.
+
+    Args:
+        dataset: the test dataset, kept as ``dataset``; its ``image_ids`` are the order of the gathered
+            predictions. A sequence of image ids in its place is that order alone (no dataset kept), as a
+            subclass with a constructor of its own calls ``super().__init__(dataset.image_ids)``.
+        output_dir: where the protocol's files go, kept as a Path ``output_dir`` (None: nowhere).
+        metrics_path: ``metrics.json``'s path, kept as ``metrics_path`` (default ``output_dir/metrics.json``;
+            None without ``output_dir``).
+        image_ids: the order of the gathered predictions instead (None: the dataset's, else by image id).
+        options: the protocol's own options, handed to :meth:`configure`.
+
+    ``metrics`` is None until a protocol's :meth:`compute` sets it.
+    """
+
+    def __init__(
+        self,
+        dataset: Any = None,
+        output_dir: Optional[PathLike] = None,
+        *,
+        metrics_path: Optional[PathLike] = None,
+        image_ids: Optional[Sequence[int]] = None,
+        **options: Any,
+    ) -> None:
+        if image_ids is None and dataset is not None:
+            if hasattr(dataset, "image_ids"):
+                image_ids = dataset.image_ids
+            else:
+                dataset, image_ids = None, dataset
         self.image_ids = None if image_ids is None else [int(i) for i in image_ids]
         self._predictions: List[Dict[str, Any]] = []
         self.predictions: Optional[List[Dict[str, Any]]] = None
+        self.dataset = dataset
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.metrics_path = (
+            Path(metrics_path) if metrics_path else self.output_dir / "metrics.json" if self.output_dir else None
+        )
+        self.metrics: Optional[Dict[str, Any]] = None
+        self.configure(**options)
+
+    def configure(self, **options: Any) -> None:
+        """Take the protocol's own options (keyword-only, with their defaults in the signature); a protocol
+        also takes ``**options`` and ignores those of other protocols, as this default does."""
 
     def reset(self) -> None:
         self._predictions = []

@@ -43,6 +43,7 @@ from restransfer.data.ilsvrc import Synsets
 from restransfer.data.imagenet_det import read_blacklist, read_synsets
 from restransfer.errors import DataError
 from restransfer.evaluation.coco import evaluate_coco
+from restransfer.evaluation.devkit_records import ClassAPResult
 from restransfer.evaluation.imagenet_det_io import (
     DetGroundTruth,
     DetSubmission,
@@ -83,23 +84,11 @@ PIXEL_TOLERANCE = 10.0
 
 
 @dataclass
-class DetEvalResult:
+class DetEvalResult(ClassAPResult):
     """``ap`` (K,) in [0, 1], NaN for classes without positives; ``num_pos`` (K,) positives after the
     blacklist; ``recall``/``precision``: per class, the curves over that class's detections in rank
-    order; ``tp``/``fp`` (N,) bool in submission order (both False: ignored by the blacklist)."""
-
-    ap: np.ndarray
-    num_pos: np.ndarray
-    recall: List[np.ndarray]
-    precision: List[np.ndarray]
-    tp: np.ndarray
-    fp: np.ndarray
-
-    @property
-    def mean_ap(self) -> float:
-        """Mean AP over the classes that have positives (a fraction in [0, 1])."""
-        valid = ~np.isnan(self.ap)
-        return float(self.ap[valid].mean()) if valid.any() else float("nan")
+    order; ``tp``/``fp`` (N,) bool in submission order (both False: ignored by the blacklist);
+    ``mean_ap``: mAP over the classes that have positives."""
 
 
 # ------------------------------------------------------------------------------------ pure functions

@@ -7,18 +7,15 @@ Registered as ``imagenet_det`` for test sets of format ``imagenet_det``."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional
 
-from .evaluator import DatasetEvaluator, register_evaluator
+from .evaluator import DatasetEvaluator, PathLike, register_evaluator
 from .imagenet_det import DetEvalResult, evaluate_predictions, format_table, metrics_dict
 from .imagenet_det_io import DetGroundTruth
 from .metrics_file import write_metrics
 
 __all__ = ["ImageNetDetEvaluator", "SUBMISSION_NAME"]
 
-PathLike = Union[str, os.PathLike]
 SUBMISSION_NAME = "imagenet_det_submission.txt"
 
 
@@ -34,28 +31,15 @@ class ImageNetDetEvaluator(DatasetEvaluator):
         options: other protocols' options, ignored.
 
     After :meth:`evaluate` (main process): ``result`` (:class:`~restransfer.evaluation.imagenet_det.DetEvalResult`),
-    ``ground_truth``, ``coco`` (percent, or None) and ``submission_path``. ``log.jsonl`` gets
+    ``ground_truth``, ``coco`` (percent, or None), ``metrics`` and ``submission_path``. ``log.jsonl`` gets
     ``imagenet_det/mAP``, the best model's metric.
     """
 
     name = "imagenet_det"
     main_metric = "imagenet_det/mAP"
 
-    def __init__(
-        self,
-        dataset: Any,
-        output_dir: Optional[PathLike] = None,
-        *,
-        metrics_path: Optional[PathLike] = None,
-        blacklist: Optional[PathLike] = None,
-        with_coco: bool = True,
-        **options: Any,
-    ) -> None:
-        super().__init__(dataset.image_ids)
-        self.dataset = dataset
-        out = Path(output_dir) if output_dir is not None else None
-        self.metrics_path = Path(metrics_path) if metrics_path else (out / "metrics.json" if out else None)
-        self.submission_path = out / SUBMISSION_NAME if out else None
+    def configure(self, *, blacklist: Optional[PathLike] = None, with_coco: bool = True, **options: Any) -> None:
+        self.submission_path = self.output_dir / SUBMISSION_NAME if self.output_dir else None
         self.blacklist, self.with_coco = blacklist, with_coco
         self.result: Optional[DetEvalResult] = None
         self.ground_truth: Optional[DetGroundTruth] = None
@@ -70,10 +54,10 @@ class ImageNetDetEvaluator(DatasetEvaluator):
             submission_path=self.submission_path,
             with_coco=self.with_coco,
         )
-        metrics = metrics_dict(self.result, self.ground_truth.wnids, self.coco)
+        self.metrics = metrics_dict(self.result, self.ground_truth.wnids, self.coco)
         if self.metrics_path is not None:
-            write_metrics(metrics, self.metrics_path)
-        return metrics
+            write_metrics(self.metrics, self.metrics_path)
+        return self.metrics
 
     def format(self, metrics: Mapping[str, Any]) -> str:
         return format_table(self.result, self.ground_truth, self.coco)

@@ -22,6 +22,7 @@ from restransfer.boxes import xywh_to_xyxy, xyxy_to_devkit
 from restransfer.data.ilsvrc import IlsvrcFormatError, Synsets, where
 from restransfer.data.imagenet_det import read_annotation, read_image_list
 from restransfer.errors import DataError
+from restransfer.evaluation.devkit_records import DetectionTable
 from restransfer.fileio import atomic_open
 
 __all__ = [
@@ -58,7 +59,7 @@ class DetGroundTruth:
 
 
 @dataclass
-class DetSubmission:
+class DetSubmission(DetectionTable):
     """Detections in file order: ``image_ids`` (N,) int64, ``labels`` (N,) int64 DET ids,
     ``scores`` (N,) float64, ``boxes`` (N, 4) float64 devkit inclusive."""
 
@@ -66,9 +67,6 @@ class DetSubmission:
     labels: np.ndarray
     scores: np.ndarray
     boxes: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
 
 
 def _row_problem(fields: List[str], image_set: Optional[set], num_classes: int) -> Optional[str]:
@@ -272,5 +270,5 @@ def predictions_to_submission(
         scores.append(np.asarray(p["scores"], dtype=np.float64).reshape(-1))
         boxes.append(xyxy_to_devkit(np.asarray(p["boxes"], dtype=np.float64).reshape(-1, 4)))
     if not ids:
-        return DetSubmission(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 4)))
+        return DetSubmission.empty()
     return DetSubmission(np.concatenate(ids), np.concatenate(labels), np.concatenate(scores), np.concatenate(boxes))

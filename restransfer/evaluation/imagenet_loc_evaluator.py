@@ -8,8 +8,6 @@ Registered as ``imagenet_loc`` for test sets of format ``imagenet_loc``."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 import numpy as np
@@ -17,7 +15,7 @@ import numpy as np
 from ..data.ilsvrc import read_synsets
 from ..data.imagenet_loc import ground_truth_from_coco, read_blacklist
 from ..errors import ConfigError
-from .evaluator import DatasetEvaluator, register_evaluator
+from .evaluator import DatasetEvaluator, PathLike, register_evaluator
 from .imagenet_loc import LocGroundTruth, evaluate_localization, pack_ground_truth
 from .imagenet_loc_guesses import MODES, classifier_guesses, detector_guesses, gt_class_guesses, label_wnids
 from .imagenet_loc_io import LocSubmission, write_devkit_submission, write_kaggle_submission
@@ -25,7 +23,6 @@ from .metrics_file import write_metrics
 
 __all__ = ["ImageNetLocEvaluator", "LOC_KEYS"]
 
-PathLike = Union[str, os.PathLike]
 LOC_KEYS = ("top1_cls_error", "top5_cls_error", "top1_loc_error", "top5_loc_error", "gt_class_loc_error")
 
 
@@ -54,35 +51,26 @@ class ImageNetLocEvaluator(DatasetEvaluator):
     main_metric = "imagenet_loc/top5_loc_error"
     higher_is_better = False
 
-    def __init__(
+    def configure(
         self,
-        dataset: Any,
-        output_dir: Optional[PathLike] = None,
         *,
-        metrics_path: Optional[PathLike] = None,
         mode: Optional[str] = None,
         classifier_scores: Union[None, np.ndarray, Callable[[], np.ndarray]] = None,
         classifier_synsets: Optional[PathLike] = None,
         blacklist: Optional[PathLike] = None,
         **options: Any,
     ) -> None:
-        super().__init__(dataset.image_ids)
         mode = mode or ("classifier" if classifier_scores is not None else "detector")
         if mode not in MODES:
             raise ConfigError(f"mode {mode!r} is not one of {', '.join(MODES)}")
         if mode == "classifier" and classifier_scores is None:
             raise ConfigError("mode 'classifier' needs classifier scores (a saved .npy / text file) or a classifier")
-        self.dataset, self.mode = dataset, mode
-        self.output_dir = Path(output_dir) if output_dir is not None else None
-        self.metrics_path = (
-            Path(metrics_path) if metrics_path else self.output_dir / "metrics.json" if self.output_dir else None
-        )
+        self.mode = mode
         self.classifier_scores, self.classifier_synsets, self.blacklist = (
             classifier_scores,
             classifier_synsets,
             blacklist,
         )
-        self.metrics: Optional[Dict[str, Any]] = None
         self.ground_truth: Optional[LocGroundTruth] = None
         self.submission: Optional[LocSubmission] = None
         self.blacklisted: Optional[np.ndarray] = None

@@ -45,13 +45,13 @@ Files (the devkit's results files and XML ground truth) are in :mod:`restransfer
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..boxes import inclusive_iou
 from ..errors import ConfigError
+from .devkit_records import ClassAPResult, mean_over_classes
 from .evaluator import DatasetEvaluator, register_evaluator
 from .metrics_file import write_metrics
 from .voc_io import VocDetections, VocGroundTruth, ground_truth_from_coco, predictions_to_detections, write_results
@@ -130,41 +130,25 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, metric: str = "area") -> f
 
 
 @dataclass
-class VocEvalResult:
+class VocEvalResult(ClassAPResult):
     """What :func:`evaluate_voc` computed, AP as fractions (NaN for classes without positives).
 
-    ``ap`` (K,) at IoU 0.5; ``ap_by_threshold`` (T, K) at ``iou_thresholds``; ``ap_50_95`` (K,) their mean;
-    ``num_pos`` (K,); ``recall``/``precision``: per class, the curves at IoU 0.5 over the class's detections
-    in rank order; ``tp``/``fp`` (N,) bool at IoU 0.5 in detection order (both False: a difficult match,
-    ignored); ``metric`` the AP rule."""
+    ``ap`` (K,) at IoU 0.5 (``mean_ap``: mAP@.5 over the classes with positives); ``num_pos`` (K,);
+    ``recall``/``precision``: per class, the curves at IoU 0.5 over the class's detections in rank order;
+    ``tp``/``fp`` (N,) bool at IoU 0.5 in detection order (both False: a difficult match, ignored);
+    ``ap_by_threshold`` (T, K) at ``iou_thresholds``; ``ap_50_95`` (K,) their mean; ``metric`` the AP rule."""
 
-    ap: np.ndarray
     ap_by_threshold: np.ndarray
     iou_thresholds: np.ndarray
-    num_pos: np.ndarray
-    recall: List[np.ndarray]
-    precision: List[np.ndarray]
-    tp: np.ndarray
-    fp: np.ndarray
     metric: str
     ap_50_95: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         self.ap_50_95 = self.ap_by_threshold.mean(axis=0) if len(self.ap_by_threshold) else self.ap.copy()
 
-    @staticmethod
-    def _mean(ap: np.ndarray) -> float:
-        valid = ~np.isnan(ap)
-        return float(ap[valid].mean()) if valid.any() else float("nan")
-
-    @property
-    def mean_ap(self) -> float:
-        """mAP@.5 over the classes with positives (a fraction; NaN when no class has any)."""
-        return self._mean(self.ap)
-
     @property
     def mean_ap_50_95(self) -> float:
-        return self._mean(self.ap_50_95)
+        return mean_over_classes(self.ap_50_95)
 
 
 # ---------------------------------------------------------------------------------------- matching
@@ -358,17 +342,14 @@ class VOCEvaluator(DatasetEvaluator):
     name = "voc"
     main_metric = "voc/mAP"
 
-    def __init__(
+    def configure(
         self,
-        dataset: Any,
-        output_dir: Optional[Union[str, Path]] = None,
         *,
-        metrics_path: Optional[Union[str, Path]] = None,
         voc_metric: Optional[str] = None,
         iou_thresholds: Optional[Sequence[float]] = IOU_THRESHOLDS,
         **options: Any,
     ) -> None:
-        super().__init__(dataset.image_ids)
+        dataset = self.dataset
         data = dataset.coco.dataset
         year = getattr(dataset, "year", None)
         if year is None:
@@ -381,12 +362,9 @@ class VOCEvaluator(DatasetEvaluator):
         self.ground_truth = ground_truth_from_coco(data, dataset.image_ids)
         self.iou_thresholds = iou_thresholds
         self.image_set = getattr(dataset, "split", None) or "test"
-        out = None if output_dir is None else Path(output_dir)
-        self.metrics_path = Path(metrics_path) if metrics_path else (out / "metrics.json" if out else None)
-        self.results_dir = out / "results" / f"VOC{year or ''}" / "Main" if out else None
+        self.results_dir = self.output_dir / "results" / f"VOC{year or ''}" / "Main" if self.output_dir else None
         self.result: Optional[VocEvalResult] = None
         self.detections: Optional[VocDetections] = None
-        self.metrics: Optional[Dict[str, Any]] = None
 
     def compute(self, predictions: List[Dict[str, Any]]) -> Dict[str, Any]:
         dets = predictions_to_detections(predictions, self.ground_truth)

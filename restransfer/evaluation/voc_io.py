@@ -25,6 +25,7 @@ from ..data.json_io import read_text
 from ..data.voc import VOC_CLASSES, VocFormatError, read_image_set, read_voc_annotation
 from ..errors import DataError
 from ..fileio import atomic_open
+from .devkit_records import DetectionTable
 
 __all__ = [
     "VocGroundTruth",
@@ -70,7 +71,7 @@ class VocGroundTruth:
 
 
 @dataclass
-class VocDetections:
+class VocDetections(DetectionTable):
     """Detections in file order: ``image`` (N,) int64 positions in the ground truth's ``image_names``,
     ``labels`` (N,) int64 in 1..K, ``scores`` (N,) float64, ``boxes`` (N, 4) float64 VOC 1-based inclusive."""
 
@@ -78,13 +79,6 @@ class VocDetections:
     labels: np.ndarray
     scores: np.ndarray
     boxes: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.image)
-
-    @staticmethod
-    def empty() -> "VocDetections":
-        return VocDetections(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 4)))
 
     def check(self, gt: VocGroundTruth) -> None:
         """ValueError naming the first detection (0-based) of an unknown image or class, or with a score or
