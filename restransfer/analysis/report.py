@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import html
-import logging
 import math
 import os
 import re
@@ -48,7 +47,6 @@ __all__ = [
     "render_report",
 ]
 
-logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # pycocotools' per-image matching (which the breakdown and the gallery need) is far slower than the evaluation

@@ -8,11 +8,12 @@ unreadable images) is a warning naming the reason, never a lost evaluation.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
-import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from ..evaluation.coco import predictions_to_coco_results
 from ..evaluation.imagenet_loc import first_correct_guess, pack_ground_truth
 from ..evaluation.imagenet_loc_io import MAX_GUESSES, read_submission
 from .coco_errors import read_ground_truth, read_results
-from .report import localization_error_split, write_coco_report, write_det_report, write_loc_report
+from .report import PathLike, localization_error_split, write_coco_report, write_det_report, write_loc_report
 
 __all__ = [
     "coco_run_report",
@@ -36,11 +37,25 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-PathLike = Union[str, os.PathLike]
 
 
-def _warn(metrics_path: PathLike, e: Exception) -> None:
-    logger.warning("%s not written: %s: %s", Path(metrics_path).with_name("report.html"), type(e).__name__, e)
+def _warns(report: Callable[..., Optional[Path]]) -> Callable[..., Optional[Path]]:
+    """``report`` (whose first argument is ``metrics_path``) with any failure inside it logged as a warning that
+    names the ``report.html`` not written, and None returned: the metrics are already written, and a report
+    that cannot be made must not fail the evaluation. A call that does not fit the signature still raises."""
+    signature = inspect.signature(report)
+
+    @functools.wraps(report)
+    def wrapper(*args: Any, **kwargs: Any) -> Optional[Path]:
+        call = signature.bind(*args, **kwargs)
+        try:
+            return report(*call.args, **call.kwargs)
+        except Exception as e:  # noqa: BLE001 - the evaluation itself succeeded and is written
+            report_path = Path(call.arguments["metrics_path"]).with_name("report.html")
+            logger.warning("%s not written: %s: %s", report_path, type(e).__name__, e)
+            return None
+
+    return wrapper
 
 
 def _data(dataset: Any, predictions: Sequence[Mapping[str, Any]]):
@@ -48,6 +63,7 @@ def _data(dataset: Any, predictions: Sequence[Mapping[str, Any]]):
     return dataset.coco.dataset, results, getattr(dataset, "image_root", None), list(dataset.image_ids)
 
 
+@_warns
 def coco_run_report(
     metrics_path: PathLike, metrics: Optional[Mapping[str, Any]], dataset: Any, predictions: Sequence[Mapping[str, Any]]
 ) -> Optional[Path]:
@@ -55,26 +71,20 @@ def coco_run_report(
     (a :class:`~restransfer.data.coco.CocoDataset`); None when it could not be written."""
     if metrics is None:
         return None
-    try:
-        gt_data, results, root, ids = _data(dataset, predictions)
-        return write_coco_report(metrics_path, metrics, gt_data, results, image_root=root, image_ids=ids)
-    except Exception as e:  # noqa: BLE001 - the evaluation itself succeeded and is written
-        _warn(metrics_path, e)
-        return None
+    gt_data, results, root, ids = _data(dataset, predictions)
+    return write_coco_report(metrics_path, metrics, gt_data, results, image_root=root, image_ids=ids)
 
 
+@_warns
 def coco_files_report(
     metrics_path: PathLike, metrics: Mapping[str, Any], gt_path: PathLike, results_path: PathLike
 ) -> Optional[Path]:
     """``report.html`` beside ``metrics_path`` for a results file evaluated against an annotation file
     (``tools/eval_coco.py --gt --results``); no gallery, the images are not known."""
-    try:
-        return write_coco_report(metrics_path, metrics, read_ground_truth(gt_path), read_results(results_path))
-    except Exception as e:  # noqa: BLE001
-        _warn(metrics_path, e)
-        return None
+    return write_coco_report(metrics_path, metrics, read_ground_truth(gt_path), read_results(results_path))
 
 
+@_warns
 def det_run_report(
     metrics_path: PathLike,
     dataset: Optional[Any],
@@ -87,26 +97,23 @@ def det_run_report(
     :class:`~restransfer.evaluation.imagenet_det.DetEvalResult` over the classes ``wnids`` (named ``names``);
     the metrics are read back from ``metrics_path``. Without a ``dataset`` (devkit files evaluated) the
     confusion matrix and the gallery are left out."""
-    try:
-        metrics = json.loads(Path(metrics_path).read_text(encoding="utf-8"))
-        class_names = dict(zip(wnids, names))
-        gt_data, results, root, ids = _data(dataset, predictions) if dataset is not None else (None, [], None, None)
-        if gt_data is not None:
-            class_names.update({c.get("wnid", c["name"]): str(c["name"]) for c in gt_data["categories"]})
-        curves = [
-            (w, np.asarray(r), np.asarray(p))
-            for w, r, p, n in zip(wnids, result.recall, result.precision, result.num_pos)
-            if n > 0
-        ]
-        num_pos = {w: int(n) for w, n in zip(wnids, result.num_pos)}
-        return write_det_report(
-            metrics_path, metrics, class_names, curves, num_pos, gt_data, results, image_root=root, image_ids=ids
-        )
-    except Exception as e:  # noqa: BLE001
-        _warn(metrics_path, e)
-        return None
+    metrics = json.loads(Path(metrics_path).read_text(encoding="utf-8"))
+    class_names = dict(zip(wnids, names))
+    gt_data, results, root, ids = _data(dataset, predictions) if dataset is not None else (None, [], None, None)
+    if gt_data is not None:
+        class_names.update({c.get("wnid", c["name"]): str(c["name"]) for c in gt_data["categories"]})
+    curves = [
+        (w, np.asarray(r), np.asarray(p))
+        for w, r, p, n in zip(wnids, result.recall, result.precision, result.num_pos)
+        if n > 0
+    ]
+    num_pos = {w: int(n) for w, n in zip(wnids, result.num_pos)}
+    return write_det_report(
+        metrics_path, metrics, class_names, curves, num_pos, gt_data, results, image_root=root, image_ids=ids
+    )
 
 
+@_warns
 def loc_run_report(
     metrics_path: PathLike,
     metrics: Mapping[str, Any],
@@ -118,13 +125,9 @@ def loc_run_report(
 ) -> Optional[Path]:
     """``report.html`` for a localization evaluation: ``gt`` and ``submission`` are what
     :func:`~restransfer.evaluation.imagenet_loc.evaluate_localization` scored, ``blacklist`` its left-out images."""
-    try:
-        split = _loc_split(gt, submission, blacklist, MAX_GUESSES)
-        gt_data, results, root, ids = _data(dataset, predictions)
-        return write_loc_report(metrics_path, metrics, split, gt_data, results, image_root=root, image_ids=ids)
-    except Exception as e:  # noqa: BLE001
-        _warn(metrics_path, e)
-        return None
+    split = _loc_split(gt, submission, blacklist, MAX_GUESSES)
+    gt_data, results, root, ids = _data(dataset, predictions)
+    return write_loc_report(metrics_path, metrics, split, gt_data, results, image_root=root, image_ids=ids)
 
 
 def _loc_split(gt: Any, submission: Any, blacklist: Optional[np.ndarray], max_guesses: int):
@@ -135,6 +138,7 @@ def _loc_split(gt: Any, submission: Any, blacklist: Optional[np.ndarray], max_gu
     return localization_error_split(cls_rank, loc_rank, gt.labels, counted, max_guesses)
 
 
+@_warns
 def loc_files_report(
     metrics_path: PathLike,
     metrics: Mapping[str, Any],
@@ -150,22 +154,19 @@ def loc_files_report(
     """``report.html`` for submission files evaluated with
     :func:`restransfer.evaluation.imagenet_loc.evaluate_files` (same arguments): metrics and the error split,
     no gallery (the files hold no images)."""
-    try:
-        classes = read_synsets(synsets)
-        images = (
-            read_devkit_annotations(annotations, classes, ground_truth=ground_truth)
-            if annotations is not None
-            else read_kaggle_solution(solution, classes, split="val")
-        )
-        gt = pack_ground_truth(images, classes)
-        black = read_blacklist(blacklist, len(images)) if blacklist is not None else None
-        split = _loc_split(gt, read_submission(submission, classes, gt.names, max_guesses), black, max_guesses)
-        return write_loc_report(metrics_path, metrics, split, {}, [])
-    except Exception as e:  # noqa: BLE001
-        _warn(metrics_path, e)
-        return None
+    classes = read_synsets(synsets)
+    images = (
+        read_devkit_annotations(annotations, classes, ground_truth=ground_truth)
+        if annotations is not None
+        else read_kaggle_solution(solution, classes, split="val")
+    )
+    gt = pack_ground_truth(images, classes)
+    black = read_blacklist(blacklist, len(images)) if blacklist is not None else None
+    split = _loc_split(gt, read_submission(submission, classes, gt.names, max_guesses), black, max_guesses)
+    return write_loc_report(metrics_path, metrics, split, {}, [])
 
 
+@_warns
 def voc_run_report(
     metrics_path: PathLike,
     dataset: Optional[Any],
@@ -177,32 +178,28 @@ def voc_run_report(
     :class:`~restransfer.evaluation.voc.VocEvalResult` over ``class_names``; the metrics are read back from
     ``metrics_path``. Per-class AP bars, the devkit's precision-recall curves and, with a ``dataset`` (not
     when results files were evaluated), the confusion matrix and the gallery."""
-    try:
-        metrics = json.loads(Path(metrics_path).read_text(encoding="utf-8"))
-        gt_data, results, root, ids = _data(dataset, predictions) if dataset is not None else (None, [], None, None)
-        curves = [
-            (c, np.asarray(r), np.asarray(p))
-            for c, r, p, n in zip(class_names, result.recall, result.precision, result.num_pos)
-            if n > 0
-        ]
-        summary = {f"mAP@.5 ({metrics.get('metric')})": metrics.get("mAP"), "mAP@.5:.95": metrics.get("mAP_50_95")}
-        return write_det_report(
-            metrics_path,
-            metrics,
-            {c: c for c in class_names},
-            curves,
-            dict(zip(class_names, result.num_pos.tolist())),
-            gt_data,
-            results,
-            image_root=root,
-            image_ids=ids,
-            title="PASCAL VOC evaluation",
-            summary=summary,
-            key_header=None,
-        )
-    except Exception as e:  # noqa: BLE001
-        _warn(metrics_path, e)
-        return None
+    metrics = json.loads(Path(metrics_path).read_text(encoding="utf-8"))
+    gt_data, results, root, ids = _data(dataset, predictions) if dataset is not None else (None, [], None, None)
+    curves = [
+        (c, np.asarray(r), np.asarray(p))
+        for c, r, p, n in zip(class_names, result.recall, result.precision, result.num_pos)
+        if n > 0
+    ]
+    summary = {f"mAP@.5 ({metrics.get('metric')})": metrics.get("mAP"), "mAP@.5:.95": metrics.get("mAP_50_95")}
+    return write_det_report(
+        metrics_path,
+        metrics,
+        {c: c for c in class_names},
+        curves,
+        dict(zip(class_names, result.num_pos.tolist())),
+        gt_data,
+        results,
+        image_root=root,
+        image_ids=ids,
+        title="PASCAL VOC evaluation",
+        summary=summary,
+        key_header=None,
+    )
 
 
 # evaluator name -> report(evaluator, dataset); the evaluator has evaluated (main process)
