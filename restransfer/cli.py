@@ -49,6 +49,7 @@ __all__ = [
     "model_parser",
     "config_from_args",
     "add_weights_argument",
+    "add_path_options",
     "split_weights",
 ]
 
@@ -257,6 +258,13 @@ def add_weights_argument(p: argparse.ArgumentParser, help: str) -> None:
     """``--weights CKPT [CKPT ...]``: one checkpoint, or several for the ResNet paper's ensemble. Read it
     back with :func:`split_weights`."""
     p.add_argument("--weights", nargs="+", metavar="CKPT", help=f"{help}; several: an ensemble of them")
+
+
+def add_path_options(p: argparse.ArgumentParser, **helps: str) -> None:
+    """One string option per keyword, in the order given (``image_list`` gives ``--image-list``), with the
+    keyword's value as its help text: the file paths of a tool's file mode; an option not given reads None."""
+    for name, help in helps.items():
+        p.add_argument("--" + name.replace("_", "-"), help=help)
 
 
 def split_weights(weights: Optional[List[str]], overrides: Sequence[str]) -> Tuple[Optional[List[str]], List[str]]:

@@ -19,13 +19,20 @@ import argparse
 from typing import Optional, Sequence
 
 from ..analysis.run_reports import det_run_report
-from ..cli import EVAL_MEMORY_HINT, add_weights_argument, note_output, split_weights
+from ..cli import EVAL_MEMORY_HINT, add_path_options, add_weights_argument, note_output, split_weights
 from ..config import load_config
 from ..engine.evaluate import run_imagenet_det_evaluation
 from ..evaluation.coco import write_metrics
 from ..evaluation.imagenet_det import evaluate_files, format_table, metrics_dict
 
 MEMORY_HINT = EVAL_MEMORY_HINT
+# the devkit files that file mode evaluates (option: help), all of them needed there and none with a CONFIG
+_FILE_MODE = {
+    "submission": "lines '<image_index> <DET_id> <confidence> <xmin> <ymin> <xmax> <ymax>'",
+    "annotations": "folder of XML annotations, e.g. ILSVRC/Annotations/DET/val",
+    "image_list": "image list '<image> <index>', e.g. ILSVRC/ImageSets/DET/val.txt",
+    "synsets": "the devkit's map_det.txt",
+}
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -33,17 +40,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("config", nargs="?", help="YAML config (model mode)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (model mode)")
     add_weights_argument(p, "checkpoint to evaluate (model mode)")
-    p.add_argument("--submission", help="lines '<image_index> <DET_id> <confidence> <xmin> <ymin> <xmax> <ymax>'")
-    p.add_argument("--annotations", help="folder of XML annotations, e.g. ILSVRC/Annotations/DET/val")
-    p.add_argument("--image-list", help="image list '<image> <index>', e.g. ILSVRC/ImageSets/DET/val.txt")
-    p.add_argument("--synsets", help="the devkit's map_det.txt")
+    add_path_options(p, **_FILE_MODE)
     p.add_argument("--blacklist", help="optional devkit blacklist '<image_index> <WNID>'")
     p.add_argument("--output", help="metrics.json path (default: output_dir/metrics.json in model mode)")
     p.add_argument("--no-coco", action="store_true", help="skip the COCO mAP@.5:.95 side by side")
     # intermixed: the documented 'CONFIG --weights CKPT key=value ...' puts options between the positionals
     args = p.parse_intermixed_args(argv)
     args.weights, args.overrides = split_weights(args.weights, args.overrides)
-    file_mode = [args.submission, args.annotations, args.image_list, args.synsets]
+    file_mode = [getattr(args, name) for name in _FILE_MODE]
     if args.config is None:
         if not all(file_mode):
             p.error("give --submission, --annotations, --image-list and --synsets, or a CONFIG with --weights")

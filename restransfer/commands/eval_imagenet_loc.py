@@ -20,10 +20,10 @@ A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the trac
 from __future__ import annotations
 
 import argparse
-from typing import Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from ..analysis.run_reports import loc_files_report
-from ..cli import EVAL_MEMORY_HINT, add_weights_argument, note_output, split_weights
+from ..cli import EVAL_MEMORY_HINT, add_path_options, add_weights_argument, note_output, split_weights
 from ..config import load_config
 from ..engine.evaluate import run_imagenet_loc_evaluation
 from ..evaluation.coco import write_metrics
@@ -32,20 +32,24 @@ from ..evaluation.imagenet_loc_guesses import load_classifier_scores
 from ..inference.classifier import load_classifier
 
 MEMORY_HINT = EVAL_MEMORY_HINT
+# the options naming the ground truth (devkit or Kaggle files) and how many guesses count: file mode's
+# evaluation and its report take the same ones
+_GROUND_TRUTH_OPTIONS = ("synsets", "annotations", "ground_truth", "solution", "blacklist", "max_guesses")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", help="config file (detector mode); omit to evaluate --submission")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
-    p.add_argument("--submission", help="devkit text submission or Kaggle CSV (ImageId,PredictionString)")
-    p.add_argument(
-        "--gt-class-submission", help="submission made with the ground-truth class; reported as gt_class_loc_error"
+    add_path_options(
+        p,
+        submission="devkit text submission or Kaggle CSV (ImageId,PredictionString)",
+        gt_class_submission="submission made with the ground-truth class; reported as gt_class_loc_error",
+        annotations="devkit validation XML folder (ILSVRC/Annotations/CLS-LOC/val)",
+        ground_truth="ILSVRC2015_clsloc_validation_ground_truth.txt",
+        solution="Kaggle LOC_val_solution.csv (instead of --annotations)",
+        synsets="map_clsloc.txt (labels = devkit ids) or LOC_synset_mapping.txt",
     )
-    p.add_argument("--annotations", help="devkit validation XML folder (ILSVRC/Annotations/CLS-LOC/val)")
-    p.add_argument("--ground-truth", help="ILSVRC2015_clsloc_validation_ground_truth.txt")
-    p.add_argument("--solution", help="Kaggle LOC_val_solution.csv (instead of --annotations)")
-    p.add_argument("--synsets", help="map_clsloc.txt (labels = devkit ids) or LOC_synset_mapping.txt")
     p.add_argument("--blacklist", help="ILSVRC2015_clsloc_validation_blacklist.txt (1-based image indices)")
     p.add_argument("--output", help="write metrics.json here")
     p.add_argument("--max-guesses", type=int, default=5, help="guesses per image that count (default 5)")
@@ -89,17 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         write_metrics(metrics, args.output)
         print(f"metrics: {args.output}")
         if args.config is None:
-            loc_files_report(
-                args.output,
-                metrics,
-                args.submission,
-                synsets=args.synsets,
-                annotations=args.annotations,
-                ground_truth=args.ground_truth,
-                solution=args.solution,
-                blacklist=args.blacklist,
-                max_guesses=args.max_guesses,
-            )
+            loc_files_report(args.output, metrics, args.submission, **_ground_truth_files(args))
     return 0
 
 
@@ -108,16 +102,13 @@ def _evaluate_submission(p: argparse.ArgumentParser, args: argparse.Namespace) -
         p.error("give --submission and --synsets (or a config file)")
     if (args.annotations is None) == (args.solution is None):
         p.error("give either --annotations (with --ground-truth) or --solution")
-    return evaluate_files(
-        args.submission,
-        synsets=args.synsets,
-        annotations=args.annotations,
-        ground_truth=args.ground_truth,
-        solution=args.solution,
-        blacklist=args.blacklist,
-        gt_class_submission=args.gt_class_submission,
-        max_guesses=args.max_guesses,
-    )
+    return evaluate_files(args.submission, gt_class_submission=args.gt_class_submission, **_ground_truth_files(args))
+
+
+def _ground_truth_files(args: argparse.Namespace) -> Dict[str, Any]:
+    """The file-mode options that say what a submission is scored against, as the keyword arguments of
+    :func:`~restransfer.evaluation.imagenet_loc.evaluate_files` and of its report."""
+    return {name: getattr(args, name) for name in _GROUND_TRUTH_OPTIONS}
 
 
 def _evaluate_config(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
