@@ -83,10 +83,10 @@ def generate_voc_shapes(
     root: Union[str, os.PathLike],
     num_trainval: int = DEFAULT_NUM_TRAINVAL,
     num_test: int = DEFAULT_NUM_TEST,
+    year: Union[int, str] = 2007,
     image_size: int = 128,
     seed: int = 0,
     classes: Sequence[str] = DEFAULT_CLASSES,
-    year: Union[int, str] = 2007,
 ) -> Dict[str, Path]:
     """Write the set under ``root`` (the VOCdevkit folder); existing files of the same names are replaced.
 

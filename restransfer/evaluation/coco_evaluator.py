@@ -38,8 +38,8 @@ class COCOEvaluator(DatasetEvaluator):
     def configure(
         self,
         *,
-        results_path: Optional[PathLike] = None,
         iou_types: Optional[Sequence[str]] = None,
+        results_path: Optional[PathLike] = None,
         engine: str = "auto",
         **options: Any,
     ) -> None:

@@ -434,3 +434,20 @@ def test_periodic_evaluations_write_no_report_under_final(shapes, tmp_path, tiny
     assert [r["iteration"] for r in records if "bbox/AP" in r] == [1]  # the periodic evaluation ran
     assert calls == ["coco"] * reports
     assert (out / "report.html").is_file() == (mode != "never")
+
+
+def test_a_report_that_cannot_be_made_is_a_warning_not_an_error(tmp_path, caplog):
+    from restransfer.analysis import run_reports
+
+    metrics_path = tmp_path / "eval" / "metrics.json"
+    metrics_path.parent.mkdir()
+    metrics_path.write_text("{}")
+    with caplog.at_level("WARNING", logger=run_reports.__name__):
+        # the ground truth and results files do not exist: the report fails inside, after the metrics
+        assert (
+            run_reports.coco_files_report(metrics_path, {}, tmp_path / "missing.json", tmp_path / "none.json") is None
+        )
+    assert f"{metrics_path.with_name('report.html')} not written" in caplog.text
+    assert not metrics_path.with_name("report.html").exists()
+    with pytest.raises(TypeError):  # a call that does not fit the function is a bug, not a report failure
+        run_reports.coco_files_report(metrics_path, {}, tmp_path / "missing.json")
