@@ -62,6 +62,33 @@ def test_localization_evaluator_checks_its_mode_before_any_inference():
         ImageNetLocEvaluator(Dataset(), mode="box")
 
 
+class MinScoreRecall(DatasetEvaluator):
+    """The documented form of a protocol of one's own: options in configure(), the rest set by the base."""
+
+    name = "min_score"
+    main_metric = "min_score/kept"
+
+    def configure(self, *, min_score=0.05, **options):
+        self.min_score = min_score
+
+    def compute(self, predictions):
+        return {"kept": sum(int((np.asarray(p["scores"]) >= self.min_score).sum()) for p in predictions)}
+
+
+def test_an_evaluator_of_ones_own_takes_its_options_in_configure(tmp_path):
+    class Dataset:
+        image_ids = [7, 3]
+
+    register_evaluator("min_score", MinScoreRecall)
+    # the options of every protocol are handed over; each evaluator takes its own
+    ev = build_evaluator("min_score", "coco", dataset=Dataset(), output_dir=tmp_path, min_score=0.5, voc_metric="area")
+    assert isinstance(ev, MinScoreRecall) and ev.min_score == 0.5
+    assert ev.dataset is not None and ev.image_ids == [7, 3] and ev.metrics_path == tmp_path / "metrics.json"
+    ev.reset()
+    ev.process([{"image_id": 3}, {"image_id": 7}], [{"scores": [0.9, 0.2]}, {"scores": [0.6]}])
+    assert ev.evaluate() == {"kept": 2}
+
+
 @pytest.mark.slow
 def test_an_evaluator_of_ones_own_runs_through_the_protocol_run(shapes, tmp_path, tiny_overrides):
     """test.evaluator=counting: the inference loop hands every image's prediction to the registered evaluator,
