@@ -254,7 +254,8 @@ class TrainLoop:
         if self.scaler is not None and self.clip_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)
         if self.clip_grad_norm > 0:
-            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            # in the module's parameter order: the norm is a float sum, and another order rounds it otherwise
+            params = [p for p in self.module.parameters() if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)

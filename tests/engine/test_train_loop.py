@@ -225,3 +225,46 @@ def test_out_of_memory_names_the_images_per_device():
     loop.forward = forward
     with pytest.raises(TrainingOutOfMemory, match="solver.ims_per_device"):
         loop.train()
+
+
+def test_gradient_clipping_sums_the_norm_in_the_module_s_parameter_order():
+    """The clipped gradients are bit for bit those of clip_grad_norm_ over model.parameters(), also when the
+    optimizer's groups list the parameters in another order (the norm is a float sum: another order rounds
+    it otherwise, and a run would drift from one that clipped in module order)."""
+    torch.manual_seed(1)
+    model = nn.Sequential(*[nn.Linear(16, 16) for _ in range(6)])
+    with torch.no_grad():
+        for i, p in enumerate(model.parameters()):
+            p.mul_(1.5**i)
+    params = list(model.parameters())
+    # as trainers group them: e.g. biases (no weight decay) first, weights after
+    grouped = list(range(1, len(params), 2)) + list(range(0, len(params), 2))
+    opt = torch.optim.SGD([{"params": params[1::2]}, {"params": params[0::2]}], lr=0.0)
+
+    def forward(m, batch):
+        return (m(batch) * 1e3).square().mean(), {}  # large gradients: the clip is active
+
+    batch = torch.randn(8, 16)
+    expected = copy.deepcopy(model)
+    forward(expected, batch)[0].backward()
+    grads = [p.grad for p in expected.parameters()]
+    by_group = [grads[i] for i in grouped]
+    norm = torch.linalg.vector_norm
+    # the case this test is about: the two orders round the norm differently
+    assert norm(torch.stack([norm(g) for g in grads])) != norm(torch.stack([norm(g) for g in by_group]))
+    torch.nn.utils.clip_grad_norm_(expected.parameters(), 1.0)
+
+    loop = TrainLoop(
+        model,
+        opt,
+        torch.optim.lr_scheduler.StepLR(opt, step_size=1),
+        loader=iter([batch]),
+        forward=forward,
+        layout=BatchLayout(total=8, processes=1, per_device=8, accumulation=1),
+        max_iter=1,
+        device=torch.device("cpu"),
+        clip_grad_norm=1.0,
+    )
+    loop.train()
+    for p, q in zip(model.parameters(), expected.parameters()):
+        assert torch.equal(p.grad, q.grad)
