@@ -50,6 +50,7 @@ __all__ = [
     "config_from_args",
     "add_weights_argument",
     "add_path_options",
+    "add_size_argument",
     "split_weights",
 ]
 
@@ -265,6 +266,11 @@ def add_path_options(p: argparse.ArgumentParser, **helps: str) -> None:
     keyword's value as its help text: the file paths of a tool's file mode; an option not given reads None."""
     for name, help in helps.items():
         p.add_argument("--" + name.replace("_", "-"), help=help)
+
+
+def add_size_argument(p: argparse.ArgumentParser, help: str, default: Optional[Tuple[int, int]] = (800, 1067)) -> None:
+    """``--size H W``: an image size in pixels, height first (``args.size``)."""
+    p.add_argument("--size", type=int, nargs=2, default=default, metavar=("H", "W"), help=help)
 
 
 def split_weights(weights: Optional[List[str]], overrides: Sequence[str]) -> Tuple[Optional[List[str]], List[str]]:

@@ -32,7 +32,7 @@ from restransfer.benchmark import (
     run_benchmark,
     run_loader_benchmark,
 )
-from restransfer.cli import config_from_args, model_parser, run_tool
+from restransfer.cli import add_size_argument, config_from_args, model_parser, run_tool
 from restransfer.errors import ConfigError
 from restransfer.fileio import atomic_write_text
 
@@ -57,14 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--warmup", type=int, default=1, help="untimed runs per model first (default 1); with --data, untimed rounds"
     )
-    p.add_argument(
-        "--size",
-        type=int,
-        nargs=2,
-        default=(800, 1067),
-        metavar=("H", "W"),
-        help="input image size (default 800 1067; inference resizes to input.min_size_test)",
-    )
+    add_size_argument(p, "input image size (default 800 1067; inference resizes to input.min_size_test)")
     p.add_argument("--batch", type=int, default=1, help="images per run (default 1)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: PyTorch's choice)")
     p.add_argument(

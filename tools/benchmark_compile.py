@@ -32,7 +32,7 @@ except ImportError:  # running from a checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from restransfer.benchmark.compile import INFERENCE_VARIANTS, run_compile_inference, run_compile_training
-from restransfer.cli import run_tool
+from restransfer.cli import add_size_argument, run_tool
 from restransfer.config import load_config
 from restransfer.devices import resolve_device, resolve_precision
 from restransfer.errors import ConfigError
@@ -53,14 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--iters", type=int, default=10, help="--train: timed steps per model (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="--train: untimed steps first (default 2)")
-    p.add_argument(
-        "--size",
-        type=int,
-        nargs=2,
-        default=None,
-        metavar=("H", "W"),
-        help="--train: synthetic image size (default: input.max_size_train square)",
-    )
+    add_size_argument(p, "--train: synthetic image size (default: input.max_size_train square)", default=None)
     p.add_argument("--batch", type=int, default=None, help="--train: images per step (default solver.ims_per_batch)")
     p.add_argument("--images", type=int, default=200, help="inference: images of COCO's sizes (default 200)")
     p.add_argument(

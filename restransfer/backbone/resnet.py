@@ -45,7 +45,9 @@ def _conv(cin: int, cout: int, k: int, stride: int = 1, dilation: int = 1) -> nn
 
 
 class _Block(nn.Module):
-    """Shared plumbing of both block types: the shortcut and BN folding."""
+    """Shared plumbing of both block types: the constructor, the shortcut and BN folding. A block type defines
+    ``_layers(cin, width, cout, stride, norm, style, dilation)``, which creates its convolutions and norms in
+    parameter order (torchvision's state dict names), and its ``forward``."""
 
     expansion = 1
     conv_bn_pairs: Tuple[Tuple[str, str], ...] = ()
@@ -70,10 +72,6 @@ class _Block(nn.Module):
         else:
             self.downsample = None
         self.residual = residual
-
-    def _layers(self, cin: int, width: int, cout: int, stride: int, norm: str, style: str, dilation: int) -> None:
-        """Create the block's convolutions and norms (in parameter order: torchvision's state dict names)."""
-        raise NotImplementedError
 
     def _add_shortcut(self, out: Tensor, x: Tensor) -> Tensor:
         if self.residual:

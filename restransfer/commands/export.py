@@ -19,7 +19,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from ..cli import config_from_args, model_parser, note_output
+from ..cli import add_size_argument, config_from_args, model_parser, note_output
 from ..inference.export import (
     EXPORTERS,
     VERIFY_SIZES,
@@ -37,13 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     p = model_parser(__doc__)
     p.add_argument("--format", required=True, choices=("torchscript", "onnx"))
     p.add_argument("--output", required=True, help="file to write (.pt for TorchScript, .onnx for ONNX)")
-    p.add_argument(
-        "--size",
-        type=int,
-        nargs=2,
-        default=(800, 1067),
-        metavar=("H", "W"),
-        help="example image size the graph is recorded on; the one size accepted with --static (default 800 1067)",
+    add_size_argument(
+        p, "example image size the graph is recorded on; the one size accepted with --static (default 800 1067)"
     )
     shape = p.add_mutually_exclusive_group()
     shape.add_argument("--dynamic", action="store_true", help="any image size (the default; kept for old scripts)")
