@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import os
 import re
 import sys
@@ -52,6 +53,7 @@ __all__ = [
     "add_path_options",
     "add_size_argument",
     "split_weights",
+    "deferred_module",
 ]
 
 USER_ERROR, INTERNAL_ERROR, INTERRUPTED, OUTPUT_CLOSED = 2, 1, 130, 141
@@ -87,6 +89,32 @@ def note_output(option: str, path: Union[str, os.PathLike, None]) -> None:
     fills up during a write) is then reported with this path, and write errors suggest the option."""
     if path:
         _outputs.append((f"{option} PATH" if option.startswith("-") else f"{option}=PATH", str(path)))
+
+
+class _DeferredModule:
+    """Stands for a module until one of its attributes is used, then imports it (see deferred_module)."""
+
+    def __init__(self, name: str) -> None:
+        self.__dict__["_name"] = name
+
+    def __getattr__(self, attr: str) -> object:
+        module = importlib.import_module(self._name)
+        self.__dict__.update(_module=module)
+        return getattr(module, attr)
+
+    def __repr__(self) -> str:
+        state = "imported" if "_module" in self.__dict__ else "not imported yet"
+        return f"<deferred module {self._name!r} ({state})>"
+
+
+def deferred_module(name: str) -> object:
+    """The module ``name`` (absolute, e.g. ``"restransfer.engine.trainer"``), imported when one of its
+    attributes is first used. A command declares its implementation with it at the top of its module, as
+    PEP 810's ``lazy import`` would: argument parsing and the config's checks import neither torch nor the
+    model code, so ``--help``, a mistyped option or key, or a missing file is answered in a fraction of a
+    second instead of after the seconds that importing torch and torchvision take. Only commands use it:
+    every layer below imports at module level (and the import contract sees those imports)."""
+    return _DeferredModule(name)
 
 
 def user_error_classes() -> Tuple[type, ...]:

@@ -17,8 +17,7 @@ from typing import Iterable, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from .devices import compile_setting
-from .yaml_config import ConfigError, dump_config, load_structured, resolve_path, structured_defaults
+from .yaml_config import ConfigError, compile_setting, dump_config, load_structured, resolve_path, structured_defaults
 
 __all__ = ["load_config", "dump_config", "default_config", "ConfigError", "Config", "RunSettings", "resolve_path"]
 

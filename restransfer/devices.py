@@ -15,6 +15,7 @@ from typing import ContextManager
 import torch
 
 from .errors import ConfigError, DeviceError
+from .yaml_config import COMPILE_SETTINGS, compile_setting  # re-exported: checked where configs are read
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,6 @@ def autocast_context(device: torch.device, precision: str) -> ContextManager[Non
     return torch.autocast(device_type=device.type, dtype=precision_dtype(precision))
 
 
-COMPILE_SETTINGS = ("auto", "true", "false")
 # What compile=auto does, and why: auto compiles only where tools/benchmark_compile.py has measured the compile
 # time paid back over a run of that length (docs/benchmarks.md, "torch.compile in the toolkit"). On CPUs no run
 # did: a compiled training step ran at 1.02x the eager step's speed (the demo's bf16 step, 1.34 s against 1.36 s,
@@ -133,19 +133,6 @@ COMPILE_SETTINGS = ("auto", "true", "false")
 # but at the demo's 128 px, where 75 ms against 83 ms per image pays back 20-53 s of compiling after several
 # thousand images. CUDA is not measured yet: tools/gpu_check.sh runs the benchmark there.
 AUTO_RULE = "compile=auto runs eagerly: no benchmark has measured a net gain for torch.compile on this device yet"
-
-
-def compile_setting(value: object, key: str = "compile") -> str:
-    """``solver.compile`` / ``test.compile`` as written (YAML hands ``true`` over as a bool, the schema as the
-    string ``"True"``) -> ``"auto"``, ``"true"`` or ``"false"``; anything else is a
-    :class:`~restransfer.errors.ConfigError` naming ``key``."""
-    setting = str(value).strip().lower()
-    if setting not in COMPILE_SETTINGS:
-        raise ConfigError(
-            f"{key}: {value!r} is not one of {', '.join(COMPILE_SETTINGS)} (auto compiles where the "
-            "README's benchmark measured a net gain for a run of that length)"
-        )
-    return setting
 
 
 def resolve_compile(setting: object, device: torch.device, *, key: str = "compile") -> bool:

@@ -36,7 +36,18 @@ from .errors import ConfigError
 from .fileio import atomic_write_text
 from .model_zoo import find_config
 
-__all__ = ["ConfigError", "structured_defaults", "load_structured", "read_config_tree", "dump_config", "resolve_path"]
+__all__ = [
+    "ConfigError",
+    "structured_defaults",
+    "load_structured",
+    "read_config_tree",
+    "dump_config",
+    "resolve_path",
+    "COMPILE_SETTINGS",
+    "compile_setting",
+]
+
+COMPILE_SETTINGS = ("auto", "true", "false")
 
 
 def structured_defaults(schema: type) -> DictConfig:
@@ -301,3 +312,16 @@ def resolve_path(p: Optional[str]) -> Optional[str]:
     if root and not os.path.isabs(p) and (p == "datasets" or p.startswith("datasets/")):
         p = os.path.join(root, p[len("datasets/") :]) if p != "datasets" else root
     return p
+
+
+def compile_setting(value: object, key: str = "compile") -> str:
+    """``solver.compile`` / ``test.compile`` as written (YAML hands ``true`` over as a bool, the schema as the
+    string ``"True"``) -> ``"auto"``, ``"true"`` or ``"false"``; anything else is a
+    :class:`~restransfer.errors.ConfigError` naming ``key``."""
+    setting = str(value).strip().lower()
+    if setting not in COMPILE_SETTINGS:
+        raise ConfigError(
+            f"{key}: {value!r} is not one of {', '.join(COMPILE_SETTINGS)} (auto compiles where the "
+            "README's benchmark measured a net gain for a run of that length)"
+        )
+    return setting

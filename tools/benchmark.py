@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-reference", action="store_true", help="skip torchvision's model")
     p.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend of the compile reference (default inductor, what a user gets; aot_eager "
+        "or eager trace the same graphs in seconds without generating code: the timing is then not inductor's)",
+    )
+    p.add_argument(
         "--memory",
         choices=("fresh", "off"),
         default="fresh",
@@ -115,6 +121,7 @@ _MODEL_ONLY = {
     "reference": "--reference",
     "reference_dtype": "--reference-dtype",
     "memory": "--memory",
+    "compile_backend": "--compile-backend",
 }
 
 
@@ -186,6 +193,7 @@ def main(argv=None) -> int:
         reference=reference,
         reference_precision=ref_dtype,
         memory=args.memory,
+        compile_backend=args.compile_backend,
         channels_last=args.channels_last,
     )
     print(format_report(result), end="")

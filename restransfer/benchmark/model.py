@@ -227,9 +227,9 @@ def _reference_model(ref: nn.Module, state: Dict[str, Tensor], train: bool) -> n
     return ref
 
 
-def _compiled(ref: nn.Module) -> nn.Module:
-    """``ref`` with its backbone + FPN compiled, as a user would do it."""
-    ref.backbone = torch.compile(ref.backbone)
+def _compiled(ref: nn.Module, backend: str = "inductor") -> nn.Module:
+    """``ref`` with its backbone + FPN compiled, as a user would do it (``backend``: torch.compile's)."""
+    ref.backbone = torch.compile(ref.backbone, backend=backend)
     return ref
 
 
@@ -309,6 +309,7 @@ def _memory_of(
     threads: int,
     warmup: int,
     steps: int,
+    compile_backend: str = "inductor",
 ) -> Dict[str, Any]:
     """In a fresh process: build the one model ``name`` ("restransfer fp32", "torchvision+compile bf16"...)
     with the weights the timing process used, its optimizer and inputs, and measure its peak memory."""
@@ -324,7 +325,7 @@ def _memory_of(
     del state
     m.to(dev)
     if kind == COMPILED:
-        _compiled(m)
+        _compiled(m, compile_backend)
     images, targets = _inputs(cfg.model.num_classes, size, batch, seed, dev)
     if train:
         step = train_step(m, images, targets, dev, precision, channels_last and kind == OURS)
@@ -406,6 +407,7 @@ def run_benchmark(
     reference_precision: Optional[Union[str, Sequence[str]]] = None,
     memory: str = "fresh",
     memory_steps: int = 1,
+    compile_backend: str = "inductor",
     random_weights: Optional[bool] = None,
     channels_last: Optional[bool] = None,
     seed: int = 0,
@@ -429,6 +431,8 @@ def run_benchmark(
         memory: ``"fresh"``: each model's peak memory in a fresh process of its own (:mod:`.memory`),
             after the timing; ``"off"``: none.
         memory_steps: measured steps per fresh process (after the same warm-up as the timing).
+        compile_backend: ``torch.compile``'s backend for the compiled reference (default ``inductor``, what a
+            user gets; ``aot_eager`` or ``eager`` trace the same graphs in seconds, without code generation).
         random_weights: calibrate random weights with :func:`randomize_weights` (default: when the config
             has no ``model.weights``).
         channels_last: training on channels_last activations (default: on CUDA, or when the config sets
@@ -491,7 +495,20 @@ def run_benchmark(
         dev_images = [im.to(dev) for im in images]
         dev_targets = [{k: v.to(dev) for k, v in t.items()} for t in targets]
         out = (
-            _train(model, plain_ref, kinds, dev_images, dev_targets, dev, precisions[0], iters, warmup, cl, batch)
+            _train(
+                model,
+                plain_ref,
+                kinds,
+                dev_images,
+                dev_targets,
+                dev,
+                precisions[0],
+                iters,
+                warmup,
+                cl,
+                batch,
+                compile_backend=compile_backend,
+            )
             if train
             else _inference(
                 inference_kwargs(cfg),
@@ -505,6 +522,7 @@ def run_benchmark(
                 iters,
                 warmup,
                 batch,
+                compile_backend=compile_backend,
             )
         )
         del model, plain_ref, state
@@ -525,6 +543,7 @@ def run_benchmark(
                     threads=torch.get_num_threads(),
                     warmup=max(warmup, 1, m.compile_calls or 0),
                     steps=memory_steps,
+                    compile_backend=compile_backend,
                 )
                 m.peak_memory_mb, m.steady_peak_memory_mb = peak["peak_mb"], peak["steady_peak_mb"]
                 m.memory_baseline_mb = peak["baseline_mb"]
@@ -562,6 +581,7 @@ def run_benchmark(
         channels_last=bool(cl) if train else None,
         memory=memory,
         memory_steps=memory_steps if memory == "fresh" else None,
+        compile_backend=compile_backend if "compile" in kinds else None,
         compile_cache=cache,
         machine=machine_description(dev),
     )
@@ -581,6 +601,8 @@ def _inference(
     iters: int,
     warmup: int,
     batch: int,
+    *,
+    compile_backend: str = "inductor",
 ) -> Dict[str, Any]:
     model.eval()
     with torch.inference_mode():  # counted on the plain model: the fused kernels are unknown to the counter
@@ -593,7 +615,7 @@ def _inference(
     for kind in kinds:
         # eager: the plain reference; compile: a copy, compiled once and called at every precision
         # (torch.compile guards on the autocast state and keeps one graph per precision)
-        ref = plain_ref if kind == "eager" else _compiled(copy.deepcopy(plain_ref))
+        ref = plain_ref if kind == "eager" else _compiled(copy.deepcopy(plain_ref), compile_backend)
         for precision in ref_precisions:
             name = f"{REFERENCE_KINDS[kind]} {precision}"
             steps[name] = _inference_step(EAGER, ref, images, device, precision)
@@ -637,6 +659,8 @@ def _train(
     warmup: int,
     channels_last: bool,
     batch: int,
+    *,
+    compile_backend: str = "inductor",
 ) -> Dict[str, Any]:
     # each model's own count: the work a training step of it does (the sparse RPN backward does less);
     # counted before any step changes the weights, on the plain reference for both reference kinds
@@ -650,7 +674,7 @@ def _train(
     steps = {f"{OURS} {precision}": train_step(model, images, targets, device, precision, channels_last)}
     compiled: List[str] = []
     for kind in kinds:
-        ref = plain_ref if kind == "eager" else _compiled(copy.deepcopy(plain_ref))
+        ref = plain_ref if kind == "eager" else _compiled(copy.deepcopy(plain_ref), compile_backend)
         name = f"{REFERENCE_KINDS[kind]} {precision}"
         steps[name] = train_step(ref, images, targets, device, precision, False)
         if kind == "compile":

@@ -74,6 +74,9 @@ def format_report(result: Dict[str, Any]) -> str:
     definitions = result.get("definitions", {})
     if any(m.compile_s is not None for m in meas.values()):
         lines.append(f"{definitions['compile_time']}; inductor cache: {c.get('compile_cache')}")
+        if c.get("compile_backend") not in (None, "inductor"):
+            backend = c["compile_backend"]
+            lines.append(f"torch.compile backend: {backend} (not inductor: not what a user's compile gives)")
     if definitions.get("memory"):
         lines.append(definitions["memory"])
     return "\n".join(lines) + "\n"

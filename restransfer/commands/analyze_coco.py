@@ -26,10 +26,12 @@ from typing import Optional, Sequence
 
 from ..analysis.coco_errors import analyze_coco_errors, read_ground_truth, read_results
 from ..analysis.detection_plots import write_analysis
-from ..cli import EVAL_MEMORY_HINT, add_weights_argument, note_output, split_weights
+from ..cli import EVAL_MEMORY_HINT, add_weights_argument, deferred_module, note_output, split_weights
 from ..config import load_config
-from ..engine.evaluate import predict_dataset
 from ..evaluation.coco import predictions_to_coco_results
+
+# imported once the arguments and the config are checked (cli.deferred_module)
+engine_evaluate = deferred_module("restransfer.engine.evaluate")
 
 MEMORY_HINT = EVAL_MEMORY_HINT
 
@@ -55,7 +57,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.config and args.weights and not (args.gt or args.results):
         cfg = load_config(args.config, args.opts)
         # the evaluation's predictions: test.aug, test.box_refinement and several --weights (an ensemble) apply
-        dataset, predictions = predict_dataset(cfg, args.weights)
+        dataset, predictions = engine_evaluate.predict_dataset(cfg, args.weights)
         gt, image_ids = dataset.coco.dataset, list(dataset.image_ids)
         results = predictions_to_coco_results(predictions, dataset.label_to_cat_id)
         gt_name, results_name = str(dataset.json_path), f"the detections of {' + '.join(args.weights)}"

@@ -17,9 +17,11 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..cli import model_parser, note_output
-from ..inference.demo import find_images, run_demo
-from ..inference.predictor import Predictor
+from ..cli import deferred_module, model_parser, note_output
+
+# imported once the arguments are checked (cli.deferred_module)
+demo = deferred_module("restransfer.inference.demo")
+predictor_module = deferred_module("restransfer.inference.predictor")
 
 MEMORY_HINT = (
     "lower --batch-size (default test.ims_per_batch) or the image size (input.min_size_test, input.max_size_test)"
@@ -39,8 +41,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_intermixed_args(argv)
     note_output("--output", args.output)
-    images = find_images(args.input, exclude=args.output)
-    predictor = Predictor(
+    images = demo.find_images(args.input, exclude=args.output)
+    predictor = predictor_module.Predictor(
         args.config,
         weights=args.weights,
         device=args.device,
@@ -48,6 +50,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         batch_size=args.batch_size,
         overrides=args.opts,
     )
-    summary = run_demo(predictor, images, args.output, root=Path(args.input) if Path(args.input).is_dir() else None)
+    summary = demo.run_demo(
+        predictor, images, args.output, root=Path(args.input) if Path(args.input).is_dir() else None
+    )
     print(json.dumps(summary))
     return 0

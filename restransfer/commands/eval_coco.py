@@ -27,10 +27,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..analysis.run_reports import coco_files_report
-from ..cli import EVAL_MEMORY_HINT, add_weights_argument, note_output, split_weights
+from ..cli import EVAL_MEMORY_HINT, add_weights_argument, deferred_module, note_output, split_weights
 from ..config import load_config
-from ..engine.evaluate import run_coco_evaluation
 from ..evaluation.coco import ENGINES, evaluate_coco, format_metrics_table, load_results, write_metrics
+
+# imported once the arguments and the config are checked (cli.deferred_module)
+engine_evaluate = deferred_module("restransfer.engine.evaluate")
 
 MEMORY_HINT = EVAL_MEMORY_HINT
 
@@ -73,7 +75,7 @@ def _config_mode(args: argparse.Namespace) -> dict:
     note_output("--output" if args.output else "output_dir", args.output or cfg.output_dir)
     metrics_path = Path(args.output) if args.output else Path(cfg.output_dir) / "metrics.json"
     results_path = metrics_path.with_name("coco_instances_results.json")
-    metrics = run_coco_evaluation(
+    metrics = engine_evaluate.run_coco_evaluation(
         cfg,
         args.weights,
         iou_types=args.iou_type,

@@ -19,11 +19,13 @@ import argparse
 from typing import Optional, Sequence
 
 from ..analysis.run_reports import det_run_report
-from ..cli import EVAL_MEMORY_HINT, add_path_options, add_weights_argument, note_output, split_weights
+from ..cli import EVAL_MEMORY_HINT, add_path_options, add_weights_argument, deferred_module, note_output, split_weights
 from ..config import load_config
-from ..engine.evaluate import run_imagenet_det_evaluation
 from ..evaluation.coco import write_metrics
 from ..evaluation.imagenet_det import evaluate_files, format_table, metrics_dict
+
+# imported once the arguments and the config are checked (cli.deferred_module)
+engine_evaluate = deferred_module("restransfer.engine.evaluate")
 
 MEMORY_HINT = EVAL_MEMORY_HINT
 # the devkit files that file mode evaluates (option: help), all of them needed there and none with a CONFIG
@@ -76,7 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     cfg = load_config(args.config, args.overrides)
     note_output("output_dir", cfg.output_dir)
-    run = run_imagenet_det_evaluation(
+    run = engine_evaluate.run_imagenet_det_evaluation(
         cfg, args.weights, blacklist=args.blacklist, metrics_path=args.output, with_coco=not args.no_coco
     )
     print(f"submission file: {run.submission_path}")

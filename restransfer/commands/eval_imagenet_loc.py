@@ -23,13 +23,15 @@ import argparse
 from typing import Any, Dict, Optional, Sequence
 
 from ..analysis.run_reports import loc_files_report
-from ..cli import EVAL_MEMORY_HINT, add_path_options, add_weights_argument, note_output, split_weights
+from ..cli import EVAL_MEMORY_HINT, add_path_options, add_weights_argument, deferred_module, note_output, split_weights
 from ..config import load_config
-from ..engine.evaluate import run_imagenet_loc_evaluation
 from ..evaluation.coco import write_metrics
 from ..evaluation.imagenet_loc import evaluate_files
 from ..evaluation.imagenet_loc_guesses import load_classifier_scores
-from ..inference.classifier import load_classifier
+
+# imported once the arguments and the config are checked (cli.deferred_module)
+engine_evaluate = deferred_module("restransfer.engine.evaluate")
+inference_classifier = deferred_module("restransfer.inference.classifier")
 
 MEMORY_HINT = EVAL_MEMORY_HINT
 # the options naming the ground truth (devkit or Kaggle files) and how many guesses count: file mode's
@@ -119,8 +121,10 @@ def _evaluate_config(p: argparse.ArgumentParser, args: argparse.Namespace) -> di
     if args.mode == "classifier" and scores is None:
         if not args.classifier_weights:
             p.error("--mode classifier needs --classifier-scores or --classifier-weights")
-        classifier = load_classifier(args.classifier_depth, args.classifier_weights, style=args.classifier_style)
-    return run_imagenet_loc_evaluation(
+        classifier = inference_classifier.load_classifier(
+            args.classifier_depth, args.classifier_weights, style=args.classifier_style
+        )
+    return engine_evaluate.run_imagenet_loc_evaluation(
         cfg,
         args.weights,
         mode=args.mode,

@@ -11,10 +11,12 @@ A failure ends with ``error: ...`` and exit status 2 (``--debug`` shows the trac
 
 from typing import Optional, Sequence
 
-from .. import distributed
-from ..cli import TRAIN_MEMORY_HINT, note_output, parse_training_args, training_parser
+from ..cli import TRAIN_MEMORY_HINT, deferred_module, note_output, parse_training_args, training_parser
 from ..config import load_config
-from ..engine.trainer import evaluate_only, train
+
+# imported once the arguments and the config are checked (cli.deferred_module)
+distributed = deferred_module("restransfer.distributed")
+trainer = deferred_module("restransfer.engine.trainer")
 
 MEMORY_HINT = TRAIN_MEMORY_HINT
 
@@ -34,9 +36,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         if args.eval_only:
-            evaluate_only(cfg)
+            trainer.evaluate_only(cfg)
         else:
-            train(cfg, resume=args.resume, restart=args.restart)
+            trainer.train(cfg, resume=args.resume, restart=args.restart)
     finally:
         distributed.cleanup()
     return 0

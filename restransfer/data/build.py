@@ -18,7 +18,8 @@ from restransfer.data.image_io import DEFAULT_MAX_IMAGE_PIXELS
 from restransfer.data.samplers import InferenceSampler, TrainingBatchSampler, aspect_ratio_groups, batch_layout
 from restransfer.data.shapes import ensure_shapes
 from restransfer.data.transforms import TrainAugmentation, build_transforms
-from restransfer.data.voc import VOC_CLASSES, VocDataset
+from restransfer.data.voc import VOC_CLASSES
+from restransfer.data.voc_dataset import VocDataset
 from restransfer.data.voc_shapes import DEFAULT_CLASSES as SHAPES_CLASSES
 from restransfer.data.voc_shapes import ensure_voc_shapes
 from restransfer.devices import resolve_device

@@ -130,7 +130,7 @@ class CocoDataset(Dataset):
             ``image_root`` with ``..`` (refused by default, with a warning naming them). The path text
             is judged, not where symlinks lead, so an image root holding symlinked folders works.
         coco: the annotations as a pycocotools ``COCO`` already built (a format converted in memory, e.g.
-            :class:`~restransfer.data.voc.VocDataset`); ``json_path`` then only names their source.
+            :class:`~restransfer.data.voc_dataset.VocDataset`); ``json_path`` then only names their source.
         max_image_pixels: images with more pixels (by the json's size, or by the file's header when it
             is read) are left out with a warning, never decoded; None: no limit.
         uint8_images: return images as uint8 (3, H, W) in 0..255 instead of float32 in [0, 1]: a quarter

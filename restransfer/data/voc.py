@@ -1,4 +1,5 @@
-"""PASCAL VOC: the devkit's folder layout, image-set lists, XML annotations and the dataset built from them.
+"""PASCAL VOC: the devkit's folder layout, image-set lists, XML annotations and the COCO-format dict built from
+them (:class:`~restransfer.data.voc_dataset.VocDataset` is the dataset over it).
 
 The layout (VOC 2007 and 2012 alike; other years and VOC-format sets of one's own follow it)::
 
@@ -19,26 +20,22 @@ Boxes stay in VOC's own convention here: 1-based inclusive pixel indices (``widt
 Labels are 1..K in the order of the class list (0 is background); the default list is the devkit's 20
 classes in its order (:data:`VOC_CLASSES`). :func:`records_to_coco` turns a split into a COCO-format dict
 (image ids 1..N in image-set order; ``voc_id``/``voc_year`` on each image; ``difficult`` and ``truncated``
-on each annotation, and ``iscrowd = difficult``), which is what :class:`VocDataset` reads and what
-``datasets/prepare_voc.py`` writes: difficult objects are then ignored regions for every COCO-format
-tool, as the devkit ignores them in evaluation.
+on each annotation, and ``iscrowd = difficult``), which is what
+:class:`~restransfer.data.voc_dataset.VocDataset` reads and what ``datasets/prepare_voc.py`` writes: difficult
+objects are then ignored regions for every COCO-format tool, as the devkit ignores them in evaluation.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
-from pycocotools.coco import COCO
 
 from ..boxes import voc_to_xyxy, xyxy_to_xywh
 from ..errors import DataError
-from .coco import CocoDataset
 from .coco_convert import box_annotations
 from .ilsvrc import XmlElement, parse_xml, text_fields, where, xml_number
 
@@ -53,7 +50,6 @@ __all__ = [
     "image_set_path",
     "load_voc_split",
     "records_to_coco",
-    "VocDataset",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -327,44 +323,3 @@ def records_to_coco(
         "annotations": annotations,
         "categories": [{"id": k + 1, "name": name} for k, name in enumerate(classes)],
     }
-
-
-class VocDataset(CocoDataset):
-    """The images of one ``(year, split)`` of a VOCdevkit folder, as a :class:`~restransfer.data.coco.CocoDataset`
-    over :func:`records_to_coco` (same samples, targets and bad-image handling).
-
-    Args:
-        root: the VOCdevkit folder (holding ``VOC<year>/``).
-        year, split: e.g. 2007 and ``trainval`` (``ImageSets/Main/<split>.txt``).
-        classes: class names in label order (default the devkit's 20).
-        use_difficult: train on difficult objects too (default False, as Fast/Faster R-CNN); evaluation
-            ignores them either way.
-        name: shown in logs (default ``voc_<year>_<split>``).
-        options: CocoDataset's other keyword arguments (``transforms``, ``filter_empty``, ``is_train``, ...).
-
-    Attributes (beyond CocoDataset's): ``year``, ``split``, ``records`` (the :class:`VocRecord` s in list
-    order; record ``i`` is image id ``i + 1``).
-    """
-
-    def __init__(
-        self,
-        root: PathLike,
-        year: Union[int, str],
-        split: str,
-        *,
-        classes: Sequence[str] = VOC_CLASSES,
-        use_difficult: bool = False,
-        name: Optional[str] = None,
-        **options: Any,
-    ):
-        self.year, self.split = str(year), split
-        self.records = load_voc_split(root, year, split, classes)
-        source = image_set_path(root, year, split)
-        data = records_to_coco(
-            self.records, classes, use_difficult=use_difficult, description=f"PASCAL VOC{year} {split}"
-        )
-        coco = COCO()
-        coco.dataset = data
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-            coco.createIndex()
-        super().__init__(source, root, coco=coco, with_masks=False, name=name or f"voc_{year}_{split}", **options)

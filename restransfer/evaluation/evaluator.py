@@ -36,8 +36,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
-from ..distributed import gather_object, is_main_process
 from ..errors import ConfigError
+from ..process_group import gather_object, is_main_process
 
 __all__ = [
     "Evaluator",

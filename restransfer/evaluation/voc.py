@@ -324,7 +324,7 @@ class VOCEvaluator(DatasetEvaluator):
 
     Args:
         dataset: the test dataset whose ``coco.dataset`` dict carries VOC's ground truth (a
-            :class:`~restransfer.data.voc.VocDataset`, or a json of ``datasets/prepare_voc.py``; see
+            :class:`~restransfer.data.voc_dataset.VocDataset`, or a json of ``datasets/prepare_voc.py``; see
             :func:`~restransfer.evaluation.voc_io.ground_truth_from_coco`), over its ``image_ids``.
         output_dir: where ``metrics.json`` and the results files go (``results/VOC<year>/Main/comp4_det_<image
             set>_<class>.txt``, the layout the evaluation server takes); None: no files.

@@ -127,7 +127,7 @@ def load_ground_truth(
 
 
 def ground_truth_from_coco(data: Mapping[str, Any], image_ids: Optional[Sequence[int]] = None) -> VocGroundTruth:
-    """The ground truth of a COCO-format dict (a :class:`~restransfer.data.voc.VocDataset`'s, or a json of
+    """The ground truth of a COCO-format dict (a :class:`~restransfer.data.voc_dataset.VocDataset`'s, or a json of
     ``datasets/prepare_voc.py``) over ``image_ids`` (default: all images, by id), in that order.
 
     Classes are the categories by id (label k = the k-th smallest id, as :class:`~restransfer.data.coco.CocoDataset`

@@ -348,8 +348,7 @@ def test_analyze_coco_tool_config_mode_analyses_the_models_detections(shapes, tm
             )
         return dataset, preds
 
-    monkeypatch.setattr(protocol_run, "predict_dataset", predict)
-    monkeypatch.setattr("restransfer.commands.analyze_coco.predict_dataset", predict)  # the name the tool calls
+    monkeypatch.setattr(protocol_run, "predict_dataset", predict)  # the tool calls it through the module
     config = tmp_path / "cfg.yaml"
     config.write_text(
         f"data:\n  test: {{json: {shapes / 'annotations' / 'val.json'}, image_root: {shapes / 'val'}}}\n"

@@ -72,6 +72,47 @@ def files(tmp_path_factory):
     return root
 
 
+# --- what runs before torch is imported ------------------------------------------------------------
+
+
+def test_argument_config_and_results_file_work_imports_no_torch(files, tmp_path):
+    """A tool checks its arguments and its config, and evaluates results files, without importing torch or
+    the model code (cli.deferred_module): a typo is answered at once. Run in a fresh interpreter, which
+    ends by reporting whether torch got imported."""
+    gt, results = files / "gt.json", files / "good_results.json"
+    script = (
+        "import sys\n"
+        "from restransfer.cli import run_tool\n"
+        "from restransfer.commands import analyze_coco, demo, eval_coco, eval_imagenet_det, eval_imagenet_loc\n"
+        "from restransfer.commands import train_det\n"
+        "def run(main, argv):\n"
+        "    try:\n"
+        "        return run_tool(main, argv)\n"
+        "    except SystemExit as e:  # argparse's usage errors\n"
+        "        return e.code\n"
+        "codes = [\n"
+        f"    run(train_det.main, [{str(tmp_path / 'nope.yaml')!r}]),\n"
+        f"    run(train_det.main, [{str(TRAIN_CONFIG)!r}, 'solver.base_lrr=0.1']),\n"
+        f"    run(train_det.main, [{str(TRAIN_CONFIG)!r}, '--resume', '--restart']),\n"
+        "    run(eval_coco.main, []),\n"
+        f"    run(eval_coco.main, ['--gt', {str(gt)!r}, '--results', {str(files / 'results.json')!r}]),\n"
+        f"    run(eval_coco.main, ['--gt', {str(gt)!r}, '--results', {str(results)!r},"
+        f" '--output', {str(tmp_path / 'm.json')!r}]),\n"
+        f"    run(analyze_coco.main, ['--gt', {str(gt)!r}, '--results', {str(results)!r},"
+        f" '--output', {str(tmp_path / 'analysis')!r}]),\n"
+        "    run(eval_imagenet_det.main, []),\n"
+        "    run(eval_imagenet_loc.main, []),\n"
+        f"    run(demo.main, [{str(tmp_path / 'nope.yaml')!r}]),\n"
+        "]\n"
+        "print(codes, 'torch' in sys.modules, 'torchvision' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-1] == "[2, 2, 2, 2, 2, 0, 0, 2, 2, 2] False False", proc.stderr[-3000:]
+    assert json.loads((tmp_path / "m.json").read_text())["bbox"]["AP"] == pytest.approx(100.0)
+    assert (tmp_path / "analysis" / "analysis.json").is_file()
+
+
 # --- eval_coco ---------------------------------------------------------------------------------------
 
 

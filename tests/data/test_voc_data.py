@@ -17,13 +17,13 @@ from restransfer.boxes import inclusive_iou, voc_to_xyxy, xywh_to_xyxy, xyxy_to_
 from restransfer.data.coco import CocoDataset
 from restransfer.data.voc import (
     VOC_CLASSES,
-    VocDataset,
     VocFormatError,
     load_voc_split,
     read_image_set,
     read_voc_annotation,
     records_to_coco,
 )
+from restransfer.data.voc_dataset import VocDataset
 from restransfer.data.voc_shapes import generate_voc_shapes
 from restransfer.errors import DataError
 from restransfer.evaluation.voc_io import ground_truth_from_coco, load_ground_truth
