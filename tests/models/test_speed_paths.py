@@ -292,7 +292,7 @@ def test_run_benchmark_training_step_counts_each_model_s_work():
     from restransfer.benchmark import format_report, run_benchmark
 
     cfg = tiny_config("model.fpn_out_channels=256", "model.rpn.batch_size_per_image=16", arch="faster_rcnn")
-    result = run_benchmark(cfg, train=True, iters=1, warmup=1, size=(64, 80))
+    result = run_benchmark(cfg, train=True, iters=1, warmup=1, size=(64, 80), memory="off")  # FLOPs, not memory
     ours, theirs = result["measurements"]["restransfer fp32"], result["measurements"]["torchvision fp32"]
     assert 0 < ours.flops_per_image < theirs.flops_per_image
     assert set(result["ratios"]) == {"restransfer fp32"}
