@@ -301,6 +301,7 @@ def _memory_of(
     name: str,
     *,
     train: bool,
+    compile_backend: str,
     device: str,
     size: Tuple[int, int],
     batch: int,
@@ -309,7 +310,6 @@ def _memory_of(
     threads: int,
     warmup: int,
     steps: int,
-    compile_backend: str = "inductor",
 ) -> Dict[str, Any]:
     """In a fresh process: build the one model ``name`` ("restransfer fp32", "torchvision+compile bf16"...)
     with the weights the timing process used, its optimizer and inputs, and measure its peak memory."""
@@ -535,6 +535,7 @@ def run_benchmark(
                     weights_path,
                     name,
                     train=train,
+                    compile_backend=compile_backend,
                     device=str(dev),
                     size=tuple(size),
                     batch=batch,
@@ -543,7 +544,6 @@ def run_benchmark(
                     threads=torch.get_num_threads(),
                     warmup=max(warmup, 1, m.compile_calls or 0),
                     steps=memory_steps,
-                    compile_backend=compile_backend,
                 )
                 m.peak_memory_mb, m.steady_peak_memory_mb = peak["peak_mb"], peak["steady_peak_mb"]
                 m.memory_baseline_mb = peak["baseline_mb"]
