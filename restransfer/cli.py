@@ -30,7 +30,8 @@ import importlib
 import os
 import re
 import sys
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from types import ModuleType
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 from omegaconf import DictConfig
 
@@ -54,6 +55,7 @@ __all__ = [
     "add_size_argument",
     "split_weights",
     "deferred_module",
+    "imported",
 ]
 
 USER_ERROR, INTERNAL_ERROR, INTERRUPTED, OUTPUT_CLOSED = 2, 1, 130, 141
@@ -97,24 +99,32 @@ class _DeferredModule:
     def __init__(self, name: str) -> None:
         self.__dict__["_name"] = name
 
-    def __getattr__(self, attr: str) -> object:
-        module = importlib.import_module(self._name)
-        self.__dict__.update(_module=module)
-        return getattr(module, attr)
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__") and attr.endswith("__"):  # copy, pickle, doctest, ... ask without importing
+            raise AttributeError(attr)
+        return getattr(importlib.import_module(self.__dict__["_name"]), attr)
+
+    def __reduce__(self) -> Tuple[Callable[[str], Any], Tuple[str]]:
+        return deferred_module, (self.__dict__["_name"],)
 
     def __repr__(self) -> str:
-        state = "imported" if "_module" in self.__dict__ else "not imported yet"
-        return f"<deferred module {self._name!r} ({state})>"
+        name = self.__dict__["_name"]
+        return f"<deferred module {name!r} ({'imported' if name in sys.modules else 'not imported yet'})>"
 
 
-def deferred_module(name: str) -> object:
+def deferred_module(name: str) -> Any:
     """The module ``name`` (absolute, e.g. ``"restransfer.engine.trainer"``), imported when one of its
     attributes is first used. A command declares its implementation with it at the top of its module, as
     PEP 810's ``lazy import`` would: argument parsing and the config's checks import neither torch nor the
-    model code, so ``--help``, a mistyped option or key, or a missing file is answered in a fraction of a
+    model code, so ``--help``, a mistyped option or key, or a missing config is answered in a fraction of a
     second instead of after the seconds that importing torch and torchvision take. Only commands use it:
     every layer below imports at module level (and the import contract sees those imports)."""
     return _DeferredModule(name)
+
+
+def imported(module: Any) -> ModuleType:
+    """The module itself: a :func:`deferred_module` is imported now, a module returned as it is."""
+    return importlib.import_module(module.__dict__["_name"]) if isinstance(module, _DeferredModule) else module
 
 
 def user_error_classes() -> Tuple[type, ...]:

@@ -19,7 +19,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from .yaml_config import ConfigError, compile_setting, dump_config, load_structured, resolve_path, structured_defaults
 
-__all__ = ["load_config", "dump_config", "default_config", "ConfigError", "Config", "RunSettings", "resolve_path"]
+__all__ = [
+    "load_config",
+    "dump_config",
+    "default_config",
+    "ConfigError",
+    "Config",
+    "RunSettings",
+    "resolve_path",
+    "CLASSIFIER_ARCHS",
+]
+
+# model.arch of the classification configs (classification/config.py): what tells the commands that a config
+# trains a classifier, read before any model code is imported
+CLASSIFIER_ARCHS = ("imagenet", "cifar")
 
 
 # --------------------------------------------------------------------------------------------- schema

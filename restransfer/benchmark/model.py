@@ -41,6 +41,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+import torch._dynamo
 from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -466,6 +467,9 @@ def run_benchmark(
         )
     if memory not in MEMORY_MODES:
         raise ConfigError(f"memory {memory!r}: use one of {', '.join(MEMORY_MODES)}")
+    if "compile" in kinds and compile_backend not in torch._dynamo.list_backends(exclude_tags=()):
+        usual = ", ".join(torch._dynamo.list_backends())  # without the debugging and experimental ones
+        raise ConfigError(f"compile backend {compile_backend!r}: not one of torch.compile's (e.g. {usual})")
     for p in precisions:
         dtype = precision_dtype(p)
         if not train:  # before minutes of model building: fp16 on a CPU without it fails here

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..backbone import PixelConvention, ResNet
 from ..backbone.resnet import DEPTHS
-from ..config import RunSettings, SolverConfig, validate_max_image_pixels, validate_solver
+from ..config import CLASSIFIER_ARCHS, RunSettings, SolverConfig, validate_max_image_pixels, validate_solver
 from ..data.classifier_transforms import CROPS
 from ..yaml_config import ConfigError, load_structured
 from .checkpoint import load_classifier_state, read_classifier_weights
@@ -26,7 +26,7 @@ from .cifar import CifarResNet
 __all__ = ["ClsConfig", "ClsDataSpec", "load_cls_config", "build_classifier", "FORMATS", "ARCHS", "CROPS"]
 
 FORMATS = ("imagefolder", "imagenet_val", "cifar10")
-ARCHS = ("imagenet", "cifar")
+ARCHS = CLASSIFIER_ARCHS
 
 
 @dataclass

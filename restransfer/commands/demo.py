@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..cli import deferred_module, model_parser, note_output
+from ..data.image_io import find_images
 
 # imported once the arguments are checked (cli.deferred_module)
 demo = deferred_module("restransfer.inference.demo")
@@ -41,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_intermixed_args(argv)
     note_output("--output", args.output)
-    images = demo.find_images(args.input, exclude=args.output)
+    images = find_images(args.input, exclude=args.output)
     predictor = predictor_module.Predictor(
         args.config,
         weights=args.weights,

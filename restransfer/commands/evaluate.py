@@ -25,13 +25,16 @@ import sys
 from types import ModuleType
 from typing import Optional, Sequence
 
-from ..cli import EVAL_MEMORY_HINT, add_weights_argument, note_output, split_weights
+from ..cli import EVAL_MEMORY_HINT, add_weights_argument, deferred_module, imported, note_output, split_weights
 from ..config import load_config
-from ..engine.evaluate import evaluate
 from ..errors import ConfigError
 from ..evaluation.evaluator import evaluator_for_format
-from . import eval_cls, eval_coco, eval_imagenet_det, eval_imagenet_loc
+from . import eval_coco, eval_imagenet_det, eval_imagenet_loc
 from .train import config_kind, override_arguments
+
+# imported once the arguments and the config are checked (cli.deferred_module)
+eval_cls = deferred_module("restransfer.commands.eval_cls")
+engine_evaluate = deferred_module("restransfer.engine.evaluate")
 
 __all__ = ["PROTOCOL_TOOLS", "select", "main", "main_protocol", "MEMORY_HINT"]
 
@@ -60,7 +63,7 @@ def select(argv: Sequence[str]) -> ModuleType:
         return sys.modules[__name__]  # main() prints the usage
     config, overrides = argv[0], override_arguments(argv[1:])
     if config_kind(config, overrides) == "classification":
-        return eval_cls
+        return imported(eval_cls)
     name = _evaluator_name(config, overrides)
     return PROTOCOL_TOOLS.get(name, sys.modules[__name__])
 
@@ -95,7 +98,7 @@ def main_protocol(argv: Optional[Sequence[str]] = None) -> int:
     if not args.weights and not cfg.model.weights:
         p.error("give --weights CKPT (or model.weights=CKPT): there is no trained model to evaluate")
     note_output("--output" if args.output else "output_dir", args.output or cfg.output_dir)
-    run = evaluate(cfg, args.weights, metrics_path=args.output, echo=True, report=True)
+    run = engine_evaluate.evaluate(cfg, args.weights, metrics_path=args.output, echo=True, report=True)
     if run is not None:
         path = getattr(run.evaluator, "metrics_path", None)
         if path is not None:

@@ -15,9 +15,13 @@ from typing import Optional, Sequence
 
 import yaml
 
-from ..classification.config import ARCHS as CLASSIFIER_ARCHS
+from ..cli import deferred_module, imported
+from ..config import CLASSIFIER_ARCHS
 from ..yaml_config import read_config_tree
-from . import train_cls, train_det
+from . import train_det
+
+# imported when the config is a classifier's (cli.deferred_module)
+train_cls = deferred_module("restransfer.commands.train_cls")
 
 __all__ = ["config_kind", "config_argument", "override_arguments", "select", "main"]
 
@@ -52,7 +56,7 @@ def select(argv: Sequence[str]) -> ModuleType:
     config = config_argument(argv)
     if config is None:
         return train_det
-    return train_cls if config_kind(config, override_arguments(argv)) == "classification" else train_det
+    return imported(train_cls) if config_kind(config, override_arguments(argv)) == "classification" else train_det
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

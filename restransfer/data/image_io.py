@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Optional, Tuple
+from pathlib import Path
+from typing import List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
+
+from ..errors import DataError
 
 __all__ = [
     "CorruptImageError",
@@ -29,6 +32,8 @@ __all__ = [
     "image_size",
     "read_image_size",
     "check_image_pixels",
+    "IMAGE_EXTENSIONS",
+    "find_images",
 ]
 
 # IMREAD_COLOR turns grayscale, CMYK and palette images into 3-channel BGR.
@@ -186,3 +191,33 @@ def read_image(path: str | os.PathLike, max_pixels: Optional[int] = DEFAULT_MAX_
     check_image_pixels(bgr.shape[1], bgr.shape[0], max_pixels, str(path))
     # cvtColor writes a new C-contiguous array, so the channel swap costs no extra copy later.
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def find_images(path: Union[str, os.PathLike], exclude: Optional[Union[str, os.PathLike]] = None) -> List[Path]:
+    """An image file as a one-element list, or the image files under a folder (recursive, sorted).
+
+    Files under ``exclude`` (the demo's output folder, when it lies inside the input) are skipped.
+    Raises ``FileNotFoundError`` for a missing path and ``DataError`` for a folder without images.
+    """
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found = sorted(
+        p
+        for p in path.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and p.is_file()
+        and not (skip is not None and skip in p.resolve().parents)
+    )
+    if not found:
+        raise DataError(
+            f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder or below; give an image "
+            "file or a folder that contains some"
+        )
+    return found

@@ -18,7 +18,7 @@ __all__ = ["VocDataset"]
 
 class VocDataset(CocoDataset):
     """The images of one ``(year, split)`` of a VOCdevkit folder, as a :class:`~restransfer.data.coco.CocoDataset`
-    over :func:`records_to_coco` (same samples, targets and bad-image handling).
+    over :func:`~restransfer.data.voc.records_to_coco` (same samples, targets and bad-image handling).
 
     Args:
         root: the VOCdevkit folder (holding ``VOC<year>/``).
@@ -29,8 +29,8 @@ class VocDataset(CocoDataset):
         name: shown in logs (default ``voc_<year>_<split>``).
         options: CocoDataset's other keyword arguments (``transforms``, ``filter_empty``, ``is_train``, ...).
 
-    Attributes (beyond CocoDataset's): ``year``, ``split``, ``records`` (the :class:`VocRecord` s in list
-    order; record ``i`` is image id ``i + 1``).
+    Attributes (beyond CocoDataset's): ``year``, ``split``, ``records`` (the
+    :class:`~restransfer.data.voc.VocRecord` s in list order; record ``i`` is image id ``i + 1``).
     """
 
     def __init__(

@@ -13,8 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import cv2
 from tqdm import tqdm
 
-from ..data.image_io import CorruptImageError, read_image
-from ..errors import DataError
+from ..data.image_io import IMAGE_EXTENSIONS, CorruptImageError, find_images, read_image
 from ..evaluation.coco import masks_to_rle, predictions_to_coco_results, write_json_atomic
 from ..fileio import atomic_write_bytes
 from ..visualize import draw_detections
@@ -23,35 +22,6 @@ from .predictor import Predictor
 logger = logging.getLogger(__name__)
 
 __all__ = ["IMAGE_EXTENSIONS", "find_images", "run_demo"]
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def find_images(path: Union[str, os.PathLike], exclude: Optional[Union[str, os.PathLike]] = None) -> List[Path]:
-    """An image file as a one-element list, or the image files under a folder (recursive, sorted).
-
-    Files under ``exclude`` (the demo's output folder, when it lies inside the input) are skipped.
-    Raises ``FileNotFoundError`` for a missing path and ``DataError`` for a folder without images.
-    """
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such file or folder")
-    skip = Path(exclude).resolve() if exclude is not None else None
-    found = sorted(
-        p
-        for p in path.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS
-        and p.is_file()
-        and not (skip is not None and skip in p.resolve().parents)
-    )
-    if not found:
-        raise DataError(
-            f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder or below; give an image "
-            "file or a folder that contains some"
-        )
-    return found
 
 
 def _output_names(images: Sequence[Path], root: Optional[Path]) -> List[str]:

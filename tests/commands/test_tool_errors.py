@@ -84,6 +84,7 @@ def test_argument_config_and_results_file_work_imports_no_torch(files, tmp_path)
         "import sys\n"
         "from restransfer.cli import run_tool\n"
         "from restransfer.commands import analyze_coco, demo, eval_coco, eval_imagenet_det, eval_imagenet_loc\n"
+        "from restransfer import commands\n"
         "from restransfer.commands import train_det\n"
         "def run(main, argv):\n"
         "    try:\n"
@@ -103,12 +104,15 @@ def test_argument_config_and_results_file_work_imports_no_torch(files, tmp_path)
         "    run(eval_imagenet_det.main, []),\n"
         "    run(eval_imagenet_loc.main, []),\n"
         f"    run(demo.main, [{str(tmp_path / 'nope.yaml')!r}]),\n"
+        f"    run(demo.main, [{str(TRAIN_CONFIG)!r}, '--input', {str(tmp_path / 'none')!r}, '--output', 'out']),\n"
+        f"    commands.main(['train', {str(TRAIN_CONFIG)!r}, 'solver.base_lrr=0.1']),\n"
+        f"    commands.main(['eval', {str(TRAIN_CONFIG)!r}, '--weights', 'w.pth', 'solver.base_lrr=0.1']),\n"
         "]\n"
         "print(codes, 'torch' in sys.modules, 'torchvision' in sys.modules)\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.splitlines()[-1] == "[2, 2, 2, 2, 2, 0, 0, 2, 2, 2] False False", proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-1] == "[2, 2, 2, 2, 2, 0, 0, 2, 2, 2, 2, 2, 2] False False", proc.stderr[-3000:]
     assert json.loads((tmp_path / "m.json").read_text())["bbox"]["AP"] == pytest.approx(100.0)
     assert (tmp_path / "analysis" / "analysis.json").is_file()
 
