@@ -104,9 +104,6 @@ class _DeferredModule:
             raise AttributeError(attr)
         return getattr(importlib.import_module(self.__dict__["_name"]), attr)
 
-    def __reduce__(self) -> Tuple[Callable[[str], Any], Tuple[str]]:
-        return deferred_module, (self.__dict__["_name"],)
-
     def __repr__(self) -> str:
         name = self.__dict__["_name"]
         return f"<deferred module {name!r} ({'imported' if name in sys.modules else 'not imported yet'})>"

@@ -228,7 +228,7 @@ def _reference_model(ref: nn.Module, state: Dict[str, Tensor], train: bool) -> n
     return ref
 
 
-def _compiled(ref: nn.Module, backend: str = "inductor") -> nn.Module:
+def _compiled(ref: nn.Module, backend: str) -> nn.Module:
     """``ref`` with its backbone + FPN compiled, as a user would do it (``backend``: torch.compile's)."""
     ref.backbone = torch.compile(ref.backbone, backend=backend)
     return ref
@@ -467,6 +467,11 @@ def run_benchmark(
         )
     if memory not in MEMORY_MODES:
         raise ConfigError(f"memory {memory!r}: use one of {', '.join(MEMORY_MODES)}")
+    if compile_backend != "inductor" and "compile" not in kinds:
+        raise ConfigError(
+            f"compile backend {compile_backend!r} is the torchvision+compile reference's, which is not run: "
+            "add it (--reference eager,compile)"
+        )
     if "compile" in kinds and compile_backend not in torch._dynamo.list_backends(exclude_tags=()):
         usual = ", ".join(torch._dynamo.list_backends())  # without the debugging and experimental ones
         raise ConfigError(f"compile backend {compile_backend!r}: not one of torch.compile's (e.g. {usual})")
@@ -606,7 +611,7 @@ def _inference(
     warmup: int,
     batch: int,
     *,
-    compile_backend: str = "inductor",
+    compile_backend: str,
 ) -> Dict[str, Any]:
     model.eval()
     with torch.inference_mode():  # counted on the plain model: the fused kernels are unknown to the counter
@@ -664,7 +669,7 @@ def _train(
     channels_last: bool,
     batch: int,
     *,
-    compile_backend: str = "inductor",
+    compile_backend: str,
 ) -> Dict[str, Any]:
     # each model's own count: the work a training step of it does (the sparse RPN backward does less);
     # counted before any step changes the weights, on the plain reference for both reference kinds

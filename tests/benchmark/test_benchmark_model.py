@@ -97,6 +97,10 @@ def test_reference_options_are_checked(tmp_path, capsys):
         _tool().main([str(config), "--reference", "jit"])
     with pytest.raises(ValueError, match="references run at its precision"):
         _tool().main([str(config), "--train", "--dtype", "fp32", "--reference-dtype", "bf16"])
+    with pytest.raises(ValueError, match="torchvision\\+compile reference's, which is not run"):
+        _tool().main([str(config), "--compile-backend", "aot_eager"])
+    with pytest.raises(ValueError, match="'inductr': not one of torch.compile's"):
+        _tool().main([str(config), "--reference", "compile", "--compile-backend", "inductr"])
 
 
 @pytest.mark.slow  # torch.compile of the backbone on the CPU: about a minute per graph
