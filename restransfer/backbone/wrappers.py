@@ -24,9 +24,9 @@ from collections import OrderedDict
 from typing import Optional, Sequence
 
 from torch import Tensor, nn
-from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
+from .fpn import LeanFeaturePyramidNetwork
 from .resnet import STAGE_NAMES, ResNet
 from .weights import PixelConvention, load_pretrained_state, read_pretrained
 
@@ -76,7 +76,7 @@ class BackboneWithFPN(nn.Module):
             "p6p7": lambda: LastLevelP6P7(out_channels, out_channels),
             "none": lambda: None,
         }[extra_blocks]()
-        self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra, norm_layer=norm_layer)
+        self.fpn = LeanFeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra, norm_layer=norm_layer)
         self.out_channels = out_channels
         last = body.strides[body.out_features[-1]]
         self.strides = [body.strides[n] for n in body.out_features] + {
@@ -90,8 +90,8 @@ class BackboneWithFPN(nn.Module):
         return self.body.pixel_convention
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
-        feats = self.body(x)
-        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats.values())))
+        # no reference to the body's maps is kept here, so that the FPN can free each one once it is read
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(self.body(x).values())))
 
 
 class BackboneC4(nn.Module):
