@@ -89,6 +89,14 @@ def _parser() -> argparse.ArgumentParser:
         "off: no memory figures",
     )
     p.add_argument(
+        "--memory-repeats",
+        type=int,
+        default=3,
+        metavar="N",
+        help="fresh processes per model for the memory figures, which are their medians (default 3: one "
+        "process's peak RSS varies by tens of percent with how the C heap is laid out)",
+    )
+    p.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -121,6 +129,7 @@ _MODEL_ONLY = {
     "reference": "--reference",
     "reference_dtype": "--reference-dtype",
     "memory": "--memory",
+    "memory_repeats": "--memory-repeats",
     "compile_backend": "--compile-backend",
 }
 
@@ -193,6 +202,7 @@ def main(argv=None) -> int:
         reference=reference,
         reference_precision=ref_dtype,
         memory=args.memory,
+        memory_repeats=args.memory_repeats,
         compile_backend=args.compile_backend,
         channels_last=args.channels_last,
     )

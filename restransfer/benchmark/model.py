@@ -108,6 +108,8 @@ class Measurement:
     peak_memory_mb: Optional[float] = None  # warm-up (first step, compilation) and measured steps
     steady_peak_memory_mb: Optional[float] = None  # measured steps only
     memory_baseline_mb: Optional[float] = None  # what the process held after setup
+    # with memory_repeats > 1 the three figures above are medians over that many fresh processes; the peaks:
+    peak_memory_runs_mb: List[float] = field(default_factory=list)
     # compiled models only (see COMPILE_TIME_DEFINITION)
     compile_s: Optional[float] = None
     compile_calls: Optional[int] = None
@@ -408,6 +410,7 @@ def run_benchmark(
     reference_precision: Optional[Union[str, Sequence[str]]] = None,
     memory: str = "fresh",
     memory_steps: int = 1,
+    memory_repeats: int = 3,
     compile_backend: str = "inductor",
     random_weights: Optional[bool] = None,
     channels_last: Optional[bool] = None,
@@ -432,6 +435,9 @@ def run_benchmark(
         memory: ``"fresh"``: each model's peak memory in a fresh process of its own (:mod:`.memory`),
             after the timing; ``"off"``: none.
         memory_steps: measured steps per fresh process (after the same warm-up as the timing).
+        memory_repeats: fresh processes per model, interleaved over the models; the figures are their medians
+            (one process's peak RSS varies with how the C heap happens to be laid out: 530-760 MB over three
+            processes of the same R101-FPN inference).
         compile_backend: ``torch.compile``'s backend for the compiled reference (default ``inductor``, what a
             user gets; ``aot_eager`` or ``eager`` trace the same graphs in seconds, without code generation).
         random_weights: calibrate random weights with :func:`randomize_weights` (default: when the config
@@ -467,6 +473,8 @@ def run_benchmark(
         )
     if memory not in MEMORY_MODES:
         raise ConfigError(f"memory {memory!r}: use one of {', '.join(MEMORY_MODES)}")
+    if isinstance(memory_repeats, bool) or not isinstance(memory_repeats, int) or memory_repeats < 1:
+        raise ConfigError(f"memory repeats {memory_repeats!r}: give a whole number of fresh processes, 1 or more")
     if compile_backend != "inductor" and "compile" not in kinds:
         raise ConfigError(
             f"compile backend {compile_backend!r} is the torchvision+compile reference's, which is not run: "
@@ -537,25 +545,33 @@ def run_benchmark(
         del model, plain_ref, state
         meas: Dict[str, Measurement] = out["measurements"]
         if memory == "fresh":
+            peaks: Dict[str, List[Dict[str, Any]]] = {name: [] for name in meas}
+            for _ in range(memory_repeats):
+                for name, m in meas.items():
+                    peaks[name].append(
+                        in_fresh_process(
+                            _memory_of,
+                            cfg,
+                            weights_path,
+                            name,
+                            train=train,
+                            compile_backend=compile_backend,
+                            device=str(dev),
+                            size=tuple(size),
+                            batch=batch,
+                            seed=seed,
+                            channels_last=cl,
+                            threads=torch.get_num_threads(),
+                            warmup=max(warmup, 1, m.compile_calls or 0),
+                            steps=memory_steps,
+                        )
+                    )
             for name, m in meas.items():
-                peak = in_fresh_process(
-                    _memory_of,
-                    cfg,
-                    weights_path,
-                    name,
-                    train=train,
-                    compile_backend=compile_backend,
-                    device=str(dev),
-                    size=tuple(size),
-                    batch=batch,
-                    seed=seed,
-                    channels_last=cl,
-                    threads=torch.get_num_threads(),
-                    warmup=max(warmup, 1, m.compile_calls or 0),
-                    steps=memory_steps,
-                )
-                m.peak_memory_mb, m.steady_peak_memory_mb = peak["peak_mb"], peak["steady_peak_mb"]
-                m.memory_baseline_mb = peak["baseline_mb"]
+                runs = peaks[name]
+                m.peak_memory_mb = statistics.median(r["peak_mb"] for r in runs)
+                m.steady_peak_memory_mb = statistics.median(r["steady_peak_mb"] for r in runs)
+                m.memory_baseline_mb = statistics.median(r["baseline_mb"] for r in runs)
+                m.peak_memory_runs_mb = [r["peak_mb"] for r in runs]
     ours = [k for k in meas if meas[k].model == OURS]
     first = ref_precisions[0]
     out["ratios"] = _ratios(meas, EAGER, [k for k in meas if meas[k].model != EAGER], first)
@@ -590,6 +606,7 @@ def run_benchmark(
         channels_last=bool(cl) if train else None,
         memory=memory,
         memory_steps=memory_steps if memory == "fresh" else None,
+        memory_repeats=memory_repeats if memory == "fresh" else None,
         compile_backend=compile_backend if "compile" in kinds else None,
         compile_cache=cache,
         machine=machine_description(dev),

@@ -79,6 +79,16 @@ def format_report(result: Dict[str, Any]) -> str:
             lines.append(f"torch.compile backend: {backend} (not inductor: not what a user's compile gives)")
     if definitions.get("memory"):
         lines.append(definitions["memory"])
+    spreads = [
+        f"{name} {_mb(min(m.peak_memory_runs_mb))}-{_mb(max(m.peak_memory_runs_mb))}"
+        for name, m in meas.items()
+        if len(m.peak_memory_runs_mb) > 1
+    ]
+    if spreads:
+        lines.append(
+            f"peak MB is the median of {c.get('memory_repeats')} fresh processes per model, interleaved; "
+            f"their range: {'; '.join(spreads)}"
+        )
     return "\n".join(lines) + "\n"
 
 

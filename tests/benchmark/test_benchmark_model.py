@@ -21,6 +21,7 @@ MEASUREMENT_FIELDS = {
     "peak_memory_mb",
     "steady_peak_memory_mb",
     "memory_baseline_mb",
+    "peak_memory_runs_mb",
     "compile_s",
     "compile_calls",
     "amortized_latency",
@@ -79,12 +80,18 @@ def test_inference_json_names_ours_and_torchvision(tmp_path):
     _check_environment(result)
 
 
-def test_training_memory_is_measured_in_a_fresh_process(tmp_path):
-    result = _run(tmp_path, "--train", "--size", 64, 64, "--iters", 1, "--warmup", 0, "--no-reference")
+def test_training_memory_is_measured_in_fresh_processes(tmp_path, capsys):
+    args = ("--train", "--size", 64, 64, "--iters", 1, "--warmup", 0, "--no-reference", "--memory-repeats", 2)
+    result = _run(tmp_path, *args)
     ((name, m),) = result["measurements"].items()
     assert name == "restransfer fp32" and result["reference"] == "none (disabled)"
     # a training step's activations and gradients: more than nothing, above what setup already held
     assert 0 < m["steady_peak_memory_mb"] <= m["peak_memory_mb"] and m["memory_baseline_mb"] > 50
+    # two fresh processes: the figure is their median, the peaks are kept
+    runs = m["peak_memory_runs_mb"]
+    assert len(runs) == 2 and m["peak_memory_mb"] == pytest.approx(sum(runs) / 2)
+    assert result["config"]["memory_repeats"] == 2
+    assert "peak MB is the median of 2 fresh processes per model" in capsys.readouterr().out
     assert "VmHWM" in result["definitions"]["memory"]
     _check_environment(result)
 
@@ -99,6 +106,8 @@ def test_reference_options_are_checked(tmp_path, capsys):
         _tool().main([str(config), "--train", "--dtype", "fp32", "--reference-dtype", "bf16"])
     with pytest.raises(ValueError, match="torchvision\\+compile reference's, which is not run"):
         _tool().main([str(config), "--compile-backend", "aot_eager"])
+    with pytest.raises(ValueError, match="memory repeats 0: give a whole number"):
+        _tool().main([str(config), "--memory-repeats", "0"])
     with pytest.raises(ValueError, match="'inductr': not one of torch.compile's"):
         _tool().main([str(config), "--reference", "compile", "--compile-backend", "inductr"])
 
@@ -109,7 +118,10 @@ def test_compile_reference_json_fields(tmp_path):
     time, the amortized figure and (inference) its memory in a fresh process; also for a training step."""
     # dynamo traces and records as with inductor; aot_eager skips the code generation (minutes on 2 cores)
     backend = ("--compile-backend", "aot_eager")
-    infer = _run(tmp_path, "--size", 128, 128, "--iters", 1, "--warmup", 1, "--reference", "eager,compile", *backend)
+    once = ("--memory-repeats", 1)
+    infer = _run(
+        tmp_path, "--size", 128, 128, "--iters", 1, "--warmup", 1, "--reference", "eager,compile", *backend, *once
+    )
     train = _run(
         tmp_path,
         "--train",

@@ -274,7 +274,7 @@ def test_run_benchmark_reports_every_figure():
     from restransfer.benchmark import format_report, run_benchmark
 
     cfg = tiny_config("model.fpn_out_channels=256", "model.roi_heads.mask_conv_dim=256")
-    result = run_benchmark(cfg, precision=["fp32", "bf16"], iters=2, warmup=1, size=(64, 80))
+    result = run_benchmark(cfg, precision=["fp32", "bf16"], iters=2, warmup=1, size=(64, 80), memory_repeats=1)
     names = ["restransfer fp32", "restransfer bf16", "torchvision fp32"]
     assert list(result["measurements"]) == names
     for m in result["measurements"].values():
