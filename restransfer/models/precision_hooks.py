@@ -8,7 +8,8 @@ than wrapping the model in ``torch.autocast``, under which torchvision decodes p
 the fused kernels (:mod:`restransfer.models.fused`) honour an enclosing CPU autocast all the same.
 
 :func:`prepare_roi_features` hands RoIAlign float32 NCHW maps, converted once per image batch rather
-than once per pooler (RoIAlign copies channels_last maps and needs float32 like its boxes).
+than once per pooler (RoIAlign copies channels_last maps and needs float32 like its boxes), right after the
+RPN has used them, in place of the originals.
 """
 
 from __future__ import annotations
@@ -51,9 +52,25 @@ def _roi_features(dtype: torch.dtype):
     return hook
 
 
+def _convert_after_rpn(dtype: torch.dtype):
+    """Forward hook for the RPN: the feature maps it was given are replaced, in the very dict the detector
+    passes on to its RoI heads, by their float32 NCHW forms, one map at a time, so that each original is
+    freed as its copy is made instead of living beside it until the RoI heads are done."""
+
+    def hook(module: nn.Module, args: Tuple[Any, ...], out: Any) -> None:
+        feats = args[1] if len(args) > 1 else None
+        if isinstance(feats, dict):
+            for k in list(feats):
+                feats[k] = feats[k].to(dtype=dtype, memory_format=torch.contiguous_format)
+
+    return hook
+
+
 def prepare_roi_features(model: nn.Module) -> None:
-    """Install the :func:`_roi_features` pre-hook on ``model.roi_heads`` (once)."""
+    """Install the :func:`_roi_features` pre-hook on ``model.roi_heads`` and the :func:`_convert_after_rpn`
+    hook on ``model.rpn`` (once; inference-only models: the RPN's maps are converted after it has run)."""
     if not getattr(model.roi_heads, "_restransfer_roi_hook", False):
+        model.rpn.register_forward_hook(_convert_after_rpn(torch.float32))
         model.roi_heads.register_forward_pre_hook(_roi_features(torch.float32))
         model.roi_heads._restransfer_roi_hook = True
 

@@ -238,13 +238,45 @@ def _split(n: int, workers: int) -> List[Tensor]:
 PoolArgs = Tuple[Tuple[int, int], float, int, bool]
 
 
-def _forward(feat: Tensor, rois: Tensor, args: PoolArgs, workers: int) -> Tensor:
-    parts = _split(len(rois), workers)
-    if len(parts) < 2:
+def _forward(
+    feat: Tensor,
+    rois: Tensor,
+    args: PoolArgs,
+    workers: int,
+    out: Optional[Tensor] = None,
+    rows: Optional[Tensor] = None,
+) -> Tensor:
+    """torchvision's RoIAlign of ``rois`` on ``feat`` (float32, contiguous), the RoIs split over ``workers``
+    threads in chunks of at most ``_CHUNK_ELEMENTS`` output values, each chunk written into its rows of the
+    result as soon as it is pooled (no concatenation: the transient memory is a few chunks, not a second
+    copy of the result). With ``out`` and ``rows``, the pooled RoIs go into ``out[rows]`` (cast to its dtype)
+    and ``out`` is returned."""
+    n = len(rois)
+    if n == 0 or (workers < 2 and out is None):
         return tv_roi_align(feat, rois, *args)
+    per_roi = feat.shape[1] * args[0][0] * args[0][1]
+    step = max(1, min(math.ceil(n / workers), _CHUNK_ELEMENTS // max(per_roi, 1)))
+    if out is None:
+        out = feat.new_empty((n, feat.shape[1]) + tuple(args[0]))
     feat = feat.detach()  # grad mode is per thread: the pool's threads must not record torchvision's backward
-    futures = [_executor(workers).submit(tv_roi_align, feat, rois[p], *args) for p in parts]
-    return torch.cat([f.result() for f in futures])
+    inference = torch.is_inference_mode_enabled()  # so is inference mode, and its tensors' in-place rules
+
+    def pool(start: int) -> None:
+        with torch.inference_mode(inference), torch.no_grad():
+            part = tv_roi_align(feat, rois[start : start + step], *args)
+            if rows is None:
+                out[start : start + step] = part
+            else:
+                out.index_copy_(0, rows[start : start + step], part.to(out.dtype))
+
+    starts = range(0, n, step)
+    if workers < 2 or len(starts) < 2:
+        for start in starts:
+            pool(start)
+    else:
+        for f in [_executor(workers).submit(pool, start) for start in starts]:
+            f.result()
+    return out
 
 
 def roi_align_grad(
@@ -349,9 +381,17 @@ class ParallelMultiScaleRoIAlign(MultiScaleRoIAlign):
             return roi_align(feats[0], rois, self.output_size, self.scales[0], self.sampling_ratio)
         levels = self.map_levels(boxes)
         result = feats[0].new_zeros((len(rois), feats[0].shape[1]) + tuple(self.output_size))
+        # without a backward to record, each level's RoIs are pooled straight into their rows of the result
+        direct = not (torch.is_grad_enabled() and any(f.requires_grad for f in feats))
+        args: PoolArgs = (tuple(self.output_size), 0.0, int(self.sampling_ratio), False)
         for level, (feat, scale) in enumerate(zip(feats, self.scales)):
             idx = torch.where(levels == level)[0]
-            if len(idx):
+            if not len(idx):
+                continue
+            if direct:
+                level_args = (args[0], float(scale)) + args[2:]
+                _forward(feat.float().contiguous(), rois[idx].float(), level_args, _num_workers(feat), result, idx)
+            else:
                 result[idx] = roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio)
         return result
 

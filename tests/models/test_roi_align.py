@@ -132,3 +132,40 @@ def test_multiscale_module_matches_torchvision(monkeypatch, threads):
         torch.testing.assert_close(ours_grad, x_ref[k].grad, rtol=1e-5, atol=1e-5)
     with torch.inference_mode():
         assert ours(feats, [torch.zeros((0, 4))] * 2, shapes).shape == (0, 8, 7, 7)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("chunk", [1 << 22, 8 * 49 * 5], ids=["one-chunk", "chunks-of-5-rois"])
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_multiscale_without_autograd_pools_into_the_result(monkeypatch, threads, chunk, mode):
+    """Without a backward to record, each level's RoIs go straight into their rows of the result, chunk by
+    chunk from the worker threads (under the caller's inference mode): the same values as torchvision."""
+    g = torch.Generator().manual_seed(1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    monkeypatch.setattr(ra, "_CHUNK_ELEMENTS", chunk)
+    shapes = [(256, 384), (200, 300)]
+    feats = {str(i): torch.randn(2, 8, 64 // 2**i, 96 // 2**i, generator=g) for i in range(4)}
+    boxes = []
+    for h, w in shapes:
+        xy = torch.rand(60, 2, generator=g) * torch.tensor([w, h])
+        boxes.append(torch.cat([xy, xy + torch.rand(60, 2, generator=g) * 180 + 2], 1))
+    plain = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
+    ours = ParallelMultiScaleRoIAlign.from_module(plain)
+    context = torch.inference_mode if mode == "inference_mode" else torch.no_grad
+    with context():
+        ref = plain(feats, boxes, shapes)
+        out = ours(feats, boxes, shapes)
+        # low-precision maps: pooled in float32, stored in the maps' dtype, as torchvision's autocast rule does
+        low = ours({k: v.bfloat16() for k, v in feats.items()}, boxes, shapes)
+        low_ref = plain({k: v.bfloat16().float() for k, v in feats.items()}, boxes, shapes).bfloat16()
+    assert torch.equal(out, ref)
+    assert low.dtype == torch.bfloat16 and torch.equal(low, low_ref)
+
+
+def test_forward_in_chunks_equals_one_call(monkeypatch):
+    g = torch.Generator().manual_seed(2)
+    feat = torch.randn(2, 6, 20, 24, generator=g)
+    rois = _rois(g, 37, 2, 80)
+    args = ((5, 5), 0.25, 2, False)
+    monkeypatch.setattr(ra, "_CHUNK_ELEMENTS", 6 * 25 * 4)  # 4 RoIs per chunk: 10 chunks over 2 threads
+    assert torch.equal(ra._forward(feat, rois, args, 2), tv_roi_align(feat, rois, *args))
