@@ -14,7 +14,8 @@ P2's size, 56 MB each for 256 channels at 200x272). Here:
   another kind of extra block, which may read any of them, all are kept.
 
 Under autograd the backward pass keeps what it needs either way (the saved inputs of the convolutions), so the
-saving is in inference; the peak of an R101-FPN inference at 800x1067 is the FPN's in torchvision's form.
+sum is torchvision's out-of-place one there and the saving is in inference, whose peak (R101-FPN at 800x1067)
+is the FPN's in torchvision's form.
 Under TorchScript, tracing or ``torch.compile`` the module runs torchvision's own loop.
 """
 
@@ -67,7 +68,12 @@ class LeanFeaturePyramidNetwork(FeaturePyramidNetwork):
             inner = self.get_result_from_inner_blocks(feats[idx], idx)
             if release:
                 del feats[idx]
-            last_inner = add_upsampled_(inner, last_inner)
+            if torch.is_grad_enabled() and (inner.requires_grad or last_inner.requires_grad):
+                # under autograd torchvision's out-of-place sum: the backward keeps its inputs either way, and
+                # an in-place add on a view would make it copy whole gradient maps
+                last_inner = inner + F.interpolate(last_inner, size=inner.shape[-2:], mode="nearest")
+            else:
+                last_inner = add_upsampled_(inner, last_inner)
             del inner
             results.insert(0, self.get_result_from_layer_blocks(last_inner, idx))
         del last_inner

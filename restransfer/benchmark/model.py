@@ -436,8 +436,8 @@ def run_benchmark(
             after the timing; ``"off"``: none.
         memory_steps: measured steps per fresh process (after the same warm-up as the timing).
         memory_repeats: fresh processes per model, interleaved over the models; the figures are their medians
-            (one process's peak RSS varies with how the C heap happens to be laid out: 530-760 MB over three
-            processes of the same R101-FPN inference).
+            (one process's peak RSS varies with how the C heap happens to be laid out: 496-622 MB over three
+            processes of torchvision's R101-FPN fp32 inference).
         compile_backend: ``torch.compile``'s backend for the compiled reference (default ``inductor``, what a
             user gets; ``aot_eager`` or ``eager`` trace the same graphs in seconds, without code generation).
         random_weights: calibrate random weights with :func:`randomize_weights` (default: when the config

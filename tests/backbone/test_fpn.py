@@ -66,7 +66,7 @@ def test_same_gradients_as_torchvision(sizes):
         sum((v * (i + 1)).sum() for i, v in enumerate(out.values())).backward()
         grads.append([t.grad for t in inputs] + [p.grad for p in m.parameters()])
     for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)  # the 2x2 sums run in another order
+        assert torch.equal(a, b)  # under autograd the sum is torchvision's own
 
 
 def test_add_upsampled_matches_nearest_interpolation():
