@@ -10,8 +10,9 @@
 
 All models get the same weights (random and calibrated unless --weights or model.weights is given) and
 the same synthetic image; their runs alternate in one process. Afterwards each model's peak memory is
-measured in a fresh process of its own (--memory fresh): VmHWM minus the RSS once model, optimizer and
-inputs exist (max_memory_allocated on CUDA). See restransfer/benchmark/model.py for what is measured.
+measured in fresh processes of its own (--memory fresh; the median of --memory-repeats, default 3): VmHWM
+minus the RSS once model, optimizer and inputs exist (max_memory_allocated on CUDA). See
+restransfer/benchmark/model.py for what is measured.
 --data times the config's training loader instead (decode, augment, collate) with 0 and N workers, on
 data.train or, when that is missing, on generated COCO-sized JPEGs (restransfer/benchmark/data.py).
 """

@@ -89,8 +89,9 @@ python3 -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py 2>&1 | tee "$out
 
 bench() {
     echo "== benchmark.py $*" | tee -a "$out/benchmark.log"
+    # one fresh process per model for memory: max_memory_allocated does not vary with the C heap as RSS does
     python3 tools/benchmark.py configs/torchvision/faster_rcnn_r50_fpn.yaml model.backbone.depth=101 --device cuda \
-        "$@" 2>&1 | tee -a "$out/benchmark.log" || status=1
+        --memory-repeats 1 "$@" 2>&1 | tee -a "$out/benchmark.log" || status=1
 }
 # a training step runs one precision, its references the same; inference times ours and torchvision (eager and
 # compiled) at each precision in one interleaved run (see tools/benchmark.py --help)

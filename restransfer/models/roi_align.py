@@ -230,10 +230,6 @@ def _windowed_backward(
         i = j
 
 
-def _split(n: int, workers: int) -> List[Tensor]:
-    return [part for part in torch.arange(n).tensor_split(max(1, min(workers, n))) if len(part)]
-
-
 # (output_size, spatial_scale, sampling_ratio, aligned): torchvision's roi_align arguments after the boxes
 PoolArgs = Tuple[Tuple[int, int], float, int, bool]
 
@@ -252,10 +248,10 @@ def _forward(
     copy of the result). With ``out`` and ``rows``, the pooled RoIs go into ``out[rows]`` (cast to its dtype)
     and ``out`` is returned."""
     n = len(rois)
-    if n == 0 or (workers < 2 and out is None):
-        return tv_roi_align(feat, rois, *args)
     per_roi = feat.shape[1] * args[0][0] * args[0][1]
-    step = max(1, min(math.ceil(n / workers), _CHUNK_ELEMENTS // max(per_roi, 1)))
+    step = max(1, min(math.ceil(n / max(workers, 1)), _CHUNK_ELEMENTS // max(per_roi, 1)))
+    if out is None and (n == 0 or workers < 2 or step >= n):
+        return tv_roi_align(feat, rois, *args)
     if out is None:
         out = feat.new_empty((n, feat.shape[1]) + tuple(args[0]))
     feat = feat.detach()  # grad mode is per thread: the pool's threads must not record torchvision's backward
