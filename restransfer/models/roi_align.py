@@ -6,7 +6,9 @@ map; in a CPU training run it takes a large share of the step. Here:
 
 * **Forward**: the RoIs of each level are split over ``torch.get_num_threads()`` threads, each running
   torchvision's kernel (the op releases the GIL), so every output value is computed by the same code
-  on the same data as with torchvision.
+  on the same data as with torchvision. Each thread writes its chunk of RoIs (bounded in size) into the
+  result as soon as it is pooled; without autograd, :class:`ParallelMultiScaleRoIAlign` has every level's
+  chunks written straight into their rows of the multi-level result, so no per-level copy exists.
 * **Backward**: RoIAlign is separable. Bilinear interpolation at ``(y, x)`` weights rows and columns
   independently, and the average over a bin's ``gy x gx`` sample points factors the same way, so for
   RoI ``r`` on image ``b``::
