@@ -41,12 +41,17 @@ def _cast_outputs(dtype: torch.dtype):
     return hook
 
 
+def _roi_map(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """A feature map as RoIAlign takes it: ``dtype`` (float32), NCHW-contiguous (itself when it already is)."""
+    return x.to(dtype=dtype, memory_format=torch.contiguous_format)
+
+
 def _roi_features(dtype: torch.dtype):
     """Pre-hook for ``RoIHeads``: float32, NCHW-contiguous feature maps, converted once for both the
     box and the mask pooler (RoIAlign copies channels_last maps and needs float32 like its boxes)."""
 
     def hook(module: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
-        feats = type(args[0])((k, v.to(dtype=dtype, memory_format=torch.contiguous_format)) for k, v in args[0].items())
+        feats = type(args[0])((k, _roi_map(v, dtype)) for k, v in args[0].items())
         return (feats,) + tuple(args[1:])
 
     return hook
@@ -55,13 +60,14 @@ def _roi_features(dtype: torch.dtype):
 def _convert_after_rpn(dtype: torch.dtype):
     """Forward hook for the RPN: the feature maps it was given are replaced, in the very dict the detector
     passes on to its RoI heads, by their float32 NCHW forms, one map at a time, so that each original is
-    freed as its copy is made instead of living beside it until the RoI heads are done."""
+    freed as its copy is made instead of living beside it until the RoI heads are done (whose pre-hook then
+    finds them converted)."""
 
     def hook(module: nn.Module, args: Tuple[Any, ...], out: Any) -> None:
         feats = args[1] if len(args) > 1 else None
         if isinstance(feats, dict):
             for k in list(feats):
-                feats[k] = feats[k].to(dtype=dtype, memory_format=torch.contiguous_format)
+                feats[k] = _roi_map(feats[k], dtype)
 
     return hook
 

@@ -326,28 +326,37 @@ def roi_align(
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = False,
+    *,
+    out: Optional[Tensor] = None,
+    rows: Optional[Tensor] = None,
 ) -> Tensor:
     """``torchvision.ops.roi_align`` for ``rois`` in (K, 5) format, with the CPU speed-ups described above.
 
     Like torchvision's autocast rule, low-precision maps are pooled in float32 and the result is cast back.
+    With ``out`` and ``rows`` (CPU, no autograd graph to record), the pooled RoIs are written into
+    ``out[rows]`` and ``out`` is returned, without a tensor of their own.
     """
+    direct = out is not None
+    if direct and (rows is None or (torch.is_grad_enabled() and feat.requires_grad)):
+        raise ValueError("roi_align(out=..., rows=...) needs both, and no autograd graph to record")
     if feat.device.type != "cpu" or torch.jit.is_scripting() or torch.jit.is_tracing() or not isinstance(rois, Tensor):
-        return tv_roi_align(feat, rois, output_size, spatial_scale, sampling_ratio, aligned)
+        pooled = tv_roi_align(feat, rois, output_size, spatial_scale, sampling_ratio, aligned)
+        if direct:
+            out[rows] = pooled.to(out.dtype)
+            return out
+        return pooled
     dtype = feat.dtype
     if dtype != torch.float32 or rois.dtype != torch.float32:
         feat, rois = feat.float(), rois.float()
-    out = _RoIAlign.apply(
-        feat,
-        rois.detach(),
-        (
-            (output_size, output_size) if isinstance(output_size, int) else tuple(output_size),
-            float(spatial_scale),
-            int(sampling_ratio),
-            bool(aligned),
-        ),
-        _num_workers(feat),
+    args: PoolArgs = (
+        (output_size, output_size) if isinstance(output_size, int) else tuple(output_size),
+        float(spatial_scale),
+        int(sampling_ratio),
+        bool(aligned),
     )
-    return out.to(dtype)
+    if direct:
+        return _forward(feat.contiguous(), rois, args, _num_workers(feat), out, rows)
+    return _RoIAlign.apply(feat, rois.detach(), args, _num_workers(feat)).to(dtype)
 
 
 class ParallelMultiScaleRoIAlign(MultiScaleRoIAlign):
@@ -381,14 +390,12 @@ class ParallelMultiScaleRoIAlign(MultiScaleRoIAlign):
         result = feats[0].new_zeros((len(rois), feats[0].shape[1]) + tuple(self.output_size))
         # without a backward to record, each level's RoIs are pooled straight into their rows of the result
         direct = not (torch.is_grad_enabled() and any(f.requires_grad for f in feats))
-        args: PoolArgs = (tuple(self.output_size), 0.0, int(self.sampling_ratio), False)
         for level, (feat, scale) in enumerate(zip(feats, self.scales)):
             idx = torch.where(levels == level)[0]
             if not len(idx):
                 continue
             if direct:
-                level_args = (args[0], float(scale)) + args[2:]
-                _forward(feat.float().contiguous(), rois[idx].float(), level_args, _num_workers(feat), result, idx)
+                roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio, out=result, rows=idx)
             else:
                 result[idx] = roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio)
         return result
