@@ -228,7 +228,8 @@ def _windowed_backward(
             dst = rows[images[k], y : y + kh].narrow(col_dim, x, kw)
             step = max(1, _SERIAL_ELEMENTS // (kw * c))
             for a in range(0, kh, step):
-                dst[a : a + step] += src[a : a + step]
+                # add_ on the view: `dst[a:b] += src` would also copy the sum back onto itself
+                dst[a : a + step].add_(src[a : a + step])
         i = j
 
 
