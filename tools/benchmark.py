@@ -101,7 +101,8 @@ def _parser() -> argparse.ArgumentParser:
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="training on channels_last activations (default: on CUDA, or as solver.channels_last says)",
+        help="training on channels_last activations, ours and the references alike (default: on CUDA, or as "
+        "solver.channels_last says)",
     )
     p.add_argument("--json", help="also write the results here")
     data = p.add_argument_group("data loader (--data)")

@@ -331,7 +331,7 @@ def _memory_of(
         _compiled(m, compile_backend)
     images, targets = _inputs(cfg.model.num_classes, size, batch, seed, dev)
     if train:
-        step = train_step(m, images, targets, dev, precision, channels_last and kind == OURS)
+        step = train_step(m, images, targets, dev, precision, channels_last)
         return vars(measure_peak(step, dev, warmup, steps))
     step = _inference_step(kind, m, images, dev, precision, inference_kwargs(cfg))
     with torch.inference_mode():
@@ -442,8 +442,8 @@ def run_benchmark(
             user gets; ``aot_eager`` or ``eager`` trace the same graphs in seconds, without code generation).
         random_weights: calibrate random weights with :func:`randomize_weights` (default: when the config
             has no ``model.weights``).
-        channels_last: training on channels_last activations (default: on CUDA, or when the config sets
-            ``solver.channels_last``).
+        channels_last: training on channels_last activations, ours and the references alike (default: on
+            CUDA, or when the config sets ``solver.channels_last``).
         seed: for the weights and the image.
 
     Returns:
@@ -702,7 +702,7 @@ def _train(
     for kind in kinds:
         ref = plain_ref if kind == "eager" else _compiled(copy.deepcopy(plain_ref), compile_backend)
         name = f"{REFERENCE_KINDS[kind]} {precision}"
-        steps[name] = train_step(ref, images, targets, device, precision, False)
+        steps[name] = train_step(ref, images, targets, device, precision, channels_last)
         if kind == "compile":
             compiled.append(name)
     _, compile_info = warm_up(steps, warmup, compiled, device)
