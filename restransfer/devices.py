@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import ContextManager
+from typing import ContextManager, Optional, Tuple
 
 import torch
 
@@ -31,7 +31,10 @@ __all__ = [
     "COMPILE_SETTINGS",
     "compile_setting",
     "resolve_compile",
+    "auto_compile",
+    "cpu_has_amx",
     "AUTO_RULE",
+    "AUTO_COMPILE_MIN_STEPS",
 ]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -125,21 +128,64 @@ def autocast_context(device: torch.device, precision: str) -> ContextManager[Non
 
 
 # What compile=auto does, and why: auto compiles only where tools/benchmark_compile.py has measured the compile
-# time paid back over a run of that length (docs/benchmarks.md, "torch.compile in the toolkit"). On CPUs no run
-# did: a compiled training step ran at 1.02x the eager step's speed (the demo's bf16 step, 1.34 s against 1.36 s,
-# within the spread; 134 s to compile, paid back after 5,100 steps, the demo runs 1,150) and at 0.93x (R18-FPN
-# fp32 at 256 px, 5.64 s against 5.26 s; 86 s to compile), and compiled inference was
-# slower than test.optimize's fused layers (R50-FPN at 512 px: 5.2 s against 4.4 s per image, 44 s to compile)
-# but at the demo's 128 px, where 75 ms against 83 ms per image pays back 20-53 s of compiling after several
-# thousand images. CUDA is not measured yet: tools/gpu_check.sh runs the benchmark there.
+# time paid back over a run of that length (docs/benchmarks.md, "torch.compile in the toolkit").
+# * bf16 detection training on a CPU with AMX: the compiled backbone made the R101-FPN step at 800x1067 2.14x
+#   faster (3.74 s -> 1.75 s, 77 s to compile, paid back after 39 steps; with channels_last 2.08 s -> 1.61 s,
+#   1.29x, after 153 steps), and cost the demo (R18, 4 x 128 px) nothing it did not nearly earn back (1.02x,
+#   81 s to compile, about 7% of its 1,150 steps). From AUTO_COMPILE_MIN_STEPS steps on, compiling costs at
+#   most about 3% of such a run where the images are small, and saves up to half where they are large.
+# * Everywhere else on CPUs no run paid back: without AMX a compiled training step ran at 1.02x the eager step
+#   (the demo's bf16 step on a Zen 4 with AVX-512-BF16, 134 s to compile, paid back after 5,100 steps) and at
+#   0.93x (R18-FPN fp32 at 256 px; 86 s to compile), and compiled inference was slower than test.optimize's
+#   fused layers (R50-FPN at 512 px: 5.2 s against 4.4 s per image, 44 s to compile) but at the demo's 128 px,
+#   where 75 ms against 83 ms per image pays back 20-53 s of compiling after several thousand images.
+# * CUDA is not measured yet: tools/gpu_check.sh runs the benchmark there.
 AUTO_RULE = "compile=auto runs eagerly: no benchmark has measured a net gain for torch.compile on this device yet"
+AUTO_COMPILE_MIN_STEPS = 10_000
 
 
-def resolve_compile(setting: object, device: torch.device, *, key: str = "compile") -> bool:
-    """Whether to ``torch.compile``: ``true`` / ``false`` as given; ``auto`` where a benchmark measured a net gain,
-    which is nowhere so far (see :data:`AUTO_RULE`): eager on CPUs, where compiling never paid for itself, and on
-    CUDA until ``tools/gpu_check.sh`` has measured it."""
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles with bf16 (``amx_tile`` and ``amx_bf16``), as PyTorch detects them."""
+    probe = getattr(getattr(torch, "cpu", None), "get_capabilities", None)  # torch >= 2.4
+    try:
+        caps = probe() if probe is not None else {}
+    except RuntimeError:
+        caps = {}
+    return bool(caps.get("amx_tile") and caps.get("amx_bf16"))
+
+
+def auto_compile(
+    device: torch.device, precision: Optional[str] = None, steps: Optional[int] = None
+) -> Tuple[bool, str]:
+    """What ``compile=auto`` does on ``device``, and why: compile for a detection training run of ``steps``
+    steps in ``precision`` (resolved, not ``auto``) where it paid for itself in the benchmarks, that is bf16
+    on a CPU with AMX over at least :data:`AUTO_COMPILE_MIN_STEPS` steps; otherwise eagerly
+    (``precision`` and ``steps`` None: inference, or a run the benchmarks did not cover)."""
+    if device.type == "cpu" and precision == "bf16" and steps is not None and cpu_has_amx():
+        if steps >= AUTO_COMPILE_MIN_STEPS:
+            return True, (
+                f"bf16 training of {steps:,} steps on a CPU with AMX, where the compiled backbone paid for its "
+                "compile time (docs/benchmarks.md)"
+            )
+        return False, (
+            f"compile=auto compiles bf16 training on a CPU with AMX from {AUTO_COMPILE_MIN_STEPS:,} steps on; "
+            f"this run has {steps:,}, too few to be sure of earning back a minute or more of compiling"
+        )
+    return False, AUTO_RULE
+
+
+def resolve_compile(
+    setting: object,
+    device: torch.device,
+    *,
+    key: str = "compile",
+    precision: Optional[str] = None,
+    steps: Optional[int] = None,
+) -> bool:
+    """Whether to ``torch.compile``: ``true`` / ``false`` as given; ``auto`` where a benchmark measured a net gain
+    (:func:`auto_compile`: bf16 detection training runs of :data:`AUTO_COMPILE_MIN_STEPS` steps or more on CPUs
+    with AMX; eager elsewhere on CPUs, and on CUDA until ``tools/gpu_check.sh`` has measured it)."""
     setting = compile_setting(setting, key)
     if setting != "auto":
         return setting == "true"
-    return False
+    return auto_compile(device, precision, steps)[0]

@@ -299,7 +299,14 @@ def _train(
     if cfg.model.backbone.norm == "syncbn" and not distributed:
         logger.info("model.backbone.norm=syncbn without torch.distributed behaves as plain BatchNorm")
     model.train()
-    apply_compile_setting(model, cfg.solver.compile, device, key="solver.compile")  # the backbone, at step 1
+    apply_compile_setting(  # the backbone, compiled at step 1
+        model,
+        cfg.solver.compile,
+        device,
+        key="solver.compile",
+        precision=resolve_precision(cfg.solver.precision, device),
+        steps=cfg.solver.max_iter,
+    )
     s = cfg.solver
     loop = build_train_loop(
         cfg,

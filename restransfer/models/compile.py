@@ -17,13 +17,13 @@ at RoIAlign's thread pool and about five times the backbone's compile time, for 
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
 from torch._dynamo.utils import counters  # torch's own counts (read only), imported with torch
 
-from ..devices import AUTO_RULE, compile_setting, resolve_compile
+from ..devices import auto_compile, compile_setting
 
 __all__ = ["compile_model", "apply_compile_setting", "compiled_modules", "compile_events"]
 
@@ -59,22 +59,31 @@ def compile_model(model: nn.Module, *, dynamic: bool = True, **options: Any) -> 
     return names
 
 
-def apply_compile_setting(model: nn.Module, setting: object, device: torch.device, *, key: str) -> bool:
+def apply_compile_setting(
+    model: nn.Module,
+    setting: object,
+    device: torch.device,
+    *,
+    key: str,
+    precision: Optional[str] = None,
+    steps: Optional[int] = None,
+) -> bool:
     """Compile ``model`` (:func:`compile_model`) when ``setting`` (``auto``, ``true`` or ``false``, the config
-    ``key`` that gave it) says so on ``device`` (:func:`restransfer.devices.resolve_compile`); returns whether it
-    did."""
-    on = resolve_compile(setting, device, key=key)
+    ``key`` that gave it) says so on ``device`` (:func:`restransfer.devices.resolve_compile`; ``precision`` and
+    ``steps``: a training run's resolved precision and length, which ``auto`` weighs); returns whether it did."""
     given = compile_setting(setting, key)
+    on, why = (given == "true", "") if given != "auto" else auto_compile(device, precision, steps)
     if on:
         names = compile_model(model)
         logger.info(
-            "%s=%s: torch.compile on %s (dynamic shapes; compiled at the first call)",
+            "%s=%s: torch.compile on %s (dynamic shapes; compiled at the first call)%s",
             key,
             given,
             ", ".join(n or type(model).__name__ for n in names),
+            f": {why}" if why else "",
         )
     elif given == "auto":
-        logger.info("%s=auto: eager on %s (%s)", key, device.type, AUTO_RULE)
+        logger.info("%s=auto: eager on %s (%s)", key, device.type, why)
     return on
 
 

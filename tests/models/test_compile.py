@@ -3,6 +3,7 @@ image size, and a tiny Mask R-CNN trained and evaluated compiled with our sparse
 the step. The CUDA cases are in test_cuda.py."""
 
 import copy
+import logging
 import pickle
 
 import numpy as np
@@ -18,7 +19,14 @@ from restransfer.benchmark import synthetic_batch
 from restransfer.benchmark.compile import coco_like_sizes
 from restransfer.classification.config import load_cls_config
 from restransfer.config import load_config
-from restransfer.devices import compile_setting, resolve_compile
+from restransfer.devices import (
+    AUTO_COMPILE_MIN_STEPS,
+    AUTO_RULE,
+    auto_compile,
+    compile_setting,
+    cpu_has_amx,
+    resolve_compile,
+)
 from restransfer.engine import Checkpointer, train
 from restransfer.engine.evaluate import evaluate_model
 from restransfer.errors import ConfigError
@@ -79,6 +87,42 @@ def test_resolve_compile():
     assert not resolve_compile("auto", CPU) and not resolve_compile("auto", torch.device("cuda"))
     with pytest.raises(ConfigError, match="test.compile"):
         resolve_compile("maybe", CPU, key="test.compile")
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_compiles_long_bf16_training_on_amx_cpus_only(monkeypatch, amx):
+    """Where the benchmarks measured compiling paid back: bf16 detection training on a CPU with AMX, runs of
+    AUTO_COMPILE_MIN_STEPS steps or more; everything else stays eager, and true / false are as given."""
+    caps = {"amx_tile": amx, "amx_bf16": amx, "avx512_bf16": True}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps, raising=False)
+    assert cpu_has_amx() is amx
+    long, short = AUTO_COMPILE_MIN_STEPS, AUTO_COMPILE_MIN_STEPS - 1
+    assert resolve_compile("auto", CPU, precision="bf16", steps=long) is amx
+    assert not resolve_compile("auto", CPU, precision="bf16", steps=short)
+    assert not resolve_compile("auto", CPU, precision="fp32", steps=long)
+    assert not resolve_compile("auto", CPU)  # inference, or a run the rule does not cover
+    assert not resolve_compile("auto", torch.device("cuda"), precision="bf16", steps=long)
+    assert not resolve_compile("false", CPU, precision="bf16", steps=long)
+    assert resolve_compile("true", CPU, precision="fp32", steps=1)
+    on, why = auto_compile(CPU, "bf16", short)
+    assert not on and (f"{short:,}" in why if amx else why == AUTO_RULE)
+
+
+def test_auto_compile_survives_a_torch_without_the_capability_probe(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "get_capabilities", raising=False)
+    assert not cpu_has_amx()
+    assert not resolve_compile("auto", CPU, precision="bf16", steps=AUTO_COMPILE_MIN_STEPS)
+
+
+def test_apply_compile_setting_says_why_auto_compiled(monkeypatch, caplog):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_tile": True, "amx_bf16": True}, raising=False)
+    _, model, _ = tiny_model()
+    with caplog.at_level(logging.INFO, logger="restransfer.models.compile"):
+        assert apply_compile_setting(
+            model, "auto", CPU, key="solver.compile", precision="bf16", steps=AUTO_COMPILE_MIN_STEPS
+        )
+    assert compiled_modules(model) == ["backbone"]
+    assert "solver.compile=auto: torch.compile on backbone" in caplog.text and "AMX" in caplog.text
 
 
 # ----------------------------------------------------------------------------------------- compile_model
