@@ -132,8 +132,8 @@ def autocast_context(device: torch.device, precision: str) -> ContextManager[Non
 # * bf16 detection training on a CPU with AMX: the compiled backbone made the R101-FPN step at 800x1067 2.14x
 #   faster (3.74 s -> 1.75 s, 77 s to compile, paid back after 39 steps; with channels_last 2.08 s -> 1.61 s,
 #   1.29x, after 153 steps), and cost the demo (R18, 4 x 128 px) nothing it did not nearly earn back (1.02x,
-#   81 s to compile, about 7% of its 1,150 steps). From AUTO_COMPILE_MIN_STEPS steps on, compiling costs at
-#   most about 3% of such a run where the images are small, and saves up to half where they are large.
+#   81 s to compile, about 7% of its 1,150 steps). Over AUTO_COMPILE_MIN_STEPS steps, compiling would cost a
+#   demo-sized run about 20 s (under 1%) and save an R101-FPN-sized one 22-53% of its time.
 # * Everywhere else on CPUs no run paid back: without AMX a compiled training step ran at 1.02x the eager step
 #   (the demo's bf16 step on a Zen 4 with AVX-512-BF16, 134 s to compile, paid back after 5,100 steps) and at
 #   0.93x (R18-FPN fp32 at 256 px; 86 s to compile), and compiled inference was slower than test.optimize's
