@@ -140,7 +140,10 @@ def autocast_context(device: torch.device, precision: str) -> ContextManager[Non
 #   fused layers (R50-FPN at 512 px: 5.2 s against 4.4 s per image, 44 s to compile) but at the demo's 128 px,
 #   where 75 ms against 83 ms per image pays back 20-53 s of compiling after several thousand images.
 # * CUDA is not measured yet: tools/gpu_check.sh runs the benchmark there.
-AUTO_RULE = "compile=auto runs eagerly: no benchmark has measured a net gain for torch.compile on this device yet"
+AUTO_RULE = (
+    "compile=auto runs eagerly: no benchmark has measured a net gain for torch.compile for this kind of run on "
+    "this device yet"
+)
 AUTO_COMPILE_MIN_STEPS = 10_000
 
 
