@@ -31,6 +31,7 @@ __all__ = [
     "COMPILE_SETTINGS",
     "compile_setting",
     "resolve_compile",
+    "compile_decision",
     "auto_compile",
     "cpu_has_amx",
     "AUTO_RULE",
@@ -177,6 +178,22 @@ def auto_compile(
     return False, AUTO_RULE
 
 
+def compile_decision(
+    setting: object,
+    device: torch.device,
+    *,
+    key: str = "compile",
+    precision: Optional[str] = None,
+    steps: Optional[int] = None,
+) -> Tuple[bool, str]:
+    """``(whether to torch.compile, why)``: ``true`` / ``false`` as given (why ``""``); ``auto`` as
+    :func:`auto_compile` decides for ``device``, ``precision`` and ``steps``."""
+    setting = compile_setting(setting, key)
+    if setting != "auto":
+        return setting == "true", ""
+    return auto_compile(device, precision, steps)
+
+
 def resolve_compile(
     setting: object,
     device: torch.device,
@@ -188,7 +205,4 @@ def resolve_compile(
     """Whether to ``torch.compile``: ``true`` / ``false`` as given; ``auto`` where a benchmark measured a net gain
     (:func:`auto_compile`: bf16 detection training runs of :data:`AUTO_COMPILE_MIN_STEPS` steps or more on CPUs
     with AMX; eager elsewhere on CPUs, and on CUDA until ``tools/gpu_check.sh`` has measured it)."""
-    setting = compile_setting(setting, key)
-    if setting != "auto":
-        return setting == "true"
-    return auto_compile(device, precision, steps)[0]
+    return compile_decision(setting, device, key=key, precision=precision, steps=steps)[0]

@@ -299,14 +299,6 @@ def _train(
     if cfg.model.backbone.norm == "syncbn" and not distributed:
         logger.info("model.backbone.norm=syncbn without torch.distributed behaves as plain BatchNorm")
     model.train()
-    apply_compile_setting(  # the backbone, compiled at step 1
-        model,
-        cfg.solver.compile,
-        device,
-        key="solver.compile",
-        precision=resolve_precision(cfg.solver.precision, device),
-        steps=cfg.solver.max_iter,
-    )
     s = cfg.solver
     loop = build_train_loop(
         cfg,
@@ -316,6 +308,9 @@ def _train(
         device,
         extra_state=lambda: {"class_names": list(model.class_names)},
     )
+    # the backbone, compiled at step 1 (in place: the optimizer's parameters stay the same), for the loop's
+    # resolved precision and length, before the EMA hook copies the model
+    apply_compile_setting(model, s.compile, device, key="solver.compile", precision=loop.precision, steps=loop.max_iter)
     prepare_loop(loop, found, s.ema.decay if s.ema.enabled else None, hooks)
     checks = check_detection_run(cfg, model, dataset.class_names, found)  # every input, before iteration 1
 

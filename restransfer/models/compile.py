@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch._dynamo.utils import counters  # torch's own counts (read only), imported with torch
 
-from ..devices import auto_compile, compile_setting
+from ..devices import compile_decision, compile_setting
 
 __all__ = ["compile_model", "apply_compile_setting", "compiled_modules", "compile_events"]
 
@@ -69,10 +69,10 @@ def apply_compile_setting(
     steps: Optional[int] = None,
 ) -> bool:
     """Compile ``model`` (:func:`compile_model`) when ``setting`` (``auto``, ``true`` or ``false``, the config
-    ``key`` that gave it) says so on ``device`` (:func:`restransfer.devices.resolve_compile`; ``precision`` and
+    ``key`` that gave it) says so on ``device`` (:func:`restransfer.devices.compile_decision`; ``precision`` and
     ``steps``: a training run's resolved precision and length, which ``auto`` weighs); returns whether it did."""
     given = compile_setting(setting, key)
-    on, why = (given == "true", "") if given != "auto" else auto_compile(device, precision, steps)
+    on, why = compile_decision(given, device, key=key, precision=precision, steps=steps)
     if on:
         names = compile_model(model)
         logger.info(
