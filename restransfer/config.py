@@ -17,7 +17,15 @@ from typing import Iterable, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from .yaml_config import ConfigError, compile_setting, dump_config, load_structured, resolve_path, structured_defaults
+from .yaml_config import (
+    ConfigError,
+    channels_last_setting,
+    compile_setting,
+    dump_config,
+    load_structured,
+    resolve_path,
+    structured_defaults,
+)
 
 __all__ = [
     "load_config",
@@ -175,7 +183,9 @@ class SolverConfig:
     warmup_factor: float = 0.001
     clip_grad_norm: float = 0.0  # 0 disables
     precision: str = "fp32"  # fp32, bf16, fp16 (fp16 only on CUDA), auto (fp16 on CUDA, bf16 on CPUs with native bf16)
-    channels_last: bool = False  # NHWC activations: faster oneDNN/cuDNN convolutions, same results up to rounding
+    # NHWC activations (same results up to rounding): auto, true, false. auto turns them on where the benchmarks
+    # measured them faster: bf16 training on CPUs with AMX (restransfer.devices.channels_last_decision)
+    channels_last: str = "auto"
     # torch.compile the backbone (dynamic shapes): auto, true, false. auto compiles where the README's benchmark
     # shows the compile time paid back over a run of this length (restransfer.devices.resolve_compile)
     compile: str = "auto"
@@ -328,6 +338,7 @@ def _validate_test(t: DictConfig, head: str) -> None:
 def validate_solver(s: DictConfig) -> None:
     """Value checks of ``solver`` (detection and classification share the schema)."""
     compile_setting(s.compile, "solver.compile")
+    channels_last_setting(s.channels_last, "solver.channels_last")
     if not 0.0 <= s.ema.decay < 1.0:
         raise ConfigError(
             f"solver.ema.decay: {s.ema.decay} must be in [0, 1) (e.g. 0.9998: the average spans "

@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from ..devices import resolve_device
+from ..devices import channels_last_decision, resolve_device
 from ..models import build_model, inference_kwargs
 from ..models.compile import compile_events, compile_model
 from ..models.postprocess import deferred_mask_paste
@@ -99,7 +99,7 @@ def run_compile_training(
             compiles nothing).
         size, batch: the synthetic training images' (H, W) and their number per step (default
             ``solver.ims_per_batch``).
-        channels_last: NHWC activations (default ``solver.channels_last``).
+        channels_last: NHWC activations (default: as ``solver.channels_last`` trains in ``precision``).
 
     Returns:
         ``{"measurements": {name: Measurement}, "speedup": eager median step / compiled median step,
@@ -109,7 +109,7 @@ def run_compile_training(
     load_before = load_average()
     dev = resolve_device(device)
     batch = int(batch or cfg.solver.ims_per_batch)
-    cl = bool(cfg.solver.channels_last) if channels_last is None else channels_last
+    cl = channels_last_decision(cfg.solver.channels_last, dev, precision)[0] if channels_last is None else channels_last
     cache = compile_cache()
     torch.manual_seed(seed)
     model = build_model(cfg, load_weights=False).to(dev)

@@ -48,6 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..devices import (
     autocast_context,
+    channels_last_decision,
     check_autocast_precision,
     check_precision_support,
     precision_dtype,
@@ -443,7 +444,7 @@ def run_benchmark(
         random_weights: calibrate random weights with :func:`randomize_weights` (default: when the config
             has no ``model.weights``).
         channels_last: training on channels_last activations, ours and the references alike (default: on
-            CUDA, or when the config sets ``solver.channels_last``).
+            CUDA, or where ``solver.channels_last`` turns them on for every measured precision).
         seed: for the weights and the image.
 
     Returns:
@@ -498,7 +499,10 @@ def run_benchmark(
         randomize_weights(model, images[:1])
     reason = reference_incompatibility(cfg)
     kinds = kinds if reason is None else []
-    cl = (dev.type == "cuda" or cfg.solver.channels_last) if channels_last is None else channels_last
+    if channels_last is None:  # on CUDA, else as solver.channels_last would train each measured precision
+        cl = dev.type == "cuda" or all(channels_last_decision(cfg.solver.channels_last, dev, p)[0] for p in precisions)
+    else:
+        cl = channels_last
     cache = compile_cache() if "compile" in kinds else None
     with tempfile.TemporaryDirectory(prefix="restransfer_benchmark_") as tmp:
         state = model.state_dict()

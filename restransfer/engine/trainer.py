@@ -27,7 +27,13 @@ from torch import nn
 
 from ..config import dump_config
 from ..data.build import build_train_dataset, build_train_loader
-from ..devices import check_autocast_precision, check_precision_support, resolve_device, resolve_precision
+from ..devices import (
+    channels_last_decision,
+    check_autocast_precision,
+    check_precision_support,
+    resolve_device,
+    resolve_precision,
+)
 from ..distributed import all_gather_object, get_rank, get_world_size, init_distributed, is_main_process
 from ..errors import ConfigError, NonFiniteLossError, TrainingOutOfMemory
 from ..models import build_model
@@ -294,8 +300,6 @@ def _train(
     layout = batch_layout(cfg.solver.ims_per_batch, cfg.solver.ims_per_device, world)
     logger.info("training on %d images, %d classes; %s", len(dataset), len(dataset.class_names), layout.describe())
     model = build_model(cfg, class_names=dataset.class_names).to(device)
-    if cfg.solver.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     if cfg.model.backbone.norm == "syncbn" and not distributed:
         logger.info("model.backbone.norm=syncbn without torch.distributed behaves as plain BatchNorm")
     model.train()
@@ -308,6 +312,13 @@ def _train(
         device,
         extra_state=lambda: {"class_names": list(model.class_names)},
     )
+    # the activations' memory format for the loop's resolved precision; the parameters stay the objects the
+    # optimizer holds (Module.to swaps their data)
+    channels_last, why = channels_last_decision(s.channels_last, device, loop.precision)
+    if why:
+        logger.info(why)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     # the backbone, compiled at step 1 (in place: the optimizer's parameters stay the same), for the loop's
     # resolved precision and length, before the EMA hook copies the model
     apply_compile_setting(model, s.compile, device, key="solver.compile", precision=loop.precision, steps=loop.max_iter)

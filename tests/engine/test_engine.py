@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from restransfer.config import dump_config, load_config
-from restransfer.devices import native_bf16, resolve_precision
+from restransfer.devices import channels_last_decision, native_bf16, resolve_precision
 from restransfer.engine import Checkpointer, NonFiniteLossError, train
 from restransfer.engine.checkpoint import atomic_torch_save
+from restransfer.engine.loop import HookBase
 from restransfer.engine.solver import lr_factor
+from restransfer.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,6 +69,58 @@ def test_auto_precision(monkeypatch):
     monkeypatch.setattr(devices, "native_bf16", lambda device: False)
     assert resolve_precision("auto", cpu) == "fp32"
     assert resolve_precision("auto", torch.device("cuda")) == "fp16"
+
+
+def _amx(monkeypatch, amx: bool) -> None:
+    caps = {"amx_tile": amx, "amx_bf16": amx, "avx512_bf16": True, "avx2": True}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps, raising=False)
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_channels_last_auto_is_on_for_bf16_training_on_amx_cpus_only(monkeypatch, amx):
+    _amx(monkeypatch, amx)
+    cpu = torch.device("cpu")
+    on, why = channels_last_decision("auto", cpu, "bf16")
+    assert on is amx and why.startswith("solver.channels_last=auto: ")
+    assert not channels_last_decision("auto", cpu, "fp32")[0]
+    assert not channels_last_decision("auto", torch.device("cuda"), "bf16")[0]
+    # true / false as given, however YAML and the schema spell them, with nothing to explain
+    assert channels_last_decision(True, cpu, "fp32") == (True, "")
+    assert channels_last_decision("False", cpu, "bf16") == (False, "")
+    with pytest.raises(ConfigError, match="solver.channels_last: 'sometimes' is not one of auto, true, false"):
+        channels_last_decision("sometimes", cpu, "bf16")
+
+
+def test_channels_last_setting_is_checked_when_the_config_is_read():
+    assert load_config(None).solver.channels_last == "auto"
+    assert str(load_config(None, ["solver.channels_last=true"]).solver.channels_last).lower() == "true"
+    with pytest.raises(ConfigError, match="solver.channels_last: 'nhwc' is not one of auto, true, false"):
+        load_config(None, ["solver.channels_last=nhwc"])
+
+
+class _WatchConv(HookBase):
+    """The stem convolution's weight before training and after it, and its memory format during the steps."""
+
+    def before_train(self):
+        self.weight = self.loop.module.backbone.body.conv1.weight
+        self.before = self.weight.detach().clone()
+        self.channels_last = []
+
+    def after_step(self):
+        self.channels_last.append(self.weight.is_contiguous(memory_format=torch.channels_last))
+
+
+@pytest.mark.slow
+def test_channels_last_auto_trains_bf16_on_amx_cpus_in_nhwc(overrides, tmp_path, monkeypatch):
+    """auto converts the model after the optimizer exists: the parameters it updates are the converted ones."""
+    _amx(monkeypatch, True)
+    out = tmp_path / "auto"
+    watch = _WatchConv()
+    cfg = load_config(None, overrides(out, solver__max_iter=2, solver__precision="bf16", data__test="null"))
+    train(cfg, hooks=[watch])
+    assert "solver.channels_last=auto: channels_last activations" in (out / "log.txt").read_text()
+    assert watch.channels_last == [True, True] and not watch.weight.is_contiguous()
+    assert not torch.equal(watch.before, watch.weight.detach())  # SGD stepped the converted parameter
 
 
 @pytest.mark.slow
