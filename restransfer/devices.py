@@ -218,8 +218,9 @@ def channels_last_decision(setting: object, device: torch.device, precision: str
     """``(whether to train on channels_last activations, why)`` for ``solver.channels_last``: ``true`` / ``false``
     as given (why ``""``); ``auto`` where the benchmarks measured it faster, that is training in ``precision``
     (resolved) ``bf16`` on a CPU with AMX. There the bf16 R101-FPN step at 800x1067 took 2.28 s on channels_last
-    against 4.22 s in NCHW (docs/benchmarks.md); limited to AVX-512-BF16 (as on CPUs without AMX) the two were
-    level, limited to AVX2 fp32 was 9% slower on channels_last, and CUDA is not measured yet."""
+    against 4.22 s in NCHW (docs/benchmarks.md); with oneDNN limited to AVX-512-BF16 (as on CPUs without AMX)
+    the two were level, on an AVX2-only CPU the fp32 step was 1.1-1.2x slower on channels_last, and CUDA is
+    not measured yet. Detection and classification training follow the same rule (measured on detection)."""
     setting = channels_last_setting(setting, "solver.channels_last")
     if setting != "auto":
         return setting == "true", ""

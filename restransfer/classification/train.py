@@ -33,7 +33,7 @@ from ..engine.logger import MetricsWriter
 from ..engine.loop import HookBase
 from ..engine.preflight import check_classification_run
 from ..engine.solver import batch_layout
-from ..engine.trainer import build_train_loop, prepare_loop, standard_hooks, start_run
+from ..engine.trainer import apply_channels_last, build_train_loop, prepare_loop, standard_hooks, start_run
 from ..errors import ConfigError
 from ..models.compile import apply_compile_setting
 from .checkpoint import network_meta
@@ -169,6 +169,7 @@ def _train(
         extra_state=lambda: {"class_names": list(dataset.class_names), **network_meta(net, cfg.model.arch)},
         module=net,
     )
+    apply_channels_last(net, s.channels_last, device, loop.precision)
     prepare_loop(loop, found, s.ema.decay if s.ema.enabled else None, hooks)
     checks = check_classification_run(
         cfg,

@@ -58,6 +58,7 @@ __all__ = [
     "start_run",
     "training_precision",
     "build_train_loop",
+    "apply_channels_last",
     "prepare_loop",
     "standard_hooks",
 ]
@@ -191,6 +192,18 @@ def training_precision(setting: str, device: torch.device) -> Tuple[str, Optiona
     return precision, (torch.amp.GradScaler("cuda") if precision == "fp16" else None)
 
 
+def apply_channels_last(model: nn.Module, setting: object, device: torch.device, precision: str) -> bool:
+    """Put ``model`` on channels_last activations where ``solver.channels_last`` (``setting``) says so for a run in
+    ``precision`` (resolved: the loop's) on ``device``, logging why when ``auto`` decided; returns whether. Called
+    after the optimizer exists: ``Module.to`` swaps the parameters' data, so they stay the objects it updates."""
+    channels_last, why = channels_last_decision(setting, device, precision)
+    if why:
+        logger.info(why)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return channels_last
+
+
 def build_train_loop(
     cfg: DictConfig,
     model: nn.Module,
@@ -312,13 +325,7 @@ def _train(
         device,
         extra_state=lambda: {"class_names": list(model.class_names)},
     )
-    # the activations' memory format for the loop's resolved precision; the parameters stay the objects the
-    # optimizer holds (Module.to swaps their data)
-    channels_last, why = channels_last_decision(s.channels_last, device, loop.precision)
-    if why:
-        logger.info(why)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    apply_channels_last(model, s.channels_last, device, loop.precision)
     # the backbone, compiled at step 1 (in place: the optimizer's parameters stay the same), for the loop's
     # resolved precision and length, before the EMA hook copies the model
     apply_compile_setting(model, s.compile, device, key="solver.compile", precision=loop.precision, steps=loop.max_iter)

@@ -544,3 +544,29 @@ def test_tools_train_eval_and_degradation_end_to_end(tmp_path, imagenet_layout):
     curves = json.loads((tmp_path / "deg" / "curves.json").read_text())
     assert sorted(curves) == ["plain-8", "resnet-8"] and curves["resnet-8"]["test_iteration"] == [2, 4]
     assert (tmp_path / "deg" / "degradation.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("setting", ["true", "auto"])
+def test_classification_trains_on_channels_last_where_the_setting_says(tmp_path, imagenet_layout, setting):
+    """solver.channels_last is the detectors' setting with the same rule: true trains the network on NHWC
+    activations (the optimizer steps the converted parameters), auto on this fp32 run stays NCHW and says why."""
+    from restransfer.classification.train import train_classifier
+    from restransfer.engine.loop import HookBase
+
+    class Watch(HookBase):
+        def before_train(self):
+            self.weight = self.loop.module.conv1.weight
+            self.before = self.weight.detach().clone()
+
+    root, _ = imagenet_layout
+    watch = Watch()
+    cfg = _cfg_file(
+        tmp_path, root, solver__max_iter=1, solver__steps=[], data__test=None, solver__channels_last=setting
+    )
+    train_classifier(load_cls_config(cfg), hooks=[watch])
+    on = setting == "true"
+    assert watch.weight.is_contiguous(memory_format=torch.channels_last) is on
+    assert watch.weight.is_contiguous() is not on
+    assert not torch.equal(watch.before, watch.weight.detach())
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert ("solver.channels_last=auto: NCHW activations (fp32 on cpu)" in log) is (not on)
