@@ -22,6 +22,7 @@ from torchvision.ops import box_iou
 
 import restransfer.engine.trainer as trainer
 import restransfer.models as models
+import restransfer.models.compile as compile_module
 from restransfer.benchmark import detection_agreement, synthetic_batch
 from restransfer.config import load_config
 from restransfer.engine import Checkpointer, train
@@ -316,6 +317,13 @@ def test_compiled_training_steps(train_config, tmp_path, monkeypatch, device, pr
     weights, fp32 master weights, a plain detector's checkpoint."""
     _skip_without_bf16(device, precision)
     torch._dynamo.reset()
+    if device == "cpu":
+        # this test's own checks, on graphs traced as on CUDA but without inductor's code generation (minutes of
+        # it on a cold cache); CPU training under inductor is test_compile.py's test_training_and_evaluation_compiled
+        compile_model_ = compile_module.compile_model
+        monkeypatch.setattr(
+            compile_module, "compile_model", lambda model, **kw: compile_model_(model, **{"backend": "aot_eager", **kw})
+        )
     seen = _record_training(monkeypatch, compiled=True)
     out = tmp_path / "run"
     cfg = train_config(out, device, precision)
