@@ -164,6 +164,12 @@ def cpu_has_amx() -> bool:
     return bool(caps.get("amx_tile") and caps.get("amx_bf16"))
 
 
+def _bf16_on_amx(device: torch.device, precision: Optional[str]) -> bool:
+    """Whether a run in ``precision`` (resolved) on ``device`` is bf16 on a CPU with AMX: where both ``auto``
+    rules, compile and channels_last, measured their gains."""
+    return device.type == "cpu" and precision == "bf16" and cpu_has_amx()
+
+
 def auto_compile(
     device: torch.device, precision: Optional[str] = None, steps: Optional[int] = None
 ) -> Tuple[bool, str]:
@@ -171,7 +177,7 @@ def auto_compile(
     steps in ``precision`` (resolved, not ``auto``) where it paid for itself in the benchmarks, that is bf16
     on a CPU with AMX over at least :data:`AUTO_COMPILE_MIN_STEPS` steps; otherwise eagerly
     (``precision`` and ``steps`` None: inference, or a run the benchmarks did not cover)."""
-    if device.type == "cpu" and precision == "bf16" and steps is not None and cpu_has_amx():
+    if steps is not None and _bf16_on_amx(device, precision):
         if steps >= AUTO_COMPILE_MIN_STEPS:
             return True, (
                 f"bf16 training of {steps:,} steps on a CPU with AMX, where the compiled backbone paid for its "
@@ -224,7 +230,7 @@ def channels_last_decision(setting: object, device: torch.device, precision: str
     setting = channels_last_setting(setting, "solver.channels_last")
     if setting != "auto":
         return setting == "true", ""
-    if device.type == "cpu" and precision == "bf16" and cpu_has_amx():
+    if _bf16_on_amx(device, precision):
         return True, (
             "solver.channels_last=auto: channels_last activations, as for every bf16 training run on a CPU with AMX "
             "(1.8x faster R101-FPN steps there, docs/benchmarks.md)"
